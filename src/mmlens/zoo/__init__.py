@@ -1,0 +1,55 @@
+"""Models that mmlens builds or ships, loadable by name without any hub.
+
+- ``tiny-<family>``: tiny random-weight models of each supported family, built
+  from configs in code (real transformers classes, offline tokenizers and
+  processors). They exercise every code path in tests.
+- ``shapes-llava``: a small LLaVA trained on the shapes world, shipped as
+  safetensors inside the package. It is the default model.
+
+Example:
+    >>> from mmlens.zoo import build, names
+    >>> "tiny-llava" in names()
+    True
+    >>> model, processor = build("tiny-llava")
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from mmlens.errors import MmlensError
+
+# name -> "module:function"; the function takes no arguments and returns
+# (model, processor). Imported lazily so that listing names costs nothing.
+_BUILDERS: dict[str, str] = {
+    "tiny-llava": "mmlens.zoo.tiny.llava:build",
+    "tiny-llava-next": "mmlens.zoo.tiny.llava_next:build",
+    "tiny-llava-onevision": "mmlens.zoo.tiny.llava_onevision:build",
+    "tiny-qwen2-vl": "mmlens.zoo.tiny.qwen2_vl:build",
+    "tiny-qwen2.5-vl": "mmlens.zoo.tiny.qwen2_5_vl:build",
+    "tiny-idefics3": "mmlens.zoo.tiny.idefics3:build",
+    "tiny-paligemma": "mmlens.zoo.tiny.paligemma:build",
+    "tiny-llama": "mmlens.zoo.tiny.llama:build",
+    "shapes-llava": "mmlens.zoo.shapes_llava:load",
+    "shapes-llava-backdoor": "mmlens.zoo.shapes_llava:load_backdoor",
+}
+
+DEFAULT_MODEL = "shapes-llava"
+
+
+def names() -> list[str]:
+    """Names of every model the zoo can build, for ``mmlens.load(name)``."""
+    return sorted(_BUILDERS)
+
+
+def build(name: str, **kwargs: Any) -> tuple[Any, Any]:
+    """Build or load a zoo model by name and return ``(model, processor)``.
+
+    Example:
+        >>> model, processor = build("tiny-llama")
+    """
+    if name not in _BUILDERS:
+        raise MmlensError(f"unknown zoo model {name!r}; known: {', '.join(names())}")
+    module_name, function_name = _BUILDERS[name].split(":")
+    return getattr(import_module(module_name), function_name)(**kwargs)
