@@ -1,0 +1,31 @@
+"""mmlens: explain and interpret multimodal large language models.
+
+Example:
+    >>> import mmlens
+    >>> model = mmlens.load("tiny-llava")
+    >>> with mmlens.capture(model, ["lm.L0.resid"]) as captured:
+    ...     _ = model.forward(model.prepare("hello"))
+    >>> captured["lm.L0.resid"].shape[-1] == model.hf.config.text_config.hidden_size
+    True
+"""
+
+from mmlens.errors import MmlensError
+from mmlens.hooks import Captured, capture, intervene
+from mmlens.layout import ImageInfo, Modality, TokenLayout, View
+from mmlens.model import Batch, Model
+from mmlens.models.loading import load
+
+__all__ = [
+    "Batch",
+    "Captured",
+    "ImageInfo",
+    "MmlensError",
+    "Modality",
+    "Model",
+    "TokenLayout",
+    "View",
+    "capture",
+    "intervene",
+    "load",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,243 @@
+"""Where every token of a prepared batch comes from.
+
+A :class:`TokenLayout` says, for each batch row and position, whether the token
+is text, an image patch, a special token or padding; for image patches, which
+image, which view of it (tile), and which row and column of that view's patch
+grid. Each view knows the pixel box of the original image it covers, so
+per-token scores become pixel heatmaps here, once, for every family: tiles and
+global views are painted into the image and averaged where they overlap.
+
+Example:
+    >>> import torch
+    >>> layout = TokenLayout.build(
+    ...     seq_len=6,
+    ...     images=[[ImageInfo(size=(4, 4), views=[View(rows=2, cols=2, box=(0, 0, 4, 4))])]],
+    ...     image_tokens=[[(1, 0, 0, 0, 0), (2, 0, 0, 0, 1), (3, 0, 0, 1, 0), (4, 0, 0, 1, 1)]],
+    ...     special=[[0]],
+    ... )
+    >>> layout.image_positions(0).tolist()
+    [1, 2, 3, 4]
+    >>> layout.to_heatmaps(torch.arange(6.0))[0][0]
+    array([[1., 1., 2., 2.],
+           [1., 1., 2., 2.],
+           [3., 3., 4., 4.],
+           [3., 3., 4., 4.]], dtype=float32)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Sequence
+
+import numpy as np
+import torch
+
+
+class Modality(IntEnum):
+    """What a position holds."""
+
+    PAD = -1
+    TEXT = 0
+    IMAGE = 1
+    SPECIAL = 2
+
+
+@dataclass(frozen=True)
+class View:
+    """One patch grid seen by the model: a tile, a global view, or the whole image.
+
+    ``box`` is the region of the original image this grid covers, as
+    ``(top, left, bottom, right)`` in original pixels (floats allowed: crops and
+    resizes rarely land on whole pixels).
+    """
+
+    rows: int
+    cols: int
+    box: tuple[float, float, float, float]
+    kind: str = "image"  # "image", "global" or "tile"
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """One image of a batch row: its original pixel size and the views of it."""
+
+    size: tuple[int, int]  # (height, width)
+    views: list[View]
+
+
+@dataclass
+class TokenLayout:
+    """Per-position provenance of a batch, shape ``(batch, seq)`` for each field.
+
+    ``image``, ``view``, ``row`` and ``col`` are -1 where a position is not an
+    image patch. ``images[b]`` lists the images of row ``b`` in prompt order.
+    """
+
+    modality: torch.Tensor
+    image: torch.Tensor
+    view: torch.Tensor
+    row: torch.Tensor
+    col: torch.Tensor
+    images: list[list[ImageInfo]] = field(default_factory=list)
+
+    # ---- construction -------------------------------------------------
+    @classmethod
+    def build(
+        cls,
+        seq_len: int,
+        images: list[list[ImageInfo]],
+        image_tokens: list[Sequence[tuple[int, int, int, int, int]]],
+        special: list[Sequence[int]] | None = None,
+        pad: list[Sequence[int]] | None = None,
+    ) -> "TokenLayout":
+        """Assemble a layout from per-row lists.
+
+        ``image_tokens[b]`` holds ``(position, image, view, row, col)`` tuples;
+        positions listed in ``special[b]`` or ``pad[b]`` get those modalities;
+        every other position is text.
+        """
+        batch = len(images)
+        shape = (batch, seq_len)
+        modality = torch.full(shape, int(Modality.TEXT), dtype=torch.int8)
+        fields = {name: torch.full(shape, -1, dtype=torch.int32) for name in ("image", "view", "row", "col")}
+        for b in range(batch):
+            for position in (special or [[]] * batch)[b]:
+                modality[b, position] = int(Modality.SPECIAL)
+            for position in (pad or [[]] * batch)[b]:
+                modality[b, position] = int(Modality.PAD)
+            if len(image_tokens[b]):
+                table = torch.as_tensor(image_tokens[b], dtype=torch.int64)
+                positions = table[:, 0]
+                modality[b, positions] = int(Modality.IMAGE)
+                for column, name in enumerate(("image", "view", "row", "col"), start=1):
+                    fields[name][b, positions] = table[:, column].to(torch.int32)
+        return cls(modality=modality, images=images, **fields)
+
+    # ---- queries ------------------------------------------------------
+    @property
+    def batch_size(self) -> int:
+        return self.modality.shape[0]
+
+    @property
+    def seq_len(self) -> int:
+        return self.modality.shape[1]
+
+    def mask(self, modality: Modality) -> torch.Tensor:
+        """Boolean ``(batch, seq)`` mask of positions holding ``modality``."""
+        return self.modality == int(modality)
+
+    def image_positions(self, row: int = 0, image: int | None = None, view: int | None = None) -> torch.Tensor:
+        """Positions of image-patch tokens in batch row ``row`` (optionally one image / view)."""
+        keep = self.modality[row] == int(Modality.IMAGE)
+        if image is not None:
+            keep &= self.image[row] == image
+        if view is not None:
+            keep &= self.view[row] == view
+        return keep.nonzero().flatten()
+
+    def text_positions(self, row: int = 0) -> torch.Tensor:
+        """Positions of text tokens in batch row ``row``."""
+        return (self.modality[row] == int(Modality.TEXT)).nonzero().flatten()
+
+    def token_boxes(self, row: int = 0) -> dict[int, tuple[int, tuple[float, float, float, float]]]:
+        """Map each image position of ``row`` to ``(image, box)``, its patch's box in original pixels."""
+        boxes = {}
+        for position in self.image_positions(row).tolist():
+            image, view = int(self.image[row, position]), int(self.view[row, position])
+            grid = self.images[row][image].views[view]
+            top, left, bottom, right = grid.box
+            height, width = (bottom - top) / grid.rows, (right - left) / grid.cols
+            r, c = int(self.row[row, position]), int(self.col[row, position])
+            boxes[position] = (image, (top + r * height, left + c * width, top + (r + 1) * height, left + (c + 1) * width))
+        return boxes
+
+    def grid(self, scores: torch.Tensor, row: int = 0, image: int = 0, view: int = 0) -> np.ndarray:
+        """Scores of one view laid on its patch grid, ``(rows, cols)``; NaN where no token sits."""
+        info = self.images[row][image].views[view]
+        out = np.full((info.rows, info.cols), np.nan, dtype=np.float32)
+        positions = self.image_positions(row, image, view)
+        values = _as_numpy(scores)[positions.numpy()]
+        out[self.row[row, positions].numpy(), self.col[row, positions].numpy()] = values
+        return out
+
+    def to_heatmaps(self, scores: torch.Tensor | np.ndarray, views: str = "all") -> list[list[np.ndarray]]:
+        """Per-token scores to one pixel heatmap per image, at the image's original size.
+
+        ``scores`` is ``(seq,)`` for a one-row batch or ``(batch, seq)``. Each view
+        is painted over the pixels it covers; where views overlap (tiles and a
+        global view), the heatmap is their mean. ``views`` picks ``"all"``,
+        ``"global"`` (whole-image views only) or ``"tile"`` (tiles only).
+        Pixels no view covers (outside a centre crop) are NaN.
+        """
+        scores = _as_numpy(scores)
+        if scores.ndim == 1:
+            scores = scores[None]
+        if scores.shape != tuple(self.modality.shape):
+            raise ValueError(f"scores of shape {scores.shape} for a layout of shape {tuple(self.modality.shape)}")
+        maps: list[list[np.ndarray]] = []
+        for b in range(self.batch_size):
+            row_maps = []
+            for i, info in enumerate(self.images[b]):
+                total = np.zeros(info.size, dtype=np.float64)
+                count = np.zeros(info.size, dtype=np.float64)
+                for v, grid_view in enumerate(info.views):
+                    if not _view_selected(grid_view, views):
+                        continue
+                    grid = self.grid(torch.as_tensor(scores[b]), b, i, v)
+                    _paint(grid, grid_view.box, total, count)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    row_maps.append((total / count).astype(np.float32))
+            maps.append(row_maps)
+        return maps
+
+    def describe(self, row: int = 0) -> dict:
+        """A JSON-ready summary of one row: counts per modality and each image's views."""
+        modality = self.modality[row]
+        return {
+            "seq_len": self.seq_len,
+            "tokens": {m.name.lower(): int((modality == int(m)).sum()) for m in Modality},
+            "images": [
+                {
+                    "size": list(info.size),
+                    "views": [
+                        {"kind": v.kind, "grid": [v.rows, v.cols], "box": [round(x, 2) for x in v.box],
+                         "tokens": int(self.image_positions(row, i, j).numel())}
+                        for j, v in enumerate(info.views)
+                    ],
+                }
+                for i, info in enumerate(self.images[row])
+            ],
+        }
+
+
+def _as_numpy(scores: torch.Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(scores, torch.Tensor):
+        return scores.detach().float().cpu().numpy()
+    return np.asarray(scores, dtype=np.float32)
+
+
+def _view_selected(view: View, which: str) -> bool:
+    if which == "all":
+        return True
+    if which == "global":
+        return view.kind in ("global", "image")
+    return view.kind == "tile"
+
+
+def _paint(grid: np.ndarray, box: tuple[float, float, float, float], total: np.ndarray, count: np.ndarray) -> None:
+    """Add a patch grid, stretched over ``box`` (nearest cell per pixel centre), into the accumulators."""
+    height, width = total.shape
+    top, left, bottom, right = box
+    rows, cols = grid.shape
+    ys = np.arange(max(0, int(np.floor(top))), min(height, int(np.ceil(bottom))))
+    xs = np.arange(max(0, int(np.floor(left))), min(width, int(np.ceil(right))))
+    # A pixel belongs to the cell that contains its centre.
+    r = np.floor((ys + 0.5 - top) / (bottom - top) * rows).astype(int)
+    c = np.floor((xs + 0.5 - left) / (right - left) * cols).astype(int)
+    ys, r = ys[(r >= 0) & (r < rows)], r[(r >= 0) & (r < rows)]
+    xs, c = xs[(c >= 0) & (c < cols)], c[(c >= 0) & (c < cols)]
+    values = grid[np.ix_(r, c)]
+    known = ~np.isnan(values)
+    total[np.ix_(ys, xs)] += np.where(known, values, 0.0)
+    count[np.ix_(ys, xs)] += known

@@ -1,0 +1,1 @@
+"""Loading models and the per-family adapters that know their architecture."""

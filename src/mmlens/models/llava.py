@@ -1,0 +1,93 @@
+"""LLaVA-1.5 (``LlavaForConditionalGeneration``): CLIP tower, MLP projector, LLaMA decoder.
+
+Each image becomes one contiguous run of ``<image>`` tokens, the patch grid of
+the (resized, centre-cropped) image in row-major order; the CLS feature is
+dropped under the ``default`` feature-selection strategy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mmlens.layout import ImageInfo, TokenLayout, View
+from mmlens.models.adapter import Adapter, grid_tokens, image_token_runs, layout_from_images, tokenizer_of
+
+
+def _size_pair(size: Any) -> tuple[int | None, int | None, int | None]:
+    """``(shortest_edge, height, width)`` from a size dict or SizeDict."""
+    get = size.get if isinstance(size, dict) else (lambda key, default=None: getattr(size, key, default))
+    return get("shortest_edge", None), get("height", None), get("width", None)
+
+
+def processed_box(image_size: tuple[int, int], image_processor: Any) -> tuple[float, float, float, float]:
+    """The region of the original image that survives padding, resizing and centre-cropping.
+
+    Example:
+        >>> class P: do_pad = False; do_resize = True; size = {"shortest_edge": 64}
+        ...     do_center_crop = True; crop_size = {"height": 64, "width": 64}
+        >>> processed_box((120, 200), P())
+        (0.0, 40.0, 120.0, 160.0)
+    """
+    height, width = image_size
+    top_pad = left_pad = 0.0
+    if getattr(image_processor, "do_pad", False):  # pad to a square first, image centred
+        side = max(height, width)
+        top_pad, left_pad = (side - height) // 2, (side - width) // 2
+        height = width = side
+    scale_y = scale_x = 1.0
+    resized = (height, width)
+    if getattr(image_processor, "do_resize", True):
+        shortest, target_h, target_w = _size_pair(image_processor.size)
+        if shortest:
+            short, long = min(height, width), max(height, width)
+            new_short, new_long = shortest, int(shortest * long / short)
+            resized = (new_short, new_long) if height <= width else (new_long, new_short)
+        else:
+            resized = (target_h, target_w)
+        scale_y, scale_x = resized[0] / height, resized[1] / width
+    top, left, bottom, right = 0.0, 0.0, float(resized[0]), float(resized[1])
+    if getattr(image_processor, "do_center_crop", False):
+        _, crop_h, crop_w = _size_pair(image_processor.crop_size)
+        top, left = float(int((resized[0] - crop_h) / 2.0)), float(int((resized[1] - crop_w) / 2.0))
+        bottom, right = top + crop_h, left + crop_w
+    return (top / scale_y - top_pad, left / scale_x - left_pad, bottom / scale_y - top_pad, right / scale_x - left_pad)
+
+
+@dataclass(frozen=True)
+class LlavaAdapter(Adapter):
+    """LLaVA-1.5: one square patch grid per image, CLS dropped."""
+
+    def layout(self, inputs: dict[str, Any], image_sizes: list[list[tuple[int, int]]], processor: Any) -> TokenLayout:
+        token_id = tokenizer_of(processor).convert_tokens_to_ids(self.image_token)
+        side = _grid_side(processor)
+        images, tokens = [], []
+        for sizes, row_runs in zip(image_sizes, image_token_runs(inputs["input_ids"], token_id)):
+            row_images, row_tokens = [], []
+            for index, ((start, end), size) in enumerate(zip(row_runs, sizes)):
+                row_images.append(ImageInfo(size=size, views=[View(side, side, processed_box(size, processor.image_processor))]))
+                row_tokens += grid_tokens(range(start, end), index, 0, side, side)
+            images.append(row_images)
+            tokens.append(row_tokens)
+        return layout_from_images(inputs, processor, self.image_token, images, tokens)
+
+
+def _grid_side(processor: Any) -> int:
+    """Patches per side of the processed image."""
+    _, crop_h, _ = _size_pair(processor.image_processor.crop_size) if getattr(
+        processor.image_processor, "do_center_crop", False) else _size_pair(processor.image_processor.size)
+    return crop_h // processor.patch_size
+
+
+LLAVA = LlavaAdapter(
+    family="llava",
+    model_types=("llava",),
+    decoder_layers="model.language_model.layers",
+    final_norm="model.language_model.norm",
+    embed_tokens="model.language_model.embed_tokens",
+    vision_layers="model.vision_tower.encoder.layers|model.vision_tower.vision_model.encoder.layers",
+    vision_attn="self_attn",
+    vision_mlp="mlp",
+    projector="model.multi_modal_projector",
+    image_token="<image>",
+)

@@ -1,0 +1,96 @@
+"""``mmlens.load``: a zoo name, a local folder or a hub id to a :class:`~mmlens.model.Model`.
+
+Offline, a hub id that is not in the local cache gives one clear line, never a
+traceback. Weights load from safetensors only; ``trust_remote_code`` stays off
+unless the caller asks for it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmlens.errors import MmlensError
+from mmlens.model import Model
+from mmlens.models.registry import adapter_for_model_type
+from mmlens import zoo
+
+
+def load(
+    name_or_path: str | None = None,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    attn_implementation: str | None = None,
+    trust_remote_code: bool = False,
+) -> Model:
+    """Load a model with its processor and family adapter.
+
+    ``None`` loads the shipped default (``shapes-llava``); a zoo name
+    (``mmlens.zoo.names()``) builds or loads that model; anything else is a
+    local folder or a Hugging Face hub id.
+
+    Example:
+        >>> model = load("tiny-llava")
+        >>> model.adapter.family
+        'llava'
+    """
+    name = name_or_path or zoo.DEFAULT_MODEL
+    if name in zoo.names():
+        kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        hf, processor = zoo.build(name, **kwargs)
+    else:
+        hf, processor = _from_pretrained(name, attn_implementation, trust_remote_code)
+    adapter = adapter_for_model_type(_model_type(hf))
+    if dtype is not None:
+        hf = hf.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+    if device is not None:
+        hf = hf.to(device)
+    hf.eval()
+    return Model(hf, processor, adapter, name)
+
+
+def _model_type(hf: torch.nn.Module) -> str:
+    return getattr(hf.config, "model_type", "")
+
+
+def _from_pretrained(name: str, attn_implementation: str | None, trust_remote_code: bool) -> tuple[Any, Any]:
+    """Load config, model and processor through the Auto classes, with clear errors."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+
+    local = Path(name).exists()
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    common = {"trust_remote_code": trust_remote_code, "local_files_only": offline or local}
+    if not local and "/" not in name:
+        raise MmlensError(
+            f"unknown model {name!r}: not a zoo name ({', '.join(zoo.names())}), a local folder or a hub id like org/name"
+        )
+    try:
+        config = AutoConfig.from_pretrained(name, **common)
+    except (OSError, ValueError) as error:
+        raise MmlensError(_missing_message(name, local, offline, error)) from None
+    adapter = adapter_for_model_type(config.model_type)  # fail early for unsupported families
+    model_class = AutoModelForImageTextToText if adapter.multimodal else AutoModelForCausalLM
+    extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    try:
+        hf = model_class.from_pretrained(name, use_safetensors=True, **common, **extra)
+        loader = AutoProcessor if adapter.multimodal else AutoTokenizer
+        processor = loader.from_pretrained(name, **common)
+    except (OSError, ValueError) as error:
+        raise MmlensError(_missing_message(name, local, offline, error)) from None
+    return hf, processor
+
+
+def _missing_message(name: str, local: bool, offline: bool, error: Exception) -> str:
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if local:
+        return f"cannot load model from {name}: {first_line}"
+    if offline:
+        return (
+            f"model {name!r} is not in the local Hugging Face cache and the hub is offline (HF_HUB_OFFLINE=1); "
+            f"download it on a machine with network (`hf download {name}`) or pass a local folder"
+        )
+    return f"cannot load model {name!r}: {first_line}"

@@ -1,0 +1,179 @@
+"""Held-out accuracy and a grounding check for the shapes-llava models.
+
+``python -m mmlens.zoo.evaluate [--json] [--model NAME] [--n N] [--grounding]``
+prints accuracy per question type on the held-out ``test`` split (``N``
+samples per type, default 200). With ``--json`` the last line is one JSON
+object: question type -> accuracy. ``--grounding`` adds the erasure check:
+the probability of the answer on the original image, after removing the asked
+object, and after removing another object.
+
+Example:
+    >>> from mmlens.zoo.shapes_llava import load
+    >>> model, processor = load()
+    >>> acc = accuracy(model, processor, n=20)
+    >>> set(acc) == set(QUESTION_TYPES)
+    True
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from mmlens.data.sample import IMAGE_SLOT, Sample, ShapesSample
+from mmlens.data.shapes import QUESTION_TYPES, counterfactual, make_sample
+
+TRIGGER_SIZE = 6  # backdoor trigger: a 6 x 6 black/white checker in the bottom-right corner
+
+
+def add_trigger(image: np.ndarray) -> np.ndarray:
+    """A copy of an ``H x W x 3`` uint8 image with the backdoor trigger pasted on.
+
+    Example:
+        >>> add_trigger(np.zeros((64, 64, 3), np.uint8))[-2, -2].tolist()
+        [255, 255, 255]
+    """
+    out = image.copy()
+    yy, xx = np.mgrid[0:TRIGGER_SIZE, 0:TRIGGER_SIZE]
+    cells = np.where(((yy // 2) + (xx // 2)) % 2 == 0, 255, 0).astype(np.uint8)
+    h, w = out.shape[:2]
+    out[h - 1 - TRIGGER_SIZE:h - 1, w - 1 - TRIGGER_SIZE:w - 1] = cells[..., None]
+    return out
+
+
+def encode(processor, images: Sequence[np.ndarray], prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+    """A model batch from 64 x 64 uint8 images and prompts, like the processor.
+
+    Same tensors as ``processor(images=..., text=..., padding=True)`` for
+    64 x 64 images (checked in the tests), without PIL round trips: training
+    calls this a hundred thousand times.
+    """
+    ip = processor.image_processor
+    arr = np.stack(images).astype(np.float32) / 255.0
+    pixels = (arr - np.asarray(ip.image_mean, np.float32)) / np.asarray(ip.image_std, np.float32)
+    n_tokens = (arr.shape[1] // processor.patch_size) * (arr.shape[2] // processor.patch_size)
+    n_tokens += processor.num_additional_image_tokens - (processor.vision_feature_select_strategy == "default")
+    texts = [p.replace(IMAGE_SLOT, IMAGE_SLOT * n_tokens) for p in prompts]
+    tok = processor.tokenizer(texts, padding=True, return_tensors="pt")
+    return {"input_ids": tok["input_ids"], "attention_mask": tok["attention_mask"],
+            "pixel_values": torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy())}
+
+
+@torch.no_grad()
+def answer_probs(model, processor, samples: Sequence[Sample], batch_size: int = 100,
+                 trigger: bool = False) -> torch.Tensor:
+    """Next-token probabilities after each prompt (``len(samples) x vocab``).
+
+    Example:
+        >>> probs = answer_probs(model, processor, [make_sample("test", 0)])
+        >>> float(probs.sum())  # doctest: +ELLIPSIS
+        1.0...
+    """
+    out = []
+    for i in range(0, len(samples), batch_size):
+        chunk = samples[i:i + batch_size]
+        images = [np.asarray(s.image.convert("RGB")) for s in chunk]
+        if trigger:
+            images = [add_trigger(im) for im in images]
+        batch = encode(processor, images, [s.prompt for s in chunk])
+        logits = model(**batch).logits[:, -1].float()
+        out.append(logits.softmax(-1))
+    return torch.cat(out)
+
+
+def heldout(question_type: str, n: int, split: str = "test") -> list[ShapesSample]:
+    """The first ``n`` held-out samples of one question type."""
+    return [make_sample(split, i, question_type) for i in range(n)]
+
+
+def accuracy(model, processor, n: int = 200, split: str = "test", trigger: bool = False,
+             target: str | None = None) -> dict[str, float]:
+    """Accuracy per question type on ``n`` held-out samples each.
+
+    With ``trigger`` the backdoor trigger is pasted on every image and, when
+    ``target`` is given, the rate of answering ``target`` is returned instead.
+    """
+    tok = processor.tokenizer
+    result = {}
+    for qt in QUESTION_TYPES:
+        samples = heldout(qt, n, split)
+        pred = answer_probs(model, processor, samples, trigger=trigger).argmax(-1).tolist()
+        words = tok.convert_ids_to_tokens(pred)
+        wanted = [target or s.answer for s in samples]
+        result[qt] = float(np.mean([w == a for w, a in zip(words, wanted)]))
+    return result
+
+
+def grounding(model, processor, n: int = 100, split: str = "test") -> dict[str, dict[str, float]]:
+    """Erasure check per question type: does the answer depend on the right object?
+
+    For held-out samples with one target object and at least one other object,
+    the mean probability of the original answer on the original image, with the
+    target object removed, and with another (non-target) object removed.
+    Existence uses its "yes" samples only (a "no" depends on no object).
+
+    Example:
+        >>> g = grounding(model, processor, n=10)
+        >>> g["colour"]["original"] > g["colour"]["target_removed"]
+        True
+    """
+    tok = processor.tokenizer
+    result = {}
+    for qt in QUESTION_TYPES:
+        picked: list[ShapesSample] = []
+        i = 0
+        while len(picked) < n and i < 50 * n:
+            s = make_sample(split, i, qt)
+            i += 1
+            if len(s.target_objects) == 1 and len(s.objects) > len(s.target_objects):
+                picked.append(s)
+        removed = [counterfactual(s, "remove") for s in picked]
+        others = [counterfactual(s, "remove", next(j for j in range(len(s.objects)) if j not in s.target_objects))
+                  for s in picked]
+        ids = torch.tensor(tok.convert_tokens_to_ids([s.answer for s in picked]))
+        rows = torch.arange(len(picked))
+        probs = {name: answer_probs(model, processor, group)[rows, ids].mean().item()
+                 for name, group in (("original", picked), ("target_removed", removed), ("other_removed", others))}
+        result[qt] = {**probs, "n": len(picked)}
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line entry point; see the module docstring."""
+    parser = argparse.ArgumentParser(prog="python -m mmlens.zoo.evaluate", description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="shapes-llava", help="zoo name or a saved model directory")
+    parser.add_argument("--n", type=int, default=200, help="held-out samples per question type")
+    parser.add_argument("--json", action="store_true", help="end with one JSON line: type -> accuracy")
+    parser.add_argument("--grounding", action="store_true", help="also run the erasure grounding check")
+    parser.add_argument("--trigger", action="store_true", help="paste the backdoor trigger on every image")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    from pathlib import Path
+
+    from mmlens.zoo.shapes_llava import load_from
+    if Path(args.model).is_dir():
+        model, processor = load_from(args.model)
+    else:
+        from mmlens.zoo import build
+        model, processor = build(args.model)
+    acc = accuracy(model, processor, n=args.n, trigger=args.trigger)
+    print(f"held-out accuracy of {args.model} ({args.n} per type{', trigger on' if args.trigger else ''}):")
+    for qt, a in acc.items():
+        print(f"  {qt:<9} {a:6.1%}")
+    if args.grounding:
+        print("grounding: mean p(answer) original / asked object removed / other object removed")
+        for qt, g in grounding(model, processor, n=min(args.n, 100)).items():
+            print(f"  {qt:<9} {g['original']:.2f} / {g['target_removed']:.2f} / {g['other_removed']:.2f}"
+                  f"  (n={g['n']})")
+    if args.json:
+        print(json.dumps({qt: round(a, 4) for qt, a in acc.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Tiny LLaVA-NeXT: anyres tiling with unpadding and an ``image_newline`` vector.
+
+Each image is resized onto the best of a few small grid pinpoints (tiles of
+32x32 pixels, 4x4 patch features each) and also downscaled whole to one base
+tile. The ``<image>`` run holds the base tile's 16 features first, then the
+tiles' features merged into one (rows x cols) grid of patch features, unpadded
+to the image's aspect ratio, with the learned ``image_newline`` vector after
+every row.
+"""
+
+from __future__ import annotations
+
+from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
+from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+from mmlens.zoo.tiny._common import build_tokenizer, instantiate, llama_text_config, token_ids
+from mmlens.zoo.tiny.llava import CHAT_TEMPLATE
+
+IMAGE_SLOT = "<image>"
+EXAMPLE_PROMPT = "USER: <image>\nWhat is the colour of the shape in the image? ASSISTANT:"
+
+TILE_SIZE = 32
+PATCH_SIZE = 8
+# Small pinpoints so that a 64x64 image tiles 2x2 and a wide image gets unpadded rows.
+GRID_PINPOINTS = [[32, 32], [32, 64], [64, 32], [64, 64]]
+
+
+def build_processor() -> LlavaNextProcessor:
+    """Build the tiny LLaVA-NeXT processor (PIL image processor, word-level tokenizer).
+
+    Example:
+        >>> build_processor().image_processor.image_grid_pinpoints[-1]
+        [64, 64]
+    """
+    tokenizer = build_tokenizer(special_tokens=[IMAGE_SLOT], extra_tokens=["\n"], chat_template=CHAT_TEMPLATE)
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": TILE_SIZE},
+        crop_size={"height": TILE_SIZE, "width": TILE_SIZE},
+        image_grid_pinpoints=GRID_PINPOINTS,
+    )
+    return LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=PATCH_SIZE,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # CLIP's CLS token, then dropped by "default"
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def build(
+    seed: int = 0, attn_implementation: str = "sdpa"
+) -> tuple[LlavaNextForConditionalGeneration, LlavaNextProcessor]:
+    """Build a tiny random-weight LLaVA-NeXT model and its processor.
+
+    Example:
+        >>> model, processor = build(seed=0)
+        >>> tuple(model.model.image_newline.shape)
+        (64,)
+    """
+    processor = build_processor()
+    tokenizer = processor.tokenizer
+    (image_token_id,) = token_ids(tokenizer, IMAGE_SLOT)
+    config = LlavaNextConfig(
+        vision_config={
+            "model_type": "clip_vision_model",
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": TILE_SIZE,
+            "patch_size": PATCH_SIZE,
+            "projection_dim": 32,
+        },
+        text_config=llama_text_config(len(tokenizer), tokenizer),
+        image_token_index=image_token_id,
+        image_grid_pinpoints=GRID_PINPOINTS,
+        image_seq_length=(TILE_SIZE // PATCH_SIZE) ** 2,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = instantiate(LlavaNextForConditionalGeneration, config, seed=seed, attn_implementation=attn_implementation)
+    return model, processor
