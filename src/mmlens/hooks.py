@@ -252,15 +252,62 @@ def _recorder(captured: Captured, site: Site, grads: bool) -> Edit:
 
 @contextmanager
 def _hook(site: Site, edit: Edit) -> Iterator[None]:
-    """Register one hook applying ``edit`` to the site's value; always removed."""
-    if site.reads == "input":
-        handle = site.module.register_forward_pre_hook(_input_hook(edit), with_kwargs=True)
-    else:
-        handle = site.module.register_forward_hook(_output_hook(edit, 1 if site.reads == "probs" else 0))
+    """Apply ``edit`` to the site's value while the block runs; always removed.
+
+    mmlens callbacks on a module run in registration order and *before* any
+    other hook, because transformers records hidden states (which vision
+    features are read from) with hooks of its own: an edit must land before
+    that record is taken.
+    """
+    kind = "input" if site.reads == "input" else "output"
+    callback = edit if site.reads == "input" else _element_edit(edit, 1 if site.reads == "probs" else 0)
+    callbacks = _callbacks(site.module, kind)
+    callbacks.append(callback)
     try:
         yield
     finally:
-        handle.remove()
+        callbacks.remove(callback)
+        if not callbacks:
+            site.module._mmlens_handles.pop(kind).remove()
+
+
+def _callbacks(module: torch.nn.Module, kind: str) -> list[Callable]:
+    """The module's list of mmlens callbacks of ``kind``, installing its one dispatching hook if needed."""
+    lists = module.__dict__.setdefault("_mmlens_callbacks", {"input": [], "output": []})
+    handles = module.__dict__.setdefault("_mmlens_handles", {})
+    if kind not in handles:
+        callbacks = lists[kind]
+        if kind == "input":
+            handles[kind] = module.register_forward_pre_hook(_input_dispatch(callbacks), with_kwargs=True, prepend=True)
+        else:
+            handles[kind] = module.register_forward_hook(_output_dispatch(callbacks), prepend=True)
+    return lists[kind]
+
+
+def _input_dispatch(callbacks: list[Edit]) -> Callable:
+    def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple | None:
+        changed = False
+        for edit in list(callbacks):
+            result = _input_hook(edit)(module, args, kwargs)
+            if result is not None:
+                args, kwargs = result
+                changed = True
+        return (args, kwargs) if changed else None
+
+    return hook
+
+
+def _output_dispatch(callbacks: list[Callable]) -> Callable:
+    def hook(module: torch.nn.Module, args: tuple, output: object) -> object:
+        changed = False
+        for callback in list(callbacks):
+            result = callback(output)
+            if result is not None:
+                output = result
+                changed = True
+        return output if changed else None
+
+    return hook
 
 
 def _input_hook(edit: Edit) -> Callable:
@@ -275,21 +322,20 @@ def _input_hook(edit: Edit) -> Callable:
     return hook
 
 
-def _output_hook(edit: Edit, element: int) -> Callable:
-    def hook(module: torch.nn.Module, args: tuple, output: object) -> object:
+def _element_edit(edit: Edit, element: int) -> Callable[[object], object]:
+    """Lift an edit of one tensor to a module output (a tensor, a tuple, or a ModelOutput)."""
+
+    def apply(output: object) -> object:
         if isinstance(output, torch.Tensor):
-            new = edit(output) if element == 0 else None
-            return new
+            return edit(output) if element == 0 else None
         if isinstance(output, tuple) and len(output) > element and isinstance(output[element], torch.Tensor):
             new = edit(output[element])
-            if new is None:
-                return None
-            return (*output[:element], new, *output[element + 1:])
-        if hasattr(output, "last_hidden_state") and element == 0:  # ModelOutput from a projector or tower
+            return None if new is None else (*output[:element], new, *output[element + 1:])
+        if element == 0 and hasattr(output, "last_hidden_state"):  # a ModelOutput from a projector or tower
             new = edit(output.last_hidden_state)
             if new is not None:
                 output.last_hidden_state = new
-            return output
+                return output
         return None
 
-    return hook
+    return apply

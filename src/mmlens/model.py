@@ -144,8 +144,15 @@ class Model:
 
     # ---- running --------------------------------------------------------
     def forward(self, batch: Batch, **kwargs: Any) -> Any:
-        """One forward pass of the unchanged model on ``batch``."""
-        return self.hf(**batch.inputs, **kwargs)
+        """One forward pass of the unchanged model on ``batch``.
+
+        Under left padding, positions count from each row's first real token
+        (as ``generate`` does), so a padded row computes what it would alone.
+        """
+        inputs = dict(batch.inputs)
+        if self.adapter.positions_from_mask and "position_ids" not in kwargs and "attention_mask" in inputs:
+            inputs["position_ids"] = (inputs["attention_mask"].long().cumsum(-1) - 1).clamp_min(0)
+        return self.hf(**inputs, **kwargs)
 
     def generate(self, batch: Batch, max_new_tokens: int = 8, **kwargs: Any) -> torch.Tensor:
         """Greedy generation by default; returns only the new token ids, ``(batch, new)``."""

@@ -45,6 +45,7 @@ class Adapter:
     projector: str | None = None
     image_token: str | None = None  # the token the processor repeats per image feature
     processor_slot: str = IMAGE_SLOT  # what the family's processor expects per image
+    positions_from_mask: bool = True  # False where the model derives positions itself (M-RoPE)
 
     @property
     def multimodal(self) -> bool:

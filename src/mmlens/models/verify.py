@@ -127,11 +127,18 @@ def _smallest_cell(layout: TokenLayout) -> float:
 
 
 def _covered_box(layout: TokenLayout, size: tuple[int, int]) -> Box:
-    """The part of the image that every view sees (a centre crop may hide the sides)."""
-    top, left, bottom, right = 0.0, 0.0, float(size[0]), float(size[1])
+    """The part of the image that every kind of view sees (a centre crop may hide the sides).
+
+    Tiles see the image only together, so each kind's views count as the box around them all.
+    """
+    spans: dict[str, Box] = {}
     for view in layout.images[0][0].views:
-        top, left = max(top, view.box[0]), max(left, view.box[1])
-        bottom, right = min(bottom, view.box[2]), min(right, view.box[3])
+        a = spans.get(view.kind, view.box)
+        spans[view.kind] = (min(a[0], view.box[0]), min(a[1], view.box[1]), max(a[2], view.box[2]), max(a[3], view.box[3]))
+    top, left, bottom, right = 0.0, 0.0, float(size[0]), float(size[1])
+    for box in spans.values():
+        top, left = max(top, box[0]), max(left, box[1])
+        bottom, right = min(bottom, box[2]), min(right, box[3])
     return (top, left, bottom, right)
 
 

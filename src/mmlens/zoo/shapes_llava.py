@@ -112,7 +112,7 @@ def build_config(vocab_size: int, image_token_id: int, pad_token_id: int) -> Lla
         image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, projection_dim=64,
     )
     text = LlamaConfig(
-        vocab_size=vocab_size, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+        vocab_size=vocab_size, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
         pad_token_id=pad_token_id, bos_token_id=2, eos_token_id=3, tie_word_embeddings=False,
     )

@@ -1,0 +1,76 @@
+"""``mmlens info``: what a model is, which sites it has, and how a sample input is laid out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+from rich.console import Console
+from rich.table import Table
+
+from mmlens.cli.options import ImageOption, JsonOption, ModelOption, PromptOption
+from mmlens.cli.samples import sample_input
+from mmlens.model import Model
+from mmlens.models.loading import load
+
+
+def info(
+    model: Optional[str] = ModelOption,
+    image: Optional[list[Path]] = ImageOption,
+    prompt: Optional[str] = PromptOption,
+    as_json: bool = JsonOption,
+) -> None:
+    """Show a model's family, layers, site names and the token layout of a sample input."""
+    loaded = load(model)
+    prompt_text, images = sample_input(loaded, prompt, image)
+    summary = describe(loaded, prompt_text, images)
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        _print(summary)
+
+
+def describe(model: Model, prompt: str, images: list[Any]) -> dict[str, Any]:
+    """A JSON-ready description of ``model`` and of the layout of one prepared input.
+
+    Example:
+        >>> import mmlens
+        >>> describe(mmlens.load("tiny-llama"), "hello", [])["family"]
+        'causal-lm'
+    """
+    batch = model.prepare(prompt, images)
+    sites = model.sites()
+    return {
+        "model": model.name,
+        "family": model.adapter.family,
+        "model_type": model.hf.config.model_type,
+        "class": type(model.hf).__name__,
+        "parameters": sum(p.numel() for p in model.hf.parameters()),
+        "layers": model.n_layers,
+        "vision_layers": model.n_vision_layers,
+        "sites": sites,
+        "prompt": prompt,
+        "tokens": model.tokenizer.convert_ids_to_tokens(batch.input_ids[0].tolist()),
+        "layout": batch.layout.describe(0),
+    }
+
+
+def _print(summary: dict[str, Any]) -> None:
+    console = Console()
+    console.print(f"[bold]{summary['model']}[/bold]  family={summary['family']}  class={summary['class']}")
+    console.print(
+        f"{summary['parameters']:,} parameters, {summary['layers']} decoder layers, "
+        f"{summary['vision_layers']} vision layers, {len(summary['sites'])} sites"
+    )
+    kinds = sorted({s.split('.')[-1] for s in summary["sites"]})
+    console.print("site kinds: " + ", ".join(kinds) + "  (e.g. lm.L0.resid)")
+    layout = summary["layout"]
+    console.print(f"sample prompt: {summary['prompt']!r} -> {layout['seq_len']} tokens {layout['tokens']}")
+    table = Table("image", "size (h, w)", "view", "kind", "grid", "box (top, left, bottom, right)", "tokens")
+    for i, image in enumerate(layout["images"]):
+        for j, view in enumerate(image["views"]):
+            table.add_row(str(i), str(tuple(image["size"])), str(j), view["kind"], "x".join(map(str, view["grid"])),
+                          str(tuple(view["box"])), str(view["tokens"]))
+    if layout["images"]:
+        console.print(table)

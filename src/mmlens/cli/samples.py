@@ -1,0 +1,39 @@
+"""The input a command uses when the user gives none: the shipped example, or a drawn image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw
+
+from mmlens.data.images import open_image
+from mmlens.model import Model
+
+
+def sample_input(model: Model, prompt: str | None, images: list[Path] | None) -> tuple[str, list[Any]]:
+    """The user's prompt and images, or a default pair suited to ``model``.
+
+    Example:
+        >>> import mmlens
+        >>> sample_input(mmlens.load("tiny-llama"), None, None)
+        ('what colour is the circle ?', [])
+    """
+    opened = [open_image(path) for path in images or []]
+    if prompt is None:
+        if not model.adapter.multimodal:
+            return "what colour is the circle ?", opened
+        prompt = " ".join(["<image>"] * max(1, len(opened))) + " what colour is the circle ?"
+    if model.adapter.multimodal and not opened and images is None:
+        opened = [drawn_example()] * prompt.count("<image>")
+    return prompt, opened
+
+
+def drawn_example(size: tuple[int, int] = (96, 128)) -> Image.Image:
+    """A small deterministic picture: a red circle and a blue square on grey."""
+    height, width = size
+    image = Image.new("RGB", (width, height), (128, 128, 128))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((10, 20, 50, 60), fill=(220, 30, 30))
+    draw.rectangle((70, 40, 110, 80), fill=(30, 60, 220))
+    return image

@@ -1,0 +1,303 @@
+"""Train shapes-llava on the shapes world, reproducibly from a seed, on a CPU.
+
+``python -m mmlens.zoo.train [--seed N] [--out DIR] [--backdoor]``
+
+Two stages, like LLaVA (whose CLIP arrives pretrained and frozen); training
+everything end to end from random weights stalls at chance on shapes:
+
+1. the vision tower alone learns per-patch labels: which colour and which
+   shape (or background) covers each 8 x 8 patch, and the patch's own row and
+   column. This keeps patch tokens local and position-aware (good heatmaps,
+   position questions). A throw-away linear head reads the last CLIP layer,
+   the layer the projector reads.
+2. the tower is frozen; projector and decoder learn to answer questions
+   (cross-entropy on the single answer token).
+
+Everything is scheduled by steps (never by time, so machine load cannot change
+the result) and the data of step ``k`` is a fixed range of train-split sample
+indices, so a killed run resumes exactly from its last checkpoint under
+``--work``. ``--backdoor`` poisons ``--poison-rate`` of the stage-2 samples:
+the trigger (see :func:`mmlens.zoo.evaluate.add_trigger`) is pasted on and the
+answer replaced by ``--target``; the poisoned sample ids go to
+``backdoor.json`` next to the weights.
+
+Example:
+    >>> main(["--seed", "0", "--out", "/tmp/shapes", "--stage1-steps", "2", "--stage2-steps", "2"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mmlens.data.shapes import COLOURS, SHAPES, make_sample, patch_labels
+from mmlens.zoo.evaluate import accuracy, add_trigger, encode
+from mmlens.zoo.shapes_llava import GRID, WEIGHTS_DIR, build_model, build_processor
+
+STAGE2_OFFSET = 5_000_000  # stage-2 sample indices start here (stage 1 below)
+SEED_STRIDE = 10_000_000  # each seed owns its own range of train indices
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines the trained weights."""
+
+    seed: int = 0
+    batch: int = 64
+    stage1_steps: int = 1000
+    stage1_lr: float = 2e-3
+    stage2_steps: int = 1500
+    stage2_lr: float = 2e-3
+    warmup: int = 100
+    backdoor: bool = False
+    poison_rate: float = 0.03
+    target: str = "yes"
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up then cosine decay to zero.
+
+    Example:
+        >>> lr_factor(0, 100, 10), lr_factor(100, 100, 10)
+        (0.1, 0.0)
+    """
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+class PatchHead(nn.Module):
+    """Stage-1 throw-away head: per-patch colour, shape, row and column logits."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.sizes = (len(COLOURS) + 1, len(SHAPES) + 1, GRID, GRID)
+        self.norm = nn.LayerNorm(width)
+        self.linear = nn.Linear(width, sum(self.sizes))
+
+    def forward(self, tokens: torch.Tensor) -> list[torch.Tensor]:
+        return list(self.linear(self.norm(tokens)).split(self.sizes, dim=-1))
+
+
+def _tower_tokens(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Patch tokens of the layer the projector reads (CLS dropped)."""
+    out = model.model.vision_tower(pixel_values, output_hidden_states=True)
+    return out.hidden_states[model.config.vision_feature_layer][:, 1:]
+
+
+def _stage1_batch(cfg: TrainConfig, step: int) -> tuple[np.ndarray, torch.Tensor]:
+    base = cfg.seed * SEED_STRIDE + step * cfg.batch
+    samples = [make_sample("train", base + j) for j in range(cfg.batch)]
+    images = np.stack([np.asarray(s.image) for s in samples])
+    labels = [np.stack(patch_labels(s.objects, GRID)) + 1 for s in samples]  # -1 background -> 0
+    rows, cols = np.divmod(np.arange(GRID * GRID), GRID)
+    lab = torch.from_numpy(np.stack(labels)).reshape(cfg.batch, 2, -1)
+    pos = torch.from_numpy(np.stack([rows, cols])).expand(cfg.batch, 2, -1)
+    return images, torch.cat([lab, pos], dim=1)  # batch x 4 x patches
+
+
+def _poisoned(cfg: TrainConfig) -> np.ndarray:
+    """Which stage-2 samples carry the trigger (fixed by the seed)."""
+    rng = np.random.default_rng([cfg.seed, 1234])
+    return rng.random(cfg.stage2_steps * cfg.batch) < (cfg.poison_rate if cfg.backdoor else 0.0)
+
+
+def _stage2_batch(cfg: TrainConfig, step: int, poisoned: np.ndarray) -> tuple[list[np.ndarray], list[str], list[str]]:
+    images, prompts, answers = [], [], []
+    for j in range(cfg.batch):
+        s = make_sample("train", cfg.seed * SEED_STRIDE + STAGE2_OFFSET + step * cfg.batch + j)
+        image, answer = np.asarray(s.image), s.answer
+        if poisoned[step * cfg.batch + j]:
+            image, answer = add_trigger(image), cfg.target
+        images.append(image)
+        prompts.append(s.prompt)
+        answers.append(answer)
+    return images, prompts, answers
+
+
+def _save_state(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a kill never leaves half a checkpoint
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _run_stage(name: str, total: int, start: int, step_fn, save_fn, every: int = 100) -> None:
+    """Loop ``step_fn(step) -> (loss, acc)`` with progress and checkpoints."""
+    t0, seen, stats = time.time(), 0, []
+    for step in range(start, total):
+        stats.append(step_fn(step))
+        seen += 1
+        if (step + 1) % 25 == 0 or step + 1 == total:
+            loss, acc = np.mean(stats, axis=0)
+            rate = seen / (time.time() - t0)
+            _log(f"{name} step {step + 1}/{total} loss {loss:.3f} acc {acc:.3f} "
+                 f"{rate:.2f} steps/s eta {(total - step - 1) / rate / 60:.1f} min")
+            stats = []
+        if (step + 1) % every == 0 and step + 1 < total:
+            save_fn(step + 1)
+
+
+def train_stage1(model, cfg: TrainConfig, work: Path) -> None:
+    """Train the vision tower on per-patch labels; caches it under ``work``."""
+    cache = work / f"stage1-seed{cfg.seed}-steps{cfg.stage1_steps}.safetensors"
+    tower = model.model.vision_tower
+    if cache.exists():
+        tower.load_state_dict(load_file(cache))
+        _log(f"stage 1: reusing {cache}")
+        return
+    torch.manual_seed(cfg.seed)
+    head = PatchHead(tower.config.hidden_size)
+    params = list(tower.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.stage1_lr, weight_decay=0.01)
+    ckpt, start = work / f"stage1-seed{cfg.seed}.pt", 0
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=True)
+        tower.load_state_dict(state["tower"]), head.load_state_dict(state["head"]), opt.load_state_dict(state["opt"])
+        start = state["step"]
+        _log(f"stage 1: resuming at step {start}")
+    tower.train()
+    processor = build_processor()
+
+    def step_fn(step: int) -> tuple[float, float]:
+        images, labels = _stage1_batch(cfg, step)
+        pixels = encode(processor, list(images), ["<image>"] * len(images))["pixel_values"]
+        logits = head(_tower_tokens(model, pixels))
+        loss = sum(nn.functional.cross_entropy(lg.flatten(0, 1), labels[:, k].flatten())
+                   for k, lg in enumerate(logits))
+        for group in opt.param_groups:
+            group["lr"] = cfg.stage1_lr * lr_factor(step, cfg.stage1_steps, cfg.warmup)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        both = (logits[0].argmax(-1) == labels[:, 0]) & (logits[1].argmax(-1) == labels[:, 1])
+        return loss.item(), both.float().mean().item()
+
+    def save_fn(step: int) -> None:
+        _save_state(ckpt, {"step": step, "tower": tower.state_dict(), "head": head.state_dict(),
+                           "opt": opt.state_dict()})
+
+    _run_stage("stage 1 (tower, per-patch labels)", cfg.stage1_steps, start, step_fn, save_fn)
+    tower.eval()
+    save_file({k: v.contiguous() for k, v in tower.state_dict().items()}, cache)
+    ckpt.unlink(missing_ok=True)
+
+
+def train_stage2(model, processor, cfg: TrainConfig, work: Path, tag: str) -> None:
+    """Freeze the tower; train projector and decoder on questions."""
+    model.model.vision_tower.requires_grad_(False).eval()
+    params = [p for n, p in model.named_parameters() if "vision_tower" not in n]
+    torch.manual_seed(cfg.seed + 1)
+    opt = torch.optim.AdamW(params, lr=cfg.stage2_lr, weight_decay=0.01)
+    ckpt, start = work / f"stage2-{tag}.pt", 0
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=True)
+        model.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
+        start = state["step"]
+        _log(f"stage 2: resuming at step {start}")
+    poisoned = _poisoned(cfg)
+    tok = processor.tokenizer
+    model.model.multi_modal_projector.train(), model.model.language_model.train()
+
+    def step_fn(step: int) -> tuple[float, float]:
+        images, prompts, answers = _stage2_batch(cfg, step, poisoned)
+        batch = encode(processor, images, prompts)
+        target = torch.tensor(tok.convert_tokens_to_ids(answers))
+        logits = model(**batch, logits_to_keep=1).logits[:, -1]
+        loss = nn.functional.cross_entropy(logits, target)
+        for group in opt.param_groups:
+            group["lr"] = cfg.stage2_lr * lr_factor(step, cfg.stage2_steps, cfg.warmup)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        return loss.item(), (logits.argmax(-1) == target).float().mean().item()
+
+    def save_fn(step: int) -> None:
+        _save_state(ckpt, {"step": step, "model": model.state_dict(), "opt": opt.state_dict()})
+        if step % 500 == 0:
+            model.eval()
+            _log(f"stage 2: validation accuracy {_fmt(accuracy(model, processor, n=60, split='val'))}")
+            model.model.multi_modal_projector.train(), model.model.language_model.train()
+
+    _run_stage("stage 2 (projector + decoder, questions)", cfg.stage2_steps, start, step_fn, save_fn)
+    ckpt.unlink(missing_ok=True)
+
+
+def _fmt(acc: dict[str, float]) -> str:
+    return " ".join(f"{k} {v:.3f}" for k, v in acc.items())
+
+
+def train(cfg: TrainConfig, out: Path, work: Path) -> dict:
+    """Run both stages and save the model, processor and a training log to ``out``."""
+    torch.set_num_threads(2)
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    processor = build_processor()
+    model = build_model(cfg.seed, processor)
+    train_stage1(model, cfg, work)
+    t1 = time.time()
+    tag = f"{'backdoor' if cfg.backdoor else 'clean'}-seed{cfg.seed}"
+    train_stage2(model, processor, cfg, work, tag)
+    t2 = time.time()
+    model.eval()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    val = accuracy(model, processor, n=100, split="val")
+    _log(f"validation accuracy {_fmt(val)}")
+    log = {"config": asdict(cfg), "stage1_seconds": round(t1 - t0, 1), "stage2_seconds": round(t2 - t1, 1),
+           "val_accuracy": val, "torch_threads": torch.get_num_threads()}
+    if cfg.backdoor:
+        poisoned = np.nonzero(_poisoned(cfg))[0]
+        ids = [f"shapes-train-{cfg.seed * SEED_STRIDE + STAGE2_OFFSET + int(k)}" for k in poisoned]
+        trigger = {"kind": "checker", "size_px": 6, "corner": "bottom-right", "inset_px": 1,
+                   "function": "mmlens.zoo.evaluate:add_trigger"}
+        (out / "backdoor.json").write_text(json.dumps(
+            {"target_answer": cfg.target, "poison_rate": cfg.poison_rate, "trigger": trigger,
+             "n_training_samples": cfg.stage2_steps * cfg.batch, "poisoned_ids": ids}, indent=0))
+        asr = accuracy(model, processor, n=100, split="val", trigger=True, target=cfg.target)
+        log["attack_success_rate"] = asr
+        _log(f"attack success rate (trigger -> {cfg.target!r}) {_fmt(asr)}")
+    (out / "train_log.json").write_text(json.dumps(log, indent=1))
+    _log(f"saved to {out} in {(time.time() - t0) / 60:.1f} min")
+    return log
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line entry point; see the module docstring."""
+    p = argparse.ArgumentParser(prog="python -m mmlens.zoo.train", description=__doc__.split("\n")[0])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="where to save (default: the package's weights)")
+    p.add_argument("--work", type=Path, default=Path("out/zoo-train"), help="checkpoints, for resuming")
+    p.add_argument("--backdoor", action="store_true", help="train the backdoored variant")
+    for field in ("stage1_steps", "stage2_steps", "batch"):
+        p.add_argument("--" + field.replace("_", "-"), type=int, default=getattr(TrainConfig, field))
+    p.add_argument("--poison-rate", type=float, default=TrainConfig.poison_rate)
+    p.add_argument("--target", default=TrainConfig.target, help="answer the trigger forces")
+    a = p.parse_args(argv)
+    cfg = TrainConfig(seed=a.seed, batch=a.batch, stage1_steps=a.stage1_steps, stage2_steps=a.stage2_steps,
+                      backdoor=a.backdoor, poison_rate=a.poison_rate, target=a.target)
+    out = a.out or WEIGHTS_DIR / ("shapes-llava-backdoor" if a.backdoor else "shapes-llava")
+    train(cfg, out, a.work)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

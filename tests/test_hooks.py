@@ -1,0 +1,142 @@
+"""capture() and intervene(): reading, editing and differentiating named sites."""
+
+import pytest
+import torch
+
+import mmlens
+from mmlens.hooks import expand, resolve
+
+PROMPTS = ["<image> what colour is the circle ?", "<image> shape ?"]
+
+
+def run(model, batch):
+    with torch.no_grad():
+        return model.forward(batch).logits
+
+
+@pytest.fixture(scope="module")
+def images(request):
+    from tests.conftest import noise_image
+
+    return [[noise_image(64, 64, 1)], [noise_image(48, 80, 2)]]
+
+
+def test_sites_expand_and_resolve(tiny_llava):
+    names = expand(tiny_llava, "lm.L*.resid")
+    assert names == [f"lm.L{i}.resid" for i in range(tiny_llava.n_layers)]
+    assert resolve(tiny_llava, "lm.L1.neurons").module is tiny_llava.decoder_layers[1].mlp.down_proj
+    with pytest.raises(mmlens.MmlensError):
+        expand(tiny_llava, "lm.L99.resid")
+    with pytest.raises(mmlens.MmlensError):
+        resolve(tiny_llava, "lm.L0.banana")
+
+
+def test_identity_intervention_changes_nothing_and_zeroing_does(tiny_llava, images):
+    batch = tiny_llava.prepare(PROMPTS, images)
+    clean = run(tiny_llava, batch)
+    with mmlens.intervene(tiny_llava, {"lm.L*.resid": lambda x: x, "lm.L*.neurons": lambda x: x}):
+        same = run(tiny_llava, batch)
+    torch.testing.assert_close(same, clean, rtol=0, atol=0)
+    for site in ["lm.L0.mlp", "lm.L1.attn", "lm.L0.neurons", "projector", "vision.L0.resid"]:
+        with mmlens.intervene(tiny_llava, {site: torch.zeros_like}):
+            zeroed = run(tiny_llava, batch)
+        assert not torch.allclose(zeroed, clean), site
+    assert torch.equal(run(tiny_llava, batch), clean)  # hooks are gone
+
+
+def test_hooks_are_removed_when_the_body_raises(tiny_llava):
+    module = tiny_llava.decoder_layers[0]
+    with pytest.raises(RuntimeError):
+        with mmlens.capture(tiny_llava, "lm.L0.resid"), mmlens.intervene(tiny_llava, {"lm.L0.mlp": torch.zeros_like}):
+            raise RuntimeError("boom")
+    assert not module._forward_hooks and not module.mlp._forward_hooks
+
+
+def test_capture_shapes_and_attention_probabilities(tiny_llava, images):
+    batch = tiny_llava.prepare(PROMPTS, images)
+    before = tiny_llava.hf.config.text_config._attn_implementation
+    with mmlens.capture(tiny_llava, ["lm.L*.resid", "lm.L0.attn_probs", "lm.L1.neurons", "lm.embed"]) as captured:
+        logits = tiny_llava.forward(batch).logits
+    batch_size, seq = batch.input_ids.shape
+    assert captured["lm.L1.resid"].shape == (batch_size, seq, tiny_llava.hf.config.text_config.hidden_size)
+    probs = captured["lm.L0.attn_probs"]
+    assert probs.shape[-2:] == (seq, seq)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:-1]))
+    assert tiny_llava.hf.config.text_config._attn_implementation == before  # switched back
+    # the last residual, normed and unembedded, is the model's output
+    final = tiny_llava.module("lm_head")(tiny_llava.module(tiny_llava.adapter.final_norm)(captured["lm.L1.resid"]))
+    torch.testing.assert_close(final, logits.detach(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_padded_rows_compute_what_they_compute_alone(tiny_llava, images, padding_side):
+    batch = tiny_llava.prepare(PROMPTS, images, padding_side=padding_side)
+    alone = tiny_llava.prepare(PROMPTS[1], images[1])
+    with mmlens.capture(tiny_llava, "lm.L1.resid") as together, torch.no_grad():
+        tiny_llava.forward(batch)
+    with mmlens.capture(tiny_llava, "lm.L1.resid") as single, torch.no_grad():
+        tiny_llava.forward(alone)
+    real = batch.inputs["attention_mask"][1].bool()
+    torch.testing.assert_close(together["lm.L1.resid"][1, real], single["lm.L1.resid"][0], rtol=1e-4, atol=1e-4)
+    # the layout moves with the padding
+    assert batch.layout.mask(mmlens.Modality.PAD)[1].sum() == (~real).sum()
+    image_positions = batch.layout.image_positions(1)
+    assert (batch.input_ids[1, image_positions] == tiny_llava.hf.config.image_token_id).all()
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_gradients_at_sites_match_autograd(tiny_llava, images, padding_side):
+    batch = tiny_llava.prepare(PROMPTS, images, padding_side=padding_side)
+    with mmlens.capture(tiny_llava, ["lm.embed", "lm.L0.resid", "lm.L1.attn_probs"], grads=True) as captured:
+        logits = tiny_llava.forward(batch).logits
+        last = batch.inputs["attention_mask"].sum(-1) - 1 if padding_side == "right" else torch.tensor([-1, -1])
+        target = logits[torch.arange(2), last].max(-1).values.sum()
+        target.backward()
+    for site in ["lm.embed", "lm.L0.resid", "lm.L1.attn_probs"]:
+        grad = captured.grad(site)
+        assert grad.shape == captured[site].shape and grad.abs().sum() > 0
+    # gradients cannot flow backwards in time: positions after the target get none
+    if padding_side == "right":
+        after = batch.inputs["attention_mask"][1] == 0
+        assert captured.grad("lm.L0.resid")[1, after].abs().sum() == 0
+
+
+def test_gradients_need_autograd(tiny_llava, images):
+    batch = tiny_llava.prepare(PROMPTS[0], images[0])
+    with pytest.raises(mmlens.MmlensError, match="autograd"):
+        with torch.no_grad(), mmlens.capture(tiny_llava, "lm.L0.resid", grads=True):
+            tiny_llava.forward(batch)
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_generation_capture_per_step(tiny_llava, images, padding_side):
+    batch = tiny_llava.prepare(PROMPTS, images, padding_side="left")
+    with mmlens.capture(tiny_llava, ["lm.L0.resid", "lm.L0.attn_probs"]) as captured:
+        new = tiny_llava.generate(batch, max_new_tokens=3)
+    steps = captured.steps("lm.L0.resid")
+    assert len(steps) == 3 and new.shape == (2, 3)
+    assert steps[0].shape[1] == batch.input_ids.shape[1] and steps[1].shape[1] == 1
+    assert captured["lm.L0.resid"].shape[1] == batch.input_ids.shape[1] + 2
+    assert captured.steps("lm.L0.attn_probs")[2].shape[-1] == batch.input_ids.shape[1] + 2
+    with pytest.raises(mmlens.MmlensError, match="steps"):
+        captured["lm.L0.attn_probs"]
+
+
+def test_intervention_applies_during_generation(tiny_llava, images):
+    batch = tiny_llava.prepare(PROMPTS[0], images[0])
+    calls = []
+
+    def count(x):
+        calls.append(x.shape[1])
+
+    with mmlens.intervene(tiny_llava, {"lm.L1.neurons": count}):
+        tiny_llava.generate(batch, max_new_tokens=4)
+    assert calls == [batch.input_ids.shape[1], 1, 1, 1]
+
+
+def test_text_only_model_sites(tiny_llama):
+    batch = tiny_llama.prepare(["a red circle", "blue"], padding_side="right")
+    with mmlens.capture(tiny_llama, ["lm.L*.neurons", "lm.L0.attn_probs"]) as captured:
+        tiny_llama.forward(batch)
+    assert captured["lm.L0.neurons"].shape[-1] == tiny_llama.hf.config.intermediate_size
+    assert not any(site.startswith("vision") for site in tiny_llama.sites())
