@@ -13,7 +13,7 @@ from mmlens.errors import MmlensError
 from mmlens.hooks import Captured, capture, intervene
 from mmlens.layout import ImageInfo, Modality, TokenLayout, View
 from mmlens.model import Batch, Model
-from mmlens.models.loading import load
+from mmlens.models.loading import load, wrap
 
 __all__ = [
     "Batch",
@@ -27,5 +27,6 @@ __all__ = [
     "capture",
     "intervene",
     "load",
+    "wrap",
 ]
 __version__ = "0.1.0"

@@ -49,3 +49,18 @@ def test_prompt_slots_are_checked(tiny_llava, tiny_llama):
         tiny_llava.prepare("<image> <image> what colour ?", [image])
     with pytest.raises(MmlensError, match="text-only"):
         tiny_llama.prepare("<image> hi", [image])
+
+
+def test_wrap_a_model_the_user_already_has():
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=50, n_positions=16))
+    model = mmlens.wrap(hf, processor=None)
+    assert model.adapter.family == "gpt2" and model.n_layers == 2
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with mmlens.capture(model, ["lm.L*.resid", "lm.L1.neurons", "lm.L0.attn_probs"]) as captured:
+        logits = hf(input_ids=ids).logits
+    assert captured["lm.L1.neurons"].shape == (1, 4, 4 * 32)
+    final = hf.lm_head(hf.transformer.ln_f(captured["lm.L1.resid"]))
+    torch.testing.assert_close(final, logits.detach(), rtol=1e-4, atol=1e-4)

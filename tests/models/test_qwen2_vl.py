@@ -77,7 +77,9 @@ def _corrupted(adapter: QwenVLAdapter, corrupt: Callable[[TokenLayout], None]) -
 
 
 @pytest.mark.parametrize("corrupt", [_transposed, _window_order], ids=["transposed", "window-order"])
-def test_verification_rejects_a_wrong_layout(model: mmlens.Model, corrupt: Callable, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_verification_rejects_a_wrong_layout(
+    model: mmlens.Model, corrupt: Callable, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if corrupt is _window_order and model.adapter is QWEN2_VL:
         pytest.skip("Qwen2-VL has no windows")
     monkeypatch.setattr(model, "adapter", _corrupted(model.adapter, corrupt))

@@ -44,13 +44,27 @@ def load(
         hf, processor = zoo.build(name, **kwargs)
     else:
         hf, processor = _from_pretrained(name, attn_implementation, trust_remote_code)
-    adapter = adapter_for_model_type(_model_type(hf))
     if dtype is not None:
         hf = hf.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
     if device is not None:
         hf = hf.to(device)
+    return wrap(hf, processor, name=name)
+
+
+def wrap(hf: torch.nn.Module, processor: Any, name: str | None = None) -> Model:
+    """Wrap a Hugging Face model the user already has (and its processor or tokenizer).
+
+    The model is not copied or changed, only put in eval mode.
+
+    Example:
+        >>> from transformers import GPT2Config, GPT2LMHeadModel
+        >>> hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2))
+        >>> wrap(hf, processor=None).adapter.family
+        'gpt2'
+    """
+    adapter = adapter_for_model_type(_model_type(hf))
     hf.eval()
-    return Model(hf, processor, adapter, name)
+    return Model(hf, processor, adapter, name or getattr(hf.config, "_name_or_path", "") or type(hf).__name__)
 
 
 def _model_type(hf: torch.nn.Module) -> str:

@@ -140,7 +140,8 @@ def token_ids(tokenizer: PreTrainedTokenizerFast, *tokens: str) -> list[int]:
         [4]
     """
     ids = tokenizer.convert_tokens_to_ids(list(tokens))
-    missing = [t for t, i in zip(tokens, ids) if i is None or (i == tokenizer.unk_token_id and t != tokenizer.unk_token)]
+    unk = tokenizer.unk_token_id
+    missing = [t for t, i in zip(tokens, ids) if i is None or (i == unk and t != tokenizer.unk_token)]
     if missing:
         raise ValueError(f"tokens missing from the tiny vocabulary: {missing}")
     return list(ids)

@@ -82,4 +82,5 @@ def build(seed: int = 0, attn_implementation: str = "sdpa") -> tuple[LlavaForCon
         vision_feature_layer=-2,
         pad_token_id=tokenizer.pad_token_id,
     )
-    return instantiate(LlavaForConditionalGeneration, config, seed=seed, attn_implementation=attn_implementation), processor
+    model = instantiate(LlavaForConditionalGeneration, config, seed=seed, attn_implementation=attn_implementation)
+    return model, processor

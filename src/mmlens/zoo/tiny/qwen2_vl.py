@@ -158,7 +158,12 @@ def vision_token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
     image, video, start, end = token_ids(
         tokenizer, "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"
     )
-    return {"image_token_id": image, "video_token_id": video, "vision_start_token_id": start, "vision_end_token_id": end}
+    return {
+        "image_token_id": image,
+        "video_token_id": video,
+        "vision_start_token_id": start,
+        "vision_end_token_id": end,
+    }
 
 
 def build(
