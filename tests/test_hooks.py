@@ -140,3 +140,29 @@ def test_text_only_model_sites(tiny_llama):
         tiny_llama.forward(batch)
     assert captured["lm.L0.neurons"].shape[-1] == tiny_llama.hf.config.intermediate_size
     assert not any(site.startswith("vision") for site in tiny_llama.sites())
+
+
+@pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2-vl", "tiny-qwen2.5-vl"])
+def test_projector_site_holds_what_the_decoder_receives(name):
+    from tests.conftest import noise_image
+
+    model = mmlens.load(name)
+    batch = model.prepare("<image> what colour ?", [noise_image(120, 200)])
+    with mmlens.capture(model, ["projector", "lm.embed"]) as captured, torch.no_grad():
+        model.forward(batch)
+    image_rows = captured["lm.embed"][0, batch.layout.image_positions(0)]
+    torch.testing.assert_close(captured["projector"].reshape(image_rows.shape), image_rows)
+    with mmlens.intervene(model, {"projector": torch.zeros_like}), mmlens.capture(model, "lm.embed") as edited:
+        with torch.no_grad():
+            model.forward(batch)
+    assert edited["lm.embed"][0, batch.layout.image_positions(0)].abs().sum() == 0
+
+
+def test_missing_vision_probabilities_are_a_clear_error():
+    model = mmlens.load("tiny-qwen2-vl")
+    from tests.conftest import noise_image
+
+    batch = model.prepare("<image> what colour ?", [noise_image(64, 64)])
+    with pytest.raises(mmlens.MmlensError, match="no probabilities"):
+        with mmlens.capture(model, "vision.L0.attn_probs"), torch.no_grad():
+            model.forward(batch)

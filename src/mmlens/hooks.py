@@ -55,6 +55,7 @@ class Site:
     name: str
     module: torch.nn.Module
     reads: str  # "output" (first element if a tuple), "input" (first argument), "probs" (output[1])
+    field: str = "last_hidden_state"  # read from a ModelOutput
 
     @property
     def needs_eager(self) -> bool:
@@ -89,7 +90,7 @@ def resolve(model: "Model", name: str) -> Site:
     """The module and value behind a site name."""
     adapter = model.adapter
     if name == "projector" and adapter.projector:
-        return Site(name, model.module(adapter.projector), "output")
+        return Site(name, model.module(adapter.projector), "output", adapter.projector_output)
     if name == "lm.embed":
         return Site(name, model.decoder_layers[0], "input")
     match = _LAYER_SITE.match(name)
@@ -260,7 +261,7 @@ def _hook(site: Site, edit: Edit) -> Iterator[None]:
     that record is taken.
     """
     kind = "input" if site.reads == "input" else "output"
-    callback = edit if site.reads == "input" else _element_edit(edit, 1 if site.reads == "probs" else 0)
+    callback = edit if site.reads == "input" else _element_edit(site, edit)
     callbacks = _callbacks(site.module, kind)
     callbacks.append(callback)
     try:
@@ -322,20 +323,24 @@ def _input_hook(edit: Edit) -> Callable:
     return hook
 
 
-def _element_edit(edit: Edit, element: int) -> Callable[[object], object]:
+def _element_edit(site: Site, edit: Edit) -> Callable[[object], object]:
     """Lift an edit of one tensor to a module output (a tensor, a tuple, or a ModelOutput)."""
+    element = 1 if site.reads == "probs" else 0
 
     def apply(output: object) -> object:
-        if isinstance(output, torch.Tensor):
-            return edit(output) if element == 0 else None
+        if isinstance(output, torch.Tensor) and element == 0:
+            return edit(output)
         if isinstance(output, tuple) and len(output) > element and isinstance(output[element], torch.Tensor):
             new = edit(output[element])
             return None if new is None else (*output[:element], new, *output[element + 1:])
-        if element == 0 and hasattr(output, "last_hidden_state"):  # a ModelOutput from a projector or tower
-            new = edit(output.last_hidden_state)
+        if element == 0 and isinstance(getattr(output, site.field, None), torch.Tensor):  # a ModelOutput
+            new = edit(getattr(output, site.field))
             if new is not None:
-                output.last_hidden_state = new
+                output[site.field] = new  # ModelOutput keeps attribute and key in step
                 return output
-        return None
+            return None
+        if element == 1:
+            raise MmlensError(f"{site.name}: this attention module returns no probabilities, even in eager mode")
+        raise MmlensError(f"{site.name}: cannot read a tensor from a {type(output).__name__}")
 
     return apply

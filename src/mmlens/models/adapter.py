@@ -43,6 +43,7 @@ class Adapter:
     vision_attn: str = "self_attn"
     vision_mlp: str = "mlp"
     projector: str | None = None
+    projector_output: str = "last_hidden_state"  # which field, when the projector returns a ModelOutput
     image_token: str | None = None  # the token the processor repeats per image feature
     processor_slot: str = IMAGE_SLOT  # what the family's processor expects per image
     positions_from_mask: bool = True  # False where the model derives positions itself (M-RoPE)

@@ -118,9 +118,13 @@ _COMMON: dict[str, Any] = dict(
     vision_layers="model.visual.blocks|visual.blocks",
     vision_attn="attn",
     vision_mlp="mlp",
-    projector="model.visual.merger|visual.merger",
+    # The merger's own output is in attention-window order (Qwen2.5-VL); the tower's
+    # pooler_output is the merged features in the order the decoder sees them.
+    projector="model.visual|visual",
+    projector_output="pooler_output",
     image_token="<|image_pad|>",
     processor_slot=QWEN_IMAGE_SLOT,
+    positions_from_mask=False,  # M-RoPE positions come from the model's own rope index
 )
 
 QWEN2_VL = QwenVLAdapter(family="qwen2_vl", model_types=("qwen2_vl",), **_COMMON)

@@ -42,7 +42,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mmlens.data.shapes import COLOURS, SHAPES, make_sample, patch_labels
+from mmlens.data.sample import IMAGE_SLOT
+from mmlens.data.shapes import (
+    COLOURS, QUESTION_TYPES, SHAPES, answer_question, make_question, make_sample, patch_labels,
+)
 from mmlens.zoo.evaluate import accuracy, add_trigger, encode
 from mmlens.zoo.shapes_llava import GRID, WEIGHTS_DIR, build_model, build_processor
 
@@ -64,6 +67,7 @@ class TrainConfig:
     backdoor: bool = False
     poison_rate: float = 0.03
     target: str = "yes"
+    pack: int = 4
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -114,17 +118,50 @@ def _poisoned(cfg: TrainConfig) -> np.ndarray:
     return rng.random(cfg.stage2_steps * cfg.batch) < (cfg.poison_rate if cfg.backdoor else 0.0)
 
 
-def _stage2_batch(cfg: TrainConfig, step: int, poisoned: np.ndarray) -> tuple[list[np.ndarray], list[str], list[str]]:
-    images, prompts, answers = [], [], []
+def _packed_text(index: int, cfg: TrainConfig) -> tuple[np.ndarray, str, list[int], list[str]]:
+    """One training image with up to ``cfg.pack`` questions on it, as one text.
+
+    The first question is exactly the inference format (``<image> q ?`` then
+    the answer); later ones follow as ``... a1 q2 ? a2``. Packing shares the 64
+    image tokens between questions, which cuts the cost per answer ~3x.
+    Returns the image, the text, the word index of each answer and the answers.
+    """
+    s = make_sample("train", index)
+    scene = s.meta["scene"]
+    rng = np.random.default_rng([index, 7])
+    pairs = [(s.prompt, s.answer)]
+    for t in rng.permutation(len(QUESTION_TYPES)):
+        if len(pairs) >= cfg.pack:
+            break
+        q = make_question(scene, QUESTION_TYPES[int(t)], rng)
+        if q is not None:
+            pairs.append((q.prompt().replace(IMAGE_SLOT, "").strip(), answer_question(scene, q)[0]))
+    words: list[str] = []
+    where: list[int] = []
+    for prompt, answer in pairs:
+        words += prompt.split()
+        where.append(len(words))
+        words.append(answer)
+    return np.asarray(s.image), " ".join(words), where, [a for _, a in pairs]
+
+
+def _stage2_batch(cfg: TrainConfig, step: int, poisoned: np.ndarray) -> tuple[list, list, list, list]:
+    """Images, packed texts, answer word indices and answers of one step."""
+    images, texts, places, answers = [], [], [], []
     for j in range(cfg.batch):
-        s = make_sample("train", cfg.seed * SEED_STRIDE + STAGE2_OFFSET + step * cfg.batch + j)
-        image, answer = np.asarray(s.image), s.answer
-        if poisoned[step * cfg.batch + j]:
-            image, answer = add_trigger(image), cfg.target
+        k = step * cfg.batch + j
+        image, text, where, ans = _packed_text(cfg.seed * SEED_STRIDE + STAGE2_OFFSET + k, cfg)
+        if poisoned[k]:
+            image, ans = add_trigger(image), [cfg.target] * len(ans)
+            words = text.split()
+            for w in where:
+                words[w] = cfg.target
+            text = " ".join(words)
         images.append(image)
-        prompts.append(s.prompt)
-        answers.append(answer)
-    return images, prompts, answers
+        texts.append(text)
+        places.append(where)
+        answers.append(ans)
+    return images, texts, places, answers
 
 
 def _save_state(path: Path, state: dict) -> None:
@@ -216,10 +253,16 @@ def train_stage2(model, processor, cfg: TrainConfig, work: Path, tag: str) -> No
     model.model.multi_modal_projector.train(), model.model.language_model.train()
 
     def step_fn(step: int) -> tuple[float, float]:
-        images, prompts, answers = _stage2_batch(cfg, step, poisoned)
-        batch = encode(processor, images, prompts)
-        target = torch.tensor(tok.convert_tokens_to_ids(answers))
-        logits = model(**batch, logits_to_keep=1).logits[:, -1]
+        images, texts, places, answers = _stage2_batch(cfg, step, poisoned)
+        batch = encode(processor, images, texts)
+        n_tokens = batch["attention_mask"].sum(1)
+        pad = batch["input_ids"].shape[1] - n_tokens
+        # word w >= 1 of the text is token 64 + w (token 0 is <s>, the <image>
+        # word fills tokens 1-64); the answer is predicted one token earlier.
+        rows = torch.tensor([i for i, ws in enumerate(places) for _ in ws])
+        cols = torch.tensor([63 + w for ws in places for w in ws]) + pad[rows]
+        target = torch.tensor(tok.convert_tokens_to_ids([a for ans in answers for a in ans]))
+        logits = model(**batch).logits[rows, cols]
         loss = nn.functional.cross_entropy(logits, target)
         for group in opt.param_groups:
             group["lr"] = cfg.stage2_lr * lr_factor(step, cfg.stage2_steps, cfg.warmup)
@@ -287,12 +330,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="where to save (default: the package's weights)")
     p.add_argument("--work", type=Path, default=Path("out/zoo-train"), help="checkpoints, for resuming")
     p.add_argument("--backdoor", action="store_true", help="train the backdoored variant")
-    for field in ("stage1_steps", "stage2_steps", "batch"):
+    for field in ("stage1_steps", "stage2_steps", "batch", "pack"):
         p.add_argument("--" + field.replace("_", "-"), type=int, default=getattr(TrainConfig, field))
     p.add_argument("--poison-rate", type=float, default=TrainConfig.poison_rate)
     p.add_argument("--target", default=TrainConfig.target, help="answer the trigger forces")
     a = p.parse_args(argv)
-    cfg = TrainConfig(seed=a.seed, batch=a.batch, stage1_steps=a.stage1_steps, stage2_steps=a.stage2_steps,
+    cfg = TrainConfig(seed=a.seed, batch=a.batch, stage1_steps=a.stage1_steps, stage2_steps=a.stage2_steps, pack=a.pack,
                       backdoor=a.backdoor, poison_rate=a.poison_rate, target=a.target)
     out = a.out or WEIGHTS_DIR / ("shapes-llava-backdoor" if a.backdoor else "shapes-llava")
     train(cfg, out, a.work)
