@@ -9,6 +9,7 @@ Example:
     True
 """
 
+from mmlens.attribution import Explanation, explain, explain_batch
 from mmlens.errors import MmlensError
 from mmlens.hooks import Captured, capture, intervene
 from mmlens.layout import ImageInfo, Modality, TokenLayout, View
@@ -18,6 +19,7 @@ from mmlens.models.loading import load, wrap
 __all__ = [
     "Batch",
     "Captured",
+    "Explanation",
     "ImageInfo",
     "MmlensError",
     "Modality",
@@ -25,6 +27,8 @@ __all__ = [
     "TokenLayout",
     "View",
     "capture",
+    "explain",
+    "explain_batch",
     "intervene",
     "load",
     "wrap",

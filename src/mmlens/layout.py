@@ -114,6 +114,19 @@ class TokenLayout:
                     fields[name][b, positions] = table[:, column].to(torch.int32)
         return cls(modality=modality, images=images, **fields)
 
+    def appended(self, real: torch.Tensor) -> "TokenLayout":
+        """This layout with ``real.shape[1]`` more positions at the end: text where ``real``, else padding."""
+        extra = torch.where(real.bool().cpu(), int(Modality.TEXT), int(Modality.PAD)).to(torch.int8)
+        none = torch.full(real.shape, -1, dtype=torch.int32)
+        return TokenLayout(
+            modality=torch.cat([self.modality, extra], 1),
+            image=torch.cat([self.image, none], 1),
+            view=torch.cat([self.view, none], 1),
+            row=torch.cat([self.row, none], 1),
+            col=torch.cat([self.col, none], 1),
+            images=self.images,
+        )
+
     # ---- queries ------------------------------------------------------
     @property
     def batch_size(self) -> int:

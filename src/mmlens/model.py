@@ -142,6 +142,29 @@ class Model:
         layout = self.adapter.layout(inputs, sizes, self.processor)
         return Batch(inputs=inputs, layout=layout, prompts=prompt_list, images=per_row).to(self.device)
 
+    def append_tokens(self, batch: Batch, token_ids: torch.Tensor, real: torch.Tensor | None = None) -> Batch:
+        """``batch`` with ``token_ids`` (``(batch, n)``) appended to every row, for teacher forcing.
+
+        ``real`` marks which appended tokens exist (rows may have shorter
+        answers); the rest are padding. Per-token side inputs grow with the
+        sequence: PaliGemma's ``token_type_ids`` mark the appended tokens as
+        its causal suffix (1), other per-token tensors get 0.
+        """
+        token_ids = token_ids.to(batch.input_ids.device)
+        real = torch.ones_like(token_ids) if real is None else real.to(token_ids.device).long()
+        rows, length = batch.input_ids.shape
+        inputs = dict(batch.inputs)
+        for key, value in batch.inputs.items():
+            if key == "input_ids":
+                inputs[key] = torch.cat([value, token_ids.to(value.dtype)], 1)
+            elif key == "attention_mask":
+                inputs[key] = torch.cat([value, real.to(value.dtype)], 1)
+            elif isinstance(value, torch.Tensor) and value.ndim == 2 and value.shape == (rows, length):
+                fill = 1 if key == "token_type_ids" else 0
+                inputs[key] = torch.cat([value, torch.full_like(token_ids, fill).to(value.dtype)], 1)
+        inputs.pop("labels", None)
+        return Batch(inputs, batch.layout.appended(real), batch.prompts, batch.images)
+
     # ---- running --------------------------------------------------------
     def forward(self, batch: Batch, **kwargs: Any) -> Any:
         """One forward pass of the unchanged model on ``batch``.

@@ -26,7 +26,7 @@ Example:
     >>> model = mmlens.load("tiny-llava-next")
     >>> batch = model.prepare("<image> what is this ?", [Image.new("RGB", (200, 120))])
     >>> [(v["kind"], v["grid"]) for v in batch.layout.describe()["images"][0]["views"]]
-    [('global', [4, 4]), ('tile', [4, 6])]
+    [('global', [4, 4]), ('tile', [4, 8])]
 """
 
 from __future__ import annotations
@@ -48,21 +48,20 @@ Box = tuple[float, float, float, float]
 
 @dataclass(frozen=True)
 class ImagePlan:
-    """The token plan of one image: its views and where newline vectors go.
+    """The token plan of one image: its views, then ``newlines`` rows of view 1, each closed by a newline.
 
-    ``newline_rows``: a newline follows every row of the high-resolution view
-    (view 1); ``trailing_newline``: one newline closes an untiled image.
+    An untiled image (OneVision, several images in a prompt) is one view and
+    one newline. Unpadding can leave a grid with rows but no columns (extreme
+    aspect ratios): transformers still emits one newline per row, so
+    ``newlines`` may exceed zero while view 1 is absent.
     """
 
     views: list[View]
-    newline_rows: bool = True
-    trailing_newline: bool = False
+    newlines: int = 0
 
     @property
     def n_tokens(self) -> int:
-        grids = sum(v.rows * v.cols for v in self.views)
-        newlines = self.views[-1].rows if (self.newline_rows and len(self.views) > 1) else 0
-        return grids + newlines + int(self.trailing_newline)
+        return sum(v.rows * v.cols for v in self.views) + self.newlines
 
 
 # ---- geometry ------------------------------------------------------------------
@@ -114,7 +113,7 @@ def select_best_resolution(size: tuple[int, int], pinpoints: list[list[int]]) ->
     """The pinpoint ``(height, width)`` transformers picks: most effective pixels, then least waste.
 
     Example:
-        >>> select_best_resolution((120, 200), [[32, 32], [32, 64], [64, 32], [64, 64]])
+        >>> select_best_resolution((60, 200), [[32, 32], [32, 64], [64, 32], [64, 64]])
         (32, 64)
     """
     height, width = size
@@ -218,21 +217,21 @@ class LlavaNextAdapter(Adapter):
             >>> from mmlens.zoo.tiny.llava_next import build_processor
             >>> plan = LLAVA_NEXT.plan((120, 200), build_processor(), (32, 32))
             >>> [(v.kind, v.rows, v.cols) for v in plan.views], plan.n_tokens
-            ([('global', 4, 4), ('tile', 4, 6)], 44)
+            ([('global', 4, 4), ('tile', 4, 8)], 52)
         """
         image_processor = processor.image_processor
         grid = _feature_grid(processor, pixel_side)
         if not tiled:
             # OneVision multi-image prompts: each image padded to a square, one grid and one newline.
             square = View(grid[0], grid[1], square_padded_box(size), kind="image")
-            return ImagePlan(views=[square], newline_rows=False, trailing_newline=True)
+            return ImagePlan(views=[square], newlines=1)
         _check_tiles_uncropped(image_processor)
         base = View(grid[0], grid[1], base_box(size, image_processor), kind="global")
         aspect = getattr(processor, "vision_aspect_ratio", None)  # only OneVision has anyres_max_N
         max_tiles = int(aspect.strip("anyres_max_")) if aspect else None  # strip() as transformers does
         hires = hires_view(size, image_processor, grid, pixel_side, max_tiles)
-        # Extreme aspect ratios can unpad the grid to nothing: then only the base view (and no newline) is left.
-        return ImagePlan(views=[base, hires] if hires.rows and hires.cols else [base])
+        # Extreme aspect ratios can unpad a grid to zero columns (rows of newlines only) or zero rows.
+        return ImagePlan(views=[base, hires] if hires.rows and hires.cols else [base], newlines=hires.rows)
 
     def layout(self, inputs: dict[str, Any], image_sizes: list[list[tuple[int, int]]], processor: Any) -> TokenLayout:
         token_id = tokenizer_of(processor).convert_tokens_to_ids(self.image_token)
@@ -296,15 +295,10 @@ def _place(
     n = base.rows * base.cols
     tokens += grid_tokens(positions[cursor:cursor + n], image, 0, base.rows, base.cols)
     cursor += n
-    if len(plan.views) > 1:
-        hires = plan.views[1]
-        for r in range(hires.rows):  # each row of the stitched grid ends with the newline vector
-            tokens += [(positions[cursor + c], image, 1, r, c) for c in range(hires.cols)]
-            cursor += hires.cols
-            if plan.newline_rows:
-                newlines.append(positions[cursor])
-                cursor += 1
-    if plan.trailing_newline:
+    cols = plan.views[1].cols if len(plan.views) > 1 else 0
+    for r in range(plan.newlines):  # each row of the stitched grid ends with the newline vector
+        tokens += [(positions[cursor + c], image, 1, r, c) for c in range(cols)]
+        cursor += cols
         newlines.append(positions[cursor])
         cursor += 1
     return cursor

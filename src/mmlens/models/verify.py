@@ -79,13 +79,16 @@ def verify_layout(
     """Perturb ``regions`` random small boxes of ``image`` and compare changed tokens with the layout.
 
     ``margin`` (original pixels) absorbs resampling blur at region edges; by
-    default a fifth of the smallest patch cell.
+    default a fifth of the smallest patch cell, and for the halo of allowed
+    tokens at least a fifth of each view's own cell on each axis (blur is in
+    the view's resized pixels: wider where a view or an axis is shrunk more).
     """
     rng = np.random.default_rng(seed)
     pixels = np.asarray(image.convert("RGB")).copy()
     base = model.prepare(prompt, [image])
     layout = base.layout
     cell = _smallest_cell(layout)
+    halos = _view_margins(layout, cell / 5 if margin is None else margin, scaled=margin is None)
     margin = cell / 5 if margin is None else margin
     reference = _embeddings(model, image, prompt)
     report = LayoutReport()
@@ -95,7 +98,7 @@ def verify_layout(
         top, left, bottom, right = (int(round(v)) for v in region)
         perturbed[top:bottom, left:right] = 255 - perturbed[top:bottom, left:right]
         changed_embeddings = _embeddings(model, Image.fromarray(perturbed), prompt)
-        report.checks.append(_check(layout, reference, changed_embeddings, (top, left, bottom, right), margin))
+        report.checks.append(_check(layout, reference, changed_embeddings, (top, left, bottom, right), margin, halos))
     return report
 
 
@@ -108,7 +111,10 @@ def _embeddings(model: Model, image: Image.Image, prompt: str) -> torch.Tensor:
     return captured["lm.embed"][0]
 
 
-def _check(layout: TokenLayout, before: torch.Tensor, after: torch.Tensor, region: Box, margin: float) -> RegionCheck:
+def _check(
+    layout: TokenLayout, before: torch.Tensor, after: torch.Tensor, region: Box, margin: float,
+    halos: dict[tuple[int, int], tuple[float, float]],
+) -> RegionCheck:
     scale = before.abs().amax().clamp_min(1e-6)
     delta = (after - before).abs().amax(dim=-1)
     changed = (delta > 1e-4 * scale).nonzero().flatten().tolist()
@@ -116,14 +122,28 @@ def _check(layout: TokenLayout, before: torch.Tensor, after: torch.Tensor, regio
     boxes = layout.token_boxes(0)
     top, left, bottom, right = region
     core = (top + margin, left + margin, bottom - margin, right - margin)
-    halo = (top - margin, left - margin, bottom + margin, right + margin)
     required = [p for p, (_, box) in boxes.items() if _overlap(box, core)]
-    allowed = [p for p, (_, box) in boxes.items() if _overlap(box, halo)]
+    allowed = []
+    for p, (image, box) in boxes.items():
+        dy, dx = halos[(image, int(layout.view[0, p]))]
+        if _overlap(box, (top - dy, left - dx, bottom + dy, right + dx)):
+            allowed.append(p)
     return RegionCheck(region=region, changed=changed, required=required, allowed=allowed, faint=faint)
 
 
 def _overlap(a: Box, b: Box) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3] and b[0] < b[2] and b[1] < b[3]
+
+
+def _view_margins(layout: TokenLayout, margin: float, scaled: bool) -> dict[tuple[int, int], tuple[float, float]]:
+    """Halo ``(vertical, horizontal)`` per ``(image, view)``: ``margin``, or a fifth of the view's cell if larger."""
+    halos = {}
+    for i, info in enumerate(layout.images[0]):
+        for v, view in enumerate(info.views):
+            top, left, bottom, right = view.box
+            cell_h, cell_w = (bottom - top) / view.rows, (right - left) / view.cols
+            halos[(i, v)] = (max(margin, cell_h / 5), max(margin, cell_w / 5)) if scaled else (margin, margin)
+    return halos
 
 
 def _smallest_cell(layout: TokenLayout) -> float:

@@ -59,11 +59,11 @@ class TrainConfig:
 
     seed: int = 0
     batch: int = 64
-    stage1_steps: int = 1000
+    stage1_steps: int = 400
     stage1_lr: float = 2e-3
-    stage2_steps: int = 1500
+    stage2_steps: int = 600
     stage2_lr: float = 2e-3
-    warmup: int = 100
+    warmup: int = 50
     backdoor: bool = False
     poison_rate: float = 0.03
     target: str = "yes"
@@ -287,9 +287,11 @@ def _fmt(acc: dict[str, float]) -> str:
     return " ".join(f"{k} {v:.3f}" for k, v in acc.items())
 
 
-def train(cfg: TrainConfig, out: Path, work: Path) -> dict:
+def train(cfg: TrainConfig, out: Path, work: Path, threads: int = 1) -> dict:
     """Run both stages and save the model, processor and a training log to ``out``."""
-    torch.set_num_threads(2)
+    # One thread by default: on a shared 2-core machine two threads each spun
+    # against other jobs and a step took 10x longer than with one.
+    torch.set_num_threads(threads)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     processor = build_processor()
@@ -332,13 +334,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--backdoor", action="store_true", help="train the backdoored variant")
     for field in ("stage1_steps", "stage2_steps", "batch", "pack"):
         p.add_argument("--" + field.replace("_", "-"), type=int, default=getattr(TrainConfig, field))
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core box)")
     p.add_argument("--poison-rate", type=float, default=TrainConfig.poison_rate)
     p.add_argument("--target", default=TrainConfig.target, help="answer the trigger forces")
     a = p.parse_args(argv)
     cfg = TrainConfig(seed=a.seed, batch=a.batch, stage1_steps=a.stage1_steps, stage2_steps=a.stage2_steps, pack=a.pack,
                       backdoor=a.backdoor, poison_rate=a.poison_rate, target=a.target)
     out = a.out or WEIGHTS_DIR / ("shapes-llava-backdoor" if a.backdoor else "shapes-llava")
-    train(cfg, out, a.work)
+    train(cfg, out, a.work, a.threads)
     return 0
 
 

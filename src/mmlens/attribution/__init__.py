@@ -1,0 +1,17 @@
+"""Token-level attribution: why did the model answer this?
+
+One method per file, all returning :class:`~mmlens.attribution.base.Attribution`
+scores that :func:`explain` gathers into an :class:`Explanation`.
+
+Example:
+    >>> import mmlens
+    >>> sorted(METHODS)[:3]
+    ['attention', 'gradient_x_input', 'integrated_gradients']
+"""
+
+from mmlens.attribution.api import METHODS, explain, explain_batch
+from mmlens.attribution.base import Attribution
+from mmlens.attribution.explanation import Explanation
+from mmlens.attribution.targets import Targets, build_targets
+
+__all__ = ["METHODS", "Attribution", "Explanation", "Targets", "build_targets", "explain", "explain_batch"]

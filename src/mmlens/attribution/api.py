@@ -1,0 +1,123 @@
+"""``explain``: run attribution methods on a prompt with images and gather an :class:`Explanation`.
+
+Example:
+    >>> import mmlens
+    >>> from PIL import Image
+    >>> model = mmlens.load("tiny-llava")
+    >>> explanation = explain(model, [Image.new("RGB", (64, 64))], "<image> what colour ?",
+    ...                       methods=["attention", "integrated_gradients"], max_new_tokens=2)
+    >>> explanation.methods
+    ['attention', 'integrated_gradients']
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Sequence
+
+import torch
+
+from mmlens.attribution.attention import attention
+from mmlens.attribution.base import Attribution
+from mmlens.attribution.explanation import Explanation
+from mmlens.attribution.gradients import gradient_x_input, integrated_gradients
+from mmlens.attribution.logit_lens import logit_lens, logit_lens_arc
+from mmlens.attribution.occlusion import occlusion, rise
+from mmlens.attribution.relevancy import relevancy
+from mmlens.attribution.rollout import rollout
+from mmlens.attribution.targets import Targets, build_targets
+from mmlens.errors import MmlensError
+from mmlens.layout import TokenLayout
+from mmlens.model import Model
+
+METHODS: dict[str, Callable[..., Attribution]] = {
+    "attention": attention,
+    "rollout": rollout,
+    "relevancy": relevancy,
+    "gradient_x_input": gradient_x_input,
+    "integrated_gradients": integrated_gradients,
+    "occlusion": occlusion,
+    "rise": rise,
+    "logit_lens": logit_lens,
+    "logit_lens_arc": logit_lens_arc,
+}
+DEFAULT_METHODS = ("attention", "rollout", "relevancy", "integrated_gradients", "occlusion", "logit_lens")
+
+
+def explain(
+    model: Model,
+    images: Sequence[Any],
+    prompt: str,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    answer: str | None = None,
+    foil: str | None = None,
+    max_new_tokens: int = 8,
+    score: str = "logit",
+    options: dict[str, dict[str, Any]] | None = None,
+) -> Explanation:
+    """Explain each answer token of one prompt; see :func:`explain_batch` for several."""
+    return explain_batch(model, [list(images)], [prompt], methods, None if answer is None else [answer],
+                         None if foil is None else [foil], max_new_tokens, score, options)[0]
+
+
+def explain_batch(
+    model: Model,
+    images: Sequence[Sequence[Any]],
+    prompts: Sequence[str],
+    methods: Sequence[str] = DEFAULT_METHODS,
+    answers: Sequence[str] | None = None,
+    foils: Sequence[str] | None = None,
+    max_new_tokens: int = 8,
+    score: str = "logit",
+    options: dict[str, dict[str, Any]] | None = None,
+) -> list[Explanation]:
+    """Explain a batch of prompts: each method runs once over the whole (padded) batch.
+
+    ``answers`` teacher-forces given answers (else the model's greedy answers
+    are explained); ``foils`` turns each target into a contrast, answer
+    against foil. ``options`` passes per-method keyword arguments, e.g.
+    ``{"integrated_gradients": {"steps": 64}}``.
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise MmlensError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
+    batch = model.prepare(list(prompts), [list(row) for row in images], padding_side="left")
+    targets = build_targets(model, batch, None if answers is None else list(answers),
+                            None if foils is None else list(foils), max_new_tokens, score)
+    results: dict[str, Attribution] = {}
+    milliseconds: dict[str, float] = {}
+    for method in methods:
+        start = time.perf_counter()
+        results[method] = METHODS[method](model, targets, **(options or {}).get(method, {}))
+        milliseconds[method] = (time.perf_counter() - start) * 1e3 / len(prompts)
+    return [_one(model, targets, results, milliseconds, row) for row in range(len(prompts))]
+
+
+def _one(model: Model, targets: Targets, results: dict[str, Attribution], ms: dict[str, float], row: int) -> Explanation:
+    """The explanation of one batch row, padding and absent targets dropped."""
+    batch = targets.batch
+    layout = batch.layout
+    n = int(targets.real[row].sum())
+    one_row = TokenLayout(layout.modality[row : row + 1], layout.image[row : row + 1], layout.view[row : row + 1],
+                          layout.row[row : row + 1], layout.col[row : row + 1], layout.images[row : row + 1])
+    tokens = model.tokenizer.convert_ids_to_tokens(batch.input_ids[row].tolist())
+    return Explanation(
+        model=model.name,
+        prompt=batch.prompts[row],
+        answer=model.tokenizer.decode(targets.tokens[row, :n].tolist(), skip_special_tokens=True),
+        answer_tokens=targets.texts[row],
+        tokens=[str(t) for t in tokens],
+        positions=targets.positions[:n].tolist(),
+        layout=one_row,
+        images=batch.images[row],
+        scores={m: r.scores[row, :n].clone() for m, r in results.items()},
+        extras={m: _row_extras(r.extras, row, n) for m, r in results.items()},
+        milliseconds=dict(ms),
+    )
+
+
+def _row_extras(extras: dict[str, Any], row: int, n: int) -> dict[str, Any]:
+    out = {}
+    for key, value in extras.items():
+        out[key] = value[row, :n] if isinstance(value, torch.Tensor) and value.ndim >= 2 else value
+    return out

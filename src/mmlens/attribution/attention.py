@@ -1,0 +1,41 @@
+"""Raw attention: how much the answer position attends to each token, per layer and head.
+
+Averaged over heads, then over a layer range (all layers by default). Needs
+eager attention, which :func:`mmlens.capture` switches on for the pass.
+
+Example:
+    >>> import mmlens
+    >>> from mmlens.attribution.targets import build_targets
+    >>> model = mmlens.load("tiny-llama")
+    >>> targets = build_targets(model, model.prepare("a red circle"), answer="red")
+    >>> attention(model, targets).scores.shape[:2]
+    torch.Size([1, 1])
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mmlens.attribution.base import Attribution, causal_cut
+from mmlens.attribution.targets import Targets
+from mmlens.hooks import capture
+from mmlens.model import Model
+
+
+def attention_maps(model: Model, targets: Targets) -> torch.Tensor:
+    """Attention probabilities of every layer, ``(layers, batch, heads, seq, seq)``."""
+    sites = [f"lm.L{i}.attn_probs" for i in range(model.n_layers)]
+    with torch.no_grad(), capture(model, sites) as captured:
+        model.forward(targets.batch, use_cache=False)
+    return torch.stack([captured[site].float().cpu() for site in sites])
+
+
+def attention(model: Model, targets: Targets, layers: slice | None = None, keep_heads: bool = False) -> Attribution:
+    """Mean over heads and ``layers`` of the attention from each answer position."""
+    maps = attention_maps(model, targets)[layers or slice(None)]
+    from_targets = maps[:, :, :, targets.positions, :]  # (layers, batch, heads, n, seq)
+    per_layer = from_targets.mean(2).permute(1, 2, 0, 3)  # (batch, n, layers, seq)
+    extras = {"per_layer": per_layer}
+    if keep_heads:
+        extras["per_layer_head"] = from_targets.permute(1, 3, 0, 2, 4)  # (batch, n, layers, heads, seq)
+    return Attribution(causal_cut(per_layer.mean(2), targets), extras)

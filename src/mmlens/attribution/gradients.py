@@ -1,0 +1,115 @@
+"""Gradient x input and integrated gradients on the decoder's input embeddings.
+
+Both attribute to every token the language model sees, image tokens
+(after the projector) included. They run on a recorded decoder call
+(:mod:`mmlens.models.decoder`), so the vision tower runs once, however many
+interpolation steps there are; the steps go through the decoder in batches.
+
+Integrated gradients: ``(x - x0) * sum_k w_k grad f(x0 + a_k (x - x0))`` with
+Gauss-Legendre nodes ``a_k`` and weights ``w_k`` on [0, 1] (or the midpoint
+rule). Completeness says the attributions sum to ``f(x) - f(x0)``; the relative
+error is reported per row and target in ``extras["completeness_error"]``.
+
+Example:
+    >>> import mmlens
+    >>> from mmlens.attribution.targets import build_targets
+    >>> model = mmlens.load("tiny-llama")
+    >>> targets = build_targets(model, model.prepare("a red circle"), answer="red")
+    >>> result = integrated_gradients(model, targets, steps=16)
+    >>> float(result.extras["completeness_error"].max()) < 0.05
+    True
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mmlens.attribution.base import Attribution, causal_cut, empty_scores
+from mmlens.attribution.targets import Targets
+from mmlens.errors import MmlensError
+from mmlens.model import Model
+from mmlens.models.decoder import DecoderCall, record_decoder_call
+
+BASELINES = ("mean", "zeros", "pad")
+
+
+def gradient_x_input(model: Model, targets: Targets) -> Attribution:
+    """``sum_d grad_d * x_d`` per token, all targets in one batched backward pass."""
+    call = record_decoder_call(model, targets.batch)
+    rows = call.batch_size
+    stack = call.embeds.repeat(targets.count, 1, 1).requires_grad_(True)  # copy j explains target j
+    with torch.enable_grad():
+        logits = call.logits(stack, positions=targets.positions)
+        total = sum(targets.scores(logits[j * rows:(j + 1) * rows, j], j).sum() for j in range(targets.count))
+        (grad,) = torch.autograd.grad(total, stack)
+    per_copy = (grad * stack.detach()).sum(-1).view(targets.count, rows, -1)
+    return Attribution(causal_cut(per_copy.transpose(0, 1).float().cpu(), targets))
+
+
+def integrated_gradients(
+    model: Model,
+    targets: Targets,
+    steps: int = 32,
+    baseline: str = "zeros",
+    rule: str = "gausslegendre",
+    internal_batch: int = 16,
+) -> Attribution:
+    """Integrated gradients from ``baseline`` to the input embeddings, ``steps`` points per target."""
+    call = record_decoder_call(model, targets.batch)
+    x = call.embeds
+    x0 = _baseline(model, call, baseline)
+    alphas, weights = path_points(steps, rule)
+    scores = empty_scores(targets)
+    errors = torch.zeros(targets.tokens.shape)
+    for j in range(targets.count):
+        position = targets.positions[j : j + 1]
+        grads = torch.zeros_like(x)
+        for start in range(0, steps, internal_batch):
+            chunk_alphas = alphas[start : start + internal_batch].to(x)
+            chunk_weights = weights[start : start + internal_batch].to(x)
+            path = (x0[None] + chunk_alphas[:, None, None, None] * (x - x0)[None]).flatten(0, 1).requires_grad_(True)
+            with torch.enable_grad():
+                score = targets.scores(call.logits(path, positions=position)[:, 0], j)
+                (grad,) = torch.autograd.grad(score.sum(), path)
+            grads += (chunk_weights[:, None, None, None] * grad.view(len(chunk_alphas), *x.shape)).sum(0)
+        attributions = ((x - x0) * grads).sum(-1)
+        with torch.no_grad():
+            ends = targets.scores(call.logits(torch.cat([x, x0]), positions=position)[:, 0], j)
+        delta = ends[: x.shape[0]] - ends[x.shape[0]:]
+        errors[:, j] = ((attributions.sum(-1) - delta).abs() / delta.abs().clamp_min(1e-12)).cpu()
+        scores[:, j] = attributions.float().cpu()
+    errors = torch.where(targets.real.cpu(), errors, torch.zeros(()))
+    return Attribution(causal_cut(scores, targets), {"completeness_error": errors, "steps": steps, "rule": rule})
+
+
+def path_points(steps: int, rule: str = "gausslegendre") -> tuple[torch.Tensor, torch.Tensor]:
+    """Interpolation points on [0, 1] and their quadrature weights (summing to 1).
+
+    Example:
+        >>> alphas, weights = path_points(4, "riemann_middle")
+        >>> alphas.tolist(), float(weights.sum())
+        ([0.125, 0.375, 0.625, 0.875], 1.0)
+    """
+    if steps < 1:
+        raise MmlensError("integrated gradients needs at least one step")
+    if rule == "gausslegendre":
+        nodes, weights = np.polynomial.legendre.leggauss(steps)
+        return torch.tensor((nodes + 1) / 2, dtype=torch.float64), torch.tensor(weights / 2, dtype=torch.float64)
+    if rule == "riemann_middle":
+        return (torch.arange(steps, dtype=torch.float64) + 0.5) / steps, torch.full((steps,), 1.0 / steps, dtype=torch.float64)
+    raise MmlensError(f"unknown integration rule {rule!r}; use gausslegendre or riemann_middle")
+
+
+def _baseline(model: Model, call: DecoderCall, kind: str) -> torch.Tensor:
+    if kind == "mean":  # every position the row's mean embedding: uninformative, and far from RMSNorm's 0
+        real = call.model_mask()[..., None].to(call.embeds)
+        mean = (call.embeds * real).sum(1, keepdim=True) / real.sum(1, keepdim=True).clamp_min(1)
+        return mean.expand_as(call.embeds).clone()
+    if kind == "zeros":
+        return torch.zeros_like(call.embeds)
+    if kind == "pad":
+        pad = model.tokenizer.pad_token_id or 0
+        vector = model.hf.get_input_embeddings().weight[pad].detach()
+        return vector.expand_as(call.embeds).clone()
+    raise MmlensError(f"unknown baseline {kind!r}; choose one of {', '.join(BASELINES)}")

@@ -1,0 +1,152 @@
+"""Occlusion and RISE on image patches, at the decoder's input.
+
+Both replace image-token embeddings with a baseline, the mean image-token
+embedding of that image (a "grey" patch as the decoder sees it), and watch the
+target scores. Every variant of a row runs through a recorded decoder call
+(:mod:`mmlens.models.decoder`) in batches; the vision tower runs once.
+
+- **Occlusion**: hide one window of ``window x window`` tokens of one view at a
+  time; a token's score is the drop of the target score when its window is hidden.
+- **RISE** (Petsiuk et al., 2018): random smooth masks drawn in pixel space
+  (a coarse ``grid x grid`` Bernoulli grid, bilinearly upsampled with a random
+  shift); a token keeps the mask value at its patch centre, so tiles and global
+  views of one image see the same mask. Saliency is
+  ``sum_i (f_i - mean f) m_i / (N p)``.
+
+Example:
+    >>> import mmlens
+    >>> from PIL import Image
+    >>> from mmlens.attribution.targets import build_targets
+    >>> model = mmlens.load("tiny-llava")
+    >>> batch = model.prepare("<image> what colour ?", [Image.new("RGB", (64, 64), "red")])
+    >>> targets = build_targets(model, batch, answer="red")
+    >>> occlusion(model, targets).scores.shape[:2]
+    torch.Size([1, 1])
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mmlens.attribution.base import Attribution, causal_cut, empty_scores
+from mmlens.attribution.targets import Targets
+from mmlens.layout import TokenLayout
+from mmlens.model import Model
+from mmlens.models.decoder import DecoderCall, record_decoder_call
+
+
+def occlusion(model: Model, targets: Targets, window: int = 1, chunk: int = 32) -> Attribution:
+    """Score drop when each window of image tokens is replaced by the baseline."""
+    call = record_decoder_call(model, targets.batch)
+    scores = empty_scores(targets)
+    layout = targets.batch.layout
+    for row in range(call.batch_size):
+        units = _windows(layout, row, window)
+        if not units:
+            continue
+        row_call = call.row(row)
+        x, base = row_call.embeds, image_baseline(layout, row, row_call.embeds)
+        masks = torch.zeros(len(units), x.shape[1], dtype=torch.bool)
+        for u, positions in enumerate(units):
+            masks[u, positions] = True
+        full = _target_scores(row_call, targets, row, x)[0]
+        occluded = _masked_scores(row_call, targets, row, x, base, masks.to(x.dtype), chunk)  # (units, n)
+        drop = full[None] - occluded
+        for u, positions in enumerate(units):
+            scores[row][:, positions] = drop[u][:, None].cpu()
+    return Attribution(causal_cut(scores, targets), {"window": window})
+
+
+def rise(model: Model, targets: Targets, masks: int = 256, grid: int = 4, keep: float = 0.5, seed: int = 0,
+         chunk: int = 32) -> Attribution:
+    """RISE saliency over image tokens from ``masks`` random smooth masks."""
+    call = record_decoder_call(model, targets.batch)
+    scores = empty_scores(targets)
+    layout = targets.batch.layout
+    generator = torch.Generator().manual_seed(seed)
+    for row in range(call.batch_size):
+        centres = _token_centres(layout, row)
+        if not centres:
+            continue
+        row_call = call.row(row)
+        x = row_call.embeds
+        keep_masks = torch.ones(masks, x.shape[1])
+        for image, info in enumerate(layout.images[row]):
+            pixel_masks = _smooth_masks(masks, grid, keep, info.size, generator)  # (masks, H, W)
+            for position, (y, x_centre) in centres.get(image, {}).items():
+                keep_masks[:, position] = pixel_masks[:, y, x_centre]
+        base = image_baseline(layout, row, x)
+        values = _masked_scores(row_call, targets, row, x, base, (1 - keep_masks).to(x.dtype), chunk)  # (masks, n)
+        centred = values - values.mean(0, keepdim=True)
+        saliency = torch.einsum("mn,mt->nt", centred.cpu().double(), keep_masks.double()) / (masks * keep)
+        image_positions = layout.image_positions(row)
+        scores[row][:, image_positions] = saliency[:, image_positions].float()
+    return Attribution(causal_cut(scores, targets), {"masks": masks, "grid": grid, "keep": keep})
+
+
+def image_baseline(layout: TokenLayout, row: int, embeds: torch.Tensor) -> torch.Tensor:
+    """Each image token replaced by the mean embedding of its image's tokens; other tokens unchanged."""
+    base = embeds.clone()
+    for image in range(len(layout.images[row])):
+        positions = layout.image_positions(row, image).to(embeds.device)
+        base[0, positions] = embeds[0, positions].mean(0)
+    return base
+
+
+def _target_scores(call: DecoderCall, targets: Targets, row: int, embeds: torch.Tensor) -> torch.Tensor:
+    """Scores of every target of ``row`` for a stack of variants of that row: ``(variants, n)``."""
+    with torch.no_grad():
+        logits = call.logits(embeds, positions=targets.positions)
+    sub = _row_targets(targets, row)
+    return torch.stack([sub.scores(logits[:, j], j) for j in range(targets.count)], dim=-1)
+
+
+def _masked_scores(call: DecoderCall, targets: Targets, row: int, x: torch.Tensor, base: torch.Tensor,
+                   hide: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Target scores with each variant ``x * (1 - hide) + base * hide``, in chunks."""
+    out = []
+    for start in range(0, hide.shape[0], chunk):
+        weight = hide[start : start + chunk, :, None].to(x.device)
+        variants = x * (1 - weight) + base * weight
+        out.append(_target_scores(call, targets, row, variants))
+    return torch.cat(out)
+
+
+def _row_targets(targets: Targets, row: int) -> Targets:
+    foils = targets.foils[row : row + 1] if targets.foils is not None else None
+    return Targets(targets.batch, targets.positions, targets.tokens[row : row + 1], targets.real[row : row + 1],
+                   targets.texts[row : row + 1], foils, targets.score)
+
+
+def _windows(layout: TokenLayout, row: int, window: int) -> list[list[int]]:
+    """Image-token positions grouped into ``window x window`` blocks of each view's grid."""
+    groups: dict[tuple[int, int, int, int], list[int]] = {}
+    for position in layout.image_positions(row).tolist():
+        key = (int(layout.image[row, position]), int(layout.view[row, position]),
+               int(layout.row[row, position]) // window, int(layout.col[row, position]) // window)
+        groups.setdefault(key, []).append(position)
+    return list(groups.values())
+
+
+def _token_centres(layout: TokenLayout, row: int) -> dict[int, dict[int, tuple[int, int]]]:
+    """Per image, each image token's patch centre in original pixels (clipped into the image)."""
+    centres: dict[int, dict[int, tuple[int, int]]] = {}
+    for position, (image, (top, left, bottom, right)) in layout.token_boxes(row).items():
+        height, width = layout.images[row][image].size
+        y = int(np.clip((top + bottom) / 2, 0, height - 1))
+        x = int(np.clip((left + right) / 2, 0, width - 1))
+        centres.setdefault(image, {})[position] = (y, x)
+    return centres
+
+
+def _smooth_masks(count: int, grid: int, keep: float, size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
+    """RISE masks at pixel size: upsampled random grids, randomly shifted by up to one cell."""
+    height, width = size
+    cell_h, cell_w = int(np.ceil(height / grid)), int(np.ceil(width / grid))
+    coarse = (torch.rand(count, 1, grid, grid, generator=generator) < keep).float()
+    up = F.interpolate(coarse, size=((grid + 1) * cell_h, (grid + 1) * cell_w), mode="bilinear", align_corners=False)
+    shifts_y = torch.randint(0, cell_h, (count,), generator=generator)
+    shifts_x = torch.randint(0, cell_w, (count,), generator=generator)
+    return torch.stack([up[i, 0, sy : sy + height, sx : sx + width] for i, (sy, sx) in enumerate(zip(shifts_y, shifts_x))])

@@ -1,0 +1,134 @@
+"""What to explain: the answer tokens of a teacher-forced batch, and how to score them.
+
+Three kinds of target:
+
+- the model's own answer (greedy generation), token by token;
+- a given answer, teacher-forced;
+- a contrast: the answer's logit minus a foil's (why "red" rather than "blue"?).
+
+Prompts are left-padded and answers appended, so answer token ``j`` is
+predicted at the same position in every row: ``positions[j]``.
+
+Example:
+    >>> import mmlens
+    >>> model = mmlens.load("tiny-llama")
+    >>> targets = build_targets(model, model.prepare("a red circle"), answer="is red")
+    >>> targets.texts
+    [['is', 'red']]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mmlens.errors import MmlensError
+from mmlens.model import Batch, Model
+
+SCORES = ("logit", "logprob", "prob")
+
+
+@dataclass
+class Targets:
+    """Answer tokens to explain, and the teacher-forced batch that predicts them."""
+
+    batch: Batch  # prompt + all answer tokens but the last
+    positions: torch.Tensor  # (n,) position predicting answer token j, shared by all rows
+    tokens: torch.Tensor  # (batch, n) answer token ids
+    real: torch.Tensor  # (batch, n) True where row has an answer token j
+    texts: list[list[str]]  # answer token strings per row
+    foils: torch.Tensor | None = None  # (batch, n) contrast token ids
+    score: str = "logit"
+
+    @property
+    def count(self) -> int:
+        return self.tokens.shape[1]
+
+    def scores(self, logits: torch.Tensor, j: int) -> torch.Tensor:
+        """Per-row score of target ``j`` from the logits at its position, ``(rows, vocab)`` -> ``(rows,)``.
+
+        Rows may be a stack of copies of the batch (``k x batch`` rows); the
+        target tokens repeat with them.
+        """
+        copies = logits.shape[0] // self.tokens.shape[0]
+        token = self.tokens[:, j].repeat(copies).to(logits.device)
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        if self.foils is not None:
+            foil = self.foils[:, j].repeat(copies).to(logits.device)
+            return logits[rows, token] - logits[rows, foil]
+        if self.score == "logit":
+            return logits[rows, token]
+        log_probs = torch.log_softmax(logits.float(), dim=-1)[rows, token]
+        return log_probs if self.score == "logprob" else log_probs.exp()
+
+
+def build_targets(
+    model: Model,
+    batch: Batch,
+    answer: str | list[str] | None = None,
+    foil: str | list[str] | None = None,
+    max_new_tokens: int = 8,
+    score: str = "logit",
+) -> Targets:
+    """Targets for ``batch``: the generated answer when ``answer`` is None, else the given one.
+
+    ``batch`` must be left-padded (``Model.prepare`` does that by default).
+    """
+    if score not in SCORES:
+        raise MmlensError(f"unknown score {score!r}; choose one of {', '.join(SCORES)}")
+    rows = batch.input_ids.shape[0]
+    if answer is None:
+        tokens, real = _generated(model, batch, max_new_tokens)
+    else:
+        tokens, real = _tokenised(model, _per_row(answer, rows, "answer"))
+    foils = None
+    if foil is not None:
+        foil_tokens, foil_real = _tokenised(model, _per_row(foil, rows, "foil"))
+        if foil_tokens.shape[1] == 1:
+            foil_tokens = foil_tokens.expand_as(tokens)
+        elif foil_tokens.shape != tokens.shape or not torch.equal(foil_real, real):
+            raise MmlensError("a foil must be one token, or as many tokens as the answer")
+        foils = foil_tokens
+    if tokens.shape[1] == 0:
+        raise MmlensError("nothing to explain: the answer is empty")
+    forced = model.append_tokens(batch, tokens[:, :-1], real[:, :-1]) if tokens.shape[1] > 1 else batch
+    start = batch.input_ids.shape[1] - 1
+    positions = torch.arange(start, start + tokens.shape[1])
+    texts = [[model.tokenizer.decode([t]) for t, r in zip(row, keep) if r] for row, keep in zip(tokens.tolist(), real.tolist())]
+    return Targets(forced, positions, tokens, real.bool(), texts, foils, score)
+
+
+def _per_row(text: str | list[str], rows: int, what: str) -> list[str]:
+    texts = [text] * rows if isinstance(text, str) else list(text)
+    if len(texts) != rows:
+        raise MmlensError(f"{len(texts)} {what}s for {rows} prompts")
+    return texts
+
+
+def _tokenised(model: Model, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Answer texts to right-padded token ids and a mask of real tokens."""
+    encoded = [model.tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    if any(not ids for ids in encoded):
+        raise MmlensError("an answer or foil tokenises to nothing")
+    return _right_padded(model, encoded)
+
+
+def _generated(model: Model, batch: Batch, max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy answers, each cut after its first end-of-sequence token."""
+    with torch.no_grad():
+        new = model.generate(batch, max_new_tokens=max_new_tokens).cpu()
+    stops = {model.tokenizer.eos_token_id, model.tokenizer.pad_token_id} - {None}
+    answers = []
+    for row in new.tolist():
+        cut = next((i for i, t in enumerate(row) if t in stops), len(row))
+        answers.append(row[:cut] or row[:1])
+    return _right_padded(model, answers)
+
+
+def _right_padded(model: Model, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    tokens = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+    real = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    return tokens, real

@@ -1,0 +1,130 @@
+"""Run the language model again from chosen input embeddings, without the vision tower.
+
+Many methods (integrated gradients, occlusion, RISE, patching) evaluate the
+same prompt under many variants of its input embeddings. Re-running the vision
+tower for each variant is wasted work: :func:`record_decoder_call` runs the
+model once and keeps exactly what its language model was called with (input
+embeddings, masks, M-RoPE positions, ...), and :meth:`DecoderCall.logits`
+replays that call for a whole stack of embedding variants at once.
+
+Example:
+    >>> import mmlens, torch
+    >>> model = mmlens.load("tiny-llama")
+    >>> batch = model.prepare("a red circle")
+    >>> call = record_decoder_call(model, batch)
+    >>> variants = torch.cat([call.embeds, torch.zeros_like(call.embeds)])  # 2 variants of 1 row
+    >>> call.logits(variants, positions=[-1]).shape[:2]
+    torch.Size([2, 1])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from mmlens.errors import MmlensError
+from mmlens.model import Batch, Model
+
+
+@dataclass
+class DecoderCall:
+    """One recorded call of the language model: its input embeddings and its other arguments."""
+
+    model: Model
+    embeds: torch.Tensor  # (batch, seq, hidden)
+    kwargs: dict[str, Any]
+
+    @property
+    def batch_size(self) -> int:
+        return self.embeds.shape[0]
+
+    def model_mask(self) -> torch.Tensor:
+        """``(batch, seq)`` True at real (non-padding) positions."""
+        mask = self.kwargs.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.ndim == 2:
+            return mask.bool()
+        return torch.ones(self.embeds.shape[:2], dtype=torch.bool, device=self.embeds.device)
+
+    def hidden(self, embeds: torch.Tensor) -> torch.Tensor:
+        """Final hidden states (after the final norm) for ``embeds``, a stack of ``k x batch`` rows."""
+        copies, remainder = divmod(embeds.shape[0], self.batch_size)
+        if remainder:
+            raise ValueError(f"{embeds.shape[0]} rows is not a multiple of the batch size {self.batch_size}")
+        kwargs = {key: _repeat(key, value, self.batch_size, copies) for key, value in self.kwargs.items()}
+        output = self.model.module(language_model_path(self.model))(inputs_embeds=embeds, **kwargs)
+        return output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+
+    def row(self, index: int) -> "DecoderCall":
+        """The recorded call restricted to one batch row."""
+        kwargs = {key: _take(key, value, self.batch_size, index) for key, value in self.kwargs.items()}
+        return DecoderCall(self.model, self.embeds[index : index + 1], kwargs)
+
+    def logits(self, embeds: torch.Tensor, positions: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
+        """Logits at ``positions`` (all when None) for each row of ``embeds``: ``(rows, len(positions), vocab)``."""
+        hidden = self.hidden(embeds)
+        if positions is not None:
+            hidden = hidden[:, torch.as_tensor(positions, device=hidden.device)]
+        return self.model.module(self.model.adapter.unembed)(hidden)
+
+
+def language_model_path(model: Model) -> str:
+    """The decoder stack's parent module (the part that takes ``inputs_embeds``)."""
+    return "|".join(path.rsplit(".", 1)[0] for path in model.adapter.decoder_layers.split("|"))
+
+
+def record_decoder_call(model: Model, batch: Batch) -> DecoderCall:
+    """Run ``batch`` once and keep what the language model was called with."""
+    decoder = model.module(language_model_path(model))
+    seen: dict[str, Any] = {}
+
+    def keep(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        if not seen:
+            seen.update(kwargs)
+            if args:
+                seen["inputs_embeds" if "input_ids" not in kwargs else "input_ids"] = args[0]
+
+    handle = decoder.register_forward_pre_hook(keep, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model.forward(batch, use_cache=False)
+    finally:
+        handle.remove()
+    embeds = seen.pop("inputs_embeds", None)
+    if embeds is None:  # text-only models embed inside the decoder
+        input_ids = seen.pop("input_ids", None)
+        if input_ids is None:
+            raise MmlensError(f"{type(model.hf).__name__}: could not record the language model's inputs")
+        embeds = decoder.get_input_embeddings()(input_ids).detach()
+    seen.pop("input_ids", None)
+    for key in ("past_key_values", "cache_position", "return_dict", "output_attentions", "output_hidden_states"):
+        seen.pop(key, None)
+    seen["use_cache"] = False
+    return DecoderCall(model=model, embeds=embeds.detach(), kwargs=seen)
+
+
+def _take(key: str, value: Any, batch: int, index: int) -> Any:
+    """One row of a recorded argument (the inverse of stacking rows)."""
+    if isinstance(value, dict):
+        return {k: _take(k, v, batch, index) for k, v in value.items()}
+    if not isinstance(value, torch.Tensor) or value.ndim < 2:
+        return value
+    if key == "position_ids" and value.ndim == 3:
+        return value[:, index : index + 1]
+    return value[index : index + 1] if value.shape[0] == batch else value
+
+
+def _repeat(key: str, value: Any, batch: int, copies: int) -> Any:
+    """Repeat a recorded argument for ``copies`` stacked copies of the batch."""
+    if copies == 1:
+        return value
+    if isinstance(value, dict):
+        return {k: _repeat(k, v, batch, copies) for k, v in value.items()}
+    if not isinstance(value, torch.Tensor) or value.ndim < 2:
+        return value
+    if key == "position_ids" and value.ndim == 3:  # M-RoPE: (sections, batch, seq)
+        return value.repeat(1, copies, 1)
+    if value.shape[0] == batch:
+        return value.repeat(copies, *([1] * (value.ndim - 1)))
+    return value
