@@ -80,6 +80,25 @@ def test_views_match_processor_geometry(model: Model, name: str) -> None:
     assert int((ids == int(Modality.SPECIAL)).sum()) == 1 + 2 * (len(views) - 1) + 3  # BOS, tile pairs, global triple
 
 
+@pytest.mark.parametrize("longest", [96, 100])  # 100: not a multiple of the 32-pixel tile
+def test_tile_grid_follows_the_processor(model: Model, longest: int) -> None:
+    image_processor = type(model.processor.image_processor)(
+        size={"longest_edge": longest}, max_image_size={"longest_edge": 32}
+    )
+    rng = np.random.default_rng(0)
+    for height, width in rng.integers(5, 200, size=(40, 2)).tolist():
+        out = image_processor(images=[np.zeros((height, width, 3), np.uint8)], return_row_col_info=True)
+        assert tile_grid((height, width), image_processor) == (out["rows"][0][0], out["cols"][0][0])
+
+
+def test_two_images_in_one_prompt(model: Model) -> None:
+    layout = model.prepare("<image> and <image> : which is wider ?", [noise(200, 120), noise(64, 64)]).layout
+    assert [len(info.views) for info in layout.images[0]] == [7, 10]
+    assert [info.size for info in layout.images[0]] == [(120, 200), (64, 64)]
+    first, second = layout.image_positions(0, image=0), layout.image_positions(0, image=1)
+    assert first.numel() == 4 * 7 and second.numel() == 4 * 10 and first.max() < second.min()
+
+
 @pytest.mark.parametrize("name", list(SIZES))
 def test_verify_layout_tiles_and_global(model: Model, name: str) -> None:
     (width, height), _ = SIZES[name]

@@ -76,9 +76,11 @@ def _transpose_hires(layout: TokenLayout) -> TokenLayout:
     """Read view 1 column-major: rows and columns swapped (a plausible mistake)."""
     info = layout.images[0][0]
     hires = info.views[1]
-    layout.images[0][0] = dataclasses.replace(info, views=[info.views[0], View(hires.cols, hires.rows, hires.box, "tile")])
+    transposed = View(hires.cols, hires.rows, hires.box, "tile")
+    layout.images[0][0] = dataclasses.replace(info, views=[info.views[0], transposed])
     positions = layout.image_positions(0, view=1)
-    layout.row[0, positions], layout.col[0, positions] = layout.col[0, positions].clone(), layout.row[0, positions].clone()
+    rows, cols = layout.row[0, positions].clone(), layout.col[0, positions].clone()
+    layout.row[0, positions], layout.col[0, positions] = cols, rows
     return layout
 
 
@@ -86,7 +88,8 @@ def _padded_hires_box(layout: TokenLayout) -> TokenLayout:
     """Forget the unpadding: claim view 1 covers exactly the whole image."""
     info = layout.images[0][0]
     hires = info.views[1]
-    layout.images[0][0] = dataclasses.replace(info, views=[info.views[0], dataclasses.replace(hires, box=(0, 0, *info.size))])
+    whole = dataclasses.replace(hires, box=(0, 0, *info.size))
+    layout.images[0][0] = dataclasses.replace(info, views=[info.views[0], whole])
     return layout
 
 
@@ -208,7 +211,9 @@ def test_token_counts_match_real_checkpoint_processors() -> None:
     """Geometry of llava-v1.6 (336px tiles, patch 14, CLS) and OneVision (384px, 27x27, anyres_max_9)."""
     tokenizer = build_next_processor().tokenizer
     next_processor = LlavaNextProcessor(
-        image_processor=LlavaNextImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}),
+        image_processor=LlavaNextImageProcessorPil(
+            size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}
+        ),
         tokenizer=tokenizer, patch_size=14, vision_feature_select_strategy="default", num_additional_image_tokens=1,
     )
     ov_processor = TinyLlavaOnevisionProcessor(

@@ -51,14 +51,14 @@ def integrated_gradients(
     model: Model,
     targets: Targets,
     steps: int = 32,
-    baseline: str = "zeros",
+    baseline: str = "mean",
     rule: str = "gausslegendre",
     internal_batch: int = 16,
 ) -> Attribution:
     """Integrated gradients from ``baseline`` to the input embeddings, ``steps`` points per target."""
     call = record_decoder_call(model, targets.batch)
     x = call.embeds
-    x0 = _baseline(model, call, baseline)
+    x0 = _baseline(model, call, baseline, prompt_end=int(targets.positions[0]))
     alphas, weights = path_points(steps, rule)
     scores = empty_scores(targets)
     errors = torch.zeros(targets.tokens.shape)
@@ -101,9 +101,11 @@ def path_points(steps: int, rule: str = "gausslegendre") -> tuple[torch.Tensor, 
     raise MmlensError(f"unknown integration rule {rule!r}; use gausslegendre or riemann_middle")
 
 
-def _baseline(model: Model, call: DecoderCall, kind: str) -> torch.Tensor:
-    if kind == "mean":  # every position the row's mean embedding: uninformative, and far from RMSNorm's 0
-        real = call.model_mask()[..., None].to(call.embeds)
+def _baseline(model: Model, call: DecoderCall, kind: str, prompt_end: int) -> torch.Tensor:
+    if kind == "mean":  # every position the mean prompt embedding: uninformative, and far from RMSNorm's 0
+        real = call.model_mask().clone()
+        real[:, prompt_end + 1 :] = False  # answer tokens fed for later targets do not count
+        real = real[..., None].to(call.embeds)
         mean = (call.embeds * real).sum(1, keepdim=True) / real.sum(1, keepdim=True).clamp_min(1)
         return mean.expand_as(call.embeds).clone()
     if kind == "zeros":

@@ -92,7 +92,8 @@ def build_targets(
         foils = foil_tokens
     if tokens.shape[1] == 0:
         raise MmlensError("nothing to explain: the answer is empty")
-    forced = model.append_tokens(batch, tokens[:, :-1], real[:, :-1]) if tokens.shape[1] > 1 else batch
+    # Answer token j is fed as input only where token j + 1 exists to be predicted.
+    forced = model.append_tokens(batch, tokens[:, :-1], real[:, 1:]) if tokens.shape[1] > 1 else batch
     start = batch.input_ids.shape[1] - 1
     positions = torch.arange(start, start + tokens.shape[1])
     texts = [[model.tokenizer.decode([t]) for t, r in zip(row, keep) if r] for row, keep in zip(tokens.tolist(), real.tolist())]

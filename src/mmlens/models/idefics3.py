@@ -58,13 +58,15 @@ def tile_grid(image_size: tuple[int, int], image_processor: Any) -> tuple[int, i
     """``(rows, cols)`` of tiles the processor cuts from an image, ``(0, 0)`` when it is not split.
 
     Mirrors the processor's actual resize path (``resize`` then
-    ``resize_for_vision_encoder``), not ``get_number_of_image_patches``, which
-    can count one tile row fewer for wide images (it ceils the pre-stretch height).
+    ``resize_for_vision_encoder``), not ``get_number_of_image_patches``: that one
+    ignores ``do_resize`` and, when ``size`` is no multiple of the tile side, can
+    count one tile fewer on the short side (it ceils the short side before the
+    stretch, the processor after).
 
     Example:
-        >>> class P: do_resize = True; do_image_splitting = True
-        ...     size = {"longest_edge": 96}; max_image_size = {"longest_edge": 32}
-        >>> tile_grid((120, 200), P()), tile_grid((200, 120), P())
+        >>> from types import SimpleNamespace
+        >>> p = SimpleNamespace(size={"longest_edge": 96}, max_image_size={"longest_edge": 32})
+        >>> tile_grid((120, 200), p), tile_grid((200, 120), p)
         ((2, 3), (3, 2))
     """
     height, width = image_size
@@ -125,11 +127,14 @@ class Idefics3Adapter(Adapter):
     def layout(self, inputs: dict[str, Any], image_sizes: list[list[tuple[int, int]]], processor: Any) -> TokenLayout:
         tokenizer = tokenizer_of(processor)
         image_token = getattr(processor, "image_token", None) or self.image_token
-        global_tag = getattr(processor, "global_image_tag", None) or getattr(processor, "global_image_token", "<global-img>")
+        # Idefics3Processor names it global_image_tag, SmolVLMProcessor global_image_token.
+        global_tag = getattr(processor, "global_image_tag", None) or getattr(processor, "global_image_token", None)
+        global_tag = global_tag or "<global-img>"
         fake_id = tokenizer.convert_tokens_to_ids(getattr(processor, "fake_image_token", "<fake_token_around_image>"))
         input_ids = inputs["input_ids"]
+        all_runs = image_token_runs(input_ids, tokenizer.convert_tokens_to_ids(image_token))
         images, tokens, extra = [], [], []
-        for b, (sizes, row_runs) in enumerate(zip(image_sizes, image_token_runs(input_ids, tokenizer.convert_tokens_to_ids(image_token)))):
+        for b, (sizes, row_runs) in enumerate(zip(image_sizes, all_runs)):
             groups = _group_runs(input_ids[b], row_runs, tokenizer, global_tag)
             if len(groups) != len(sizes):
                 raise MmlensError(f"row {b}: found {len(groups)} image(s) in the tokens but {len(sizes)} were given")
@@ -148,7 +153,9 @@ class Idefics3Adapter(Adapter):
 _Run = tuple[tuple[int, int] | None, int, int]
 
 
-def _group_runs(row_ids: torch.Tensor, runs: list[tuple[int, int]], tokenizer: Any, global_tag: str) -> list[list[_Run]]:
+def _group_runs(
+    row_ids: torch.Tensor, runs: list[tuple[int, int]], tokenizer: Any, global_tag: str
+) -> list[list[_Run]]:
     """Split one row's image-token runs into images: tiles accumulate until a global view closes the image."""
     groups: list[list[_Run]] = []
     current: list[_Run] = []
@@ -167,7 +174,9 @@ def _group_runs(row_ids: torch.Tensor, runs: list[tuple[int, int]], tokenizer: A
     return groups
 
 
-def _image_layout(index: int, size: tuple[int, int], runs: list[_Run]) -> tuple[ImageInfo, list[tuple[int, int, int, int, int]]]:
+def _image_layout(
+    index: int, size: tuple[int, int], runs: list[_Run]
+) -> tuple[ImageInfo, list[tuple[int, int, int, int, int]]]:
     """Views (tiles in prompt order, then global) and their token tuples for one image."""
     tiles = [tile for tile, _, _ in runs if tile is not None]
     grid = (max(r for r, _ in tiles) + 1, max(c for _, c in tiles) + 1) if tiles else (1, 1)

@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from mmlens.errors import MmlensError
 from mmlens.layout import ImageInfo, TokenLayout, View
-from mmlens.models.adapter import Adapter, grid_tokens, image_token_runs, layout_from_images, tokenizer_of
+from mmlens.models.adapter import Adapter, grid_tokens, layout_from_images, tokenizer_of
 
 
 def _size_pair(size: Any) -> tuple[int | None, int | None, int | None]:
@@ -62,11 +63,16 @@ class LlavaAdapter(Adapter):
         token_id = tokenizer_of(processor).convert_tokens_to_ids(self.image_token)
         side = _grid_side(processor)
         images, tokens = [], []
-        for sizes, row_runs in zip(image_sizes, image_token_runs(inputs["input_ids"], token_id)):
+        for sizes, ids in zip(image_sizes, inputs["input_ids"]):
+            # Slots may touch ("<image> <image>"), so split the image positions by count, not by runs.
+            positions = (ids == token_id).nonzero().flatten().tolist()
+            if len(positions) != side * side * len(sizes):
+                raise MmlensError(f"{len(positions)} image tokens for {len(sizes)} image(s) of {side}x{side} patches")
             row_images, row_tokens = [], []
-            for index, ((start, end), size) in enumerate(zip(row_runs, sizes)):
-                row_images.append(ImageInfo(size=size, views=[View(side, side, processed_box(size, processor.image_processor))]))
-                row_tokens += grid_tokens(range(start, end), index, 0, side, side)
+            for index, size in enumerate(sizes):
+                box = processed_box(size, processor.image_processor)
+                row_images.append(ImageInfo(size=size, views=[View(side, side, box)]))
+                row_tokens += grid_tokens(positions[index * side * side : (index + 1) * side * side], index, 0, side, side)
             images.append(row_images)
             tokens.append(row_tokens)
         return layout_from_images(inputs, processor, self.image_token, images, tokens)

@@ -181,7 +181,10 @@ def hires_view(
     cell_h, cell_w = tile / grid[0], tile / grid[1]
     top, left, new_h, new_w = _pasted(size, best)
     sy, sx = size[0] / new_h, size[1] / new_w
-    box = ((row0 * cell_h - top) * sy, (col0 * cell_w - left) * sx, (row1 * cell_h - top) * sy, (col1 * cell_w - left) * sx)
+    box = (
+        (row0 * cell_h - top) * sy, (col0 * cell_w - left) * sx,
+        (row1 * cell_h - top) * sy, (col1 * cell_w - left) * sx,
+    )
     rows, cols = row1 - row0, col1 - col0
     if max_tiles is not None:
         # OneVision: bilinear shrink of the whole unpadded grid; the box stays the same.
@@ -283,7 +286,9 @@ def _check_counts(row: int, positions: list[int], expected: list[int], mask: tor
     if len(spans) == len(expected):
         for index, ((start, end), want) in enumerate(zip(spans, expected)):
             if end - start != want:
-                raise MmlensError(f"batch row {row}, image {index}: {end - start} <image> tokens, layout explains {want}")
+                raise MmlensError(
+                    f"batch row {row}, image {index}: {end - start} <image> tokens, layout explains {want}"
+                )
 
 
 def _place(

@@ -135,7 +135,9 @@ def _overlap(a: Box, b: Box) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3] and b[0] < b[2] and b[1] < b[3]
 
 
-def _view_margins(layout: TokenLayout, margin: float, scaled: bool) -> dict[tuple[int, int], tuple[float, float]]:
+def _view_margins(
+    layout: TokenLayout, margin: float, scaled: bool
+) -> dict[tuple[int, int], tuple[float, float]]:
     """Halo ``(vertical, horizontal)`` per ``(image, view)``: ``margin``, or a fifth of the view's cell if larger."""
     halos = {}
     for i, info in enumerate(layout.images[0]):
@@ -162,8 +164,8 @@ def _covered_box(layout: TokenLayout, size: tuple[int, int]) -> Box:
     """
     spans: dict[str, Box] = {}
     for view in layout.images[0][0].views:
-        a = spans.get(view.kind, view.box)
-        spans[view.kind] = (min(a[0], view.box[0]), min(a[1], view.box[1]), max(a[2], view.box[2]), max(a[3], view.box[3]))
+        a, v = spans.get(view.kind, view.box), view.box
+        spans[view.kind] = (min(a[0], v[0]), min(a[1], v[1]), max(a[2], v[2]), max(a[3], v[3]))
     top, left, bottom, right = 0.0, 0.0, float(size[0]), float(size[1])
     for box in spans.values():
         top, left = max(top, box[0]), max(left, box[1])

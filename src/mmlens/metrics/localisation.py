@@ -1,0 +1,132 @@
+"""Does a heatmap point at the right place? Pointing game and energy in box.
+
+Conventions (all functions here):
+
+- ``heatmap`` is ``(height, width)`` in original image pixels, as
+  :meth:`Explanation.heatmaps` returns; NaN pixels (no view covers them) are
+  ignored.
+- ``boxes`` are ground-truth regions as ``(x0, y0, x1, y1)`` pixel
+  coordinates: ``x`` counts columns from the left edge, ``y`` rows from the
+  top edge, and ``x1``, ``y1`` are exclusive, as in slicing
+  ``heatmap[y0:y1, x0:x1]`` (note: :class:`~mmlens.layout.View` boxes are
+  ``(top, left, bottom, right)``; these are not). Floats are allowed: a pixel
+  belongs to a box when its centre ``(x + 0.5, y + 0.5)`` lies inside it.
+- Instead of boxes, ``mask=`` takes a boolean ``(height, width)`` region.
+
+Example:
+    >>> import numpy as np
+    >>> heatmap = np.zeros((100, 100)); heatmap[40, 60] = 1.0
+    >>> pointing_game(heatmap, [(50, 30, 70, 50)])
+    True
+    >>> round(energy_in_box(heatmap, [(0, 0, 50, 100)]), 2)
+    0.0
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from scipy.ndimage import maximum_filter
+
+Box = tuple[float, float, float, float]  # (x0, y0, x1, y1), pixels, x1/y1 exclusive
+
+POINTING_TOLERANCE = 15  # pixels, as in Zhang et al. (2016)
+
+
+def pointing_game(
+    heatmap: np.ndarray,
+    boxes: Sequence[Box] | None = None,
+    tolerance: int = POINTING_TOLERANCE,
+    mask: np.ndarray | None = None,
+) -> bool:
+    """Hit when the heatmap's maximum lies in a ground-truth region grown by ``tolerance`` pixels.
+
+    ``tolerance`` is in whole pixels (fractions are dropped). Boxes grow by
+    it on every side; a mask grows by the same square neighbourhood
+    (Chebyshev distance), so a box and its mask agree.
+    Ties: a hit when any maximal pixel is inside, as when the maximum is one
+    whole upsampled patch. A heatmap with no finite values or one constant
+    value points nowhere: a miss.
+
+    Example:
+        >>> heatmap = np.zeros((50, 50)); heatmap[10, 25] = 1.0  # x = 25, y = 10
+        >>> [pointing_game(heatmap, [(0, 0, 20, 20)], tolerance=t) for t in (10, 5)]
+        [True, False]
+    """
+    values = _as_heatmap(heatmap)
+    finite = np.isfinite(values)
+    if not finite.any() or np.nanmax(values) == np.nanmin(values):
+        return False
+    peak = finite & (values == np.nanmax(values))
+    region = region_mask(values.shape, boxes, mask, tolerance)
+    return bool((peak & region).any())
+
+
+def energy_in_box(
+    heatmap: np.ndarray,
+    boxes: Sequence[Box] | None = None,
+    mask: np.ndarray | None = None,
+) -> float:
+    """Share of positive attribution mass inside the union of the boxes (or the mask).
+
+    Negative values are clipped at 0 and NaN ignored; NaN when the heatmap has
+    no positive mass at all.
+
+    Example:
+        >>> heatmap = np.ones((10, 10)); heatmap[:, 5:] = -1.0
+        >>> energy_in_box(heatmap, [(0, 0, 5, 5)])
+        0.5
+    """
+    values = np.clip(np.nan_to_num(_as_heatmap(heatmap), nan=0.0), 0.0, None)
+    total = values.sum()
+    if total <= 0:
+        return float("nan")
+    region = region_mask(values.shape, boxes, mask)
+    return float(values[region].sum() / total)
+
+
+def region_mask(
+    shape: tuple[int, int],
+    boxes: Sequence[Box] | None = None,
+    mask: np.ndarray | None = None,
+    tolerance: int = 0,
+) -> np.ndarray:
+    """Boolean ``(height, width)`` union of ``boxes`` (or ``mask``), grown by ``tolerance`` whole pixels.
+
+    Example:
+        >>> region_mask((4, 6), [(1, 0, 3, 2)]).astype(int)
+        array([[0, 1, 1, 0, 0, 0],
+               [0, 1, 1, 0, 0, 0],
+               [0, 0, 0, 0, 0, 0],
+               [0, 0, 0, 0, 0, 0]])
+    """
+    if (boxes is None) == (mask is None):
+        raise ValueError("give exactly one of boxes and mask")
+    if tolerance < 0:
+        raise ValueError("tolerance must be non-negative")
+    tolerance = int(np.floor(tolerance))  # whole pixels keep growth symmetric and equal for boxes and masks
+    if mask is not None:
+        region = np.asarray(mask, dtype=bool)
+        if region.shape != tuple(shape):
+            raise ValueError(f"mask of shape {region.shape} for a heatmap of shape {tuple(shape)}")
+        if not tolerance:
+            return region.copy()
+        return maximum_filter(region, size=2 * tolerance + 1, mode="constant", cval=False)
+    height, width = shape
+    ys, xs = np.arange(height)[:, None] + 0.5, np.arange(width)[None, :] + 0.5
+    region = np.zeros(shape, dtype=bool)
+    for box in boxes:
+        x0, y0, x1, y1 = (float(v) for v in box)
+        if x1 < x0 or y1 < y0:
+            raise ValueError(f"box {tuple(box)} is not (x0, y0, x1, y1) with x0 <= x1 and y0 <= y1")
+        region |= (xs >= x0 - tolerance) & (xs < x1 + tolerance) & (ys >= y0 - tolerance) & (ys < y1 + tolerance)
+    return region
+
+
+def _as_heatmap(heatmap: np.ndarray) -> np.ndarray:
+    values = heatmap.detach().float().cpu().numpy() if hasattr(heatmap, "detach") else np.asarray(heatmap)
+    values = values.astype(np.float64)
+    if values.ndim != 2:
+        raise ValueError(f"a heatmap is (height, width), got shape {values.shape}")
+    return values

@@ -1,0 +1,285 @@
+"""One self-contained HTML page per set of explanations: images, prompt, answer, and per-token heatmaps.
+
+Every overlay is rendered to a PNG in Python and embedded as a data URI; the
+page's small script only switches which precomputed view is visible, so the
+file opens anywhere, offline, with nothing else beside it.
+
+Example:
+    >>> import mmlens
+    >>> from PIL import Image
+    >>> e = mmlens.explain(mmlens.load("tiny-llava"), [Image.new("RGB", (64, 64))], "<image> hi",
+    ...                    methods=["attention", "rollout"], max_new_tokens=2)
+    >>> write_html_report(e, "/tmp/report.html").stat().st_size > 0
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jinja2
+import numpy as np
+import torch
+
+from mmlens.layout import Modality
+from mmlens.report.figures import display_token, overlay_figure, png_data_uri
+
+if TYPE_CHECKING:
+    from mmlens.attribution.explanation import Explanation
+
+_TOP_WORDS = 8  # rows of the per-token word table
+_THUMBNAIL = 256  # longest side of the original images shown, in pixels
+
+
+def write_html_report(explanations: "Explanation | list[Explanation]", path: str | Path, dpi: int = 80) -> Path:
+    """Write one self-contained HTML report for one or several explanations; returns its path.
+
+    Hovering an answer token previews its heatmaps and prompt-word scores,
+    clicking pins it; the method buttons switch attribution method.
+
+    Example:
+        >>> import mmlens
+        >>> from PIL import Image
+        >>> e = mmlens.explain(mmlens.load("tiny-llava"), [Image.new("RGB", (64, 64))], "<image> hi",
+        ...                    methods=["rollout"], max_new_tokens=1)
+        >>> write_html_report([e, e], "/tmp/two.html").suffix
+        '.html'
+    """
+    if not isinstance(explanations, (list, tuple)):
+        explanations = [explanations]
+    samples = [_sample(k, e, dpi) for k, e in enumerate(explanations)]
+    models = sorted({e.model for e in explanations})
+    html = _TEMPLATE.render(samples=samples, title=f"mmlens · {', '.join(models)}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(html, encoding="utf-8")
+    return path
+
+
+def _sample(index: int, e: "Explanation", dpi: int) -> dict[str, Any]:
+    """Everything the template needs for one explanation, as plain strings and numbers."""
+    thumbnails = []
+    for image in e.images:
+        small = image.convert("RGB")
+        small.thumbnail((_THUMBNAIL, _THUMBNAIL))
+        thumbnails.append({"uri": png_data_uri(small), "size": f"{image.width}×{image.height}"})
+    views = []
+    for method in e.methods:
+        for j, token in enumerate(e.answer_tokens):
+            overlays = []
+            for i, heatmap in enumerate(e.heatmaps(method, j)):
+                title = f"{method} · {display_token(token).strip()!r} · image {i + 1}"
+                figure = overlay_figure(e.images[i], heatmap, title, width=4.0, dpi=dpi, max_side=320)
+                overlays.append(png_data_uri(figure, palette=True))  # keeps the page small
+            words, table, image_share = _words(e, method, j)
+            views.append({"method": method, "target": j, "overlays": overlays, "words": words, "table": table,
+                          "caption": _caption(e, method, j, image_share)})
+    return {
+        "id": f"sample-{index}",
+        "index": index + 1,
+        "model": e.model,
+        "prompt": e.prompt,
+        "answer": e.answer,
+        "tokens": [display_token(t).strip() or repr(t) for t in e.answer_tokens],
+        "methods": e.methods,
+        "images": thumbnails,
+        "views": views,
+    }
+
+
+def _words(e: "Explanation", method: str, target: int) -> tuple[list[dict], list[dict], float]:
+    """The sequence the target sees, text shaded by score and image runs as chips; the top-word table; image share."""
+    scores = e.scores[method][target].detach().float().cpu().numpy()
+    modality = e.layout.modality[0].numpy()
+    image_of = e.layout.image[0].numpy()
+    last = e.positions[target]
+    visible = np.arange(len(scores)) <= last
+    text = visible & (modality == int(Modality.TEXT))
+    image = visible & (modality == int(Modality.IMAGE))
+    scale = float(np.abs(scores[text]).max()) if text.any() else 0.0
+    total = float(np.abs(scores[text | image]).sum())
+    image_share = float(np.abs(scores[image]).sum()) / total if total > 0 else math.nan
+    # Word-level vocabularies carry no space markers: put spaces back between pieces.
+    pieces = [e.tokens[p] for p in np.flatnonzero(text)]
+    spaced = not any(mark in piece for piece in pieces for mark in ("▁", "Ġ"))
+    words: list[dict] = []
+    for p in range(last + 1):
+        if modality[p] == int(Modality.IMAGE):
+            if p > 0 and modality[p - 1] == int(Modality.IMAGE) and image_of[p - 1] == image_of[p]:
+                continue  # one chip per run of patches
+            i = int(image_of[p])
+            run = image & (image_of == i)
+            share = float(np.abs(scores[run]).sum()) / total if total > 0 else math.nan
+            words.append({"chip": True, "text": f"image {i + 1} · {_percent(share)}",
+                          "title": f"{int(run.sum())} patches · {_percent(share)} of |score|"})
+        elif modality[p] == int(Modality.TEXT):
+            piece = display_token(e.tokens[p])
+            if spaced and words:
+                piece = " " + piece
+            words.append({"chip": False, "text": piece, "title": f"{e.tokens[p]}: {scores[p]:.4g}",
+                          "style": _shade(float(scores[p]), scale)})
+    ranked = sorted(np.flatnonzero(text), key=lambda p: -abs(float(scores[p])))[:_TOP_WORDS]
+    table = [{"text": display_token(e.tokens[p]).strip() or repr(e.tokens[p]), "position": int(p),
+              "score": f"{scores[p]:.4g}", "width": 0 if scale == 0 else round(100 * abs(float(scores[p])) / scale),
+              "negative": bool(scores[p] < 0)} for p in ranked]
+    return words, table, image_share
+
+
+def _shade(score: float, scale: float) -> str:
+    """Background for a word: red for positive scores, blue for negative, opacity by magnitude."""
+    if scale <= 0 or not math.isfinite(score):
+        return ""
+    strength = min(abs(score) / scale, 1.0) * 0.6  # dark text stays readable
+    colour = "214, 39, 40" if score >= 0 else "31, 119, 180"
+    return f"background: rgba({colour}, {strength:.3f})"
+
+
+def _caption(e: "Explanation", method: str, target: int, image_share: float) -> str:
+    """Timing, the image tokens' share of attribution and any scalar extras, e.g. IG completeness error."""
+    parts = [method]
+    if method in e.milliseconds:
+        parts.append(f"{e.milliseconds[method]:.0f} ms per sample")
+    if math.isfinite(image_share):
+        parts.append(f"image tokens hold {_percent(image_share)} of |score|")
+    for key, value in e.extras.get(method, {}).items():
+        shown = _extra(value, target, len(e.answer_tokens))
+        if shown is not None:
+            parts.append(f"{key.replace('_', ' ')} {shown}")
+    return " · ".join(parts)
+
+
+def _extra(value: Any, target: int, targets: int) -> str | None:
+    """A short text for a scalar extra (or this target's entry of a per-target vector); None for bulky ones."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() == 1:
+            value = value.item()
+        elif value.ndim == 1 and value.numel() == targets:
+            value = value[target].item()
+        else:
+            return None
+    if isinstance(value, bool) or isinstance(value, (int, str)):
+        return str(value) if len(str(value)) <= 40 else None
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return None
+
+
+def _percent(share: float) -> str:
+    return "–" if not math.isfinite(share) else f"{100 * share:.0f}%"
+
+
+_TEMPLATE = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True).from_string("""\
+<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{{ title }}</title>
+<style>
+  body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: #222; background: #f6f7f9;
+         margin: 0; padding: 24px; }
+  main { max-width: 1100px; margin: auto; }
+  h1 { font-size: 20px; margin: 0 0 12px; }
+  nav a { margin-right: 12px; color: #1f5fbf; }
+  section.sample { background: #fff; border: 1px solid #e2e4e8; border-radius: 8px; padding: 18px 22px;
+                   margin-bottom: 24px; }
+  h2 { font-size: 16px; margin: 0 0 10px; }
+  h2 small { color: #777; font-weight: normal; }
+  .label { color: #777; font-size: 12px; text-transform: uppercase; letter-spacing: .04em; margin-right: 8px; }
+  .row { margin: 8px 0; }
+  .originals { display: flex; gap: 12px; flex-wrap: wrap; }
+  .originals figure { margin: 0; font-size: 12px; color: #777; text-align: center; }
+  .originals img { display: block; border: 1px solid #ddd; border-radius: 4px; max-height: 160px; }
+  .prompt { font-family: ui-monospace, Menlo, Consolas, monospace; white-space: pre-wrap; background: #f3f4f6;
+            padding: 4px 8px; border-radius: 4px; }
+  button { font: inherit; cursor: pointer; border: 1px solid #ccd; background: #fff; border-radius: 14px;
+           padding: 2px 11px; margin: 2px 3px 2px 0; }
+  button:hover { border-color: #1f5fbf; }
+  button.active { background: #1f5fbf; border-color: #1f5fbf; color: #fff; }
+  button.tok { font-family: ui-monospace, Menlo, Consolas, monospace; border-radius: 4px; }
+  .overlays { display: flex; gap: 12px; flex-wrap: wrap; margin: 12px 0 6px; }
+  .overlays img { border: 1px solid #eee; border-radius: 4px; }
+  .words { white-space: pre-wrap; line-height: 1.9; font-family: ui-monospace, Menlo, Consolas, monospace;
+           margin: 8px 0; }
+  .words span { border-radius: 3px; padding: 1px 1px; }
+  .words .chip { background: #eceff3; border: 1px dashed #99a; padding: 0 6px; margin: 0 4px; color: #555; }
+  table { border-collapse: collapse; font-size: 13px; margin: 6px 0; }
+  td, th { padding: 2px 10px 2px 0; text-align: left; }
+  th { color: #777; font-weight: normal; border-bottom: 1px solid #e2e4e8; }
+  td.num { font-variant-numeric: tabular-nums; text-align: right; }
+  .bar { display: inline-block; height: 9px; background: rgb(214, 39, 40); border-radius: 2px; }
+  .bar.neg { background: rgb(31, 119, 180); }
+  .caption { color: #666; font-size: 12px; margin-top: 6px; }
+  .hint { color: #999; font-size: 12px; }
+</style>
+</head>
+<body>
+<main>
+<h1>{{ title }}</h1>
+{% if samples|length > 1 %}
+<nav>{% for s in samples %}<a href="#{{ s.id }}">sample {{ s.index }}</a>{% endfor %}</nav>
+{% endif %}
+{% for s in samples %}
+<section class="sample" id="{{ s.id }}">
+  <h2>Sample {{ s.index }} <small>· {{ s.model }}</small></h2>
+  <div class="originals">
+    {% for image in s.images %}
+    <figure><img src="{{ image.uri }}" alt="image {{ loop.index }}"><figcaption>image {{ loop.index }} · {{ image.size }}</figcaption></figure>
+    {% endfor %}
+  </div>
+  <div class="row"><span class="label">Prompt</span><span class="prompt">{{ s.prompt }}</span></div>
+  <div class="row"><span class="label">Answer</span>
+    {% for token in s.tokens %}<button class="tok{% if loop.first %} active{% endif %}" data-t="{{ loop.index0 }}">{{ token }}</button>{% endfor %}
+    <span class="hint">hover to preview, click to pin</span>
+  </div>
+  <div class="row"><span class="label">Method</span>
+    {% for method in s.methods %}<button class="method{% if loop.first %} active{% endif %}" data-m="{{ method }}">{{ method }}</button>{% endfor %}
+  </div>
+  {% for v in s.views %}
+  <div class="view" data-m="{{ v.method }}" data-t="{{ v.target }}"{% if not (v.method == s.methods[0] and v.target == 0) %} hidden{% endif %}>
+    <div class="overlays">
+      {% for uri in v.overlays %}<img src="{{ uri }}" alt="{{ v.method }} heatmap, token {{ v.target + 1 }}, image {{ loop.index }}">{% endfor %}
+    </div>
+    <div class="words">{% for w in v.words %}{% if w.chip %}<span class="chip" title="{{ w.title }}">{{ w.text }}</span>{% else %}<span style="{{ w.style }}" title="{{ w.title }}">{{ w.text }}</span>{% endif %}{% endfor %}</div>
+    {% if v.table %}
+    <table>
+      <tr><th>word</th><th>pos</th><th>score</th><th></th></tr>
+      {% for row in v.table %}
+      <tr><td>{{ row.text }}</td><td class="num">{{ row.position }}</td><td class="num">{{ row.score }}</td>
+          <td><span class="bar{% if row.negative %} neg{% endif %}" style="width: {{ row.width }}px"></span></td></tr>
+      {% endfor %}
+    </table>
+    {% endif %}
+    <div class="caption">{{ v.caption }}</div>
+  </div>
+  {% endfor %}
+</section>
+{% endfor %}
+</main>
+<script>
+// Every view is already in the page; this only chooses which one shows.
+document.querySelectorAll("section.sample").forEach(function (section) {
+  var method = section.querySelector("button.method").dataset.m, pinned = "0";
+  function show(target) {
+    section.querySelectorAll(".view").forEach(function (view) {
+      view.hidden = !(view.dataset.m === method && view.dataset.t === target);
+    });
+    section.querySelectorAll("button.tok").forEach(function (b) { b.classList.toggle("active", b.dataset.t === target); });
+    section.querySelectorAll("button.method").forEach(function (b) { b.classList.toggle("active", b.dataset.m === method); });
+  }
+  section.querySelectorAll("button.tok").forEach(function (b) {
+    b.addEventListener("mouseenter", function () { show(b.dataset.t); });
+    b.addEventListener("focus", function () { show(b.dataset.t); });
+    b.addEventListener("mouseleave", function () { show(pinned); });
+    b.addEventListener("click", function () { pinned = b.dataset.t; show(pinned); });
+  });
+  section.querySelectorAll("button.method").forEach(function (b) {
+    b.addEventListener("click", function () { method = b.dataset.m; show(pinned); });
+  });
+});
+</script>
+</body>
+</html>
+""")

@@ -1,0 +1,64 @@
+"""Gradient x input and integrated gradients: autograd, completeness, Captum."""
+
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+import mmlens
+from mmlens.attribution.gradients import gradient_x_input, integrated_gradients, path_points
+from mmlens.models.decoder import record_decoder_call
+
+
+def test_gradient_x_input_matches_autograd_through_the_whole_model(tiny_llava, targets):
+    result = gradient_x_input(tiny_llava, targets).scores
+    for j in range(targets.count):
+        with mmlens.capture(tiny_llava, "lm.embed", grads=True) as captured:
+            logits = tiny_llava.forward(targets.batch).logits
+            targets.scores(logits[:, targets.positions[j]], j)[0].backward()
+        expected = (captured.grad("lm.embed") * captured["lm.embed"]).sum(-1)[0]
+        seen = slice(0, int(targets.positions[j]) + 1)
+        torch.testing.assert_close(result[0, j, seen], expected[seen], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("rule", ["gausslegendre", "riemann_middle"])
+def test_integrated_gradients_completeness_under_one_percent(tiny_llava, targets, rule):
+    result = integrated_gradients(tiny_llava, targets, steps=32, rule=rule)
+    assert result.extras["completeness_error"].max() < 0.01
+
+
+def test_integrated_gradients_batching_does_not_change_results(tiny_llava, targets):
+    small = integrated_gradients(tiny_llava, targets, steps=8, internal_batch=3).scores
+    large = integrated_gradients(tiny_llava, targets, steps=8, internal_batch=8).scores
+    torch.testing.assert_close(small, large, rtol=1e-4, atol=1e-6)
+
+
+def test_integrated_gradients_agree_with_captum(tiny_llava, targets):
+    captum = pytest.importorskip("captum.attr")
+    call = record_decoder_call(tiny_llava, targets.batch)
+    x = call.embeds
+    mask = call.model_mask().clone()
+    mask[:, int(targets.positions[0]) + 1 :] = False
+    mask = mask[..., None].to(x)
+    baseline = ((x * mask).sum(1, keepdim=True) / mask.sum(1, keepdim=True)).expand_as(x)
+    j = 0
+    position = targets.positions[j : j + 1]
+
+    def forward(embeds):
+        return targets.scores(call.logits(embeds, positions=position)[:, 0], j)
+
+    reference = captum.IntegratedGradients(forward).attribute(
+        x, baselines=baseline, n_steps=16, method="gausslegendre", internal_batch_size=32).sum(-1)
+    ours = integrated_gradients(tiny_llava, targets, steps=16).scores[:, j]
+    for row in range(2):
+        keep = call.model_mask()[row]
+        rho = spearmanr(ours[row, keep].numpy(), reference[row, keep].detach().numpy()).statistic
+        assert rho > 0.99
+        torch.testing.assert_close(ours[row, keep], reference[row, keep].detach(), rtol=1e-3, atol=1e-5)
+
+
+def test_path_points():
+    alphas, weights = path_points(5)
+    assert float(weights.sum()) == pytest.approx(1.0)
+    assert ((alphas > 0) & (alphas < 1)).all()
+    with pytest.raises(mmlens.MmlensError):
+        path_points(4, "trapezoid-ish")
