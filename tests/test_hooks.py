@@ -46,10 +46,12 @@ def test_identity_intervention_changes_nothing_and_zeroing_does(tiny_llava, imag
 
 def test_hooks_are_removed_when_the_body_raises(tiny_llava):
     module = tiny_llava.decoder_layers[0]
+    before = (dict(module._forward_hooks), dict(module.mlp._forward_hooks))  # transformers may hold its own
     with pytest.raises(RuntimeError):
         with mmlens.capture(tiny_llava, "lm.L0.resid"), mmlens.intervene(tiny_llava, {"lm.L0.mlp": torch.zeros_like}):
+            assert len(module._forward_hooks) == len(before[0]) + 1
             raise RuntimeError("boom")
-    assert not module._forward_hooks and not module.mlp._forward_hooks
+    assert (dict(module._forward_hooks), dict(module.mlp._forward_hooks)) == before
 
 
 def test_capture_shapes_and_attention_probabilities(tiny_llava, images):

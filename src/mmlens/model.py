@@ -138,6 +138,7 @@ class Model:
         finally:
             tokenizer.padding_side = previous_side
         inputs = dict(inputs)
+        inputs.pop("labels", None)  # PaliGemma's processor adds all -100 labels: a NaN loss on every forward
         sizes = [[(img.height, img.width) for img in row] for row in per_row]
         layout = self.adapter.layout(inputs, sizes, self.processor)
         return Batch(inputs=inputs, layout=layout, prompts=prompt_list, images=per_row).to(self.device)

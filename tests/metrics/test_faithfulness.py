@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import mmlens
 from mmlens.attribution.occlusion import image_baseline, occlusion

@@ -73,8 +73,8 @@ def overlay_figure(
     bar_axes = figure.add_axes(((left + image_w + 0.1) / width, bottom_in / figure_h, 0.15 / width, image_h / figure_h))
     figure.suptitle(title, fontsize=9, y=1 - 0.06 / figure_h, va="top")
     axes.imshow(pixels, interpolation="bilinear")
-    colours = matplotlib.colormaps[cmap].copy()
-    colours.set_bad((0.0, 0.0, 0.0, 0.0))  # pixels no view covers show the plain image
+    # Pixels no view covers (NaN) show the plain image.
+    colours = matplotlib.colormaps[cmap].with_extremes(bad=(0.0, 0.0, 0.0, 0.0))
     masked = np.ma.masked_invalid(heatmap)
     low, high = _limits(masked)
     shown = axes.imshow(masked, cmap=colours, alpha=alpha, vmin=low, vmax=high, interpolation="nearest")
@@ -179,8 +179,8 @@ def layer_grid_figure(
         raise ValueError(f"{len(row_labels)} row and {len(col_labels)} column labels for a {rows}x{cols} matrix")
     finite = matrix[np.isfinite(matrix)]
     signed = finite.size > 0 and finite.min() < 0 < finite.max()
-    colours = matplotlib.colormaps[cmap or ("RdBu_r" if signed else "viridis")].copy()
-    colours.set_bad((0.85, 0.85, 0.85, 1.0))  # missing cells in light grey
+    name = cmap or ("RdBu_r" if signed else "viridis")
+    colours = matplotlib.colormaps[name].with_extremes(bad=(0.85, 0.85, 0.85, 1.0))  # missing cells in grey
     if signed:
         bound = float(np.abs(finite).max())
         low, high = -bound, bound

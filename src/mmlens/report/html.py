@@ -33,11 +33,15 @@ _TOP_WORDS = 8  # rows of the per-token word table
 _THUMBNAIL = 256  # longest side of the original images shown, in pixels
 
 
-def write_html_report(explanations: "Explanation | list[Explanation]", path: str | Path, dpi: int = 80) -> Path:
+def write_html_report(
+    explanations: "Explanation | list[Explanation]", path: str | Path, dpi: int = 80, compact: bool = False
+) -> Path:
     """Write one self-contained HTML report for one or several explanations; returns its path.
 
     Hovering an answer token previews its heatmaps and prompt-word scores,
     clicking pins it; the method buttons switch attribution method.
+    ``compact`` stores overlays as 256-colour PNGs, about a third of the size,
+    with slight banding in the colour bars.
 
     Example:
         >>> import mmlens
@@ -49,7 +53,7 @@ def write_html_report(explanations: "Explanation | list[Explanation]", path: str
     """
     if not isinstance(explanations, (list, tuple)):
         explanations = [explanations]
-    samples = [_sample(k, e, dpi) for k, e in enumerate(explanations)]
+    samples = [_sample(k, e, dpi, compact) for k, e in enumerate(explanations)]
     models = sorted({e.model for e in explanations})
     html = _TEMPLATE.render(samples=samples, title=f"mmlens · {', '.join(models)}")
     path = Path(path)
@@ -58,7 +62,7 @@ def write_html_report(explanations: "Explanation | list[Explanation]", path: str
     return path
 
 
-def _sample(index: int, e: "Explanation", dpi: int) -> dict[str, Any]:
+def _sample(index: int, e: "Explanation", dpi: int, compact: bool) -> dict[str, Any]:
     """Everything the template needs for one explanation, as plain strings and numbers."""
     thumbnails = []
     for image in e.images:
@@ -72,9 +76,10 @@ def _sample(index: int, e: "Explanation", dpi: int) -> dict[str, Any]:
             for i, heatmap in enumerate(e.heatmaps(method, j)):
                 title = f"{method} · {display_token(token).strip()!r} · image {i + 1}"
                 figure = overlay_figure(e.images[i], heatmap, title, width=4.0, dpi=dpi, max_side=320)
-                overlays.append(png_data_uri(figure, palette=True))  # keeps the page small
+                overlays.append(png_data_uri(figure, palette=compact))
             words, table, image_share = _words(e, method, j)
-            views.append({"method": method, "target": j, "overlays": overlays, "words": words, "table": table,
+            views.append({"method": method, "target": j, "shown": not views, "overlays": overlays,
+                          "words": words, "table": table,
                           "caption": _caption(e, method, j, image_share)})
     return {
         "id": f"sample-{index}",
@@ -112,13 +117,13 @@ def _words(e: "Explanation", method: str, target: int) -> tuple[list[dict], list
             i = int(image_of[p])
             run = image & (image_of == i)
             share = float(np.abs(scores[run]).sum()) / total if total > 0 else math.nan
-            words.append({"chip": True, "text": f"image {i + 1} · {_percent(share)}",
+            words.append({"kind": "chip", "style": "", "text": f"image {i + 1} · {_percent(share)}",
                           "title": f"{int(run.sum())} patches · {_percent(share)} of |score|"})
         elif modality[p] == int(Modality.TEXT):
             piece = display_token(e.tokens[p])
             if spaced and words:
                 piece = " " + piece
-            words.append({"chip": False, "text": piece, "title": f"{e.tokens[p]}: {scores[p]:.4g}",
+            words.append({"kind": "word", "text": piece, "title": f"{e.tokens[p]}: {scores[p]:.4g}",
                           "style": _shade(float(scores[p]), scale)})
     ranked = sorted(np.flatnonzero(text), key=lambda p: -abs(float(scores[p])))[:_TOP_WORDS]
     table = [{"text": display_token(e.tokens[p]).strip() or repr(e.tokens[p]), "position": int(p),
@@ -226,29 +231,41 @@ _TEMPLATE = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=
   <h2>Sample {{ s.index }} <small>· {{ s.model }}</small></h2>
   <div class="originals">
     {% for image in s.images %}
-    <figure><img src="{{ image.uri }}" alt="image {{ loop.index }}"><figcaption>image {{ loop.index }} · {{ image.size }}</figcaption></figure>
+    <figure><img src="{{ image.uri }}" alt="image {{ loop.index }}">
+      <figcaption>image {{ loop.index }} · {{ image.size }}</figcaption></figure>
     {% endfor %}
   </div>
   <div class="row"><span class="label">Prompt</span><span class="prompt">{{ s.prompt }}</span></div>
   <div class="row"><span class="label">Answer</span>
-    {% for token in s.tokens %}<button class="tok{% if loop.first %} active{% endif %}" data-t="{{ loop.index0 }}">{{ token }}</button>{% endfor %}
+    {% for token in s.tokens %}
+    <button class="tok{{ ' active' if loop.first }}" data-t="{{ loop.index0 }}">{{ token }}</button>
+    {% endfor %}
     <span class="hint">hover to preview, click to pin</span>
   </div>
   <div class="row"><span class="label">Method</span>
-    {% for method in s.methods %}<button class="method{% if loop.first %} active{% endif %}" data-m="{{ method }}">{{ method }}</button>{% endfor %}
+    {% for method in s.methods %}
+    <button class="method{{ ' active' if loop.first }}" data-m="{{ method }}">{{ method }}</button>
+    {% endfor %}
   </div>
   {% for v in s.views %}
-  <div class="view" data-m="{{ v.method }}" data-t="{{ v.target }}"{% if not (v.method == s.methods[0] and v.target == 0) %} hidden{% endif %}>
+  <div class="view" data-m="{{ v.method }}" data-t="{{ v.target }}"{{ ' hidden' if not v.shown }}>
     <div class="overlays">
-      {% for uri in v.overlays %}<img src="{{ uri }}" alt="{{ v.method }} heatmap, token {{ v.target + 1 }}, image {{ loop.index }}">{% endfor %}
+      {% for uri in v.overlays %}
+      <img src="{{ uri }}" alt="{{ v.method }} heatmap, token {{ v.target + 1 }}, image {{ loop.index }}">
+      {% endfor %}
     </div>
-    <div class="words">{% for w in v.words %}{% if w.chip %}<span class="chip" title="{{ w.title }}">{{ w.text }}</span>{% else %}<span style="{{ w.style }}" title="{{ w.title }}">{{ w.text }}</span>{% endif %}{% endfor %}</div>
+    {# no whitespace between words: spacing comes from the tokens themselves #}
+    <div class="words">
+      {%- for w in v.words -%}
+      <span class="{{ w.kind }}" style="{{ w.style }}" title="{{ w.title }}">{{ w.text }}</span>
+      {%- endfor -%}
+    </div>
     {% if v.table %}
     <table>
       <tr><th>word</th><th>pos</th><th>score</th><th></th></tr>
       {% for row in v.table %}
       <tr><td>{{ row.text }}</td><td class="num">{{ row.position }}</td><td class="num">{{ row.score }}</td>
-          <td><span class="bar{% if row.negative %} neg{% endif %}" style="width: {{ row.width }}px"></span></td></tr>
+          <td><span class="bar{{ ' neg' if row.negative }}" style="width: {{ row.width }}px"></span></td></tr>
       {% endfor %}
     </table>
     {% endif %}
@@ -261,13 +278,19 @@ _TEMPLATE = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=
 <script>
 // Every view is already in the page; this only chooses which one shows.
 document.querySelectorAll("section.sample").forEach(function (section) {
-  var method = section.querySelector("button.method").dataset.m, pinned = "0";
+  var first = section.querySelector("button.method");
+  if (!first) return;  // nothing was explained
+  var method = first.dataset.m, pinned = "0";
   function show(target) {
     section.querySelectorAll(".view").forEach(function (view) {
       view.hidden = !(view.dataset.m === method && view.dataset.t === target);
     });
-    section.querySelectorAll("button.tok").forEach(function (b) { b.classList.toggle("active", b.dataset.t === target); });
-    section.querySelectorAll("button.method").forEach(function (b) { b.classList.toggle("active", b.dataset.m === method); });
+    section.querySelectorAll("button.tok").forEach(function (b) {
+      b.classList.toggle("active", b.dataset.t === target);
+    });
+    section.querySelectorAll("button.method").forEach(function (b) {
+      b.classList.toggle("active", b.dataset.m === method);
+    });
   }
   section.querySelectorAll("button.tok").forEach(function (b) {
     b.addEventListener("mouseenter", function () { show(b.dataset.t); });
