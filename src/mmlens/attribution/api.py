@@ -54,10 +54,11 @@ def explain(
     max_new_tokens: int = 8,
     score: str = "logit",
     options: dict[str, dict[str, Any]] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> Explanation:
     """Explain each answer token of one prompt; see :func:`explain_batch` for several."""
     return explain_batch(model, [list(images)], [prompt], methods, None if answer is None else [answer],
-                         None if foil is None else [foil], max_new_tokens, score, options)[0]
+                         None if foil is None else [foil], max_new_tokens, score, options, progress)[0]
 
 
 def explain_batch(
@@ -70,13 +71,15 @@ def explain_batch(
     max_new_tokens: int = 8,
     score: str = "logit",
     options: dict[str, dict[str, Any]] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> list[Explanation]:
     """Explain a batch of prompts: each method runs once over the whole (padded) batch.
 
     ``answers`` teacher-forces given answers (else the model's greedy answers
     are explained); ``foils`` turns each target into a contrast, answer
     against foil. ``options`` passes per-method keyword arguments, e.g.
-    ``{"integrated_gradients": {"steps": 64}}``.
+    ``{"integrated_gradients": {"steps": 64}}``. ``progress`` is called with
+    each method's name as it starts.
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -87,6 +90,8 @@ def explain_batch(
     results: dict[str, Attribution] = {}
     milliseconds: dict[str, float] = {}
     for method in methods:
+        if progress is not None:
+            progress(method)
         start = time.perf_counter()
         results[method] = METHODS[method](model, targets, **(options or {}).get(method, {}))
         milliseconds[method] = (time.perf_counter() - start) * 1e3 / len(prompts)

@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from mmlens.cli import demo, info
+from mmlens.cli import demo, explain, info
 from mmlens.errors import MmlensError
 
 app = typer.Typer(
@@ -22,6 +22,7 @@ app = typer.Typer(
 )
 app.command("info")(info.info)
 app.command("demo")(demo.demo)
+app.command("explain")(explain.explain)
 
 
 def main(argv: list[str] | None = None) -> int:

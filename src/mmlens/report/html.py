@@ -164,7 +164,7 @@ def _extra(value: Any, target: int, targets: int) -> str | None:
             value = value[target].item()
         else:
             return None
-    if isinstance(value, bool) or isinstance(value, (int, str)):
+    if isinstance(value, (bool, int, str)):
         return str(value) if len(str(value)) <= 40 else None
     if isinstance(value, float):
         return f"{value:.3g}"

@@ -1,0 +1,82 @@
+"""``mmlens explain``: why did the model answer this? Heatmaps, word scores, an HTML report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from mmlens.attribution.api import DEFAULT_METHODS, METHODS, explain as run_explain
+from mmlens.attribution.explanation import Explanation
+from mmlens.cli.options import ImageOption, ModelOption, OutOption, PromptOption
+from mmlens.cli.samples import sample_input
+from mmlens.errors import MmlensError
+from mmlens.models.loading import load
+from mmlens.report.html import write_html_report
+
+
+def explain(
+    image: Optional[list[Path]] = ImageOption,
+    prompt: Optional[str] = PromptOption,
+    model: Optional[str] = ModelOption,
+    method: Optional[list[str]] = typer.Option(None, "--method", help=f"Repeatable; one of {', '.join(METHODS)}."),
+    target: Optional[str] = typer.Option(None, "--target", help="Explain this answer (teacher-forced) instead of the model's own."),
+    foil: Optional[str] = typer.Option(None, "--foil", help="Contrast the target against this answer."),
+    max_new_tokens: int = typer.Option(8, "--max-new-tokens", help="Length of the generated answer to explain."),
+    out: Path = OutOption,
+) -> None:
+    """Explain each answer token with several attribution methods; write report.html, explanation.json and PNGs."""
+    methods = list(method or DEFAULT_METHODS)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise MmlensError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
+    console = Console(stderr=True)
+    with console.status("loading model"):
+        loaded = load(model)
+    prompt_text, images = sample_input(loaded, prompt, image)
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("explaining", total=len(methods))
+
+        def advance(name: str) -> None:
+            bar.update(task, description=f"explaining: {name}", completed=methods.index(name))
+
+        explanation = run_explain(loaded, images, prompt_text, methods=methods, answer=target, foil=foil,
+                                  max_new_tokens=max_new_tokens, progress=advance)
+    with console.status("writing report"):
+        explanation.save(out)
+        report = write_html_report(explanation, out / "report.html")
+    print_summary(explanation, report)
+
+
+def print_summary(explanation: Explanation, report: Path) -> None:
+    """The answer, and per method the strongest image cell and prompt words for the first answer token."""
+    console = Console()
+    console.print(f"[bold]model[/bold]   {explanation.model}")
+    console.print(f"[bold]prompt[/bold]  {explanation.prompt}")
+    console.print(f"[bold]answer[/bold]  {explanation.answer}")
+    table = Table(title=f"why {explanation.answer_tokens[0]!r}?")
+    for column in ("method", "ms", "image share", "top image cell (row, col)", "top words"):
+        table.add_column(column)
+    for method in explanation.methods:
+        table.add_row(method, f"{explanation.milliseconds[method]:.1f}", *_summary(explanation, method))
+    console.print(table)
+    console.print(f"report: {report}")
+
+
+def _summary(explanation: Explanation, method: str) -> tuple[str, str, str]:
+    import numpy as np
+
+    scores = explanation.scores[method][0].clamp(min=0)
+    image = explanation.layout.image_positions(0)
+    share = float(scores[image].sum() / scores.sum().clamp_min(1e-12)) if len(image) else 0.0
+    cell = "-"
+    if explanation.layout.images[0]:
+        grid = explanation.image_grid(method, 0)
+        if np.isfinite(grid).any():
+            cell = str(tuple(int(v) for v in np.unravel_index(np.nanargmax(grid), grid.shape)))
+    words = sorted(explanation.prompt_scores(method, 0), key=lambda pair: -pair[1])[:3]
+    return f"{share:.0%}", cell, " ".join(word for word, _ in words)
