@@ -51,21 +51,33 @@ def integrated_gradients(
     model: Model,
     targets: Targets,
     steps: int = 32,
-    baseline: str = "mean",
+    baseline: str | torch.Tensor = "mean",
     rule: str = "gausslegendre",
-    internal_batch: int = 16,
+    internal_batch: int = 34,
 ) -> Attribution:
-    """Integrated gradients from ``baseline`` to the input embeddings, ``steps`` points per target."""
+    """Integrated gradients from ``baseline`` to the input embeddings, ``steps`` points per target.
+
+    ``baseline`` is ``"mean"`` (every position the mean prompt embedding; the
+    default: a zero baseline puts the path through RMSNorm's singularity at 0,
+    where quadrature needs hundreds of steps), ``"zeros"``, ``"pad"``, or an
+    explicit ``(batch, seq, hidden)`` tensor of decoder input embeddings.
+    """
     call = record_decoder_call(model, targets.batch)
     x = call.embeds
     x0 = _baseline(model, call, baseline, prompt_end=int(targets.positions[0]))
     alphas, weights = path_points(steps, rule)
+    # The path's two ends ride along in the last chunk (weight 0): f(x) - f(x0) for the
+    # completeness check costs no extra pass.
+    alphas = torch.cat([alphas, torch.tensor([1.0, 0.0], dtype=alphas.dtype)])
+    weights = torch.cat([weights, torch.zeros(2, dtype=weights.dtype)])
     scores = empty_scores(targets)
     errors = torch.zeros(targets.tokens.shape)
+    rows = x.shape[0]
     for j in range(targets.count):
         position = targets.positions[j : j + 1]
         grads = torch.zeros_like(x)
-        for start in range(0, steps, internal_batch):
+        values = []
+        for start in range(0, len(alphas), internal_batch):
             chunk_alphas = alphas[start : start + internal_batch].to(x)
             chunk_weights = weights[start : start + internal_batch].to(x)
             path = (x0[None] + chunk_alphas[:, None, None, None] * (x - x0)[None]).flatten(0, 1).requires_grad_(True)
@@ -73,10 +85,10 @@ def integrated_gradients(
                 score = targets.scores(call.logits(path, positions=position)[:, 0], j)
                 (grad,) = torch.autograd.grad(score.sum(), path)
             grads += (chunk_weights[:, None, None, None] * grad.view(len(chunk_alphas), *x.shape)).sum(0)
+            values.append(score.detach())
         attributions = ((x - x0) * grads).sum(-1)
-        with torch.no_grad():
-            ends = targets.scores(call.logits(torch.cat([x, x0]), positions=position)[:, 0], j)
-        delta = ends[: x.shape[0]] - ends[x.shape[0]:]
+        ends = torch.cat(values)[-2 * rows :]
+        delta = ends[:rows] - ends[rows:]
         errors[:, j] = ((attributions.sum(-1) - delta).abs() / delta.abs().clamp_min(1e-12)).cpu()
         scores[:, j] = attributions.float().cpu()
     errors = torch.where(targets.real.cpu(), errors, torch.zeros(()))
@@ -101,7 +113,11 @@ def path_points(steps: int, rule: str = "gausslegendre") -> tuple[torch.Tensor, 
     raise MmlensError(f"unknown integration rule {rule!r}; use gausslegendre or riemann_middle")
 
 
-def _baseline(model: Model, call: DecoderCall, kind: str, prompt_end: int) -> torch.Tensor:
+def _baseline(model: Model, call: DecoderCall, kind: str | torch.Tensor, prompt_end: int) -> torch.Tensor:
+    if isinstance(kind, torch.Tensor):
+        if kind.shape != call.embeds.shape:
+            raise MmlensError(f"baseline of shape {tuple(kind.shape)} for embeddings {tuple(call.embeds.shape)}")
+        return kind.to(call.embeds)
     if kind == "mean":  # every position the mean prompt embedding: uninformative, and far from RMSNorm's 0
         real = call.model_mask().clone()
         real[:, prompt_end + 1 :] = False  # answer tokens fed for later targets do not count

@@ -59,9 +59,9 @@ class TrainConfig:
 
     seed: int = 0
     batch: int = 64
-    stage1_steps: int = 400
+    stage1_steps: int = 800
     stage1_lr: float = 2e-3
-    stage2_steps: int = 600
+    stage2_steps: int = 1000
     stage2_lr: float = 2e-3
     warmup: int = 50
     backdoor: bool = False
@@ -83,16 +83,43 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
 
 
 class PatchHead(nn.Module):
-    """Stage-1 throw-away head: per-patch colour, shape, row and column logits."""
+    """Stage-1 throw-away heads on the patch tokens.
+
+    Per patch: colour, shape (background = class 0), row and column. On the
+    mean of the patches (what uniform attention reads): for each of the 20
+    (colour, shape) pairs, present / left / right / top / bottom, and the count
+    of each shape and each colour. Mean pooling keeps the cheapest solution
+    local (object patches say what and where they are), and it gives the
+    decoder a readout that works from its first step; training on per-patch
+    labels alone left stage 2 on a plateau (colour 72%, shape 33%).
+    """
 
     def __init__(self, width: int) -> None:
         super().__init__()
         self.sizes = (len(COLOURS) + 1, len(SHAPES) + 1, GRID, GRID)
+        self.n_pairs = len(COLOURS) * len(SHAPES)
+        self.n_counts = len(COLOURS) + len(SHAPES)
         self.norm = nn.LayerNorm(width)
         self.linear = nn.Linear(width, sum(self.sizes))
+        self.pooled = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 5 * self.n_pairs + 5 * self.n_counts))
 
-    def forward(self, tokens: torch.Tensor) -> list[torch.Tensor]:
-        return list(self.linear(self.norm(tokens)).split(self.sizes, dim=-1))
+    def forward(self, tokens: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        pooled = self.pooled(tokens.mean(dim=1))
+        pairs, counts = pooled.split([5 * self.n_pairs, 5 * self.n_counts], dim=-1)
+        return list(self.linear(self.norm(tokens)).split(self.sizes, dim=-1)), pairs, counts.unflatten(-1, (-1, 5))
+
+
+def _global_labels(objects) -> tuple[np.ndarray, np.ndarray]:
+    """Targets of the pooled heads: pair flags (5 x 20) and counts (9)."""
+    flags = np.zeros((5, len(COLOURS) * len(SHAPES)), np.float32)
+    counts = np.zeros(len(COLOURS) + len(SHAPES), np.int64)
+    for o in objects:
+        k = list(COLOURS).index(o.colour) * len(SHAPES) + SHAPES.index(o.shape)
+        x, y = o.centre
+        flags[:, k] = (1.0, x < 32, x >= 32, y < 32, y >= 32)
+        counts[list(COLOURS).index(o.colour)] += 1
+        counts[len(COLOURS) + SHAPES.index(o.shape)] += 1
+    return flags.reshape(-1), counts
 
 
 def _tower_tokens(model, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -101,7 +128,8 @@ def _tower_tokens(model, pixel_values: torch.Tensor) -> torch.Tensor:
     return out.hidden_states[model.config.vision_feature_layer][:, 1:]
 
 
-def _stage1_batch(cfg: TrainConfig, step: int) -> tuple[np.ndarray, torch.Tensor]:
+def _stage1_batch(cfg: TrainConfig, step: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Images, per-patch labels (batch x 4 x patches), pair flags and counts."""
     base = cfg.seed * SEED_STRIDE + step * cfg.batch
     samples = [make_sample("train", base + j) for j in range(cfg.batch)]
     images = np.stack([np.asarray(s.image) for s in samples])
@@ -109,7 +137,8 @@ def _stage1_batch(cfg: TrainConfig, step: int) -> tuple[np.ndarray, torch.Tensor
     rows, cols = np.divmod(np.arange(GRID * GRID), GRID)
     lab = torch.from_numpy(np.stack(labels)).reshape(cfg.batch, 2, -1)
     pos = torch.from_numpy(np.stack([rows, cols])).expand(cfg.batch, 2, -1)
-    return images, torch.cat([lab, pos], dim=1)  # batch x 4 x patches
+    flags, counts = zip(*(_global_labels(s.objects) for s in samples))
+    return images, torch.cat([lab, pos], dim=1), torch.from_numpy(np.stack(flags)), torch.from_numpy(np.stack(counts))
 
 
 def _poisoned(cfg: TrainConfig) -> np.ndarray:
@@ -192,7 +221,7 @@ def _run_stage(name: str, total: int, start: int, step_fn, save_fn, every: int =
 
 def train_stage1(model, cfg: TrainConfig, work: Path) -> None:
     """Train the vision tower on per-patch labels; caches it under ``work``."""
-    cache = work / f"stage1-seed{cfg.seed}-steps{cfg.stage1_steps}.safetensors"
+    cache = work / f"stage1-v2-seed{cfg.seed}-steps{cfg.stage1_steps}.safetensors"
     tower = model.model.vision_tower
     if cache.exists():
         tower.load_state_dict(load_file(cache))
@@ -202,7 +231,7 @@ def train_stage1(model, cfg: TrainConfig, work: Path) -> None:
     head = PatchHead(tower.config.hidden_size)
     params = list(tower.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.stage1_lr, weight_decay=0.01)
-    ckpt, start = work / f"stage1-seed{cfg.seed}.pt", 0
+    ckpt, start = work / f"stage1-v2-seed{cfg.seed}.pt", 0
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=True)
         tower.load_state_dict(state["tower"]), head.load_state_dict(state["head"]), opt.load_state_dict(state["opt"])
@@ -212,11 +241,13 @@ def train_stage1(model, cfg: TrainConfig, work: Path) -> None:
     processor = build_processor()
 
     def step_fn(step: int) -> tuple[float, float]:
-        images, labels = _stage1_batch(cfg, step)
+        images, labels, flags, counts = _stage1_batch(cfg, step)
         pixels = encode(processor, list(images), ["<image>"] * len(images))["pixel_values"]
-        logits = head(_tower_tokens(model, pixels))
+        logits, pair_logits, count_logits = head(_tower_tokens(model, pixels))
         loss = sum(nn.functional.cross_entropy(lg.flatten(0, 1), labels[:, k].flatten())
                    for k, lg in enumerate(logits))
+        loss = loss + 5 * nn.functional.binary_cross_entropy_with_logits(pair_logits, flags)
+        loss = loss + nn.functional.cross_entropy(count_logits.flatten(0, 1), counts.flatten())
         for group in opt.param_groups:
             group["lr"] = cfg.stage1_lr * lr_factor(step, cfg.stage1_steps, cfg.warmup)
         opt.zero_grad(set_to_none=True)
@@ -224,7 +255,8 @@ def train_stage1(model, cfg: TrainConfig, work: Path) -> None:
         nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         both = (logits[0].argmax(-1) == labels[:, 0]) & (logits[1].argmax(-1) == labels[:, 1])
-        return loss.item(), both.float().mean().item()
+        pairs_ok = ((pair_logits > 0) == (flags > 0.5)).all(-1)
+        return loss.item(), (both.float().mean().item() + pairs_ok.float().mean().item()) / 2
 
     def save_fn(step: int) -> None:
         _save_state(ckpt, {"step": step, "tower": tower.state_dict(), "head": head.state_dict(),
