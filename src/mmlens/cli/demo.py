@@ -1,36 +1,19 @@
-"""``mmlens demo``: the main job on the embedded default model and example image."""
+"""``mmlens demo``: the main job on the embedded default, the shipped model and example image."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
-from rich.console import Console
+import typer
 
-from mmlens.cli.info import info
-from mmlens.errors import MmlensError
-from mmlens.models.loading import load
+from mmlens.cli.explain import explain
 from mmlens.cli.options import ModelOption
 
 
-def demo(model: Optional[str] = ModelOption) -> None:
-    """Load the default model and answer a question about the shipped example image."""
-    console = Console()
-    try:
-        from mmlens.zoo.examples import example
-    except ImportError:
-        example = None
-    if example is None or model is not None and not model.startswith("shapes"):
-        info(model=model or "tiny-llava", image=None, prompt=None, as_json=False)
-        return
-    try:
-        loaded = load(model)
-    except MmlensError as error:
-        console.print(f"[yellow]default model unavailable ({error}); showing a tiny built-in model[/yellow]")
-        info(model="tiny-llava", image=None, prompt=None, as_json=False)
-        return
-    image, question = example()
-    batch = loaded.prepare(question, [image])
-    answer = loaded.decode(loaded.generate(batch, max_new_tokens=1))[0]
-    console.print(f"[bold]model[/bold]    {loaded.name}")
-    console.print(f"[bold]question[/bold] {question}")
-    console.print(f"[bold]answer[/bold]   {answer}")
+def demo(
+    model: Optional[str] = ModelOption,
+    out: Path = typer.Option(Path("out/demo"), "--out", "-o", help="Output folder."),
+) -> None:
+    """Answer a question about the shipped example image and explain the answer (report in OUT)."""
+    explain(image=None, prompt=None, model=model, method=None, target=None, foil=None, max_new_tokens=1, out=out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,10 @@ def sample_input(model: Model, prompt: str | None, images: list[Path] | None) ->
         ('what colour is the circle ?', [])
     """
     opened = [open_image(path) for path in images or []]
+    if prompt is None and not images and model.adapter.multimodal:
+        shipped = shipped_example(model.name)
+        if shipped is not None:
+            return shipped
     if prompt is None:
         if not model.adapter.multimodal:
             return "what colour is the circle ?", opened
@@ -27,6 +32,18 @@ def sample_input(model: Model, prompt: str | None, images: list[Path] | None) ->
     if model.adapter.multimodal and not opened and images is None:
         opened = [drawn_example()] * prompt.count("<image>")
     return prompt, opened
+
+
+def shipped_example(model_name: str) -> tuple[str, list[Any]] | None:
+    """The example a zoo model ships with (``zoo/examples/<model>.json``), if any."""
+    from importlib import resources
+
+    folder = resources.files("mmlens.zoo") / "examples"
+    entry = folder / f"{model_name}.json"
+    if not entry.is_file():
+        return None
+    example = json.loads(entry.read_text())
+    return example["prompt"], [open_image(Path(str(folder / example["image"])))]
 
 
 def drawn_example(size: tuple[int, int] = (96, 128)) -> Image.Image:
