@@ -9,7 +9,7 @@ import mmlens
 from mmlens.attribution.api import METHODS
 from tests.conftest import noise_image
 
-FAST = ["attention", "rollout", "relevancy", "gradient_x_input", "integrated_gradients", "occlusion", "logit_lens"]
+FAST = ["attention", "rollout", "relevancy", "gradient_x_input", "integrated_gradients", "occlusion", "logit_lens", "logit_lens_msea"]
 
 
 def test_a_batch_explains_each_row_as_it_would_alone(tiny_llava):

@@ -25,3 +25,28 @@ def test_rank_biased_overlap():
     top_agree = rank_biased_overlap([1, 2, 3, 4], [1, 2, 4, 3])
     bottom_agree = rank_biased_overlap([1, 2, 3, 4], [2, 1, 3, 4])
     assert 0 < bottom_agree < top_agree < 1
+
+
+def test_multi_scale_maps_equal_plain_maps_where_resolution_is_fixed(tiny_llava, targets):
+    from mmlens.attribution.logit_lens import logit_lens_msea
+
+    plain = logit_lens(tiny_llava, targets).scores
+    multi = logit_lens_msea(tiny_llava, targets, scales=(0.5, 1.0, 2.0)).scores
+    image = targets.batch.layout.image_positions(0)
+    # LLaVA resizes every input to one size: every scale sees the same pixels, up to resampling
+    assert torch.corrcoef(torch.stack([plain[0, 0, image], multi[0, 0, image]]))[0, 1] > 0.8
+
+
+def test_multi_scale_changes_maps_where_resolution_matters():
+    import mmlens
+    from mmlens.attribution.logit_lens import logit_lens_msea
+    from mmlens.attribution.targets import build_targets
+    from tests.conftest import noise_image
+
+    model = mmlens.load("tiny-qwen2-vl")
+    targets = build_targets(model, model.prepare("<image> what colour ?", [noise_image(112, 112)]), answer="red")
+    plain = logit_lens(model, targets).scores
+    multi = logit_lens_msea(model, targets, scales=(0.5, 1.0, 2.0)).scores
+    image = targets.batch.layout.image_positions(0)
+    assert not torch.allclose(plain[0, 0, image], multi[0, 0, image])
+    assert (multi >= 0).all()

@@ -21,7 +21,7 @@ from mmlens.attribution.attention import attention
 from mmlens.attribution.base import Attribution
 from mmlens.attribution.explanation import Explanation
 from mmlens.attribution.gradients import gradient_x_input, integrated_gradients
-from mmlens.attribution.logit_lens import logit_lens, logit_lens_arc
+from mmlens.attribution.logit_lens import logit_lens, logit_lens_arc, logit_lens_msea
 from mmlens.attribution.occlusion import occlusion, rise
 from mmlens.attribution.relevancy import relevancy
 from mmlens.attribution.rollout import rollout
@@ -40,6 +40,7 @@ METHODS: dict[str, Callable[..., Attribution]] = {
     "rise": rise,
     "logit_lens": logit_lens,
     "logit_lens_arc": logit_lens_arc,
+    "logit_lens_msea": logit_lens_msea,
 }
 DEFAULT_METHODS = ("attention", "rollout", "relevancy", "integrated_gradients", "occlusion", "logit_lens")
 

@@ -25,10 +25,12 @@ Example:
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from PIL import Image
 
 from mmlens.attribution.base import Attribution, causal_cut, empty_scores
-from mmlens.attribution.targets import Targets
+from mmlens.attribution.targets import Targets, same_targets
 from mmlens.hooks import capture
 from mmlens.layout import Modality
 from mmlens.model import Model
@@ -60,6 +62,58 @@ def logit_lens(
 def logit_lens_arc(model: Model, targets: Targets, layer: int = -1, top_k: int = 50) -> Attribution:
     """:func:`logit_lens` with activation-ranking-correlation context removal."""
     return logit_lens(model, targets, layer=layer, remove_context=True, top_k=top_k)
+
+
+def logit_lens_msea(
+    model: Model, targets: Targets, scales: tuple[float, ...] = (0.75, 1.0, 1.5), layer: int = -1
+) -> Attribution:
+    """Multi-scale logit-lens maps (MSEA): the map at several input resolutions, averaged in pixel space.
+
+    Each image is resized by every factor in ``scales``; the prompt and answer
+    are the same. Each scale's map is painted at pixel level through its own
+    layout, resized back to the original image and averaged; each original
+    image token then takes the mean of that map over its patch box. Families
+    that resize every image to one size (LLaVA-1.5, PaliGemma) see the same
+    input at every scale, so the result equals the plain map there.
+    """
+    base = logit_lens(model, targets, layer=layer)
+    layout = targets.batch.layout
+    if not any(targets.batch.images):
+        return base
+    # total[j][row][image]: the map of target j, summed over scales, at original pixel size
+    total = [[[np.zeros(info.size) for info in row] for row in layout.images] for _ in range(targets.count)]
+    for scale in scales:
+        resized = [[_resize(image, scale) for image in row] for row in targets.batch.images]
+        rescaled = same_targets(model, model.prepare(targets.batch.prompts, resized), targets)
+        scaled = logit_lens(model, rescaled, layer=layer)
+        for j in range(targets.count):
+            for row, maps in enumerate(rescaled.batch.layout.to_heatmaps(scaled.scores[:, j])):
+                for i, heat in enumerate(maps):
+                    total[j][row][i] += _back_to(heat, layout.images[row][i].size) / len(scales)
+    scores = base.scores.clone()
+    for row in range(scores.shape[0]):
+        for position, (image, box) in layout.token_boxes(row).items():
+            for j in range(targets.count):
+                scores[row, j, position] = _box_mean(total[j][row][image], box)
+    return Attribution(causal_cut(scores, targets), {"scales": list(scales), "layer": base.extras["layer"]})
+
+
+def _resize(image: Image.Image, scale: float) -> Image.Image:
+    width, height = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+    return image.resize((width, height), Image.BICUBIC)
+
+
+def _back_to(heat: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A heatmap resized to ``size`` (height, width), NaN (uncovered) as 0."""
+    filled = np.nan_to_num(heat.astype(np.float32), nan=0.0)
+    return np.asarray(Image.fromarray(filled, mode="F").resize((size[1], size[0]), Image.BILINEAR))
+
+
+def _box_mean(heat: np.ndarray, box: tuple[float, float, float, float]) -> float:
+    top, left, bottom, right = (int(round(v)) for v in box)
+    top, left = max(top, 0), max(left, 0)
+    window = heat[top:max(bottom, top + 1), left:max(right, left + 1)]
+    return float(window.mean()) if window.size else 0.0
 
 
 def _class_scores(logits: torch.Tensor, targets: Targets, j: int) -> torch.Tensor:

@@ -93,11 +93,18 @@ def build_targets(
     if tokens.shape[1] == 0:
         raise MmlensError("nothing to explain: the answer is empty")
     # Answer token j is fed as input only where token j + 1 exists to be predicted.
+    texts = [[model.tokenizer.decode([t]) for t, r in zip(row, keep) if r] for row, keep in zip(tokens.tolist(), real.tolist())]
+    return same_targets(model, batch, Targets(batch, torch.zeros(0), tokens, real.bool(), texts, foils, score))
+
+
+def same_targets(model: Model, batch: Batch, targets: Targets) -> Targets:
+    """``targets``' answer tokens, teacher-forced on another prompt batch (e.g. resized images)."""
+    tokens, real = targets.tokens, targets.real.long()
+    # Answer token j is fed as input only where token j + 1 exists to be predicted.
     forced = model.append_tokens(batch, tokens[:, :-1], real[:, 1:]) if tokens.shape[1] > 1 else batch
     start = batch.input_ids.shape[1] - 1
     positions = torch.arange(start, start + tokens.shape[1])
-    texts = [[model.tokenizer.decode([t]) for t, r in zip(row, keep) if r] for row, keep in zip(tokens.tolist(), real.tolist())]
-    return Targets(forced, positions, tokens, real.bool(), texts, foils, score)
+    return Targets(forced, positions, tokens, real.bool(), targets.texts, targets.foils, targets.score)
 
 
 def _per_row(text: str | list[str], rows: int, what: str) -> list[str]:
