@@ -49,6 +49,11 @@ def main() -> None:
     nnsight_runner = _nnsight_runner(model, batch)
     if nnsight_runner is not None:
         runs["nnsight capture"] = no_grad(nnsight_runner)
+        # Same work, same answers: both must have captured identical residual streams.
+        theirs, ours_captured = runs["nnsight capture"](), runs["mmlens capture"]()
+        for site, value in zip(sites, theirs):
+            value = value[0] if isinstance(value, tuple) else value
+            torch.testing.assert_close(value, ours_captured[site])
     seconds = median_seconds(runs, repeats=args.repeats)
 
     base = seconds["bare forward"]
