@@ -147,6 +147,27 @@ def token_ids(tokenizer: PreTrainedTokenizerFast, *tokens: str) -> list[int]:
     return list(ids)
 
 
+def vision_config(model_type: str, image_size: int, patch_size: int) -> dict[str, Any]:
+    """A tiny CLIP (``clip_vision_model``) or SigLIP (``siglip_vision_model``) tower config.
+
+    Example:
+        >>> vision_config("clip_vision_model", 32, 8)["num_hidden_layers"]
+        2
+    """
+    cfg: dict[str, Any] = {
+        "model_type": model_type,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": image_size,
+        "patch_size": patch_size,
+    }
+    # CLIP has a projection head dimension; SigLIP's pooling head is not used by VLMs.
+    cfg.update({"projection_dim": 32} if model_type.startswith("clip") else {"vision_use_head": False})
+    return cfg
+
+
 def llama_text_config(vocab_size: int, tokenizer: PreTrainedTokenizerFast, **overrides: Any) -> dict[str, Any]:
     """Keyword arguments for a tiny LLaMA-style decoder (also used as Idefics3/LLaVA text configs).
 

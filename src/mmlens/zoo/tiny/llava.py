@@ -11,7 +11,7 @@ from __future__ import annotations
 from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
 
-from mmlens.zoo.tiny._common import build_tokenizer, instantiate, llama_text_config, token_ids
+from mmlens.zoo.tiny._common import build_tokenizer, instantiate, llama_text_config, token_ids, vision_config
 
 IMAGE_SLOT = "<image>"
 EXAMPLE_PROMPT = "USER: <image>\nWhat is the colour of the shape in the image? ASSISTANT:"
@@ -65,16 +65,7 @@ def build(seed: int = 0, attn_implementation: str = "sdpa") -> tuple[LlavaForCon
     tokenizer = processor.tokenizer
     (image_token_id,) = token_ids(tokenizer, IMAGE_SLOT)
     config = LlavaConfig(
-        vision_config={
-            "model_type": "clip_vision_model",
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": IMAGE_SIZE,
-            "patch_size": PATCH_SIZE,
-            "projection_dim": 32,
-        },
+        vision_config=vision_config("clip_vision_model", IMAGE_SIZE, PATCH_SIZE),
         text_config=llama_text_config(len(tokenizer), tokenizer),
         image_token_index=image_token_id,
         image_seq_length=(IMAGE_SIZE // PATCH_SIZE) ** 2,

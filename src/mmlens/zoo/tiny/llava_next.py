@@ -13,7 +13,7 @@ from __future__ import annotations
 from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor
 from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
 
-from mmlens.zoo.tiny._common import build_tokenizer, instantiate, llama_text_config, token_ids
+from mmlens.zoo.tiny._common import build_tokenizer, instantiate, llama_text_config, token_ids, vision_config
 from mmlens.zoo.tiny.llava import CHAT_TEMPLATE
 
 IMAGE_SLOT = "<image>"
@@ -62,16 +62,7 @@ def build(
     tokenizer = processor.tokenizer
     (image_token_id,) = token_ids(tokenizer, IMAGE_SLOT)
     config = LlavaNextConfig(
-        vision_config={
-            "model_type": "clip_vision_model",
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": TILE_SIZE,
-            "patch_size": PATCH_SIZE,
-            "projection_dim": 32,
-        },
+        vision_config=vision_config("clip_vision_model", TILE_SIZE, PATCH_SIZE),
         text_config=llama_text_config(len(tokenizer), tokenizer),
         image_token_index=image_token_id,
         image_grid_pinpoints=GRID_PINPOINTS,

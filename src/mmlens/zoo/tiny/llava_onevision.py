@@ -11,7 +11,7 @@ from __future__ import annotations
 from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, LlavaOnevisionProcessor
 from transformers.models.llava_onevision.image_processing_pil_llava_onevision import LlavaOnevisionImageProcessorPil
 
-from mmlens.zoo.tiny._common import build_tokenizer, instantiate, llama_text_config, token_ids
+from mmlens.zoo.tiny._common import build_tokenizer, instantiate, llama_text_config, token_ids, vision_config
 
 IMAGE_SLOT = "<image>"
 EXAMPLE_PROMPT = (
@@ -89,16 +89,7 @@ def build(
     image_token_id, video_token_id = token_ids(tokenizer, IMAGE_SLOT, "<video>")
     text_config = llama_text_config(len(tokenizer), tokenizer, model_type="qwen2", bos_token_id=None)
     config = LlavaOnevisionConfig(
-        vision_config={
-            "model_type": "siglip_vision_model",
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": TILE_SIZE,
-            "patch_size": PATCH_SIZE,
-            "vision_use_head": False,
-        },
+        vision_config=vision_config("siglip_vision_model", TILE_SIZE, PATCH_SIZE),
         text_config=text_config,
         image_token_index=image_token_id,
         video_token_index=video_token_id,

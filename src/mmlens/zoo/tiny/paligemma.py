@@ -12,7 +12,7 @@ from __future__ import annotations
 from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor
 from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
-from mmlens.zoo.tiny._common import build_tokenizer, instantiate, token_ids
+from mmlens.zoo.tiny._common import build_tokenizer, instantiate, token_ids, vision_config
 
 # The processor also accepts text with no "<image>" (it then prepends one per
 # image, with a warning); with the slot, it must come first.
@@ -57,16 +57,7 @@ def build(
     (image_token_id,) = token_ids(tokenizer, IMAGE_SLOT)
     vocab_size = len(tokenizer)  # only after the processor added its location/segmentation tokens
     config = PaliGemmaConfig(
-        vision_config={
-            "model_type": "siglip_vision_model",
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": IMAGE_SIZE,
-            "patch_size": PATCH_SIZE,
-            "vision_use_head": False,
-        },
+        vision_config=vision_config("siglip_vision_model", IMAGE_SIZE, PATCH_SIZE),
         text_config={
             "model_type": "gemma",
             "vocab_size": vocab_size,

@@ -1,0 +1,68 @@
+"""Shared plumbing of the neuron methods: samples to batches, datasets, and a progress bar."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from mmlens.data.sample import IMAGE_SLOT, Sample
+from mmlens.errors import MmlensError
+
+if TYPE_CHECKING:
+    from mmlens.model import Batch, Model
+
+Datasets = Mapping[str, Sequence[Sample]]
+
+
+def as_datasets(samples: Sequence[Sample] | Datasets, name: str = "samples") -> dict[str, list[Sample]]:
+    """``{dataset name: samples}`` from either a mapping or one plain sequence.
+
+    Example:
+        >>> list(as_datasets([]))
+        ['samples']
+    """
+    if isinstance(samples, Mapping):
+        return {str(key): list(value) for key, value in samples.items()}
+    return {name: list(samples)}
+
+
+def chunks(samples: Sequence[Sample], size: int) -> Iterator[list[Sample]]:
+    """Consecutive slices of ``size`` samples (the last may be shorter)."""
+    if size < 1:
+        raise MmlensError("batch_size must be at least 1")
+    for start in range(0, len(samples), size):
+        yield list(samples[start:start + size])
+
+
+def prepare_samples(model: "Model", samples: Sequence[Sample], padding_side: str = "left") -> "Batch":
+    """One batch of samples; a text-only model gets the prompts without their image slot."""
+    prompts = [sample.prompt for sample in samples]
+    if not model.adapter.multimodal:
+        prompts = [" ".join(p.replace(IMAGE_SLOT, " ").split()) for p in prompts]
+        return model.prepare(prompts, padding_side=padding_side)
+    return model.prepare(prompts, [[sample.image] for sample in samples], padding_side=padding_side)
+
+
+@contextmanager
+def progress_bar(enabled: bool, description: str, total: int) -> Iterator["Advance"]:
+    """A transient rich progress bar on stderr; ``advance(n)`` moves it (a no-op when disabled)."""
+    if not enabled:
+        yield Advance(None, None)
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        yield Advance(bar, bar.add_task(description, total=total))
+
+
+class Advance:
+    """Moves one progress task forward."""
+
+    def __init__(self, bar: Progress | None, task: object) -> None:
+        self._bar, self._task = bar, task
+
+    def __call__(self, steps: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.advance(self._task, steps)  # type: ignore[arg-type]

@@ -1,0 +1,156 @@
+"""Neuron sites in every part of a model: language model, vision tower and projector.
+
+A *neuron* is one unit of an MLP's hidden activation, the input of the MLP's
+output projection:
+
+- ``lm.L{i}.neurons``: decoder layer ``i`` (the input of ``down_proj``; the
+  same site as :mod:`mmlens.hooks` names);
+- ``vision.L{i}.neurons``: vision layer ``i`` (the input of ``fc2`` in CLIP and
+  SigLIP layers);
+- ``projector.neurons``: the projector's hidden activation (the input of
+  ``linear_2`` in LLaVA).
+
+The vision and projector sites are not (yet) :mod:`mmlens.hooks` sites; they are
+found here from a short list of module names per family and hooked through the
+same dispatch, so edits from both places compose.
+
+Example:
+    >>> import mmlens
+    >>> model = mmlens.load("tiny-llava")
+    >>> neuron_sites(model, ("lm", "projector"))
+    ['lm.L0.neurons', 'lm.L1.neurons', 'projector.neurons']
+    >>> neuron_width(model, "lm.L0.neurons")
+    128
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import ExitStack, contextmanager
+from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
+
+import torch
+
+from mmlens import hooks
+from mmlens.errors import MmlensError
+
+if TYPE_CHECKING:
+    from mmlens.model import Model
+
+TOWERS = ("lm", "vision", "projector")
+_SITE = re.compile(r"^(lm|vision)\.L(\d+)\.neurons$")
+# The MLP output projection, relative to a vision layer's MLP: CLIP, SigLIP and
+# Qwen2-VL use fc2, Qwen2.5-VL down_proj.
+_VISION_OUTPUT = ("fc2", "down_proj")
+# The projector's second linear, relative to the projector: LLaVA linear_2,
+# Qwen2-VL's merger mlp.2. Single-linear projectors (PaliGemma) have no neurons.
+_PROJECTOR_OUTPUT = ("linear_2", "mlp.2", "linear_fc2")
+
+
+def neuron_sites(model: "Model", towers: Sequence[str] = ("lm",)) -> list[str]:
+    """Neuron site names of ``model`` in the chosen ``towers`` (``lm``, ``vision``, ``projector``).
+
+    Towers the model lacks are skipped.
+
+    Example:
+        >>> neuron_sites(mmlens.load("tiny-llama"), TOWERS)
+        ['lm.L0.neurons', 'lm.L1.neurons']
+    """
+    unknown = [t for t in towers if t not in TOWERS]
+    if unknown:
+        raise MmlensError(f"unknown tower(s) {', '.join(unknown)}; choose from {', '.join(TOWERS)}")
+    names: list[str] = []
+    if "lm" in towers:
+        names += [f"lm.L{i}.neurons" for i in range(model.n_layers)]
+    if "vision" in towers and model.adapter.multimodal:
+        names += [f"vision.L{i}.neurons" for i in range(model.n_vision_layers)]
+    if "projector" in towers and model.adapter.projector and _projector_output(model) is not None:
+        names.append("projector.neurons")
+    return names
+
+
+def resolve_neuron_site(model: "Model", name: str) -> hooks.Site:
+    """The module whose input is the neuron activation at ``name``.
+
+    Example:
+        >>> resolve_neuron_site(model, "vision.L0.neurons").module is model.vision_layers[0].mlp.fc2
+        True
+    """
+    if name == "projector.neurons":
+        module = _projector_output(model) if model.adapter.projector else None
+        if module is None:
+            raise MmlensError(f"{model.adapter.family}: the projector has no hidden activation to call neurons")
+        return hooks.Site(name, module, "input")
+    match = _SITE.match(name)
+    if not match:
+        raise MmlensError(f"unknown neuron site {name!r}; they look like lm.L0.neurons, vision.L0.neurons, "
+                          "projector.neurons")
+    if match.group(1) == "lm":
+        return hooks.resolve(model, name)
+    index = int(match.group(2))
+    if model.vision_layers is None or index >= model.n_vision_layers:
+        raise MmlensError(f"site {name!r} is out of range: the model has {model.n_vision_layers} vision layers")
+    mlp = model.vision_layers[index].get_submodule(model.adapter.vision_mlp)
+    module = _first_submodule(mlp, _VISION_OUTPUT)
+    if module is None:
+        raise MmlensError(f"{model.adapter.family}: no MLP output projection ({', '.join(_VISION_OUTPUT)}) "
+                          f"in vision layer {index}")
+    return hooks.Site(name, module, "input")
+
+
+def neuron_width(model: "Model", name: str) -> int:
+    """Number of neurons at a site (the input width of its output projection)."""
+    module = resolve_neuron_site(model, name).module
+    weight = getattr(module, "weight", None)
+    if weight is None or weight.ndim != 2:
+        raise MmlensError(f"{name}: {type(module).__name__} is not a linear layer")
+    return int(weight.shape[1])
+
+
+def layer_of(site: str) -> int:
+    """The layer index in a site name; the projector counts as layer 0.
+
+    Example:
+        >>> layer_of("lm.L3.neurons"), layer_of("projector.neurons")
+        (3, 0)
+    """
+    match = re.search(r"\.L(\d+)\.", site)
+    return int(match.group(1)) if match else 0
+
+
+def tower_of(site: str) -> str:
+    """``lm``, ``vision`` or ``projector``: the first part of a site name."""
+    return site.split(".", 1)[0]
+
+
+@contextmanager
+def on_neurons(model: "Model", edits: Mapping[str, hooks.Edit]) -> Iterator[None]:
+    """Read or replace neuron activations at any neuron site during the ``with`` block.
+
+    Like :func:`mmlens.intervene` (each edit gets the activation tensor,
+    ``(..., neurons)``, and returns a replacement or None), but vision and
+    projector sites work too. Hooks stay for every forward call of the block,
+    generation steps included, and are always removed.
+
+    Example:
+        >>> batch = model.prepare("<image> hi", [Image.new("RGB", (32, 32))])
+        >>> with on_neurons(model, {"projector.neurons": torch.zeros_like}):
+        ...     _ = model.forward(batch)
+    """
+    with ExitStack() as stack:
+        for name, edit in edits.items():
+            stack.enter_context(hooks._hook(resolve_neuron_site(model, name), edit))
+        yield
+
+
+def _projector_output(model: "Model") -> torch.nn.Module | None:
+    return _first_submodule(model.module(model.adapter.projector), _PROJECTOR_OUTPUT)
+
+
+def _first_submodule(parent: torch.nn.Module, names: Sequence[str]) -> torch.nn.Module | None:
+    for name in names:
+        try:
+            return parent.get_submodule(name)
+        except AttributeError:
+            continue
+    return None
