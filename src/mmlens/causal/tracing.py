@@ -1,0 +1,320 @@
+"""Causal tracing after FCCT: which component, at which layer and token group, carries the answer?
+
+Three kinds of run, the answer probability read at the last position:
+
+- **clean**: the original input;
+- **corrupted**: Gaussian noise on the image pixels (default: ``noise`` = 3
+  times the standard deviation of the batch's processed pixel values, the
+  ROME choice for embeddings carried over to pixels), noise on the image
+  tokens' decoder input embeddings (``corrupt="embeddings"``, 3 times their
+  standard deviation), or a counterfactual image given as a prepared batch of
+  the same token layout;
+- **patched**: the corrupted run with one component (``resid`` hidden state,
+  ``attn`` output, ``mlp`` output) at one layer (or a window of layers) restored
+  to its clean value for one token group.
+
+Recovery rate ``RR = (P_patched - P_corrupt) / (P_clean - P_corrupt)``.
+
+Batched: the clean activations are recorded once; the corrupted language-model
+call is recorded once (vision tower once) and replayed on ``chunk`` stacked
+copies of the batch, copy ``c`` restoring condition ``c`` through edits that
+touch only its rows.
+
+Example:
+    >>> import mmlens
+    >>> from mmlens.data.shapes import make_sample
+    >>> model = mmlens.load("tiny-llava")
+    >>> result = trace(model, make_sample("test", 0, "colour"))
+    >>> result.recovery["resid"].shape  # (layers, groups)
+    torch.Size([2, 6])
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from mmlens.causal.groups import token_groups
+from mmlens.causal.replay import LayerReplay, record_layers
+from mmlens.errors import MmlensError
+from mmlens.hooks import Edit, capture, intervene
+from mmlens.layout import Modality
+from mmlens.lens.logit_lens import answer_token_ids
+from mmlens.model import Batch, Model
+
+COMPONENTS: tuple[str, ...] = ("resid", "attn", "mlp")
+Condition = tuple[str, int, int]  # (component, layer, group index)
+
+
+@dataclass
+class CausalTrace:
+    """Answer probabilities of the clean, corrupted and every patched run, and their recovery rates.
+
+    ``p_patched[component]`` is ``(batch, layers, groups)``; ``recovery`` the
+    ``(layers, groups)`` matrix per component, pooled over rows as
+    ``mean(P_patched - P_corrupt) / mean(P_clean - P_corrupt)``.
+    """
+
+    model: str
+    prompts: list[str]
+    answers: list[str]
+    answer_ids: torch.Tensor  # (batch,)
+    components: list[str]
+    groups: list[str]
+    group_sizes: torch.Tensor  # (batch, groups)
+    p_clean: torch.Tensor  # (batch,)
+    p_corrupt: torch.Tensor  # (batch,)
+    p_patched: dict[str, torch.Tensor]
+    corruption: dict[str, Any]
+    window: int = 1
+    seconds: float = 0.0
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_layers(self) -> int:
+        return next(iter(self.p_patched.values())).shape[1]
+
+    @property
+    def recovery(self) -> dict[str, torch.Tensor]:
+        """Per component the ``(layers, groups)`` recovery rate pooled over rows."""
+        gap = (self.p_clean - self.p_corrupt).mean()
+        return {c: (p - self.p_corrupt[:, None, None]).mean(0) / gap for c, p in self.p_patched.items()}
+
+    def rates(self, component: str, min_gap: float = 1e-6) -> torch.Tensor:
+        """Per-row recovery rates ``(batch, layers, groups)``; NaN where ``|P_clean - P_corrupt| < min_gap``."""
+        gap = (self.p_clean - self.p_corrupt)[:, None, None]
+        rates = (self.p_patched[component] - self.p_corrupt[:, None, None]) / gap
+        return torch.where(gap.abs() < min_gap, torch.full_like(rates, float("nan")), rates)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON: the pooled matrices, and every row's probabilities."""
+        def rounded(t: torch.Tensor) -> Any:
+            return torch.round(t.float(), decimals=6).tolist()
+
+        return {
+            "model": self.model, "components": self.components, "groups": self.groups,
+            "layers": [f"L{i}" for i in range(self.n_layers)], "window": self.window,
+            "corruption": self.corruption, "seconds": round(self.seconds, 4),
+            "recovery": {c: rounded(m) for c, m in self.recovery.items()},
+            "rows": [
+                {"prompt": self.prompts[b], "answer": self.answers[b], "p_clean": float(self.p_clean[b]),
+                 "p_corrupt": float(self.p_corrupt[b]), "group_sizes": self.group_sizes[b].tolist(),
+                 "p_patched": {c: rounded(p[b]) for c, p in self.p_patched.items()}}
+                for b in range(len(self.prompts))
+            ],
+            "extras": self.extras,
+        }
+
+
+def trace(
+    model: Model,
+    inputs: Any,
+    groups: dict[str, torch.Tensor] | None = None,
+    *,
+    answer: str | Sequence[str] | torch.Tensor | None = None,
+    corrupt: str | Batch = "noise",
+    noise: float = 3.0,
+    components: Sequence[str] = COMPONENTS,
+    window: int = 1,
+    seed: int = 0,
+    chunk: int = 32,  # rows per pass: copies x batch rows
+    batched: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> CausalTrace:
+    """Trace ``inputs`` (a prepared :class:`Batch` with ``groups``, or shapes samples) under ``corrupt``.
+
+    ``groups`` maps names to ``(batch, seq)`` bool masks (see
+    :func:`~mmlens.causal.groups.token_groups`); for shapes-world samples they
+    come from the sample's target object and question words. ``answer`` is
+    followed at the last position (default: the clean run's top token).
+    ``batched=False`` runs one whole forward per condition, the slow reference.
+    ``progress(done, total)`` is called after each chunk.
+
+    Example:
+        >>> result = trace(model, batch, groups, corrupt="embeddings", components=["resid"])
+        >>> sorted(result.recovery)
+        ['resid']
+    """
+    batch, groups = _batch_and_groups(model, inputs, groups, seed)
+    unknown = [c for c in components if c not in COMPONENTS]
+    if unknown:
+        raise MmlensError(f"unknown component(s) {unknown}; choose from {', '.join(COMPONENTS)}")
+    start = time.perf_counter()
+    names = list(groups)
+    n = model.n_layers
+    sites = [f"lm.L{i}.{c}" for c in components for i in range(n)]
+    with torch.no_grad():
+        with capture(model, sites + ["lm.embed"]) as captured:
+            clean_logits = model.forward(batch, use_cache=False).logits[:, -1].float()
+        clean = {site: captured[site] for site in sites}
+        answer_ids = answer_token_ids(model, answer, clean_logits, batch.input_ids.shape[0]).to(clean_logits.device)
+        corrupted, corruption, embed_edit = _corrupted(batch, captured["lm.embed"], corrupt, noise, seed)
+        edits = {"lm.embed": embed_edit} if embed_edit is not None else {}
+        conditions = [(c, layer, g) for c in components for layer in range(n) for g in range(len(names))]
+        masks = torch.stack([groups[name].bool() for name in names])  # (groups, batch, seq)
+        if batched:
+            replay = record_layers(model, corrupted, edits)
+            p_corrupt = _probabilities(replay.logits(n, replay.inputs[n])[:, 0], answer_ids)
+            p = _run_batched(model, replay, clean, masks, conditions, answer_ids, p_corrupt, window, chunk, progress)
+        else:
+            with intervene(model, edits):
+                p_corrupt = _probabilities(model.forward(corrupted, use_cache=False).logits[:, -1], answer_ids)
+            p = _run_single(model, corrupted, edits, clean, masks, conditions, answer_ids, window, progress)
+    p_clean = _probabilities(clean_logits, answer_ids)
+    rows = batch.input_ids.shape[0]
+    p_patched = {c: torch.empty(rows, n, len(names)) for c in components}
+    for (component, layer, g), values in zip(conditions, p):
+        p_patched[component][:, layer, g] = values
+    return CausalTrace(
+        model=model.name, prompts=list(batch.prompts), answers=model.tokenizer.convert_ids_to_tokens(answer_ids.tolist()),
+        answer_ids=answer_ids.cpu(), components=list(components), groups=names,
+        group_sizes=masks.sum(-1).T.cpu(), p_clean=p_clean.cpu(), p_corrupt=p_corrupt.cpu(), p_patched=p_patched,
+        corruption=corruption, window=window, seconds=time.perf_counter() - start,
+    )
+
+
+def _batch_and_groups(model: Model, inputs: Any, groups: dict[str, torch.Tensor] | None,
+                      seed: int) -> tuple[Batch, dict[str, torch.Tensor]]:
+    """A prepared batch and its groups; shapes samples bring their own ground truth."""
+    if isinstance(inputs, Batch):
+        if groups is None:
+            raise MmlensError("tracing a prepared batch needs its token groups (see mmlens.causal.token_groups)")
+        return inputs, groups
+    samples = [inputs] if not isinstance(inputs, (list, tuple)) else list(inputs)
+    batch = model.prepare([s.prompt for s in samples], [[s.image] for s in samples])
+    if groups is None:
+        regions, words = [], []
+        for s in samples:
+            targets = getattr(s, "target_objects", [])
+            regions.append(_union_mask([s.objects[i].mask for i in targets]) if targets else None)
+            question = s.meta.get("question")
+            words.append([w for w in (getattr(question, "colour", None), getattr(question, "shape", None)) if w])
+        groups = token_groups(model, batch, regions, words, seed=seed)
+    return batch, groups
+
+
+def _union_mask(masks: list) -> Any:
+    out = masks[0].copy()
+    for mask in masks[1:]:
+        out |= mask
+    return out
+
+
+def _corrupted(batch: Batch, embeds: torch.Tensor, corrupt: str | Batch, noise: float,
+               seed: int) -> tuple[Batch, dict[str, Any], Edit | None]:
+    """The corrupted batch, a description of the corruption, and an edit of the decoder input (embedding noise)."""
+    generator = torch.Generator().manual_seed(seed)
+    if isinstance(corrupt, Batch):
+        if corrupt.input_ids.shape != batch.input_ids.shape or not torch.equal(corrupt.layout.modality, batch.layout.modality):
+            raise MmlensError("a counterfactual batch must have the clean batch's token layout (same prompt, same image size)")
+        return corrupt, {"kind": "counterfactual"}, None
+    if corrupt == "noise":
+        pixels = batch.inputs.get("pixel_values")
+        if pixels is None:
+            raise MmlensError("noise on the image needs an image in the batch")
+        scale = noise * float(pixels.float().std())
+        noisy = pixels + scale * torch.randn(pixels.shape, generator=generator).to(pixels.device, pixels.dtype)
+        corrupted = Batch({**batch.inputs, "pixel_values": noisy}, batch.layout, batch.prompts, batch.images)
+        return corrupted, {"kind": "noise", "on": "pixels", "noise": noise, "std": scale, "seed": seed}, None
+    if corrupt == "embeddings":
+        image = batch.layout.mask(Modality.IMAGE)
+        if not image.any():
+            raise MmlensError("noise on the image embeddings needs an image in the batch")
+        scale = noise * float(embeds[image.to(embeds.device)].float().std())
+        delta = scale * torch.randn(embeds.shape, generator=generator).to(embeds.device, embeds.dtype)
+        delta = delta * image[..., None].to(delta.device, delta.dtype)
+
+        def add_noise(value: torch.Tensor) -> torch.Tensor:
+            copies = value.shape[0] // delta.shape[0]
+            return value + delta.repeat(copies, 1, 1) if value.shape[1] == delta.shape[1] else value
+
+        return batch, {"kind": "noise", "on": "embeddings", "noise": noise, "std": scale, "seed": seed}, add_noise
+    raise MmlensError(f"unknown corruption {corrupt!r}: use 'noise', 'embeddings' or a counterfactual batch")
+
+
+def _probabilities(logits: torch.Tensor, answer_ids: torch.Tensor) -> torch.Tensor:
+    """P(answer) per row; rows may be stacked copies of the batch."""
+    copies = logits.shape[0] // answer_ids.shape[0]
+    ids = answer_ids.repeat(copies).to(logits.device)
+    return torch.softmax(logits.float(), -1).gather(-1, ids[:, None])[:, 0].cpu()
+
+
+def _layers(layer: int, window: int, n: int) -> range:
+    """The layers restored for a condition centred on ``layer``."""
+    low = max(0, layer - window // 2)
+    return range(low, min(n, low + window))
+
+
+def _restore_edits(clean: dict[str, torch.Tensor], masks: torch.Tensor, conditions: Sequence[Condition],
+                   window: int, n: int) -> dict[str, Edit]:
+    """Edits restoring copy ``c`` of the stacked batch to clean values for condition ``c`` only."""
+    rows, seq = masks.shape[1:]
+    where: dict[str, torch.Tensor] = {}
+    for c, (component, layer, g) in enumerate(conditions):
+        for restored in _layers(layer, window, n):
+            site = f"lm.L{restored}.{component}"
+            mask = where.setdefault(site, torch.zeros(len(conditions) * rows, seq, dtype=torch.bool))
+            mask[c * rows:(c + 1) * rows] |= masks[g]
+
+    def editor(site: str, mask: torch.Tensor) -> Edit:
+        def edit(value: torch.Tensor) -> torch.Tensor:
+            source = clean[site].to(value.device, value.dtype).repeat(len(conditions), 1, 1)
+            return torch.where(mask.to(value.device)[..., None], source, value)
+
+        return edit
+
+    return {site: editor(site, mask) for site, mask in where.items()}
+
+
+def _run_batched(model: Model, replay: LayerReplay, clean: dict[str, torch.Tensor], masks: torch.Tensor,
+                 conditions: list[Condition], answer_ids: torch.Tensor, p_corrupt: torch.Tensor, window: int,
+                 chunk: int, progress: Callable[[int, int], None] | None) -> list[torch.Tensor]:
+    """P(answer) per condition: stacked copies resumed at the first restored layer, ``chunk`` rows per pass."""
+    n, rows = model.n_layers, replay.batch_size
+    out: dict[int, torch.Tensor] = {}
+    by_start: dict[int, list[int]] = {}
+    for index, (component, layer, g) in enumerate(conditions):
+        restored = _layers(layer, window, n)
+        # Exact shortcuts: an empty group, or a last-layer patch away from the last position, changes nothing.
+        if not masks[g].any() or (restored.start == n - 1 and not masks[g][:, -1].any()):
+            out[index] = p_corrupt
+            continue
+        # A hidden state restored at layer L is the input of layer L + 1: resume there.
+        start = restored.start + 1 if component == "resid" else restored.start
+        by_start.setdefault(start, []).append(index)
+    per_pass = max(1, chunk // rows)  # ``chunk`` rows per pass at most
+    done = len(out)
+    for start, indices in sorted(by_start.items()):
+        for offset in range(0, len(indices), per_pass):
+            part = indices[offset:offset + per_pass]
+            chosen = [conditions[i] for i in part]
+            hidden = replay.inputs[start].repeat(len(part), 1, 1)
+            for c, (component, layer, g) in enumerate(chosen):
+                if component == "resid":
+                    site = f"lm.L{start - 1}.resid"
+                    where = masks[g].to(hidden.device)
+                    hidden[c * rows:(c + 1) * rows][where] = clean[site].to(hidden.device, hidden.dtype)[where]
+            with intervene(model, _restore_edits(clean, masks, chosen, window, n)):
+                logits = replay.logits(start, hidden)[:, 0]
+            for i, values in zip(part, _probabilities(logits, answer_ids).view(len(part), rows)):
+                out[i] = values
+            done += len(part)
+            if progress is not None:
+                progress(done, len(conditions))
+    return [out[i] for i in range(len(conditions))]
+
+
+def _run_single(model: Model, corrupted: Batch, edits: dict[str, Edit], clean: dict[str, torch.Tensor],
+                masks: torch.Tensor, conditions: list[Condition], answer_ids: torch.Tensor, window: int,
+                progress: Callable[[int, int], None] | None) -> list[torch.Tensor]:
+    """P(answer) per condition, one whole forward (vision tower included) per condition."""
+    out = []
+    for index, condition in enumerate(conditions):
+        with intervene(model, {**edits, **_restore_edits(clean, masks, [condition], window, model.n_layers)}):
+            out.append(_probabilities(model.forward(corrupted, use_cache=False).logits[:, -1], answer_ids))
+        if progress is not None:
+            progress(index + 1, len(conditions))
+    return out

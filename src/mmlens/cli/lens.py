@@ -1,0 +1,126 @@
+"""``mmlens lens``: what hidden states mean layer by layer, and where the modalities meet.
+
+Writes ``lens.json``, ``lens.html`` (a self-contained section) and PNG figures
+into ``--out``: top-1 words over the image per layer, the answer's rank and
+probability per layer, attention flow per modality and head, and attention
+knockout per layer window.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import torch
+import typer
+from matplotlib.figure import Figure
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from mmlens.cli.inside_options import AnswerOption, ObjectBoxOption, object_box
+from mmlens.cli.options import ImageOption, ModelOption, OutOption, PromptOption
+from mmlens.cli.samples import sample_input
+from mmlens.causal.groups import object_positions
+from mmlens.layout import Modality
+from mmlens.lens import AttentionFlow, Knockout, LogitLens, attention_flow, knockout, logit_lens
+from mmlens.models.loading import load
+from mmlens.report.figures import display_token
+from mmlens.report.inside import answer_emergence_figure, flow_figures, knockout_figure, lens_word_grid_figure
+from mmlens.report.inside_html import section_html, write_sections
+
+
+def lens(
+    image: Optional[list[Path]] = ImageOption,
+    prompt: Optional[str] = PromptOption,
+    model: Optional[str] = ModelOption,
+    answer: Optional[str] = AnswerOption,
+    top_k: int = typer.Option(5, "--top-k", help="Tokens kept per layer and position."),
+    window: int = typer.Option(1, "--window", help="Layers blocked together in attention knockout."),
+    box: Optional[str] = ObjectBoxOption,
+    out: Path = OutOption,
+) -> None:
+    """Logit lens on every layer and position, attention flow and knockout; write lens.json, lens.html and PNGs."""
+    console = Console(stderr=True)
+    with console.status("loading model"):
+        loaded = load(model)
+    prompt_text, images = sample_input(loaded, prompt, image)
+    batch = loaded.prepare(prompt_text, images)
+    region = object_box(box, image, prompt, loaded.name)
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("logit lens", total=3)
+        result = logit_lens(loaded, batch, answer=answer, top_k=top_k)
+        bar.update(task, advance=1, description="attention flow")
+        flow = attention_flow(loaded, batch)
+        bar.update(task, advance=1, description="attention knockout")
+        groups = {"image": batch.layout.mask(Modality.IMAGE)}
+        if region is not None and images:
+            objects = torch.zeros_like(groups["image"])
+            objects[0, object_positions(batch.layout, 0, region)] = True
+            groups["object image"] = objects
+        blocked = knockout(loaded, batch, groups, window=window, answer=result.answer_ids) if images else None
+        bar.update(task, advance=1)
+    with console.status("writing figures and report"):
+        out.mkdir(parents=True, exist_ok=True)
+        figures = {"lens_emergence": answer_emergence_figure(result), **flow_figures(flow)}
+        if images:
+            figures["lens_words"] = lens_word_grid_figure(result, images[0])
+        if blocked is not None:
+            figures["knockout"] = knockout_figure(blocked)
+        for name, figure in figures.items():
+            figure.savefig(out / f"{name}.png", format="png")
+        payload = {"lens": result.to_json(), "flow": flow.to_json(),
+                   "knockout": blocked.to_json() if blocked is not None else None}
+        (out / "lens.json").write_text(json.dumps(payload))
+        report = write_sections([lens_section(result, flow, blocked, figures)], out / "lens.html",
+                                title=f"mmlens lens · {loaded.name}")
+    print_summary(result, flow, report)
+
+
+def lens_section(result: LogitLens, flow: AttentionFlow, blocked: Knockout | None, figures: dict[str, Figure]) -> str:
+    """The HTML section of one ``mmlens lens`` run."""
+    answer = display_token(result.vocabulary[int(result.answer_ids[0])]).strip()
+    facts = {"model": result.model, "prompt": result.prompts[0], "answer followed": answer,
+             "emerges at": result.layer_names[result.emergence_layer(0)] if result.emergence_layer(0) is not None
+             else "never"}
+    if blocked is not None:
+        facts["knockout baseline P(answer)"] = f"{float(blocked.baseline[0]):.3f}"
+    captions = {"lens_words": "What does each image patch mean at each layer? Top-1 word of the unembedded hidden state.",
+                "lens_emergence": "When does the answer emerge? Its rank and probability at the last position.",
+                "flow_modalities": "Attention from the answer position to image, text and special tokens (mean over heads).",
+                "flow_heads": "Share of attention on image tokens, per layer and head.",
+                "knockout": "Change of P(answer) when the answer position may not attend to these tokens."}
+    shown = [(captions[name], figures[name]) for name in captions if name in figures]
+    table = {"title": "per layer, at the answer position", "columns": ["layer", "top-1", "p", "entropy",
+                                                                       "answer rank", "P(answer)"],
+             "rows": _rows(result)}
+    return section_html("logit lens and attention flow", facts, shown, [table])
+
+
+def _rows(result: LogitLens) -> list[list[str]]:
+    rows = []
+    for layer, name in enumerate(result.layer_names):
+        top = display_token(result.vocabulary[int(result.top_ids[layer, 0, result.position, 0])]).strip()
+        rows.append([name, top, f"{float(result.top_probs[layer, 0, result.position, 0]):.3f}",
+                     f"{float(result.entropy[layer, 0, result.position]):.2f}", str(int(result.answer_rank[layer, 0])),
+                     f"{float(result.answer_prob[layer, 0]):.3f}"])
+    return rows
+
+
+def print_summary(result: LogitLens, flow: AttentionFlow, report: Path) -> None:
+    """Per layer: top-1 token, entropy, the answer's rank and probability, attention on the image."""
+    console = Console()
+    answer = display_token(result.vocabulary[int(result.answer_ids[0])]).strip()
+    console.print(f"[bold]model[/bold]   {result.model}")
+    console.print(f"[bold]prompt[/bold]  {result.prompts[0]}")
+    console.print(f"[bold]answer[/bold]  {answer}")
+    table = Table(title="logit lens at the answer position")
+    for column in ("layer", "top-1", "p", "entropy", "answer rank", "P(answer)", "attn on image"):
+        table.add_column(column)
+    shares = flow.by_layer(0)[:, 0].tolist()
+    for layer, row in enumerate(_rows(result)):
+        share = "-" if layer == 0 else f"{shares[layer - 1]:.0%}"  # row 0 is the decoder input
+        table.add_row(*row, share)
+    console.print(table)
+    console.print(f"report: {report}")

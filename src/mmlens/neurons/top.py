@@ -1,0 +1,100 @@
+"""The samples and image patches where one neuron fires most.
+
+Example:
+    >>> import mmlens
+    >>> from mmlens.data.shapes import make_dataset
+    >>> model = mmlens.load("tiny-llava")
+    >>> top = top_activations(model, make_dataset("val", 6), "lm.L1.neurons", 5, k=3, progress=False)
+    >>> len(top.heatmaps), top.heatmaps[0].shape
+    (3, (64, 64))
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from mmlens.data.sample import Sample
+from mmlens.errors import MmlensError
+from mmlens.layout import Modality
+from mmlens.neurons._batches import chunks, prepare_samples, progress_bar
+from mmlens.neurons.sites import neuron_width, on_neurons, tower_of
+
+if TYPE_CHECKING:
+    from mmlens.model import Model
+
+
+@dataclass
+class TopActivations:
+    """The ``k`` samples where neuron ``index`` at ``site`` reaches its highest activation on an image patch.
+
+    ``heatmaps[j]`` is the neuron's activation over sample ``j``'s image (pixel
+    size, through the token layout); ``patches[j]`` the ``(row, col)`` of its
+    strongest patch.
+    """
+
+    site: str
+    index: int
+    values: torch.Tensor
+    sample_ids: list[str]
+    prompts: list[str]
+    images: list[Image.Image]
+    heatmaps: list[np.ndarray]
+    patches: list[tuple[int, int]]
+
+
+def top_activations(model: "Model", samples: Sequence[Sample], site: str, index: int, k: int = 8,
+                    batch_size: int = 16, progress: bool = True) -> TopActivations:
+    """Rank ``samples`` by the neuron's maximum activation over image patches and keep the top ``k``.
+
+    Only decoder neurons (``lm.L{i}.neurons``): image patches are found through
+    each batch's :class:`~mmlens.layout.TokenLayout`.
+
+    Example:
+        >>> top.patches[0][0] in range(4)  # tiny-llava has a 4 x 4 patch grid
+        True
+    """
+    if tower_of(site) != "lm":
+        raise MmlensError("top activations are found for decoder neurons (lm.L{i}.neurons) only")
+    if not model.adapter.multimodal:
+        raise MmlensError(f"{model.name} takes no images: there are no patches to rank")
+    if not 0 <= index < neuron_width(model, site):
+        raise MmlensError(f"{site} has {neuron_width(model, site)} neurons; there is no neuron {index}")
+    samples = list(samples)
+    seen: dict[str, torch.Tensor] = {}
+    kept: list[tuple[torch.Tensor, object]] = []  # per batch: (activations (B, S), layout)
+    best: list[torch.Tensor] = []
+
+    def read(x: torch.Tensor) -> None:
+        seen["value"] = x.detach()[..., index].float().cpu()
+
+    with progress_bar(progress, f"ranking samples for {site}[{index}]", len(samples)) as advance, \
+            on_neurons(model, {site: read}):
+        for chunk in chunks(samples, batch_size):
+            batch = prepare_samples(model, chunk)
+            with torch.no_grad():
+                model.forward(batch)
+            image = batch.layout.mask(Modality.IMAGE)
+            best.append(seen["value"].masked_fill(~image, float("-inf")).amax(1))
+            kept.append((seen["value"], batch.layout))
+            advance(len(chunk))
+    values = torch.cat(best)
+    top = values.topk(min(k, len(values)))
+    sizes = [len(acts) for acts, _ in kept]
+    starts = np.cumsum([0] + sizes)
+    heatmaps, patches = [], []
+    for flat in top.indices.tolist():
+        b = int(np.searchsorted(starts, flat, side="right") - 1)
+        row = flat - int(starts[b])
+        acts, layout = kept[b]
+        heatmaps.append(layout.to_heatmaps(acts)[row][0])
+        image = layout.mask(Modality.IMAGE)[row]
+        position = int(acts[row].masked_fill(~image, float("-inf")).argmax())
+        patches.append((int(layout.row[row, position]), int(layout.col[row, position])))
+    chosen = [samples[i] for i in top.indices.tolist()]
+    return TopActivations(site, index, top.values, [s.id for s in chosen], [s.prompt for s in chosen],
+                          [s.image for s in chosen], heatmaps, patches)

@@ -1,0 +1,66 @@
+"""Attention flow per modality, and knockout that zeroes exactly the blocked attention."""
+
+import pytest
+import torch
+
+import mmlens
+from mmlens.layout import Modality
+from mmlens.lens import attention_flow, block_attention, knockout
+from tests.conftest import noise_image
+
+PROMPTS = ["<image> what colour is the circle ?", "<image> what shape ?"]
+
+
+@pytest.fixture(scope="module")
+def batch(tiny_llava):
+    return tiny_llava.prepare(PROMPTS, [[noise_image(64, 64, 1)], [noise_image(80, 120, 2)]])
+
+
+def test_flow_fractions_sum_to_one_per_head(tiny_llava, batch):
+    flow = attention_flow(tiny_llava, batch)
+    assert flow.fractions.shape[:3] == (tiny_llava.n_layers, 2, tiny_llava.hf.config.text_config.num_attention_heads)
+    torch.testing.assert_close(flow.fractions.sum(-1), torch.ones(flow.fractions.shape[:3]))
+    assert (flow.fractions[..., 0] > 0).all()  # every head sees some of the image
+
+
+def _probs(model, batch, layer):
+    with torch.no_grad(), mmlens.capture(model, f"lm.L{layer}.attn_probs") as captured:
+        model.forward(batch)
+    return captured[f"lm.L{layer}.attn_probs"]
+
+
+@pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2-vl"])
+def test_knocked_out_keys_get_zero_attention_and_other_rows_are_unchanged(name, tiny_llava, batch):
+    model = tiny_llava if name == "tiny-llava" else mmlens.load(name)
+    if name != "tiny-llava":
+        batch = model.prepare(["<image> what colour ?", "<image> hi there"],
+                              [[noise_image(56, 56, 1)], [noise_image(56, 56, 2)]])
+    keys = batch.layout.mask(Modality.IMAGE)
+    before = _probs(model, batch, 0)
+    with block_attention(model, {0: keys}):
+        after = _probs(model, batch, 0)
+    blocked = keys[:, None, :].expand(-1, after.shape[1], -1)
+    assert (after[:, :, -1][blocked] == 0).all()
+    assert torch.equal(after[:, :, :-1], before[:, :, :-1])  # other queries untouched
+    torch.testing.assert_close(after[:, :, -1].sum(-1), torch.ones(after.shape[:2]))
+    assert not torch.equal(after[:, :, -1], before[:, :, -1])
+
+
+def test_knockout_sweep_matches_one_condition_at_a_time(tiny_llava, batch):
+    image = batch.layout.mask(Modality.IMAGE)
+    some = image & (torch.arange(image.shape[1]) % 2 == 0)
+    result = knockout(tiny_llava, batch, {"image": image, "half": some}, window=1)
+    assert result.probability.shape == (tiny_llava.n_layers, 2, 2)
+    ids = result.answer_ids
+    for w, start in enumerate(result.window_starts):
+        for g, keys in enumerate([image, some]):
+            with torch.no_grad(), block_attention(tiny_llava, {start: keys}):
+                probs = torch.softmax(tiny_llava.forward(batch).logits[:, -1].float(), -1)
+            torch.testing.assert_close(result.probability[w, g], probs[torch.arange(2), ids], rtol=1e-4, atol=1e-6)
+
+
+def test_knockout_also_blocks_during_generation(tiny_llava, batch):
+    keys = batch.layout.mask(Modality.IMAGE)
+    with block_attention(tiny_llava, {layer: keys for layer in range(tiny_llava.n_layers)}):
+        new = tiny_llava.generate(batch, max_new_tokens=3)
+    assert new.shape == (2, 3)
