@@ -14,7 +14,8 @@ def plan(tiny_llava, samples):
 
 def _forced_plan() -> InjectionPlan:
     # Layer 0 feeds layer 1 with weight 1, for both components of the two-layer tiny model.
-    return InjectionPlan({"attn": {0: 1.0}, "mlp": {0: 1.0}}, {"attn": [0, 1], "mlp": [0, 1]}, {"attn": 0.5, "mlp": 0.5})
+    return InjectionPlan({"attn": {0: 1.0}, "mlp": {0: 1.0}}, {"attn": [0, 1], "mlp": [0, 1]},
+                         {"attn": 0.5, "mlp": 0.5})
 
 
 def test_plan_ranks_layers_by_recovery(plan):
@@ -30,17 +31,19 @@ def test_lambda_zero_changes_nothing(tiny_llava, clean):
             assert torch.equal(tiny_llava.forward(clean).logits, expected)
 
 
-def test_injection_changes_the_direction_and_keeps_the_norm(tiny_llava, clean):
-    with torch.no_grad(), mmlens.capture(tiny_llava, ["lm.L1.attn", "lm.L1.mlp"]) as plain:
+@pytest.mark.parametrize("component", ["attn", "mlp"])
+def test_injection_changes_the_direction_and_keeps_the_norm(tiny_llava, clean, component):
+    # One component at a time: injecting attention would change the MLP's own input.
+    plan = InjectionPlan({component: {0: 1.0}}, {component: [1]}, {component: 0.5})
+    site = f"lm.L1.{component}"
+    with torch.no_grad(), mmlens.capture(tiny_llava, site) as plain:
         expected = tiny_llava.forward(clean).logits
-    with torch.no_grad(), inject(tiny_llava, _forced_plan()), \
-            mmlens.capture(tiny_llava, ["lm.L1.attn", "lm.L1.mlp"]) as injected:
+    with torch.no_grad(), inject(tiny_llava, plan), mmlens.capture(tiny_llava, site) as injected:
         changed = tiny_llava.forward(clean).logits
-    for site in ("lm.L1.attn", "lm.L1.mlp"):
-        before, after = plain[site][:, -1], injected[site][:, -1]
-        torch.testing.assert_close(after.norm(dim=-1), before.norm(dim=-1))
-        assert not torch.allclose(after, before)
-        assert torch.equal(injected[site][:, :-1], plain[site][:, :-1])  # only the last token is edited
+    before, after = plain[site][:, -1], injected[site][:, -1]
+    torch.testing.assert_close(after.norm(dim=-1), before.norm(dim=-1))
+    assert not torch.allclose(after, before)
+    assert torch.equal(injected[site][:, :-1], plain[site][:, :-1])  # only the last token is edited
     assert not torch.allclose(changed[:, -1], expected[:, -1])
 
 

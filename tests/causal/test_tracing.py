@@ -38,7 +38,8 @@ def test_batched_tracing_equals_one_condition_per_forward(tiny_llava, samples, t
 @pytest.mark.parametrize("corrupt,window", [("embeddings", 2), ("counterfactual", 1)])
 def test_batched_equals_single_for_other_corruptions_and_windows(tiny_llava, samples, corrupt, window):
     if corrupt == "counterfactual":
-        corrupt = tiny_llava.prepare([s.prompt for s in samples], [[counterfactual(s, "recolour").image] for s in samples])
+        images = [[counterfactual(s, "recolour").image] for s in samples]
+        corrupt = tiny_llava.prepare([s.prompt for s in samples], images)
     kwargs = dict(corrupt=corrupt, window=window, components=["resid", "attn"], chunk=7)
     batched, single = trace(tiny_llava, samples, **kwargs), trace(tiny_llava, samples, batched=False, **kwargs)
     for component in batched.components:
@@ -70,3 +71,30 @@ def test_result_is_json_and_figures(traced):
     payload = json.loads(json.dumps(traced.to_json()))
     assert np.asarray(payload["recovery"]["attn"]).shape == (traced.n_layers, len(GROUPS))
     assert sorted(trace_figures(traced)) == ["attn", "mlp", "resid"]
+
+
+def test_bidirectional_prefix_is_replayed_whole(noise):
+    # PaliGemma's prompt attends both ways: no position may be taken as recorded.
+    from mmlens.causal import record_layers
+
+    model = mmlens.load("tiny-paligemma")
+    batch = model.prepare("<image> what colour is it ?", [noise(64, 64, 5)])
+    groups = token_groups(model, batch, [(0, 0, 20, 20)], ["colour"])
+    first = int(groups["question"].any(0).nonzero()[0])
+    assert not record_layers(model, batch).suffix_allowed(first)
+    batched = trace(model, batch, groups, components=["resid"])
+    single = trace(model, batch, groups, components=["resid"], batched=False)
+    torch.testing.assert_close(batched.p_patched["resid"], single.p_patched["resid"], rtol=1e-4, atol=1e-6)
+
+
+def test_suffix_replay_equals_the_full_replay(tiny_llava, clean):
+    from mmlens.causal import record_layers
+
+    replay = record_layers(tiny_llava, clean)
+    offset = int(clean.layout.text_positions(0)[0])
+    assert replay.suffix_allowed(offset)
+    replay.keys_values()
+    for start in range(tiny_llava.n_layers + 1):
+        full = replay.logits(start, replay.inputs[start].repeat(3, 1, 1))
+        suffix = replay.logits(start, replay.inputs[start][:, offset:].repeat(3, 1, 1), offset=offset)
+        torch.testing.assert_close(suffix, full, rtol=1e-4, atol=1e-5)

@@ -19,7 +19,7 @@ from mmlens.causal.groups import GROUPS, object_positions, token_groups, word_po
 from mmlens.causal.injection import DEFAULT_LAMBDAS, InjectionPlan, inject, injection_edits, plan_injection
 from mmlens.causal.patching import patch, patch_edits, position_mask, record
 from mmlens.causal.replay import LayerReplay, record_layers
-from mmlens.causal.tracing import COMPONENTS, CausalTrace, trace
+from mmlens.causal.tracing import COMPONENTS, CausalTrace, noisy_pixels, trace
 
 __all__ = [
     "COMPONENTS",
@@ -30,6 +30,7 @@ __all__ = [
     "LayerReplay",
     "inject",
     "injection_edits",
+    "noisy_pixels",
     "object_positions",
     "patch",
     "patch_edits",

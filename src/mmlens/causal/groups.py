@@ -19,7 +19,7 @@ Example:
     >>> model = mmlens.load("tiny-llava")
     >>> s = make_sample("test", 0, "colour")
     >>> batch = model.prepare(s.prompt, [s.image])
-    >>> groups = token_groups(model, batch, [s.objects[s.target_objects[0]].mask], [["cross"]])
+    >>> groups = token_groups(model, batch, [s.objects[s.target_objects[0]].mask], [["colour"]])
     >>> list(groups)[:3]
     ['object image', 'other image', 'control image']
 """
@@ -72,8 +72,8 @@ def word_positions(model: Model, batch: Batch, row: int, words: Sequence[str]) -
     """Text positions of ``row`` whose tokens spell one of ``words`` (case-insensitive; subword pieces joined).
 
     Example:
-        >>> word_positions(model, batch, 0, ["cross"])
-        [-1 + batch.input_ids.shape[1] - 1]  # doctest: +SKIP
+        >>> word_positions(model, batch, 0, ["colour"])  # <s>, 16 image tokens, "what", "colour"
+        [18]
     """
     wanted = {w.lower() for w in words}
     if not wanted:
@@ -111,8 +111,8 @@ def token_groups(
     ``image``; ``object_words`` is one word list for every row or one per row.
 
     Example:
-        >>> {name: int(mask.sum()) for name, mask in token_groups(model, batch, [(0, 0, 8, 8)], ["cross"]).items()}
-        {'object image': 1, 'other image': 15, 'control image': 1, 'question': 4, 'object words': 1, 'last': 1}
+        >>> {name: int(mask.sum()) for name, mask in token_groups(model, batch, [(0, 0, 8, 8)], ["colour"]).items()}
+        {'object image': 1, 'other image': 15, 'control image': 1, 'question': 3, 'object words': 1, 'last': 1}
     """
     layout = batch.layout
     rows, seq = batch.input_ids.shape

@@ -15,6 +15,7 @@ forward whose last position is the newest token, so only that token is edited.
 
 Example:
     >>> import mmlens
+    >>> from mmlens.causal import trace
     >>> from mmlens.data.shapes import make_sample
     >>> model = mmlens.load("tiny-llava")
     >>> result = trace(model, make_sample("test", 0, "colour"))

@@ -118,7 +118,8 @@ def patch(
     rows, seq = target.input_ids.shape
     mask = position_mask(positions, rows, seq)
     source_rows, source_seq = source.input_ids.shape
-    source_mask = position_mask(source_positions if source_positions is not None else positions, source_rows, source_seq)
+    chosen = source_positions if source_positions is not None else positions
+    source_mask = position_mask(chosen, source_rows, source_seq)
     if source_rows not in (1, rows):
         raise MmlensError(f"a source of {source_rows} rows for a target of {rows}")
     if source_rows == 1 and rows > 1:  # one source row patches every target row

@@ -73,6 +73,28 @@ class CausalTrace:
     seconds: float = 0.0
     extras: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def concat(cls, traces: Sequence["CausalTrace"]) -> "CausalTrace":
+        """Traces of several batches (same model, components and groups) as one, rows in order.
+
+        Example:
+            >>> both = CausalTrace.concat([result, result])
+            >>> len(both.prompts) == 2 * len(result.prompts)
+            True
+        """
+        first = traces[0]
+        if any(t.components != first.components or t.groups != first.groups for t in traces):
+            raise MmlensError("only traces of the same components and groups can be joined")
+        return cls(
+            model=first.model, prompts=[p for t in traces for p in t.prompts],
+            answers=[a for t in traces for a in t.answers],
+            answer_ids=torch.cat([t.answer_ids for t in traces]), components=first.components, groups=first.groups,
+            group_sizes=torch.cat([t.group_sizes for t in traces]), p_clean=torch.cat([t.p_clean for t in traces]),
+            p_corrupt=torch.cat([t.p_corrupt for t in traces]),
+            p_patched={c: torch.cat([t.p_patched[c] for t in traces]) for c in first.components},
+            corruption=first.corruption, window=first.window, seconds=sum(t.seconds for t in traces),
+        )
+
     @property
     def n_layers(self) -> int:
         return next(iter(self.p_patched.values())).shape[1]
@@ -169,7 +191,8 @@ def trace(
     for (component, layer, g), values in zip(conditions, p):
         p_patched[component][:, layer, g] = values
     return CausalTrace(
-        model=model.name, prompts=list(batch.prompts), answers=model.tokenizer.convert_ids_to_tokens(answer_ids.tolist()),
+        model=model.name, prompts=list(batch.prompts),
+        answers=model.tokenizer.convert_ids_to_tokens(answer_ids.tolist()),
         answer_ids=answer_ids.cpu(), components=list(components), groups=names,
         group_sizes=masks.sum(-1).T.cpu(), p_clean=p_clean.cpu(), p_corrupt=p_corrupt.cpu(), p_patched=p_patched,
         corruption=corruption, window=window, seconds=time.perf_counter() - start,
@@ -203,21 +226,38 @@ def _union_mask(masks: list) -> Any:
     return out
 
 
+def noisy_pixels(batch: Batch, noise: float = 3.0, seed: int = 0) -> tuple[Batch, float]:
+    """``batch`` with Gaussian noise on its pixel values, and the noise's standard deviation.
+
+    The standard deviation is ``noise`` times that of the batch's processed
+    pixel values (the processor's normalisation makes it comparable across families).
+
+    Example:
+        >>> noisy, std = noisy_pixels(batch, noise=3.0)
+        >>> noisy.inputs["pixel_values"].shape == batch.inputs["pixel_values"].shape
+        True
+    """
+    pixels = batch.inputs.get("pixel_values")
+    if pixels is None:
+        raise MmlensError("noise on the image needs an image in the batch")
+    generator = torch.Generator().manual_seed(seed)
+    scale = noise * float(pixels.float().std())
+    noisy = pixels + scale * torch.randn(pixels.shape, generator=generator).to(pixels.device, pixels.dtype)
+    return Batch({**batch.inputs, "pixel_values": noisy}, batch.layout, batch.prompts, batch.images), scale
+
+
 def _corrupted(batch: Batch, embeds: torch.Tensor, corrupt: str | Batch, noise: float,
                seed: int) -> tuple[Batch, dict[str, Any], Edit | None]:
     """The corrupted batch, a description of the corruption, and an edit of the decoder input (embedding noise)."""
     generator = torch.Generator().manual_seed(seed)
     if isinstance(corrupt, Batch):
-        if corrupt.input_ids.shape != batch.input_ids.shape or not torch.equal(corrupt.layout.modality, batch.layout.modality):
-            raise MmlensError("a counterfactual batch must have the clean batch's token layout (same prompt, same image size)")
+        same = corrupt.input_ids.shape == batch.input_ids.shape
+        if not same or not torch.equal(corrupt.layout.modality, batch.layout.modality):
+            raise MmlensError("a counterfactual batch must have the clean batch's token layout "
+                              "(same prompt, same image size)")
         return corrupt, {"kind": "counterfactual"}, None
     if corrupt == "noise":
-        pixels = batch.inputs.get("pixel_values")
-        if pixels is None:
-            raise MmlensError("noise on the image needs an image in the batch")
-        scale = noise * float(pixels.float().std())
-        noisy = pixels + scale * torch.randn(pixels.shape, generator=generator).to(pixels.device, pixels.dtype)
-        corrupted = Batch({**batch.inputs, "pixel_values": noisy}, batch.layout, batch.prompts, batch.images)
+        corrupted, scale = noisy_pixels(batch, noise, seed)
         return corrupted, {"kind": "noise", "on": "pixels", "noise": noise, "std": scale, "seed": seed}, None
     if corrupt == "embeddings":
         image = batch.layout.mask(Modality.IMAGE)
@@ -249,8 +289,11 @@ def _layers(layer: int, window: int, n: int) -> range:
 
 
 def _restore_edits(clean: dict[str, torch.Tensor], masks: torch.Tensor, conditions: Sequence[Condition],
-                   window: int, n: int) -> dict[str, Edit]:
-    """Edits restoring copy ``c`` of the stacked batch to clean values for condition ``c`` only."""
+                   window: int, n: int, offset: int = 0) -> dict[str, Edit]:
+    """Edits restoring copy ``c`` of the stacked batch to clean values for condition ``c`` only.
+
+    With ``offset``, the run holds positions ``offset ..`` only.
+    """
     rows, seq = masks.shape[1:]
     where: dict[str, torch.Tensor] = {}
     for c, (component, layer, g) in enumerate(conditions):
@@ -261,8 +304,8 @@ def _restore_edits(clean: dict[str, torch.Tensor], masks: torch.Tensor, conditio
 
     def editor(site: str, mask: torch.Tensor) -> Edit:
         def edit(value: torch.Tensor) -> torch.Tensor:
-            source = clean[site].to(value.device, value.dtype).repeat(len(conditions), 1, 1)
-            return torch.where(mask.to(value.device)[..., None], source, value)
+            source = clean[site][:, offset:].to(value.device, value.dtype).repeat(len(conditions), 1, 1)
+            return torch.where(mask[:, offset:].to(value.device)[..., None], source, value)
 
         return edit
 
@@ -272,10 +315,16 @@ def _restore_edits(clean: dict[str, torch.Tensor], masks: torch.Tensor, conditio
 def _run_batched(model: Model, replay: LayerReplay, clean: dict[str, torch.Tensor], masks: torch.Tensor,
                  conditions: list[Condition], answer_ids: torch.Tensor, p_corrupt: torch.Tensor, window: int,
                  chunk: int, progress: Callable[[int, int], None] | None) -> list[torch.Tensor]:
-    """P(answer) per condition: stacked copies resumed at the first restored layer, ``chunk`` rows per pass."""
-    n, rows = model.n_layers, replay.batch_size
+    """P(answer) per condition: stacked copies resumed at the first restored layer, ``chunk`` rows per pass.
+
+    Under a causal mask, positions before a group's first token never change:
+    groups that start late in the sequence (question words, the last token)
+    run on the positions from there on, the earlier keys and values as recorded.
+    """
+    n, rows, seq = model.n_layers, replay.batch_size, masks.shape[-1]
     out: dict[int, torch.Tensor] = {}
-    by_start: dict[int, list[int]] = {}
+    plans: dict[tuple[int, int], list[int]] = {}
+    offsets = _offsets(masks, seq)
     for index, (component, layer, g) in enumerate(conditions):
         restored = _layers(layer, window, n)
         # Exact shortcuts: an empty group, or a last-layer patch away from the last position, changes nothing.
@@ -284,27 +333,42 @@ def _run_batched(model: Model, replay: LayerReplay, clean: dict[str, torch.Tenso
             continue
         # A hidden state restored at layer L is the input of layer L + 1: resume there.
         start = restored.start + 1 if component == "resid" else restored.start
-        by_start.setdefault(start, []).append(index)
+        offset = offsets[g] if offsets[g] >= 2 and replay.suffix_allowed(offsets[g]) else 0  # BOS alone: not worth it
+        plans.setdefault((start, offset), []).append(index)
     per_pass = max(1, chunk // rows)  # ``chunk`` rows per pass at most
     done = len(out)
-    for start, indices in sorted(by_start.items()):
-        for offset in range(0, len(indices), per_pass):
-            part = indices[offset:offset + per_pass]
+    for (start, offset), indices in sorted(plans.items()):
+        for first in range(0, len(indices), per_pass):
+            part = indices[first:first + per_pass]
             chosen = [conditions[i] for i in part]
-            hidden = replay.inputs[start].repeat(len(part), 1, 1)
+            hidden = replay.inputs[start][:, offset:].repeat(len(part), 1, 1)
             for c, (component, layer, g) in enumerate(chosen):
                 if component == "resid":
                     site = f"lm.L{start - 1}.resid"
-                    where = masks[g].to(hidden.device)
-                    hidden[c * rows:(c + 1) * rows][where] = clean[site].to(hidden.device, hidden.dtype)[where]
-            with intervene(model, _restore_edits(clean, masks, chosen, window, n)):
-                logits = replay.logits(start, hidden)[:, 0]
+                    where = masks[g][:, offset:].to(hidden.device)
+                    source = clean[site][:, offset:].to(hidden.device, hidden.dtype)
+                    hidden[c * rows:(c + 1) * rows][where] = source[where]
+            if offset:
+                replay.keys_values()  # recorded once, before any edit is in place
+            with intervene(model, _restore_edits(clean, masks, chosen, window, n, offset)):
+                logits = replay.logits(start, hidden, offset=offset)[:, 0]
             for i, values in zip(part, _probabilities(logits, answer_ids).view(len(part), rows)):
                 out[i] = values
             done += len(part)
             if progress is not None:
                 progress(done, len(conditions))
     return [out[i] for i in range(len(conditions))]
+
+
+def _offsets(masks: torch.Tensor, seq: int) -> dict[int, int]:
+    """Per group, the first position its runs need; groups starting close together share one (fewer passes)."""
+    firsts = {g: int(mask.any(0).nonzero()[0]) for g, mask in enumerate(masks) if mask.any()}
+    chosen, anchor = {}, None
+    for g, first in sorted(firsts.items(), key=lambda item: item[1]):
+        if anchor is None or first - anchor >= seq // 4:
+            anchor = first
+        chosen[g] = anchor
+    return chosen
 
 
 def _run_single(model: Model, corrupted: Batch, edits: dict[str, Edit], clean: dict[str, torch.Tensor],

@@ -25,7 +25,8 @@ ObjectBoxOption = typer.Option(
     "(default: the object of the shipped example; none for your own images).")
 ObjectWordOption = typer.Option(
     None, "--object-word", help="A prompt word naming the object; repeatable (default: colour and shape words).")
-AnswerOption = typer.Option(None, "--answer", help="Follow this answer's first token (default: the model's own answer).")
+AnswerOption = typer.Option(None, "--answer",
+                            help="Follow this answer's first token (default: the model's own answer).")
 
 #: The circle of :func:`mmlens.cli.samples.drawn_example` (PIL's ellipse box is inclusive: +1 on the far edges).
 DRAWN_CIRCLE_BOX = (10.0, 20.0, 51.0, 61.0)

@@ -86,9 +86,11 @@ def lens_section(result: LogitLens, flow: AttentionFlow, blocked: Knockout | Non
              else "never"}
     if blocked is not None:
         facts["knockout baseline P(answer)"] = f"{float(blocked.baseline[0]):.3f}"
-    captions = {"lens_words": "What does each image patch mean at each layer? Top-1 word of the unembedded hidden state.",
+    captions = {"lens_words": "What does each image patch mean at each layer? "
+                              "Top-1 word of the unembedded hidden state.",
                 "lens_emergence": "When does the answer emerge? Its rank and probability at the last position.",
-                "flow_modalities": "Attention from the answer position to image, text and special tokens (mean over heads).",
+                "flow_modalities": "Attention from the answer position to image, text and special tokens "
+                                   "(mean over heads).",
                 "flow_heads": "Share of attention on image tokens, per layer and head.",
                 "knockout": "Change of P(answer) when the answer position may not attend to these tokens."}
     shown = [(captions[name], figures[name]) for name in captions if name in figures]

@@ -172,12 +172,13 @@ def knockout(
     groups: Mapping[str, torch.Tensor],
     window: int = 1,
     answer: str | Sequence[str] | torch.Tensor | None = None,
+    chunk: int = 64,
 ) -> Knockout:
     """Block attention from the last position to each key group, for each window of ``window`` layers.
 
     ``groups`` maps a name to a ``(batch, seq)`` bool mask of key positions.
-    All (window, group) conditions run as stacked copies of the batch in one
-    replay of the language model (the vision tower runs once).
+    The (window, group) conditions run as stacked copies of the batch through
+    replays of the language model (the vision tower runs once), ``chunk`` rows per pass.
 
     Example:
         >>> result = knockout(model, batch, {"image": batch.layout.mask(Modality.IMAGE)}, window=1)
@@ -185,7 +186,7 @@ def knockout(
         torch.Size([2, 1, 1])
     """
     call = record_decoder_call(model, batch)
-    rows = call.batch_size
+    rows, seq = call.batch_size, call.embeds.shape[1]
     with torch.no_grad():
         logits = call.logits(call.embeds, positions=[-1])[:, 0]
     answer_ids = answer_token_ids(model, answer, logits, rows).to(logits.device)
@@ -193,14 +194,17 @@ def knockout(
     starts = list(range(0, max(1, model.n_layers - window + 1)))
     names = list(groups)
     conditions = [(start, name) for start in starts for name in names]
-    copies = len(conditions)
-    blocked: dict[int, torch.Tensor] = {}
-    for c, (start, name) in enumerate(conditions):
-        for layer in range(start, min(model.n_layers, start + window)):
-            keys = blocked.setdefault(layer, torch.zeros(copies * rows, call.embeds.shape[1], dtype=torch.bool))
-            keys[c * rows:(c + 1) * rows] = groups[name].bool()
-    with torch.no_grad(), block_attention(model, blocked):
-        out = call.logits(call.embeds.repeat(copies, 1, 1), positions=[-1])[:, 0]
-    probs = torch.softmax(out.float(), -1).gather(-1, answer_ids.repeat(copies)[:, None])[:, 0]
-    probability = probs.view(len(starts), len(names), rows)
+    per_pass = max(1, chunk // rows)
+    probs = []
+    for first in range(0, len(conditions), per_pass):
+        part = conditions[first:first + per_pass]
+        blocked: dict[int, torch.Tensor] = {}
+        for c, (start, name) in enumerate(part):
+            for layer in range(start, min(model.n_layers, start + window)):
+                keys = blocked.setdefault(layer, torch.zeros(len(part) * rows, seq, dtype=torch.bool))
+                keys[c * rows:(c + 1) * rows] = groups[name].bool()
+        with torch.no_grad(), block_attention(model, blocked):
+            out = call.logits(call.embeds.repeat(len(part), 1, 1), positions=[-1])[:, 0]
+        probs.append(torch.softmax(out.float(), -1).gather(-1, answer_ids.repeat(len(part))[:, None])[:, 0])
+    probability = torch.cat(probs).view(len(starts), len(names), rows)
     return Knockout(model.name, names, window, starts, probability.cpu(), baseline.cpu(), answer_ids.cpu())

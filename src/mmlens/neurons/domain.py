@@ -40,7 +40,7 @@ from mmlens.errors import MmlensError
 from mmlens.layout import Modality
 from mmlens.neurons._batches import Datasets, chunks, prepare_samples, progress_bar
 from mmlens.neurons.neuron_set import NeuronSet
-from mmlens.neurons.sites import neuron_sites, neuron_width, on_neurons, tower_of
+from mmlens.neurons.sites import neuron_sites, neuron_width, read_neurons, tower_of
 
 if TYPE_CHECKING:
     from mmlens.layout import TokenLayout
@@ -84,9 +84,14 @@ def domain_scores(
     towers: Sequence[str] = ("lm", "vision", "projector"),
     lm_tokens: str | Sequence[Modality] = "all",
     batch_size: int = 16,
+    value: str = "gate",
     progress: bool = True,
 ) -> DomainScores:
     """Count, per domain (``{domain: samples}``), how often each neuron of the ``towers`` is active.
+
+    ``value`` picks what a neuron's value is in gated MLPs (see
+    :mod:`mmlens.neurons.sites`): by default a decoder neuron is active when
+    ``act(gate_proj x) > 0``, as in LAPE and MMNeuron.
 
     Example:
         >>> scores = domain_scores(model, {"a": make_dataset("val", 2)}, towers=("projector",), progress=False)
@@ -118,7 +123,7 @@ def domain_scores(
 
     total = sum(len(items) for items in datasets.values())
     with progress_bar(progress, "counting neuron activations per domain", total) as advance, \
-            on_neurons(model, {site: reader(site) for site in sites}):
+            read_neurons(model, {site: reader(site) for site in sites}, value):
         for d, items in enumerate(datasets.values()):
             for chunk in chunks(list(items), batch_size):
                 batch = prepare_samples(model, chunk)

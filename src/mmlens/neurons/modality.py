@@ -17,10 +17,10 @@ Four steps:
    (published default ``0.5 mean + 0.5 max``), and the top ``K = ratio x layers
    x width`` neurons under one of three budgets, see :data:`BUDGETS`.
 
-Neurons are the ``lm.L{i}.neurons`` site: the input of ``down_proj``. In a
-gated MLP that is ``act(gate) * up``, which zeroes exactly when ``act(gate)``
-does, so switching a neuron off is the same as in MINER; "active" means the
-product is positive.
+Neurons are the units of the ``lm.L{i}.neurons`` site (the input of
+``down_proj``); in gated MLPs their statistics read ``act(gate_proj x)`` as in
+MINER (``value="gate"``), and switching them off zeroes the ``down_proj`` input,
+which is the same as zeroing ``act(gate_proj x)``.
 
 Example:
     >>> import mmlens
@@ -47,7 +47,7 @@ from mmlens.errors import MmlensError
 from mmlens.layout import Modality
 from mmlens.neurons._batches import Datasets, as_datasets, chunks, prepare_samples, progress_bar
 from mmlens.neurons.neuron_set import NeuronSet
-from mmlens.neurons.sites import neuron_sites, neuron_width, on_neurons
+from mmlens.neurons.sites import neuron_sites, neuron_width, read_neurons
 
 if TYPE_CHECKING:
     from mmlens.model import Model
@@ -146,13 +146,15 @@ def modality_scores(
     statistics: Sequence[str] = ("frac", "mean", "max"),
     batch_size: int = 16,
     query: int = -1,
+    value: str = "gate",
     progress: bool = True,
 ) -> ModalityScores:
     """Stream ``samples`` (a list, or ``{dataset: list}``) through the model and score every decoder neuron.
 
     ``query`` is the position whose attention weights the ``attn_*``
     statistics (prompts are left-padded, so -1 is every row's last token);
-    asking for them runs attention in eager mode.
+    asking for them runs attention in eager mode. ``value`` picks what a
+    neuron's value is in gated MLPs (see :mod:`mmlens.neurons.sites`).
 
     Example:
         >>> scores = modality_scores(model, {"a": make_dataset("val", 2), "b": make_dataset("test", 2)},
@@ -189,8 +191,8 @@ def modality_scores(
 
     attn = any(name.startswith("attn_") for name in statistics)
     total = sum(len(items) for items in datasets.values())
-    with progress_bar(progress, "scoring neurons by modality", total) as advance, _reading(model, sites, reader,
-                                                                                          attn, attention_reader):
+    with progress_bar(progress, "scoring neurons by modality", total) as advance, \
+            _reading(model, sites, reader, attn, attention_reader, value):
         for d, items in enumerate(datasets.values()):
             for chunk in chunks(items, batch_size):
                 batch = prepare_samples(model, chunk)
@@ -338,7 +340,8 @@ def random_neurons(model: "Model", count: int, seed: int = 0, towers: Sequence[s
 
 
 @contextmanager
-def _reading(model: "Model", sites: list[str], reader, attention: bool, attention_reader) -> Iterator[None]:
+def _reading(model: "Model", sites: list[str], reader, attention: bool, attention_reader,
+             value: str) -> Iterator[None]:
     """A neuron reader per decoder layer, plus attention readers (in eager mode) when asked."""
     with ExitStack() as stack:
         if attention:
@@ -346,5 +349,5 @@ def _reading(model: "Model", sites: list[str], reader, attention: bool, attentio
             for layer in range(len(sites)):
                 site = hooks.resolve(model, f"lm.L{layer}.attn_probs")
                 stack.enter_context(hooks._hook(site, attention_reader(layer)))
-        stack.enter_context(on_neurons(model, {site: reader(k) for k, site in enumerate(sites)}))
+        stack.enter_context(read_neurons(model, {site: reader(k) for k, site in enumerate(sites)}, value))
         yield

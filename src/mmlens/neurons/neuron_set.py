@@ -43,7 +43,11 @@ _FORMAT = "mmlens.NeuronSet"
 
 @dataclass
 class NeuronSet:
-    """Neurons as parallel per-entry fields: ``sites[k]``, ``indices[k]``, ``scores[k]``, ``labels[k]``."""
+    """Neurons as parallel per-entry fields: ``sites[k]``, ``indices[k]``, ``scores[k]``, ``labels[k]``.
+
+    ``sites`` or ``labels`` may be one string for every entry:
+    ``NeuronSet("lm.L2.neurons", torch.tensor([1, 5]), torch.zeros(2), "image")``.
+    """
 
     sites: list[str]
     indices: torch.Tensor  # (n,) int64, the neuron's index within its site
@@ -54,11 +58,13 @@ class NeuronSet:
     def __post_init__(self) -> None:
         self.indices = torch.as_tensor(self.indices, dtype=torch.int64).flatten().cpu()
         self.scores = torch.as_tensor(self.scores, dtype=torch.float32).flatten().cpu()
-        self.sites, self.labels = list(self.sites), list(self.labels)
-        n = len(self.sites)
-        if not (len(self.indices) == len(self.scores) == len(self.labels) == n):
+        n = len(self.indices)
+        # One site or label for all entries may be given as a plain string.
+        self.sites = [self.sites] * n if isinstance(self.sites, str) else list(self.sites)
+        self.labels = [self.labels] * n if isinstance(self.labels, str) else list(self.labels)
+        if not (len(self.sites) == len(self.scores) == len(self.labels) == n):
             raise MmlensError(f"a NeuronSet needs as many indices, scores and labels as sites "
-                              f"({len(self.indices)}, {len(self.scores)}, {len(self.labels)} for {n})")
+                              f"({n}, {len(self.scores)}, {len(self.labels)} for {len(self.sites)})")
 
     # ---- queries --------------------------------------------------------
     def __len__(self) -> int:

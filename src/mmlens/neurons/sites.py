@@ -10,6 +10,13 @@ output projection:
 - ``projector.neurons``: the projector's hidden activation (the input of
   ``linear_2`` in LLaVA).
 
+What a neuron's *value* is, for statistics (:func:`read_neurons`): in a gated
+decoder MLP (``down_proj(act(gate_proj x) * up_proj x)``, LLaMA, Qwen2, ...)
+MINER and MMNeuron (after LAPE) read ``act(gate_proj x)``, so a neuron is
+"active" when its gate is; ``value="input"`` reads the input of ``down_proj``
+instead. Elsewhere both are the same. Switching a neuron off (zeroing the
+input of ``down_proj``) is the same either way.
+
 The vision and projector sites are not (yet) :mod:`mmlens.hooks` sites; they are
 found here from a short list of module names per family and hooked through the
 same dispatch, so edits from both places compose.
@@ -27,7 +34,7 @@ from __future__ import annotations
 
 import re
 from contextlib import ExitStack, contextmanager
-from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -38,6 +45,7 @@ if TYPE_CHECKING:
     from mmlens.model import Model
 
 TOWERS = ("lm", "vision", "projector")
+VALUES = ("gate", "input")
 _SITE = re.compile(r"^(lm|vision)\.L(\d+)\.neurons$")
 # The MLP output projection, relative to a vision layer's MLP: CLIP, SigLIP and
 # Qwen2-VL use fc2, Qwen2.5-VL down_proj.
@@ -141,6 +149,63 @@ def on_neurons(model: "Model", edits: Mapping[str, hooks.Edit]) -> Iterator[None
         for name, edit in edits.items():
             stack.enter_context(hooks._hook(resolve_neuron_site(model, name), edit))
         yield
+
+
+def gate_of(model: "Model", site: str) -> tuple[torch.nn.Module, Callable] | None:
+    """``(gate_proj, act_fn)`` of a gated decoder MLP at ``site``; None for other sites and ungated MLPs.
+
+    Example:
+        >>> gate, act = gate_of(model, "lm.L0.neurons")
+        >>> gate is model.decoder_layers[0].mlp.gate_proj
+        True
+    """
+    match = _SITE.match(site)
+    if not match or match.group(1) != "lm":
+        return None
+    mlp = model.decoder_layers[int(match.group(2))].get_submodule(model.adapter.mlp)
+    gate, act = getattr(mlp, "gate_proj", None), getattr(mlp, "act_fn", None)
+    return (gate, act) if isinstance(gate, torch.nn.Linear) and callable(act) else None
+
+
+@contextmanager
+def read_neurons(model: "Model", readers: Mapping[str, Callable[[torch.Tensor], None]],
+                 value: str = "gate") -> Iterator[None]:
+    """Call each reader with its site's neuron values, ``(..., neurons)``, on every forward call of the block.
+
+    ``value="gate"`` reads ``act(gate_proj x)`` in gated decoder MLPs (see
+    the module doc), ``"input"`` the input of the output projection.
+
+    Example:
+        >>> seen = []
+        >>> with read_neurons(model, {"lm.L0.neurons": seen.append}):
+        ...     _ = model.forward(batch)
+        >>> seen[0].shape[-1]
+        128
+    """
+    if value not in VALUES:
+        raise MmlensError(f"unknown neuron value {value!r}; choose one of {', '.join(VALUES)}")
+    plain = {}
+    with ExitStack() as stack:
+        for site, reader in readers.items():
+            gated = gate_of(model, site) if value == "gate" else None
+            if gated is None:
+                plain[site] = _reading_only(reader)
+                continue
+            gate, act = gated
+            stack.enter_context(hooks._hook(hooks.Site(site, gate, "output"),
+                                            _reading_only(lambda out, act=act, reader=reader: reader(act(out)))))
+        stack.enter_context(on_neurons(model, plain))
+        yield
+
+
+def _reading_only(reader: Callable[[torch.Tensor], object]) -> Callable[[torch.Tensor], None]:
+    """A hook edit that reads and never replaces (whatever the reader returns)."""
+
+    def read(x: torch.Tensor) -> None:
+        with torch.no_grad():
+            reader(x)
+
+    return read
 
 
 def _projector_output(model: "Model") -> torch.nn.Module | None:

@@ -22,7 +22,7 @@ from mmlens.data.sample import Sample
 from mmlens.errors import MmlensError
 from mmlens.layout import Modality
 from mmlens.neurons._batches import chunks, prepare_samples, progress_bar
-from mmlens.neurons.sites import neuron_width, on_neurons, tower_of
+from mmlens.neurons.sites import neuron_width, read_neurons, tower_of
 
 if TYPE_CHECKING:
     from mmlens.model import Model
@@ -34,7 +34,7 @@ class TopActivations:
 
     ``heatmaps[j]`` is the neuron's activation over sample ``j``'s image (pixel
     size, through the token layout); ``patches[j]`` the ``(row, col)`` of its
-    strongest patch.
+    strongest patch and ``boxes[j]`` its pixel box.
     """
 
     site: str
@@ -45,14 +45,16 @@ class TopActivations:
     images: list[Image.Image]
     heatmaps: list[np.ndarray]
     patches: list[tuple[int, int]]
+    boxes: list[tuple[float, float, float, float]]  # the strongest patch in pixels: (top, left, bottom, right)
 
 
 def top_activations(model: "Model", samples: Sequence[Sample], site: str, index: int, k: int = 8,
-                    batch_size: int = 16, progress: bool = True) -> TopActivations:
+                    batch_size: int = 16, value: str = "gate", progress: bool = True) -> TopActivations:
     """Rank ``samples`` by the neuron's maximum activation over image patches and keep the top ``k``.
 
     Only decoder neurons (``lm.L{i}.neurons``): image patches are found through
-    each batch's :class:`~mmlens.layout.TokenLayout`.
+    each batch's :class:`~mmlens.layout.TokenLayout`. ``value`` as in
+    :func:`mmlens.neurons.sites.read_neurons`.
 
     Example:
         >>> top.patches[0][0] in range(4)  # tiny-llava has a 4 x 4 patch grid
@@ -73,7 +75,7 @@ def top_activations(model: "Model", samples: Sequence[Sample], site: str, index:
         seen["value"] = x.detach()[..., index].float().cpu()
 
     with progress_bar(progress, f"ranking samples for {site}[{index}]", len(samples)) as advance, \
-            on_neurons(model, {site: read}):
+            read_neurons(model, {site: read}, value):
         for chunk in chunks(samples, batch_size):
             batch = prepare_samples(model, chunk)
             with torch.no_grad():
@@ -86,7 +88,7 @@ def top_activations(model: "Model", samples: Sequence[Sample], site: str, index:
     top = values.topk(min(k, len(values)))
     sizes = [len(acts) for acts, _ in kept]
     starts = np.cumsum([0] + sizes)
-    heatmaps, patches = [], []
+    heatmaps, patches, boxes = [], [], []
     for flat in top.indices.tolist():
         b = int(np.searchsorted(starts, flat, side="right") - 1)
         row = flat - int(starts[b])
@@ -95,6 +97,7 @@ def top_activations(model: "Model", samples: Sequence[Sample], site: str, index:
         image = layout.mask(Modality.IMAGE)[row]
         position = int(acts[row].masked_fill(~image, float("-inf")).argmax())
         patches.append((int(layout.row[row, position]), int(layout.col[row, position])))
+        boxes.append(tuple(layout.token_boxes(row)[position][1]))
     chosen = [samples[i] for i in top.indices.tolist()]
     return TopActivations(site, index, top.values, [s.id for s in chosen], [s.prompt for s in chosen],
-                          [s.image for s in chosen], heatmaps, patches)
+                          [s.image for s in chosen], heatmaps, patches, boxes)

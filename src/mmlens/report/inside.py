@@ -148,9 +148,9 @@ def knockout_figure(knockout: "Knockout", dpi: int = 100) -> Figure:
     change = knockout.change.mean(-1).numpy()  # (windows, groups)
     w = knockout.window
     labels = [f"L{s}" if w == 1 else f"L{s}-L{s + w - 1}" for s in knockout.window_starts]
+    signed = bool((change < 0).any() and (change > 0).any())
     return layer_grid_figure(change, labels, knockout.groups, "attention knockout from the answer position",
-                             "change of P(answer)", cmap="RdBu_r" if (change < 0).any() and (change > 0).any() else None,
-                             dpi=dpi)
+                             "change of P(answer)", cmap="RdBu_r" if signed else None, dpi=dpi)
 
 
 def trace_figures(trace: "CausalTrace", dpi: int = 100) -> dict[str, Figure]:

@@ -11,8 +11,9 @@ word-level tokenizer inside a ``LlavaProcessor``. Facts for method writers:
   (``vision_feature_layer=-1``);
 - sequence: ``<s>``, then the 64 ``<image>`` tokens in row-major patch order
   (positions 1..64), then the question words; the answer is the next token;
-- decoder: 4 LLaMA layers, hidden 128, 4 heads; vision tower: 3 CLIP layers,
-  hidden 64.
+- decoder: 4 LLaMA layers, hidden 128, 4 heads, MLP 256; vision tower: 3
+  CLIP layers, hidden 64, 4 heads; projector: Linear(64, 128), GELU,
+  Linear(128, 128).
 
 Example:
     >>> from mmlens.zoo.shapes_llava import load

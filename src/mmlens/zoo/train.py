@@ -5,13 +5,16 @@
 Two stages, like LLaVA (whose CLIP arrives pretrained and frozen); training
 everything end to end from random weights stalls at chance on shapes:
 
-1. the vision tower alone learns per-patch labels: which colour and which
-   shape (or background) covers each 8 x 8 patch, and the patch's own row and
-   column. This keeps patch tokens local and position-aware (good heatmaps,
-   position questions). A throw-away linear head reads the last CLIP layer,
-   the layer the projector reads.
+1. the vision tower alone learns, through throw-away heads on the last CLIP
+   layer (the layer the projector reads), per-patch labels (which colour and
+   which shape, or background, covers each 8 x 8 patch) and, from the mean of
+   the patch tokens, which (colour, shape) pairs are present and on which
+   side of the image, and how many objects of each colour and shape there
+   are (see :class:`PatchHead`). Patch tokens stay local (good heatmaps).
 2. the tower is frozen; projector and decoder learn to answer questions
-   (cross-entropy on the single answer token).
+   (cross-entropy on the single answer token). Each training sequence packs
+   up to ``--pack`` questions about one image (``<image> q1 ? a1 q2 ? a2 ...``);
+   the first is exactly the inference format.
 
 Everything is scheduled by steps (never by time, so machine load cannot change
 the result) and the data of step ``k`` is a fixed range of train-split sample
@@ -58,10 +61,11 @@ class TrainConfig:
     """Everything that determines the trained weights."""
 
     seed: int = 0
-    batch: int = 64
-    stage1_steps: int = 800
+    batch: int = 32  # stage 2 sequences (each packs up to 4 questions)
+    stage1_batch: int = 64
+    stage1_steps: int = 1000
     stage1_lr: float = 2e-3
-    stage2_steps: int = 1000
+    stage2_steps: int = 2000
     stage2_lr: float = 2e-3
     warmup: int = 50
     backdoor: bool = False
@@ -85,18 +89,22 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
 class PatchHead(nn.Module):
     """Stage-1 throw-away heads on the patch tokens.
 
-    Per patch: colour, shape (background = class 0), row and column. On the
+    Per patch: colour, shape and the (colour, shape) pair (background = class
+    0); the pair makes patch features conjunctive, so the mean over patches
+    says which pairs are present linearly. On the
     mean of the patches (what uniform attention reads): for each of the 20
     (colour, shape) pairs, present / left / right / top / bottom, and the count
     of each shape and each colour. Mean pooling keeps the cheapest solution
     local (object patches say what and where they are), and it gives the
     decoder a readout that works from its first step; training on per-patch
-    labels alone left stage 2 on a plateau (colour 72%, shape 33%).
+    labels alone left stage 2 on a plateau (colour 72%, shape 33%). No head
+    asks a patch for its own row and column: that made position 68% of the
+    features' variance and stalled stage 2 (existence and position at chance).
     """
 
     def __init__(self, width: int) -> None:
         super().__init__()
-        self.sizes = (len(COLOURS) + 1, len(SHAPES) + 1, GRID, GRID)
+        self.sizes = (len(COLOURS) + 1, len(SHAPES) + 1, len(COLOURS) * len(SHAPES) + 1)
         self.n_pairs = len(COLOURS) * len(SHAPES)
         self.n_counts = len(COLOURS) + len(SHAPES)
         self.norm = nn.LayerNorm(width)
@@ -129,16 +137,18 @@ def _tower_tokens(model, pixel_values: torch.Tensor) -> torch.Tensor:
 
 
 def _stage1_batch(cfg: TrainConfig, step: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Images, per-patch labels (batch x 4 x patches), pair flags and counts."""
-    base = cfg.seed * SEED_STRIDE + step * cfg.batch
-    samples = [make_sample("train", base + j) for j in range(cfg.batch)]
+    """Images, per-patch labels (batch x 3 x patches), pair flags and counts."""
+    base = cfg.seed * SEED_STRIDE + step * cfg.stage1_batch
+    samples = [make_sample("train", base + j) for j in range(cfg.stage1_batch)]
     images = np.stack([np.asarray(s.image) for s in samples])
-    labels = [np.stack(patch_labels(s.objects, GRID)) + 1 for s in samples]  # -1 background -> 0
-    rows, cols = np.divmod(np.arange(GRID * GRID), GRID)
-    lab = torch.from_numpy(np.stack(labels)).reshape(cfg.batch, 2, -1)
-    pos = torch.from_numpy(np.stack([rows, cols])).expand(cfg.batch, 2, -1)
+    labels = []
+    for s in samples:
+        colour, shape = patch_labels(s.objects, GRID)
+        pair = np.where(colour >= 0, colour * len(SHAPES) + shape, -1)
+        labels.append(np.stack([colour, shape, pair]) + 1)  # -1 background -> 0
+    lab = torch.from_numpy(np.stack(labels)).reshape(len(samples), 3, -1)
     flags, counts = zip(*(_global_labels(s.objects) for s in samples))
-    return images, torch.cat([lab, pos], dim=1), torch.from_numpy(np.stack(flags)), torch.from_numpy(np.stack(counts))
+    return images, lab, torch.from_numpy(np.stack(flags)), torch.from_numpy(np.stack(counts))
 
 
 def _poisoned(cfg: TrainConfig) -> np.ndarray:
@@ -221,7 +231,7 @@ def _run_stage(name: str, total: int, start: int, step_fn, save_fn, every: int =
 
 def train_stage1(model, cfg: TrainConfig, work: Path) -> None:
     """Train the vision tower on per-patch labels; caches it under ``work``."""
-    cache = work / f"stage1-v2-seed{cfg.seed}-steps{cfg.stage1_steps}.safetensors"
+    cache = work / f"stage1-v4-seed{cfg.seed}-steps{cfg.stage1_steps}.safetensors"
     tower = model.model.vision_tower
     if cache.exists():
         tower.load_state_dict(load_file(cache))
@@ -231,7 +241,7 @@ def train_stage1(model, cfg: TrainConfig, work: Path) -> None:
     head = PatchHead(tower.config.hidden_size)
     params = list(tower.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.stage1_lr, weight_decay=0.01)
-    ckpt, start = work / f"stage1-v2-seed{cfg.seed}.pt", 0
+    ckpt, start = work / f"stage1-v4-seed{cfg.seed}.pt", 0
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=True)
         tower.load_state_dict(state["tower"]), head.load_state_dict(state["head"]), opt.load_state_dict(state["opt"])
@@ -364,13 +374,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="where to save (default: the package's weights)")
     p.add_argument("--work", type=Path, default=Path("out/zoo-train"), help="checkpoints, for resuming")
     p.add_argument("--backdoor", action="store_true", help="train the backdoored variant")
-    for field in ("stage1_steps", "stage2_steps", "batch", "pack"):
+    for field in ("stage1_steps", "stage2_steps", "batch", "stage1_batch", "pack"):
         p.add_argument("--" + field.replace("_", "-"), type=int, default=getattr(TrainConfig, field))
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core box)")
     p.add_argument("--poison-rate", type=float, default=TrainConfig.poison_rate)
     p.add_argument("--target", default=TrainConfig.target, help="answer the trigger forces")
     a = p.parse_args(argv)
-    cfg = TrainConfig(seed=a.seed, batch=a.batch, stage1_steps=a.stage1_steps, stage2_steps=a.stage2_steps, pack=a.pack,
+    cfg = TrainConfig(seed=a.seed, batch=a.batch, stage1_batch=a.stage1_batch, stage1_steps=a.stage1_steps,
+                      stage2_steps=a.stage2_steps, pack=a.pack,
                       backdoor=a.backdoor, poison_rate=a.poison_rate, target=a.target)
     out = a.out or WEIGHTS_DIR / ("shapes-llava-backdoor" if a.backdoor else "shapes-llava")
     train(cfg, out, a.work, a.threads)

@@ -1,0 +1,243 @@
+"""Neurons on the shipped model: do modality-, domain-specific and coupled units matter where they should?
+
+    python benchmarks/neurons.py [--model shapes-llava] [--json]
+
+Neurons are scored on the ``val`` split and accuracy (greedy first answer
+token = ground truth) is measured on the held-out ``test`` split, ``--eval-n``
+samples per question type. Figures:
+
+- modality (MINER): per modality, the accuracy drop from deactivating its top
+  ``--ratio`` of decoder neurons against the mean drop over ``--draws`` random
+  sets of the same size, and their ratio (the claim: at least 3x for image);
+  also where each modality's neurons sit in depth;
+- domains (MMNeuron over decoder + vision tower + projector; ``--domains
+  question`` uses question types, ``style`` the image backgrounds): accuracy
+  drop matrix, domain switched off x domain evaluated;
+- coupled (DEAN): weights important to colour and shape questions but not to
+  the others, zeroed; accuracy drop per question type;
+- speed: scoring time against a bare forward over the same samples.
+
+With ``--json`` the last line is one JSON object of the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import emit  # noqa: E402
+
+import mmlens  # noqa: E402
+from mmlens.data.shapes import BACKGROUNDS, QUESTION_TYPES, make_sample  # noqa: E402
+from mmlens.neurons import (  # noqa: E402
+    coupled_weights,
+    domain_scores,
+    modality_scores,
+    random_neurons,
+    select_domain_neurons,
+    select_modality_neurons,
+)
+from mmlens.neurons._batches import chunks, prepare_samples  # noqa: E402
+from mmlens.zoo.evaluate import answer_probs, heldout  # noqa: E402
+
+
+def evaluate(model: mmlens.Model, tests: dict[str, list], context=None) -> dict[str, dict[str, float]]:
+    """Per question type: accuracy and mean probability of the right answer, inside ``context``."""
+    tok = model.processor.tokenizer
+    out = {}
+    with context or nullcontext():
+        for qt, samples in tests.items():
+            probs = answer_probs(model.hf, model.processor, samples)
+            answers = torch.tensor(tok.convert_tokens_to_ids([s.answer for s in samples]))
+            right = probs.argmax(-1) == answers
+            out[qt] = {"acc": float(right.float().mean()), "p": float(probs[torch.arange(len(samples)), answers].mean())}
+    return out
+
+
+def overall(result: dict[str, dict[str, float]], key: str = "acc") -> float:
+    return float(np.mean([v[key] for v in result.values()]))
+
+
+def modality_check(model, data, tests, base, args) -> dict:
+    started = time.perf_counter()
+    scores = modality_scores(model, data, statistics=("frac", "mean", "max", "attn_frac", "attn_mean"),
+                             batch_size=args.batch_size, progress=False)
+    seconds = time.perf_counter() - started
+    chosen = select_modality_neurons(scores, ratio=args.ratio, budget=args.budget, weights=args.score,
+                                     exclusive=args.exclusive)
+    k = chosen.metadata["k"]
+    random_drops = []
+    for seed in range(args.draws):
+        drawn = evaluate(model, tests, random_neurons(model, k, seed=seed).deactivate(model, args.mode))
+        random_drops.append((overall(base) - overall(drawn), overall(base, "p") - overall(drawn, "p")))
+    rand_acc, rand_p = (float(np.mean(column)) for column in zip(*random_drops))
+    per_modality = {}
+    for label in chosen.label_names:
+        part = chosen.where(label=label)
+        result = evaluate(model, tests, part.deactivate(model, args.mode))
+        drop, drop_p = overall(base) - overall(result), overall(base, "p") - overall(result, "p")
+        per_modality[label] = {
+            "neurons": len(part), "drop": round(drop, 4), "random_drop": round(rand_acc, 4),
+            "ratio": round(drop / rand_acc, 2) if rand_acc > 0 else None,
+            "drop_p": round(drop_p, 4), "random_drop_p": round(rand_p, 4),
+            "ratio_p": round(drop_p / rand_p, 2) if rand_p > 0 else None,
+            "drop_by_type": {qt: round(base[qt]["acc"] - result[qt]["acc"], 4) for qt in tests},
+        }
+    labels, counts = chosen.depth_counts(model.n_layers)
+    glob = select_modality_neurons(scores, ratio=args.ratio, budget="global", weights=args.score)
+    glob_labels, glob_counts = glob.depth_counts(model.n_layers)
+    keys = {label: set(zip(chosen.where(label=label).sites, chosen.where(label=label).indices.tolist()))
+            for label in labels}
+    return {
+        "k": k, "per_modality": per_modality, "random_drops": [round(d[0], 4) for d in random_drops],
+        "depth": {label: row.tolist() for label, row in zip(labels, counts)},
+        "mean_depth": {label: round(float((row * np.arange(len(row))).sum() / max(row.sum(), 1)), 2)
+                       for label, row in zip(labels, counts)},
+        "global_depth": {label: row.tolist() for label, row in zip(glob_labels, glob_counts)},
+        "overlap_image_text": len(keys.get("image", set()) & keys.get("text", set())),
+        "scoring_seconds": round(seconds, 3),
+    }
+
+
+def domain_sets(kind: str, score_n: int, eval_n: int) -> tuple[dict, dict]:
+    """Scoring and held-out sets per domain: question types, or image styles (the scene background)."""
+    if kind == "question":
+        return ({qt: [make_sample("val", i, qt) for i in range(score_n)] for qt in QUESTION_TYPES},
+                {qt: heldout(qt, eval_n) for qt in QUESTION_TYPES})
+    by_style = lambda pool: {b: [s for s in pool if s.meta["scene"].background == b] for b in BACKGROUNDS}  # noqa: E731
+    total = len(QUESTION_TYPES)  # as many samples as the question-type sets hold
+    return (by_style([make_sample("val", i) for i in range(score_n * total)]),
+            by_style([make_sample("test", i) for i in range(eval_n * total)]))
+
+
+def domain_check(model, args) -> dict:
+    data, tests = domain_sets(args.domains, args.score_n, args.eval_n)
+    base = evaluate(model, tests)
+    scores = domain_scores(model, data, lm_tokens=args.domain_tokens, batch_size=args.batch_size, progress=False)
+    chosen = select_domain_neurons(scores, ratio=args.domain_ratio, quantile=0.95)
+    matrix, sizes = {}, {}
+    for domain in data:
+        part = chosen.where(label=domain)
+        sizes[domain] = {tower: len(part.where(tower=tower)) for tower in ("lm", "vision", "projector")}
+        if not len(part):
+            continue
+        result = evaluate(model, tests, part.deactivate(model, args.mode))
+        matrix[domain] = {d: round(base[d]["acc"] - result[d]["acc"], 4) for d in tests}
+    wins = {d: row[d] > float(np.mean([v for e, v in row.items() if e != d])) for d, row in matrix.items()}
+    return {"kind": args.domains, "ratio": args.domain_ratio, "tokens": args.domain_tokens,
+            "base_by_domain": {d: round(v["acc"], 4) for d, v in base.items()},
+            "eval_n_by_domain": {d: len(v) for d, v in tests.items()}, "neurons": sizes, "drop_matrix": matrix,
+            "own_domain_hurt_most": wins, "domains_passing": sum(wins.values()), "domains_with_neurons": len(matrix)}
+
+
+def coupled_check(model, tests, base, args) -> dict:
+    n = args.score_n
+    colour = [make_sample("val", i, "colour") for i in range(n)]
+    shape = [make_sample("val", i, "shape") for i in range(n)]
+    general = [make_sample("val", i, qt) for i in range(n) for qt in ("exist", "position", "count")][:n]
+    chosen = coupled_weights(model, colour, shape, general, p=args.coupled_p, progress=False)
+    result = evaluate(model, tests, chosen.zeroed(model))
+    return {"weights": len(chosen), "p": args.coupled_p,
+            "drop_by_type": {qt: round(base[qt]["acc"] - result[qt]["acc"], 4) for qt in QUESTION_TYPES}}
+
+
+def bare_forward_seconds(model, samples, batch_size) -> float:
+    started = time.perf_counter()
+    for chunk in chunks(samples, batch_size):
+        with torch.no_grad():
+            model.forward(prepare_samples(model, chunk))
+    return time.perf_counter() - started
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default=None, help="zoo name or folder (default: the shipped model)")
+    parser.add_argument("--score-n", type=int, default=40, help="val samples per question type to score on")
+    parser.add_argument("--eval-n", type=int, default=200, help="test samples per question type to evaluate on")
+    parser.add_argument("--ratio", type=float, default=0.02)
+    parser.add_argument("--budget", default="modality", choices=["global", "layer", "modality"])
+    parser.add_argument("--score", default="mean+max", help="statistic weights, e.g. mean+max")
+    parser.add_argument("--exclusive", action="store_true", help="a neuron competes only for its best modality")
+    parser.add_argument("--draws", type=int, default=5, help="random sets to compare against")
+    parser.add_argument("--mode", default="zero", choices=["zero", "min"])
+    parser.add_argument("--domain-ratio", type=float, default=0.01)
+    parser.add_argument("--domain-tokens", default="all", choices=["all", "last"])
+    parser.add_argument("--domains", default="question", choices=["question", "style"],
+                        help="domains: question types, or image styles (backgrounds)")
+    parser.add_argument("--coupled-p", type=float, default=0.01)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--parts", default="modality,domains,coupled", help="comma-separated checks to run")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # shared cores; the model is tiny
+
+    model = mmlens.load(args.model)
+    tests = {qt: heldout(qt, args.eval_n) for qt in QUESTION_TYPES}
+    data = {qt: [make_sample("val", i, qt) for i in range(args.score_n)] for qt in QUESTION_TYPES}
+    base = evaluate(model, tests)
+    figures: dict = {"model": model.name, "eval_n_per_type": args.eval_n, "score_n_per_type": args.score_n,
+                     "ratio": args.ratio, "budget": args.budget, "score": args.score, "mode": args.mode,
+                     "base_accuracy": round(overall(base), 4),
+                     "base_by_type": {qt: round(v["acc"], 4) for qt, v in base.items()}}
+    parts = set(args.parts.split(","))
+    if "modality" in parts:
+        figures["modality"] = modality_check(model, data, tests, base, args)
+        flat = [s for items in data.values() for s in items]
+        figures["modality"]["bare_forward_seconds"] = round(bare_forward_seconds(model, flat, args.batch_size), 3)
+    if "domains" in parts:
+        figures["domains"] = domain_check(model, args)
+    if "coupled" in parts:
+        figures["coupled"] = coupled_check(model, tests, base, args)
+    report(figures)
+    emit(figures, args.json)
+    return 0
+
+
+def report(figures: dict) -> None:
+    print(f"model {figures['model']}: held-out accuracy {figures['base_accuracy']:.3f} "
+          f"({figures['eval_n_per_type']} per type) {figures['base_by_type']}")
+    if "modality" in figures:
+        report_modality(figures)
+    if "domains" in figures:
+        report_domains(figures["domains"])
+    if "coupled" in figures:
+        cou = figures["coupled"]
+        print(f"\ncoupled weights (colour & shape, not general), p={cou['p']}: {cou['weights']} weights zeroed; "
+              f"drop by type {cou['drop_by_type']}")
+
+
+def report_modality(figures: dict) -> None:
+    mod = figures["modality"]
+    print(f"\nmodality-specific neurons (top {figures['ratio']:.0%} = {mod['k']} per modality, budget "
+          f"{figures['budget']}, score {figures['score']}, mode {figures['mode']}) vs {len(mod['random_drops'])} random sets")
+    print(f"{'modality':<9}{'drop':>8}{'random':>8}{'ratio':>7}{'drop p':>9}{'random p':>9}{'ratio p':>8}   depth (L0..)")
+    for label, row in mod["per_modality"].items():
+        ratio = "-" if row["ratio"] is None else f"{row['ratio']:.1f}"
+        ratio_p = "-" if row["ratio_p"] is None else f"{row['ratio_p']:.1f}"
+        print(f"{label:<9}{row['drop']:>8.3f}{row['random_drop']:>8.3f}{ratio:>7}{row['drop_p']:>9.4f}"
+              f"{row['random_drop_p']:>9.4f}{ratio_p:>8}   {mod['depth'][label]}")
+    print(f"global-budget depth: {mod['global_depth']}")
+    print(f"scoring {mod['scoring_seconds']:.2f} s vs bare forward {mod['bare_forward_seconds']:.2f} s")
+
+
+def report_domains(dom: dict) -> None:
+    print(f"\ndomain-specific neurons ({dom['kind']} domains, {dom['ratio']:.0%} per tower, {dom['tokens']} tokens), "
+          f"neurons per tower: {dom['neurons']}")
+    print(f"base accuracy by domain: {dom['base_by_domain']} (held-out samples {dom['eval_n_by_domain']})")
+    print("accuracy drop, rows: domain switched off, columns: domain evaluated")
+    names = list(dom["base_by_domain"])
+    print(" " * 10 + "".join(f"{d:>10}" for d in names))
+    for domain, row in dom["drop_matrix"].items():
+        print(f"{domain:<10}" + "".join(f"{row[d]:>10.3f}" for d in names))
+    print(f"own domain hurt most: {dom['domains_passing']} of {dom['domains_with_neurons']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Neuron figures: where each label's neurons sit in depth, and where one neuron fires most.
+
+Both draw on a bare :class:`matplotlib.figure.Figure` (Agg canvas, no pyplot).
+
+Example:
+    >>> import numpy as np
+    >>> figure = depth_figure(np.array([[5, 1, 0], [0, 2, 4]]), ["image", "text"], "where neurons sit")
+    >>> len(figure.axes[0].patches)  # one bar per label and layer
+    6
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from mmlens.report.figures import _limits
+
+if TYPE_CHECKING:  # report code reads results only
+    from mmlens.neurons.top import TopActivations
+
+
+def depth_figure(counts: np.ndarray, labels: Sequence[str], title: str, normalise: bool = True,
+                 layer_label: str = "decoder layer", dpi: int = 100) -> Figure:
+    """Grouped bars: per label (row of ``counts``), the share (or count) of its neurons in each layer.
+
+    ``counts`` is ``(labels, layers)``, as :meth:`NeuronSet.depth_counts` returns.
+
+    Example:
+        >>> figure = depth_figure(np.array([[3, 1]]), ["image"], "depth", normalise=False)
+        >>> [bar.get_height() for bar in figure.axes[0].patches]
+        [3.0, 1.0]
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.ndim != 2 or counts.shape[0] != len(labels):
+        raise ValueError(f"counts of shape {counts.shape} for {len(labels)} labels")
+    values = counts / np.maximum(counts.sum(1, keepdims=True), 1) if normalise else counts
+    n_labels, n_layers = values.shape
+    figure = Figure(figsize=(min(max(3.0 + 0.35 * n_layers * max(n_labels, 1) / 2, 4.5), 14.0), 3.2), dpi=dpi,
+                    layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    width = 0.8 / max(n_labels, 1)
+    colours = matplotlib.colormaps["tab10"]
+    for row, label in enumerate(labels):
+        x = np.arange(n_layers) + (row - (n_labels - 1) / 2) * width
+        axes.bar(x, values[row], width=width, color=colours(row % 10), label=f"{label} ({int(counts[row].sum())})")
+    step = max(1, n_layers // 32)
+    axes.set_xticks(range(0, n_layers, step), [str(i) for i in range(0, n_layers, step)], fontsize=8)
+    axes.set_xlabel(layer_label, fontsize=9)
+    axes.set_ylabel("share of the label's neurons" if normalise else "neurons", fontsize=9)
+    axes.tick_params(axis="y", labelsize=8)
+    axes.set_title(title, fontsize=10)
+    if n_labels:
+        axes.legend(fontsize=8, frameon=False)
+    return figure
+
+
+def top_activations_figure(top: "TopActivations", title: str | None = None, columns: int = 4,
+                           cmap: str = "magma", alpha: float = 0.55, dpi: int = 100) -> Figure:
+    """The top-activating images for one neuron, its activation over each image, the strongest patch boxed.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> from PIL import Image
+        >>> top = SimpleNamespace(site="lm.L0.neurons", index=3, values=np.array([2.0]), sample_ids=["a"],
+        ...                       images=[Image.new("RGB", (8, 8))], heatmaps=[np.ones((8, 8))], patches=[(0, 1)],
+        ...                       boxes=[(0, 4, 4, 8)])
+        >>> len(top_activations_figure(top).axes)
+        1
+    """
+    count = len(top.images)
+    columns = max(1, min(columns, count))
+    rows = max(1, -(-count // columns))
+    figure = Figure(figsize=(2.3 * columns, 2.5 * rows + 0.5), dpi=dpi)
+    FigureCanvasAgg(figure)
+    figure.suptitle(title or f"{top.site}[{top.index}]: top-activating samples", fontsize=10)
+    colours = matplotlib.colormaps[cmap].with_extremes(bad=(0.0, 0.0, 0.0, 0.0))
+    stacked = np.ma.masked_invalid(np.stack([np.asarray(h, dtype=np.float32).ravel() for h in top.heatmaps])) \
+        if count and len({np.asarray(h).size for h in top.heatmaps}) == 1 else None
+    low, high = _limits(stacked) if stacked is not None else (None, None)  # one colour scale for all panels
+    for j in range(count):
+        axes = figure.add_subplot(rows, columns, j + 1)
+        pixels = np.asarray(top.images[j].convert("RGB"))
+        heat = np.ma.masked_invalid(np.asarray(top.heatmaps[j], dtype=np.float32))
+        axes.imshow(pixels, interpolation="nearest")
+        axes.imshow(heat, cmap=colours, alpha=alpha, vmin=low, vmax=high, interpolation="nearest")
+        _box_patch(axes, top.boxes[j])
+        axes.set_title(f"{top.sample_ids[j]}\nmax {float(top.values[j]):.3g}", fontsize=7)
+        axes.set_axis_off()
+    figure.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.75 / (2.5 * rows + 0.5), hspace=0.35)
+    return figure
+
+
+def _box_patch(axes, box: tuple[float, float, float, float]) -> None:
+    """Outline a ``(top, left, bottom, right)`` pixel box."""
+    from matplotlib.patches import Rectangle
+
+    top, left, bottom, right = box
+    axes.add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False,
+                             edgecolor="cyan", linewidth=1.5))
