@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from mmlens.cli import demo, explain, info
+from mmlens.cli import demo, explain, info, lens, neurons, trace
 from mmlens.errors import MmlensError
 
 app = typer.Typer(
@@ -23,6 +23,9 @@ app = typer.Typer(
 app.command("info")(info.info)
 app.command("demo")(demo.demo)
 app.command("explain")(explain.explain)
+app.command("lens")(lens.lens)
+app.command("trace")(trace.trace)
+app.command("neurons")(neurons.neurons)
 
 
 def main(argv: list[str] | None = None) -> int:
