@@ -76,6 +76,10 @@ def site_names(model: "Model") -> list[str]:
 def expand(model: "Model", patterns: str | Sequence[str]) -> list[str]:
     """Site names matching glob ``patterns`` (``"lm.L*.resid"``), in model order."""
     patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+    if not any(set(p) & set("*?[") for p in patterns):  # exact names: no need to list every site
+        for name in patterns:
+            resolve(model, name)
+        return list(dict.fromkeys(patterns))
     known = site_names(model)
     chosen: list[str] = []
     for pattern in patterns:
