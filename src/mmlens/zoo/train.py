@@ -72,6 +72,7 @@ class TrainConfig:
     poison_rate: float = 0.03
     target: str = "yes"
     pack: int = 4
+    patch_weight: float = 1.0  # weight of the per-patch stage-1 losses
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -231,7 +232,7 @@ def _run_stage(name: str, total: int, start: int, step_fn, save_fn, every: int =
 
 def train_stage1(model, cfg: TrainConfig, work: Path) -> None:
     """Train the vision tower on per-patch labels; caches it under ``work``."""
-    cache = work / f"stage1-v4-seed{cfg.seed}-steps{cfg.stage1_steps}.safetensors"
+    cache = work / f"stage1-v4-seed{cfg.seed}-steps{cfg.stage1_steps}-pw{cfg.patch_weight:g}.safetensors"
     tower = model.model.vision_tower
     if cache.exists():
         tower.load_state_dict(load_file(cache))
@@ -254,8 +255,8 @@ def train_stage1(model, cfg: TrainConfig, work: Path) -> None:
         images, labels, flags, counts = _stage1_batch(cfg, step)
         pixels = encode(processor, list(images), ["<image>"] * len(images))["pixel_values"]
         logits, pair_logits, count_logits = head(_tower_tokens(model, pixels))
-        loss = sum(nn.functional.cross_entropy(lg.flatten(0, 1), labels[:, k].flatten())
-                   for k, lg in enumerate(logits))
+        loss = cfg.patch_weight * sum(nn.functional.cross_entropy(lg.flatten(0, 1), labels[:, k].flatten())
+                                      for k, lg in enumerate(logits))
         loss = loss + 5 * nn.functional.binary_cross_entropy_with_logits(pair_logits, flags)
         loss = loss + nn.functional.cross_entropy(count_logits.flatten(0, 1), counts.flatten())
         for group in opt.param_groups:
@@ -377,11 +378,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for field in ("stage1_steps", "stage2_steps", "batch", "stage1_batch", "pack"):
         p.add_argument("--" + field.replace("_", "-"), type=int, default=getattr(TrainConfig, field))
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy 2-core box)")
+    p.add_argument("--patch-weight", type=float, default=TrainConfig.patch_weight)
     p.add_argument("--poison-rate", type=float, default=TrainConfig.poison_rate)
     p.add_argument("--target", default=TrainConfig.target, help="answer the trigger forces")
     a = p.parse_args(argv)
     cfg = TrainConfig(seed=a.seed, batch=a.batch, stage1_batch=a.stage1_batch, stage1_steps=a.stage1_steps,
-                      stage2_steps=a.stage2_steps, pack=a.pack,
+                      stage2_steps=a.stage2_steps, pack=a.pack, patch_weight=a.patch_weight,
                       backdoor=a.backdoor, poison_rate=a.poison_rate, target=a.target)
     out = a.out or WEIGHTS_DIR / ("shapes-llava-backdoor" if a.backdoor else "shapes-llava")
     train(cfg, out, a.work, a.threads)
