@@ -9,7 +9,8 @@ samples per question type. Figures:
 - modality (MINER): per modality, the accuracy drop from deactivating its top
   ``--ratio`` of decoder neurons against the mean drop over ``--draws`` random
   sets of the same size, and their ratio (the claim: at least 3x for image);
-  also where each modality's neurons sit in depth;
+  the same at larger budgets (``--curve``); where each modality's neurons sit
+  in depth;
 - domains (MMNeuron over decoder + vision tower + projector; ``--domains
   question`` uses question types, ``style`` the image backgrounds): accuracy
   drop matrix, domain switched off x domain evaluated;
@@ -90,13 +91,22 @@ def modality_check(model, data, tests, base, args) -> dict:
             "ratio_p": round(drop_p / rand_p, 2) if rand_p > 0 else None,
             "drop_by_type": {qt: round(base[qt]["acc"] - result[qt]["acc"], 4) for qt in tests},
         }
+    curve = {}
+    for ratio in [float(r) for r in args.curve.split(",") if r]:
+        bigger = select_modality_neurons(scores, ratio=ratio, budget=args.budget, weights=args.score,
+                                         exclusive=args.exclusive)
+        drawn = [overall(base) - overall(evaluate(model, tests, random_neurons(model, bigger.metadata["k"], seed=seed)
+                                                  .deactivate(model, args.mode))) for seed in range(args.draws)]
+        curve[str(ratio)] = {"random": round(float(np.mean(drawn)), 4), **{
+            label: round(overall(base) - overall(evaluate(model, tests, bigger.where(label=label).deactivate(
+                model, args.mode))), 4) for label in bigger.label_names}}
     labels, counts = chosen.depth_counts(model.n_layers)
     glob = select_modality_neurons(scores, ratio=args.ratio, budget="global", weights=args.score)
     glob_labels, glob_counts = glob.depth_counts(model.n_layers)
     keys = {label: set(zip(chosen.where(label=label).sites, chosen.where(label=label).indices.tolist()))
             for label in labels}
     return {
-        "k": k, "per_modality": per_modality, "random_drops": [round(d[0], 4) for d in random_drops],
+        "k": k, "per_modality": per_modality, "curve": curve, "random_drops": [round(d[0], 4) for d in random_drops],
         "depth": {label: row.tolist() for label, row in zip(labels, counts)},
         "mean_depth": {label: round(float((row * np.arange(len(row))).sum() / max(row.sum(), 1)), 2)
                        for label, row in zip(labels, counts)},
@@ -166,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--score", default="mean+max", help="statistic weights, e.g. mean+max")
     parser.add_argument("--exclusive", action="store_true", help="a neuron competes only for its best modality")
     parser.add_argument("--draws", type=int, default=5, help="random sets to compare against")
+    parser.add_argument("--curve", default="0.05,0.1,0.2", help="further ratios: drop per modality vs random")
     parser.add_argument("--mode", default="zero", choices=["zero", "min"])
     parser.add_argument("--domain-ratio", type=float, default=0.01)
     parser.add_argument("--domain-tokens", default="all", choices=["all", "last"])
@@ -223,6 +234,9 @@ def report_modality(figures: dict) -> None:
         ratio_p = "-" if row["ratio_p"] is None else f"{row['ratio_p']:.1f}"
         print(f"{label:<9}{row['drop']:>8.3f}{row['random_drop']:>8.3f}{ratio:>7}{row['drop_p']:>9.4f}"
               f"{row['random_drop_p']:>9.4f}{ratio_p:>8}   {mod['depth'][label]}")
+    if mod["curve"]:
+        print("larger budgets, accuracy drop: " + "; ".join(
+            f"{float(r):.0%}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()) for r, row in mod["curve"].items()))
     print(f"global-budget depth: {mod['global_depth']}")
     print(f"scoring {mod['scoring_seconds']:.2f} s vs bare forward {mod['bare_forward_seconds']:.2f} s")
 

@@ -93,12 +93,12 @@ def test_registry_loads_the_default_model() -> None:
 
 def test_shipped_model_answers_colour(shipped) -> None:
     model, processor = shipped
-    assert accuracy(model, processor, n=50)["colour"] >= 0.9
+    assert accuracy(model, processor, n=50, question_types=["colour"])["colour"] >= 0.9
 
 
 def test_shipped_model_is_grounded(shipped) -> None:
     model, processor = shipped
-    g = grounding(model, processor, n=20)["colour"]
+    g = grounding(model, processor, n=20, question_types=["colour"])["colour"]
     assert g["target_removed"] < 0.5 * g["original"] and g["other_removed"] > 0.8 * g["original"]
 
 

@@ -92,7 +92,7 @@ def heldout(question_type: str, n: int, split: str = "test") -> list[ShapesSampl
 
 
 def accuracy(model, processor, n: int = 200, split: str = "test", trigger: bool = False,
-             target: str | None = None) -> dict[str, float]:
+             target: str | None = None, question_types: Sequence[str] = QUESTION_TYPES) -> dict[str, float]:
     """Accuracy per question type on ``n`` held-out samples each.
 
     With ``trigger`` the backdoor trigger is pasted on every image and, when
@@ -100,7 +100,7 @@ def accuracy(model, processor, n: int = 200, split: str = "test", trigger: bool 
     """
     tok = processor.tokenizer
     result = {}
-    for qt in QUESTION_TYPES:
+    for qt in question_types:
         samples = heldout(qt, n, split)
         pred = answer_probs(model, processor, samples, trigger=trigger).argmax(-1).tolist()
         words = tok.convert_ids_to_tokens(pred)
@@ -109,7 +109,8 @@ def accuracy(model, processor, n: int = 200, split: str = "test", trigger: bool 
     return result
 
 
-def grounding(model, processor, n: int = 100, split: str = "test") -> dict[str, dict[str, float]]:
+def grounding(model, processor, n: int = 100, split: str = "test",
+              question_types: Sequence[str] = QUESTION_TYPES) -> dict[str, dict[str, float]]:
     """Erasure check per question type: does the answer depend on the right object?
 
     For held-out samples with one target object and at least one other object,
@@ -124,7 +125,7 @@ def grounding(model, processor, n: int = 100, split: str = "test") -> dict[str, 
     """
     tok = processor.tokenizer
     result = {}
-    for qt in QUESTION_TYPES:
+    for qt in question_types:
         picked: list[ShapesSample] = []
         i = 0
         while len(picked) < n and i < 50 * n:
