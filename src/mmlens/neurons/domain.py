@@ -75,6 +75,7 @@ def dape(probabilities: torch.Tensor) -> torch.Tensor:
     total = probabilities.sum(0, keepdim=True)
     shares = probabilities / total.clamp_min(1e-30)
     entropy = -(shares * torch.log(shares.clamp_min(1e-30))).sum(0)  # 0 log 0 = 0
+    entropy = entropy.clamp_min(0.0) + 0.0  # no rounding below zero, and -0.0 + 0.0 is +0.0
     return torch.where(total[0] > 0, entropy, torch.full_like(entropy, math.log(probabilities.shape[0])))
 
 
@@ -94,9 +95,10 @@ def domain_scores(
     ``act(gate_proj x) > 0``, as in LAPE and MMNeuron.
 
     Example:
-        >>> scores = domain_scores(model, {"a": make_dataset("val", 2)}, towers=("projector",), progress=False)
+        >>> scores = domain_scores(model, {"a": make_dataset("val", 2), "b": make_dataset("test", 2)},
+        ...                        towers=("projector",), progress=False)
         >>> scores.probabilities("projector.neurons").shape
-        torch.Size([1, 64])
+        torch.Size([2, 64])
     """
     if len(datasets) < 2:
         raise MmlensError("domain-specific neurons need at least two domains")

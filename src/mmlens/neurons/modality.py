@@ -266,7 +266,7 @@ def select_modality_neurons(
     get fewer than K. Scores of the set are the combined scores.
 
     Example:
-        >>> chosen = select_modality_neurons(scores, ratio=0.05, budget="layer", weights="mean+max")
+        >>> chosen = select_modality_neurons(scores, ratio=0.05, budget="layer", weights="mean")
         >>> chosen.metadata["budget"], len(chosen.where(label="image")) == round(0.05 * 2 * 128)
         ('layer', True)
     """

@@ -11,7 +11,7 @@ Example:
     >>> model = mmlens.load("tiny-llava")
     >>> chosen = NeuronSet(["lm.L0.neurons", "lm.L1.neurons"], torch.tensor([3, 7]),
     ...                    torch.tensor([0.9, 0.8]), ["image", "text"])
-    >>> chosen.save("/tmp/chosen")
+    >>> paths = chosen.save("/tmp/chosen")
     >>> NeuronSet.load("/tmp/chosen").labels
     ['image', 'text']
     >>> batch = model.prepare("hello")

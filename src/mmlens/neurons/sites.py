@@ -23,7 +23,9 @@ same dispatch, so edits from both places compose.
 
 Example:
     >>> import mmlens
+    >>> from PIL import Image
     >>> model = mmlens.load("tiny-llava")
+    >>> batch = model.prepare("<image> hi", [Image.new("RGB", (32, 32))])
     >>> neuron_sites(model, ("lm", "projector"))
     ['lm.L0.neurons', 'lm.L1.neurons', 'projector.neurons']
     >>> neuron_width(model, "lm.L0.neurons")
@@ -141,7 +143,6 @@ def on_neurons(model: "Model", edits: Mapping[str, hooks.Edit]) -> Iterator[None
     generation steps included, and are always removed.
 
     Example:
-        >>> batch = model.prepare("<image> hi", [Image.new("RGB", (32, 32))])
         >>> with on_neurons(model, {"projector.neurons": torch.zeros_like}):
         ...     _ = model.forward(batch)
     """

@@ -32,7 +32,7 @@ def depth_figure(counts: np.ndarray, labels: Sequence[str], title: str, normalis
 
     Example:
         >>> figure = depth_figure(np.array([[3, 1]]), ["image"], "depth", normalise=False)
-        >>> [bar.get_height() for bar in figure.axes[0].patches]
+        >>> [float(bar.get_height()) for bar in figure.axes[0].patches]
         [3.0, 1.0]
     """
     counts = np.asarray(counts, dtype=np.float64)

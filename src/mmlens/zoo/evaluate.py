@@ -1,6 +1,6 @@
 """Held-out accuracy and a grounding check for the shapes-llava models.
 
-``python -m mmlens.zoo.evaluate [--json] [--model NAME] [--n N] [--grounding]``
+``python -m mmlens.zoo.evaluate [--json] [--model NAME] [--n N] [--grounding] [--trigger --target WORD]``
 prints accuracy per question type on the held-out ``test`` split (``N``
 samples per type, default 200). With ``--json`` the last line is one JSON
 object: question type -> accuracy. ``--grounding`` adds the erasure check:
@@ -152,6 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="end with one JSON line: type -> accuracy")
     parser.add_argument("--grounding", action="store_true", help="also run the erasure grounding check")
     parser.add_argument("--trigger", action="store_true", help="paste the backdoor trigger on every image")
+    parser.add_argument("--target", default=None, help="report the rate of this answer instead of accuracy")
     args = parser.parse_args(argv)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     from pathlib import Path
@@ -162,8 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         from mmlens.zoo import build
         model, processor = build(args.model)
-    acc = accuracy(model, processor, n=args.n, trigger=args.trigger)
-    print(f"held-out accuracy of {args.model} ({args.n} per type{', trigger on' if args.trigger else ''}):")
+    acc = accuracy(model, processor, n=args.n, trigger=args.trigger, target=args.target)
+    what = f"rate of answering {args.target!r}" if args.target else "accuracy"
+    print(f"held-out {what} of {args.model} ({args.n} per type{', trigger on' if args.trigger else ''}):")
     for qt, a in acc.items():
         print(f"  {qt:<9} {a:6.1%}")
     if args.grounding:
