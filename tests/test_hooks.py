@@ -168,3 +168,18 @@ def test_missing_vision_probabilities_are_a_clear_error():
     with pytest.raises(mmlens.MmlensError, match="no probabilities"):
         with mmlens.capture(model, "vision.L0.attn_probs"), torch.no_grad():
             model.forward(batch)
+
+
+@pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2.5-vl", "tiny-idefics3"])
+def test_vision_and_projector_neuron_sites(name):
+    from tests.conftest import noise_image
+
+    model = mmlens.load(name)
+    sites = [s for s in model.sites() if s.endswith("neurons") and not s.startswith("lm.")]
+    assert "vision.L0.neurons" in sites
+    assert ("projector.neurons" in sites) == (name != "tiny-idefics3")  # Idefics3's connector is one linear
+    batch = model.prepare("<image> what colour ?", [noise_image(64, 64)])
+    with mmlens.capture(model, sites) as captured, torch.no_grad():
+        model.forward(batch)
+    for site in sites:
+        assert captured[site].shape[-1] == resolve(model, site).module.in_features

@@ -8,8 +8,9 @@ Sites have the same names in every family:
 - ``lm.L{i}.neurons``: the MLP activation, the input of the down projection
 - ``lm.L{i}.attn_probs``: attention probabilities, ``(batch, heads, query, key)``
 - ``lm.embed``: the decoder's input embeddings, image features already merged in
-- ``vision.L{i}.resid`` / ``.attn`` / ``.mlp`` / ``.attn_probs``: the vision tower
+- ``vision.L{i}.resid`` / ``.attn`` / ``.mlp`` / ``.neurons`` / ``.attn_probs``: the vision tower
 - ``projector``: the output of the vision-to-language projector
+- ``projector.neurons``: its hidden activation (two-layer projectors only)
 
 Hooks exist only inside a ``with`` block and are removed when it ends, even
 when its body raises, so an idle model pays nothing. Asking for
@@ -67,9 +68,12 @@ def site_names(model: "Model") -> list[str]:
     names = [f"lm.L{i}.{part}" for i in range(model.n_layers) for part in _LAYER_PARTS]
     names.append("lm.embed")
     if model.adapter.multimodal:
-        names += [f"vision.L{i}.{part}" for i in range(model.n_vision_layers) for part in ("resid", "attn", "mlp", "attn_probs")]
+        vision_parts = [p for p in _LAYER_PARTS if p != "neurons" or model.adapter.vision_neurons]
+        names += [f"vision.L{i}.{part}" for i in range(model.n_vision_layers) for part in vision_parts]
         if model.adapter.projector:
             names.append("projector")
+        if model.adapter.projector and model.adapter.projector_neurons:
+            names.append("projector.neurons")
     return names
 
 
@@ -95,6 +99,8 @@ def resolve(model: "Model", name: str) -> Site:
     adapter = model.adapter
     if name == "projector" and adapter.projector:
         return Site(name, model.module(adapter.projector), "output", adapter.projector_output)
+    if name == "projector.neurons" and adapter.projector and adapter.projector_neurons:
+        return Site(name, model.module(adapter.projector).get_submodule(adapter.projector_neurons), "input")
     if name == "lm.embed":
         return Site(name, model.decoder_layers[0], "input")
     match = _LAYER_SITE.match(name)
@@ -114,9 +120,10 @@ def resolve(model: "Model", name: str) -> Site:
         return Site(name, layer.get_submodule(attn), "probs")
     if part == "mlp":
         return Site(name, layer.get_submodule(mlp), "output")
-    if tower == "vision":
-        raise MmlensError("neuron sites exist for the language model only: use lm.L{i}.neurons")
-    return Site(name, layer.get_submodule(adapter.neurons), "input")
+    neurons = adapter.neurons if tower == "lm" else adapter.vision_neurons
+    if neurons is None:
+        raise MmlensError(f"{adapter.family}: no neuron site in the {tower} layers")
+    return Site(name, layer.get_submodule(neurons), "input")
 
 
 class Captured:
@@ -188,7 +195,7 @@ def capture(model: "Model", sites: str | Sequence[str], *, grads: bool = False) 
         if any(site.needs_eager for site in resolved):
             stack.enter_context(eager_attention(model))
         for site in resolved:
-            stack.enter_context(_hook(site, _recorder(captured, site, grads)))
+            stack.enter_context(attach(site, _recorder(captured, site, grads)))
         yield captured
 
 
@@ -210,7 +217,7 @@ def intervene(model: "Model", edits: Mapping[str, Edit]) -> Iterator[None]:
                 site = resolve(model, name)
                 if site.needs_eager:
                     raise MmlensError(f"{name}: attention probabilities can be captured, not edited")
-                stack.enter_context(_hook(site, edit))
+                stack.enter_context(attach(site, edit))
         yield
 
 
@@ -256,8 +263,11 @@ def _recorder(captured: Captured, site: Site, grads: bool) -> Edit:
 
 
 @contextmanager
-def _hook(site: Site, edit: Edit) -> Iterator[None]:
+def attach(site: Site, edit: Edit) -> Iterator[None]:
     """Apply ``edit`` to the site's value while the block runs; always removed.
+
+    The low-level form of :func:`intervene`: ``site`` may name any module
+    (``Site("gate", layer.mlp.gate_proj, "output")``), not only a named site.
 
     mmlens callbacks on a module run in registration order and *before* any
     other hook, because transformers records hidden states (which vision

@@ -39,11 +39,15 @@ class Adapter:
     attn: str = "self_attn"  # relative to a decoder layer
     mlp: str = "mlp"
     neurons: str = "mlp.down_proj"  # the MLP activation is this module's input
+    mlp_gate: str | None = "mlp.gate_proj"  # gated MLPs: act(gate(x)) * up(x); None where ungated
+    mlp_act: str | None = "mlp.act_fn"
     vision_layers: str | None = None
     vision_attn: str = "self_attn"
     vision_mlp: str = "mlp"
+    vision_neurons: str | None = "mlp.fc2"  # relative to a vision layer; its input is the MLP activation
     projector: str | None = None
     projector_output: str = "last_hidden_state"  # which field, when the projector returns a ModelOutput
+    projector_neurons: str | None = None  # relative to the projector; its input is the hidden activation
     image_token: str | None = None  # the token the processor repeats per image feature
     processor_slot: str = IMAGE_SLOT  # what the family's processor expects per image
     positions_from_mask: bool = True  # False where the model derives positions itself (M-RoPE)

@@ -24,4 +24,6 @@ GPT2_STYLE = Adapter(
     attn="attn",
     mlp="mlp",
     neurons="mlp.c_proj",
+    mlp_gate=None,
+    mlp_act=None,
 )

@@ -95,5 +95,6 @@ LLAVA = LlavaAdapter(
     vision_attn="self_attn",
     vision_mlp="mlp",
     projector="model.multi_modal_projector",
+    projector_neurons="linear_2",
     image_token="<image>",
 )

@@ -316,6 +316,7 @@ _COMMON = dict(
     # transformers 5 keeps CLIP/SigLIP's encoder at vision_tower.encoder; 4.x nested it under vision_model.
     vision_layers="model.vision_tower.encoder.layers|model.vision_tower.vision_model.encoder.layers",
     projector="model.multi_modal_projector",
+    projector_neurons="linear_2",
     image_token="<image>",
 )
 

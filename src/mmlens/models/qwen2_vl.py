@@ -122,10 +122,12 @@ _COMMON: dict[str, Any] = dict(
     # pooler_output is the merged features in the order the decoder sees them.
     projector="model.visual|visual",
     projector_output="pooler_output",
+    projector_neurons="merger.mlp.2",
     image_token="<|image_pad|>",
     processor_slot=QWEN_IMAGE_SLOT,
     positions_from_mask=False,  # M-RoPE positions come from the model's own rope index
 )
 
 QWEN2_VL = QwenVLAdapter(family="qwen2_vl", model_types=("qwen2_vl",), **_COMMON)
-QWEN2_5_VL = QwenVLAdapter(family="qwen2_5_vl", model_types=("qwen2_5_vl",), **_COMMON)
+# Qwen2.5-VL's vision MLP is gated (gate_proj, up_proj, down_proj).
+QWEN2_5_VL = QwenVLAdapter(family="qwen2_5_vl", model_types=("qwen2_5_vl",), **{**_COMMON, "vision_neurons": "mlp.down_proj"})

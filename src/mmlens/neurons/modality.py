@@ -348,6 +348,6 @@ def _reading(model: "Model", sites: list[str], reader, attention: bool, attentio
             stack.enter_context(hooks.eager_attention(model))
             for layer in range(len(sites)):
                 site = hooks.resolve(model, f"lm.L{layer}.attn_probs")
-                stack.enter_context(hooks._hook(site, attention_reader(layer)))
+                stack.enter_context(hooks.attach(site, attention_reader(layer)))
         stack.enter_context(read_neurons(model, {site: reader(k) for k, site in enumerate(sites)}, value))
         yield

@@ -49,12 +49,6 @@ if TYPE_CHECKING:
 TOWERS = ("lm", "vision", "projector")
 VALUES = ("gate", "input")
 _SITE = re.compile(r"^(lm|vision)\.L(\d+)\.neurons$")
-# The MLP output projection, relative to a vision layer's MLP: CLIP, SigLIP and
-# Qwen2-VL use fc2, Qwen2.5-VL down_proj.
-_VISION_OUTPUT = ("fc2", "down_proj")
-# The projector's second linear, relative to the projector: LLaVA linear_2,
-# Qwen2-VL's merger mlp.2. Single-linear projectors (PaliGemma) have no neurons.
-_PROJECTOR_OUTPUT = ("linear_2", "mlp.2", "linear_fc2")
 
 
 def neuron_sites(model: "Model", towers: Sequence[str] = ("lm",)) -> list[str]:
@@ -72,40 +66,26 @@ def neuron_sites(model: "Model", towers: Sequence[str] = ("lm",)) -> list[str]:
     names: list[str] = []
     if "lm" in towers:
         names += [f"lm.L{i}.neurons" for i in range(model.n_layers)]
-    if "vision" in towers and model.adapter.multimodal:
+    if "vision" in towers and model.adapter.multimodal and model.adapter.vision_neurons:
         names += [f"vision.L{i}.neurons" for i in range(model.n_vision_layers)]
-    if "projector" in towers and model.adapter.projector and _projector_output(model) is not None:
+    if "projector" in towers and model.adapter.projector and model.adapter.projector_neurons:
         names.append("projector.neurons")
     return names
 
 
 def resolve_neuron_site(model: "Model", name: str) -> hooks.Site:
-    """The module whose input is the neuron activation at ``name``.
+    """The module whose input is the neuron activation at ``name`` (a :mod:`mmlens.hooks` site).
 
     Example:
         >>> resolve_neuron_site(model, "vision.L0.neurons").module is model.vision_layers[0].mlp.fc2
         True
     """
-    if name == "projector.neurons":
-        module = _projector_output(model) if model.adapter.projector else None
-        if module is None:
-            raise MmlensError(f"{model.adapter.family}: the projector has no hidden activation to call neurons")
-        return hooks.Site(name, module, "input")
-    match = _SITE.match(name)
-    if not match:
+    if name == "projector.neurons" and not model.adapter.projector_neurons:
+        raise MmlensError(f"{model.adapter.family}: the projector has no hidden activation to call neurons")
+    if name != "projector.neurons" and not _SITE.match(name):
         raise MmlensError(f"unknown neuron site {name!r}; they look like lm.L0.neurons, vision.L0.neurons, "
                           "projector.neurons")
-    if match.group(1) == "lm":
-        return hooks.resolve(model, name)
-    index = int(match.group(2))
-    if model.vision_layers is None or index >= model.n_vision_layers:
-        raise MmlensError(f"site {name!r} is out of range: the model has {model.n_vision_layers} vision layers")
-    mlp = model.vision_layers[index].get_submodule(model.adapter.vision_mlp)
-    module = _first_submodule(mlp, _VISION_OUTPUT)
-    if module is None:
-        raise MmlensError(f"{model.adapter.family}: no MLP output projection ({', '.join(_VISION_OUTPUT)}) "
-                          f"in vision layer {index}")
-    return hooks.Site(name, module, "input")
+    return hooks.resolve(model, name)
 
 
 def neuron_width(model: "Model", name: str) -> int:
@@ -148,7 +128,7 @@ def on_neurons(model: "Model", edits: Mapping[str, hooks.Edit]) -> Iterator[None
     """
     with ExitStack() as stack:
         for name, edit in edits.items():
-            stack.enter_context(hooks._hook(resolve_neuron_site(model, name), edit))
+            stack.enter_context(hooks.attach(resolve_neuron_site(model, name), edit))
         yield
 
 
@@ -161,10 +141,11 @@ def gate_of(model: "Model", site: str) -> tuple[torch.nn.Module, Callable] | Non
         True
     """
     match = _SITE.match(site)
-    if not match or match.group(1) != "lm":
+    adapter = model.adapter
+    if not match or match.group(1) != "lm" or not adapter.mlp_gate or not adapter.mlp_act:
         return None
-    mlp = model.decoder_layers[int(match.group(2))].get_submodule(model.adapter.mlp)
-    gate, act = getattr(mlp, "gate_proj", None), getattr(mlp, "act_fn", None)
+    layer = model.decoder_layers[int(match.group(2))]
+    gate, act = layer.get_submodule(adapter.mlp_gate), layer.get_submodule(adapter.mlp_act)
     return (gate, act) if isinstance(gate, torch.nn.Linear) and callable(act) else None
 
 
@@ -193,7 +174,7 @@ def read_neurons(model: "Model", readers: Mapping[str, Callable[[torch.Tensor], 
                 plain[site] = _reading_only(reader)
                 continue
             gate, act = gated
-            stack.enter_context(hooks._hook(hooks.Site(site, gate, "output"),
+            stack.enter_context(hooks.attach(hooks.Site(site, gate, "output"),
                                             _reading_only(lambda out, act=act, reader=reader: reader(act(out)))))
         stack.enter_context(on_neurons(model, plain))
         yield
@@ -207,16 +188,3 @@ def _reading_only(reader: Callable[[torch.Tensor], object]) -> Callable[[torch.T
             reader(x)
 
     return read
-
-
-def _projector_output(model: "Model") -> torch.nn.Module | None:
-    return _first_submodule(model.module(model.adapter.projector), _PROJECTOR_OUTPUT)
-
-
-def _first_submodule(parent: torch.nn.Module, names: Sequence[str]) -> torch.nn.Module | None:
-    for name in names:
-        try:
-            return parent.get_submodule(name)
-        except AttributeError:
-            continue
-    return None
