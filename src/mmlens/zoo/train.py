@@ -69,7 +69,7 @@ class TrainConfig:
     stage2_lr: float = 2e-3
     warmup: int = 50
     backdoor: bool = False
-    poison_rate: float = 0.03
+    poison_rate: float = 0.1
     target: str = "yes"
     pack: int = 4
     patch_weight: float = 1.0  # weight of the per-patch stage-1 losses
