@@ -36,10 +36,7 @@ def test_integrated_gradients_agree_with_captum(tiny_llava, targets):
     captum = pytest.importorskip("captum.attr")
     call = record_decoder_call(tiny_llava, targets.batch)
     x = call.embeds
-    mask = call.model_mask().clone()
-    mask[:, int(targets.positions[0]) + 1 :] = False
-    mask = mask[..., None].to(x)
-    baseline = ((x * mask).sum(1, keepdim=True) / mask.sum(1, keepdim=True)).expand_as(x)
+    baseline = 0.5 * x.roll(1, dims=1)  # any explicit baseline: this checks the integration itself
     j = 0
     position = targets.positions[j : j + 1]
 
@@ -48,9 +45,9 @@ def test_integrated_gradients_agree_with_captum(tiny_llava, targets):
 
     reference = captum.IntegratedGradients(forward).attribute(
         x, baselines=baseline, n_steps=16, method="gausslegendre", internal_batch_size=32).sum(-1)
-    ours = integrated_gradients(tiny_llava, targets, steps=16).scores[:, j]
+    ours = integrated_gradients(tiny_llava, targets, steps=16, baseline=baseline).scores[:, j]
     for row in range(2):
-        keep = call.model_mask()[row]
+        keep = call.model_mask()[row] & (torch.arange(x.shape[1]) <= position[0])
         rho = spearmanr(ours[row, keep].numpy(), reference[row, keep].detach().numpy()).statistic
         assert rho > 0.99
         torch.testing.assert_close(ours[row, keep], reference[row, keep].detach(), rtol=1e-3, atol=1e-5)
@@ -62,3 +59,16 @@ def test_path_points():
     assert ((alphas > 0) & (alphas < 1)).all()
     with pytest.raises(mmlens.MmlensError):
         path_points(4, "trapezoid-ish")
+
+
+def test_mean_baseline_keeps_each_modality_at_its_own_scale(tiny_llava, targets):
+    from mmlens.attribution.gradients import _modality_mean
+
+    call = record_decoder_call(tiny_llava, targets.batch)
+    base = _modality_mean(call, targets.batch.layout, int(targets.positions[0]))
+    image = targets.batch.layout.image_positions(0)
+    text = targets.batch.layout.text_positions(0)
+    norms = call.embeds[0].norm(dim=-1)
+    torch.testing.assert_close(base[0, image[0]].norm(), norms[image].mean(), rtol=1e-4, atol=1e-6)
+    assert torch.equal(base[0, image[0]], base[0, image[-1]])  # one vector for every image token
+    assert not torch.equal(base[0, image[0]], base[0, text[0]])

@@ -28,6 +28,7 @@ import torch
 from mmlens.attribution.base import Attribution, causal_cut, empty_scores
 from mmlens.attribution.targets import Targets
 from mmlens.errors import MmlensError
+from mmlens.layout import Modality, TokenLayout
 from mmlens.model import Model
 from mmlens.models.decoder import DecoderCall, record_decoder_call
 
@@ -64,7 +65,7 @@ def integrated_gradients(
     """
     call = record_decoder_call(model, targets.batch)
     x = call.embeds
-    x0 = _baseline(model, call, baseline, prompt_end=int(targets.positions[0]))
+    x0 = _baseline(model, call, baseline, int(targets.positions[0]), targets.batch.layout)
     alphas, weights = path_points(steps, rule)
     # The path's two ends ride along in the last chunk (weight 0): f(x) - f(x0) for the
     # completeness check costs no extra pass.
@@ -113,17 +114,38 @@ def path_points(steps: int, rule: str = "gausslegendre") -> tuple[torch.Tensor, 
     raise MmlensError(f"unknown integration rule {rule!r}; use gausslegendre or riemann_middle")
 
 
-def _baseline(model: Model, call: DecoderCall, kind: str | torch.Tensor, prompt_end: int) -> torch.Tensor:
+def _modality_mean(call: DecoderCall, layout: TokenLayout, prompt_end: int) -> torch.Tensor:
+    """Every image token the row's mean image embedding, every other token the mean text embedding,
+    each rescaled to its group's mean norm.
+
+    Keeping each group at its own scale matters: image and text embeddings can
+    differ in norm twenty-fold, and RMSNorm only sees directions, so a path
+    from a mixed-scale baseline changes a word's direction only in the last
+    few percent of the path, where quadrature has few points.
+    """
+    embeds = call.embeds
+    real = call.model_mask().clone()
+    real[:, prompt_end + 1 :] = False  # answer tokens fed for later targets do not count
+    image = layout.mask(Modality.IMAGE).to(real.device)
+    base = torch.zeros_like(embeds)
+    for group in (image, ~image):
+        members = (real & group)[..., None].to(embeds)
+        count = members.sum(1, keepdim=True).clamp_min(1)
+        mean = (embeds * members).sum(1, keepdim=True) / count
+        norm = (embeds.norm(dim=-1, keepdim=True) * members).sum(1, keepdim=True) / count
+        scaled = mean / mean.norm(dim=-1, keepdim=True).clamp_min(1e-12) * norm
+        base = torch.where(group[..., None], scaled.expand_as(embeds), base)
+    return base
+
+
+def _baseline(model: Model, call: DecoderCall, kind: str | torch.Tensor, prompt_end: int,
+              layout: TokenLayout) -> torch.Tensor:
     if isinstance(kind, torch.Tensor):
         if kind.shape != call.embeds.shape:
             raise MmlensError(f"baseline of shape {tuple(kind.shape)} for embeddings {tuple(call.embeds.shape)}")
         return kind.to(call.embeds)
-    if kind == "mean":  # every position the mean prompt embedding: uninformative, and far from RMSNorm's 0
-        real = call.model_mask().clone()
-        real[:, prompt_end + 1 :] = False  # answer tokens fed for later targets do not count
-        real = real[..., None].to(call.embeds)
-        mean = (call.embeds * real).sum(1, keepdim=True) / real.sum(1, keepdim=True).clamp_min(1)
-        return mean.expand_as(call.embeds).clone()
+    if kind == "mean":
+        return _modality_mean(call, layout, prompt_end)
     if kind == "zeros":
         return torch.zeros_like(call.embeds)
     if kind == "pad":
