@@ -25,6 +25,7 @@ import torch
 
 from mmlens.layout import Modality
 from mmlens.report.figures import display_token, overlay_figure, png_data_uri
+from mmlens.report.page import PAGE_HEAD
 
 if TYPE_CHECKING:
     from mmlens.attribution.explanation import Explanation
@@ -175,18 +176,7 @@ def _percent(share: float) -> str:
     return "–" if not math.isfinite(share) else f"{100 * share:.0f}%"
 
 
-_TEMPLATE = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True).from_string("""\
-<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{{ title }}</title>
-<style>
-  body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: #222; background: #f6f7f9;
-         margin: 0; padding: 24px; }
-  main { max-width: 1100px; margin: auto; }
-  h1 { font-size: 20px; margin: 0 0 12px; }
+_TEMPLATE = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True).from_string(PAGE_HEAD + """\
   nav a { margin-right: 12px; color: #1f5fbf; }
   section.sample { background: #fff; border: 1px solid #e2e4e8; border-radius: 8px; padding: 18px 22px;
                    margin-bottom: 24px; }

@@ -19,6 +19,7 @@ import jinja2
 from matplotlib.figure import Figure
 
 from mmlens.report.figures import png_data_uri
+from mmlens.report.page import PAGE_HEAD
 
 
 def section_html(
@@ -77,18 +78,7 @@ _SECTION = _ENV.from_string("""\
 </section>
 """)
 
-_PAGE = _ENV.from_string("""\
-<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{{ title }}</title>
-<style>
-  body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: #222; background: #f6f7f9;
-         margin: 0; padding: 24px; }
-  main { max-width: 1100px; margin: auto; }
-  h1 { font-size: 20px; margin: 0 0 12px; }
+_PAGE = _ENV.from_string(PAGE_HEAD + """\
   section.inside { background: #fff; border: 1px solid #e2e4e8; border-radius: 8px; padding: 18px 22px;
                    margin-bottom: 24px; }
   h2 { font-size: 16px; margin: 0 0 10px; }
