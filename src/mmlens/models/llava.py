@@ -85,16 +85,16 @@ def _grid_side(processor: Any) -> int:
     return crop_h // processor.patch_size
 
 
-LLAVA = LlavaAdapter(
-    family="llava",
-    model_types=("llava",),
+#: Module paths shared by the LLaVA-style families (LLaVA, NeXT, OneVision, PaliGemma).
+LLAVA_STYLE_PATHS = dict(
     decoder_layers="model.language_model.layers",
     final_norm="model.language_model.norm",
     embed_tokens="model.language_model.embed_tokens",
+    # transformers 5 keeps CLIP/SigLIP's encoder at vision_tower.encoder; 4.x nested it under vision_model.
     vision_layers="model.vision_tower.encoder.layers|model.vision_tower.vision_model.encoder.layers",
-    vision_attn="self_attn",
-    vision_mlp="mlp",
     projector="model.multi_modal_projector",
     projector_neurons="linear_2",
     image_token="<image>",
 )
+
+LLAVA = LlavaAdapter(family="llava", model_types=("llava",), **LLAVA_STYLE_PATHS)

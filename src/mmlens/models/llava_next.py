@@ -41,7 +41,7 @@ import torch
 from mmlens.errors import MmlensError
 from mmlens.layout import ImageInfo, TokenLayout, View
 from mmlens.models.adapter import Adapter, grid_tokens, layout_from_images, runs, tokenizer_of
-from mmlens.models.llava import _size_pair, processed_box
+from mmlens.models.llava import LLAVA_STYLE_PATHS, _size_pair, processed_box
 
 Box = tuple[float, float, float, float]
 
@@ -309,16 +309,5 @@ def _place(
     return cursor
 
 
-_COMMON = dict(
-    decoder_layers="model.language_model.layers",
-    final_norm="model.language_model.norm",
-    embed_tokens="model.language_model.embed_tokens",
-    # transformers 5 keeps CLIP/SigLIP's encoder at vision_tower.encoder; 4.x nested it under vision_model.
-    vision_layers="model.vision_tower.encoder.layers|model.vision_tower.vision_model.encoder.layers",
-    projector="model.multi_modal_projector",
-    projector_neurons="linear_2",
-    image_token="<image>",
-)
-
-LLAVA_NEXT = LlavaNextAdapter(family="llava_next", model_types=("llava_next",), **_COMMON)
-LLAVA_ONEVISION = LlavaNextAdapter(family="llava_onevision", model_types=("llava_onevision",), **_COMMON)
+LLAVA_NEXT = LlavaNextAdapter(family="llava_next", model_types=("llava_next",), **LLAVA_STYLE_PATHS)
+LLAVA_ONEVISION = LlavaNextAdapter(family="llava_onevision", model_types=("llava_onevision",), **LLAVA_STYLE_PATHS)

@@ -45,6 +45,7 @@ from mmlens.layout import ImageInfo, TokenLayout, View
 from mmlens.models.adapter import (
     IMAGE_SLOT, Adapter, grid_tokens, image_token_runs, layout_from_images, tokenizer_of,
 )
+from mmlens.models.llava import LLAVA_STYLE_PATHS
 
 _SLOT = re.compile(r"\s*" + re.escape(IMAGE_SLOT) + r"\s*")
 
@@ -89,15 +90,6 @@ class PaliGemmaAdapter(Adapter):
         return layout_from_images(inputs, processor, image_token, images, tokens)
 
 
-PALIGEMMA = PaliGemmaAdapter(
-    family="paligemma",
-    model_types=("paligemma",),
-    decoder_layers="model.language_model.layers",
-    final_norm="model.language_model.norm",
-    embed_tokens="model.language_model.embed_tokens",
-    vision_layers="model.vision_tower.encoder.layers|model.vision_tower.vision_model.encoder.layers",
-    vision_attn="self_attn",
-    vision_mlp="mlp",
-    projector="model.multi_modal_projector",
-    image_token="<image>",
-)
+# PaliGemma's projector is a single linear: no hidden activation to call neurons.
+PALIGEMMA = PaliGemmaAdapter(family="paligemma", model_types=("paligemma",),
+                             **{**LLAVA_STYLE_PATHS, "projector_neurons": None})
