@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--steps", default="32,64,128,256")
-    parser.add_argument("--rules", default="gausslegendre,riemann_middle")
+    parser.add_argument("--rules", default="gausslegendre,riemann_middle,adaptive")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

@@ -20,7 +20,7 @@ def test_gradient_x_input_matches_autograd_through_the_whole_model(tiny_llava, t
         torch.testing.assert_close(result[0, j, seen], expected[seen], rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("rule", ["gausslegendre", "riemann_middle"])
+@pytest.mark.parametrize("rule", ["gausslegendre", "riemann_middle", "adaptive"])
 def test_integrated_gradients_completeness_under_one_percent(tiny_llava, targets, rule):
     result = integrated_gradients(tiny_llava, targets, steps=32, rule=rule)
     assert result.extras["completeness_error"].max() < 0.01
@@ -72,3 +72,15 @@ def test_mean_baseline_keeps_each_modality_at_its_own_scale(tiny_llava, targets)
     torch.testing.assert_close(base[0, image[0]].norm(), norms[image].mean(), rtol=1e-4, atol=1e-6)
     assert torch.equal(base[0, image[0]], base[0, image[-1]])  # one vector for every image token
     assert not torch.equal(base[0, image[0]], base[0, text[0]])
+
+
+def test_adaptive_points_follow_the_change_and_integrate_exactly():
+    from mmlens.attribution.gradients import adaptive_points
+
+    values = torch.tensor([[0.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.0, 1.0], [5.0, 1.0]])  # two rows, 4 intervals
+    alphas, weights = adaptive_points(values, 20)
+    torch.testing.assert_close(weights.sum(0), torch.ones(2, dtype=torch.float64))
+    assert (alphas[:, 0] > 0.75).sum() > (alphas[:, 1] > 0.75).sum()  # row 0 jumps in its last interval
+    assert (alphas[:, 1] < 0.25).sum() > (alphas[:, 0] < 0.25).sum()  # row 1 in its first
+    square = (weights * alphas**2).sum(0)  # every interval's midpoint rule stays a valid quadrature
+    torch.testing.assert_close(square, torch.full((2,), 1 / 3, dtype=torch.float64), rtol=2e-3, atol=0)

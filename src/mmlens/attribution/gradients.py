@@ -62,30 +62,34 @@ def integrated_gradients(
     default: a zero baseline puts the path through RMSNorm's singularity at 0,
     where quadrature needs hundreds of steps), ``"zeros"``, ``"pad"``, or an
     explicit ``(batch, seq, hidden)`` tensor of decoder input embeddings.
+    ``rule`` is ``"gausslegendre"`` (Captum's default), ``"riemann_middle"``,
+    or ``"adaptive"``: a forward-only scan of 17 points per row first, then
+    midpoints placed where the score moves (:func:`adaptive_points`), which
+    keeps the completeness error low on sharp, trained models.
     """
     call = record_decoder_call(model, targets.batch)
     x = call.embeds
     x0 = _baseline(model, call, baseline, int(targets.positions[0]), targets.batch.layout)
-    alphas, weights = path_points(steps, rule)
-    # The path's two ends ride along in the last chunk (weight 0): f(x) - f(x0) for the
-    # completeness check costs no extra pass.
-    alphas = torch.cat([alphas, torch.tensor([1.0, 0.0], dtype=alphas.dtype)])
-    weights = torch.cat([weights, torch.zeros(2, dtype=weights.dtype)])
+    rows = x.shape[0]
     scores = empty_scores(targets)
     errors = torch.zeros(targets.tokens.shape)
-    rows = x.shape[0]
     for j in range(targets.count):
         position = targets.positions[j : j + 1]
+        alphas, weights = _points(call, targets, j, x, x0, steps, rule)  # (steps, rows) each
+        # The path's two ends ride along in the last chunk (weight 0): f(x) - f(x0) for the
+        # completeness check costs no extra pass.
+        alphas = torch.cat([alphas, torch.ones(1, rows, dtype=alphas.dtype), torch.zeros(1, rows, dtype=alphas.dtype)])
+        weights = torch.cat([weights, torch.zeros(2, rows, dtype=weights.dtype)])
         grads = torch.zeros_like(x)
         values = []
         for start in range(0, len(alphas), internal_batch):
-            chunk_alphas = alphas[start : start + internal_batch].to(x)
-            chunk_weights = weights[start : start + internal_batch].to(x)
-            path = (x0[None] + chunk_alphas[:, None, None, None] * (x - x0)[None]).flatten(0, 1).requires_grad_(True)
+            chunk_alphas = alphas[start : start + internal_batch].to(x)[..., None, None]
+            chunk_weights = weights[start : start + internal_batch].to(x)[..., None, None]
+            path = (x0[None] + chunk_alphas * (x - x0)[None]).flatten(0, 1).requires_grad_(True)
             with torch.enable_grad():
                 score = targets.scores(call.logits(path, positions=position)[:, 0], j)
                 (grad,) = torch.autograd.grad(score.sum(), path)
-            grads += (chunk_weights[:, None, None, None] * grad.view(len(chunk_alphas), *x.shape)).sum(0)
+            grads += (chunk_weights * grad.view(len(chunk_alphas), *x.shape)).sum(0)
             values.append(score.detach())
         attributions = ((x - x0) * grads).sum(-1)
         ends = torch.cat(values)[-2 * rows :]
@@ -94,6 +98,59 @@ def integrated_gradients(
         scores[:, j] = attributions.float().cpu()
     errors = torch.where(targets.real.cpu(), errors, torch.zeros(()))
     return Attribution(causal_cut(scores, targets), {"completeness_error": errors, "steps": steps, "rule": rule})
+
+
+def _points(call: DecoderCall, targets: Targets, j: int, x: torch.Tensor, x0: torch.Tensor, steps: int,
+            rule: str, scan: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Path points and weights per row, ``(steps, rows)``; ``adaptive`` first scans the score along the path."""
+    rows = x.shape[0]
+    if rule != "adaptive":
+        alphas, weights = path_points(steps, rule)
+        return alphas[:, None].expand(-1, rows), weights[:, None].expand(-1, rows)
+    grid = torch.linspace(0, 1, scan + 1, dtype=torch.float64)
+    with torch.no_grad():
+        path = (x0[None] + grid.to(x)[:, None, None, None] * (x - x0)[None]).flatten(0, 1)
+        values = targets.scores(call.logits(path, positions=targets.positions[j : j + 1])[:, 0], j)
+    return adaptive_points(values.view(scan + 1, rows).double().cpu(), steps)
+
+
+def adaptive_points(values: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Midpoints placed where the score changes: ``steps`` points per row from a scan of the score.
+
+    ``values`` is ``(scan + 1, rows)``: the score at ``scan + 1`` evenly spaced
+    points of the path. Each of the ``scan`` intervals gets a share of the
+    steps proportional to how much the score moves across it (plus an even
+    floor, so no interval is skipped), and the midpoint rule inside it. The
+    integral is unchanged; the quadrature error of a sharp integrand falls.
+
+    Example:
+        >>> values = torch.tensor([[0.0], [0.0], [0.0], [1.0]])  # the score jumps in the last third
+        >>> alphas, weights = adaptive_points(values, 8)
+        >>> int((alphas[:, 0] > 2 / 3).sum()), round(float(weights.sum()), 6)  # half the points in the jump
+        (4, 1.0)
+    """
+    scan, rows = values.shape[0] - 1, values.shape[1]
+    if steps < scan:
+        raise MmlensError(f"adaptive integration needs at least {scan} steps")
+    change = (values[1:] - values[:-1]).abs()  # (scan, rows)
+    share = change / change.sum(0, keepdim=True).clamp_min(1e-12)
+    share = 0.5 * share + 0.5 / scan  # half by change, half even
+    counts = torch.ones(scan, rows, dtype=torch.long) + torch.floor(share * (steps - scan)).long()
+    for row in range(rows):  # hand the rounding remainder to the largest fractional parts
+        missing = steps - int(counts[:, row].sum())
+        fraction = share[:, row] * (steps - scan) - torch.floor(share[:, row] * (steps - scan))
+        counts[fraction.argsort(descending=True)[:missing], row] += 1
+    width = 1.0 / scan
+    alphas = torch.zeros(steps, rows, dtype=torch.float64)
+    weights = torch.zeros(steps, rows, dtype=torch.float64)
+    for row in range(rows):
+        k = 0
+        for interval in range(scan):
+            n = int(counts[interval, row])
+            alphas[k : k + n, row] = interval * width + (torch.arange(n, dtype=torch.float64) + 0.5) * width / n
+            weights[k : k + n, row] = width / n
+            k += n
+    return alphas, weights
 
 
 def path_points(steps: int, rule: str = "gausslegendre") -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,7 +168,7 @@ def path_points(steps: int, rule: str = "gausslegendre") -> tuple[torch.Tensor, 
         return torch.tensor((nodes + 1) / 2, dtype=torch.float64), torch.tensor(weights / 2, dtype=torch.float64)
     if rule == "riemann_middle":
         return (torch.arange(steps, dtype=torch.float64) + 0.5) / steps, torch.full((steps,), 1.0 / steps, dtype=torch.float64)
-    raise MmlensError(f"unknown integration rule {rule!r}; use gausslegendre or riemann_middle")
+    raise MmlensError(f"unknown integration rule {rule!r}; use gausslegendre, riemann_middle or adaptive")
 
 
 def _modality_mean(call: DecoderCall, layout: TokenLayout, prompt_end: int) -> torch.Tensor:
