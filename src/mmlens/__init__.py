@@ -10,20 +10,24 @@ Example:
 """
 
 from mmlens.attribution import Explanation, explain, explain_batch
+from mmlens.causal import CausalTrace, patch, trace
 from mmlens.errors import MmlensError
 from mmlens.hooks import Captured, capture, intervene
 from mmlens.layout import ImageInfo, Modality, TokenLayout, View
 from mmlens.model import Batch, Model
 from mmlens.models.loading import load, wrap
+from mmlens.neurons import NeuronSet
 
 __all__ = [
     "Batch",
     "Captured",
+    "CausalTrace",
     "Explanation",
     "ImageInfo",
     "MmlensError",
     "Modality",
     "Model",
+    "NeuronSet",
     "TokenLayout",
     "View",
     "capture",
@@ -31,6 +35,8 @@ __all__ = [
     "explain_batch",
     "intervene",
     "load",
+    "patch",
+    "trace",
     "wrap",
 ]
 __version__ = "0.1.0"
