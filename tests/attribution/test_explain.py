@@ -3,7 +3,6 @@
 import json
 
 import numpy as np
-import torch
 
 import mmlens
 from mmlens.attribution.api import METHODS

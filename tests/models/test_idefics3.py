@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import mmlens
 from mmlens.layout import Modality, TokenLayout
@@ -16,14 +15,12 @@ from mmlens.model import Model
 from mmlens.models.idefics3 import IDEFICS3, Idefics3Adapter, tile_grid
 from mmlens.models.registry import adapter_for_model_type
 from mmlens.models.verify import verify_layout
+from tests.conftest import noise_image
 
 PROMPT = "<image> what is this ?"
 # (width, height) -> (tile rows, tile cols) with the tiny processor (longest edge 96, tiles of 32).
 SIZES = {"square": ((64, 64), (3, 3)), "wide": ((200, 120), (2, 3)), "tall": ((120, 200), (3, 2))}
 
-
-def noise(width: int, height: int, seed: int = 0) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +63,7 @@ def test_module_paths_resolve(model: Model) -> None:
 def test_views_match_processor_geometry(model: Model, name: str) -> None:
     (width, height), grid = SIZES[name]
     assert tile_grid((height, width), model.processor.image_processor) == grid
-    layout = model.prepare(PROMPT, [noise(width, height)]).layout
+    layout = model.prepare(PROMPT, [noise_image(height, width)]).layout
     views = layout.images[0][0].views
     assert [v.kind for v in views] == ["tile"] * (grid[0] * grid[1]) + ["global"]
     assert all((v.rows, v.cols) == (2, 2) for v in views)
@@ -92,7 +89,7 @@ def test_tile_grid_follows_the_processor(model: Model, longest: int) -> None:
 
 
 def test_two_images_in_one_prompt(model: Model) -> None:
-    layout = model.prepare("<image> and <image> : which is wider ?", [noise(200, 120), noise(64, 64)]).layout
+    layout = model.prepare("<image> and <image> : which is wider ?", [noise_image(120, 200), noise_image(64, 64)]).layout
     assert [len(info.views) for info in layout.images[0]] == [7, 10]
     assert [info.size for info in layout.images[0]] == [(120, 200), (64, 64)]
     first, second = layout.image_positions(0, image=0), layout.image_positions(0, image=1)
@@ -102,9 +99,9 @@ def test_two_images_in_one_prompt(model: Model) -> None:
 @pytest.mark.parametrize("name", list(SIZES))
 def test_verify_layout_tiles_and_global(model: Model, name: str) -> None:
     (width, height), _ = SIZES[name]
-    report = verify_layout(model, noise(width, height, seed=1), regions=5)
+    report = verify_layout(model, noise_image(height, width, seed=1), regions=5)
     assert report.ok, report.failures()
-    layout = model.prepare(PROMPT, [noise(width, height)]).layout
+    layout = model.prepare(PROMPT, [noise_image(height, width)]).layout
     kinds = {layout.images[0][0].views[int(layout.view[0, p])].kind for c in report.checks for p in c.required}
     assert kinds == {"tile", "global"}  # both views were held to account
 
@@ -113,7 +110,7 @@ def test_verify_layout_tiles_and_global(model: Model, name: str) -> None:
 def test_verify_layout_catches_a_corrupted_layout(model: Model, mistake: str) -> None:
     corrupted = Model(model.hf, model.processor, _Corrupted(**{**vars(IDEFICS3), "mistake": mistake}), "corrupted")
     # Regions in the top-left tiles and off the global diagonal are drawn often enough at seed 0.
-    assert not verify_layout(corrupted, noise(200, 120, seed=1), regions=6).ok
+    assert not verify_layout(corrupted, noise_image(120, 200, seed=1), regions=6).ok
 
 
 def test_unsplit_image_has_only_the_global_view(model: Model) -> None:
@@ -121,16 +118,16 @@ def test_unsplit_image_has_only_the_global_view(model: Model) -> None:
     image_processor.do_image_splitting = False
     try:
         assert tile_grid((120, 200), image_processor) == (0, 0)
-        layout = model.prepare(PROMPT, [noise(200, 120)]).layout
+        layout = model.prepare(PROMPT, [noise_image(120, 200)]).layout
         assert [(v.kind, v.box) for v in layout.images[0][0].views] == [("global", (0.0, 0.0, 120.0, 200.0))]
-        assert verify_layout(model, noise(200, 120, seed=2), regions=3).ok
+        assert verify_layout(model, noise_image(120, 200, seed=2), regions=3).ok
     finally:
         image_processor.do_image_splitting = True
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_padded_batch_has_the_right_layout_per_row(model: Model, side: str) -> None:
-    images = [noise(200, 120), noise(120, 200, seed=3)]
+    images = [noise_image(120, 200), noise_image(200, 120, seed=3)]
     prompts = [PROMPT, "a longer question : <image> what colour is the circle ?"]
     batch = model.prepare(prompts, [[images[0]], [images[1]]], padding_side=side)
     for row, (prompt, image) in enumerate(zip(prompts, images)):
@@ -147,7 +144,7 @@ def test_padded_batch_has_the_right_layout_per_row(model: Model, side: str) -> N
 
 
 def test_heatmap_blends_one_tile_with_the_global_view(model: Model) -> None:
-    batch = model.prepare([PROMPT, PROMPT], [[noise(200, 120)], [noise(120, 200)]])
+    batch = model.prepare([PROMPT, PROMPT], [[noise_image(120, 200)], [noise_image(200, 120)]])
     layout = batch.layout
     scores = torch.zeros(layout.modality.shape)
     scores[0, layout.image_positions(0, image=0, view=0)] = 1.0  # tile (1,1) of the wide image

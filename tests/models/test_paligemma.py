@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import mmlens
 from mmlens.errors import MmlensError
@@ -18,14 +17,12 @@ from mmlens.model import Model
 from mmlens.models.paligemma import PALIGEMMA, PaliGemmaAdapter
 from mmlens.models.registry import adapter_for_model_type
 from mmlens.models.verify import verify_layout
+from tests.conftest import noise_image
 
 PROMPT = "<image> what colour is the circle ?"
 SIZES = {"square": (64, 64), "wide": (200, 120), "tall": (120, 200)}  # (width, height)
 N = 16  # tiny image_seq_length: a 4 x 4 grid
 
-
-def noise(width: int, height: int, seed: int = 0) -> Image.Image:
-    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +59,7 @@ def test_format_prompt_moves_slots_to_the_front() -> None:
 
 
 def test_tokens_are_the_canonical_prefix(model: Model) -> None:
-    image = noise(64, 64)
+    image = noise_image(64, 64)
     batch = model.prepare(PROMPT, [image])
     tokens = model.tokenizer.convert_ids_to_tokens(batch.input_ids[0])
     assert tokens == ["<image>"] * N + ["<bos>", "what", "colour", "is", "the", "circle", "?", "\n"]
@@ -79,20 +76,20 @@ def test_tokens_are_the_canonical_prefix(model: Model) -> None:
 @pytest.mark.parametrize("name", list(SIZES))
 def test_verify_layout(model: Model, name: str) -> None:
     width, height = SIZES[name]
-    layout = model.prepare(PROMPT, [noise(width, height)]).layout
+    layout = model.prepare(PROMPT, [noise_image(height, width)]).layout
     (view,) = layout.images[0][0].views
     assert (view.rows, view.cols, view.box) == (4, 4, (0.0, 0.0, float(height), float(width)))
-    report = verify_layout(model, noise(width, height, seed=1), prompt=PROMPT)
+    report = verify_layout(model, noise_image(height, width, seed=1), prompt=PROMPT)
     assert report.ok, report.failures()
 
 
 def test_verify_layout_catches_a_transposed_grid(model: Model) -> None:
     broken = Model(model.hf, model.processor, _Transposed(**vars(PALIGEMMA)), "broken")
-    assert not verify_layout(broken, noise(200, 120, seed=1), prompt=PROMPT).ok
+    assert not verify_layout(broken, noise_image(120, 200, seed=1), prompt=PROMPT).ok
 
 
 def test_two_images_split_one_run(model: Model) -> None:
-    images = [noise(200, 120), noise(120, 200, seed=2)]
+    images = [noise_image(120, 200), noise_image(200, 120, seed=2)]
     layout = model.prepare("<image> <image> compare them", images).layout
     assert layout.image_positions(0, image=0).tolist() == list(range(N))
     assert layout.image_positions(0, image=1).tolist() == list(range(N, 2 * N))
@@ -104,7 +101,7 @@ def test_two_images_split_one_run(model: Model) -> None:
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_padded_batch_has_the_right_layout_per_row(model: Model, side: str) -> None:
     prompts = [PROMPT, "<image> is the circle on the left of the square ?"]
-    images = [noise(200, 120), noise(120, 200, seed=3)]
+    images = [noise_image(120, 200), noise_image(200, 120, seed=3)]
     batch = model.prepare(prompts, [[images[0]], [images[1]]], padding_side=side)
     for row, (prompt, image) in enumerate(zip(prompts, images)):
         alone = model.prepare(prompt, [image]).layout
@@ -118,7 +115,7 @@ def test_padded_batch_has_the_right_layout_per_row(model: Model, side: str) -> N
 
 
 def test_heatmap_is_one_array_per_image_at_original_size(model: Model) -> None:
-    layout = model.prepare(PROMPT, [noise(200, 120)]).layout
+    layout = model.prepare(PROMPT, [noise_image(120, 200)]).layout
     scores = torch.zeros(layout.seq_len)
     scores[layout.image_positions(0)[5]] = 1.0  # row 1, col 1 of the 4 x 4 grid
     (heatmap,) = layout.to_heatmaps(scores)[0]
@@ -130,7 +127,7 @@ def test_heatmap_is_one_array_per_image_at_original_size(model: Model) -> None:
 
 def test_prefix_attends_bidirectionally(model: Model) -> None:
     """Image tokens see the prompt after them: attention is not causal over the prefix."""
-    batch = model.prepare(PROMPT, [noise(64, 64)])
+    batch = model.prepare(PROMPT, [noise_image(64, 64)])
     with torch.no_grad(), capture(model, "lm.L0.attn_probs") as captured:
         model.forward(batch)
     probs = captured["lm.L0.attn_probs"][0]  # heads x query x key

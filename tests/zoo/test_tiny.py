@@ -8,10 +8,11 @@ from importlib import import_module
 from types import ModuleType
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+from tests.conftest import noise_image
 
 FAMILIES = ["llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "idefics3", "paligemma", "llama"]
 
@@ -39,11 +40,6 @@ def one_thread() -> Iterator[None]:
 
 def family(name: str) -> ModuleType:
     return import_module(f"mmlens.zoo.tiny.{name}")
-
-
-def image(width: int, height: int, seed: int = 0) -> Image.Image:
-    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    return Image.fromarray(pixels)
 
 
 def short_prompt(prompt: str) -> str:
@@ -107,7 +103,7 @@ def test_deterministic_and_tiny(built: tuple[ModuleType, Any, Any]) -> None:
 @pytest.mark.parametrize("size", [(64, 64), (200, 120)])
 def test_forward_and_generate(built: tuple[ModuleType, Any, Any], size: tuple[int, int]) -> None:
     mod, model, processor = built
-    inputs = prepare(mod, processor, [mod.EXAMPLE_PROMPT], [image(*size)])
+    inputs = prepare(mod, processor, [mod.EXAMPLE_PROMPT], [noise_image(size[1], size[0])])
     if mod.IMAGE_SLOT is not None:
         n_image = int((inputs["input_ids"] == processor.image_token_id).sum())
         assert n_image == IMAGE_TOKENS[mod.__name__.rsplit(".", 1)[-1]][size != (64, 64)]
@@ -122,7 +118,7 @@ def test_forward_and_generate(built: tuple[ModuleType, Any, Any], size: tuple[in
 def test_eager_attentions(built: tuple[ModuleType, Any, Any]) -> None:
     mod, _, processor = built
     model, _ = mod.build(seed=0, attn_implementation="eager")
-    inputs = prepare(mod, processor, [mod.EXAMPLE_PROMPT], [image(200, 120)])
+    inputs = prepare(mod, processor, [mod.EXAMPLE_PROMPT], [noise_image(120, 200)])
     with torch.no_grad():
         attentions = model(**inputs, output_attentions=True).attentions
     n_layers = model.config.get_text_config().num_hidden_layers
@@ -136,7 +132,7 @@ def test_eager_attentions(built: tuple[ModuleType, Any, Any]) -> None:
 def test_padded_batch(built: tuple[ModuleType, Any, Any]) -> None:
     mod, model, processor = built
     prompts = [mod.EXAMPLE_PROMPT, short_prompt(mod.EXAMPLE_PROMPT)]
-    images = [image(64, 64), image(200, 120, seed=1)]
+    images = [noise_image(64, 64), noise_image(120, 200, seed=1)]
     batch = prepare(mod, processor, prompts, images)
     mask = batch["attention_mask"]
     assert mask.shape[0] == 2 and not bool(mask.all())  # the shorter row is padded
