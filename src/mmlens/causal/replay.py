@@ -30,6 +30,7 @@ import torch
 
 from mmlens.hooks import Edit, intervene
 from mmlens.model import Batch, Model
+from mmlens.models.decoder import stack_copies
 
 
 @dataclass
@@ -65,9 +66,9 @@ class LayerReplay:
         layers = self.model.decoder_layers
         cache = _PrefixCache(self.keys_values(), offset, copies) if offset else None
         for index in range(start, len(layers)):
-            args = tuple(_stack(value, self.batch_size, copies) for value in self.args[index])
+            args = stack_copies(self.args[index], self.batch_size, copies)
             kwargs = self.kwargs[index] if not offset else self._suffix_kwargs(index, offset, hidden.dtype)
-            kwargs = {key: _stack(value, self.batch_size, copies) for key, value in kwargs.items()}
+            kwargs = stack_copies(kwargs, self.batch_size, copies)
             if cache is not None:
                 kwargs["past_key_values"] = cache
             if self.positional[index]:
@@ -222,18 +223,3 @@ def record_layers(model: Model, batch: Batch, edits: Mapping[str, Edit] | None =
         model.forward(batch, use_cache=False)
     kv = [recorder.seen[i] for i in range(n)] if len(recorder.seen) == n else None
     return LayerReplay(model, inputs, args, kwargs, positional, kv)
-
-
-def _stack(value: Any, batch: int, copies: int) -> Any:
-    """A layer argument for ``copies`` stacked copies of the batch: tensors with a batch axis repeat along it."""
-    if copies == 1:
-        return value
-    if isinstance(value, tuple):
-        return tuple(_stack(v, batch, copies) for v in value)
-    if isinstance(value, list):
-        return [_stack(v, batch, copies) for v in value]
-    if isinstance(value, dict):
-        return {k: _stack(v, batch, copies) for k, v in value.items()}
-    if isinstance(value, torch.Tensor) and value.ndim >= 2 and value.shape[0] == batch:
-        return value.repeat(copies, *([1] * (value.ndim - 1)))
-    return value

@@ -52,7 +52,7 @@ class DecoderCall:
         copies, remainder = divmod(embeds.shape[0], self.batch_size)
         if remainder:
             raise ValueError(f"{embeds.shape[0]} rows is not a multiple of the batch size {self.batch_size}")
-        kwargs = {key: _repeat(key, value, self.batch_size, copies) for key, value in self.kwargs.items()}
+        kwargs = stack_copies(self.kwargs, self.batch_size, copies)
         output = self.model.module(language_model_path(self.model))(inputs_embeds=embeds, **kwargs)
         return output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
 
@@ -115,12 +115,22 @@ def _take(key: str, value: Any, batch: int, index: int) -> Any:
     return value[index : index + 1] if value.shape[0] == batch else value
 
 
-def _repeat(key: str, value: Any, batch: int, copies: int) -> Any:
-    """Repeat a recorded argument for ``copies`` stacked copies of the batch."""
+def stack_copies(value: Any, batch: int, copies: int, key: str = "") -> Any:
+    """A recorded argument for ``copies`` stacked copies of the batch: tensors with a batch axis repeat along it.
+
+    Containers (tuples, lists, dicts) are walked; M-RoPE ``position_ids``
+    (sections, batch, seq) repeat along their second axis.
+
+    Example:
+        >>> stack_copies({"mask": torch.ones(2, 5)}, batch=2, copies=3)["mask"].shape
+        torch.Size([6, 5])
+    """
     if copies == 1:
         return value
+    if isinstance(value, (tuple, list)):
+        return type(value)(stack_copies(v, batch, copies) for v in value)
     if isinstance(value, dict):
-        return {k: _repeat(k, v, batch, copies) for k, v in value.items()}
+        return {k: stack_copies(v, batch, copies, k) for k, v in value.items()}
     if not isinstance(value, torch.Tensor) or value.ndim < 2:
         return value
     if key == "position_ids" and value.ndim == 3:  # M-RoPE: (sections, batch, seq)
