@@ -214,6 +214,16 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def _optimise(opt: torch.optim.Optimizer, params: list, loss: torch.Tensor, lr: float) -> None:
+    """One clipped AdamW step at learning rate ``lr``."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+
+
 def _run_stage(name: str, total: int, start: int, step_fn, save_fn, every: int = 100) -> None:
     """Loop ``step_fn(step) -> (loss, acc)`` with progress and checkpoints."""
     t0, seen, stats = time.time(), 0, []
@@ -259,12 +269,7 @@ def train_stage1(model, cfg: TrainConfig, work: Path) -> None:
                                       for k, lg in enumerate(logits))
         loss = loss + 5 * nn.functional.binary_cross_entropy_with_logits(pair_logits, flags)
         loss = loss + nn.functional.cross_entropy(count_logits.flatten(0, 1), counts.flatten())
-        for group in opt.param_groups:
-            group["lr"] = cfg.stage1_lr * lr_factor(step, cfg.stage1_steps, cfg.warmup)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        _optimise(opt, params, loss, cfg.stage1_lr * lr_factor(step, cfg.stage1_steps, cfg.warmup))
         both = (logits[0].argmax(-1) == labels[:, 0]) & (logits[1].argmax(-1) == labels[:, 1])
         pairs_ok = ((pair_logits > 0) == (flags > 0.5)).all(-1)
         return loss.item(), (both.float().mean().item() + pairs_ok.float().mean().item()) / 2
@@ -307,12 +312,7 @@ def train_stage2(model, processor, cfg: TrainConfig, work: Path, tag: str) -> No
         target = torch.tensor(tok.convert_tokens_to_ids([a for ans in answers for a in ans]))
         logits = model(**batch).logits[rows, cols]
         loss = nn.functional.cross_entropy(logits, target)
-        for group in opt.param_groups:
-            group["lr"] = cfg.stage2_lr * lr_factor(step, cfg.stage2_steps, cfg.warmup)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        _optimise(opt, params, loss, cfg.stage2_lr * lr_factor(step, cfg.stage2_steps, cfg.warmup))
         return loss.item(), (logits.argmax(-1) == target).float().mean().item()
 
     def save_fn(step: int) -> None:
