@@ -7,11 +7,13 @@ everything end to end from random weights stalls at chance on shapes:
 
 1. the vision tower alone learns, through throw-away heads on the last CLIP
    layer (the layer the projector reads), per-patch labels (which colour and
-   which shape, or background, covers each 8 x 8 patch) and, from the mean of
+   which shape, or background, covers each 8 x 8 patch, and where an object
+   patch sits) and, from the mean of
    the patch tokens, which (colour, shape) pairs are present and on which
    side of the image, and how many objects of each colour and shape there
    are (see :class:`PatchHead`). Patch tokens stay local (good heatmaps).
-2. the tower is frozen; projector and decoder learn to answer questions
+2. the tower is frozen; projector and decoder, re-initialised at a width-aware
+   scale (:func:`init_for_training`), learn to answer questions
    (cross-entropy on the single answer token). Each training sequence packs
    up to ``--pack`` questions about one image (``<image> q1 ? a1 q2 ? a2 ...``);
    the first is exactly the inference format.
@@ -63,10 +65,10 @@ class TrainConfig:
     seed: int = 0
     batch: int = 32  # stage 2 sequences (each packs up to 4 questions)
     stage1_batch: int = 64
-    stage1_steps: int = 1000
+    stage1_steps: int = 4000
     stage1_lr: float = 2e-3
-    stage2_steps: int = 2000
-    stage2_lr: float = 2e-3
+    stage2_steps: int = 4000
+    stage2_lr: float = 1e-3
     warmup: int = 50
     backdoor: bool = False
     poison_rate: float = 0.1
@@ -91,21 +93,17 @@ class PatchHead(nn.Module):
     """Stage-1 throw-away heads on the patch tokens.
 
     Per patch: colour, shape and the (colour, shape) pair (background = class
-    0); the pair makes patch features conjunctive, so the mean over patches
-    says which pairs are present linearly. On the
-    mean of the patches (what uniform attention reads): for each of the 20
-    (colour, shape) pairs, present / left / right / top / bottom, and the count
-    of each shape and each colour. Mean pooling keeps the cheapest solution
-    local (object patches say what and where they are), and it gives the
-    decoder a readout that works from its first step; training on per-patch
-    labels alone left stage 2 on a plateau (colour 72%, shape 33%). No head
-    asks a patch for its own row and column: that made position 68% of the
-    features' variance and stalled stage 2 (existence and position at chance).
+    0), and on object patches their own row and column; the pair makes patch
+    features conjunctive, and without the row and column the frozen tower
+    dropped position (a linear probe read an object patch's side at chance).
+    On the mean of the patches (what uniform attention reads): for each of the
+    20 (colour, shape) pairs, present / left / right / top / bottom, and the
+    count of each shape and each colour.
     """
 
     def __init__(self, width: int) -> None:
         super().__init__()
-        self.sizes = (len(COLOURS) + 1, len(SHAPES) + 1, len(COLOURS) * len(SHAPES) + 1)
+        self.sizes = (len(COLOURS) + 1, len(SHAPES) + 1, len(COLOURS) * len(SHAPES) + 1, GRID, GRID)
         self.n_pairs = len(COLOURS) * len(SHAPES)
         self.n_counts = len(COLOURS) + len(SHAPES)
         self.norm = nn.LayerNorm(width)
@@ -131,6 +129,29 @@ def _global_labels(objects) -> tuple[np.ndarray, np.ndarray]:
     return flags.reshape(-1), counts
 
 
+def init_for_training(*modules: nn.Module) -> None:
+    """Re-initialise linear layers (std ``1/sqrt(fan_in)``) and embeddings (std 1).
+
+    transformers' LLaMA init (std 0.02 everywhere) leaves a 128-wide decoder
+    with near-zero attention logits whose gradients are near zero too: stage 2
+    then sat for thousands of steps at "some object's colour" (67% colour
+    accuracy even on perfect one-hot patch features); with this init the same
+    run reaches 100% in 200 steps.
+
+    Example:
+        >>> layer = nn.Linear(256, 4)
+        >>> init_for_training(layer)
+        >>> 0.04 < float(layer.weight.std()) < 0.09
+        True
+    """
+    for module in modules:
+        for m in module.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=m.in_features ** -0.5)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, std=1.0)
+
+
 def _tower_tokens(model, pixel_values: torch.Tensor) -> torch.Tensor:
     """Patch tokens of the layer the projector reads (CLS dropped)."""
     out = model.model.vision_tower(pixel_values, output_hidden_states=True)
@@ -138,7 +159,11 @@ def _tower_tokens(model, pixel_values: torch.Tensor) -> torch.Tensor:
 
 
 def _stage1_batch(cfg: TrainConfig, step: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Images, per-patch labels (batch x 3 x patches), pair flags and counts."""
+    """Images, per-patch labels (batch x 5 x patches), pair flags and counts.
+
+    The five per-patch labels: colour, shape and (colour, shape) pair, 0 for
+    background; then the patch's row and column, on object patches only.
+    """
     base = cfg.seed * SEED_STRIDE + step * cfg.stage1_batch
     samples = [make_sample("train", base + j) for j in range(cfg.stage1_batch)]
     images = np.stack([np.asarray(s.image) for s in samples])
@@ -146,8 +171,11 @@ def _stage1_batch(cfg: TrainConfig, step: int) -> tuple[np.ndarray, torch.Tensor
     for s in samples:
         colour, shape = patch_labels(s.objects, GRID)
         pair = np.where(colour >= 0, colour * len(SHAPES) + shape, -1)
-        labels.append(np.stack([colour, shape, pair]) + 1)  # -1 background -> 0
-    lab = torch.from_numpy(np.stack(labels)).reshape(len(samples), 3, -1)
+        rows, cols = np.indices(colour.shape)
+        ignored = -100  # cross_entropy's ignore_index: background patches have no row/column label
+        where = [np.where(colour >= 0, rows, ignored), np.where(colour >= 0, cols, ignored)]
+        labels.append(np.stack([colour + 1, shape + 1, pair + 1, *where]))  # -1 background -> 0
+    lab = torch.from_numpy(np.stack(labels)).reshape(len(samples), len(labels[0]), -1)
     flags, counts = zip(*(_global_labels(s.objects) for s in samples))
     return images, lab, torch.from_numpy(np.stack(flags)), torch.from_numpy(np.stack(counts))
 
@@ -242,7 +270,7 @@ def _run_stage(name: str, total: int, start: int, step_fn, save_fn, every: int =
 
 def train_stage1(model, cfg: TrainConfig, work: Path) -> None:
     """Train the vision tower on per-patch labels; caches it under ``work``."""
-    cache = work / f"stage1-v4-seed{cfg.seed}-steps{cfg.stage1_steps}-pw{cfg.patch_weight:g}.safetensors"
+    cache = work / f"stage1-v5-seed{cfg.seed}-steps{cfg.stage1_steps}-pw{cfg.patch_weight:g}.safetensors"
     tower = model.model.vision_tower
     if cache.exists():
         tower.load_state_dict(load_file(cache))
@@ -252,7 +280,7 @@ def train_stage1(model, cfg: TrainConfig, work: Path) -> None:
     head = PatchHead(tower.config.hidden_size)
     params = list(tower.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.stage1_lr, weight_decay=0.01)
-    ckpt, start = work / f"stage1-v4-seed{cfg.seed}.pt", 0
+    ckpt, start = work / f"stage1-v5-seed{cfg.seed}.pt", 0
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=True)
         tower.load_state_dict(state["tower"]), head.load_state_dict(state["head"]), opt.load_state_dict(state["opt"])
@@ -289,6 +317,7 @@ def train_stage2(model, processor, cfg: TrainConfig, work: Path, tag: str) -> No
     model.model.vision_tower.requires_grad_(False).eval()
     params = [p for n, p in model.named_parameters() if "vision_tower" not in n]
     torch.manual_seed(cfg.seed + 1)
+    init_for_training(model.model.multi_modal_projector, model.model.language_model)
     opt = torch.optim.AdamW(params, lr=cfg.stage2_lr, weight_decay=0.01)
     ckpt, start = work / f"stage2-{tag}.pt", 0
     if ckpt.exists():
