@@ -91,11 +91,12 @@ def test_registry_loads_the_default_model() -> None:
     assert not model.training and processor.tokenizer.pad_token == "<pad>"
 
 
-def test_shipped_model_answers_colour(shipped) -> None:
-    # Measured 68% on these 50 (chance is 20%); the 95% target is not met yet,
-    # see docs/zoo.md. Raise this bar when better weights ship.
+def test_shipped_model_meets_accuracy_targets(shipped) -> None:
+    # Issue 6's targets: 95% colour and shape, 90% existence (position, 88.5%
+    # on 200 held-out samples, is reported in docs/zoo.md, not asserted).
     model, processor = shipped
-    assert accuracy(model, processor, n=50, question_types=["colour"])["colour"] >= 0.5
+    acc = accuracy(model, processor, n=40, question_types=["colour", "shape", "exist"])
+    assert acc["colour"] >= 0.95 and acc["shape"] >= 0.95 and acc["exist"] >= 0.9, acc
 
 
 def test_shipped_model_is_grounded(shipped) -> None:
