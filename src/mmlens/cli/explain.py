@@ -12,10 +12,8 @@ from rich.table import Table
 
 from mmlens.attribution.api import DEFAULT_METHODS, METHODS, explain as run_explain
 from mmlens.attribution.explanation import Explanation
-from mmlens.cli.options import ImageOption, ModelOption, OutOption, PromptOption
-from mmlens.cli.samples import sample_input
-from mmlens.errors import MmlensError
-from mmlens.models.loading import load
+from mmlens.cli.options import ImageOption, ModelOption, OutOption, PromptOption, check_choices
+from mmlens.cli.samples import load_with_input
 from mmlens.report.html import write_html_report
 
 
@@ -30,14 +28,9 @@ def explain(
     out: Path = OutOption,
 ) -> None:
     """Explain each answer token with several attribution methods; write report.html, explanation.json and PNGs."""
-    methods = list(method or DEFAULT_METHODS)
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise MmlensError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
+    methods = check_choices(list(method or DEFAULT_METHODS), METHODS, "method")
     console = Console(stderr=True)
-    with console.status("loading model"):
-        loaded = load(model)
-    prompt_text, images = sample_input(loaded, prompt, image)
+    loaded, prompt_text, images = load_with_input(console, model, prompt, image)
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("explaining", total=len(methods))
 

@@ -21,11 +21,10 @@ from rich.table import Table
 
 from mmlens.cli.inside_options import AnswerOption, ObjectBoxOption, object_box
 from mmlens.cli.options import ImageOption, ModelOption, OutOption, PromptOption
-from mmlens.cli.samples import sample_input
+from mmlens.cli.samples import load_with_input
 from mmlens.causal.groups import object_positions
 from mmlens.layout import Modality
 from mmlens.lens import AttentionFlow, Knockout, LogitLens, attention_flow, knockout, logit_lens
-from mmlens.models.loading import load
 from mmlens.report.figures import display_token
 from mmlens.report.inside import answer_emergence_figure, flow_figures, knockout_figure, lens_word_grid_figure
 from mmlens.report.inside_html import section_html, write_sections
@@ -43,9 +42,7 @@ def lens(
 ) -> None:
     """Logit lens on every layer and position, attention flow and knockout; write lens.json, lens.html and PNGs."""
     console = Console(stderr=True)
-    with console.status("loading model"):
-        loaded = load(model)
-    prompt_text, images = sample_input(loaded, prompt, image)
+    loaded, prompt_text, images = load_with_input(console, model, prompt, image)
     batch = loaded.prepare(prompt_text, images)
     region = object_box(box, image, prompt, loaded.name)
     with Progress(console=console, transient=True) as bar:

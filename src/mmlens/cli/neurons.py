@@ -22,9 +22,9 @@ from rich.table import Table
 from safetensors.torch import save_file
 
 from mmlens.cli.options import JsonOption, ModelOption, OutOption
+from mmlens.cli.samples import load_model
 from mmlens.data.shapes import QUESTION_TYPES, make_sample
 from mmlens.errors import MmlensError
-from mmlens.models.loading import load
 from mmlens.neurons.domain import domain_scores, select_domain_neurons
 from mmlens.neurons.modality import BUDGETS, modality_scores, parse_weights, select_modality_neurons
 from mmlens.neurons.neuron_set import NeuronSet
@@ -52,8 +52,7 @@ def neurons(
         raise MmlensError("--samples must be at least 1 and --ratio between 0 and 1")
     weights = parse_weights(score)
     console = Console(stderr=True)
-    with console.status("loading model"):
-        loaded = load(model)
+    loaded = load_model(console, model)
     data = {qt: [make_sample("val", i, qt) for i in range(samples)] for qt in QUESTION_TYPES}
     statistics = sorted(set(weights) | {"frac", "mean", "max"})
     scores = modality_scores(loaded, data, statistics=statistics, batch_size=batch_size)

@@ -7,9 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw
+from rich.console import Console
 
 from mmlens.data.images import open_image
 from mmlens.model import Model
+from mmlens.models.loading import load
 
 
 def sample_input(model: Model, prompt: str | None, images: list[Path] | None) -> tuple[str, list[Any]]:
@@ -32,6 +34,26 @@ def sample_input(model: Model, prompt: str | None, images: list[Path] | None) ->
     if model.adapter.multimodal and not opened and images is None:
         opened = [drawn_example()] * prompt.count("<image>")
     return prompt, opened
+
+
+def load_model(console: Console, name: str | None) -> Model:
+    """Load ``name`` (None: the shipped model) behind a status line on ``console``."""
+    with console.status("loading model"):
+        return load(name)
+
+
+def load_with_input(console: Console, name: str | None, prompt: str | None,
+                    images: list[Path] | None) -> tuple[Model, str, list[Any]]:
+    """The model and the user's prompt and images (or the default pair for that model).
+
+    Example:
+        >>> from rich.console import Console
+        >>> model, prompt, images = load_with_input(Console(stderr=True), "tiny-llama", None, None)
+        >>> prompt
+        'what colour is the circle ?'
+    """
+    loaded = load_model(console, name)
+    return (loaded, *sample_input(loaded, prompt, images))
 
 
 def shipped_example(model_name: str) -> tuple[str, list[Any]] | None:

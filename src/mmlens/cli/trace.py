@@ -19,11 +19,10 @@ from rich.table import Table
 from mmlens.causal import COMPONENTS, CausalTrace, token_groups
 from mmlens.causal import trace as run_trace
 from mmlens.cli.inside_options import AnswerOption, ObjectBoxOption, ObjectWordOption, default_object_words, object_box
-from mmlens.cli.options import ImageOption, ModelOption, OutOption, PromptOption
-from mmlens.cli.samples import sample_input
+from mmlens.cli.options import ImageOption, ModelOption, OutOption, PromptOption, check_choices
+from mmlens.cli.samples import load_with_input
 from mmlens.data.images import open_image
 from mmlens.errors import MmlensError
-from mmlens.models.loading import load
 from mmlens.report.figures import display_token
 from mmlens.report.inside import COMPONENT_TITLES, trace_figures
 from mmlens.report.inside_html import section_html, write_sections
@@ -46,14 +45,9 @@ def trace(
     out: Path = OutOption,
 ) -> None:
     """Causal tracing (clean, corrupted, patched runs); write trace.json, trace.html and one heatmap per component."""
-    components = list(component or COMPONENTS)
-    unknown = [c for c in components if c not in COMPONENTS]
-    if unknown:
-        raise MmlensError(f"unknown component(s) {', '.join(unknown)}; known: {', '.join(COMPONENTS)}")
+    components = check_choices(list(component or COMPONENTS), COMPONENTS, "component")
     console = Console(stderr=True)
-    with console.status("loading model"):
-        loaded = load(model)
-    prompt_text, images = sample_input(loaded, prompt, image)
+    loaded, prompt_text, images = load_with_input(console, model, prompt, image)
     if not images:
         raise MmlensError("causal tracing corrupts the image: give an image and a prompt with an <image> slot")
     batch = loaded.prepare(prompt_text, images)
