@@ -67,7 +67,7 @@ class TrainConfig:
     stage1_batch: int = 64
     stage1_steps: int = 4000
     stage1_lr: float = 2e-3
-    stage2_steps: int = 4000
+    stage2_steps: int = 6000
     stage2_lr: float = 1e-3
     warmup: int = 50
     backdoor: bool = False
