@@ -4,7 +4,9 @@
 
 Neurons are scored on the ``val`` split and accuracy (greedy first answer
 token = ground truth) is measured on the held-out ``test`` split, ``--eval-n``
-samples per question type. Figures:
+samples per question type (``--eval-split val`` measures on ``val`` samples
+from index 1000 instead, apart from the scoring samples: choose settings
+there, report them on ``test``). Figures:
 
 - modality (MINER): per modality, the accuracy drop from deactivating its top
   ``--ratio`` of decoder neurons against the mean drop over ``--draws`` random
@@ -46,7 +48,7 @@ from mmlens.neurons import (  # noqa: E402
     select_modality_neurons,
 )
 from mmlens.neurons._batches import chunks, prepare_samples  # noqa: E402
-from mmlens.zoo.evaluate import answer_probs, heldout  # noqa: E402
+from mmlens.zoo.evaluate import answer_probs  # noqa: E402
 
 
 def evaluate(model: mmlens.Model, tests: dict[str, list], context=None) -> dict[str, dict[str, float]]:
@@ -60,6 +62,14 @@ def evaluate(model: mmlens.Model, tests: dict[str, list], context=None) -> dict[
             right = probs.argmax(-1) == answers
             out[qt] = {"acc": float(right.float().mean()), "p": float(probs[torch.arange(len(samples)), answers].mean())}
     return out
+
+
+EVAL_OFFSET = {"test": 0, "val": 1000}  # val's first indices are the scoring samples
+
+
+def eval_samples(n: int, split: str = "test", question_type: str | None = None) -> list:
+    """The first ``n`` evaluation samples of ``split`` (of one question type, or of any)."""
+    return [make_sample(split, EVAL_OFFSET[split] + i, question_type) for i in range(n)]
 
 
 def overall(result: dict[str, dict[str, float]], key: str = "acc") -> float:
@@ -116,19 +126,19 @@ def modality_check(model, data, tests, base, args) -> dict:
     }
 
 
-def domain_sets(kind: str, score_n: int, eval_n: int) -> tuple[dict, dict]:
+def domain_sets(kind: str, score_n: int, eval_n: int, split: str = "test") -> tuple[dict, dict]:
     """Scoring and held-out sets per domain: question types, or image styles (the scene background)."""
     if kind == "question":
         return ({qt: [make_sample("val", i, qt) for i in range(score_n)] for qt in QUESTION_TYPES},
-                {qt: heldout(qt, eval_n) for qt in QUESTION_TYPES})
+                {qt: eval_samples(eval_n, split, qt) for qt in QUESTION_TYPES})
     by_style = lambda pool: {b: [s for s in pool if s.meta["scene"].background == b] for b in BACKGROUNDS}  # noqa: E731
     total = len(QUESTION_TYPES)  # as many samples as the question-type sets hold
     return (by_style([make_sample("val", i) for i in range(score_n * total)]),
-            by_style([make_sample("test", i) for i in range(eval_n * total)]))
+            by_style(eval_samples(eval_n * total, split)))
 
 
 def domain_check(model, args) -> dict:
-    data, tests = domain_sets(args.domains, args.score_n, args.eval_n)
+    data, tests = domain_sets(args.domains, args.score_n, args.eval_n, args.eval_split)
     base = evaluate(model, tests)
     scores = domain_scores(model, data, lm_tokens=args.domain_tokens, batch_size=args.batch_size, progress=False)
     chosen = select_domain_neurons(scores, ratio=args.domain_ratio, quantile=0.95)
@@ -170,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=None, help="zoo name or folder (default: the shipped model)")
     parser.add_argument("--score-n", type=int, default=40, help="val samples per question type to score on")
-    parser.add_argument("--eval-n", type=int, default=200, help="test samples per question type to evaluate on")
+    parser.add_argument("--eval-n", type=int, default=200, help="samples per question type to evaluate on")
+    parser.add_argument("--eval-split", default="test", choices=sorted(EVAL_OFFSET),
+                        help="evaluate on test (report) or on val from index 1000 (choose settings)")
     parser.add_argument("--ratio", type=float, default=0.02)
     parser.add_argument("--budget", default="modality", choices=["global", "layer", "modality"])
     parser.add_argument("--score", default="mean+max", help="statistic weights, e.g. mean+max")
@@ -190,10 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)  # shared cores; the model is tiny
 
     model = mmlens.load(args.model)
-    tests = {qt: heldout(qt, args.eval_n) for qt in QUESTION_TYPES}
+    tests = {qt: eval_samples(args.eval_n, args.eval_split, qt) for qt in QUESTION_TYPES}
     data = {qt: [make_sample("val", i, qt) for i in range(args.score_n)] for qt in QUESTION_TYPES}
     base = evaluate(model, tests)
-    figures: dict = {"model": model.name, "eval_n_per_type": args.eval_n, "score_n_per_type": args.score_n,
+    figures: dict = {"model": model.name, "eval_split": args.eval_split, "eval_n_per_type": args.eval_n, "score_n_per_type": args.score_n,
                      "ratio": args.ratio, "budget": args.budget, "score": args.score, "mode": args.mode,
                      "base_accuracy": round(overall(base), 4),
                      "base_by_type": {qt: round(v["acc"], 4) for qt, v in base.items()}}

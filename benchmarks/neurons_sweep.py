@@ -27,7 +27,7 @@ from rich.progress import track
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit  # noqa: E402
-from neurons import evaluate, overall  # noqa: E402
+from neurons import eval_samples, evaluate, overall  # noqa: E402
 
 import mmlens  # noqa: E402
 from mmlens.data.shapes import QUESTION_TYPES, make_sample  # noqa: E402
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model = mmlens.load(args.model)
     data = {qt: [make_sample("val", i, qt) for i in range(args.score_n)] for qt in QUESTION_TYPES}
-    tests = {qt: [make_sample("val", 1000 + i, qt) for i in range(args.eval_n)] for qt in QUESTION_TYPES}
+    tests = {qt: eval_samples(args.eval_n, "val", qt) for qt in QUESTION_TYPES}
     base = evaluate(model, tests)
     scores = modality_scores(model, data, statistics=("frac", "mean", "max", "attn_frac", "attn_mean"),
                              batch_size=32, progress=False)
