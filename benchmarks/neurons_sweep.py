@@ -72,11 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         if not len(part):
             continue
         drop, drop_p = drops(part, mode)
-        rand, rand_p = random[mode]
+        rand, rand_p = (float(value) for value in random[mode])
         rows.append({"score": score, "budget": budget, "exclusive": exclusive, "mode": mode, "neurons": len(part),
-                     "drop": round(drop, 4), "random_drop": round(float(rand), 4),
+                     "drop": round(drop, 4), "random_drop": round(rand, 4),
                      "ratio": round(drop / rand, 2) if rand > 0 else None,
-                     "drop_p": round(drop_p, 4), "random_drop_p": round(float(rand_p), 4),
+                     "drop_p": round(drop_p, 4), "random_drop_p": round(rand_p, 4),
                      "ratio_p": round(drop_p / rand_p, 2) if rand_p > 0 else None})
     rows.sort(key=lambda r: -r["drop"])
     print(f"{model.name}: base accuracy {overall(base):.3f} on val[1000:{1000 + args.eval_n}] per type; "
