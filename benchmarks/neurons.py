@@ -140,7 +140,8 @@ def domain_sets(kind: str, score_n: int, eval_n: int, split: str = "test") -> tu
 def domain_check(model, args) -> dict:
     data, tests = domain_sets(args.domains, args.score_n, args.eval_n, args.eval_split)
     base = evaluate(model, tests)
-    scores = domain_scores(model, data, lm_tokens=args.domain_tokens, batch_size=args.batch_size, progress=False)
+    scores = domain_scores(model, data, towers=args.domain_towers.split(","), lm_tokens=args.domain_tokens,
+                           batch_size=args.batch_size, progress=False)
     chosen = select_domain_neurons(scores, ratio=args.domain_ratio, quantile=0.95)
     matrix, sizes = {}, {}
     for domain in data:
@@ -151,7 +152,7 @@ def domain_check(model, args) -> dict:
         result = evaluate(model, tests, part.deactivate(model, args.mode))
         matrix[domain] = {d: round(base[d]["acc"] - result[d]["acc"], 4) for d in tests}
     wins = {d: row[d] > float(np.mean([v for e, v in row.items() if e != d])) for d, row in matrix.items()}
-    return {"kind": args.domains, "ratio": args.domain_ratio, "tokens": args.domain_tokens,
+    return {"kind": args.domains, "ratio": args.domain_ratio, "tokens": args.domain_tokens, "towers": args.domain_towers,
             "base_by_domain": {d: round(v["acc"], 4) for d, v in base.items()},
             "eval_n_by_domain": {d: len(v) for d, v in tests.items()}, "neurons": sizes, "drop_matrix": matrix,
             "own_domain_hurt_most": wins, "domains_passing": sum(wins.values()), "domains_with_neurons": len(matrix)}
@@ -192,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", default="zero", choices=["zero", "min"])
     parser.add_argument("--domain-ratio", type=float, default=0.01)
     parser.add_argument("--domain-tokens", default="all", choices=["all", "last"])
+    parser.add_argument("--domain-towers", default="lm,vision,projector",
+                        help="towers to look for domain neurons in (question-type domains differ only in the text)")
     parser.add_argument("--domains", default="question", choices=["question", "style"],
                         help="domains: question types, or image styles (backgrounds)")
     parser.add_argument("--coupled-p", type=float, default=0.01)
