@@ -19,8 +19,9 @@ Example:
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -62,11 +63,57 @@ class DecoderCall:
         return DecoderCall(self.model, self.embeds[index : index + 1], kwargs)
 
     def logits(self, embeds: torch.Tensor, positions: Sequence[int] | torch.Tensor | None = None) -> torch.Tensor:
-        """Logits at ``positions`` (all when None) for each row of ``embeds``: ``(rows, len(positions), vocab)``."""
-        hidden = self.hidden(embeds)
-        if positions is not None:
-            hidden = hidden[:, torch.as_tensor(positions, device=hidden.device)]
+        """Logits at ``positions`` (all when None) for each row of ``embeds``: ``(rows, len(positions), vocab)``.
+
+        With ``positions`` given, the last decoder layer's MLP runs only there
+        (see :func:`last_mlp_only_at`): the logits are the same, the pass is
+        cheaper, and hooks on that MLP see zeros elsewhere.
+        """
+        if positions is None:
+            return self.model.module(self.model.adapter.unembed)(self.hidden(embeds))
+        index = torch.as_tensor(positions, device=embeds.device)
+        with last_mlp_only_at(self.model, index):
+            hidden = self.hidden(embeds)[:, index]
         return self.model.module(self.model.adapter.unembed)(hidden)
+
+
+@contextmanager
+def last_mlp_only_at(model: Model, positions: torch.Tensor) -> Iterator[None]:
+    """Inside the block the last decoder layer's MLP computes only at ``positions`` (zeros elsewhere).
+
+    Exact for the outputs at ``positions``: the last layer's MLP is applied
+    per position and nothing after it mixes positions. It skips about half of
+    the last layer's work; models whose last layer has no ``mlp`` run unchanged.
+
+    Example:
+        >>> import mmlens
+        >>> model = mmlens.load("tiny-llama")
+        >>> with last_mlp_only_at(model, torch.tensor([-1])):
+        ...     logits = model.forward(model.prepare("a red circle")).logits
+    """
+    mlp = getattr(model.decoder_layers[-1], "mlp", None)
+    if mlp is None:
+        yield
+        return
+    seen: dict[str, int] = {}
+
+    def keep_positions(module: torch.nn.Module, args: tuple) -> tuple:
+        seen["length"] = args[0].shape[1]
+        return (args[0][:, positions], *args[1:])
+
+    def spread(module: torch.nn.Module, args: tuple, output: Any) -> Any:
+        if isinstance(output, tuple):  # mixture-of-experts MLPs also return router logits
+            return (spread(module, args, output[0]), *output[1:])
+        full = output.new_zeros(output.shape[0], seen["length"], *output.shape[2:])
+        full[:, positions] = output
+        return full
+
+    handles = [mlp.register_forward_pre_hook(keep_positions), mlp.register_forward_hook(spread)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def language_model_path(model: Model) -> str:
