@@ -143,7 +143,7 @@ def domain_check(model, args) -> dict:
     scores = domain_scores(model, data, towers=args.domain_towers.split(","), lm_tokens=args.domain_tokens,
                            batch_size=args.batch_size, progress=False)
     chosen = select_domain_neurons(scores, ratio=args.domain_ratio, quantile=0.95)
-    matrix, sizes = {}, {}
+    matrix, matrix_p, sizes = {}, {}, {}
     for domain in data:
         part = chosen.where(label=domain)
         sizes[domain] = {tower: len(part.where(tower=tower)) for tower in ("lm", "vision", "projector")}
@@ -151,11 +151,18 @@ def domain_check(model, args) -> dict:
             continue
         result = evaluate(model, tests, part.deactivate(model, args.mode))
         matrix[domain] = {d: round(base[d]["acc"] - result[d]["acc"], 4) for d in tests}
-    wins = {d: row[d] > float(np.mean([v for e, v in row.items() if e != d])) for d, row in matrix.items()}
+        matrix_p[domain] = {d: round(base[d]["p"] - result[d]["p"], 4) for d in tests}
+    wins, wins_p = own_domain_wins(matrix), own_domain_wins(matrix_p)
     return {"kind": args.domains, "ratio": args.domain_ratio, "tokens": args.domain_tokens, "towers": args.domain_towers,
             "base_by_domain": {d: round(v["acc"], 4) for d, v in base.items()},
             "eval_n_by_domain": {d: len(v) for d, v in tests.items()}, "neurons": sizes, "drop_matrix": matrix,
-            "own_domain_hurt_most": wins, "domains_passing": sum(wins.values()), "domains_with_neurons": len(matrix)}
+            "own_domain_hurt_most": wins, "domains_passing": sum(wins.values()), "domains_with_neurons": len(matrix),
+            "drop_matrix_p": matrix_p, "own_domain_hurt_most_p": wins_p, "domains_passing_p": sum(wins_p.values())}
+
+
+def own_domain_wins(matrix: dict[str, dict[str, float]]) -> dict[str, bool]:
+    """Per switched-off domain: is its own drop larger than the mean drop of the other domains?"""
+    return {d: row[d] > float(np.mean([v for e, v in row.items() if e != d])) for d, row in matrix.items()}
 
 
 def coupled_check(model, tests, base, args) -> dict:
@@ -260,12 +267,13 @@ def report_domains(dom: dict) -> None:
     print(f"\ndomain-specific neurons ({dom['kind']} domains, {dom['ratio']:.0%} per tower, {dom['tokens']} tokens), "
           f"neurons per tower: {dom['neurons']}")
     print(f"base accuracy by domain: {dom['base_by_domain']} (held-out samples {dom['eval_n_by_domain']})")
-    print("accuracy drop, rows: domain switched off, columns: domain evaluated")
     names = list(dom["base_by_domain"])
-    print(" " * 10 + "".join(f"{d:>10}" for d in names))
-    for domain, row in dom["drop_matrix"].items():
-        print(f"{domain:<10}" + "".join(f"{row[d]:>10.3f}" for d in names))
-    print(f"own domain hurt most: {dom['domains_passing']} of {dom['domains_with_neurons']}")
+    for what, key, passing in (("accuracy", "drop_matrix", "domains_passing"), ("p(answer)", "drop_matrix_p", "domains_passing_p")):
+        print(f"{what} drop, rows: domain switched off, columns: domain evaluated")
+        print(" " * 10 + "".join(f"{d:>10}" for d in names))
+        for domain, row in dom[key].items():
+            print(f"{domain:<10}" + "".join(f"{row[d]:>10.4f}" for d in names))
+        print(f"own domain hurt most ({what}): {dom[passing]} of {dom['domains_with_neurons']}")
 
 
 if __name__ == "__main__":
