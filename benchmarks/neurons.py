@@ -76,6 +76,11 @@ def overall(result: dict[str, dict[str, float]], key: str = "acc") -> float:
     return float(np.mean([v[key] for v in result.values()]))
 
 
+def drops(base: dict[str, dict[str, float]], result: dict[str, dict[str, float]]) -> tuple[float, float]:
+    """How far mean accuracy and mean p(right answer) fell from ``base`` to ``result``."""
+    return overall(base) - overall(result), overall(base, "p") - overall(result, "p")
+
+
 def modality_check(model, data, tests, base, args) -> dict:
     started = time.perf_counter()
     scores = modality_scores(model, data, statistics=("frac", "mean", "max", "attn_frac", "attn_mean"),
@@ -87,13 +92,13 @@ def modality_check(model, data, tests, base, args) -> dict:
     random_drops = []
     for seed in range(args.draws):
         drawn = evaluate(model, tests, random_neurons(model, k, seed=seed).deactivate(model, args.mode))
-        random_drops.append((overall(base) - overall(drawn), overall(base, "p") - overall(drawn, "p")))
+        random_drops.append(drops(base, drawn))
     rand_acc, rand_p = (float(np.mean(column)) for column in zip(*random_drops))
     per_modality = {}
     for label in chosen.label_names:
         part = chosen.where(label=label)
         result = evaluate(model, tests, part.deactivate(model, args.mode))
-        drop, drop_p = overall(base) - overall(result), overall(base, "p") - overall(result, "p")
+        drop, drop_p = drops(base, result)
         per_modality[label] = {
             "neurons": len(part), "drop": round(drop, 4), "random_drop": round(rand_acc, 4),
             "ratio": round(drop / rand_acc, 2) if rand_acc > 0 else None,

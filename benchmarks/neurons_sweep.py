@@ -27,7 +27,7 @@ from rich.progress import track
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit  # noqa: E402
-from neurons import eval_samples, evaluate, overall  # noqa: E402
+from neurons import drops, eval_samples, evaluate, overall  # noqa: E402
 
 import mmlens  # noqa: E402
 from mmlens.data.shapes import QUESTION_TYPES, make_sample  # noqa: E402
@@ -58,11 +58,10 @@ def main(argv: list[str] | None = None) -> int:
                              batch_size=32, progress=False)
     k = select_modality_neurons(scores, ratio=args.ratio, budget="modality").metadata["k"]
 
-    def drops(neurons, mode: str) -> tuple[float, float]:
-        result = evaluate(model, tests, neurons.deactivate(model, mode))
-        return overall(base) - overall(result), overall(base, "p") - overall(result, "p")
+    def switched_off(neurons, mode: str) -> tuple[float, float]:
+        return drops(base, evaluate(model, tests, neurons.deactivate(model, mode)))
 
-    random = {mode: np.mean([drops(random_neurons(model, k, seed=s), mode) for s in range(args.draws)], axis=0)
+    random = {mode: np.mean([switched_off(random_neurons(model, k, seed=s), mode) for s in range(args.draws)], axis=0)
               for mode in MODES}
     rows = []
     grid = list(itertools.product(SCORES, BUDGETS, (False, True), MODES))
@@ -71,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                                        exclusive=exclusive).where(label=args.label)
         if not len(part):
             continue
-        drop, drop_p = drops(part, mode)
+        drop, drop_p = switched_off(part, mode)
         rand, rand_p = (float(value) for value in random[mode])
         rows.append({"score": score, "budget": budget, "exclusive": exclusive, "mode": mode, "neurons": len(part),
                      "drop": round(drop, 4), "random_drop": round(rand, 4),
