@@ -70,10 +70,11 @@ class DecoderCall:
         cheaper, and hooks on that MLP see zeros elsewhere.
         """
         if positions is None:
-            return self.model.module(self.model.adapter.unembed)(self.hidden(embeds))
-        index = torch.as_tensor(positions, device=embeds.device)
-        with last_mlp_only_at(self.model, index):
-            hidden = self.hidden(embeds)[:, index]
+            hidden = self.hidden(embeds)
+        else:
+            index = torch.as_tensor(positions, device=embeds.device)
+            with last_mlp_only_at(self.model, index):
+                hidden = self.hidden(embeds)[:, index]
         return self.model.module(self.model.adapter.unembed)(hidden)
 
 
