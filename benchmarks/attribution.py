@@ -33,7 +33,7 @@ from _common import emit  # noqa: E402
 import mmlens  # noqa: E402
 from mmlens.attribution.api import METHODS  # noqa: E402
 from mmlens.attribution.gradients import integrated_gradients  # noqa: E402
-from mmlens.attribution.targets import Targets, build_targets  # noqa: E402
+from mmlens.readout import Targets, build_targets  # noqa: E402
 from mmlens.data.shapes import make_sample  # noqa: E402
 from mmlens.hooks import capture  # noqa: E402
 from mmlens.metrics import deletion_insertion_batch, energy_in_box, pointing_game  # noqa: E402

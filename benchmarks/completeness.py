@@ -22,7 +22,7 @@ from _common import emit  # noqa: E402
 
 import mmlens  # noqa: E402
 from mmlens.attribution.gradients import integrated_gradients  # noqa: E402
-from mmlens.attribution.targets import build_targets  # noqa: E402
+from mmlens.readout import build_targets  # noqa: E402
 from mmlens.data.shapes import make_sample  # noqa: E402
 
 

@@ -3,7 +3,8 @@
 import torch
 
 import mmlens
-from mmlens.attribution.occlusion import image_baseline, occlusion, rise
+from mmlens.attribution.occlusion import occlusion, rise
+from mmlens.readout import image_baseline
 
 
 def test_occlusion_equals_hiding_that_token_in_the_full_model(tiny_llava, targets):

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import mmlens
-from mmlens.attribution.logit_lens import unembed
 from mmlens.lens import logit_lens
+from mmlens.readout import unembed
 from tests.conftest import noise_image
 
 PROMPTS = ["<image> what colour is the circle ?", "<image> what shape ?"]

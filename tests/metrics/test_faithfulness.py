@@ -7,20 +7,19 @@ import pytest
 import torch
 
 import mmlens
-from mmlens.attribution.occlusion import image_baseline, occlusion
-from mmlens.attribution.targets import Targets, build_targets
+from mmlens.attribution.occlusion import occlusion
 from mmlens.errors import MmlensError
 from mmlens.metrics import (
     FaithfulnessCurves,
     auc,
     deletion_insertion,
     deletion_insertion_batch,
-    hidden_images,
     removal_counts,
     removal_order,
 )
 from mmlens.metrics import faithfulness
 from mmlens.models.decoder import record_decoder_call
+from mmlens.readout import Targets, build_targets, hidden_images, image_baseline
 from tests.conftest import noise_image
 
 PROMPT = "<image> what colour is the circle ?"

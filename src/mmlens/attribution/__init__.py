@@ -1,7 +1,8 @@
 """Token-level attribution: why did the model answer this?
 
 One method per file, all returning :class:`~mmlens.attribution.base.Attribution`
-scores that :func:`explain` gathers into an :class:`Explanation`.
+scores that :func:`explain` gathers into an :class:`Explanation`. What the
+answer tokens are (:class:`~mmlens.readout.Targets`) lives in :mod:`mmlens.readout`.
 
 Example:
     >>> import mmlens
@@ -12,6 +13,5 @@ Example:
 from mmlens.attribution.api import METHODS, explain, explain_batch
 from mmlens.attribution.base import Attribution
 from mmlens.attribution.explanation import Explanation
-from mmlens.attribution.targets import Targets, build_targets
 
-__all__ = ["METHODS", "Attribution", "Explanation", "Targets", "build_targets", "explain", "explain_batch"]
+__all__ = ["METHODS", "Attribution", "Explanation", "explain", "explain_batch"]

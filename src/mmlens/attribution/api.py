@@ -21,14 +21,14 @@ from mmlens.attribution.attention import attention
 from mmlens.attribution.base import Attribution
 from mmlens.attribution.explanation import Explanation
 from mmlens.attribution.gradients import gradient_x_input, integrated_gradients
-from mmlens.attribution.logit_lens import logit_lens, logit_lens_arc, logit_lens_msea
+from mmlens.attribution.logit_lens_map import logit_lens_arc, logit_lens_map, logit_lens_msea
 from mmlens.attribution.occlusion import occlusion, rise
 from mmlens.attribution.relevancy import relevancy
 from mmlens.attribution.rollout import rollout
-from mmlens.attribution.targets import Targets, build_targets
 from mmlens.errors import MmlensError
 from mmlens.layout import TokenLayout
 from mmlens.model import Model
+from mmlens.readout import Targets, build_targets
 
 METHODS: dict[str, Callable[..., Attribution]] = {
     "attention": attention,
@@ -38,7 +38,7 @@ METHODS: dict[str, Callable[..., Attribution]] = {
     "integrated_gradients": integrated_gradients,
     "occlusion": occlusion,
     "rise": rise,
-    "logit_lens": logit_lens,
+    "logit_lens": logit_lens_map,
     "logit_lens_arc": logit_lens_arc,
     "logit_lens_msea": logit_lens_msea,
 }

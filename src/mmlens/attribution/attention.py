@@ -5,7 +5,7 @@ eager attention, which :func:`mmlens.capture` switches on for the pass.
 
 Example:
     >>> import mmlens
-    >>> from mmlens.attribution.targets import build_targets
+    >>> from mmlens.readout import build_targets
     >>> model = mmlens.load("tiny-llama")
     >>> targets = build_targets(model, model.prepare("a red circle"), answer="red")
     >>> attention(model, targets).scores.shape[:2]
@@ -17,9 +17,9 @@ from __future__ import annotations
 import torch
 
 from mmlens.attribution.base import Attribution, causal_cut
-from mmlens.attribution.targets import Targets
 from mmlens.hooks import capture
 from mmlens.model import Model
+from mmlens.readout import Targets
 
 
 def attention_maps(model: Model, targets: Targets) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """The common shape of every attribution method.
 
-A method takes a model and :class:`~mmlens.attribution.targets.Targets` and
+A method takes a model and :class:`~mmlens.readout.Targets` and
 returns an :class:`Attribution`: one score per (row, target token, position)
 of the teacher-forced sequence, plus method-specific extras.
 """
@@ -12,8 +12,8 @@ from typing import Any, Callable, Protocol
 
 import torch
 
-from mmlens.attribution.targets import Targets
 from mmlens.model import Model
+from mmlens.readout import Targets
 
 
 @dataclass

@@ -12,7 +12,7 @@ error is reported per row and target in ``extras["completeness_error"]``.
 
 Example:
     >>> import mmlens
-    >>> from mmlens.attribution.targets import build_targets
+    >>> from mmlens.readout import build_targets
     >>> model = mmlens.load("tiny-llama")
     >>> targets = build_targets(model, model.prepare("a red circle"), answer="red")
     >>> result = integrated_gradients(model, targets, steps=16)
@@ -26,11 +26,11 @@ import numpy as np
 import torch
 
 from mmlens.attribution.base import Attribution, causal_cut, empty_scores
-from mmlens.attribution.targets import Targets
 from mmlens.errors import MmlensError
 from mmlens.layout import Modality, TokenLayout
 from mmlens.model import Model
 from mmlens.models.decoder import DecoderCall, record_decoder_call
+from mmlens.readout import Targets
 
 BASELINES = ("mean", "zeros", "pad")
 

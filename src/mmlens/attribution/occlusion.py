@@ -1,8 +1,8 @@
 """Occlusion and RISE on image patches, at the decoder's input.
 
 Both replace image-token embeddings with a baseline, the mean image-token
-embedding of that image (a "grey" patch as the decoder sees it), and watch the
-target scores. Every variant of a row runs through a recorded decoder call
+embedding of that image (:func:`mmlens.readout.image_baseline`, a "grey" patch
+as the decoder sees it), and watch the target scores. Every variant of a row runs through a recorded decoder call
 (:mod:`mmlens.models.decoder`) in batches; the vision tower runs once.
 
 - **Occlusion**: hide one window of ``window x window`` tokens of one view at a
@@ -16,7 +16,7 @@ target scores. Every variant of a row runs through a recorded decoder call
 Example:
     >>> import mmlens
     >>> from PIL import Image
-    >>> from mmlens.attribution.targets import build_targets
+    >>> from mmlens.readout import build_targets
     >>> model = mmlens.load("tiny-llava")
     >>> batch = model.prepare("<image> what colour ?", [Image.new("RGB", (64, 64), "red")])
     >>> targets = build_targets(model, batch, answer="red")
@@ -31,10 +31,10 @@ import torch
 import torch.nn.functional as F
 
 from mmlens.attribution.base import Attribution, causal_cut, empty_scores
-from mmlens.attribution.targets import Targets
 from mmlens.layout import TokenLayout
 from mmlens.model import Model
 from mmlens.models.decoder import DecoderCall, record_decoder_call
+from mmlens.readout import Targets, image_baseline
 
 
 def occlusion(model: Model, targets: Targets, window: int = 1, chunk: int = 32) -> Attribution:
@@ -84,15 +84,6 @@ def rise(model: Model, targets: Targets, masks: int = 256, grid: int = 4, keep: 
         image_positions = layout.image_positions(row)
         scores[row][:, image_positions] = saliency[:, image_positions].float()
     return Attribution(causal_cut(scores, targets), {"masks": masks, "grid": grid, "keep": keep})
-
-
-def image_baseline(layout: TokenLayout, row: int, embeds: torch.Tensor) -> torch.Tensor:
-    """Each image token replaced by the mean embedding of its image's tokens; other tokens unchanged."""
-    base = embeds.clone()
-    for image in range(len(layout.images[row])):
-        positions = layout.image_positions(row, image).to(embeds.device)
-        base[0, positions] = embeds[0, positions].mean(0)
-    return base
 
 
 def _target_scores(call: DecoderCall, targets: Targets, row: int, embeds: torch.Tensor) -> torch.Tensor:

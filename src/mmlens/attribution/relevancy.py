@@ -8,7 +8,7 @@ then one backward pass per target token.
 
 Example:
     >>> import mmlens
-    >>> from mmlens.attribution.targets import build_targets
+    >>> from mmlens.readout import build_targets
     >>> model = mmlens.load("tiny-llama")
     >>> targets = build_targets(model, model.prepare("a red circle"), answer="red")
     >>> relevancy(model, targets).scores.shape[-1] == targets.batch.input_ids.shape[1]
@@ -20,9 +20,9 @@ from __future__ import annotations
 import torch
 
 from mmlens.attribution.base import Attribution, causal_cut, empty_scores
-from mmlens.attribution.targets import Targets
 from mmlens.hooks import capture
 from mmlens.model import Model
+from mmlens.readout import Targets
 
 
 def relevancy(model: Model, targets: Targets) -> Attribution:

@@ -6,7 +6,7 @@ position.
 
 Example:
     >>> import mmlens
-    >>> from mmlens.attribution.targets import build_targets
+    >>> from mmlens.readout import build_targets
     >>> model = mmlens.load("tiny-llama")
     >>> targets = build_targets(model, model.prepare("a red circle"), answer="red")
     >>> float(rollout(model, targets).scores.sum())  # rows of a product of stochastic matrices
@@ -19,8 +19,8 @@ import torch
 
 from mmlens.attribution.attention import attention_maps
 from mmlens.attribution.base import Attribution, causal_cut
-from mmlens.attribution.targets import Targets
 from mmlens.model import Model
+from mmlens.readout import Targets
 
 
 def rollout(model: Model, targets: Targets, layers: slice | None = None) -> Attribution:

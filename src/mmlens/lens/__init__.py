@@ -17,14 +17,13 @@ Example:
 """
 
 from mmlens.lens.attention_flow import MODALITIES, AttentionFlow, Knockout, attention_flow, block_attention, knockout
-from mmlens.lens.logit_lens import LogitLens, answer_token_ids, logit_lens
+from mmlens.lens.logit_lens import LogitLens, logit_lens
 
 __all__ = [
     "MODALITIES",
     "AttentionFlow",
     "Knockout",
     "LogitLens",
-    "answer_token_ids",
     "attention_flow",
     "block_attention",
     "knockout",

@@ -32,7 +32,7 @@ import torch
 from mmlens.errors import MmlensError
 from mmlens.hooks import eager_attention, resolve
 from mmlens.layout import Modality
-from mmlens.lens.logit_lens import answer_token_ids
+from mmlens.readout import answer_token_ids
 from mmlens.model import Batch, Model
 from mmlens.models.decoder import record_decoder_call
 

@@ -2,7 +2,7 @@
 
 The residual stream after each decoder block (and the decoder's input, where
 projected image features enter) goes through the family's final norm and the
-unembedding (:func:`mmlens.attribution.logit_lens.unembed`). For every layer
+unembedding (:func:`mmlens.readout.unembed`). For every layer
 and position we keep the top-k tokens with their probabilities and the entropy
 of the distribution; for the answer position, the answer token's rank and
 probability per layer (when does the answer emerge?).
@@ -27,11 +27,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from mmlens.attribution.logit_lens import unembed
-from mmlens.errors import MmlensError
 from mmlens.hooks import capture
 from mmlens.layout import TokenLayout
 from mmlens.model import Batch, Model
+from mmlens.readout import answer_token_ids, unembed
 
 
 @dataclass
@@ -167,31 +166,3 @@ def logit_lens(
         tokens=[tokenizer.convert_ids_to_tokens(row) for row in batch.input_ids.tolist()],
         vocabulary=vocabulary,
     )
-
-
-def answer_token_ids(
-    model: Model, answer: str | Sequence[str] | torch.Tensor | None, logits: torch.Tensor | None, rows: int
-) -> torch.Tensor:
-    """The token id to follow per row: the first token of each answer, or the argmax of ``logits`` ``(rows, vocab)``.
-
-    Example:
-        >>> answer_token_ids(model, "red", None, 2).shape
-        torch.Size([2])
-    """
-    if answer is None:
-        if logits is None:
-            raise MmlensError("no answer given and no logits to take the model's own answer from")
-        return logits.argmax(-1).cpu()
-    if isinstance(answer, torch.Tensor):
-        ids = answer.flatten().cpu().long()
-        return ids.expand(rows).clone() if ids.numel() == 1 else ids
-    texts = [answer] * rows if isinstance(answer, str) else list(answer)
-    if len(texts) != rows:
-        raise MmlensError(f"{len(texts)} answers for {rows} prompts")
-    ids = []
-    for text in texts:
-        encoded = model.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if not encoded:
-            raise MmlensError(f"the answer {text!r} tokenises to nothing")
-        ids.append(encoded[0])
-    return torch.tensor(ids)

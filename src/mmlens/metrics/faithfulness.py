@@ -1,7 +1,7 @@
 """Deletion and insertion curves (Petsiuk et al., 2018): does the attribution order what matters?
 
 Image tokens are ranked by attribution score, most important first, and
-hidden (replaced by a :class:`~mmlens.metrics.perturbation.Baseline`) in
+hidden (replaced by a :class:`~mmlens.readout.Baseline`) in
 ``steps`` equal fractions from 0% to 100%, while the teacher-forced
 probability of the answer token is tracked:
 
@@ -17,7 +17,7 @@ Example:
     >>> import mmlens
     >>> from PIL import Image
     >>> from mmlens.attribution.occlusion import occlusion
-    >>> from mmlens.attribution.targets import build_targets
+    >>> from mmlens.readout import build_targets
     >>> model = mmlens.load("tiny-llava")
     >>> targets = build_targets(model, model.prepare("<image> what colour ?", [Image.new("RGB", (64, 64))]),
     ...                         answer="red")
@@ -34,12 +34,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from mmlens.attribution.targets import Targets
 from mmlens.errors import MmlensError
 from mmlens.layout import TokenLayout
 from mmlens.model import Model
-from mmlens.metrics.perturbation import Baseline, answer_probabilities
 from mmlens.models.decoder import DecoderCall, record_decoder_call
+from mmlens.readout import Baseline, Targets, answer_probabilities
 
 DEFAULT_STEPS = 20
 

@@ -34,10 +34,10 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 import torch
 from safetensors.torch import load_file, save_file
 
-from mmlens.attribution.targets import build_targets
 from mmlens.data.sample import Sample
 from mmlens.errors import MmlensError
 from mmlens.neurons._batches import chunks, prepare_samples, progress_bar
+from mmlens.readout import build_targets
 
 if TYPE_CHECKING:
     from mmlens.model import Model

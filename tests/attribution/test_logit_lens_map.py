@@ -2,11 +2,11 @@
 
 import torch
 
-from mmlens.attribution.logit_lens import logit_lens, logit_lens_arc, rank_biased_overlap
+from mmlens.attribution.logit_lens_map import logit_lens_arc, logit_lens_map, logit_lens_msea, rank_biased_overlap
 
 
 def test_last_layer_lens_at_the_answer_position_is_the_model_logit(tiny_llava, targets):
-    scores = logit_lens(tiny_llava, targets).scores
+    scores = logit_lens_map(tiny_llava, targets).scores
     logits = tiny_llava.forward(targets.batch).logits
     for j in range(2):
         expected = targets.scores(logits[:, targets.positions[j]], j).clamp(min=0)
@@ -14,7 +14,7 @@ def test_last_layer_lens_at_the_answer_position_is_the_model_logit(tiny_llava, t
 
 
 def test_context_removal_only_lowers_maps(tiny_llava, targets):
-    plain = logit_lens(tiny_llava, targets).scores
+    plain = logit_lens_map(tiny_llava, targets).scores
     arc = logit_lens_arc(tiny_llava, targets).scores
     assert (arc <= plain + 1e-6).all() and (arc >= 0).all()
 
@@ -28,9 +28,7 @@ def test_rank_biased_overlap():
 
 
 def test_multi_scale_maps_equal_plain_maps_where_resolution_is_fixed(tiny_llava, targets):
-    from mmlens.attribution.logit_lens import logit_lens_msea
-
-    plain = logit_lens(tiny_llava, targets).scores
+    plain = logit_lens_map(tiny_llava, targets).scores
     multi = logit_lens_msea(tiny_llava, targets, scales=(0.5, 1.0, 2.0)).scores
     image = targets.batch.layout.image_positions(0)
     # LLaVA resizes every input to one size: every scale sees the same pixels, up to resampling
@@ -39,13 +37,12 @@ def test_multi_scale_maps_equal_plain_maps_where_resolution_is_fixed(tiny_llava,
 
 def test_multi_scale_changes_maps_where_resolution_matters():
     import mmlens
-    from mmlens.attribution.logit_lens import logit_lens_msea
-    from mmlens.attribution.targets import build_targets
+    from mmlens.readout import build_targets
     from tests.conftest import noise_image
 
     model = mmlens.load("tiny-qwen2-vl")
     targets = build_targets(model, model.prepare("<image> what colour ?", [noise_image(112, 112)]), answer="red")
-    plain = logit_lens(model, targets).scores
+    plain = logit_lens_map(model, targets).scores
     multi = logit_lens_msea(model, targets, scales=(0.5, 1.0, 2.0)).scores
     image = targets.batch.layout.image_positions(0)
     assert not torch.allclose(plain[0, 0, image], multi[0, 0, image])

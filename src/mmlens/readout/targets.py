@@ -11,6 +11,7 @@ predicted at the same position in every row: ``positions[j]``.
 
 Example:
     >>> import mmlens
+    >>> from mmlens.readout import build_targets
     >>> model = mmlens.load("tiny-llama")
     >>> targets = build_targets(model, model.prepare("a red circle"), answer="is red")
     >>> targets.texts

@@ -1,4 +1,8 @@
-"""Logit-lens maps: unembed the hidden states at every position and read the answer's score.
+"""Logit-lens maps (attribution methods ``logit_lens``, ``logit_lens_arc``, ``logit_lens_msea``).
+
+Unembed the hidden states at every position and read the answer's score: one
+map per answer token. (The layer-by-layer "look inside" grid of top tokens is
+:func:`mmlens.lens.logit_lens`.)
 
 For a target token ``c``: ``map = ReLU(unembed(final_norm(h_L))[c])`` at each
 position, with ``h_L`` the residual stream after layer ``layer`` (the last by
@@ -16,10 +20,10 @@ docs/methods.md.
 
 Example:
     >>> import mmlens
-    >>> from mmlens.attribution.targets import build_targets
+    >>> from mmlens.readout import build_targets
     >>> model = mmlens.load("tiny-llama")
     >>> targets = build_targets(model, model.prepare("a red circle"), answer="red")
-    >>> bool((logit_lens(model, targets).scores >= 0).all())
+    >>> bool((logit_lens_map(model, targets).scores >= 0).all())
     True
 """
 
@@ -30,22 +34,21 @@ import torch
 from PIL import Image
 
 from mmlens.attribution.base import Attribution, causal_cut, empty_scores
-from mmlens.attribution.targets import Targets, same_targets
 from mmlens.hooks import capture
 from mmlens.layout import Modality
 from mmlens.model import Model
+from mmlens.readout import Targets, same_targets, unembed
 
 
-def unembed(model: Model, hidden: torch.Tensor) -> torch.Tensor:
-    """Final norm then unembedding of residual-stream vectors: ``(..., hidden) -> (..., vocab)``."""
-    norm = model.module(model.adapter.final_norm)
-    return model.module(model.adapter.unembed)(norm(hidden))
-
-
-def logit_lens(
+def logit_lens_map(
     model: Model, targets: Targets, layer: int = -1, remove_context: bool = False, top_k: int = 50
 ) -> Attribution:
-    """ReLU of the answer's logit-lens score at every position (optionally with ARC context removal)."""
+    """ReLU of the answer's logit-lens score at every position (optionally with ARC context removal).
+
+    Example:
+        >>> logit_lens_map(model, targets, layer=0).extras
+        {'layer': 0, 'remove_context': False}
+    """
     index = layer % model.n_layers
     with torch.no_grad(), capture(model, f"lm.L{index}.resid") as captured:
         model.forward(targets.batch, use_cache=False)
@@ -60,8 +63,13 @@ def logit_lens(
 
 
 def logit_lens_arc(model: Model, targets: Targets, layer: int = -1, top_k: int = 50) -> Attribution:
-    """:func:`logit_lens` with activation-ranking-correlation context removal."""
-    return logit_lens(model, targets, layer=layer, remove_context=True, top_k=top_k)
+    """:func:`logit_lens_map` with activation-ranking-correlation context removal.
+
+    Example:
+        >>> bool((logit_lens_arc(model, targets).scores >= 0).all())
+        True
+    """
+    return logit_lens_map(model, targets, layer=layer, remove_context=True, top_k=top_k)
 
 
 def logit_lens_msea(
@@ -76,7 +84,7 @@ def logit_lens_msea(
     that resize every image to one size (LLaVA-1.5, PaliGemma) see the same
     input at every scale, so the result equals the plain map there.
     """
-    base = logit_lens(model, targets, layer=layer)
+    base = logit_lens_map(model, targets, layer=layer)
     layout = targets.batch.layout
     if not any(targets.batch.images):
         return base
@@ -85,7 +93,7 @@ def logit_lens_msea(
     for scale in scales:
         resized = [[_resize(image, scale) for image in row] for row in targets.batch.images]
         rescaled = same_targets(model, model.prepare(targets.batch.prompts, resized), targets)
-        scaled = logit_lens(model, rescaled, layer=layer)
+        scaled = logit_lens_map(model, rescaled, layer=layer)
         for j in range(targets.count):
             for row, maps in enumerate(rescaled.batch.layout.to_heatmaps(scaled.scores[:, j])):
                 for i, heat in enumerate(maps):

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from mmlens.attribution.targets import build_targets
 from mmlens.errors import MmlensError
+from mmlens.readout import build_targets
 
 
 def test_given_answers_are_teacher_forced(tiny_llava, pair, targets):
