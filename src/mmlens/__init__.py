@@ -10,6 +10,7 @@ Example:
 """
 
 from mmlens.attribution import Explanation, explain, explain_batch
+from mmlens.box import Box
 from mmlens.causal import CausalTrace, patch, trace
 from mmlens.errors import MmlensError
 from mmlens.hooks import Captured, capture, intervene
@@ -20,6 +21,7 @@ from mmlens.neurons import NeuronSet
 
 __all__ = [
     "Batch",
+    "Box",
     "Captured",
     "CausalTrace",
     "Explanation",

@@ -5,7 +5,8 @@ import json
 import typer
 from typer.testing import CliRunner
 
-from mmlens.cli.inside_options import default_object_words, parse_box
+from mmlens.box import Box
+from mmlens.cli.inside_options import parse_box
 from mmlens.cli.lens import lens
 from mmlens.cli.trace import trace
 
@@ -36,6 +37,5 @@ def test_trace_command_writes_one_heatmap_per_component(tmp_path):
     assert "causal tracing" in (tmp_path / "trace.html").read_text()
 
 
-def test_object_options():
-    assert parse_box("1, 2, 3, 4") == (1.0, 2.0, 3.0, 4.0)
-    assert default_object_words("<image> is there a red circle ?") == ["red", "circle"]
+def test_object_box_option_is_a_box():
+    assert parse_box("1, 2, 3, 4") == Box(x0=1.0, y0=2.0, x1=3.0, y1=4.0)

@@ -39,8 +39,9 @@ def test_top_samples_and_patches_match_a_direct_search(tiny_llava, samples, top)
     np.testing.assert_allclose(top.values.numpy(), [item[0] for item in best[:3]], rtol=1e-5)
     heat = top.heatmaps[0]
     assert heat.shape == (64, 64) and np.isclose(np.nanmax(heat), top.values[0], rtol=1e-5)
-    top_, left, bottom, right = top.boxes[0]
-    assert np.isclose(heat[int(top_) + 1, int(left) + 1], top.values[0], rtol=1e-5)  # the box holds the peak
+    x0, y0, x1, y1 = top.boxes[0]
+    assert x1 > x0 and y1 > y0
+    assert np.isclose(heat[int(y0) + 1, int(x0) + 1], top.values[0], rtol=1e-5)  # the box holds the peak
     with pytest.raises(mmlens.MmlensError):
         top_activations(tiny_llava, samples, "vision.L0.neurons", 0, progress=False)
 

@@ -3,7 +3,7 @@
 Groups are ``(batch, seq)`` boolean masks, disjoint except for the control:
 
 - ``object image``: image tokens whose patch overlaps the object (its pixel
-  mask or box, in original image pixels);
+  mask or :class:`~mmlens.box.Box`, in original image pixels);
 - ``other image``: every other image token;
 - ``control image``: a seeded random subset of ``other image`` of the same
   size as ``object image``, the same-count control;
@@ -31,13 +31,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from mmlens.box import Box
 from mmlens.layout import Modality, TokenLayout
 from mmlens.model import Batch, Model
 
 GROUPS: tuple[str, ...] = ("object image", "other image", "control image", "question", "object words", "last")
 
-#: An object given as a pixel mask ``(H, W)`` or a box ``(x0, y0, x1, y1)`` (x1, y1 exclusive), or None.
-ObjectRegion = np.ndarray | tuple[float, float, float, float] | None
+#: An object given as a pixel mask ``(H, W)``, a :class:`~mmlens.box.Box` ``(x0, y0, x1, y1)``, or None.
+ObjectRegion = np.ndarray | Box | None  # a plain (x0, y0, x1, y1) tuple works too
 
 
 def object_positions(layout: TokenLayout, row: int, region: ObjectRegion, image: int = 0) -> list[int]:
@@ -53,9 +54,7 @@ def object_positions(layout: TokenLayout, row: int, region: ObjectRegion, image:
     if isinstance(region, np.ndarray):
         mask = region.astype(bool)
     else:
-        x0, y0, x1, y1 = region
-        mask = np.zeros((height, width), dtype=bool)
-        mask[max(0, int(np.floor(y0))):int(np.ceil(y1)), max(0, int(np.floor(x0))):int(np.ceil(x1))] = True
+        mask = Box.of(region).mask((height, width))  # the pixels whose centres lie in the box
     hits = []
     for position, (owner, (top, left, bottom, right)) in layout.token_boxes(row).items():
         if owner != image:

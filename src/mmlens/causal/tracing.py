@@ -39,11 +39,12 @@ import torch
 
 from mmlens.causal.groups import token_groups
 from mmlens.causal.replay import LayerReplay, record_layers
+from mmlens.data.shapes_questions import object_region, object_words
 from mmlens.errors import MmlensError
 from mmlens.hooks import Edit, capture, intervene
 from mmlens.layout import Modality
-from mmlens.lens.logit_lens import answer_token_ids
 from mmlens.model import Batch, Model
+from mmlens.readout import answer_token_ids, token_probabilities
 
 COMPONENTS: tuple[str, ...] = ("resid", "attn", "mlp")
 Condition = tuple[str, int, int]  # (component, layer, group index)
@@ -150,7 +151,8 @@ def trace(
 
     ``groups`` maps names to ``(batch, seq)`` bool masks (see
     :func:`~mmlens.causal.groups.token_groups`); for shapes-world samples they
-    come from the sample's target object and question words. ``answer`` is
+    come from the sample's target object and question words
+    (:mod:`mmlens.data.shapes_questions`). ``answer`` is
     followed at the last position (default: the clean run's top token).
     ``batched=False`` runs one whole forward per condition, the slow reference.
     ``progress(done, total)`` is called after each chunk.
@@ -179,13 +181,13 @@ def trace(
         masks = torch.stack([groups[name].bool() for name in names])  # (groups, batch, seq)
         if batched:
             replay = record_layers(model, corrupted, edits)
-            p_corrupt = _probabilities(replay.logits(n, replay.inputs[n])[:, 0], answer_ids)
+            p_corrupt = token_probabilities(replay.logits(n, replay.inputs[n])[:, 0], answer_ids)
             p = _run_batched(model, replay, clean, masks, conditions, answer_ids, p_corrupt, window, chunk, progress)
         else:
             with intervene(model, edits):
-                p_corrupt = _probabilities(model.forward(corrupted, use_cache=False).logits[:, -1], answer_ids)
+                p_corrupt = token_probabilities(model.forward(corrupted, use_cache=False).logits[:, -1], answer_ids)
             p = _run_single(model, corrupted, edits, clean, masks, conditions, answer_ids, window, progress)
-    p_clean = _probabilities(clean_logits, answer_ids)
+    p_clean = token_probabilities(clean_logits, answer_ids)
     rows = batch.input_ids.shape[0]
     p_patched = {c: torch.empty(rows, n, len(names)) for c in components}
     for (component, layer, g), values in zip(conditions, p):
@@ -209,21 +211,10 @@ def _batch_and_groups(model: Model, inputs: Any, groups: dict[str, torch.Tensor]
     samples = [inputs] if not isinstance(inputs, (list, tuple)) else list(inputs)
     batch = model.prepare([s.prompt for s in samples], [[s.image] for s in samples])
     if groups is None:
-        regions, words = [], []
-        for s in samples:
-            targets = getattr(s, "target_objects", [])
-            regions.append(_union_mask([s.objects[i].mask for i in targets]) if targets else None)
-            question = s.meta.get("question")
-            words.append([w for w in (getattr(question, "colour", None), getattr(question, "shape", None)) if w])
+        regions = [object_region(s) for s in samples]
+        words = [object_words(s) for s in samples]
         groups = token_groups(model, batch, regions, words, seed=seed)
     return batch, groups
-
-
-def _union_mask(masks: list) -> Any:
-    out = masks[0].copy()
-    for mask in masks[1:]:
-        out |= mask
-    return out
 
 
 def noisy_pixels(batch: Batch, noise: float = 3.0, seed: int = 0) -> tuple[Batch, float]:
@@ -273,13 +264,6 @@ def _corrupted(batch: Batch, embeds: torch.Tensor, corrupt: str | Batch, noise: 
 
         return batch, {"kind": "noise", "on": "embeddings", "noise": noise, "std": scale, "seed": seed}, add_noise
     raise MmlensError(f"unknown corruption {corrupt!r}: use 'noise', 'embeddings' or a counterfactual batch")
-
-
-def _probabilities(logits: torch.Tensor, answer_ids: torch.Tensor) -> torch.Tensor:
-    """P(answer) per row; rows may be stacked copies of the batch."""
-    copies = logits.shape[0] // answer_ids.shape[0]
-    ids = answer_ids.repeat(copies).to(logits.device)
-    return torch.softmax(logits.float(), -1).gather(-1, ids[:, None])[:, 0].cpu()
 
 
 def _layers(layer: int, window: int, n: int) -> range:
@@ -352,7 +336,7 @@ def _run_batched(model: Model, replay: LayerReplay, clean: dict[str, torch.Tenso
                 replay.keys_values()  # recorded once, before any edit is in place
             with intervene(model, _restore_edits(clean, masks, chosen, window, n, offset)):
                 logits = replay.logits(start, hidden, offset=offset)[:, 0]
-            for i, values in zip(part, _probabilities(logits, answer_ids).view(len(part), rows)):
+            for i, values in zip(part, token_probabilities(logits, answer_ids).view(len(part), rows)):
                 out[i] = values
             done += len(part)
             if progress is not None:
@@ -378,7 +362,7 @@ def _run_single(model: Model, corrupted: Batch, edits: dict[str, Edit], clean: d
     out = []
     for index, condition in enumerate(conditions):
         with intervene(model, {**edits, **_restore_edits(clean, masks, [condition], window, model.n_layers)}):
-            out.append(_probabilities(model.forward(corrupted, use_cache=False).logits[:, -1], answer_ids))
+            out.append(token_probabilities(model.forward(corrupted, use_cache=False).logits[:, -1], answer_ids))
         if progress is not None:
             progress(index + 1, len(conditions))
     return out

@@ -2,46 +2,46 @@
 
 Example:
     >>> parse_box("10,20,51,61")
-    (10.0, 20.0, 51.0, 61.0)
-    >>> default_object_words("<image> what colour is the circle ?")
-    ['circle']
+    Box(x0=10.0, y0=20.0, x1=51.0, y1=61.0)
 """
 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import typer
 
+from mmlens.box import Box
 from mmlens.causal.groups import ObjectRegion
 from mmlens.cli.samples import shipped_example
-from mmlens.data.shapes import COLOURS, SHAPES, make_sample
+from mmlens.data.shapes_questions import object_region, sample_from_source
 from mmlens.errors import MmlensError
 
 ObjectBoxOption = typer.Option(
-    None, "--object-box", help="The asked-about object in the first image as x0,y0,x1,y1 pixels "
-    "(default: the object of the shipped example; none for your own images).")
+    None, "--object-box", help="The asked-about object in the first image as X0,Y0,X1,Y1 pixels "
+    "(left, top, right, bottom; right and bottom exclusive. Default: the object of the shipped example; "
+    "none for your own images).")
 ObjectWordOption = typer.Option(
     None, "--object-word", help="A prompt word naming the object; repeatable (default: colour and shape words).")
 AnswerOption = typer.Option(None, "--answer",
                             help="Follow this answer's first token (default: the model's own answer).")
 
 #: The circle of :func:`mmlens.cli.samples.drawn_example` (PIL's ellipse box is inclusive: +1 on the far edges).
-DRAWN_CIRCLE_BOX = (10.0, 20.0, 51.0, 61.0)
+DRAWN_CIRCLE_BOX = Box(10.0, 20.0, 51.0, 61.0)
 
 
-def parse_box(text: str) -> tuple[float, float, float, float]:
-    """``"x0,y0,x1,y1"`` to four floats, with a one-line error for anything else."""
-    parts = [p.strip() for p in text.split(",")]
+def parse_box(text: str) -> Box:
+    """``--object-box`` text ``"x0,y0,x1,y1"`` to a :class:`~mmlens.box.Box`, with a one-line error otherwise.
+
+    Example:
+        >>> parse_box("1, 2, 3, 4").to_json()
+        [1.0, 2.0, 3.0, 4.0]
+    """
     try:
-        x0, y0, x1, y1 = (float(p) for p in parts)
-    except ValueError:
-        raise MmlensError(f"--object-box wants x0,y0,x1,y1 in pixels, got {text!r}") from None
-    if x1 <= x0 or y1 <= y0:
-        raise MmlensError(f"--object-box {text!r} is empty: x1 must exceed x0 and y1 exceed y0")
-    return x0, y0, x1, y1
+        return Box.parse(text)
+    except MmlensError as error:
+        raise MmlensError(f"--object-box: {error}") from None
 
 
 def object_box(box: str | None, images: list[Path] | None, prompt: str | None = None,
@@ -67,16 +67,7 @@ def _shipped_object(model_name: str) -> ObjectRegion:
 
     entry = json.loads((resources.files("mmlens.zoo") / "examples" / f"{model_name}.json").read_text())
     if "box" in entry:
-        return tuple(float(v) for v in entry["box"])  # type: ignore[return-value]
+        return Box.from_json(entry["box"])
     # Examples drawn from the shapes world name their source: regenerate it for the ground-truth mask.
-    match = re.search(r"make_sample\('(\w+)', (\d+), '(\w+)'\)", entry.get("source", ""))
-    if match is None:
-        return None
-    sample = make_sample(match.group(1), int(match.group(2)), match.group(3))
-    return sample.objects[sample.target_objects[0]].mask if sample.target_objects else None
-
-
-def default_object_words(prompt: str) -> list[str]:
-    """The prompt's colour and shape words (the shapes world's vocabulary), in order."""
-    known = set(COLOURS) | set(SHAPES)
-    return [w for w in prompt.lower().replace("?", " ").split() if w in known]
+    sample = sample_from_source(entry.get("source", ""))
+    return object_region(sample) if sample is not None else None

@@ -18,10 +18,11 @@ from rich.table import Table
 
 from mmlens.causal import COMPONENTS, CausalTrace, token_groups
 from mmlens.causal import trace as run_trace
-from mmlens.cli.inside_options import AnswerOption, ObjectBoxOption, ObjectWordOption, default_object_words, object_box
+from mmlens.cli.inside_options import AnswerOption, ObjectBoxOption, ObjectWordOption, object_box
 from mmlens.cli.options import ImageOption, ModelOption, OutOption, PromptOption, check_choices
 from mmlens.cli.samples import load_with_input
 from mmlens.data.images import open_image
+from mmlens.data.shapes_questions import prompt_object_words
 from mmlens.errors import MmlensError
 from mmlens.report.figures import display_token
 from mmlens.report.inside import COMPONENT_TITLES, trace_figures
@@ -51,7 +52,7 @@ def trace(
     if not images:
         raise MmlensError("causal tracing corrupts the image: give an image and a prompt with an <image> slot")
     batch = loaded.prepare(prompt_text, images)
-    words = list(object_word) if object_word else default_object_words(prompt_text)
+    words = list(object_word) if object_word else prompt_object_words(prompt_text)
     groups = token_groups(loaded, batch, [object_box(box, image, prompt, loaded.name)], [words], seed=seed)
     corruption = corrupt
     if counterfactual is not None:

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-IMAGE_SLOT = "<image>"
+from mmlens.box import Box
 
-Box = tuple[int, int, int, int]
+IMAGE_SLOT = "<image>"
 
 
 @dataclass
@@ -52,12 +52,13 @@ class Sample:
 class ShapeObject:
     """One object of a shapes-world scene with its ground truth.
 
-    ``box`` is ``(x0, y0, x1, y1)`` in pixels, ``x1``/``y1`` exclusive, the tight
-    box of ``mask`` (a boolean ``H x W`` array, True where the object's pixels are).
+    ``box`` is a :class:`~mmlens.box.Box` ``(x0, y0, x1, y1)`` in whole pixels,
+    ``x1``/``y1`` exclusive, the tight box of ``mask`` (a boolean ``H x W``
+    array, True where the object's pixels are).
 
     Example:
         >>> m = np.zeros((4, 4), bool); m[1:3, 0:2] = True
-        >>> ShapeObject("red", "square", "small", (0, 1, 2, 3), m).area
+        >>> ShapeObject("red", "square", "small", Box(0, 1, 2, 3), m).area
         4
     """
 
@@ -75,8 +76,7 @@ class ShapeObject:
     @property
     def centre(self) -> tuple[float, float]:
         """Centre ``(x, y)`` of the box, in pixels."""
-        x0, y0, x1, y1 = self.box
-        return ((x0 + x1) / 2.0, (y0 + y1) / 2.0)
+        return Box.of(self.box).centre
 
 
 @dataclass

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from mmlens.box import Box
 from mmlens.data.sample import IMAGE_SLOT, ShapeObject, ShapesSample
 
 IMAGE_SIZE = 64
@@ -187,7 +188,7 @@ def render(scene: Scene) -> tuple[Image.Image, list[ShapeObject]]:
         mask[o.y:o.y + local.shape[0], o.x:o.x + local.shape[1]] = local
         img[mask] = o.rgb
         ys, xs = np.nonzero(mask)
-        box = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+        box = Box(int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
         objects.append(ShapeObject(o.colour, o.shape, o.size, box, mask))
     pixels = np.clip(np.rint(img), 0, 255).astype(np.uint8)
     return Image.fromarray(pixels, "RGB"), objects

@@ -2,8 +2,10 @@
 
 - :mod:`~mmlens.metrics.faithfulness`: deletion and insertion curves and AUCs;
 - :mod:`~mmlens.metrics.localisation`: pointing game and energy in box;
-- :mod:`~mmlens.metrics.agreement`: rank agreement between methods;
-- :mod:`~mmlens.metrics.perturbation`: hiding image tokens (the baselines).
+- :mod:`~mmlens.metrics.agreement`: rank agreement between methods.
+
+Hiding image tokens (the baselines) and the answer probability that remains
+are shared readouts: :mod:`mmlens.readout`.
 
 Example:
     >>> import numpy as np
@@ -22,24 +24,19 @@ from mmlens.metrics.faithfulness import (
     removal_counts,
     removal_order,
 )
-from mmlens.metrics.localisation import POINTING_TOLERANCE, Box, energy_in_box, pointing_game, region_mask
-from mmlens.metrics.perturbation import Baseline, answer_probabilities, hidden_images
+from mmlens.metrics.localisation import POINTING_TOLERANCE, energy_in_box, pointing_game, region_mask
 
 __all__ = [
     "DEFAULT_STEPS",
     "POINTING_TOLERANCE",
-    "Baseline",
-    "Box",
     "FaithfulnessCurves",
     "PositionSet",
     "agreement_matrix",
-    "answer_probabilities",
     "auc",
     "compared_positions",
     "deletion_insertion",
     "deletion_insertion_batch",
     "energy_in_box",
-    "hidden_images",
     "pointing_game",
     "rank_agreement",
     "region_mask",

@@ -5,12 +5,12 @@ Conventions (all functions here):
 - ``heatmap`` is ``(height, width)`` in original image pixels, as
   :meth:`Explanation.heatmaps` returns; NaN pixels (no view covers them) are
   ignored.
-- ``boxes`` are ground-truth regions as ``(x0, y0, x1, y1)`` pixel
-  coordinates: ``x`` counts columns from the left edge, ``y`` rows from the
-  top edge, and ``x1``, ``y1`` are exclusive, as in slicing
-  ``heatmap[y0:y1, x0:x1]`` (note: :class:`~mmlens.layout.View` boxes are
-  ``(top, left, bottom, right)``; these are not). Floats are allowed: a pixel
-  belongs to a box when its centre ``(x + 0.5, y + 0.5)`` lies inside it.
+- ``boxes`` are ground-truth regions as :class:`~mmlens.box.Box` (or any
+  four numbers in its order), ``(x0, y0, x1, y1)`` pixel coordinates: ``x``
+  counts columns from the left edge, ``y`` rows from the top edge, and ``x1``,
+  ``y1`` are exclusive, as in slicing ``heatmap[y0:y1, x0:x1]``. Floats are
+  allowed: a pixel belongs to a box when its centre ``(x + 0.5, y + 0.5)``
+  lies inside it.
 - Instead of boxes, ``mask=`` takes a boolean ``(height, width)`` region.
 
 Example:
@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 from scipy.ndimage import maximum_filter
 
-Box = tuple[float, float, float, float]  # (x0, y0, x1, y1), pixels, x1/y1 exclusive
+from mmlens.box import Box
 
 POINTING_TOLERANCE = 15  # pixels, as in Zhang et al. (2016)
 
@@ -113,14 +113,12 @@ def region_mask(
         if not tolerance:
             return region.copy()
         return maximum_filter(region, size=2 * tolerance + 1, mode="constant", cval=False)
-    height, width = shape
-    ys, xs = np.arange(height)[:, None] + 0.5, np.arange(width)[None, :] + 0.5
     region = np.zeros(shape, dtype=bool)
     for box in boxes:
-        x0, y0, x1, y1 = (float(v) for v in box)
-        if x1 < x0 or y1 < y0:
+        corners = Box(*(float(v) for v in box))
+        if corners.x1 < corners.x0 or corners.y1 < corners.y0:
             raise ValueError(f"box {tuple(box)} is not (x0, y0, x1, y1) with x0 <= x1 and y0 <= y1")
-        region |= (xs >= x0 - tolerance) & (xs < x1 + tolerance) & (ys >= y0 - tolerance) & (ys < y1 + tolerance)
+        region |= corners.mask(tuple(shape), grow=tolerance)
     return region
 
 

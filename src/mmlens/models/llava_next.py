@@ -43,7 +43,7 @@ from mmlens.layout import ImageInfo, TokenLayout, View
 from mmlens.models.adapter import Adapter, grid_tokens, layout_from_images, runs, tokenizer_of
 from mmlens.models.llava import LLAVA_STYLE_PATHS, _size_pair, processed_box
 
-Box = tuple[float, float, float, float]
+_LayoutBox = tuple[float, float, float, float]  # (top, left, bottom, right), the layout's View.box order
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def _per_tile_steps(image_processor: Any) -> SimpleNamespace:
     )
 
 
-def base_box(image_size: tuple[int, int], image_processor: Any) -> Box:
+def base_box(image_size: tuple[int, int], image_processor: Any) -> _LayoutBox:
     """Region of the original image the base tile covers: the image squashed to the tile size, then cropped.
 
     Example:
@@ -194,7 +194,7 @@ def hires_view(
     return View(rows=rows, cols=cols, box=box, kind="tile")
 
 
-def square_padded_box(size: tuple[int, int]) -> Box:
+def square_padded_box(size: tuple[int, int]) -> _LayoutBox:
     """Region an untiled OneVision image covers after ``pad_to_square`` (it reaches past the image).
 
     Example:

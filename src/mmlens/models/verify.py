@@ -27,11 +27,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mmlens.box import Box
 from mmlens.hooks import capture, intervene
 from mmlens.layout import TokenLayout
 from mmlens.model import Model
 
-Box = tuple[float, float, float, float]
+_LayoutBox = tuple[float, float, float, float]  # (top, left, bottom, right), the layout's View.box order
 
 #: Resampling kernels (Lanczos, bicubic) reach several pixels with small
 #: lobes, further still through chained resizes (Idefics3 resizes twice before
@@ -44,7 +45,7 @@ LEAK = 0.02
 class RegionCheck:
     """One perturbed region: the tokens that changed against those the layout predicts."""
 
-    region: Box
+    region: Box  # the perturbed pixels, (x0, y0, x1, y1)
     changed: list[int]
     required: list[int]  # tokens whose boxes overlap the region's core: must change
     allowed: list[int]  # tokens whose boxes touch the region's halo: may change
@@ -112,7 +113,7 @@ def _embeddings(model: Model, image: Image.Image, prompt: str) -> torch.Tensor:
 
 
 def _check(
-    layout: TokenLayout, before: torch.Tensor, after: torch.Tensor, region: Box, margin: float,
+    layout: TokenLayout, before: torch.Tensor, after: torch.Tensor, region: _LayoutBox, margin: float,
     halos: dict[tuple[int, int], tuple[float, float]],
 ) -> RegionCheck:
     scale = before.abs().amax().clamp_min(1e-6)
@@ -128,10 +129,10 @@ def _check(
         dy, dx = halos[(image, int(layout.view[0, p]))]
         if _overlap(box, (top - dy, left - dx, bottom + dy, right + dx)):
             allowed.append(p)
-    return RegionCheck(region=region, changed=changed, required=required, allowed=allowed, faint=faint)
+    return RegionCheck(region=Box.from_layout(region), changed=changed, required=required, allowed=allowed, faint=faint)
 
 
-def _overlap(a: Box, b: Box) -> bool:
+def _overlap(a: _LayoutBox, b: _LayoutBox) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3] and b[0] < b[2] and b[1] < b[3]
 
 
@@ -157,12 +158,12 @@ def _smallest_cell(layout: TokenLayout) -> float:
     return min(sides)
 
 
-def _covered_box(layout: TokenLayout, size: tuple[int, int]) -> Box:
+def _covered_box(layout: TokenLayout, size: tuple[int, int]) -> _LayoutBox:
     """The part of the image that every kind of view sees (a centre crop may hide the sides).
 
     Tiles see the image only together, so each kind's views count as the box around them all.
     """
-    spans: dict[str, Box] = {}
+    spans: dict[str, _LayoutBox] = {}
     for view in layout.images[0][0].views:
         a, v = spans.get(view.kind, view.box), view.box
         spans[view.kind] = (min(a[0], v[0]), min(a[1], v[1]), max(a[2], v[2]), max(a[3], v[3]))
@@ -173,7 +174,7 @@ def _covered_box(layout: TokenLayout, size: tuple[int, int]) -> Box:
     return (top, left, bottom, right)
 
 
-def _random_region(rng: np.random.Generator, within: Box, side: float) -> Box:
+def _random_region(rng: np.random.Generator, within: _LayoutBox, side: float) -> _LayoutBox:
     top, left, bottom, right = within
     side = max(2.0, side)
     y = rng.uniform(top + 1, bottom - side - 1)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mmlens.box import Box
 from mmlens.data.sample import Sample
 from mmlens.errors import MmlensError
 from mmlens.layout import Modality
@@ -34,7 +35,7 @@ class TopActivations:
 
     ``heatmaps[j]`` is the neuron's activation over sample ``j``'s image (pixel
     size, through the token layout); ``patches[j]`` the ``(row, col)`` of its
-    strongest patch and ``boxes[j]`` its pixel box.
+    strongest patch and ``boxes[j]`` its pixel :class:`~mmlens.box.Box` ``(x0, y0, x1, y1)``.
     """
 
     site: str
@@ -45,7 +46,7 @@ class TopActivations:
     images: list[Image.Image]
     heatmaps: list[np.ndarray]
     patches: list[tuple[int, int]]
-    boxes: list[tuple[float, float, float, float]]  # the strongest patch in pixels: (top, left, bottom, right)
+    boxes: list[Box]  # the strongest patch in pixels
 
 
 def top_activations(model: "Model", samples: Sequence[Sample], site: str, index: int, k: int = 8,
@@ -97,7 +98,7 @@ def top_activations(model: "Model", samples: Sequence[Sample], site: str, index:
         image = layout.mask(Modality.IMAGE)[row]
         position = int(acts[row].masked_fill(~image, float("-inf")).argmax())
         patches.append((int(layout.row[row, position]), int(layout.col[row, position])))
-        boxes.append(tuple(layout.token_boxes(row)[position][1]))
+        boxes.append(Box.from_layout(layout.token_boxes(row)[position][1]))
     chosen = [samples[i] for i in top.indices.tolist()]
     return TopActivations(site, index, top.values, [s.id for s in chosen], [s.prompt for s in chosen],
                           [s.image for s in chosen], heatmaps, patches, boxes)

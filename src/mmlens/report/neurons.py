@@ -18,6 +18,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from mmlens.box import Box
 from mmlens.report.figures import _limits
 
 if TYPE_CHECKING:  # report code reads results only
@@ -69,7 +70,7 @@ def top_activations_figure(top: "TopActivations", title: str | None = None, colu
         >>> from PIL import Image
         >>> top = SimpleNamespace(site="lm.L0.neurons", index=3, values=np.array([2.0]), sample_ids=["a"],
         ...                       images=[Image.new("RGB", (8, 8))], heatmaps=[np.ones((8, 8))], patches=[(0, 1)],
-        ...                       boxes=[(0, 4, 4, 8)])
+        ...                       boxes=[(4, 0, 8, 4)])
         >>> len(top_activations_figure(top).axes)
         1
     """
@@ -96,10 +97,9 @@ def top_activations_figure(top: "TopActivations", title: str | None = None, colu
     return figure
 
 
-def _box_patch(axes, box: tuple[float, float, float, float]) -> None:
-    """Outline a ``(top, left, bottom, right)`` pixel box."""
+def _box_patch(axes, box: Box) -> None:
+    """Outline an ``(x0, y0, x1, y1)`` pixel box."""
     from matplotlib.patches import Rectangle
 
-    top, left, bottom, right = box
-    axes.add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False,
-                             edgecolor="cyan", linewidth=1.5))
+    x0, y0, x1, y1 = box
+    axes.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="cyan", linewidth=1.5))
