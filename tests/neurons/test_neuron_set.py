@@ -1,4 +1,4 @@
-"""NeuronSet: save/load, and deactivation in forward passes and generation, in every tower."""
+"""NeuronSet: plain-data round trip, and deactivation in forward passes and generation, in every tower."""
 
 import pytest
 import torch
@@ -25,18 +25,18 @@ def captured_neurons(model, batch, site, chosen=None, mode="zero", generate=Fals
     return seen
 
 
-def test_save_and_load_round_trip(tmp_path):
+def test_plain_data_round_trip():
     chosen = NeuronSet(["lm.L1.neurons", "vision.L0.neurons", "lm.L1.neurons"], torch.tensor([4, 9, 4]),
                        torch.tensor([0.5, 0.25, 0.125]), ["image", "colour", "text"], {"ratio": 0.02, "k": [1, 2]})
-    tensors, sidecar = chosen.save(tmp_path / "set")
-    assert tensors.suffix == ".safetensors" and sidecar.suffix == ".json"
-    loaded = NeuronSet.load(tmp_path / "set.safetensors")
+    tensors, header = chosen.to_tensors()
+    assert header["sites"] == ["lm.L1.neurons", "vision.L0.neurons"] and tensors["sites"].tolist() == [0, 1, 0]
+    loaded = NeuronSet.from_tensors(tensors, header)
     assert loaded.sites == chosen.sites and loaded.labels == chosen.labels and loaded.metadata == chosen.metadata
     assert torch.equal(loaded.indices, chosen.indices) and torch.equal(loaded.scores, chosen.scores)
     assert loaded.layers.tolist() == [1, 0, 1]
     assert loaded.by_site()["lm.L1.neurons"].tolist() == [4]
     with pytest.raises(mmlens.MmlensError):
-        NeuronSet.load(tmp_path / "missing")
+        NeuronSet.from_tensors(tensors, {**header, "format": "something else"})
 
 
 def test_zeroing_hits_exactly_the_chosen_units_at_every_position(tiny_llava, batch):

@@ -13,6 +13,7 @@ from mmlens.cli.neurons import neurons
 from mmlens.layout import Modality
 from mmlens.neurons.neuron_set import NeuronSet
 from mmlens.neurons.top import top_activations
+from mmlens.report.files import load_neuron_set
 from mmlens.report.neurons import depth_figure, top_activations_figure
 from tests.neurons.conftest import gate_activations
 
@@ -67,7 +68,7 @@ def test_neurons_command_writes_a_reloadable_set_figures_and_json(tmp_path, caps
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["selected"] == {"image": 13, "text": 13, "special": 13}
     assert sum(summary["depth"]["image"]) == 13
-    loaded = NeuronSet.load(tmp_path / "neurons_modality")
+    loaded = load_neuron_set(tmp_path / "neurons_modality")
     assert len(loaded) == 39 and loaded.metadata["budget"] == "layer"
     for name in summary["files"]:
         assert (tmp_path / name).is_file(), name

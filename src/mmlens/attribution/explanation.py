@@ -11,9 +11,7 @@ Example:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,7 +26,8 @@ class Explanation:
     """Scores ``(targets, seq)`` per method for one sample, with the layout to read them.
 
     ``answer_tokens`` are the explained tokens; ``tokens`` the whole
-    teacher-forced sequence (prompt and earlier answer tokens).
+    teacher-forced sequence (prompt and earlier answer tokens). An explanation
+    is data: :func:`mmlens.report.files.save_explanation` writes it to disk.
     """
 
     model: str
@@ -63,7 +62,12 @@ class Explanation:
         return [(self.tokens[p], float(scores[p])) for p in range(last + 1) if text[p]]
 
     def to_json(self) -> dict[str, Any]:
-        """Everything needed to redraw the explanation, as plain JSON types."""
+        """Everything needed to redraw the explanation, as plain JSON types.
+
+        Example:
+            >>> sorted(explanation.to_json())[:3]
+            ['answer', 'answer_tokens', 'layout']
+        """
         methods = {}
         for method, scores in self.scores.items():
             per_target = []
@@ -91,17 +95,6 @@ class Explanation:
             "layout": self.layout.describe(0),
             "methods": methods,
         }
-
-    def save(self, folder: str | Path, figures: bool = True) -> Path:
-        """Write ``explanation.json`` (and, with ``figures``, one PNG overlay per method and token)."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "explanation.json").write_text(json.dumps(self.to_json()))
-        if figures:
-            from mmlens.report.figures import save_overlays  # rendering stays outside the methods
-
-            save_overlays(self, folder)
-        return folder
 
 
 def _nan_to_none(grid: np.ndarray) -> list[list[float | None]]:

@@ -14,6 +14,7 @@ from mmlens.attribution.api import DEFAULT_METHODS, METHODS, explain as run_expl
 from mmlens.attribution.explanation import Explanation
 from mmlens.cli.options import ImageOption, ModelOption, OutOption, PromptOption, check_choices
 from mmlens.cli.samples import load_with_input
+from mmlens.report.files import save_explanation
 from mmlens.report.html import write_html_report
 
 
@@ -40,7 +41,7 @@ def explain(
         explanation = run_explain(loaded, images, prompt_text, methods=methods, answer=target, foil=foil,
                                   max_new_tokens=max_new_tokens, progress=advance)
     with console.status("writing report"):
-        explanation.save(out)
+        save_explanation(explanation, out)
         report = write_html_report(explanation, out / "report.html")
     print_summary(explanation, report)
 

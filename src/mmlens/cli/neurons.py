@@ -3,7 +3,7 @@
 Scores every decoder MLP neuron on held-out shapes-world samples (one dataset
 per question type), selects the top ``--ratio`` under a ``--budget``, and
 writes into ``--out``: the selection (``neurons_modality.safetensors`` +
-``.json``, reloadable with :meth:`mmlens.neurons.NeuronSet.load`), the score
+``.json``, reloadable with :func:`mmlens.report.files.load_neuron_set`), the score
 matrices (``modality_scores.safetensors``), a depth figure, the
 top-activating samples of the strongest image neuron, and ``neurons.json``.
 ``--domains`` adds domain-specific neurons (MMNeuron, question types as
@@ -29,6 +29,7 @@ from mmlens.neurons.domain import domain_scores, select_domain_neurons
 from mmlens.neurons.modality import BUDGETS, modality_scores, parse_weights, select_modality_neurons
 from mmlens.neurons.neuron_set import NeuronSet
 from mmlens.neurons.top import top_activations
+from mmlens.report.files import save_neuron_set
 from mmlens.report.neurons import depth_figure, top_activations_figure
 
 
@@ -59,7 +60,7 @@ def neurons(
     chosen = select_modality_neurons(scores, ratio=ratio, budget=budget, weights=weights, exclusive=exclusive)
     chosen.metadata["model"] = loaded.name
     out.mkdir(parents=True, exist_ok=True)
-    chosen.save(out / "neurons_modality")
+    save_neuron_set(chosen, out / "neurons_modality")
     matrices = {name: scores.statistic(name).contiguous() for name in statistics}
     save_file({**matrices, "combined": scores.combined(weights).contiguous()}, str(out / "modality_scores.safetensors"))
     labels, counts = chosen.depth_counts(loaded.n_layers)
@@ -92,7 +93,7 @@ def _domains(loaded, data, batch_size: int, out: Path) -> dict:
     """Domain-specific neurons with question types as domains; returns counts per domain and tower."""
     found = select_domain_neurons(domain_scores(loaded, data, batch_size=batch_size))
     found.metadata["model"] = loaded.name
-    found.save(out / "neurons_domain")
+    save_neuron_set(found, out / "neurons_domain")
     return {domain: {tower: len(found.where(label=domain, tower=tower)) for tower in ("lm", "vision", "projector")}
             for domain in found.metadata["domains"]}
 

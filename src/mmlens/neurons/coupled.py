@@ -24,15 +24,12 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from mmlens.data.sample import Sample
 from mmlens.errors import MmlensError
@@ -42,7 +39,7 @@ from mmlens.readout import build_targets
 if TYPE_CHECKING:
     from mmlens.model import Model
 
-_FORMAT = "mmlens.WeightSet"
+FORMAT = "mmlens.WeightSet"  # the header's "format"
 
 
 @dataclass
@@ -87,29 +84,26 @@ class WeightSet:
                 for weight, rows, cols, values in reversed(saved):
                     weight[rows, cols] = values
 
-    def save(self, path: str | Path) -> tuple[Path, Path]:
-        """Write ``path.safetensors`` and ``path.json``."""
-        path = Path(path).with_suffix("") if Path(path).suffix in (".json", ".safetensors") else Path(path)
-        tensors_path, json_path = path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".json")
-        tensors_path.parent.mkdir(parents=True, exist_ok=True)
+    def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Named tensors (parameter numbers, rows, cols, scores) and a JSON header (parameter names, metadata).
+
+        Example:
+            >>> WeightSet.from_tensors(*coupled.to_tensors()).params == coupled.params
+            True
+        """
         names = list(dict.fromkeys(self.params))
-        save_file({"params": torch.tensor([names.index(p) for p in self.params], dtype=torch.int32),
+        tensors = {"params": torch.tensor([names.index(p) for p in self.params], dtype=torch.int32),
                    "rows": self.rows.contiguous(), "cols": self.cols.contiguous(),
-                   "scores": self.scores.float().contiguous()}, str(tensors_path))
-        json_path.write_text(json.dumps({"format": _FORMAT, "version": 1, "params": names,
-                                         "metadata": self.metadata}, indent=1))
-        return tensors_path, json_path
+                   "scores": self.scores.float().contiguous()}
+        return tensors, {"format": FORMAT, "version": 1, "params": names, "metadata": self.metadata}
 
     @classmethod
-    def load(cls, path: str | Path) -> "WeightSet":
-        """Read a set written by :meth:`save`."""
-        path = Path(path).with_suffix("") if Path(path).suffix in (".json", ".safetensors") else Path(path)
-        sidecar = json.loads(path.with_name(path.name + ".json").read_text())
-        if sidecar.get("format") != _FORMAT:
-            raise MmlensError(f"{path}.json is not an mmlens weight set")
-        tensors = load_file(str(path.with_name(path.name + ".safetensors")))
-        params = [sidecar["params"][k] for k in tensors["params"].tolist()]
-        return cls(params, tensors["rows"], tensors["cols"], tensors["scores"], sidecar.get("metadata", {}))
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> "WeightSet":
+        """The set :meth:`to_tensors` described."""
+        if header.get("format") != FORMAT:
+            raise MmlensError("not an mmlens weight set")
+        params = [header["params"][k] for k in tensors["params"].tolist()]
+        return cls(params, tensors["rows"], tensors["cols"], tensors["scores"], header.get("metadata", {}))
 
 
 def decoder_matrices(model: "Model") -> dict[str, torch.nn.Parameter]:

@@ -1,18 +1,18 @@
-"""A selection of neurons you can save, load and switch off: :class:`NeuronSet`.
+"""A selection of neurons you can store and switch off: :class:`NeuronSet`.
 
 Each entry is one neuron: its site (``lm.L3.neurons``, ``vision.L1.neurons``,
 ``projector.neurons``), its index within that site, a score and a label (a
 modality such as ``image``, or a domain). A neuron may appear under several
-labels. Storage is safetensors (indices, scores) plus a JSON sidecar (site and
-label names, metadata); nothing is pickled.
+labels. :meth:`NeuronSet.to_tensors` gives plain data (named tensors and a JSON
+header: site and label names, metadata); :mod:`mmlens.report.files` stores it
+as safetensors plus a JSON sidecar, nothing pickled.
 
 Example:
     >>> import mmlens, torch
     >>> model = mmlens.load("tiny-llava")
     >>> chosen = NeuronSet(["lm.L0.neurons", "lm.L1.neurons"], torch.tensor([3, 7]),
     ...                    torch.tensor([0.9, 0.8]), ["image", "text"])
-    >>> paths = chosen.save("/tmp/chosen")
-    >>> NeuronSet.load("/tmp/chosen").labels
+    >>> NeuronSet.from_tensors(*chosen.to_tensors()).labels
     ['image', 'text']
     >>> batch = model.prepare("hello")
     >>> with chosen.deactivate(model):  # neuron 3 of layer 0 and 7 of layer 1 read 0 at every position
@@ -21,15 +21,12 @@ Example:
 
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from mmlens.errors import MmlensError
 from mmlens.neurons.sites import layer_of, neuron_width, on_neurons, tower_of
@@ -38,7 +35,7 @@ if TYPE_CHECKING:
     from mmlens.model import Model
 
 MODES = ("zero", "min")
-_FORMAT = "mmlens.NeuronSet"
+FORMAT = "mmlens.NeuronSet"  # the header's "format"
 
 
 @dataclass
@@ -119,11 +116,15 @@ class NeuronSet:
         return NeuronSet([self.sites[k] for k in keep], self.indices[rows], self.scores[rows],
                          [self.labels[k] for k in keep], dict(self.metadata))
 
-    # ---- storage --------------------------------------------------------
-    def save(self, path: str | Path) -> tuple[Path, Path]:
-        """Write ``path.safetensors`` and ``path.json``; returns both paths."""
-        tensors_path, json_path = _paths(path)
-        tensors_path.parent.mkdir(parents=True, exist_ok=True)
+    # ---- plain data ----------------------------------------------------
+    def to_tensors(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Named tensors (indices, scores, site and label numbers) and a JSON header (names, metadata).
+
+        Example:
+            >>> tensors, header = chosen.to_tensors()
+            >>> header["sites"], tensors["sites"].tolist()
+            (['lm.L0.neurons', 'lm.L1.neurons'], [0, 1])
+        """
         site_names, label_names = list(dict.fromkeys(self.sites)), self.label_names
         tensors = {
             "indices": self.indices.contiguous(),
@@ -131,25 +132,23 @@ class NeuronSet:
             "sites": torch.tensor([site_names.index(s) for s in self.sites], dtype=torch.int32),
             "labels": torch.tensor([label_names.index(lab) for lab in self.labels], dtype=torch.int32),
         }
-        save_file(tensors, str(tensors_path))
-        sidecar = {"format": _FORMAT, "version": 1, "sites": site_names, "labels": label_names,
-                   "metadata": self.metadata}
-        json_path.write_text(json.dumps(sidecar, indent=1))
-        return tensors_path, json_path
+        header = {"format": FORMAT, "version": 1, "sites": site_names, "labels": label_names,
+                  "metadata": self.metadata}
+        return tensors, header
 
     @classmethod
-    def load(cls, path: str | Path) -> "NeuronSet":
-        """Read a set written by :meth:`save` (give the path with or without a suffix)."""
-        tensors_path, json_path = _paths(path)
-        if not tensors_path.is_file() or not json_path.is_file():
-            raise MmlensError(f"no neuron set at {tensors_path.with_suffix('')} (.safetensors and .json)")
-        sidecar = json.loads(json_path.read_text())
-        if sidecar.get("format") != _FORMAT:
-            raise MmlensError(f"{json_path} is not an mmlens neuron set")
-        tensors = load_file(str(tensors_path))
-        sites = [sidecar["sites"][k] for k in tensors["sites"].tolist()]
-        labels = [sidecar["labels"][k] for k in tensors["labels"].tolist()]
-        return cls(sites, tensors["indices"], tensors["scores"], labels, sidecar.get("metadata", {}))
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> "NeuronSet":
+        """The set :meth:`to_tensors` described.
+
+        Example:
+            >>> NeuronSet.from_tensors(*chosen.to_tensors()).sites
+            ['lm.L0.neurons', 'lm.L1.neurons']
+        """
+        if header.get("format") != FORMAT:
+            raise MmlensError("not an mmlens neuron set")
+        sites = [header["sites"][k] for k in tensors["sites"].tolist()]
+        labels = [header["labels"][k] for k in tensors["labels"].tolist()]
+        return cls(sites, tensors["indices"], tensors["scores"], labels, header.get("metadata", {}))
 
     # ---- switching off ----------------------------------------------------
     @contextmanager
@@ -190,10 +189,3 @@ def _switch_off(mask: torch.Tensor, mode: str):
         return torch.where(where, x.amin(-1, keepdim=True), x)
 
     return edit
-
-
-def _paths(path: str | Path) -> tuple[Path, Path]:
-    path = Path(path)
-    if path.suffix in (".safetensors", ".json"):
-        path = path.with_suffix("")
-    return path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".json")

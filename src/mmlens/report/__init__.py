@@ -1,7 +1,8 @@
-"""Rendering of explanations: overlay PNGs, grid figures and a self-contained HTML report.
+"""Rendering and storage of results: overlay PNGs, grid figures, a self-contained HTML report, files.
 
-Knows nothing about models; it only reads :class:`~mmlens.attribution.Explanation`
-objects and plain arrays.
+Knows nothing about models; it only reads result objects
+(:class:`~mmlens.attribution.Explanation`, :class:`~mmlens.neurons.NeuronSet`, ...)
+and plain arrays. :mod:`~mmlens.report.files` writes and reads them on disk.
 
 Example:
     >>> import mmlens
@@ -13,6 +14,24 @@ Example:
 """
 
 from mmlens.report.figures import layer_grid_figure, overlay_figure, png_data_uri, save_overlays
+from mmlens.report.files import (
+    load_neuron_set,
+    load_weight_set,
+    save_explanation,
+    save_neuron_set,
+    save_weight_set,
+)
 from mmlens.report.html import write_html_report
 
-__all__ = ["layer_grid_figure", "overlay_figure", "png_data_uri", "save_overlays", "write_html_report"]
+__all__ = [
+    "layer_grid_figure",
+    "load_neuron_set",
+    "load_weight_set",
+    "overlay_figure",
+    "png_data_uri",
+    "save_explanation",
+    "save_neuron_set",
+    "save_overlays",
+    "save_weight_set",
+    "write_html_report",
+]
