@@ -137,8 +137,7 @@ class Model:
                 inputs = tokenizer(texts, return_tensors="pt", padding=True)
         finally:
             tokenizer.padding_side = previous_side
-        inputs = dict(inputs)
-        inputs.pop("labels", None)  # PaliGemma's processor adds all -100 labels: a NaN loss on every forward
+        inputs = self.adapter.model_inputs(dict(inputs))
         sizes = [[(img.height, img.width) for img in row] for row in per_row]
         layout = self.adapter.layout(inputs, sizes, self.processor)
         return Batch(inputs=inputs, layout=layout, prompts=prompt_list, images=per_row).to(self.device)
@@ -148,8 +147,8 @@ class Model:
 
         ``real`` marks which appended tokens exist (rows may have shorter
         answers); the rest are padding. Per-token side inputs grow with the
-        sequence: PaliGemma's ``token_type_ids`` mark the appended tokens as
-        its causal suffix (1), other per-token tensors get 0.
+        sequence, by the value the family's adapter gives appended tokens
+        (:meth:`~mmlens.models.adapter.Adapter.appended_value`).
         """
         token_ids = token_ids.to(batch.input_ids.device)
         real = torch.ones_like(token_ids) if real is None else real.to(token_ids.device).long()
@@ -161,9 +160,8 @@ class Model:
             elif key == "attention_mask":
                 inputs[key] = torch.cat([value, real.to(value.dtype)], 1)
             elif isinstance(value, torch.Tensor) and value.ndim == 2 and value.shape == (rows, length):
-                fill = 1 if key == "token_type_ids" else 0
+                fill = self.adapter.appended_value(key)
                 inputs[key] = torch.cat([value, torch.full_like(token_ids, fill).to(value.dtype)], 1)
-        inputs.pop("labels", None)
         return Batch(inputs, batch.layout.appended(real), batch.prompts, batch.images)
 
     # ---- running --------------------------------------------------------

@@ -14,6 +14,7 @@ from mmlens.errors import MmlensError
 from mmlens.hooks import capture
 from mmlens.layout import Modality, TokenLayout
 from mmlens.model import Model
+from mmlens.models.adapter import Adapter
 from mmlens.models.paligemma import PALIGEMMA, PaliGemmaAdapter
 from mmlens.models.registry import adapter_for_model_type
 from mmlens.models.verify import verify_layout
@@ -71,6 +72,18 @@ def test_tokens_are_the_canonical_prefix(model: Model) -> None:
     assert layout.modality[0, N] == int(Modality.SPECIAL)  # <bos>
     assert (layout.modality[0, N + 1:] == int(Modality.TEXT)).all()  # the prompt and its newline
     assert (batch.inputs["token_type_ids"] == 0).all()  # all prefix: no suffix given
+
+
+def test_adapter_drops_labels_and_marks_appended_tokens_as_suffix(model: Model) -> None:
+    batch = model.prepare(PROMPT, [noise_image(64, 64)])
+    assert "labels" in model.processor(images=[noise_image(64, 64)], text=["what ?"], return_tensors="pt")
+    assert "labels" not in batch.inputs  # all -100 labels would make every forward compute a NaN loss
+    red = model.tokenizer("red", add_special_tokens=False)["input_ids"]
+    forced = model.append_tokens(batch, torch.tensor([red]))
+    assert forced.inputs["token_type_ids"][0, -len(red):].tolist() == [1] * len(red)  # the causal suffix
+    assert (forced.inputs["token_type_ids"][0, :-len(red)] == 0).all()
+    base = Adapter("x", ("x",), "model.layers", "model.norm")
+    assert base.appended_value("token_type_ids") == 0 and base.model_inputs({"labels": 1}) == {"labels": 1}
 
 
 @pytest.mark.parametrize("name", list(SIZES))

@@ -27,7 +27,9 @@ class Adapter:
     """Where a family keeps its parts, relative to the top model.
 
     Subclasses override :meth:`layout` (and :meth:`format_prompt` where the
-    family's processor wants other slot text than ``<image>``).
+    family's processor wants other slot text than ``<image>``;
+    :meth:`model_inputs` and :meth:`appended_value` where the family's
+    processor or model has its own per-token inputs).
     """
 
     family: str
@@ -76,6 +78,27 @@ class Adapter:
         if slots > n_images:
             raise MmlensError(f"the prompt has {slots} {IMAGE_SLOT} slot(s) but {n_images} image(s) were given")
         return prompt.replace(IMAGE_SLOT, self.processor_slot) if n_images else prompt
+
+    # ---- inputs -------------------------------------------------------
+    def model_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The processor's output as the model's forward should take it. The base class keeps everything.
+
+        Example:
+            >>> Adapter("llama", ("llama",), "model.layers", "model.norm").model_inputs({"input_ids": 1})
+            {'input_ids': 1}
+        """
+        return dict(inputs)
+
+    def appended_value(self, key: str) -> int:
+        """The value a per-token input ``key`` (other than ids and mask) takes at tokens appended for teacher forcing.
+
+        The base class writes 0 (e.g. ``token_type_ids`` of ordinary text).
+
+        Example:
+            >>> Adapter("llama", ("llama",), "model.layers", "model.norm").appended_value("token_type_ids")
+            0
+        """
+        return 0
 
     # ---- layout -------------------------------------------------------
     def layout(self, inputs: dict[str, Any], image_sizes: list[list[tuple[int, int]]], processor: Any) -> TokenLayout:

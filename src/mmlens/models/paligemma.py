@@ -67,6 +67,24 @@ class PaliGemmaAdapter(Adapter):
             raise MmlensError("PaliGemma needs an image: write <image> in the prompt and pass one")
         return self.processor_slot * n_images + _SLOT.sub(" ", prompt).strip()
 
+    def model_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The processor's inputs without its ``labels`` (all -100 without a suffix: a NaN loss on every forward).
+
+        Example:
+            >>> sorted(PALIGEMMA.model_inputs({"input_ids": 1, "labels": -100}))
+            ['input_ids']
+        """
+        return {key: value for key, value in inputs.items() if key != "labels"}
+
+    def appended_value(self, key: str) -> int:
+        """Appended tokens are the causal suffix: ``token_type_ids`` 1 there (0 marks the bidirectional prefix).
+
+        Example:
+            >>> PALIGEMMA.appended_value("token_type_ids"), PALIGEMMA.appended_value("other")
+            (1, 0)
+        """
+        return 1 if key == "token_type_ids" else 0
+
     def layout(self, inputs: dict[str, Any], image_sizes: list[list[tuple[int, int]]], processor: Any) -> TokenLayout:
         image_token = getattr(processor, "image_token", None) or self.image_token
         token_id = tokenizer_of(processor).convert_tokens_to_ids(image_token)
