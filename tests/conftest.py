@@ -12,6 +12,7 @@ from PIL import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import mmlens  # noqa: E402
+from tests.browser import browser_page, chromium_browser  # noqa: E402, F401
 
 # Tiny models run far faster on one thread than fighting over two busy cores.
 torch.set_num_threads(1)
