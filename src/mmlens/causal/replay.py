@@ -28,25 +28,29 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from mmlens.hooks import Edit, intervene
+from mmlens.hooks import Edit, attach_call, attach_output, intervene
 from mmlens.model import Batch, Model
 from mmlens.models.decoder import stack_copies
+from mmlens.models.runtime import KeyValueRecorder, LayerCall, PrefixCache, blocks_later_keys
 
 
 @dataclass
 class LayerReplay:
-    """Per decoder layer: its input hidden state ``inputs[i]`` and other arguments; ``inputs[n]`` is the last output."""
+    """Per decoder layer its recorded call (``calls[i]``); ``inputs[n]`` is the last layer's output."""
 
     model: Model
-    inputs: list[torch.Tensor]  # n_layers + 1 tensors of (batch, seq, hidden)
-    args: list[tuple]  # positional arguments after the hidden state
-    kwargs: list[dict[str, Any]]
-    positional: list[bool]  # whether the hidden state came as the first positional argument
+    calls: list[LayerCall]
+    output: torch.Tensor  # the last layer's output hidden state
     _kv: list[tuple[torch.Tensor, torch.Tensor]] | None = field(default=None, repr=False)
 
     @property
+    def inputs(self) -> list[torch.Tensor]:
+        """Every layer's input hidden state, then the last output: ``n_layers + 1`` tensors ``(batch, seq, hidden)``."""
+        return [call.hidden for call in self.calls] + [self.output]
+
+    @property
     def batch_size(self) -> int:
-        return self.inputs[0].shape[0]
+        return self.output.shape[0]
 
     def logits(
         self, start: int, hidden: torch.Tensor, positions: Sequence[int] = (-1,), offset: int = 0
@@ -64,56 +68,27 @@ class LayerReplay:
         if remainder:
             raise ValueError(f"{hidden.shape[0]} rows is not a multiple of the batch size {self.batch_size}")
         layers = self.model.decoder_layers
-        cache = _PrefixCache(self.keys_values(), offset, copies) if offset else None
+        cache = PrefixCache(self.keys_values(), offset, copies) if offset else None
         for index in range(start, len(layers)):
-            args = stack_copies(self.args[index], self.batch_size, copies)
-            kwargs = self.kwargs[index] if not offset else self._suffix_kwargs(index, offset, hidden.dtype)
-            kwargs = stack_copies(kwargs, self.batch_size, copies)
-            if cache is not None:
-                kwargs["past_key_values"] = cache
-            if self.positional[index]:
-                output = layers[index](hidden, *args, **kwargs)
-            else:
-                output = layers[index](*args, **{**kwargs, "hidden_states": hidden})
-            hidden = output[0] if isinstance(output, tuple) else output
+            call = self.calls[index]
+            kwargs = call.kwargs if not offset else call.suffix_kwargs(offset, hidden.dtype)
+            hidden = call.run(layers[index], hidden, stack_copies(call.args, self.batch_size, copies),
+                              stack_copies(kwargs, self.batch_size, copies), cache)
         picked = hidden[:, torch.as_tensor(list(positions), device=hidden.device)]
         norm = self.model.module(self.model.adapter.final_norm)
         return self.model.module(self.model.adapter.unembed)(norm(picked))
 
     def suffix_allowed(self, offset: int) -> bool:
         """Whether positions before ``offset`` never see later ones (a causal mask) and every argument can be cut."""
-        seq = self.inputs[0].shape[1]
+        seq = self.output.shape[1]
         if not 0 < offset < seq:
             return False
-        for index, kwargs in enumerate(self.kwargs):
-            if self.args[index] or any(k not in _CUTTABLE and _has_sequence_axis(v, seq) for k, v in kwargs.items()):
+        for call in self.calls:
+            if call.args or any(not call.cuttable(k) and _has_sequence_axis(v, seq) for k, v in call.kwargs.items()):
                 return False
-            mask = kwargs.get("attention_mask")
-            if isinstance(mask, torch.Tensor):
-                if mask.ndim != 4:
-                    return False
-                corner = mask[..., :offset, offset:]  # earlier queries, later keys: must all be blocked
-                blocked = ~corner if mask.dtype == torch.bool else corner <= torch.finfo(mask.dtype).min / 2
-                if not bool(blocked.all()):
-                    return False  # a bidirectional prefix (PaliGemma): earlier positions see later ones
+            if not blocks_later_keys(call.kwargs.get("attention_mask"), offset):
+                return False  # a bidirectional prefix (PaliGemma): earlier positions see later ones
         return True
-
-    def _suffix_kwargs(self, index: int, offset: int, dtype: torch.dtype) -> dict[str, Any]:
-        """A layer's recorded arguments for queries ``offset ..`` against all keys."""
-        seq = self.inputs[0].shape[1]
-        out = {}
-        for key, value in self.kwargs[index].items():
-            if key == "attention_mask":
-                device = self.inputs[0].device
-                value = _causal_mask(seq, offset, dtype, device) if value is None else value[..., offset:, :]
-            elif key == "position_embeddings" and value is not None:
-                value = tuple(v[..., offset:, :] for v in value)
-            elif key in ("position_ids", "cache_position") and isinstance(value, torch.Tensor):
-                value = value[..., offset:]
-            elif key in ("past_key_values", "use_cache"):
-                continue
-            out[key] = value
-        return out
 
     def keys_values(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Every layer's attention keys and values of the recorded run (computed once, by re-running each layer).
@@ -122,56 +97,12 @@ class LayerReplay:
         whose edits would otherwise land in the recorded keys and values.
         """
         if self._kv is None:
-            recorder = _KeyValueRecorder()
-            layers = self.model.decoder_layers
+            recorder = KeyValueRecorder()
             with torch.no_grad():
-                for index, layer in enumerate(layers):
-                    kwargs = {**self.kwargs[index], "past_key_values": recorder}
-                    if self.positional[index]:
-                        layer(self.inputs[index], *self.args[index], **kwargs)
-                    else:
-                        layer(*self.args[index], **{**kwargs, "hidden_states": self.inputs[index]})
-            self._kv = [recorder.seen[i] for i in range(len(layers))]
+                for layer, call in zip(self.model.decoder_layers, self.calls):
+                    call.run(layer, cache=recorder)
+            self._kv = [recorder.seen[i] for i in range(len(self.calls))]
         return self._kv
-
-
-_CUTTABLE = frozenset({"attention_mask", "position_embeddings", "position_ids", "cache_position", "past_key_values"})
-
-
-class _KeyValueRecorder:
-    """Stands in for a transformers cache: keeps each layer's keys and values, returns them unchanged."""
-
-    def __init__(self) -> None:
-        self.seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def update(self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
-        self.seen[layer_idx] = (keys.detach(), values.detach())
-        return keys, values
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return 0
-
-
-class _PrefixCache:
-    """Stands in for a transformers cache: puts the recorded keys and values of positions ``< offset`` first."""
-
-    def __init__(self, kv: list[tuple[torch.Tensor, torch.Tensor]], offset: int, copies: int) -> None:
-        self.kv, self.offset, self.copies = kv, offset, copies
-
-    def update(self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
-        old_keys, old_values = (t[:, :, :self.offset].repeat(self.copies, 1, 1, 1) for t in self.kv[layer_idx])
-        return torch.cat([old_keys.to(keys.dtype), keys], 2), torch.cat([old_values.to(values.dtype), values], 2)
-
-    def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.offset
-
-
-def _causal_mask(seq: int, offset: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Additive ``(1, 1, seq - offset, seq)`` mask: query ``offset + i`` sees keys ``<= offset + i``."""
-    queries = torch.arange(offset, seq, device=device)[:, None]
-    keys = torch.arange(seq, device=device)[None]
-    mask = torch.zeros(seq - offset, seq, dtype=dtype, device=device)
-    return mask.masked_fill(keys > queries, torch.finfo(dtype).min)[None, None]
 
 
 def _has_sequence_axis(value: Any, seq: int) -> bool:
@@ -181,7 +112,7 @@ def _has_sequence_axis(value: Any, seq: int) -> bool:
 
 
 def record_layers(model: Model, batch: Batch, edits: Mapping[str, Edit] | None = None) -> LayerReplay:
-    """Run ``batch`` once (under ``edits``, if any) and keep every decoder layer's inputs and the last output.
+    """Run ``batch`` once (under ``edits``, if any) and keep every decoder layer's call and the last output.
 
     Example:
         >>> replay = record_layers(model, model.prepare("a red circle"))
@@ -190,36 +121,28 @@ def record_layers(model: Model, batch: Batch, edits: Mapping[str, Edit] | None =
     """
     layers = model.decoder_layers
     n = len(layers)
-    inputs: list[Any] = [None] * (n + 1)
-    args: list[tuple] = [()] * n
-    kwargs: list[dict[str, Any]] = [{}] * n
-    positional = [True] * n
+    calls: list[LayerCall | None] = [None] * n
+    output: list[torch.Tensor] = []
+    recorder = KeyValueRecorder()
 
-    recorder = _KeyValueRecorder()
-
-    def keep_input(index: int):
-        def hook(module: torch.nn.Module, a: tuple, k: dict) -> tuple | None:
-            if a:
-                inputs[index], args[index], positional[index] = a[0].detach(), a[1:], True
-                kwargs[index] = dict(k)
-            else:
-                inputs[index], positional[index] = k["hidden_states"].detach(), False
-                kwargs[index] = {key: v for key, v in k.items() if key != "hidden_states"}
-            if "past_key_values" in k and k["past_key_values"] is None:
-                # The layer's keys and values come for free: the recorder returns them unchanged.
-                return a, {**k, "past_key_values": recorder}
-            return None
+    def keep_call(index: int):
+        def hook(args: tuple, kwargs: dict) -> tuple | None:
+            call = calls[index] = LayerCall.split(layers[index], args, kwargs)
+            if call.cache_key is None or kwargs.get(call.cache_key) is not None:
+                return None
+            # The layer's keys and values come for free: the recorder returns them unchanged.
+            return call.with_cache(args, kwargs, recorder)
         return hook
 
-    def keep_output(module: torch.nn.Module, a: tuple, output: Any) -> None:
-        inputs[n] = (output[0] if isinstance(output, tuple) else output).detach()
+    def keep_output(out: Any) -> None:
+        output.append((out[0] if isinstance(out, tuple) else out).detach())
 
     with ExitStack() as stack, torch.no_grad():
         stack.enter_context(intervene(model, edits or {}))
-        # Registered after the edits, so a layer's recorded input is the edited one.
+        # Attached after the edits, so a layer's recorded input is the edited one.
         for index, layer in enumerate(layers):
-            stack.callback(layer.register_forward_pre_hook(keep_input(index), with_kwargs=True).remove)
-        stack.callback(layers[n - 1].register_forward_hook(keep_output).remove)
+            stack.enter_context(attach_call(layer, keep_call(index)))
+        stack.enter_context(attach_output(layers[n - 1], keep_output))
         model.forward(batch, use_cache=False)
     kv = [recorder.seen[i] for i in range(n)] if len(recorder.seen) == n else None
-    return LayerReplay(model, inputs, args, kwargs, positional, kv)
+    return LayerReplay(model, calls, output[-1], kv)

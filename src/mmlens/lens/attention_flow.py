@@ -23,14 +23,13 @@ Example:
 
 from __future__ import annotations
 
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
-from mmlens.errors import MmlensError
-from mmlens.hooks import eager_attention, resolve
+from mmlens.hooks import BlockKeys, capture, intervene
 from mmlens.layout import Modality
 from mmlens.readout import answer_token_ids
 from mmlens.model import Batch, Model
@@ -102,68 +101,26 @@ def attention_flow(model: Model, batch: Batch, position: int = -1) -> AttentionF
     modality = batch.layout.modality.to(model.device)
     onehot = torch.stack([modality == int(Modality.IMAGE), modality == int(Modality.TEXT),
                           modality == int(Modality.SPECIAL)], -1).float()  # (batch, seq, 3)
-    rows: dict[int, torch.Tensor] = {}
-
-    def keep(layer: int):
-        def hook(module: torch.nn.Module, args: tuple, output: Any) -> None:
-            if not isinstance(output, tuple) or len(output) < 2 or output[1] is None:
-                raise MmlensError(f"layer {layer}: the attention module returned no probabilities in eager mode")
-            rows[layer] = output[1][:, :, index].detach().float()  # (batch, heads, keys)
-        return hook
-
-    with ExitStack() as stack, torch.no_grad():
-        stack.enter_context(eager_attention(model))
-        for layer in range(model.n_layers):
-            module = resolve(model, f"lm.L{layer}.attn_probs").module
-            handle = module.register_forward_hook(keep(layer))
-            stack.callback(handle.remove)
+    with torch.no_grad(), capture(model, "lm.L*.attn_probs", query=index) as captured:
         model.forward(batch, use_cache=False)
-    fractions = torch.stack([torch.einsum("bhk,bkm->bhm", rows[i], onehot) for i in range(model.n_layers)])
+    rows = [captured[f"lm.L{i}.attn_probs"].float() for i in range(model.n_layers)]  # (batch, heads, keys)
+    fractions = torch.stack([torch.einsum("bhk,bkm->bhm", row, onehot) for row in rows])
     return AttentionFlow(model.name, fractions.cpu(), index)
 
 
-@contextmanager
-def block_attention(model: Model, blocked: Mapping[int, torch.Tensor], query: int = -1) -> Iterator[None]:
+def block_attention(model: Model, blocked: Mapping[int, torch.Tensor], query: int = -1) -> AbstractContextManager[None]:
     """Inside the block, queries at ``query`` cannot attend to the keys ``blocked[layer]`` (``(rows, seq)`` bool).
 
     Works for whole forwards, recorded decoder replays (rows may be stacked
     copies of a batch) and generation (the query is then the newest token).
-    Attention runs eagerly inside the block, so the mask is a 4-D float tensor.
+    The :class:`~mmlens.hooks.BlockKeys` site option on each layer.
 
     Example:
         >>> keys = batch.layout.mask(Modality.IMAGE)
         >>> with block_attention(model, {0: keys, 1: keys}):
         ...     out = model.forward(batch)
     """
-    with ExitStack() as stack:
-        stack.enter_context(eager_attention(model))
-        for layer, keys in blocked.items():
-            module = resolve(model, f"lm.L{layer}.attn").module
-            handle = module.register_forward_pre_hook(_mask_editor(keys, query, layer), with_kwargs=True)
-            stack.callback(handle.remove)
-        yield
-
-
-def _mask_editor(keys: torch.Tensor, query: int, layer: int):
-    def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple | None:
-        mask = kwargs.get("attention_mask")
-        if not isinstance(mask, torch.Tensor) or mask.ndim != 4 or not mask.is_floating_point():
-            raise MmlensError(f"layer {layer}: expected a 4-D float attention mask under eager attention, got "
-                              f"{type(mask).__name__}")
-        rows, key_len = mask.shape[0], mask.shape[-1]
-        block = keys.to(mask.device).bool()
-        if block.shape[-1] != key_len:  # generation with a cache: keys of the prompt only
-            block = torch.nn.functional.pad(block, (0, key_len - block.shape[-1]))
-        block = block.expand(rows, key_len) if block.shape[0] == 1 else block
-        if block.shape[0] != rows:
-            raise MmlensError(f"layer {layer}: a block mask for {block.shape[0]} rows, the pass has {rows}")
-        # A copy: transformers shares one mask tensor between all layers.
-        edited = mask.expand(rows, *mask.shape[1:]).clone()
-        row_view = edited[:, :, query, :]  # (rows, heads-or-1, keys)
-        row_view.masked_fill_(block[:, None, :], torch.finfo(edited.dtype).min)
-        return args, {**kwargs, "attention_mask": edited}
-
-    return hook
+    return intervene(model, {f"lm.L{layer}.attn_probs": BlockKeys(keys, query) for layer, keys in blocked.items()})
 
 
 def knockout(

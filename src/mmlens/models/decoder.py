@@ -19,14 +19,16 @@ Example:
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 
 from mmlens.errors import MmlensError
+from mmlens.hooks import OnlyAt, attach_call, intervene
 from mmlens.model import Batch, Model
+from mmlens.models import runtime
 
 
 @dataclass
@@ -78,13 +80,12 @@ class DecoderCall:
         return self.model.module(self.model.adapter.unembed)(hidden)
 
 
-@contextmanager
-def last_mlp_only_at(model: Model, positions: torch.Tensor) -> Iterator[None]:
+def last_mlp_only_at(model: Model, positions: torch.Tensor) -> AbstractContextManager[None]:
     """Inside the block the last decoder layer's MLP computes only at ``positions`` (zeros elsewhere).
 
     Exact for the outputs at ``positions``: the last layer's MLP is applied
     per position and nothing after it mixes positions. It skips about half of
-    the last layer's work; models whose last layer has no ``mlp`` run unchanged.
+    the last layer's work. The :class:`~mmlens.hooks.OnlyAt` site option.
 
     Example:
         >>> import mmlens
@@ -92,29 +93,7 @@ def last_mlp_only_at(model: Model, positions: torch.Tensor) -> Iterator[None]:
         >>> with last_mlp_only_at(model, torch.tensor([-1])):
         ...     logits = model.forward(model.prepare("a red circle")).logits
     """
-    mlp = getattr(model.decoder_layers[-1], "mlp", None)
-    if mlp is None:
-        yield
-        return
-    seen: dict[str, int] = {}
-
-    def keep_positions(module: torch.nn.Module, args: tuple) -> tuple:
-        seen["length"] = args[0].shape[1]
-        return (args[0][:, positions], *args[1:])
-
-    def spread(module: torch.nn.Module, args: tuple, output: Any) -> Any:
-        if isinstance(output, tuple):  # mixture-of-experts MLPs also return router logits
-            return (spread(module, args, output[0]), *output[1:])
-        full = output.new_zeros(output.shape[0], seen["length"], *output.shape[2:])
-        full[:, positions] = output
-        return full
-
-    handles = [mlp.register_forward_pre_hook(keep_positions), mlp.register_forward_hook(spread)]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+    return intervene(model, {f"lm.L{model.n_layers - 1}.mlp": OnlyAt(positions)})
 
 
 def language_model_path(model: Model) -> str:
@@ -127,18 +106,14 @@ def record_decoder_call(model: Model, batch: Batch) -> DecoderCall:
     decoder = model.module(language_model_path(model))
     seen: dict[str, Any] = {}
 
-    def keep(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+    def keep(args: tuple, kwargs: dict) -> None:
         if not seen:
             seen.update(kwargs)
             if args:
                 seen["inputs_embeds" if "input_ids" not in kwargs else "input_ids"] = args[0]
 
-    handle = decoder.register_forward_pre_hook(keep, with_kwargs=True)
-    try:
-        with torch.no_grad():
-            model.forward(batch, use_cache=False)
-    finally:
-        handle.remove()
+    with attach_call(decoder, keep), torch.no_grad():
+        model.forward(batch, use_cache=False)
     embeds = seen.pop("inputs_embeds", None)
     if embeds is None:  # text-only models embed inside the decoder
         input_ids = seen.pop("input_ids", None)
@@ -146,10 +121,7 @@ def record_decoder_call(model: Model, batch: Batch) -> DecoderCall:
             raise MmlensError(f"{type(model.hf).__name__}: could not record the language model's inputs")
         embeds = decoder.get_input_embeddings()(input_ids).detach()
     seen.pop("input_ids", None)
-    for key in ("past_key_values", "cache_position", "return_dict", "output_attentions", "output_hidden_states"):
-        seen.pop(key, None)
-    seen["use_cache"] = False
-    return DecoderCall(model=model, embeds=embeds.detach(), kwargs=seen)
+    return DecoderCall(model=model, embeds=embeds.detach(), kwargs=runtime.replayable_kwargs(decoder, seen))
 
 
 def _take(key: str, value: Any, batch: int, index: int) -> Any:

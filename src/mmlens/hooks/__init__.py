@@ -1,0 +1,249 @@
+"""Named sites, and reading or editing them during a forward pass.
+
+Sites have the same names in every family:
+
+- ``lm.L{i}.resid``: output of decoder block ``i`` (the residual stream)
+- ``lm.L{i}.attn``: output of its attention (before the residual add)
+- ``lm.L{i}.mlp``: output of its MLP
+- ``lm.L{i}.neurons``: the MLP activation, the input of the down projection
+- ``lm.L{i}.attn_probs``: attention probabilities, ``(batch, heads, query, key)``
+- ``lm.embed``: the decoder's input embeddings, image features already merged in
+- ``vision.L{i}.resid`` / ``.attn`` / ``.mlp`` / ``.neurons`` / ``.attn_probs``: the vision tower
+- ``projector``: the output of the vision-to-language projector
+- ``projector.neurons``: its hidden activation (two-layer projectors only)
+
+Hooks exist only inside a ``with`` block and are removed when it ends, even
+when its body raises, so an idle model pays nothing. Asking for
+``attn_probs`` switches the model to eager attention for the block only.
+
+Site options replace parallel APIs: ``capture(..., query=-1)`` keeps one
+attention row, ``capture(..., neuron_value="gate")`` reads gated neurons,
+and :func:`intervene` takes :class:`BlockKeys` (attention knockout) and
+:class:`OnlyAt` (an MLP computed at chosen positions only) besides plain
+edits. Every hook goes through :mod:`mmlens.hooks.dispatch`.
+
+Example:
+    >>> import mmlens, torch
+    >>> model = mmlens.load("tiny-llama")
+    >>> batch = model.prepare(["a red circle", "a blue square"])
+    >>> with capture(model, "lm.L*.resid") as captured:
+    ...     _ = model.forward(batch)
+    >>> captured["lm.L1.resid"].shape[:2] == batch.input_ids.shape
+    True
+    >>> with intervene(model, {"lm.L0.mlp": lambda x: torch.zeros_like(x)}):
+    ...     _ = model.forward(batch)
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence, Union
+
+import torch
+
+from mmlens.errors import MmlensError
+from mmlens.hooks.dispatch import CallEdit, Edit, attach, attach_call, attach_output
+from mmlens.hooks.sites import NEURON_VALUES, Site, expand, resolve, site_names
+from mmlens.models import runtime
+
+if TYPE_CHECKING:
+    from mmlens.model import Model
+
+__all__ = ["BlockKeys", "CallEdit", "Captured", "Edit", "NEURON_VALUES", "OnlyAt", "Site", "attach", "attach_call",
+           "attach_output", "capture", "eager_attention", "expand", "intervene", "resolve", "site_names"]
+
+
+@dataclass(frozen=True)
+class BlockKeys:
+    """An ``attn_probs`` edit: query row ``query`` gets probability exactly 0 on ``keys`` (``(rows, seq)`` bool).
+
+    The attention mask is edited before the softmax, so the other keys share
+    the whole mass (Geva et al.'s attention knockout). Runs eagerly.
+    """
+
+    keys: torch.Tensor
+    query: int = -1
+
+
+@dataclass(frozen=True)
+class OnlyAt:
+    """An ``mlp`` edit: the MLP computes at ``positions`` only and outputs zeros elsewhere.
+
+    Exact for whatever later reads only those positions (the last layer's
+    MLP before the unembedding), and about half the cost of that layer.
+    """
+
+    positions: torch.Tensor
+
+
+class Captured:
+    """Values (and gradients) seen at sites, one entry per forward call.
+
+    A single forward gives one tensor per site. During generation each step is
+    a call: ``captured[site]`` joins them along the sequence axis, and
+    ``captured.steps(site)`` keeps them apart (attention probabilities must be
+    read per step, their key length grows).
+    """
+
+    def __init__(self) -> None:
+        self._values: dict[str, list[torch.Tensor]] = {}
+        self._grads: dict[str, dict[int, torch.Tensor]] = {}
+
+    def __contains__(self, site: str) -> bool:
+        return site in self._values
+
+    def keys(self) -> list[str]:
+        return list(self._values)
+
+    def steps(self, site: str) -> list[torch.Tensor]:
+        """The value at ``site`` for each forward call, in order."""
+        if site not in self._values:
+            raise MmlensError(f"nothing was captured at {site!r}; captured: {', '.join(self._values) or 'nothing'}")
+        return self._values[site]
+
+    def __getitem__(self, site: str) -> torch.Tensor:
+        values = self.steps(site)
+        if len(values) == 1:
+            return values[0]
+        if site.endswith("attn_probs"):
+            raise MmlensError(f"{site} was captured over {len(values)} calls; read them with .steps({site!r})")
+        return torch.cat(values, dim=1)
+
+    def grad(self, site: str, call: int = 0) -> torch.Tensor:
+        """The gradient at ``site`` for forward call ``call`` (after ``backward()``)."""
+        grads = self._grads.get(site, {})
+        if call not in grads:
+            raise MmlensError(f"no gradient at {site!r}: capture with grads=True and call backward() first")
+        return grads[call]
+
+    # called by the hooks
+    def _store(self, site: str, value: torch.Tensor, keep_grad: bool) -> None:
+        calls = self._values.setdefault(site, [])
+        call = len(calls)
+        calls.append(value.detach())
+        if keep_grad:
+            value.register_hook(lambda grad: self._grads.setdefault(site, {}).__setitem__(call, grad.detach()))
+
+
+@contextmanager
+def capture(model: "Model", sites: str | Sequence[str], *, grads: bool = False, query: int | None = None,
+            neuron_value: str = "input") -> Iterator[Captured]:
+    """Record the values at ``sites`` (names or glob patterns) during the ``with`` block.
+
+    ``query`` keeps only that query row of ``attn_probs`` sites
+    (``(batch, heads, keys)``): full attention maps of a real model take
+    gigabytes. ``neuron_value="gate"`` reads gated neurons (see
+    :func:`mmlens.hooks.sites.resolve`).
+
+    With ``grads=True`` each captured value also records its gradient when
+    ``backward()`` runs inside the block; a site whose value does not require
+    grad (frozen weights) is made a leaf that does, so gradients still flow.
+
+    Example:
+        >>> with capture(model, ["lm.L0.resid"], grads=True) as captured:
+        ...     model.forward(batch).logits[0, -1].max().backward()
+        >>> captured.grad("lm.L0.resid").shape == captured["lm.L0.resid"].shape
+        True
+    """
+    resolved = [resolve(model, name, neuron_value) for name in expand(model, sites)]
+    captured = Captured()
+    with ExitStack() as stack:
+        if any(site.needs_eager for site in resolved):
+            stack.enter_context(eager_attention(model))
+        for site in resolved:
+            row = query if site.reads == "probs" else None
+            stack.enter_context(attach(site, _recorder(captured, site, grads, row)))
+        yield captured
+
+
+@contextmanager
+def intervene(model: "Model", edits: Mapping[str, Union[Edit, BlockKeys, OnlyAt]]) -> Iterator[None]:
+    """Replace the values at sites during the ``with`` block.
+
+    Each edit receives the site's value and returns its replacement (or
+    ``None`` after editing in place). Keys may be glob patterns. Attention
+    probabilities take a :class:`BlockKeys` (knockout), MLP sites may take
+    an :class:`OnlyAt`.
+
+    Example:
+        >>> with intervene(model, {"lm.L*.mlp": lambda x: x * 0}):
+        ...     out = model.forward(batch)
+    """
+    with ExitStack() as stack:
+        if any(isinstance(edit, BlockKeys) for edit in edits.values()):
+            stack.enter_context(eager_attention(model))
+        for pattern, edit in edits.items():
+            for name in expand(model, pattern):
+                stack.enter_context(_apply(resolve(model, name), edit))
+        yield
+
+
+def _apply(site: Site, edit: Any):
+    """The context that puts one edit on one site."""
+    if isinstance(edit, BlockKeys):
+        if not site.needs_eager:
+            raise MmlensError(f"{site.name}: BlockKeys edits attention probabilities (lm.L<i>.attn_probs sites)")
+        return attach_call(site.module, _mask_editor(edit, site.name))
+    if isinstance(edit, OnlyAt):
+        if not site.name.endswith(".mlp"):
+            raise MmlensError(f"{site.name}: OnlyAt restricts an MLP (lm.L<i>.mlp sites)")
+        return _only_at(site.module, edit.positions)
+    if site.needs_eager:
+        raise MmlensError(f"{site.name}: attention probabilities are edited with BlockKeys, or captured")
+    return attach(site, edit)
+
+
+def _mask_editor(edit: BlockKeys, where: str) -> CallEdit:
+    def hook(args: tuple, kwargs: dict) -> tuple:
+        mask = runtime.block_keys(kwargs.get("attention_mask"), edit.keys, edit.query, where)
+        return args, {**kwargs, "attention_mask": mask}
+
+    return hook
+
+
+@contextmanager
+def _only_at(mlp: torch.nn.Module, positions: torch.Tensor) -> Iterator[None]:
+    seen: dict[str, int] = {}
+
+    def keep_positions(args: tuple, kwargs: dict) -> tuple:
+        seen["length"] = args[0].shape[1]
+        return (args[0][:, positions.to(args[0].device)], *args[1:]), kwargs
+
+    def spread(output: Any) -> Any:
+        if isinstance(output, tuple):  # mixture-of-experts MLPs also return router logits
+            return (spread(output[0]), *output[1:])
+        full = output.new_zeros(output.shape[0], seen["length"], *output.shape[2:])
+        full[:, positions.to(output.device)] = output
+        return full
+
+    with attach_call(mlp, keep_positions), attach_output(mlp, spread):
+        yield
+
+
+@contextmanager
+def eager_attention(model: "Model") -> Iterator[None]:
+    """Run every attention of ``model`` with the eager kernel (which returns probabilities), then switch back.
+
+    Example:
+        >>> with eager_attention(model):
+        ...     out = model.hf(**batch.inputs, output_attentions=True)
+    """
+    with runtime.attention_implementation(model.hf, "eager"):
+        yield
+
+
+def _recorder(captured: Captured, site: Site, grads: bool, query: int | None = None) -> Edit:
+    def record(value: torch.Tensor) -> torch.Tensor | None:
+        replacement = None
+        if grads:
+            if not torch.is_grad_enabled():
+                raise MmlensError("gradients were asked for, but autograd is off (torch.no_grad)")
+            if not value.requires_grad:
+                replacement = value = value.detach().requires_grad_(True)
+        captured._store(site.name, value if query is None else value[:, :, query], grads)
+        return replacement
+
+    return record
+
+

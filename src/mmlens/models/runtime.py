@@ -1,0 +1,326 @@
+"""What mmlens knows about transformers' runtime conventions, in one place.
+
+transformers renames its internals often (5.24 renamed the decoder layers'
+``past_key_values`` keyword to ``cache``). Everything mmlens relies on at run
+time lives here, and nothing outside this module touches it:
+
+- the keyword under which a module takes its key/value cache, *read from the
+  module's signature* (:func:`cache_keyword`), never assumed;
+- cache stand-ins that record or prepend keys and values
+  (:class:`KeyValueRecorder`, :class:`PrefixCache`);
+- switching the attention implementation through the public
+  ``set_attn_implementation`` (:func:`attention_implementation`);
+- where attention probabilities come out of an attention module
+  (:func:`attention_probabilities`);
+- edits of the additive attention mask (:func:`block_keys`);
+- a decoder layer's recorded call and how to make it again (:class:`LayerCall`).
+
+The contract test (``tests/models/test_runtime.py``) checks every convention
+on every tiny family, and on a stand-in layer whose cache keyword is a random
+name, so a rename in transformers fails there first.
+
+Example:
+    >>> import mmlens
+    >>> model = mmlens.load("tiny-llama")
+    >>> cache_keyword(model.decoder_layers[0]) in ("cache", "past_key_values")
+    True
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import typing
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+
+from mmlens.errors import MmlensError
+
+# Keyword arguments a recorded call drops before it is made again: they steer
+# transformers' own bookkeeping (caches, output format), not the computation.
+_BOOKKEEPING = frozenset({"cache_position", "return_dict", "output_attentions", "output_hidden_states", "use_cache"})
+_CACHE_NAME = re.compile(r"\b\w*Cache\b")
+_cache_keywords: dict[type, str | None] = {}
+
+
+def cache_keyword(module: torch.nn.Module) -> str | None:
+    """The keyword under which ``module.forward`` takes its key/value cache; None when it takes none.
+
+    Read from the signature: the parameter annotated with a ``Cache`` type.
+    Unannotated code (older releases) falls back to the parameter named like a
+    cache (``past_key_values``, ``layer_past``), never ``use_cache``.
+
+    Example:
+        >>> cache_keyword(mmlens.load("tiny-llama").decoder_layers[0])
+        'cache'
+    """
+    kind = type(module)
+    if kind not in _cache_keywords:
+        _cache_keywords[kind] = _read_cache_keyword(module)
+    return _cache_keywords[kind]
+
+
+def _read_cache_keyword(module: torch.nn.Module) -> str | None:
+    try:
+        parameters = inspect.signature(module.forward).parameters
+    except (TypeError, ValueError):
+        return None
+    named = [p for p in parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    for parameter in named:
+        if _mentions_cache(parameter.annotation):
+            return parameter.name
+    for parameter in named:
+        if parameter.name not in _BOOKKEEPING and re.search(r"past|(^|_)cache$", parameter.name):
+            return parameter.name
+    return None
+
+
+def _mentions_cache(annotation: Any) -> bool:
+    """Whether a type annotation (a class, a union or a string) names a cache class."""
+    if annotation is inspect.Parameter.empty:
+        return False
+    if isinstance(annotation, str):
+        return bool(_CACHE_NAME.search(annotation))
+    if isinstance(annotation, type):
+        return any(base.__name__.endswith("Cache") for base in annotation.__mro__)
+    return any(_mentions_cache(arg) for arg in typing.get_args(annotation))
+
+
+def replayable_kwargs(module: torch.nn.Module, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` of a recorded call of ``module`` without its cache and output bookkeeping, ``use_cache=False``.
+
+    Example:
+        >>> replayable_kwargs(layer, {"cache": None, "attention_mask": None, "use_cache": True})
+        {'attention_mask': None, 'use_cache': False}
+    """
+    drop = _BOOKKEEPING | {cache_keyword(module)}
+    return {**{k: v for k, v in kwargs.items() if k not in drop}, "use_cache": False}
+
+
+class KeyValueRecorder:
+    """Stands in for a transformers cache: keeps each layer's keys and values, hands them back unchanged.
+
+    Example:
+        >>> recorder = KeyValueRecorder()
+        >>> keys, values = recorder.update(torch.ones(1, 2, 3, 4), torch.zeros(1, 2, 3, 4), 0)
+        >>> recorder.seen[0][0].shape
+        torch.Size([1, 2, 3, 4])
+    """
+
+    def __init__(self) -> None:
+        self.seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def update(self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
+        self.seen[layer_idx] = (keys.detach(), values.detach())
+        return keys, values
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return 0
+
+
+class PrefixCache:
+    """Stands in for a transformers cache: puts recorded keys and values of positions ``< offset`` first.
+
+    ``kv[layer]`` holds one batch of recorded ``(keys, values)``; a pass of
+    ``copies`` stacked batches sees the prefix repeated ``copies`` times.
+
+    Example:
+        >>> cache = PrefixCache([(torch.ones(1, 2, 5, 4), torch.ones(1, 2, 5, 4))], offset=3, copies=2)
+        >>> cache.update(torch.zeros(2, 2, 2, 4), torch.zeros(2, 2, 2, 4), 0)[0].shape
+        torch.Size([2, 2, 5, 4])
+    """
+
+    def __init__(self, kv: list[tuple[torch.Tensor, torch.Tensor]], offset: int, copies: int) -> None:
+        self.kv, self.offset, self.copies = kv, offset, copies
+
+    def update(self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any):
+        old_keys, old_values = (t[:, :, :self.offset].repeat(self.copies, 1, 1, 1) for t in self.kv[layer_idx])
+        return torch.cat([old_keys.to(keys.dtype), keys], 2), torch.cat([old_values.to(values.dtype), values], 2)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.offset
+
+
+@dataclass
+class LayerCall:
+    """One recorded call of a decoder layer: its hidden state, other arguments, and cache keyword.
+
+    ``kwargs`` never holds the cache; :meth:`run` passes one under the
+    keyword the layer's signature names.
+
+    Example:
+        >>> call = LayerCall.split(layer, (hidden,), {"attention_mask": None, "cache": None})
+        >>> torch.equal(call.run(layer), layer(hidden, attention_mask=None))
+        True
+    """
+
+    hidden: torch.Tensor  # (batch, seq, width)
+    args: tuple  # positional arguments after the hidden state
+    kwargs: dict[str, Any]
+    positional: bool  # whether the hidden state came as the first positional argument
+    cache_key: str | None
+
+    @classmethod
+    def split(cls, layer: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> "LayerCall":
+        """The call ``layer(*args, **kwargs)`` as seen by a forward pre-hook, cache removed."""
+        key = cache_keyword(layer)
+        rest = {k: v for k, v in kwargs.items() if k != key}
+        if args:
+            return cls(args[0].detach(), tuple(args[1:]), rest, True, key)
+        if "hidden_states" not in rest:
+            raise MmlensError(f"{type(layer).__name__} was called without a hidden state")
+        hidden = rest.pop("hidden_states")
+        return cls(hidden.detach(), (), rest, False, key)
+
+    def with_cache(self, args: tuple, kwargs: dict[str, Any], cache: Any) -> tuple[tuple, dict[str, Any]]:
+        """``(args, kwargs)`` of the original call with ``cache`` put under the layer's cache keyword."""
+        if self.cache_key is None:
+            raise MmlensError("this decoder layer takes no key/value cache")
+        return args, {**kwargs, self.cache_key: cache}
+
+    def run(self, layer: torch.nn.Module, hidden: torch.Tensor | None = None, args: tuple | None = None,
+            kwargs: dict[str, Any] | None = None, cache: Any = None) -> torch.Tensor:
+        """Call ``layer`` again (on ``hidden``, other ``args`` / ``kwargs`` when given) and return its hidden state."""
+        hidden = self.hidden if hidden is None else hidden
+        args = self.args if args is None else args
+        kwargs = dict(self.kwargs if kwargs is None else kwargs)
+        if cache is not None:
+            args, kwargs = self.with_cache(args, kwargs, cache)
+        output = layer(hidden, *args, **kwargs) if self.positional else layer(*args, hidden_states=hidden, **kwargs)
+        return output[0] if isinstance(output, tuple) else output
+
+    def cuttable(self, key: str) -> bool:
+        """Whether argument ``key`` can be cut to a suffix of positions (see :meth:`suffix_kwargs`)."""
+        return key in ("attention_mask", "position_embeddings", "position_ids", "cache_position", "use_cache")
+
+    def suffix_kwargs(self, offset: int, dtype: torch.dtype) -> dict[str, Any]:
+        """The keyword arguments for queries ``offset ..`` against all keys (the earlier ones come from a cache)."""
+        seq = self.hidden.shape[1]
+        out: dict[str, Any] = {}
+        for key, value in self.kwargs.items():
+            if key == "attention_mask":
+                value = causal_mask(seq, offset, dtype, self.hidden.device) if value is None else value[..., offset:, :]
+            elif key == "position_embeddings" and value is not None:
+                value = tuple(v[..., offset:, :] for v in value)
+            elif key in ("position_ids", "cache_position") and isinstance(value, torch.Tensor):
+                value = value[..., offset:]
+            elif key == "use_cache":
+                continue
+            out[key] = value
+        return out
+
+
+def causal_mask(seq: int, offset: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Additive ``(1, 1, seq - offset, seq)`` mask: query ``offset + i`` sees keys ``<= offset + i``.
+
+    Example:
+        >>> causal_mask(3, 1, torch.float32, torch.device("cpu"))[0, 0, 0].tolist()[:2]
+        [0.0, 0.0]
+    """
+    queries = torch.arange(offset, seq, device=device)[:, None]
+    keys = torch.arange(seq, device=device)[None]
+    mask = torch.zeros(seq - offset, seq, dtype=dtype, device=device)
+    return mask.masked_fill(keys > queries, torch.finfo(dtype).min)[None, None]
+
+
+def blocks_later_keys(mask: Any, offset: int) -> bool:
+    """Whether a recorded 4-D mask keeps queries before ``offset`` from keys at ``offset`` and later."""
+    if not isinstance(mask, torch.Tensor):
+        return mask is None  # no mask: transformers runs the causal kernel
+    if mask.ndim != 4:
+        return False
+    corner = mask[..., :offset, offset:]
+    blocked = ~corner if mask.dtype == torch.bool else corner <= torch.finfo(mask.dtype).min / 2
+    return bool(blocked.all())
+
+
+@contextmanager
+def attention_implementation(hf: torch.nn.Module, implementation: str = "eager") -> Iterator[None]:
+    """Run every attention of ``hf`` with ``implementation`` inside the block, then restore each one.
+
+    Uses transformers' public ``set_attn_implementation``; the previous
+    choice of every sub-model (vision tower, text model) is put back.
+
+    Example:
+        >>> with attention_implementation(model.hf, "eager"):
+        ...     out = model.forward(batch)
+    """
+    setter = getattr(hf, "set_attn_implementation", None)
+    if setter is None or not hasattr(hf, "config"):
+        raise MmlensError(f"{type(hf).__name__} cannot switch its attention implementation")
+    before = _implementations(hf.config)
+    if _all_equal(before, implementation):
+        yield
+        return
+    setter(implementation)
+    try:
+        yield
+    finally:
+        setter(before)
+
+
+def current_attention(hf: torch.nn.Module) -> str:
+    """The attention implementation of ``hf``'s top-level config (``"eager"``, ``"sdpa"``, ...)."""
+    return str(getattr(hf.config, "_attn_implementation", None) or "eager")
+
+
+def _implementations(config: Any) -> dict[str, Any]:
+    """``{"": implementation, sub_config: {...}}``: the form ``set_attn_implementation`` takes back."""
+    tree: dict[str, Any] = {"": getattr(config, "_attn_implementation", None)}
+    for key in getattr(config, "sub_configs", {}) or {}:
+        sub = getattr(config, key, None)
+        if sub is not None and hasattr(sub, "_attn_implementation"):
+            tree[key] = _implementations(sub)
+    return tree
+
+
+def _all_equal(tree: dict[str, Any], implementation: str) -> bool:
+    return all(_all_equal(v, implementation) if isinstance(v, dict) else v == implementation for v in tree.values())
+
+
+def attention_probabilities(output: Any, where: str = "attention") -> torch.Tensor:
+    """The probabilities ``(batch, heads, query, key)`` in an attention module's output (eager kernels).
+
+    Example:
+        >>> attention_probabilities((torch.zeros(1, 3, 8), torch.ones(1, 2, 3, 3))).shape
+        torch.Size([1, 2, 3, 3])
+    """
+    if isinstance(output, tuple) and len(output) > 1 and isinstance(output[1], torch.Tensor):
+        return output[1]
+    raise MmlensError(f"{where}: this attention module returns no probabilities, even in eager mode")
+
+
+def with_probabilities(output: Any, probs: torch.Tensor) -> tuple:
+    """``output`` with its probabilities replaced (the inverse of :func:`attention_probabilities`)."""
+    return (output[0], probs, *output[2:])
+
+
+def block_keys(mask: Any, keys: torch.Tensor, query: int, where: str = "attention") -> torch.Tensor:
+    """A copy of the additive 4-D ``mask`` in which query row ``query`` cannot see ``keys`` (``(rows, key_len)`` bool).
+
+    The blocked entries get the dtype's minimum, so their probability after
+    the softmax is exactly zero. Rows of ``keys`` may be 1 (broadcast) or the
+    mask's batch; a shorter key axis (generation with a cache) is padded.
+
+    Example:
+        >>> mask = torch.zeros(1, 1, 3, 3)
+        >>> block_keys(mask, torch.tensor([[True, False, False]]), -1)[0, 0, -1, 0] < -1e30
+        tensor(True)
+    """
+    if not isinstance(mask, torch.Tensor) or mask.ndim != 4 or not mask.is_floating_point():
+        raise MmlensError(f"{where}: expected a 4-D float attention mask under eager attention, got "
+                          f"{type(mask).__name__}")
+    rows, key_len = mask.shape[0], mask.shape[-1]
+    block = keys.to(mask.device).bool()
+    if block.shape[-1] != key_len:
+        block = torch.nn.functional.pad(block, (0, key_len - block.shape[-1]))
+    block = block.expand(rows, key_len) if block.shape[0] == 1 else block
+    if block.shape[0] != rows:
+        raise MmlensError(f"{where}: a block mask for {block.shape[0]} rows, the pass has {rows}")
+    # A copy: transformers shares one mask tensor between all layers.
+    edited = mask.expand(rows, *mask.shape[1:]).clone()
+    edited[:, :, query, :].masked_fill_(block[:, None, :], torch.finfo(edited.dtype).min)
+    return edited
