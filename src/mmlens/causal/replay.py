@@ -72,8 +72,7 @@ class LayerReplay:
         for index in range(start, len(layers)):
             call = self.calls[index]
             kwargs = call.kwargs if not offset else call.suffix_kwargs(offset, hidden.dtype)
-            hidden = call.run(layers[index], hidden, stack_copies(call.args, self.batch_size, copies),
-                              stack_copies(kwargs, self.batch_size, copies), cache)
+            hidden = call.run(layers[index], hidden, stack_copies(kwargs, self.batch_size, copies), cache)
         picked = hidden[:, torch.as_tensor(list(positions), device=hidden.device)]
         norm = self.model.module(self.model.adapter.final_norm)
         return self.model.module(self.model.adapter.unembed)(norm(picked))
@@ -84,7 +83,7 @@ class LayerReplay:
         if not 0 < offset < seq:
             return False
         for call in self.calls:
-            if call.args or any(not call.cuttable(k) and _has_sequence_axis(v, seq) for k, v in call.kwargs.items()):
+            if any(not call.cuttable(k) and _has_sequence_axis(v, seq) for k, v in call.kwargs.items()):
                 return False
             if not blocks_later_keys(call.kwargs.get("attention_mask"), offset):
                 return False  # a bidirectional prefix (PaliGemma): earlier positions see later ones
@@ -128,10 +127,11 @@ def record_layers(model: Model, batch: Batch, edits: Mapping[str, Edit] | None =
     def keep_call(index: int):
         def hook(args: tuple, kwargs: dict) -> tuple | None:
             call = calls[index] = LayerCall.split(layers[index], args, kwargs)
-            if call.cache_key is None or kwargs.get(call.cache_key) is not None:
+            if call.cache_key is None or call.cache_given:
                 return None
             # The layer's keys and values come for free: the recorder returns them unchanged.
-            return call.with_cache(args, kwargs, recorder)
+            hidden = args[0] if args else kwargs.get("hidden_states", call.hidden)
+            return call.arguments(hidden, cache=recorder)
         return hook
 
     def keep_output(out: Any) -> None:

@@ -146,10 +146,12 @@ class PrefixCache:
 
 @dataclass
 class LayerCall:
-    """One recorded call of a decoder layer: its hidden state, other arguments, and cache keyword.
+    """One recorded call of a decoder layer: its hidden state, other arguments by name, and cache keyword.
 
-    ``kwargs`` never holds the cache; :meth:`run` passes one under the
-    keyword the layer's signature names.
+    Positional arguments are bound to their names through the layer's
+    signature (GPT-2 blocks take the cache and the mask positionally), so a
+    call is ``layer(hidden, **kwargs)`` for every family. ``kwargs`` never
+    holds the cache; :meth:`run` passes one under the keyword the layer names.
 
     Example:
         >>> call = LayerCall.split(layer, (hidden,), {"attention_mask": None, "cache": None})
@@ -158,38 +160,37 @@ class LayerCall:
     """
 
     hidden: torch.Tensor  # (batch, seq, width)
-    args: tuple  # positional arguments after the hidden state
     kwargs: dict[str, Any]
-    positional: bool  # whether the hidden state came as the first positional argument
     cache_key: str | None
+    cache_given: bool = False  # whether the recorded call came with a real cache
 
     @classmethod
     def split(cls, layer: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> "LayerCall":
-        """The call ``layer(*args, **kwargs)`` as seen by a forward pre-hook, cache removed."""
+        """The call ``layer(*args, **kwargs)`` as seen by a forward pre-hook, by name, cache removed."""
+        named = _by_name(layer, args, kwargs)
+        hidden_key = next(iter(named))
         key = cache_keyword(layer)
-        rest = {k: v for k, v in kwargs.items() if k != key}
-        if args:
-            return cls(args[0].detach(), tuple(args[1:]), rest, True, key)
-        if "hidden_states" not in rest:
+        hidden = named.pop(hidden_key)
+        if not isinstance(hidden, torch.Tensor):
             raise MmlensError(f"{type(layer).__name__} was called without a hidden state")
-        hidden = rest.pop("hidden_states")
-        return cls(hidden.detach(), (), rest, False, key)
+        given = key is not None and named.get(key) is not None
+        return cls(hidden.detach(), {k: v for k, v in named.items() if k != key}, key, given)
 
-    def with_cache(self, args: tuple, kwargs: dict[str, Any], cache: Any) -> tuple[tuple, dict[str, Any]]:
-        """``(args, kwargs)`` of the original call with ``cache`` put under the layer's cache keyword."""
-        if self.cache_key is None:
-            raise MmlensError("this decoder layer takes no key/value cache")
-        return args, {**kwargs, self.cache_key: cache}
-
-    def run(self, layer: torch.nn.Module, hidden: torch.Tensor | None = None, args: tuple | None = None,
-            kwargs: dict[str, Any] | None = None, cache: Any = None) -> torch.Tensor:
-        """Call ``layer`` again (on ``hidden``, other ``args`` / ``kwargs`` when given) and return its hidden state."""
-        hidden = self.hidden if hidden is None else hidden
-        args = self.args if args is None else args
+    def arguments(self, hidden: torch.Tensor, kwargs: dict[str, Any] | None = None,
+                  cache: Any = None) -> tuple[tuple, dict[str, Any]]:
+        """``(args, kwargs)`` that make the call again on ``hidden``, with ``cache`` under the cache keyword."""
         kwargs = dict(self.kwargs if kwargs is None else kwargs)
         if cache is not None:
-            args, kwargs = self.with_cache(args, kwargs, cache)
-        output = layer(hidden, *args, **kwargs) if self.positional else layer(*args, hidden_states=hidden, **kwargs)
+            if self.cache_key is None:
+                raise MmlensError("this decoder layer takes no key/value cache")
+            kwargs[self.cache_key] = cache
+        return (hidden,), kwargs
+
+    def run(self, layer: torch.nn.Module, hidden: torch.Tensor | None = None,
+            kwargs: dict[str, Any] | None = None, cache: Any = None) -> torch.Tensor:
+        """Call ``layer`` again (on ``hidden`` and ``kwargs`` when given) and return its output hidden state."""
+        args, kwargs = self.arguments(self.hidden if hidden is None else hidden, kwargs, cache)
+        output = layer(*args, **kwargs)
         return output[0] if isinstance(output, tuple) else output
 
     def cuttable(self, key: str) -> bool:
@@ -211,6 +212,27 @@ class LayerCall:
                 continue
             out[key] = value
         return out
+
+
+def _by_name(layer: torch.nn.Module, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Every argument of a call by its parameter name, the hidden state first."""
+    try:
+        bound = inspect.signature(layer.forward).bind_partial(*args, **kwargs)
+    except (TypeError, ValueError) as error:
+        raise MmlensError(f"{type(layer).__name__}: cannot read its call ({error})") from error
+    named: dict[str, Any] = {}
+    for name, value in bound.arguments.items():
+        kind = bound.signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            named.update(value)
+        elif kind is inspect.Parameter.VAR_POSITIONAL:
+            if value:
+                raise MmlensError(f"{type(layer).__name__}: extra positional arguments cannot be replayed")
+        else:
+            named[name] = value
+    if not named:
+        raise MmlensError(f"{type(layer).__name__} was called without a hidden state")
+    return named
 
 
 def causal_mask(seq: int, offset: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

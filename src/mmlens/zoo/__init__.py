@@ -31,6 +31,7 @@ _BUILDERS: dict[str, str] = {
     "tiny-idefics3": "mmlens.zoo.tiny.idefics3:build",
     "tiny-paligemma": "mmlens.zoo.tiny.paligemma:build",
     "tiny-llama": "mmlens.zoo.tiny.llama:build",
+    "tiny-gpt2": "mmlens.zoo.tiny.gpt2:build",
     "shapes-llava": "mmlens.zoo.shapes_llava:load",
     "shapes-llava-backdoor": "mmlens.zoo.shapes_llava:load_backdoor",
 }

@@ -1,0 +1,180 @@
+"""The contract between mmlens and transformers, checked on every tiny family.
+
+Each convention that :mod:`mmlens.models.runtime` owns is checked against
+transformers itself: replays equal full forwards, captured probabilities equal
+``output_attentions``, knockout zeroes exactly the blocked keys, and batched
+causal tracing ranks injection layers as one forward per condition does.
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+import string
+
+import pytest
+import torch
+from transformers.cache_utils import Cache
+
+import mmlens
+from mmlens.causal import plan_injection, record_layers, trace
+from mmlens.hooks import BlockKeys, capture, eager_attention, intervene
+from mmlens.layout import Modality
+from mmlens.models import runtime
+from tests.conftest import noise_image
+
+FAMILIES = ["tiny-llava", "tiny-llava-next", "tiny-llava-onevision", "tiny-qwen2-vl", "tiny-qwen2.5-vl",
+            "tiny-idefics3", "tiny-paligemma", "tiny-llama", "tiny-gpt2"]
+
+
+PROMPT = "what is the colour of the shape ?"
+FOIL = "what is the colour of the sky ?"  # the same length: a counterfactual for text-only models
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def family(request) -> tuple[mmlens.Model, mmlens.Batch]:
+    model = mmlens.load(request.param)
+    if model.adapter.multimodal:
+        return model, model.prepare(f"<image> {PROMPT}", [noise_image(64, 80, seed=1)])
+    return model, model.prepare(PROMPT)
+
+
+def test_replay_resumed_at_any_layer_equals_a_full_forward(family):
+    model, batch = family
+    with torch.no_grad():
+        full = model.forward(batch, use_cache=False).logits
+        replay = record_layers(model, batch)
+        seq = batch.input_ids.shape[1]
+        for start in range(model.n_layers + 1):
+            resumed = replay.logits(start, replay.inputs[start], positions=range(seq))
+            torch.testing.assert_close(resumed, full, rtol=1e-4, atol=1e-5)
+        offset = seq - 3
+        if replay.suffix_allowed(offset):  # the recorded keys and values stand in for the prefix
+            suffix = replay.logits(1, replay.inputs[1][:, offset:], offset=offset)
+            torch.testing.assert_close(suffix, full[:, -1:], rtol=1e-4, atol=1e-5)
+        else:
+            assert model.adapter.family == "paligemma"  # its prefix attends both ways
+
+
+def test_captured_probabilities_equal_output_attentions(family):
+    model, batch = family
+    sites = [f"lm.L{i}.attn_probs" for i in range(model.n_layers)]
+    with torch.no_grad():
+        with capture(model, sites) as captured:
+            model.forward(batch, use_cache=False)
+        with capture(model, sites, query=-1) as row:
+            model.forward(batch, use_cache=False)
+        with eager_attention(model):
+            reference = model.forward(batch, use_cache=False, output_attentions=True).attentions
+    assert runtime.current_attention(model.hf) == "sdpa"  # switched back after each block
+    assert len(reference) == model.n_layers
+    for site, expected in zip(sites, reference):
+        torch.testing.assert_close(captured[site], expected)
+        torch.testing.assert_close(row[site], expected[:, :, -1])
+
+
+def test_knockout_zeroes_exactly_the_blocked_keys_and_changes_the_output(family):
+    model, batch = family
+    modality = batch.layout.modality
+    blocked = modality == int(Modality.IMAGE) if model.adapter.multimodal else torch.zeros_like(modality, dtype=bool)
+    if not model.adapter.multimodal:
+        blocked[:, : modality.shape[1] // 2] = True
+    edits = {f"lm.L{i}.attn_probs": BlockKeys(blocked, query=-1) for i in range(model.n_layers)}
+    sites = [f"lm.L{i}.attn_probs" for i in range(model.n_layers)]
+    with torch.no_grad():
+        plain = model.forward(batch, use_cache=False).logits[:, -1]
+        with intervene(model, edits), capture(model, sites, query=-1) as captured:
+            knocked = model.forward(batch, use_cache=False).logits[:, -1]
+    for site in sites:
+        probs = captured[site]  # (batch, heads, keys)
+        assert torch.all(probs[blocked[:, None, :].expand_as(probs)] == 0)
+        torch.testing.assert_close(probs.sum(-1), torch.ones_like(probs.sum(-1)))
+    assert not torch.allclose(knocked, plain)
+
+
+def test_injection_plan_ranks_layers_as_one_forward_per_condition(family):
+    model, batch = family
+    last = torch.zeros_like(batch.input_ids, dtype=torch.bool)
+    last[:, -1] = True
+    groups = {"last": last, "all": torch.ones_like(last)}
+    corrupt = "embeddings" if model.adapter.multimodal else model.prepare(FOIL)
+    kwargs = dict(corrupt=corrupt, components=["attn", "mlp"], noise=3.0)
+    batched = trace(model, batch, groups, **kwargs)
+    single = trace(model, batch, groups, batched=False, **kwargs)
+    for component in ("attn", "mlp"):
+        torch.testing.assert_close(batched.p_patched[component], single.p_patched[component], rtol=1e-4, atol=1e-6)
+    n = model.n_layers
+    plan, reference = plan_injection(batched, sources=n, targets=n), plan_injection(single, sources=n, targets=n)
+    for component in ("attn", "mlp"):
+        # The same ranking. (Rates divide by a small clean-corrupt gap on random weights, so their
+        # values are compared through p_patched above, not here.)
+        assert list(plan.sources[component]) == list(reference.sources[component])
+
+
+def _renamed_cache_layer(keyword: str) -> type[torch.nn.Module]:
+    """A decoder-layer wrapper that takes its cache under ``keyword``, as a future transformers might."""
+    namespace: dict = {"Cache": Cache, "runtime": runtime}
+    source = f"""
+def forward(self, hidden_states, attention_mask=None, position_ids=None, {keyword}: "Cache | None" = None,
+            use_cache=False, position_embeddings=None, **kwargs):
+    kwargs.pop(runtime.cache_keyword(self.inner), None)  # the model's own (None) cache, under today's name
+    inner = {{runtime.cache_keyword(self.inner): {keyword}}}
+    return self.inner(hidden_states, attention_mask=attention_mask, position_ids=position_ids, use_cache=use_cache,
+                      position_embeddings=position_embeddings, **inner, **kwargs)
+"""
+    exec(source, namespace)
+
+    class Renamed(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+            self.self_attn, self.mlp = inner.self_attn, inner.mlp
+
+    Renamed.forward = namespace["forward"]
+    return Renamed
+
+
+def test_the_cache_keyword_is_read_from_the_signature_not_listed():
+    keyword = "kv_" + "".join(random.Random().choices(string.ascii_lowercase, k=10))
+    model = mmlens.load("tiny-llama")
+    layers = model.decoder_layers
+    wrapper = _renamed_cache_layer(keyword)
+    for index in range(len(layers)):
+        layers[index] = wrapper(layers[index])
+    assert runtime.cache_keyword(layers[0]) == keyword
+    assert keyword in inspect.signature(layers[0].forward).parameters
+    batch = model.prepare(["a red circle left of a blue square", "a green cross"])
+    with torch.no_grad():
+        full = model.forward(batch, use_cache=False).logits
+        replay = record_layers(model, batch)
+        assert replay.calls[0].cache_key == keyword
+        assert len(replay.keys_values()) == model.n_layers  # the recorder came in under the new name
+        seq = batch.input_ids.shape[1]
+        for start in range(model.n_layers + 1):
+            torch.testing.assert_close(replay.logits(start, replay.inputs[start], positions=range(seq)), full,
+                                       rtol=1e-4, atol=1e-5)
+        if replay.suffix_allowed(seq - 2):
+            suffix = replay.logits(0, replay.inputs[0][:, seq - 2:], offset=seq - 2)
+            torch.testing.assert_close(suffix, full[:, -1:], rtol=1e-4, atol=1e-5)
+
+
+def test_unannotated_layers_fall_back_to_the_parameter_name():
+    class Old(torch.nn.Module):
+        def forward(self, hidden_states, layer_past=None, attention_mask=None, use_cache=False):
+            return hidden_states
+
+    class NoCache(torch.nn.Module):
+        def forward(self, hidden_states, use_cache=False, cache_position=None):
+            return hidden_states
+
+    assert runtime.cache_keyword(Old()) == "layer_past"
+    assert runtime.cache_keyword(NoCache()) is None
+
+
+def test_attention_switch_restores_every_sub_model():
+    model = mmlens.load("tiny-llava")
+    before = runtime._implementations(model.hf.config)
+    with eager_attention(model):
+        inside = runtime._implementations(model.hf.config)
+    assert runtime._all_equal(inside, "eager")
+    assert runtime._implementations(model.hf.config) == before
