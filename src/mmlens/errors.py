@@ -2,7 +2,9 @@
 
 An :class:`MmlensError` is a mistake in what the user asked for (a missing file,
 an unknown model, a prompt without an image slot). The command line prints its
-message on one line and exits with code 2, never a traceback.
+message on one line (``mmlens: error: <message>``) and exits with code 1, never
+a traceback; exit code 2 is kept for usage errors (an unknown option or
+command), as in click. See :mod:`mmlens.cli.main`.
 """
 
 

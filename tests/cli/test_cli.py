@@ -14,7 +14,7 @@ def mmlens(*args: str) -> subprocess.CompletedProcess:
 
 
 def assert_clean_error(result: subprocess.CompletedProcess, words: str) -> None:
-    assert result.returncode == 2, result.stderr
+    assert result.returncode == 1, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert words in lines[0]

@@ -9,7 +9,7 @@ Example:
     >>> s = make_sample("test", 0, "colour")
     >>> object_words(s) == prompt_object_words(s.prompt)
     True
-    >>> object_region(s).sum() == s.objects[s.target_objects[0]].area
+    >>> int(object_region(s).sum()) == s.objects[s.target_objects[0]].area
     True
 """
 

@@ -9,6 +9,8 @@ probability per layer (when does the answer emerge?).
 
 Layer rows are ``layer_names``: ``"embed"`` (the decoder input) then ``L0`` ..
 ``L{n-1}`` (block outputs). The last row is the model's own output distribution.
+(The attribution method ``logit_lens`` of :func:`mmlens.explain`, one heatmap
+per answer token at one layer, is ``logit_lens_map``.)
 
 Example:
     >>> import mmlens

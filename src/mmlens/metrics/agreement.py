@@ -9,13 +9,15 @@ Example:
 from __future__ import annotations
 
 from enum import Enum
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from scipy.stats import rankdata
 
-from mmlens.attribution.explanation import Explanation
 from mmlens.layout import Modality
+
+if TYPE_CHECKING:  # metrics read the result type only; they never import a method
+    from mmlens.attribution.explanation import Explanation
 
 
 class PositionSet(str, Enum):

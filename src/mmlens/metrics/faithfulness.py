@@ -14,14 +14,13 @@ Both curves of one sample run as one stack of variants (``2 x (steps + 1)``)
 through a recorded decoder call, ``chunk`` variants per replay.
 
 Example:
-    >>> import mmlens
+    >>> import mmlens, torch
     >>> from PIL import Image
-    >>> from mmlens.attribution.occlusion import occlusion
     >>> from mmlens.readout import build_targets
     >>> model = mmlens.load("tiny-llava")
     >>> targets = build_targets(model, model.prepare("<image> what colour ?", [Image.new("RGB", (64, 64))]),
     ...                         answer="red")
-    >>> scores = occlusion(model, targets).scores[0, 0]  # (seq,)
+    >>> scores = torch.rand(targets.batch.input_ids.shape[1])  # any attribution's (seq,) scores
     >>> curves = deletion_insertion(model, targets, scores, steps=4)
     >>> curves.fractions.tolist()
     [0.0, 0.25, 0.5, 0.75, 1.0]
