@@ -10,7 +10,7 @@ import mmlens
 from mmlens.data.shapes import make_sample
 from mmlens.layout import Modality
 from mmlens.neurons.domain import DomainScores, dape, domain_scores, select_domain_neurons
-from mmlens.neurons.sites import on_neurons
+from mmlens import intervene
 from tests.neurons.conftest import gate_activations
 
 
@@ -40,7 +40,7 @@ def test_probabilities_equal_direct_counts(tiny_llava, domains):
         for sample in items:  # one at a time: no padding at all
             batch = tiny_llava.prepare(sample.prompt, [sample.image])
             seen = {}
-            with on_neurons(tiny_llava, {s: (lambda s: lambda x: seen.__setitem__(s, x.detach()))(s) for s in active}), \
+            with intervene(tiny_llava, {s: (lambda s: lambda x: seen.__setitem__(s, x.detach()))(s) for s in active}), \
                     torch.no_grad():
                 tiny_llava.forward(batch)
             seen["lm.L1.neurons"] = gate_activations(tiny_llava, batch)[1]  # decoder neurons: act(gate) as in LAPE

@@ -5,7 +5,8 @@ import torch
 
 import mmlens
 from mmlens.neurons.neuron_set import NeuronSet
-from mmlens.neurons.sites import neuron_sites, neuron_width, on_neurons, resolve_neuron_site
+from mmlens import intervene
+from mmlens.neurons.sites import neuron_sites, neuron_width, resolve_neuron_site
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +18,7 @@ def captured_neurons(model, batch, site, chosen=None, mode="zero", generate=Fals
     """Neuron values at ``site`` as the next module sees them (deactivation hooks run first)."""
     seen = []
     record = {site: lambda x: seen.append(x.detach().clone())}
-    with (chosen.deactivate(model, mode) if chosen else torch.no_grad()), on_neurons(model, record), torch.no_grad():
+    with (chosen.deactivate(model, mode) if chosen else torch.no_grad()), intervene(model, record), torch.no_grad():
         if generate:
             model.generate(batch, max_new_tokens=3)
         else:

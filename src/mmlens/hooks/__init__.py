@@ -158,13 +158,16 @@ def capture(model: "Model", sites: str | Sequence[str], *, grads: bool = False, 
 
 
 @contextmanager
-def intervene(model: "Model", edits: Mapping[str, Union[Edit, BlockKeys, OnlyAt]]) -> Iterator[None]:
+def intervene(model: "Model", edits: Mapping[str, Union[Edit, BlockKeys, OnlyAt]], *,
+              neuron_value: str = "input") -> Iterator[None]:
     """Replace the values at sites during the ``with`` block.
 
     Each edit receives the site's value and returns its replacement (or
     ``None`` after editing in place). Keys may be glob patterns. Attention
     probabilities take a :class:`BlockKeys` (knockout), MLP sites may take
-    an :class:`OnlyAt`.
+    an :class:`OnlyAt`. With ``neuron_value="gate"``, neuron sites of gated
+    MLPs are read as ``act(gate_proj x)``: such a site is read-only, and what
+    its edit returns is ignored (streaming statistics read this way).
 
     Example:
         >>> with intervene(model, {"lm.L*.mlp": lambda x: x * 0}):
@@ -175,7 +178,7 @@ def intervene(model: "Model", edits: Mapping[str, Union[Edit, BlockKeys, OnlyAt]
             stack.enter_context(eager_attention(model))
         for pattern, edit in edits.items():
             for name in expand(model, pattern):
-                stack.enter_context(_apply(resolve(model, name), edit))
+                stack.enter_context(_apply(resolve(model, name, neuron_value), edit))
         yield
 
 

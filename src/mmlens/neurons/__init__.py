@@ -22,7 +22,7 @@ from mmlens.neurons.modality import (
     select_modality_neurons,
 )
 from mmlens.neurons.neuron_set import NeuronSet
-from mmlens.neurons.sites import neuron_sites, neuron_width, on_neurons
+from mmlens.neurons.sites import neuron_sites, neuron_width
 from mmlens.neurons.top import TopActivations, top_activations
 
 __all__ = [
@@ -39,7 +39,6 @@ __all__ = [
     "modality_scores",
     "neuron_sites",
     "neuron_width",
-    "on_neurons",
     "parse_weights",
     "random_neurons",
     "select_coupled",

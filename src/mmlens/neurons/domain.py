@@ -40,7 +40,8 @@ from mmlens.errors import MmlensError
 from mmlens.layout import Modality
 from mmlens.neurons._batches import Datasets, chunks, prepare_samples, progress_bar
 from mmlens.neurons.neuron_set import NeuronSet
-from mmlens.neurons.sites import neuron_sites, neuron_width, read_neurons, tower_of
+from mmlens.hooks import intervene
+from mmlens.neurons.sites import neuron_sites, neuron_width, tower_of
 
 if TYPE_CHECKING:
     from mmlens.layout import TokenLayout
@@ -125,7 +126,7 @@ def domain_scores(
 
     total = sum(len(items) for items in datasets.values())
     with progress_bar(progress, "counting neuron activations per domain", total) as advance, \
-            read_neurons(model, {site: reader(site) for site in sites}, value):
+            intervene(model, {site: reader(site) for site in sites}, neuron_value=value):
         for d, items in enumerate(datasets.values()):
             for chunk in chunks(list(items), batch_size):
                 batch = prepare_samples(model, chunk)

@@ -47,7 +47,7 @@ from mmlens.errors import MmlensError
 from mmlens.layout import Modality
 from mmlens.neurons._batches import Datasets, as_datasets, chunks, prepare_samples, progress_bar
 from mmlens.neurons.neuron_set import NeuronSet
-from mmlens.neurons.sites import neuron_sites, neuron_width, read_neurons
+from mmlens.neurons.sites import neuron_sites, neuron_width
 
 if TYPE_CHECKING:
     from mmlens.model import Model
@@ -349,5 +349,5 @@ def _reading(model: "Model", sites: list[str], reader, attention: bool, attentio
             for layer in range(len(sites)):
                 site = hooks.resolve(model, f"lm.L{layer}.attn_probs")
                 stack.enter_context(hooks.attach(site, attention_reader(layer)))
-        stack.enter_context(read_neurons(model, {site: reader(k) for k, site in enumerate(sites)}, value))
+        stack.enter_context(hooks.intervene(model, {site: reader(k) for k, site in enumerate(sites)}, neuron_value=value))
         yield

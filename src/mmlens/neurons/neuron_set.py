@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from mmlens.errors import MmlensError
-from mmlens.neurons.sites import layer_of, neuron_width, on_neurons, tower_of
+from mmlens.hooks import intervene
+from mmlens.neurons.sites import layer_of, neuron_width, tower_of
 
 if TYPE_CHECKING:
     from mmlens.model import Model
@@ -174,7 +175,7 @@ class NeuronSet:
             mask = torch.zeros(width, dtype=torch.bool)
             mask[indices] = True
             edits[site] = _switch_off(mask, mode)
-        with on_neurons(model, edits):
+        with intervene(model, edits):
             yield
 
 

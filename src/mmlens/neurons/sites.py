@@ -10,16 +10,16 @@ output projection:
 - ``projector.neurons``: the projector's hidden activation (the input of
   ``linear_2`` in LLaVA).
 
-What a neuron's *value* is, for statistics (:func:`read_neurons`): in a gated
+What a neuron's *value* is, for statistics (``neuron_value``): in a gated
 decoder MLP (``down_proj(act(gate_proj x) * up_proj x)``, LLaMA, Qwen2, ...)
 MINER and MMNeuron (after LAPE) read ``act(gate_proj x)``, so a neuron is
 "active" when its gate is; ``value="input"`` reads the input of ``down_proj``
 instead. Elsewhere both are the same. Switching a neuron off (zeroing the
 input of ``down_proj``) is the same either way.
 
-The vision and projector sites are not (yet) :mod:`mmlens.hooks` sites; they are
-found here from a short list of module names per family and hooked through the
-same dispatch, so edits from both places compose.
+Neuron sites are :mod:`mmlens.hooks` sites: read or edit them with
+:func:`mmlens.intervene` (``neuron_value="gate"`` for the gated reading) or
+:func:`mmlens.capture`.
 
 Example:
     >>> import mmlens
@@ -35,10 +35,8 @@ Example:
 from __future__ import annotations
 
 import re
-from contextlib import ExitStack, contextmanager
-from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import torch
 
 from mmlens import hooks
 from mmlens.errors import MmlensError
@@ -47,7 +45,7 @@ if TYPE_CHECKING:
     from mmlens.model import Model
 
 TOWERS = ("lm", "vision", "projector")
-VALUES = ("gate", "input")
+VALUES = hooks.NEURON_VALUES
 _SITE = re.compile(r"^(lm|vision)\.L(\d+)\.neurons$")
 
 
@@ -111,80 +109,3 @@ def layer_of(site: str) -> int:
 def tower_of(site: str) -> str:
     """``lm``, ``vision`` or ``projector``: the first part of a site name."""
     return site.split(".", 1)[0]
-
-
-@contextmanager
-def on_neurons(model: "Model", edits: Mapping[str, hooks.Edit]) -> Iterator[None]:
-    """Read or replace neuron activations at any neuron site during the ``with`` block.
-
-    Like :func:`mmlens.intervene` (each edit gets the activation tensor,
-    ``(..., neurons)``, and returns a replacement or None), but vision and
-    projector sites work too. Hooks stay for every forward call of the block,
-    generation steps included, and are always removed.
-
-    Example:
-        >>> with on_neurons(model, {"projector.neurons": torch.zeros_like}):
-        ...     _ = model.forward(batch)
-    """
-    with ExitStack() as stack:
-        for name, edit in edits.items():
-            stack.enter_context(hooks.attach(resolve_neuron_site(model, name), edit))
-        yield
-
-
-def gate_of(model: "Model", site: str) -> tuple[torch.nn.Module, Callable] | None:
-    """``(gate_proj, act_fn)`` of a gated decoder MLP at ``site``; None for other sites and ungated MLPs.
-
-    Example:
-        >>> gate, act = gate_of(model, "lm.L0.neurons")
-        >>> gate is model.decoder_layers[0].mlp.gate_proj
-        True
-    """
-    match = _SITE.match(site)
-    adapter = model.adapter
-    if not match or match.group(1) != "lm" or not adapter.mlp_gate or not adapter.mlp_act:
-        return None
-    layer = model.decoder_layers[int(match.group(2))]
-    gate, act = layer.get_submodule(adapter.mlp_gate), layer.get_submodule(adapter.mlp_act)
-    return (gate, act) if isinstance(gate, torch.nn.Linear) and callable(act) else None
-
-
-@contextmanager
-def read_neurons(model: "Model", readers: Mapping[str, Callable[[torch.Tensor], None]],
-                 value: str = "gate") -> Iterator[None]:
-    """Call each reader with its site's neuron values, ``(..., neurons)``, on every forward call of the block.
-
-    ``value="gate"`` reads ``act(gate_proj x)`` in gated decoder MLPs (see
-    the module doc), ``"input"`` the input of the output projection.
-
-    Example:
-        >>> seen = []
-        >>> with read_neurons(model, {"lm.L0.neurons": seen.append}):
-        ...     _ = model.forward(batch)
-        >>> seen[0].shape[-1]
-        128
-    """
-    if value not in VALUES:
-        raise MmlensError(f"unknown neuron value {value!r}; choose one of {', '.join(VALUES)}")
-    plain = {}
-    with ExitStack() as stack:
-        for site, reader in readers.items():
-            gated = gate_of(model, site) if value == "gate" else None
-            if gated is None:
-                plain[site] = _reading_only(reader)
-                continue
-            gate, act = gated
-            stack.enter_context(hooks.attach(hooks.Site(site, gate, "output"),
-                                            _reading_only(lambda out, act=act, reader=reader: reader(act(out)))))
-        stack.enter_context(on_neurons(model, plain))
-        yield
-
-
-def _reading_only(reader: Callable[[torch.Tensor], object]) -> Callable[[torch.Tensor], None]:
-    """A hook edit that reads and never replaces (whatever the reader returns)."""
-
-    def read(x: torch.Tensor) -> None:
-        with torch.no_grad():
-            reader(x)
-
-    return read

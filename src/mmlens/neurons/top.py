@@ -23,7 +23,8 @@ from mmlens.data.sample import Sample
 from mmlens.errors import MmlensError
 from mmlens.layout import Modality
 from mmlens.neurons._batches import chunks, prepare_samples, progress_bar
-from mmlens.neurons.sites import neuron_width, read_neurons, tower_of
+from mmlens.hooks import intervene
+from mmlens.neurons.sites import neuron_width, tower_of
 
 if TYPE_CHECKING:
     from mmlens.model import Model
@@ -55,7 +56,7 @@ def top_activations(model: "Model", samples: Sequence[Sample], site: str, index:
 
     Only decoder neurons (``lm.L{i}.neurons``): image patches are found through
     each batch's :class:`~mmlens.layout.TokenLayout`. ``value`` as in
-    :func:`mmlens.neurons.sites.read_neurons`.
+    :func:`mmlens.intervene` with ``neuron_value``.
 
     Example:
         >>> top.patches[0][0] in range(4)  # tiny-llava has a 4 x 4 patch grid
@@ -76,7 +77,7 @@ def top_activations(model: "Model", samples: Sequence[Sample], site: str, index:
         seen["value"] = x.detach()[..., index].float().cpu()
 
     with progress_bar(progress, f"ranking samples for {site}[{index}]", len(samples)) as advance, \
-            read_neurons(model, {site: read}, value):
+            intervene(model, {site: read}, neuron_value=value):
         for chunk in chunks(samples, batch_size):
             batch = prepare_samples(model, chunk)
             with torch.no_grad():
