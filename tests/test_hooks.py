@@ -183,3 +183,51 @@ def test_vision_and_projector_neuron_sites(name):
         model.forward(batch)
     for site in sites:
         assert captured[site].shape[-1] == resolve(model, site).module.in_features
+
+
+def test_only_at_computes_the_mlp_at_chosen_positions_only(tiny_llama):
+    from mmlens.hooks import OnlyAt
+
+    batch = tiny_llama.prepare("a red circle left of a blue square")
+    last = f"lm.L{tiny_llama.n_layers - 1}.mlp"
+    positions = torch.tensor([2, 5])
+    with torch.no_grad():
+        full = tiny_llama.forward(batch).logits
+        with mmlens.intervene(tiny_llama, {last: OnlyAt(positions)}), mmlens.capture(tiny_llama, last) as seen:
+            cut = tiny_llama.forward(batch).logits
+    torch.testing.assert_close(cut[:, positions], full[:, positions])
+    others = torch.ones(batch.input_ids.shape[1], dtype=torch.bool)
+    others[positions] = False
+    assert torch.all(seen[last][:, others] == 0) and not torch.allclose(cut[:, others], full[:, others])
+
+
+def test_gate_neurons_read_the_activated_gate(tiny_llama):
+    from mmlens.hooks import Site, attach
+
+    batch = tiny_llama.prepare("a red circle")
+    mlp = tiny_llama.decoder_layers[0].mlp
+    seen = {}
+    with torch.no_grad(), attach(Site("mlp input", mlp, "input"), lambda x: seen.setdefault("x", x)), \
+            mmlens.capture(tiny_llama, "lm.L0.neurons", neuron_value="gate") as gated:
+        tiny_llama.forward(batch)
+        expected = mlp.act_fn(mlp.gate_proj(seen["x"]))
+    torch.testing.assert_close(gated["lm.L0.neurons"], expected)
+    with torch.no_grad(), mmlens.capture(tiny_llama, "lm.L0.neurons", neuron_value="gate") as again, \
+            mmlens.intervene(tiny_llama, {"lm.L0.neurons": lambda x: x * 0}, neuron_value="gate"):
+        tiny_llama.forward(batch)
+    torch.testing.assert_close(again["lm.L0.neurons"], expected)  # a gate site is read-only: the edit is ignored
+
+
+def test_attention_probabilities_are_edited_with_block_keys_only(tiny_llama):
+    from mmlens.errors import MmlensError
+    from mmlens.hooks import BlockKeys, OnlyAt
+
+    with pytest.raises(MmlensError, match="BlockKeys"):
+        with mmlens.intervene(tiny_llama, {"lm.L0.attn_probs": torch.zeros_like}):
+            pass
+    with pytest.raises(MmlensError, match="attn_probs"):
+        with mmlens.intervene(tiny_llama, {"lm.L0.mlp": BlockKeys(torch.ones(1, 3, dtype=torch.bool))}):
+            pass
+    with pytest.raises(MmlensError, match="mlp"):
+        with mmlens.intervene(tiny_llama, {"lm.L0.attn": OnlyAt(torch.tensor([0]))}):
+            pass
