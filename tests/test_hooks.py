@@ -210,6 +210,7 @@ def test_gate_neurons_read_the_activated_gate(tiny_llama):
     with torch.no_grad(), attach(Site("mlp input", mlp, "input"), lambda x: seen.setdefault("x", x)), \
             mmlens.capture(tiny_llama, "lm.L0.neurons", neuron_value="gate") as gated:
         tiny_llama.forward(batch)
+    with torch.no_grad():
         expected = mlp.act_fn(mlp.gate_proj(seen["x"]))
     torch.testing.assert_close(gated["lm.L0.neurons"], expected)
     with torch.no_grad(), mmlens.capture(tiny_llama, "lm.L0.neurons", neuron_value="gate") as again, \
