@@ -281,7 +281,7 @@ def attention_implementation(hf: torch.nn.Module, implementation: str = "eager")
     try:
         yield
     finally:
-        setter(before)
+        setter(_restorable(before))
 
 
 def current_attention(hf: torch.nn.Module) -> str:
@@ -297,6 +297,17 @@ def _implementations(config: Any) -> dict[str, Any]:
         if sub is not None and hasattr(sub, "_attn_implementation"):
             tree[key] = _implementations(sub)
     return tree
+
+
+def _restorable(tree: dict[str, Any]) -> str | dict[str, str]:
+    """What ``set_attn_implementation`` takes back: one name when all agree, else one name per sub-config.
+
+    Every release since 5.4 takes ``{"": top, sub_config: name}`` with plain names (nested dicts came later).
+    """
+    top = tree[""]
+    if _all_equal(tree, top):
+        return top
+    return {key: value if isinstance(value, str) else value[""] for key, value in tree.items()}
 
 
 def _all_equal(tree: dict[str, Any], implementation: str) -> bool:
