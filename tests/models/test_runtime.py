@@ -9,6 +9,7 @@ causal tracing ranks injection layers as one forward per condition does.
 from __future__ import annotations
 
 import inspect
+import os
 import random
 import string
 
@@ -23,6 +24,8 @@ from mmlens.layout import Modality
 from mmlens.models import runtime
 from tests.conftest import noise_image
 
+# The same contract on an accelerator: MMLENS_TEST_DEVICE=cuda python -m pytest tests/models/test_runtime.py
+DEVICE = os.environ.get("MMLENS_TEST_DEVICE", "cpu")
 FAMILIES = ["tiny-llava", "tiny-llava-next", "tiny-llava-onevision", "tiny-qwen2-vl", "tiny-qwen2.5-vl",
             "tiny-idefics3", "tiny-paligemma", "tiny-llama", "tiny-gpt2"]
 
@@ -33,7 +36,7 @@ FOIL = "what is the colour of the sky ?"  # the same length: a counterfactual fo
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def family(request) -> tuple[mmlens.Model, mmlens.Batch]:
-    model = mmlens.load(request.param)
+    model = mmlens.load(request.param, device=DEVICE)
     if model.adapter.multimodal:
         return model, model.prepare(f"<image> {PROMPT}", [noise_image(64, 80, seed=1)])
     return model, model.prepare(PROMPT)
@@ -76,6 +79,7 @@ def test_captured_probabilities_equal_output_attentions(family):
 def test_knockout_zeroes_exactly_the_blocked_keys_and_changes_the_output(family):
     model, batch = family
     modality = batch.layout.modality
+    modality = modality.to(model.device)
     blocked = modality == int(Modality.IMAGE) if model.adapter.multimodal else torch.zeros_like(modality, dtype=bool)
     if not model.adapter.multimodal:
         blocked[:, : modality.shape[1] // 2] = True
@@ -94,7 +98,7 @@ def test_knockout_zeroes_exactly_the_blocked_keys_and_changes_the_output(family)
 
 def test_injection_plan_ranks_layers_as_one_forward_per_condition(family):
     model, batch = family
-    last = torch.zeros_like(batch.input_ids, dtype=torch.bool)
+    last = torch.zeros_like(batch.input_ids, dtype=torch.bool, device="cpu")
     last[:, -1] = True
     groups = {"last": last, "all": torch.ones_like(last)}
     corrupt = "embeddings" if model.adapter.multimodal else model.prepare(FOIL)
@@ -136,7 +140,7 @@ def forward(self, hidden_states, attention_mask=None, position_ids=None, {keywor
 
 def test_the_cache_keyword_is_read_from_the_signature_not_listed():
     keyword = "kv_" + "".join(random.Random().choices(string.ascii_lowercase, k=10))
-    model = mmlens.load("tiny-llama")
+    model = mmlens.load("tiny-llama", device=DEVICE)
     layers = model.decoder_layers
     wrapper = _renamed_cache_layer(keyword)
     for index in range(len(layers)):
@@ -172,7 +176,7 @@ def test_unannotated_layers_fall_back_to_the_parameter_name():
 
 
 def test_attention_switch_restores_every_sub_model():
-    model = mmlens.load("tiny-llava")
+    model = mmlens.load("tiny-llava", device=DEVICE)
     before = runtime._implementations(model.hf.config)
     with eager_attention(model):
         inside = runtime._implementations(model.hf.config)
