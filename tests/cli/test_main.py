@@ -33,7 +33,7 @@ def lines_of(result: subprocess.CompletedProcess) -> list[str]:
 # --- the real command, as a subprocess -------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, words", [
-    (["explain", "--metod", "x"], "No such option: --metod"),
+    (["explain", "--metod", "x"], "--metod"),  # click's wording differs between releases
     (["nosuchcmd"], "No such command 'nosuchcmd'"),
     ([], "Missing command"),
     (["neurons", "--samples", "abc"], "--samples"),
@@ -211,7 +211,8 @@ def test_main_reports_each_outcome(toy_app, capsys):
     assert main(["quit"]) == 3
     assert main(["boom", "--nope"]) == 2
     err = capsys.readouterr().err
-    assert "Traceback" not in err and err.splitlines()[-1] == "mmlens: error: No such option: --nope"
+    last = err.splitlines()[-1]
+    assert "Traceback" not in err and last.startswith("mmlens: error: No such option") and "--nope" in last
 
 
 def test_main_debug_shows_traceback(toy_app, capsys, monkeypatch):
