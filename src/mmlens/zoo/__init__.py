@@ -11,11 +11,14 @@ Example:
     >>> "tiny-llava" in names()
     True
     >>> model, processor = build("tiny-llava")
+    >>> example_image().name
+    'colour_question.png'
 """
 
 from __future__ import annotations
 
 from importlib import import_module
+from pathlib import Path
 from typing import Any
 
 from mmlens.errors import MmlensError
@@ -37,6 +40,7 @@ _BUILDERS: dict[str, str] = {
 }
 
 DEFAULT_MODEL = "shapes-llava"
+EXAMPLES_DIR = Path(__file__).parent / "examples"
 
 
 def names() -> list[str]:
@@ -54,3 +58,20 @@ def build(name: str, **kwargs: Any) -> tuple[Any, Any]:
         raise MmlensError(f"unknown zoo model {name!r}; known: {', '.join(names())}")
     module_name, function_name = _BUILDERS[name].split(":")
     return getattr(import_module(module_name), function_name)(**kwargs)
+
+
+def example_image(name: str = "colour_question.png") -> Path:
+    """Path of an example image shipped with mmlens (``zoo/examples/``, listed in ``examples.json``).
+
+    The default is a held-out shapes-world scene that ``shapes-llava`` answers
+    right: ``<image> what colour is the circle ?`` -> ``purple``.
+
+    Example:
+        >>> import mmlens
+        >>> batch = mmlens.load().prepare("<image> what colour is the circle ?", [example_image()])
+    """
+    path = EXAMPLES_DIR / name
+    if path.suffix != ".png" or not path.is_file():
+        shipped = ", ".join(sorted(p.name for p in EXAMPLES_DIR.glob("*.png")))
+        raise MmlensError(f"no shipped example image {name!r}; shipped: {shipped}")
+    return path
