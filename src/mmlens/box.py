@@ -51,17 +51,6 @@ class Box(NamedTuple):
         return box
 
     @classmethod
-    def from_layout(cls, box: Sequence[float]) -> "Box":
-        """A :class:`~mmlens.layout.View` or token box of the layout, ``(top, left, bottom, right)``, as a Box.
-
-        Example:
-            >>> Box.from_layout((0.0, 4.0, 4.0, 8.0))
-            Box(x0=4.0, y0=0.0, x1=8.0, y1=4.0)
-        """
-        top, left, bottom, right = box
-        return cls(left, top, right, bottom)
-
-    @classmethod
     def parse(cls, text: str) -> "Box":
         """``"x0,y0,x1,y1"`` (pixels) to a non-empty :class:`Box`, with a one-line error for anything else.
 

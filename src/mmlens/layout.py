@@ -11,7 +11,7 @@ Example:
     >>> import torch
     >>> layout = TokenLayout.build(
     ...     seq_len=6,
-    ...     images=[[ImageInfo(size=(4, 4), views=[View(rows=2, cols=2, box=(0, 0, 4, 4))])]],
+    ...     images=[[ImageInfo(size=(4, 4), views=[View(rows=2, cols=2, box=Box(0, 0, 4, 4))])]],
     ...     image_tokens=[[(1, 0, 0, 0, 0), (2, 0, 0, 0, 1), (3, 0, 0, 1, 0), (4, 0, 0, 1, 1)]],
     ...     special=[[0]],
     ... )
@@ -33,6 +33,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from mmlens.box import Box
+
 
 class Modality(IntEnum):
     """What a position holds."""
@@ -47,15 +49,21 @@ class Modality(IntEnum):
 class View:
     """One patch grid seen by the model: a tile, a global view, or the whole image.
 
-    ``box`` is the region of the original image this grid covers, as
-    ``(top, left, bottom, right)`` in original pixels (floats allowed: crops and
-    resizes rarely land on whole pixels).
+    ``box`` is the region of the original image this grid covers, a
+    :class:`~mmlens.box.Box` ``(x0, y0, x1, y1)`` in original pixels (floats
+    allowed: crops and resizes rarely land on whole pixels; a padded view may
+    reach past the image). Any four numbers given in that order are stored as
+    a :class:`~mmlens.box.Box`.
     """
 
     rows: int
     cols: int
-    box: tuple[float, float, float, float]
+    box: Box
     kind: str = "image"  # "image", "global" or "tile"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.box, Box):
+            object.__setattr__(self, "box", Box.of(self.box))
 
 
 @dataclass(frozen=True)
@@ -153,16 +161,16 @@ class TokenLayout:
         """Positions of text tokens in batch row ``row``."""
         return (self.modality[row] == int(Modality.TEXT)).nonzero().flatten()
 
-    def token_boxes(self, row: int = 0) -> dict[int, tuple[int, tuple[float, float, float, float]]]:
-        """Map each image position of ``row`` to ``(image, box)``, its patch's box in original pixels."""
+    def token_boxes(self, row: int = 0) -> dict[int, tuple[int, Box]]:
+        """Map each image position of ``row`` to ``(image, box)``, its patch's :class:`~mmlens.box.Box` in original pixels."""
         boxes = {}
         for position in self.image_positions(row).tolist():
             image, view = int(self.image[row, position]), int(self.view[row, position])
             grid = self.images[row][image].views[view]
-            top, left, bottom, right = grid.box
-            height, width = (bottom - top) / grid.rows, (right - left) / grid.cols
+            x0, y0, x1, y1 = grid.box
+            width, height = (x1 - x0) / grid.cols, (y1 - y0) / grid.rows
             r, c = int(self.row[row, position]), int(self.col[row, position])
-            boxes[position] = (image, (top + r * height, left + c * width, top + (r + 1) * height, left + (c + 1) * width))
+            boxes[position] = (image, Box(x0 + c * width, y0 + r * height, x0 + (c + 1) * width, y0 + (r + 1) * height))
         return boxes
 
     def grid(self, scores: torch.Tensor, row: int = 0, image: int = 0, view: int = 0) -> np.ndarray:
@@ -205,7 +213,12 @@ class TokenLayout:
         return maps
 
     def describe(self, row: int = 0) -> dict:
-        """A JSON-ready summary of one row: counts per modality and each image's views."""
+        """A JSON-ready summary of one row: counts per modality and each image's views.
+
+        Each view's ``"box"`` is ``[x0, y0, x1, y1]`` in original pixels, as
+        :meth:`Box.to_json <mmlens.box.Box.to_json>` writes it (rounded to
+        hundredths); ``"size"`` is ``[height, width]``.
+        """
         modality = self.modality[row]
         return {
             "seq_len": self.seq_len,
@@ -238,16 +251,16 @@ def _view_selected(view: View, which: str) -> bool:
     return view.kind == "tile"
 
 
-def _paint(grid: np.ndarray, box: tuple[float, float, float, float], total: np.ndarray, count: np.ndarray) -> None:
+def _paint(grid: np.ndarray, box: Box, total: np.ndarray, count: np.ndarray) -> None:
     """Add a patch grid, stretched over ``box`` (nearest cell per pixel centre), into the accumulators."""
     height, width = total.shape
-    top, left, bottom, right = box
+    x0, y0, x1, y1 = box
     rows, cols = grid.shape
-    ys = np.arange(max(0, int(np.floor(top))), min(height, int(np.ceil(bottom))))
-    xs = np.arange(max(0, int(np.floor(left))), min(width, int(np.ceil(right))))
+    ys = np.arange(max(0, int(np.floor(y0))), min(height, int(np.ceil(y1))))
+    xs = np.arange(max(0, int(np.floor(x0))), min(width, int(np.ceil(x1))))
     # A pixel belongs to the cell that contains its centre.
-    r = np.floor((ys + 0.5 - top) / (bottom - top) * rows).astype(int)
-    c = np.floor((xs + 0.5 - left) / (right - left) * cols).astype(int)
+    r = np.floor((ys + 0.5 - y0) / (y1 - y0) * rows).astype(int)
+    c = np.floor((xs + 0.5 - x0) / (x1 - x0) * cols).astype(int)
     ys, r = ys[(r >= 0) & (r < rows)], r[(r >= 0) & (r < rows)]
     xs, c = xs[(c >= 0) & (c < cols)], c[(c >= 0) & (c < cols)]
     values = grid[np.ix_(r, c)]

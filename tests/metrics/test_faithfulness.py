@@ -167,7 +167,7 @@ def test_pixel_baselines(tiny_llava: mmlens.Model, targets: Targets, effect: tor
 def test_hidden_images_edit_only_token_boxes(targets: Targets) -> None:
     layout, image = targets.batch.layout, targets.batch.images[0][0]
     position = layout.image_positions(0)[5].item()
-    top, left, bottom, right = (int(v) for v in layout.token_boxes(0)[position][1])
+    left, top, right, bottom = (int(v) for v in layout.token_boxes(0)[position][1])  # x0, y0, x1, y1
     original = np.asarray(image, dtype=np.int16)
     for baseline in ("mean_colour", "blur"):
         edited = np.asarray(hidden_images([image], layout, 0, [position], baseline)[0], dtype=np.int16)

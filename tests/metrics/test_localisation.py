@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from mmlens.box import Box
 from mmlens.layout import ImageInfo, TokenLayout, View
 from mmlens.metrics import energy_in_box, pointing_game, region_mask
 
@@ -98,14 +99,15 @@ def test_pointing_on_layout_heatmap() -> None:
     # A 4x4 token grid over a centre crop of an 80-wide image; the peak token is (row 1, col 2).
     layout = TokenLayout.build(
         seq_len=17,
-        images=[[ImageInfo(size=(64, 80), views=[View(rows=4, cols=4, box=(0.0, 8.0, 64.0, 72.0))])]],
+        images=[[ImageInfo(size=(64, 80), views=[View(rows=4, cols=4, box=Box(8.0, 0.0, 72.0, 64.0))])]],
         image_tokens=[[(1 + 4 * r + c, 0, 0, r, c) for r in range(4) for c in range(4)]],
     )
     scores = torch.zeros(17)
     scores[1 + 4 * 1 + 2] = 1.0
     heatmap = layout.to_heatmaps(scores)[0][0]
     assert np.isnan(heatmap[:, :8]).all()  # outside the crop
-    top, left, bottom, right = layout.token_boxes(0)[7][1]
-    assert pointing_game(heatmap, [(left, top, right, bottom)], tolerance=0)
-    assert not pointing_game(heatmap, [(left + 16, top, right + 16, bottom)], tolerance=0)
-    assert energy_in_box(heatmap, [(left, top, right, bottom)]) == pytest.approx(1.0)
+    box = layout.token_boxes(0)[7][1]  # row 1, column 2 of the crop: x from 40 to 56, y from 16 to 32
+    assert box == Box(40.0, 16.0, 56.0, 32.0)
+    assert pointing_game(heatmap, [box], tolerance=0)
+    assert not pointing_game(heatmap, [box._replace(x0=box.x0 + 16, x1=box.x1 + 16)], tolerance=0)
+    assert energy_in_box(heatmap, [box]) == pytest.approx(1.0)

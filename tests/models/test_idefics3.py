@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import mmlens
+from mmlens.box import Box
 from mmlens.layout import Modality, TokenLayout
 from mmlens.model import Model
 from mmlens.models.idefics3 import IDEFICS3, Idefics3Adapter, tile_grid
@@ -67,10 +68,10 @@ def test_views_match_processor_geometry(model: Model, name: str) -> None:
     views = layout.images[0][0].views
     assert [v.kind for v in views] == ["tile"] * (grid[0] * grid[1]) + ["global"]
     assert all((v.rows, v.cols) == (2, 2) for v in views)
-    assert views[-1].box == (0.0, 0.0, float(height), float(width))
+    assert views[-1].box == Box(0.0, 0.0, float(width), float(height))
     last = views[-2].box  # the bottom-right tile ends at the image corner
-    assert last[2:] == pytest.approx((height, width))
-    assert last[:2] == pytest.approx((height * (grid[0] - 1) / grid[0], width * (grid[1] - 1) / grid[1]))
+    assert (last.x1, last.y1) == pytest.approx((width, height))
+    assert (last.x0, last.y0) == pytest.approx((width * (grid[1] - 1) / grid[1], height * (grid[0] - 1) / grid[0]))
     # Markers are special; only <image> positions are image tokens.
     ids = layout.modality[0]
     assert int((ids == int(Modality.IMAGE)).sum()) == 4 * len(views)
@@ -119,7 +120,7 @@ def test_unsplit_image_has_only_the_global_view(model: Model) -> None:
     try:
         assert tile_grid((120, 200), image_processor) == (0, 0)
         layout = model.prepare(PROMPT, [noise_image(120, 200)]).layout
-        assert [(v.kind, v.box) for v in layout.images[0][0].views] == [("global", (0.0, 0.0, 120.0, 200.0))]
+        assert [(v.kind, v.box) for v in layout.images[0][0].views] == [("global", Box(0.0, 0.0, 200.0, 120.0))]
         assert verify_layout(model, noise_image(120, 200, seed=2), regions=3).ok
     finally:
         image_processor.do_image_splitting = True

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from mmlens.box import Box
 from mmlens.layout import Modality, View
 from mmlens.models.llava import processed_box
 from mmlens.models.verify import verify_layout
@@ -37,7 +38,7 @@ def test_verification_catches_a_wrong_crop_box(tiny_llava, monkeypatch):
         layout = real_layout(self, inputs, sizes, processor)
         for row in layout.images:
             for i, info in enumerate(row):
-                row[i] = dataclasses.replace(info, views=[View(v.rows, v.cols, (0, 0, *info.size)) for v in info.views])
+                row[i] = dataclasses.replace(info, views=[View(v.rows, v.cols, Box(0, 0, info.size[1], info.size[0])) for v in info.views])
         return layout
 
     monkeypatch.setattr(type(tiny_llava.adapter), "layout", uncropped)
@@ -49,8 +50,8 @@ def test_processed_box_for_pad_resize_and_crop():
         do_pad, do_resize, do_center_crop = True, True, False
         size = {"height": 32, "width": 32}
 
-    top, left, bottom, right = processed_box((50, 100), Processor())
-    assert (top, left, bottom, right) == (-25.0, 0.0, 75.0, 100.0)  # padded to 100x100, image centred
+    box = processed_box((50, 100), Processor())  # 50 high, 100 wide
+    assert isinstance(box, Box) and box == Box(0.0, -25.0, 100.0, 75.0)  # padded to 100x100, image centred
 
 
 def test_two_images_and_heatmaps(tiny_llava):

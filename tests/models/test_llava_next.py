@@ -15,6 +15,7 @@ from transformers.models.llava_next.image_processing_pil_llava_next import Llava
 from transformers.models.llava_onevision.image_processing_pil_llava_onevision import LlavaOnevisionImageProcessorPil
 
 import mmlens
+from mmlens.box import Box
 from mmlens.errors import MmlensError
 from mmlens.layout import Modality, TokenLayout, View
 from mmlens.models.llava_next import (
@@ -55,7 +56,7 @@ def test_layout_verified_by_perturbation(model: mmlens.Model, shape: str) -> Non
     batch = model.prepare(PROMPT, [image])
     layout = batch.layout
     base, hires = layout.images[0][0].views
-    assert (base.kind, base.rows, base.cols, base.box) == ("global", 4, 4, (0.0, 0.0, height, width))
+    assert (base.kind, base.rows, base.cols, base.box) == ("global", 4, 4, Box(0.0, 0.0, width, height))
     assert (hires.kind, hires.rows, hires.cols) == ("tile", *grid)
     # Every <image> slot is a patch or a newline; newlines end each high-resolution row.
     slots = _image_token_mask(model, batch.input_ids[0])
@@ -88,7 +89,7 @@ def _padded_hires_box(layout: TokenLayout) -> TokenLayout:
     """Forget the unpadding: claim view 1 covers exactly the whole image."""
     info = layout.images[0][0]
     hires = info.views[1]
-    whole = dataclasses.replace(hires, box=(0, 0, *info.size))
+    whole = dataclasses.replace(hires, box=Box(0, 0, info.size[1], info.size[0]))
     layout.images[0][0] = dataclasses.replace(info, views=[info.views[0], whole])
     return layout
 
@@ -129,7 +130,7 @@ def test_view_boxes_match_the_processor_pixel_for_pixel(model: mmlens.Model, siz
 
 
 def _assert_cells(pixels: np.ndarray, view: View, kept: dict, cell: int) -> None:
-    top, left, bottom, right = view.box
+    left, top, right, bottom = view.box  # x0, y0, x1, y1
     height, width = (bottom - top) / view.rows, (right - left) / view.cols
     for r in range(pixels.shape[1] // cell):
         for c in range(pixels.shape[2] // cell):
@@ -186,7 +187,7 @@ def test_onevision_multi_image_prompts_are_not_tiled(model: mmlens.Model) -> Non
     batch = model.prepare(["<image> <image> same ?", PROMPT], images)
     infos = batch.layout.images
     assert [v.kind for info in infos[0] for v in info.views] == ["image", "image"]
-    assert infos[0][1].views[0].box == (-40.0, 0.0, 160.0, 200.0)  # padded to a centred square
+    assert infos[0][1].views[0].box == Box(0.0, -40.0, 200.0, 160.0)  # 120x200 padded to a centred square
     assert [v.kind for v in infos[1][0].views] == ["global", "tile"]
     slots = _image_token_mask(model, batch.input_ids)
     assert int((slots[0] & batch.layout.mask(Modality.SPECIAL)[0]).sum()) == 2  # one newline per image

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import mmlens
+from mmlens.box import Box
 from mmlens.errors import MmlensError
 from mmlens.hooks import capture
 from mmlens.layout import Modality, TokenLayout
@@ -91,7 +92,7 @@ def test_verify_layout(model: Model, name: str) -> None:
     width, height = SIZES[name]
     layout = model.prepare(PROMPT, [noise_image(height, width)]).layout
     (view,) = layout.images[0][0].views
-    assert (view.rows, view.cols, view.box) == (4, 4, (0.0, 0.0, float(height), float(width)))
+    assert (view.rows, view.cols, view.box) == (4, 4, Box(0.0, 0.0, float(width), float(height)))
     report = verify_layout(model, noise_image(height, width, seed=1), prompt=PROMPT)
     assert report.ok, report.failures()
 

@@ -12,6 +12,7 @@ from PIL import Image
 from transformers.vision_utils import get_vision_window_index
 
 import mmlens
+from mmlens.box import Box
 from mmlens.hooks import capture
 from mmlens.layout import Modality, TokenLayout
 from mmlens.models.qwen2_vl import QWEN2_5_VL, QWEN2_VL, QwenVLAdapter
@@ -39,7 +40,7 @@ def test_layout_verified_by_perturbation(model: mmlens.Model, shape: str) -> Non
     (height, width), grid = SHAPES[shape]
     image = noise_image(height, width, seed=1)
     view = model.prepare("<image> what is this ?", [image]).layout.images[0][0].views[0]
-    assert (view.rows, view.cols) == grid and view.box == (0.0, 0.0, float(height), float(width))
+    assert (view.rows, view.cols) == grid and view.box == Box(0.0, 0.0, float(width), float(height))
     report = verify_layout(model, image)
     assert report.ok, report.failures()
 

@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 
 from mmlens.attribution.base import Attribution, causal_cut, empty_scores
+from mmlens.box import Box
 from mmlens.hooks import capture
 from mmlens.layout import Modality
 from mmlens.model import Model
@@ -117,10 +118,11 @@ def _back_to(heat: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(filled, mode="F").resize((size[1], size[0]), Image.BILINEAR))
 
 
-def _box_mean(heat: np.ndarray, box: tuple[float, float, float, float]) -> float:
-    top, left, bottom, right = (int(round(v)) for v in box)
-    top, left = max(top, 0), max(left, 0)
-    window = heat[top:max(bottom, top + 1), left:max(right, left + 1)]
+def _box_mean(heat: np.ndarray, box: Box) -> float:
+    """Mean of ``heat`` (height, width) over ``box`` ``(x0, y0, x1, y1)``, at least one pixel."""
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    x0, y0 = max(x0, 0), max(y0, 0)
+    window = heat[y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)]
     return float(window.mean()) if window.size else 0.0
 
 

@@ -124,10 +124,11 @@ def _windows(layout: TokenLayout, row: int, window: int) -> list[list[int]]:
 def _token_centres(layout: TokenLayout, row: int) -> dict[int, dict[int, tuple[int, int]]]:
     """Per image, each image token's patch centre in original pixels (clipped into the image)."""
     centres: dict[int, dict[int, tuple[int, int]]] = {}
-    for position, (image, (top, left, bottom, right)) in layout.token_boxes(row).items():
+    for position, (image, box) in layout.token_boxes(row).items():
         height, width = layout.images[row][image].size
-        y = int(np.clip((top + bottom) / 2, 0, height - 1))
-        x = int(np.clip((left + right) / 2, 0, width - 1))
+        centre_x, centre_y = box.centre
+        y = int(np.clip(centre_y, 0, height - 1))
+        x = int(np.clip(centre_x, 0, width - 1))
         centres.setdefault(image, {})[position] = (y, x)
     return centres
 

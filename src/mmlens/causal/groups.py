@@ -56,12 +56,12 @@ def object_positions(layout: TokenLayout, row: int, region: ObjectRegion, image:
     else:
         mask = Box.of(region).mask((height, width))  # the pixels whose centres lie in the box
     hits = []
-    for position, (owner, (top, left, bottom, right)) in layout.token_boxes(row).items():
+    for position, (owner, (x0, y0, x1, y1)) in layout.token_boxes(row).items():
         if owner != image:
             continue
         # A patch covers the pixels whose centres lie inside its box.
-        ys = slice(max(0, int(np.ceil(top - 0.5))), max(0, int(np.ceil(bottom - 0.5))))
-        xs = slice(max(0, int(np.ceil(left - 0.5))), max(0, int(np.ceil(right - 0.5))))
+        ys = slice(max(0, int(np.ceil(y0 - 0.5))), max(0, int(np.ceil(y1 - 0.5))))
+        xs = slice(max(0, int(np.ceil(x0 - 0.5))), max(0, int(np.ceil(x1 - 0.5))))
         if mask[ys, xs].any():
             hits.append(position)
     return hits

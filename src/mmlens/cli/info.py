@@ -67,7 +67,7 @@ def _print(summary: dict[str, Any]) -> None:
     console.print("site kinds: " + ", ".join(kinds) + "  (e.g. lm.L0.resid)")
     layout = summary["layout"]
     console.print(f"sample prompt: {summary['prompt']!r} -> {layout['seq_len']} tokens {layout['tokens']}")
-    table = Table("image", "size (h, w)", "view", "kind", "grid", "box (top, left, bottom, right)", "tokens")
+    table = Table("image", "size (h, w)", "view", "kind", "grid", "box (x0, y0, x1, y1)", "tokens")
     for i, image in enumerate(layout["images"]):
         for j, view in enumerate(image["views"]):
             table.add_row(str(i), str(tuple(image["size"])), str(j), view["kind"], "x".join(map(str, view["grid"])),

@@ -12,7 +12,7 @@ The image processor (PIL and torchvision twins agree) works in three steps:
 
 Steps 1-2 compose to one axis-aligned scaling of the whole image onto
 ``R*M x C*M`` pixels, so tile ``(r, c)`` covers exactly the original box
-``(r*H/R, c*W/C, (r+1)*H/R, (c+1)*W/C)`` whatever the rounding, and every
+``Box(c*W/C, r*H/R, (c+1)*W/C, (r+1)*H/R)`` whatever the rounding, and every
 frame is ``M x M``: the batch padding (``do_pad``) never pads a real frame.
 
 The prompt gets, per tile, ``<fake_token_around_image><row_r_col_c>`` +
@@ -30,7 +30,7 @@ Example:
     >>> [(v.kind, v.rows, v.cols) for v in batch.layout.images[0][0].views][-2:]
     [('tile', 2, 2), ('global', 2, 2)]
     >>> batch.layout.images[0][0].views[0].box
-    (0.0, 0.0, 60.0, 66.66666666666667)
+    Box(x0=0.0, y0=0.0, x1=66.66666666666667, y1=60.0)
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from typing import Any
 
 import torch
 
+from mmlens.box import Box
 from mmlens.errors import MmlensError
 from mmlens.layout import ImageInfo, TokenLayout, View
 from mmlens.models.adapter import Adapter, grid_tokens, image_token_runs, layout_from_images, tokenizer_of
@@ -109,15 +110,15 @@ def _scale_below(height: int, width: int, max_len: int) -> tuple[int, int]:
     return max(height, 1), max(width, 1)
 
 
-def tile_box(size: tuple[int, int], grid: tuple[int, int], tile: tuple[int, int]) -> tuple[float, float, float, float]:
-    """Original-pixel box of tile ``(r, c)`` in an ``R x C`` split of an image of ``(height, width)``.
+def tile_box(size: tuple[int, int], grid: tuple[int, int], tile: tuple[int, int]) -> Box:
+    """Original-pixel :class:`~mmlens.box.Box` of tile ``(r, c)`` in an ``R x C`` split of an image of ``(height, width)``.
 
     Example:
         >>> tile_box((120, 200), (2, 3), (1, 2))
-        (60.0, 133.33333333333334, 120.0, 200.0)
+        Box(x0=133.33333333333334, y0=60.0, x1=200.0, y1=120.0)
     """
     (height, width), (rows, cols), (r, c) = size, grid, tile
-    return (r * height / rows, c * width / cols, (r + 1) * height / rows, (c + 1) * width / cols)
+    return Box(c * width / cols, r * height / rows, (c + 1) * width / cols, (r + 1) * height / rows)
 
 
 @dataclass(frozen=True)
@@ -187,7 +188,7 @@ def _image_layout(
         if side * side != end - start:
             raise MmlensError(f"{end - start} image tokens in one view: not a square grid")
         if tile is None:
-            views.append(View(side, side, (0.0, 0.0, float(height), float(width)), kind="global"))
+            views.append(View(side, side, Box(0.0, 0.0, float(width), float(height)), kind="global"))
         else:
             views.append(View(side, side, tile_box(size, grid, tile), kind="tile"))
         # pixel_shuffle keeps the k x k token grid row-major (see the module docstring).

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from mmlens.box import Box
 from mmlens.errors import MmlensError
 from mmlens.layout import ImageInfo, TokenLayout, View
 from mmlens.models.adapter import Adapter, grid_tokens, layout_from_images, tokenizer_of
@@ -21,14 +22,17 @@ def _size_pair(size: Any) -> tuple[int | None, int | None, int | None]:
     return get("shortest_edge", None), get("height", None), get("width", None)
 
 
-def processed_box(image_size: tuple[int, int], image_processor: Any) -> tuple[float, float, float, float]:
-    """The region of the original image that survives padding, resizing and centre-cropping.
+def processed_box(image_size: tuple[int, int], image_processor: Any) -> Box:
+    """The region of the original image that survives padding, resizing and centre-cropping, a :class:`~mmlens.box.Box`.
+
+    ``image_size`` is ``(height, width)``; the box is ``(x0, y0, x1, y1)``.
 
     Example:
-        >>> class P: do_pad = False; do_resize = True; size = {"shortest_edge": 64}
-        ...     do_center_crop = True; crop_size = {"height": 64, "width": 64}
-        >>> processed_box((120, 200), P())
-        (0.0, 40.0, 120.0, 160.0)
+        >>> from types import SimpleNamespace
+        >>> P = SimpleNamespace(do_pad=False, do_resize=True, size={"shortest_edge": 64},
+        ...                     do_center_crop=True, crop_size={"height": 64, "width": 64})
+        >>> [round(v, 1) for v in processed_box((120, 200), P)]  # 120 high, 200 wide: about the centre square
+        [39.6, 0.0, 160.4, 120.0]
     """
     height, width = image_size
     top_pad = left_pad = 0.0
@@ -47,12 +51,12 @@ def processed_box(image_size: tuple[int, int], image_processor: Any) -> tuple[fl
         else:
             resized = (target_h, target_w)
         scale_y, scale_x = resized[0] / height, resized[1] / width
-    top, left, bottom, right = 0.0, 0.0, float(resized[0]), float(resized[1])
+    x0, y0, x1, y1 = 0.0, 0.0, float(resized[1]), float(resized[0])
     if getattr(image_processor, "do_center_crop", False):
         _, crop_h, crop_w = _size_pair(image_processor.crop_size)
-        top, left = float(int((resized[0] - crop_h) / 2.0)), float(int((resized[1] - crop_w) / 2.0))
-        bottom, right = top + crop_h, left + crop_w
-    return (top / scale_y - top_pad, left / scale_x - left_pad, bottom / scale_y - top_pad, right / scale_x - left_pad)
+        x0, y0 = float(int((resized[1] - crop_w) / 2.0)), float(int((resized[0] - crop_h) / 2.0))
+        x1, y1 = x0 + crop_w, y0 + crop_h
+    return Box(x0 / scale_x - left_pad, y0 / scale_y - top_pad, x1 / scale_x - left_pad, y1 / scale_y - top_pad)
 
 
 @dataclass(frozen=True)

@@ -38,13 +38,11 @@ from typing import Any
 
 import torch
 
+from mmlens.box import Box
 from mmlens.errors import MmlensError
 from mmlens.layout import ImageInfo, TokenLayout, View
 from mmlens.models.adapter import Adapter, grid_tokens, layout_from_images, runs, tokenizer_of
 from mmlens.models.llava import LLAVA_STYLE_PATHS, _size_pair, processed_box
-
-_LayoutBox = tuple[float, float, float, float]  # (top, left, bottom, right), the layout's View.box order
-
 
 @dataclass(frozen=True)
 class ImagePlan:
@@ -83,26 +81,26 @@ def _per_tile_steps(image_processor: Any) -> SimpleNamespace:
     )
 
 
-def base_box(image_size: tuple[int, int], image_processor: Any) -> _LayoutBox:
+def base_box(image_size: tuple[int, int], image_processor: Any) -> Box:
     """Region of the original image the base tile covers: the image squashed to the tile size, then cropped.
 
     Example:
         >>> from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
         >>> base_box((120, 200), LlavaNextImageProcessorPil(size={"shortest_edge": 32},
         ...          crop_size={"height": 32, "width": 32}))
-        (0.0, 0.0, 120.0, 200.0)
+        Box(x0=0.0, y0=0.0, x1=200.0, y1=120.0)
     """
     shortest, height, width = _size_pair(image_processor.size)
     squashed = (height, width) if height and width else (shortest, shortest)
-    top, left, bottom, right = processed_box(squashed, _per_tile_steps(image_processor))
+    x0, y0, x1, y1 = processed_box(squashed, _per_tile_steps(image_processor))
     sy, sx = image_size[0] / squashed[0], image_size[1] / squashed[1]
-    return (top * sy, left * sx, bottom * sy, right * sx)
+    return Box(x0 * sx, y0 * sy, x1 * sx, y1 * sy)
 
 
 def _check_tiles_uncropped(image_processor: Any) -> None:
     """Stitched tiles form one uniform grid only if each tile is resized whole, never cropped."""
     side = _tile_side(image_processor)
-    if processed_box((side, side), _per_tile_steps(image_processor)) != (0.0, 0.0, float(side), float(side)):
+    if processed_box((side, side), _per_tile_steps(image_processor)) != Box(0.0, 0.0, float(side), float(side)):
         raise MmlensError(
             f"this image processor crops its {side}px anyres tiles (size={image_processor.size}, "
             f"crop_size={getattr(image_processor, 'crop_size', None)}); mmlens cannot lay out such tiles"
@@ -171,7 +169,7 @@ def hires_view(
         ...                                 image_grid_pinpoints=[[32, 32], [32, 64], [64, 32], [64, 64]])
         >>> view = hires_view((120, 200), ip, (4, 4), (32, 32))  # 2x2 tiles, 8x8 features, 2 rows cut each side
         >>> view.rows, view.cols, [round(x, 2) for x in view.box]
-        (4, 8, [12.31, 0.0, 110.77, 200.0])
+        (4, 8, [0.0, 12.31, 200.0, 110.77])
     """
     best = select_best_resolution(size, image_processor.image_grid_pinpoints)
     rows, cols = grid[0] * (best[0] // pixel_side[0]), grid[1] * (best[1] // pixel_side[1])
@@ -181,9 +179,9 @@ def hires_view(
     cell_h, cell_w = tile / grid[0], tile / grid[1]
     top, left, new_h, new_w = _pasted(size, best)
     sy, sx = size[0] / new_h, size[1] / new_w
-    box = (
-        (row0 * cell_h - top) * sy, (col0 * cell_w - left) * sx,
-        (row1 * cell_h - top) * sy, (col1 * cell_w - left) * sx,
+    box = Box(
+        (col0 * cell_w - left) * sx, (row0 * cell_h - top) * sy,
+        (col1 * cell_w - left) * sx, (row1 * cell_h - top) * sy,
     )
     rows, cols = row1 - row0, col1 - col0
     if max_tiles is not None:
@@ -194,18 +192,18 @@ def hires_view(
     return View(rows=rows, cols=cols, box=box, kind="tile")
 
 
-def square_padded_box(size: tuple[int, int]) -> _LayoutBox:
-    """Region an untiled OneVision image covers after ``pad_to_square`` (it reaches past the image).
+def square_padded_box(size: tuple[int, int]) -> Box:
+    """Region an untiled OneVision image of ``size`` (height, width) covers after ``pad_to_square`` (it reaches past the image).
 
     Example:
-        >>> square_padded_box((120, 200))
-        (-40.0, 0.0, 160.0, 200.0)
+        >>> square_padded_box((120, 200))  # 40 rows of padding above and below
+        Box(x0=0.0, y0=-40.0, x1=200.0, y1=160.0)
     """
     height, width = size
     side = max(height, width)
     top = (side - height) // 2 if width > height else 0
     left = (side - width) // 2 if height > width else 0
-    return (float(-top), float(-left), float(side - top), float(side - left))
+    return Box(float(-left), float(-top), float(side - left), float(side - top))
 
 
 # ---- adapter -------------------------------------------------------------------

@@ -30,7 +30,7 @@ Example:
     >>> batch = model.prepare("<image> what colour is the circle ?", [Image.new("RGB", (200, 120))])
     >>> view = batch.layout.images[0][0].views[0]
     >>> (view.rows, view.cols, view.box)
-    (4, 4, (0.0, 0.0, 120.0, 200.0))
+    (4, 4, Box(x0=0.0, y0=0.0, x1=200.0, y1=120.0))
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from mmlens.box import Box
 from mmlens.errors import MmlensError
 from mmlens.layout import ImageInfo, TokenLayout, View
 from mmlens.models.adapter import (
@@ -100,7 +101,7 @@ class PaliGemmaAdapter(Adapter):
                 raise MmlensError(f"row {b}: {len(positions)} image tokens for {len(sizes)} image(s) of {per_image}")
             row_images, row_tokens = [], []
             for index, (height, width) in enumerate(sizes):
-                box = (0.0, 0.0, float(height), float(width))  # a plain resize to the square: nothing cropped
+                box = Box(0.0, 0.0, float(width), float(height))  # a plain resize to the square: nothing cropped
                 row_images.append(ImageInfo(size=(height, width), views=[View(side, side, box)]))
                 row_tokens += grid_tokens(positions[index * per_image:(index + 1) * per_image], index, 0, side, side)
             images.append(row_images)

@@ -21,7 +21,7 @@ Example:
     >>> batch = model.prepare("<image> what is this ?", [Image.new("RGB", (200, 120))])
     >>> view = batch.layout.images[0][0].views[0]
     >>> (view.rows, view.cols, view.box)
-    (3, 5, (0.0, 0.0, 120.0, 200.0))
+    (3, 5, Box(x0=0.0, y0=0.0, x1=200.0, y1=120.0))
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 
+from mmlens.box import Box
 from mmlens.errors import MmlensError
 from mmlens.layout import ImageInfo, TokenLayout, View
 from mmlens.models.adapter import Adapter, grid_tokens, layout_from_images, tokenizer_of
@@ -100,7 +101,7 @@ class QwenVLAdapter(Adapter):
                 if rows == 0:
                     raise MmlensError(f"the processor returned fewer image grids than the {index + 1}th image needs")
                 row_images.append(ImageInfo(size=(height, width), views=[
-                    View(rows, cols, (0.0, 0.0, float(height), float(width)), kind="image")]))
+                    View(rows, cols, Box(0.0, 0.0, float(width), float(height)), kind="image")]))
                 row_tokens += grid_tokens(positions[used:used + rows * cols], index, 0, rows, cols)
                 used += rows * cols
             if used != len(positions):

@@ -32,8 +32,6 @@ from mmlens.hooks import capture, intervene
 from mmlens.layout import TokenLayout
 from mmlens.model import Model
 
-_LayoutBox = tuple[float, float, float, float]  # (top, left, bottom, right), the layout's View.box order
-
 #: Resampling kernels (Lanczos, bicubic) reach several pixels with small
 #: lobes, further still through chained resizes (Idefics3 resizes twice before
 #: cutting tiles). A token changed by less than this fraction of the largest
@@ -96,10 +94,10 @@ def verify_layout(
     for _ in range(regions):
         region = _random_region(rng, _covered_box(layout, pixels.shape[:2]), side=cell / 2)
         perturbed = pixels.copy()
-        top, left, bottom, right = (int(round(v)) for v in region)
-        perturbed[top:bottom, left:right] = 255 - perturbed[top:bottom, left:right]
+        x0, y0, x1, y1 = (int(round(v)) for v in region)
+        perturbed[y0:y1, x0:x1] = 255 - perturbed[y0:y1, x0:x1]
         changed_embeddings = _embeddings(model, Image.fromarray(perturbed), prompt)
-        report.checks.append(_check(layout, reference, changed_embeddings, (top, left, bottom, right), margin, halos))
+        report.checks.append(_check(layout, reference, changed_embeddings, Box(x0, y0, x1, y1), margin, halos))
     return report
 
 
@@ -113,7 +111,7 @@ def _embeddings(model: Model, image: Image.Image, prompt: str) -> torch.Tensor:
 
 
 def _check(
-    layout: TokenLayout, before: torch.Tensor, after: torch.Tensor, region: _LayoutBox, margin: float,
+    layout: TokenLayout, before: torch.Tensor, after: torch.Tensor, region: Box, margin: float,
     halos: dict[tuple[int, int], tuple[float, float]],
 ) -> RegionCheck:
     scale = before.abs().amax().clamp_min(1e-6)
@@ -121,19 +119,21 @@ def _check(
     changed = (delta > 1e-4 * scale).nonzero().flatten().tolist()
     faint = [p for p in changed if delta[p] < LEAK * delta.max()]
     boxes = layout.token_boxes(0)
-    top, left, bottom, right = region
-    core = (top + margin, left + margin, bottom - margin, right - margin)
+    x0, y0, x1, y1 = region
+    # The core may be empty (x0 > x1) for a region narrower than two margins: Box() does not check, _overlap does.
+    core = Box(x0 + margin, y0 + margin, x1 - margin, y1 - margin)
     required = [p for p, (_, box) in boxes.items() if _overlap(box, core)]
     allowed = []
     for p, (image, box) in boxes.items():
         dy, dx = halos[(image, int(layout.view[0, p]))]
-        if _overlap(box, (top - dy, left - dx, bottom + dy, right + dx)):
+        if _overlap(box, Box(x0 - dx, y0 - dy, x1 + dx, y1 + dy)):
             allowed.append(p)
-    return RegionCheck(region=Box.from_layout(region), changed=changed, required=required, allowed=allowed, faint=faint)
+    return RegionCheck(region=region, changed=changed, required=required, allowed=allowed, faint=faint)
 
 
-def _overlap(a: _LayoutBox, b: _LayoutBox) -> bool:
-    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3] and b[0] < b[2] and b[1] < b[3]
+def _overlap(a: Box, b: Box) -> bool:
+    """Whether boxes ``a`` and ``b`` share area, ``b`` non-empty."""
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1 and b.x0 < b.x1 and b.y0 < b.y1
 
 
 def _view_margins(
@@ -143,8 +143,7 @@ def _view_margins(
     halos = {}
     for i, info in enumerate(layout.images[0]):
         for v, view in enumerate(info.views):
-            top, left, bottom, right = view.box
-            cell_h, cell_w = (bottom - top) / view.rows, (right - left) / view.cols
+            cell_h, cell_w = view.box.height / view.rows, view.box.width / view.cols
             halos[(i, v)] = (max(margin, cell_h / 5), max(margin, cell_w / 5)) if scaled else (margin, margin)
     return halos
 
@@ -153,30 +152,29 @@ def _smallest_cell(layout: TokenLayout) -> float:
     sides = []
     for info in layout.images[0]:
         for view in info.views:
-            top, left, bottom, right = view.box
-            sides += [(bottom - top) / view.rows, (right - left) / view.cols]
+            sides += [view.box.height / view.rows, view.box.width / view.cols]
     return min(sides)
 
 
-def _covered_box(layout: TokenLayout, size: tuple[int, int]) -> _LayoutBox:
+def _covered_box(layout: TokenLayout, size: tuple[int, int]) -> Box:
     """The part of the image that every kind of view sees (a centre crop may hide the sides).
 
-    Tiles see the image only together, so each kind's views count as the box around them all.
+    ``size`` is the image's ``(height, width)``. Tiles see the image only
+    together, so each kind's views count as the box around them all.
     """
-    spans: dict[str, _LayoutBox] = {}
+    spans: dict[str, Box] = {}
     for view in layout.images[0][0].views:
         a, v = spans.get(view.kind, view.box), view.box
-        spans[view.kind] = (min(a[0], v[0]), min(a[1], v[1]), max(a[2], v[2]), max(a[3], v[3]))
-    top, left, bottom, right = 0.0, 0.0, float(size[0]), float(size[1])
+        spans[view.kind] = Box(min(a.x0, v.x0), min(a.y0, v.y0), max(a.x1, v.x1), max(a.y1, v.y1))
+    x0, y0, x1, y1 = 0.0, 0.0, float(size[1]), float(size[0])
     for box in spans.values():
-        top, left = max(top, box[0]), max(left, box[1])
-        bottom, right = min(bottom, box[2]), min(right, box[3])
-    return (top, left, bottom, right)
+        x0, y0 = max(x0, box.x0), max(y0, box.y0)
+        x1, y1 = min(x1, box.x1), min(y1, box.y1)
+    return Box(x0, y0, x1, y1)
 
 
-def _random_region(rng: np.random.Generator, within: _LayoutBox, side: float) -> _LayoutBox:
-    top, left, bottom, right = within
+def _random_region(rng: np.random.Generator, within: Box, side: float) -> Box:
     side = max(2.0, side)
-    y = rng.uniform(top + 1, bottom - side - 1)
-    x = rng.uniform(left + 1, right - side - 1)
-    return (y, x, y + side, x + side)
+    y = rng.uniform(within.y0 + 1, within.y1 - side - 1)  # y drawn first, as always: same regions per seed
+    x = rng.uniform(within.x0 + 1, within.x1 - side - 1)
+    return Box(x, y, x + side, y + side)

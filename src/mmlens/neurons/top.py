@@ -99,7 +99,7 @@ def top_activations(model: "Model", samples: Sequence[Sample], site: str, index:
         image = layout.mask(Modality.IMAGE)[row]
         position = int(acts[row].masked_fill(~image, float("-inf")).argmax())
         patches.append((int(layout.row[row, position]), int(layout.col[row, position])))
-        boxes.append(Box.from_layout(layout.token_boxes(row)[position][1]))
+        boxes.append(layout.token_boxes(row)[position][1])
     chosen = [samples[i] for i in top.indices.tolist()]
     return TopActivations(site, index, top.values, [s.id for s in chosen], [s.prompt for s in chosen],
                           [s.image for s in chosen], heatmaps, patches, boxes)

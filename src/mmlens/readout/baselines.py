@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
+from mmlens.box import Box
 from mmlens.errors import MmlensError
 from mmlens.layout import TokenLayout
 
@@ -122,18 +123,16 @@ def hidden_images(
     return out
 
 
-def _box_mask(size: tuple[int, int], boxes: list[tuple[float, float, float, float]]) -> np.ndarray:
-    """Pixels whose centres fall in any of the layout's ``(top, left, bottom, right)`` token boxes."""
-    height, width = size
-    ys, xs = np.arange(height)[:, None] + 0.5, np.arange(width)[None, :] + 0.5
+def _box_mask(size: tuple[int, int], boxes: list[Box]) -> np.ndarray:
+    """Pixels of an image of ``size`` (height, width) whose centres fall in any of the token boxes."""
     mask = np.zeros(size, dtype=bool)
-    for top, left, bottom, right in boxes:
-        mask |= (ys >= top) & (ys < bottom) & (xs >= left) & (xs < right)
+    for box in boxes:
+        mask |= box.mask(size)
     return mask
 
 
-def _half_patch(boxes: list[tuple[float, float, float, float]]) -> float:
+def _half_patch(boxes: list[Box]) -> float:
     if not boxes:
         return 2.0
-    sides = [max(bottom - top, right - left) for top, left, bottom, right in boxes]
+    sides = [max(box.width, box.height) for box in boxes]
     return float(np.mean(sides)) / 2

@@ -58,7 +58,7 @@ def lens_word_grid_figure(
     chosen = list(range(len(lens.layer_names))) if layers is None else [i % len(lens.layer_names) for i in layers]
     info = lens.layout.images[row][image_index]
     grid_view = info.views[view]
-    top, left, bottom, right = grid_view.box
+    view_x0, view_y0, view_x1, view_y1 = grid_view.box
     pixels = np.asarray(image.convert("RGB"))
     cols = min(columns, len(chosen))
     rows = int(np.ceil(len(chosen) / cols))
@@ -71,11 +71,11 @@ def lens_word_grid_figure(
         axes = figure.add_subplot(rows, cols, k + 1)
         axes.imshow(pixels, extent=(0, info.size[1], info.size[0], 0))
         words, probs = lens.word_grid(layer, row, image_index, view)
-        height, width = (bottom - top) / grid_view.rows, (right - left) / grid_view.cols
+        height, width = (view_y1 - view_y0) / grid_view.rows, (view_x1 - view_x0) / grid_view.cols
         for (r, c), word in np.ndenumerate(words):
             if not word:
                 continue
-            y0, x0 = top + r * height, left + c * width
+            y0, x0 = view_y0 + r * height, view_x0 + c * width
             p = float(probs[r, c])
             axes.add_patch(Rectangle((x0, y0), width, height, facecolor=shade(0.15 + 0.6 * p),
                                                          alpha=0.55, edgecolor="white", linewidth=0.4))
