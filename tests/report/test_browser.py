@@ -61,19 +61,19 @@ def test_explain_report_switches_heatmap_on_token_and_method_click(browser_page,
     second = page.locator(VISIBLE_HEATMAP)
     assert second.count() == 1 and second.is_visible()
     assert second.get_attribute("src") != first
-    assert "token 2" in second.get_attribute("alt")
+    assert "token 1" in second.get_attribute("alt")  # numbered from 0, like the files
     pinned = second.get_attribute("src")
 
     page.locator("section.sample button.method", has_text="rollout").click()
     page.mouse.move(0, 0)
     switched = page.locator(VISIBLE_HEATMAP)
     assert switched.count() == 1 and switched.get_attribute("src") not in (first, pinned)
-    assert switched.get_attribute("alt").startswith("rollout heatmap, token 2")
+    assert switched.get_attribute("alt").startswith("rollout heatmap, token 1")
 
     tokens.nth(0).hover()  # hovering previews the first token, leaving returns to the pinned one
-    assert "token 1" in page.locator(VISIBLE_HEATMAP).get_attribute("alt")
+    assert "token 0" in page.locator(VISIBLE_HEATMAP).get_attribute("alt")
     page.mouse.move(0, 0)
-    assert "token 2" in page.locator(VISIBLE_HEATMAP).get_attribute("alt")
+    assert "token 1" in page.locator(VISIBLE_HEATMAP).get_attribute("alt")
 
     check_screenshot(page, tmp_path / "explain_page.png")
     assert page.js_errors == []

@@ -29,6 +29,7 @@ from mmlens.errors import MmlensError
 from mmlens.layout import TokenLayout
 from mmlens.model import Model
 from mmlens.readout import Targets, build_targets
+from mmlens.readout.targets import greedy_answers
 
 METHODS: dict[str, Callable[..., Attribution]] = {
     "attention": attention,
@@ -52,7 +53,7 @@ def explain(
     methods: Sequence[str] = DEFAULT_METHODS,
     answer: str | None = None,
     foil: str | None = None,
-    max_new_tokens: int = 8,
+    max_new_tokens: int | None = None,
     score: str = "logit",
     options: dict[str, dict[str, Any]] | None = None,
     progress: Callable[[str], None] | None = None,
@@ -69,7 +70,7 @@ def explain_batch(
     methods: Sequence[str] = DEFAULT_METHODS,
     answers: Sequence[str] | None = None,
     foils: Sequence[str] | None = None,
-    max_new_tokens: int = 8,
+    max_new_tokens: int | None = None,
     score: str = "logit",
     options: dict[str, dict[str, Any]] | None = None,
     progress: Callable[[str], None] | None = None,
@@ -78,9 +79,13 @@ def explain_batch(
 
     ``answers`` teacher-forces given answers (else the model's greedy answers
     are explained); ``foils`` turns each target into a contrast, answer
-    against foil. ``options`` passes per-method keyword arguments, e.g.
-    ``{"integrated_gradients": {"steps": 64}}``. ``progress`` is called with
-    each method's name as it starts.
+    against foil. Generated answers end at the model's end token or after
+    ``max_new_tokens`` (default: the length the model records, see
+    :func:`~mmlens.readout.targets.answer_length`; one word for shapes-llava).
+    Each explanation records the model's own answer, the target, the foil and
+    whether the answer was teacher-forced. ``options`` passes per-method
+    keyword arguments, e.g. ``{"integrated_gradients": {"steps": 64}}``.
+    ``progress`` is called with each method's name as it starts.
     """
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -88,6 +93,8 @@ def explain_batch(
     batch = model.prepare(list(prompts), [list(row) for row in images], padding_side="left")
     targets = build_targets(model, batch, None if answers is None else list(answers),
                             None if foils is None else list(foils), max_new_tokens, score)
+    own = None if answers is None else greedy_answers(model, batch, max_new_tokens)
+    given = {"target": answers, "foil": foils, "model_answer": own}
     results: dict[str, Attribution] = {}
     milliseconds: dict[str, float] = {}
     for method in methods:
@@ -96,10 +103,11 @@ def explain_batch(
         start = time.perf_counter()
         results[method] = METHODS[method](model, targets, **(options or {}).get(method, {}))
         milliseconds[method] = (time.perf_counter() - start) * 1e3 / len(prompts)
-    return [_one(model, targets, results, milliseconds, row) for row in range(len(prompts))]
+    return [_one(model, targets, results, milliseconds, row, given) for row in range(len(prompts))]
 
 
-def _one(model: Model, targets: Targets, results: dict[str, Attribution], ms: dict[str, float], row: int) -> Explanation:
+def _one(model: Model, targets: Targets, results: dict[str, Attribution], ms: dict[str, float], row: int,
+         given: dict[str, Sequence[str] | None]) -> Explanation:
     """The explanation of one batch row, padding and absent targets dropped."""
     batch = targets.batch
     layout = batch.layout
@@ -107,10 +115,12 @@ def _one(model: Model, targets: Targets, results: dict[str, Attribution], ms: di
     one_row = TokenLayout(layout.modality[row : row + 1], layout.image[row : row + 1], layout.view[row : row + 1],
                           layout.row[row : row + 1], layout.col[row : row + 1], layout.images[row : row + 1])
     tokens = model.tokenizer.convert_ids_to_tokens(batch.input_ids[row].tolist())
+    answer = model.tokenizer.decode(targets.tokens[row, :n].tolist(), skip_special_tokens=True)
+    recorded = {key: None if values is None else values[row] for key, values in given.items()}
     return Explanation(
         model=model.name,
         prompt=batch.prompts[row],
-        answer=model.tokenizer.decode(targets.tokens[row, :n].tolist(), skip_special_tokens=True),
+        answer=answer,
         answer_tokens=targets.texts[row],
         tokens=[str(t) for t in tokens],
         positions=targets.positions[:n].tolist(),
@@ -119,6 +129,9 @@ def _one(model: Model, targets: Targets, results: dict[str, Attribution], ms: di
         scores={m: r.scores[row, :n].clone() for m, r in results.items()},
         extras={m: _row_extras(r.extras, row, n) for m, r in results.items()},
         milliseconds=dict(ms),
+        model_answer=recorded["model_answer"] if recorded["model_answer"] is not None else answer,
+        target=recorded["target"],
+        foil=recorded["foil"],
     )
 
 

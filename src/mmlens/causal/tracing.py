@@ -32,13 +32,13 @@ Example:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
 
 from mmlens.causal.groups import token_groups
 from mmlens.causal.replay import LayerReplay, record_layers
+from mmlens.causal.trace_result import CausalTrace
 from mmlens.data.shapes_questions import object_region, object_words
 from mmlens.errors import MmlensError
 from mmlens.hooks import Edit, capture, intervene
@@ -48,88 +48,6 @@ from mmlens.readout import answer_token_ids, token_probabilities
 
 COMPONENTS: tuple[str, ...] = ("resid", "attn", "mlp")
 Condition = tuple[str, int, int]  # (component, layer, group index)
-
-
-@dataclass
-class CausalTrace:
-    """Answer probabilities of the clean, corrupted and every patched run, and their recovery rates.
-
-    ``p_patched[component]`` is ``(batch, layers, groups)``; ``recovery`` the
-    ``(layers, groups)`` matrix per component, pooled over rows as
-    ``mean(P_patched - P_corrupt) / mean(P_clean - P_corrupt)``.
-    """
-
-    model: str
-    prompts: list[str]
-    answers: list[str]
-    answer_ids: torch.Tensor  # (batch,)
-    components: list[str]
-    groups: list[str]
-    group_sizes: torch.Tensor  # (batch, groups)
-    p_clean: torch.Tensor  # (batch,)
-    p_corrupt: torch.Tensor  # (batch,)
-    p_patched: dict[str, torch.Tensor]
-    corruption: dict[str, Any]
-    window: int = 1
-    seconds: float = 0.0
-    extras: dict[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def concat(cls, traces: Sequence["CausalTrace"]) -> "CausalTrace":
-        """Traces of several batches (same model, components and groups) as one, rows in order.
-
-        Example:
-            >>> both = CausalTrace.concat([result, result])
-            >>> len(both.prompts) == 2 * len(result.prompts)
-            True
-        """
-        first = traces[0]
-        if any(t.components != first.components or t.groups != first.groups for t in traces):
-            raise MmlensError("only traces of the same components and groups can be joined")
-        return cls(
-            model=first.model, prompts=[p for t in traces for p in t.prompts],
-            answers=[a for t in traces for a in t.answers],
-            answer_ids=torch.cat([t.answer_ids for t in traces]), components=first.components, groups=first.groups,
-            group_sizes=torch.cat([t.group_sizes for t in traces]), p_clean=torch.cat([t.p_clean for t in traces]),
-            p_corrupt=torch.cat([t.p_corrupt for t in traces]),
-            p_patched={c: torch.cat([t.p_patched[c] for t in traces]) for c in first.components},
-            corruption=first.corruption, window=first.window, seconds=sum(t.seconds for t in traces),
-        )
-
-    @property
-    def n_layers(self) -> int:
-        return next(iter(self.p_patched.values())).shape[1]
-
-    @property
-    def recovery(self) -> dict[str, torch.Tensor]:
-        """Per component the ``(layers, groups)`` recovery rate pooled over rows."""
-        gap = (self.p_clean - self.p_corrupt).mean()
-        return {c: (p - self.p_corrupt[:, None, None]).mean(0) / gap for c, p in self.p_patched.items()}
-
-    def rates(self, component: str, min_gap: float = 1e-6) -> torch.Tensor:
-        """Per-row recovery rates ``(batch, layers, groups)``; NaN where ``|P_clean - P_corrupt| < min_gap``."""
-        gap = (self.p_clean - self.p_corrupt)[:, None, None]
-        rates = (self.p_patched[component] - self.p_corrupt[:, None, None]) / gap
-        return torch.where(gap.abs() < min_gap, torch.full_like(rates, float("nan")), rates)
-
-    def to_json(self) -> dict[str, Any]:
-        """Plain JSON: the pooled matrices, and every row's probabilities."""
-        def rounded(t: torch.Tensor) -> Any:
-            return torch.round(t.float(), decimals=6).tolist()
-
-        return {
-            "model": self.model, "components": self.components, "groups": self.groups,
-            "layers": [f"L{i}" for i in range(self.n_layers)], "window": self.window,
-            "corruption": self.corruption, "seconds": round(self.seconds, 4),
-            "recovery": {c: rounded(m) for c, m in self.recovery.items()},
-            "rows": [
-                {"prompt": self.prompts[b], "answer": self.answers[b], "p_clean": float(self.p_clean[b]),
-                 "p_corrupt": float(self.p_corrupt[b]), "group_sizes": self.group_sizes[b].tolist(),
-                 "p_patched": {c: rounded(p[b]) for c, p in self.p_patched.items()}}
-                for b in range(len(self.prompts))
-            ],
-            "extras": self.extras,
-        }
 
 
 def trace(

@@ -7,15 +7,16 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
 from mmlens.attribution.api import DEFAULT_METHODS, METHODS, explain as run_explain
-from mmlens.attribution.explanation import Explanation
+from mmlens.attribution.explanation import IMAGE_SHARE, Explanation
 from mmlens.cli.options import ImageOption, ModelOption, OutOption, PromptOption, check_choices
 from mmlens.cli.samples import load_with_input
 from mmlens.report.files import save_explanation
-from mmlens.report.html import write_html_report
+from mmlens.report.html import what_was_explained, write_html_report
 
 
 def explain(
@@ -25,7 +26,9 @@ def explain(
     method: Optional[list[str]] = typer.Option(None, "--method", help=f"Repeatable; one of {', '.join(METHODS)}."),
     target: Optional[str] = typer.Option(None, "--target", help="Explain this answer (teacher-forced) instead of the model's own."),
     foil: Optional[str] = typer.Option(None, "--foil", help="Contrast the target against this answer."),
-    max_new_tokens: int = typer.Option(8, "--max-new-tokens", help="Length of the generated answer to explain."),
+    max_new_tokens: Optional[int] = typer.Option(
+        None, "--max-new-tokens", help="Most tokens of the generated answer to explain (default: the model's "
+        "answer length, one word for shapes-llava, else 8); generation also stops at the end token."),
     out: Path = OutOption,
 ) -> None:
     """Explain each answer token with several attribution methods; write report.html, explanation.json and PNGs."""
@@ -47,12 +50,14 @@ def explain(
 
 
 def print_summary(explanation: Explanation, report: Path) -> None:
-    """The answer, and per method the strongest image cell and prompt words for the first answer token."""
+    """What was explained, and per method the image share, strongest image cell and prompt words of the first token."""
     console = Console()
-    console.print(f"[bold]model[/bold]   {explanation.model}")
-    console.print(f"[bold]prompt[/bold]  {explanation.prompt}")
-    console.print(f"[bold]answer[/bold]  {explanation.answer}")
-    table = Table(title=f"why {explanation.answer_tokens[0]!r}?")
+    lines = [("model", explanation.model), ("prompt", explanation.prompt), *what_was_explained(explanation)]
+    for label, value in lines:
+        console.print(f"[bold]{label:<7}[/bold] {escape(value)}", highlight=False)
+    rather = f" rather than {explanation.foil!r}" if explanation.foil is not None else ""
+    question = f"why {explanation.answer_tokens[0]!r}{rather}?"
+    table = Table(title=question, caption=f"image share: {IMAGE_SHARE}")
     for column in ("method", "ms", "image share", "top image cell (row, col)", "top words"):
         table.add_column(column)
     for method in explanation.methods:
@@ -64,13 +69,11 @@ def print_summary(explanation: Explanation, report: Path) -> None:
 def _summary(explanation: Explanation, method: str) -> tuple[str, str, str]:
     import numpy as np
 
-    scores = explanation.scores[method][0].clamp(min=0)
-    image = explanation.layout.image_positions(0)
-    share = float(scores[image].sum() / scores.sum().clamp_min(1e-12)) if len(image) else 0.0
+    share = explanation.image_share(method, 0)
     cell = "-"
     if explanation.layout.images[0]:
         grid = explanation.image_grid(method, 0)
         if np.isfinite(grid).any():
             cell = str(tuple(int(v) for v in np.unravel_index(np.nanargmax(grid), grid.shape)))
     words = sorted(explanation.prompt_scores(method, 0), key=lambda pair: -pair[1])[:3]
-    return f"{share:.0%}", cell, " ".join(word for word, _ in words)
+    return ("-" if not np.isfinite(share) else f"{share:.0%}"), cell, " ".join(word for word, _ in words)

@@ -13,11 +13,13 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
 from mmlens.causal import COMPONENTS, CausalTrace, token_groups
 from mmlens.causal import trace as run_trace
+from mmlens.causal.trace_result import MIN_RECOVERY
 from mmlens.cli.inside_options import AnswerOption, ObjectBoxOption, ObjectWordOption, object_box
 from mmlens.cli.options import ImageOption, ModelOption, OutOption, PromptOption, check_choices
 from mmlens.cli.samples import load_with_input
@@ -71,6 +73,9 @@ def trace(
         (out / "trace.json").write_text(json.dumps(result.to_json()))
         report = write_sections([trace_section(result, figures)], out / "trace.html",
                                 title=f"mmlens trace · {loaded.name}")
+    if result.warning:
+        console.print(f"[yellow]warning:[/yellow] {escape(result.warning)} (--noise, --corrupt embeddings, "
+                      "--counterfactual)", highlight=False, soft_wrap=True)
     print_summary(result, report)
 
 
@@ -82,22 +87,30 @@ def trace_section(result: CausalTrace, figures: dict) -> str:
              "corruption": ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                      for k, v in result.corruption.items()),
              "tokens per group": ", ".join(f"{g}: {int(n)}" for g, n in zip(result.groups, result.group_sizes[0]))}
-    note = ""
-    if abs(float(result.p_clean[0] - result.p_corrupt[0])) < 0.05:
-        note = "The corruption barely changes P(answer): recovery rates divide by a tiny gap and mean little."
+    if result.warning:
+        facts["warning"] = result.warning
+    note = ("Recovery rates are left out (—, grey cells): the corruption barely moves the answer, so they divide "
+            "by noise." if result.weak else "")
     shown = [(f"Recovery rate when the {COMPONENT_TITLES[c]} of one layer and token group is restored.", figures[c])
              for c in result.components]
     return section_html("causal tracing", facts, shown, [_best_table(result)], note=note)
 
 
 def _best_table(result: CausalTrace) -> dict:
+    """Per component and group the layer that recovers most; "—" where none does or the corruption is weak."""
     rows = []
-    for component, matrix in result.recovery.items():
-        for g, group in enumerate(result.groups):
-            layer = int(matrix[:, g].argmax())
-            rows.append([COMPONENT_TITLES[component], group, f"L{layer}", f"{float(matrix[layer, g]):.2f}"])
-    return {"title": "strongest layer per component and group", "columns": ["component", "group", "layer", "RR"],
-            "rows": rows}
+    for component in result.components:
+        for group, (layer, rate) in zip(result.groups, result.strongest(component)):
+            if layer is not None:
+                rows.append([COMPONENT_TITLES[component], group, f"L{layer}", f"{rate:.2f}"])
+            elif rate != rate:  # NaN: the corruption is weak
+                rows.append([COMPONENT_TITLES[component], group, "—", "—"])
+            else:
+                rows.append([COMPONENT_TITLES[component], group, "none", f"< {MIN_RECOVERY:.2f}"])
+    why = ("—: left out, the corruption barely moves the answer" if result.weak
+           else f"none: no layer restores {MIN_RECOVERY:.0%} of the gap")
+    return {"title": f"strongest layer per component and group ({why})", "note": why,
+            "columns": ["component", "group", "layer", "RR"], "rows": rows}
 
 
 def print_summary(result: CausalTrace, report: Path) -> None:
@@ -108,10 +121,11 @@ def print_summary(result: CausalTrace, report: Path) -> None:
     console.print(f"[bold]answer[/bold]    {display_token(result.answers[0]).strip()}")
     console.print(f"[bold]P(answer)[/bold] clean {float(result.p_clean[0]):.3f} · corrupted "
                   f"{float(result.p_corrupt[0]):.3f} · {result.seconds * 1000:.0f} ms")
-    table = Table(title="recovery rate: best layer per component and group")
+    best = _best_table(result)
+    table = Table(title="recovery rate: best layer per component and group", caption=best["note"])
     for column in ("component", "group", "layer", "RR"):
         table.add_column(column)
-    for row in _best_table(result)["rows"]:
+    for row in best["rows"]:
         table.add_row(*row)
     console.print(table)
     console.print(f"report: {report}")

@@ -8,8 +8,9 @@ unless the caller asks for it.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -39,11 +40,12 @@ def load(
         'llava'
     """
     name = name_or_path or zoo.DEFAULT_MODEL
-    if name in zoo.names():
-        kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-        hf, processor = zoo.build(name, **kwargs)
-    else:
-        hf, processor = _from_pretrained(name, attn_implementation, trust_remote_code)
+    with _quiet_transformers():  # no "Loading weights" bar: the command line shows its own status
+        if name in zoo.names():
+            kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+            hf, processor = zoo.build(name, **kwargs)
+        else:
+            hf, processor = _from_pretrained(name, attn_implementation, trust_remote_code)
     if dtype is not None:
         hf = hf.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
     if device is not None:
@@ -65,6 +67,22 @@ def wrap(hf: torch.nn.Module, processor: Any, name: str | None = None) -> Model:
     adapter = adapter_for_model_type(_model_type(hf))
     hf.eval()
     return Model(hf, processor, adapter, name or getattr(hf.config, "_name_or_path", "") or type(hf).__name__)
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """transformers' progress bars and info logs off while loading, restored after."""
+    from transformers.utils import logging as hf_logging
+
+    bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity(max(verbosity, hf_logging.ERROR))
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _model_type(hf: torch.nn.Module) -> str:

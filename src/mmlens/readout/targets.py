@@ -28,6 +28,40 @@ from mmlens.errors import MmlensError
 from mmlens.model import Batch, Model
 
 SCORES = ("logit", "logprob", "prob")
+DEFAULT_ANSWER_LENGTH = 8  # tokens generated for a model that records no answer length
+
+
+def answer_length(model: Model) -> int:
+    """How many tokens the model's answers take at most: its generation config's ``max_new_tokens``, else 8.
+
+    Generation also stops at the model's end tokens (:func:`stop_token_ids`).
+    A model trained on answers of fixed length records that length in its
+    ``generation_config.json``: the shipped ``shapes-llava`` was trained on
+    one-word answers and never learnt an end token, so it records
+    ``max_new_tokens: 1``.
+
+    Example:
+        >>> import mmlens
+        >>> answer_length(mmlens.load("shapes-llava")), answer_length(mmlens.load("tiny-llama"))
+        (1, 8)
+    """
+    config = getattr(model.hf, "generation_config", None)
+    length = getattr(config, "max_new_tokens", None)
+    return int(length) if isinstance(length, int) and length > 0 else DEFAULT_ANSWER_LENGTH
+
+
+def stop_token_ids(model: Model) -> set[int]:
+    """Token ids that end an answer: the tokenizer's end and padding tokens and the generation config's end tokens.
+
+    Example:
+        >>> import mmlens
+        >>> sorted(stop_token_ids(mmlens.load("shapes-llava")))  # <pad>, </s>
+        [0, 3]
+    """
+    stops = {model.tokenizer.eos_token_id, model.tokenizer.pad_token_id}
+    configured = getattr(getattr(model.hf, "generation_config", None), "eos_token_id", None)
+    stops.update(configured if isinstance(configured, (list, tuple)) else [configured])
+    return {int(t) for t in stops if t is not None}
 
 
 @dataclass
@@ -69,12 +103,14 @@ def build_targets(
     batch: Batch,
     answer: str | list[str] | None = None,
     foil: str | list[str] | None = None,
-    max_new_tokens: int = 8,
+    max_new_tokens: int | None = None,
     score: str = "logit",
 ) -> Targets:
     """Targets for ``batch``: the generated answer when ``answer`` is None, else the given one.
 
     ``batch`` must be left-padded (``Model.prepare`` does that by default).
+    Generation stops at an end token or after ``max_new_tokens`` (default:
+    the model's :func:`answer_length`).
     """
     if score not in SCORES:
         raise MmlensError(f"unknown score {score!r}; choose one of {', '.join(SCORES)}")
@@ -123,11 +159,28 @@ def _tokenised(model: Model, texts: list[str]) -> tuple[torch.Tensor, torch.Tens
     return _right_padded(model, encoded)
 
 
-def _generated(model: Model, batch: Batch, max_new_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Greedy answers, each cut after its first end-of-sequence token."""
+def greedy_answers(model: Model, batch: Batch, max_new_tokens: int | None = None) -> list[str]:
+    """The model's own greedy answers to a left-padded batch, cut at the first end token.
+
+    Example:
+        >>> import mmlens
+        >>> model = mmlens.load("shapes-llava")
+        >>> from mmlens.data.shapes import make_sample
+        >>> s = make_sample("test", 0)
+        >>> len(greedy_answers(model, model.prepare(s.prompt, [s.image]))[0].split())
+        1
+    """
+    tokens, real = _generated(model, batch, max_new_tokens)
+    return [model.tokenizer.decode([t for t, r in zip(row, keep) if r], skip_special_tokens=True)
+            for row, keep in zip(tokens.tolist(), real.tolist())]
+
+
+def _generated(model: Model, batch: Batch, max_new_tokens: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy answers, each cut before its first end token (:func:`stop_token_ids`)."""
+    length = answer_length(model) if max_new_tokens is None else max_new_tokens
     with torch.no_grad():
-        new = model.generate(batch, max_new_tokens=max_new_tokens).cpu()
-    stops = {model.tokenizer.eos_token_id, model.tokenizer.pad_token_id} - {None}
+        new = model.generate(batch, max_new_tokens=length).cpu()
+    stops = stop_token_ids(model)
     answers = []
     for row in new.tolist():
         cut = next((i for i, t in enumerate(row) if t in stops), len(row))

@@ -28,22 +28,31 @@ from PIL import Image
 if TYPE_CHECKING:  # report code only reads explanations; no model import at runtime
     from mmlens.attribution.explanation import Explanation
 
+SIGNED_CMAP = "RdBu_r"  # diverging, white at zero: scores of both signs (IG, occlusion, gradient x input)
+SEQUENTIAL_CMAP = "Reds"  # non-negative scores (attention, rollout, relevancy): white at zero, as in SIGNED_CMAP
+
 
 def overlay_figure(
     image: Image.Image,
     heatmap: np.ndarray,
     title: str,
-    cmap: str = "jet",
+    cmap: str | None = None,
     alpha: float = 0.5,
     *,
     width: float = 4.0,
     dpi: int = 100,
     max_side: int | None = 512,
+    signed: bool | None = None,
 ) -> Figure:
     """The image with ``heatmap`` (same pixel size, NaN = transparent) drawn over it, plus a colour bar.
 
-    ``width`` is in inches; ``max_side`` downsamples big images first (the
-    figure is a few hundred pixels wide anyway, and drawing is faster).
+    Signed scores (``signed``, or by default: the heatmap has negative
+    values) use the diverging ``RdBu_r`` map with limits symmetric about zero,
+    so zero is white, positive red and negative blue; non-negative scores use
+    the sequential ``Reds`` map from 0 (white, as above) to their maximum.
+    ``cmap`` overrides the map (its range is then the data's). ``width`` is in
+    inches; ``max_side`` downsamples big images first (the figure is a few
+    hundred pixels wide anyway, and drawing is faster).
 
     Example:
         >>> import numpy as np
@@ -74,9 +83,16 @@ def overlay_figure(
     figure.suptitle(title, fontsize=9, y=1 - 0.06 / figure_h, va="top")
     axes.imshow(pixels, interpolation="bilinear")
     # Pixels no view covers (NaN) show the plain image.
-    colours = matplotlib.colormaps[cmap].with_extremes(bad=(0.0, 0.0, 0.0, 0.0))
     masked = np.ma.masked_invalid(heatmap)
+    if signed is None:
+        signed = masked.count() > 0 and float(masked.min()) < 0
+    colours = matplotlib.colormaps[cmap or (SIGNED_CMAP if signed else SEQUENTIAL_CMAP)]
+    colours = colours.with_extremes(bad=(0.0, 0.0, 0.0, 0.0))
     low, high = _limits(masked)
+    if cmap is None and signed:
+        low, high = _symmetric_limits(masked)
+    elif cmap is None and low >= 0:
+        low, high = 0.0, max(high, 1e-6)  # zero is white
     shown = axes.imshow(masked, cmap=colours, alpha=alpha, vmin=low, vmax=high, interpolation="nearest")
     axes.set_axis_off()
     bar = figure.colorbar(shown, cax=bar_axes)
@@ -103,10 +119,11 @@ def save_overlays(explanation: "Explanation", folder: str | Path, dpi: int = 100
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for method in explanation.methods:
+        signed = explanation.signed(method)
         for j, token in enumerate(explanation.answer_tokens):
             for i, heatmap in enumerate(explanation.heatmaps(method, j)):
-                title = f"{method} · {display_token(token).strip()!r} · image {i + 1}"
-                figure = overlay_figure(explanation.images[i], heatmap, title, dpi=dpi)
+                title = f"{method} · {visible_token(token)!r} · image {i}"
+                figure = overlay_figure(explanation.images[i], heatmap, title, dpi=dpi, signed=signed)
                 path = folder / f"{method}_t{j}_{safe_token(token)}_img{i}.png"
                 figure.savefig(path, format="png")
                 paths.append(path)
@@ -214,6 +231,21 @@ def display_token(token: str) -> str:
     return token.replace("▁", " ").replace("Ġ", " ").replace("Ċ", "\n")
 
 
+def visible_token(token: str, strip: bool = True) -> str:
+    """A tokenizer piece as it should show on a page: newlines as ``↵``, tabs as ``⇥``, never blank.
+
+    ``strip`` drops the surrounding spaces; a token of spaces only shows as ``␣``.
+
+    Example:
+        >>> visible_token("Ċ"), visible_token("▁red"), visible_token("▁")
+        ('↵', 'red', '␣')
+    """
+    shown = display_token(token).replace("\r\n", "↵").replace("\n", "↵").replace("\r", "↵").replace("\t", "⇥")
+    if strip:
+        shown = shown.strip(" ")
+    return shown or "␣"
+
+
 def safe_token(token: str, limit: int = 24) -> str:
     """A token reduced to filename-safe characters (``tok`` when nothing is left).
 
@@ -233,6 +265,13 @@ def _limits(masked: np.ma.MaskedArray) -> tuple[float, float]:
     if high - low < 1e-12:
         return low - 0.5e-6, high + 0.5e-6
     return low, high
+
+
+def _symmetric_limits(masked: np.ma.MaskedArray) -> tuple[float, float]:
+    """Colour range ``(-m, m)``, ``m`` the largest magnitude, so zero sits at the map's centre."""
+    bound = float(np.abs(masked).max()) if masked.count() else 0.0
+    bound = bound if bound > 1e-12 else 1e-6
+    return -bound, bound
 
 
 def _downsample(pixels: np.ndarray, heatmap: np.ndarray, max_side: int | None) -> tuple[np.ndarray, np.ndarray]:

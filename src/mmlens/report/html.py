@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from mmlens.layout import Modality
-from mmlens.report.figures import display_token, overlay_figure, png_data_uri
+from mmlens.report.figures import overlay_figure, png_data_uri, visible_token
 from mmlens.report.page import PAGE_HEAD
 
 if TYPE_CHECKING:
@@ -40,7 +40,11 @@ def write_html_report(
     """Write one self-contained HTML report for one or several explanations; returns its path.
 
     Hovering an answer token previews its heatmaps and prompt-word scores,
-    clicking pins it; the method buttons switch attribution method.
+    clicking pins it; the method buttons switch attribution method. Each
+    sample says what was explained (the model's own answer, any target and
+    foil, whether the answer was teacher-forced) and how the image share is
+    defined. Images, answer tokens and samples are numbered from 0, as in
+    ``explanation.json``, file names and ``mmlens info``.
     ``compact`` stores overlays as 256-colour PNGs, about a third of the size,
     with slight banding in the colour bars.
 
@@ -56,7 +60,8 @@ def write_html_report(
         explanations = [explanations]
     samples = [_sample(k, e, dpi, compact) for k, e in enumerate(explanations)]
     models = sorted({e.model for e in explanations})
-    html = _TEMPLATE.render(samples=samples, title=f"mmlens · {', '.join(models)}")
+    html = _TEMPLATE.render(samples=samples, title=f"mmlens · {', '.join(models)}",
+                            image_share=explanations[0].IMAGE_SHARE if explanations else "")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(html, encoding="utf-8")
@@ -72,31 +77,67 @@ def _sample(index: int, e: "Explanation", dpi: int, compact: bool) -> dict[str, 
         thumbnails.append({"uri": png_data_uri(small), "size": f"{image.width}×{image.height}"})
     views = []
     for method in e.methods:
+        signed = e.signed(method)
         for j, token in enumerate(e.answer_tokens):
             overlays = []
             for i, heatmap in enumerate(e.heatmaps(method, j)):
-                title = f"{method} · {display_token(token).strip()!r} · image {i + 1}"
-                figure = overlay_figure(e.images[i], heatmap, title, width=4.0, dpi=dpi, max_side=320)
+                title = f"{method} · {visible_token(token)!r} · image {i}"
+                figure = overlay_figure(e.images[i], heatmap, title, width=4.0, dpi=dpi, max_side=320, signed=signed)
                 overlays.append(png_data_uri(figure, palette=compact))
-            words, table, image_share = _words(e, method, j)
+            words, table = _words(e, method, j)
             views.append({"method": method, "target": j, "shown": not views, "overlays": overlays,
                           "words": words, "table": table,
-                          "caption": _caption(e, method, j, image_share)})
+                          "caption": _caption(e, method, j, e.image_share(method, j))})
     return {
         "id": f"sample-{index}",
-        "index": index + 1,
+        "index": index,
         "model": e.model,
         "prompt": e.prompt,
         "answer": e.answer,
-        "tokens": [display_token(t).strip() or repr(t) for t in e.answer_tokens],
+        "explained": what_was_explained(e),
+        "teacher_forced": e.teacher_forced,
+        "tokens": [visible_token(t) for t in e.answer_tokens],
         "methods": e.methods,
         "images": thumbnails,
         "views": views,
     }
 
 
-def _words(e: "Explanation", method: str, target: int) -> tuple[list[dict], list[dict], float]:
-    """The sequence the target sees, text shaded by score and image runs as chips; the top-word table; image share."""
+def what_was_explained(e: "Explanation") -> list[tuple[str, str]]:
+    """``(label, text)`` lines saying what was explained: the model's own answer, any target and foil.
+
+    The terminal summary and the HTML report show the same lines.
+
+    Example:
+        >>> what_was_explained(explanation)
+        [('answer', 'purple')]
+        >>> [label for label, _ in what_was_explained(forced)]  # explain(..., answer="red", foil="blue")
+        ['answer', 'target', 'foil']
+        >>> what_was_explained(forced)[0]
+        ('answer', "purple (the model's own)")
+    """
+    lines = []
+    if not e.teacher_forced:
+        lines.append(("answer", e.answer))
+    else:
+        own = e.model_answer if e.model_answer is not None else "not recorded"
+        lines.append(("answer", f"{own} (the model's own)"))
+        same = e.model_answer is not None and e.model_answer.strip() == e.answer.strip()
+        how = "the model gives this answer too" if same else "explained instead of the model's answer"
+        lines.append(("target", f"{e.answer} (teacher-forced: {how})"))
+    if e.foil is not None:
+        explained = "target" if e.teacher_forced else "answer"
+        lines.append(("foil", f"{e.foil} (scores are logit({explained}) - logit(foil))"))
+    return lines
+
+
+def _words(e: "Explanation", method: str, target: int) -> tuple[list[dict], list[dict]]:
+    """The sequence the target sees, text shaded by score and one chip per image; the top-word table.
+
+    A tiled image (tiles and a global view, e.g. idefics3, llava-next) is
+    one chip with its share of ``|score|``; its views and their shares show on
+    hover. Newlines show as ``↵``.
+    """
     scores = e.scores[method][target].detach().float().cpu().numpy()
     modality = e.layout.modality[0].numpy()
     image_of = e.layout.image[0].numpy()
@@ -104,33 +145,49 @@ def _words(e: "Explanation", method: str, target: int) -> tuple[list[dict], list
     visible = np.arange(len(scores)) <= last
     text = visible & (modality == int(Modality.TEXT))
     image = visible & (modality == int(Modality.IMAGE))
-    scale = float(np.abs(scores[text]).max()) if text.any() else 0.0
-    total = float(np.abs(scores[text | image]).sum())
-    image_share = float(np.abs(scores[image]).sum()) / total if total > 0 else math.nan
+    scale = float(np.nanmax(np.abs(scores[text]))) if text.any() else 0.0
+    scale = scale if math.isfinite(scale) else 0.0
+    total = float(np.nansum(np.abs(scores[text | image])))  # as in Explanation.image_share
     # Word-level vocabularies carry no space markers: put spaces back between pieces.
     pieces = [e.tokens[p] for p in np.flatnonzero(text)]
     spaced = not any(mark in piece for piece in pieces for mark in ("▁", "Ġ"))
     words: list[dict] = []
+    chipped: set[int] = set()
     for p in range(last + 1):
         if modality[p] == int(Modality.IMAGE):
-            if p > 0 and modality[p - 1] == int(Modality.IMAGE) and image_of[p - 1] == image_of[p]:
-                continue  # one chip per run of patches
             i = int(image_of[p])
-            run = image & (image_of == i)
-            share = float(np.abs(scores[run]).sum()) / total if total > 0 else math.nan
-            words.append({"kind": "chip", "style": "", "text": f"image {i + 1} · {_percent(share)}",
-                          "title": f"{int(run.sum())} patches · {_percent(share)} of |score|"})
+            if i not in chipped:  # one chip per image, wherever its tiles sit
+                chipped.add(i)
+                words.append(_image_chip(e, scores, image, i, total))
         elif modality[p] == int(Modality.TEXT):
-            piece = display_token(e.tokens[p])
+            piece = visible_token(e.tokens[p], strip=False)
             if spaced and words:
                 piece = " " + piece
-            words.append({"kind": "word", "text": piece, "title": f"{e.tokens[p]}: {scores[p]:.4g}",
+            words.append({"kind": "word", "text": piece, "title": f"{e.tokens[p]!r}: {scores[p]:.4g}",
                           "style": _shade(float(scores[p]), scale)})
-    ranked = sorted(np.flatnonzero(text), key=lambda p: -abs(float(scores[p])))[:_TOP_WORDS]
-    table = [{"text": display_token(e.tokens[p]).strip() or repr(e.tokens[p]), "position": int(p),
+    ranked = sorted(np.flatnonzero(text), key=lambda p: -abs(float(np.nan_to_num(scores[p]))))[:_TOP_WORDS]
+    table = [{"text": visible_token(e.tokens[p]), "position": int(p),
               "score": f"{scores[p]:.4g}", "width": 0 if scale == 0 else round(100 * abs(float(scores[p])) / scale),
               "negative": bool(scores[p] < 0)} for p in ranked]
-    return words, table, image_share
+    return words, table
+
+
+def _image_chip(e: "Explanation", scores: np.ndarray, image: np.ndarray, i: int, total: float) -> dict:
+    """The chip of image ``i``: its share of ``|score|``; on hover, each view (tile, global view) with its share."""
+    def share(mask: np.ndarray) -> float:
+        return float(np.nansum(np.abs(scores[mask]))) / total if total > 0 else math.nan
+
+    mine = image & (e.layout.image[0].numpy() == i)
+    lines = [f"image {i}: {int(mine.sum())} patches · {_percent(share(mine))} of |score|"]
+    views = e.layout.images[0][i].views
+    if len(views) > 1:
+        view_of = e.layout.view[0].numpy()
+        for v, view in enumerate(views):
+            part = mine & (view_of == v)
+            lines.append(f"  {view.kind} {v} ({view.rows}×{view.cols}): {int(part.sum())} patches · "
+                         f"{_percent(share(part))}")
+    text = f"image {i} · {_percent(share(mine))}" + (f" · {len(views)} views" if len(views) > 1 else "")
+    return {"kind": "chip", "style": "", "text": text, "title": "\n".join(lines), "views": len(views)}
 
 
 def _shade(score: float, scale: float) -> str:
@@ -148,7 +205,7 @@ def _caption(e: "Explanation", method: str, target: int, image_share: float) -> 
     if method in e.milliseconds:
         parts.append(f"{e.milliseconds[method]:.0f} ms per sample")
     if math.isfinite(image_share):
-        parts.append(f"image tokens hold {_percent(image_share)} of |score|")
+        parts.append(f"image share {_percent(image_share)}")
     for key, value in e.extras.get(method, {}).items():
         shown = _extra(value, target, len(e.answer_tokens))
         if shown is not None:
@@ -207,6 +264,15 @@ _TEMPLATE = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=
   .bar { display: inline-block; height: 9px; background: rgb(214, 39, 40); border-radius: 2px; }
   .bar.neg { background: rgb(31, 119, 180); }
   .caption { color: #666; font-size: 12px; margin-top: 6px; }
+  dl.explained { display: grid; grid-template-columns: max-content auto; gap: 2px 8px; margin: 8px 0; }
+  dl.explained dt { color: #777; font-size: 12px; text-transform: uppercase; letter-spacing: .04em; }
+  dl.explained dd { margin: 0; font-family: ui-monospace, Menlo, Consolas, monospace; }
+  .words .chip[data-views] { cursor: help; position: relative; }
+  .words .chip .tiles { display: none; position: absolute; left: 0; top: 1.7em; z-index: 2; white-space: pre;
+                        background: #fff; border: 1px solid #ccd; border-radius: 4px; padding: 4px 8px;
+                        font-size: 12px; line-height: 1.5; color: #333; box-shadow: 0 2px 6px rgba(0, 0, 0, .12); }
+  .words .chip:hover .tiles, .words .chip:focus .tiles { display: block; }
+  .definition { color: #888; font-size: 12px; margin: 10px 0 0; }
   .hint { color: #999; font-size: 12px; }
 </style>
 </head>
@@ -221,12 +287,15 @@ _TEMPLATE = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=
   <h2>Sample {{ s.index }} <small>· {{ s.model }}</small></h2>
   <div class="originals">
     {% for image in s.images %}
-    <figure><img src="{{ image.uri }}" alt="image {{ loop.index }}">
-      <figcaption>image {{ loop.index }} · {{ image.size }}</figcaption></figure>
+    <figure><img src="{{ image.uri }}" alt="image {{ loop.index0 }}">
+      <figcaption>image {{ loop.index0 }} · {{ image.size }}</figcaption></figure>
     {% endfor %}
   </div>
   <div class="row"><span class="label">Prompt</span><span class="prompt">{{ s.prompt }}</span></div>
-  <div class="row"><span class="label">Answer</span>
+  <dl class="explained">
+    {% for label, text in s.explained %}<dt>{{ label }}</dt><dd class="{{ label }}">{{ text }}</dd>{% endfor %}
+  </dl>
+  <div class="row"><span class="label">{{ 'Target' if s.teacher_forced else 'Answer' }} tokens</span>
     {% for token in s.tokens %}
     <button class="tok{{ ' active' if loop.first }}" data-t="{{ loop.index0 }}">{{ token }}</button>
     {% endfor %}
@@ -241,13 +310,18 @@ _TEMPLATE = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=
   <div class="view" data-m="{{ v.method }}" data-t="{{ v.target }}"{{ ' hidden' if not v.shown }}>
     <div class="overlays">
       {% for uri in v.overlays %}
-      <img src="{{ uri }}" alt="{{ v.method }} heatmap, token {{ v.target + 1 }}, image {{ loop.index }}">
+      <img src="{{ uri }}" alt="{{ v.method }} heatmap, token {{ v.target }}, image {{ loop.index0 }}">
       {% endfor %}
     </div>
     {# no whitespace between words: spacing comes from the tokens themselves #}
     <div class="words">
       {%- for w in v.words -%}
+      {%- if w.views and w.views > 1 -%}
+      <span class="{{ w.kind }}" tabindex="0" data-views="{{ w.views }}">{{ w.text }}
+        {#- the views list pops up on hover -#}<span class="tiles">{{ w.title }}</span></span>
+      {%- else -%}
       <span class="{{ w.kind }}" style="{{ w.style }}" title="{{ w.title }}">{{ w.text }}</span>
+      {%- endif -%}
       {%- endfor -%}
     </div>
     {% if v.table %}
@@ -262,6 +336,9 @@ _TEMPLATE = jinja2.Environment(autoescape=True, trim_blocks=True, lstrip_blocks=
     <div class="caption">{{ v.caption }}</div>
   </div>
   {% endfor %}
+  <p class="definition">Image share: {{ image_share }}. Images, answer tokens and samples are numbered from 0.
+    Heatmaps put zero at white: signed scores run blue (negative) to red (positive), non-negative ones white
+    to red.</p>
 </section>
 {% endfor %}
 </main>

@@ -156,14 +156,19 @@ def knockout_figure(knockout: "Knockout", dpi: int = 100) -> Figure:
 def trace_figures(trace: "CausalTrace", dpi: int = 100) -> dict[str, Figure]:
     """One layer-by-group recovery-rate heatmap per traced component.
 
+    When the corruption barely moves the answer (``trace.weak``) the cells are
+    grey (no value) and the title says why.
+
     Example:
         >>> trace_figures(result)["resid"].axes[0].get_title()[:12]
         'hidden state'
     """
     layers = [f"L{i}" for i in range(trace.n_layers)]
     figures = {}
-    for component, matrix in trace.recovery.items():
+    for component, matrix in trace.meaningful_recovery.items():
         title = f"{COMPONENT_TITLES.get(component, component)} restored · {trace.corruption.get('kind', '')}"
+        if trace.weak:
+            title += "\nno recovery rates: the corruption barely moves the answer"
         labels = [group.replace(" ", "\n") for group in trace.groups]  # two-line labels stay apart
         figures[component] = layer_grid_figure(matrix.numpy(), layers, labels, title, "recovery rate", dpi=dpi)
     return figures

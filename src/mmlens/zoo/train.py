@@ -375,6 +375,8 @@ def train(cfg: TrainConfig, out: Path, work: Path, threads: int = 1) -> dict:
     t2 = time.time()
     model.eval()
     out.mkdir(parents=True, exist_ok=True)
+    # Trained on one-word answers with no end token: the answer length is recorded for generation.
+    model.generation_config.max_new_tokens = 1
     model.save_pretrained(out)
     processor.save_pretrained(out)
     val = accuracy(model, processor, n=100, split="val")
