@@ -18,6 +18,7 @@ from mmlens.layout import ImageInfo, Modality, TokenLayout, View
 from mmlens.model import Batch, Model
 from mmlens.models.loading import load, wrap
 from mmlens.neurons import NeuronSet
+from mmlens.report.files import load_result
 
 __all__ = [
     "Batch",
@@ -37,6 +38,7 @@ __all__ = [
     "explain_batch",
     "intervene",
     "load",
+    "load_result",
     "patch",
     "trace",
     "wrap",

@@ -23,7 +23,9 @@ def test_explanation_writes_its_json_and_overlays(tiny_llava: mmlens.Model, tmp_
     explanation = mmlens.explain(tiny_llava, [Image.new("RGB", (40, 40), "red")], "<image> what colour ?",
                                  methods=["rollout"], answer="red")
     folder = save_explanation(explanation, tmp_path / "plain", figures=False)
-    assert json.loads((folder / "explanation.json").read_text()) == json.loads(json.dumps(explanation.to_json()))
+    stored = json.loads((folder / "explanation.json").read_text())
+    assert stored.pop("format") == "mmlens.Explanation" and stored.pop("schema_version") == 1
+    assert stored == json.loads(json.dumps(explanation.to_json()))
     assert not list(folder.glob("*.png"))
     with_figures = save_explanation(explanation, tmp_path / "figures")
     assert [p.name.split("_")[0] for p in with_figures.glob("*.png")] == ["rollout"]

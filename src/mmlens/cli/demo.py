@@ -1,4 +1,9 @@
-"""``mmlens demo``: the main job on the embedded default, the shipped model and example image."""
+"""``mmlens demo``: the main job on the embedded default, the shipped model and example image.
+
+The demo replaces its own earlier output (a folder whose manifest says
+``demo``), so ``make demo`` runs twice; any other non-empty folder needs
+``--overwrite``.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,20 @@ from typing import Optional
 
 import typer
 
-from mmlens.cli.explain import explain
-from mmlens.cli.options import ModelOption
+from mmlens.attribution.api import DEFAULT_METHODS
+from mmlens.cli.explain import SEEDS, explain_into
+from mmlens.cli.options import JsonOption, ModelOption, OverwriteOption
+from mmlens.report.output import OutputFolder
 
 
 def demo(
     model: Optional[str] = ModelOption,
-    out: Path = typer.Option(Path("out/demo"), "--out", "-o", help="Output folder."),
+    out: Path = typer.Option(Path("out/demo"), "--out", "-o", help="Output folder (an earlier demo's is replaced)."),
+    overwrite: bool = OverwriteOption,
+    as_json: bool = JsonOption,
 ) -> None:
     """Answer a question about the shipped example image and explain the answer (report in OUT)."""
-    explain(image=None, prompt=None, model=model, method=None, target=None, foil=None, max_new_tokens=1, out=out)
+    folder = OutputFolder(out, "demo", locals(), overwrite=overwrite, replace_own=True, seeds=SEEDS,
+                          result="explanation")
+    explain_into(folder, image=None, prompt=None, model=model, methods=list(DEFAULT_METHODS), target=None, foil=None,
+                 max_new_tokens=1, as_json=as_json)

@@ -13,10 +13,21 @@ from rich.table import Table
 
 from mmlens.attribution.api import DEFAULT_METHODS, METHODS, explain as run_explain
 from mmlens.attribution.explanation import IMAGE_SHARE, Explanation
-from mmlens.cli.options import ImageOption, ModelOption, OutOption, PromptOption, check_choices
+from mmlens.cli.options import (
+    ImageOption,
+    JsonOption,
+    ModelOption,
+    OutOption,
+    OverwriteOption,
+    PromptOption,
+    check_choices,
+    print_json,
+    stdout_for_json,
+)
 from mmlens.cli.samples import load_with_input
 from mmlens.report.files import save_explanation
 from mmlens.report.html import what_was_explained, write_html_report
+from mmlens.report.output import OutputFolder
 
 
 def explain(
@@ -30,23 +41,43 @@ def explain(
         None, "--max-new-tokens", help="Most tokens of the generated answer to explain (default: the model's "
         "answer length, one word for shapes-llava, else 8); generation also stops at the end token."),
     out: Path = OutOption,
+    overwrite: bool = OverwriteOption,
+    as_json: bool = JsonOption,
 ) -> None:
     """Explain each answer token with several attribution methods; write report.html, explanation.json and PNGs."""
+    folder = OutputFolder(out, "explain", locals(), overwrite=overwrite, seeds=SEEDS, result="explanation")
     methods = check_choices(list(method or DEFAULT_METHODS), METHODS, "method")
+    explain_into(folder, image=image, prompt=prompt, model=model, methods=methods,
+                 target=target, foil=foil, max_new_tokens=max_new_tokens, as_json=as_json)
+
+
+#: What the attribution methods seed (RISE draws its masks from a fixed seed).
+SEEDS = {"rise": 0}
+
+
+def explain_into(folder: OutputFolder, *, image: Optional[list[Path]], prompt: Optional[str], model: Optional[str],
+                 methods: list[str], target: Optional[str], foil: Optional[str], max_new_tokens: Optional[int],
+                 as_json: bool) -> None:
+    """The work of ``mmlens explain`` (and ``mmlens demo``): load, explain, write into ``folder``, summarise."""
     console = Console(stderr=True)
-    loaded, prompt_text, images = load_with_input(console, model, prompt, image)
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("explaining", total=len(methods))
+    with stdout_for_json(as_json):
+        with folder:
+            loaded, prompt_text, images = load_with_input(console, model, prompt, image)
+            folder.set_model(loaded)
+            with Progress(console=console, transient=True) as bar:
+                task = bar.add_task("explaining", total=len(methods))
 
-        def advance(name: str) -> None:
-            bar.update(task, description=f"explaining: {name}", completed=methods.index(name))
+                def advance(name: str) -> None:
+                    bar.update(task, description=f"explaining: {name}", completed=methods.index(name))
 
-        explanation = run_explain(loaded, images, prompt_text, methods=methods, answer=target, foil=foil,
-                                  max_new_tokens=max_new_tokens, progress=advance)
-    with console.status("writing report"):
-        save_explanation(explanation, out)
-        report = write_html_report(explanation, out / "report.html")
-    print_summary(explanation, report)
+                explanation = run_explain(loaded, images, prompt_text, methods=methods, answer=target, foil=foil,
+                                          max_new_tokens=max_new_tokens, progress=advance)
+            with console.status("writing report"):
+                save_explanation(explanation, folder.path)
+                write_html_report(explanation, folder.path / "report.html")
+        print_summary(explanation, folder.out / "report.html")
+    if as_json:
+        print_json(json_summary(explanation, folder.out))
 
 
 def print_summary(explanation: Explanation, report: Path) -> None:
@@ -66,14 +97,32 @@ def print_summary(explanation: Explanation, report: Path) -> None:
     console.print(f"report: {report}")
 
 
+def json_summary(explanation: Explanation, out: Path) -> dict:
+    """What ``--json`` prints: where the results are, the answer, and per method what the table shows."""
+    methods = {}
+    for method in explanation.methods:
+        share, cell, words = _facts(explanation, method)
+        methods[method] = {"milliseconds": round(explanation.milliseconds[method], 3), "image_share": share,
+                           "top_image_cell": cell, "top_words": words}
+    return {"out": str(out), "report": str(out / "report.html"), "model": explanation.model,
+            "prompt": explanation.prompt, "answer": explanation.answer, "answer_tokens": explanation.answer_tokens,
+            "methods": methods}
+
+
 def _summary(explanation: Explanation, method: str) -> tuple[str, str, str]:
+    share, cell, words = _facts(explanation, method)
+    return ("-" if share is None else f"{share:.0%}"), ("-" if cell is None else str(tuple(cell))), " ".join(words)
+
+
+def _facts(explanation: Explanation, method: str) -> tuple[float | None, list[int] | None, list[str]]:
+    """The first token's image share, strongest image cell (row, col) and three strongest prompt words."""
     import numpy as np
 
     share = explanation.image_share(method, 0)
-    cell = "-"
+    cell = None
     if explanation.layout.images[0]:
         grid = explanation.image_grid(method, 0)
         if np.isfinite(grid).any():
-            cell = str(tuple(int(v) for v in np.unravel_index(np.nanargmax(grid), grid.shape)))
+            cell = [int(v) for v in np.unravel_index(np.nanargmax(grid), grid.shape)]
     words = sorted(explanation.prompt_scores(method, 0), key=lambda pair: -pair[1])[:3]
-    return ("-" if not np.isfinite(share) else f"{share:.0%}"), cell, " ".join(word for word, _ in words)
+    return (float(share) if np.isfinite(share) else None), cell, [word for word, _ in words]

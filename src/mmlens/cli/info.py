@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional
 
 from rich.console import Console
 from rich.table import Table
 
-from mmlens.cli.options import ImageOption, JsonOption, ModelOption, PromptOption
+from mmlens.cli.options import (
+    ImageOption,
+    JsonOption,
+    ModelOption,
+    PromptOption,
+    print_json,
+    stdout_for_json,
+)
 from mmlens.cli.samples import sample_input
 from mmlens.model import Model
 from mmlens.models.loading import load
@@ -22,11 +28,12 @@ def info(
     as_json: bool = JsonOption,
 ) -> None:
     """Show a model's family, layers, site names and the token layout of a sample input."""
-    loaded = load(model)
-    prompt_text, images = sample_input(loaded, prompt, image)
-    summary = describe(loaded, prompt_text, images)
+    with stdout_for_json(as_json):  # stdout holds the JSON alone
+        loaded = load(model)
+        prompt_text, images = sample_input(loaded, prompt, image)
+        summary = describe(loaded, prompt_text, images)
     if as_json:
-        print(json.dumps(summary))
+        print_json(summary)
     else:
         _print(summary)
 

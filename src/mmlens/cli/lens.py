@@ -8,7 +8,6 @@ knockout per layer window.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -20,14 +19,25 @@ from rich.progress import Progress
 from rich.table import Table
 
 from mmlens.cli.inside_options import AnswerOption, ObjectBoxOption, object_box
-from mmlens.cli.options import ImageOption, ModelOption, OutOption, PromptOption
+from mmlens.cli.options import (
+    ImageOption,
+    JsonOption,
+    ModelOption,
+    OutOption,
+    OverwriteOption,
+    PromptOption,
+    print_json,
+    stdout_for_json,
+)
 from mmlens.cli.samples import load_with_input
 from mmlens.causal.groups import object_positions
 from mmlens.layout import Modality
 from mmlens.lens import AttentionFlow, Knockout, LogitLens, attention_flow, knockout, logit_lens
 from mmlens.report.figures import display_token
 from mmlens.report.inside import answer_emergence_figure, flow_figures, knockout_figure, lens_word_grid_figure
+from mmlens.report.files import save_lens
 from mmlens.report.inside_html import section_html, write_sections
+from mmlens.report.output import OutputFolder
 
 
 def lens(
@@ -39,40 +49,45 @@ def lens(
     window: int = typer.Option(1, "--window", help="Layers blocked together in attention knockout."),
     box: Optional[str] = ObjectBoxOption,
     out: Path = OutOption,
+    overwrite: bool = OverwriteOption,
+    as_json: bool = JsonOption,
 ) -> None:
     """Logit lens on every layer and position, attention flow and knockout; write lens.json, lens.html and PNGs."""
+    folder = OutputFolder(out, "lens", locals(), overwrite=overwrite, result="lens")
     console = Console(stderr=True)
-    loaded, prompt_text, images = load_with_input(console, model, prompt, image)
-    batch = loaded.prepare(prompt_text, images)
-    region = object_box(box, image, prompt, loaded.name)
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("logit lens", total=3)
-        result = logit_lens(loaded, batch, answer=answer, top_k=top_k)
-        bar.update(task, advance=1, description="attention flow")
-        flow = attention_flow(loaded, batch)
-        bar.update(task, advance=1, description="attention knockout")
-        groups = {"image": batch.layout.mask(Modality.IMAGE)}
-        if region is not None and images:
-            objects = torch.zeros_like(groups["image"])
-            objects[0, object_positions(batch.layout, 0, region)] = True
-            groups["object image"] = objects
-        blocked = knockout(loaded, batch, groups, window=window, answer=result.answer_ids) if images else None
-        bar.update(task, advance=1)
-    with console.status("writing figures and report"):
-        out.mkdir(parents=True, exist_ok=True)
-        figures = {"lens_emergence": answer_emergence_figure(result), **flow_figures(flow)}
-        if images:
-            figures["lens_words"] = lens_word_grid_figure(result, images[0])
-        if blocked is not None:
-            figures["knockout"] = knockout_figure(blocked)
-        for name, figure in figures.items():
-            figure.savefig(out / f"{name}.png", format="png")
-        payload = {"lens": result.to_json(), "flow": flow.to_json(),
-                   "knockout": blocked.to_json() if blocked is not None else None}
-        (out / "lens.json").write_text(json.dumps(payload))
-        report = write_sections([lens_section(result, flow, blocked, figures)], out / "lens.html",
-                                title=f"mmlens lens · {loaded.name}")
-    print_summary(result, flow, report)
+    with stdout_for_json(as_json):
+        with folder:
+            loaded, prompt_text, images = load_with_input(console, model, prompt, image)
+            folder.set_model(loaded)
+            batch = loaded.prepare(prompt_text, images)
+            region = object_box(box, image, prompt, loaded.name)
+            with Progress(console=console, transient=True) as bar:
+                task = bar.add_task("logit lens", total=3)
+                result = logit_lens(loaded, batch, answer=answer, top_k=top_k)
+                bar.update(task, advance=1, description="attention flow")
+                flow = attention_flow(loaded, batch)
+                bar.update(task, advance=1, description="attention knockout")
+                groups = {"image": batch.layout.mask(Modality.IMAGE)}
+                if region is not None and images:
+                    objects = torch.zeros_like(groups["image"])
+                    objects[0, object_positions(batch.layout, 0, region)] = True
+                    groups["object image"] = objects
+                blocked = knockout(loaded, batch, groups, window=window, answer=result.answer_ids) if images else None
+                bar.update(task, advance=1)
+            with console.status("writing figures and report"):
+                figures = {"lens_emergence": answer_emergence_figure(result), **flow_figures(flow)}
+                if images:
+                    figures["lens_words"] = lens_word_grid_figure(result, images[0])
+                if blocked is not None:
+                    figures["knockout"] = knockout_figure(blocked)
+                for name, figure in figures.items():
+                    figure.savefig(folder.path / f"{name}.png", format="png")
+                save_lens(result, flow, blocked, folder.path)
+                write_sections([lens_section(result, flow, blocked, figures)], folder.path / "lens.html",
+                               title=f"mmlens lens · {loaded.name}")
+        print_summary(result, flow, folder.out / "lens.html")
+    if as_json:
+        print_json(json_summary(result, flow, folder.out))
 
 
 def lens_section(result: LogitLens, flow: AttentionFlow, blocked: Knockout | None, figures: dict[str, Figure]) -> str:
@@ -105,6 +120,24 @@ def _rows(result: LogitLens) -> list[list[str]]:
                      f"{float(result.entropy[layer, 0, result.position]):.2f}", str(int(result.answer_rank[layer, 0])),
                      f"{float(result.answer_prob[layer, 0]):.3f}"])
     return rows
+
+
+def json_summary(result: LogitLens, flow: AttentionFlow, out: Path) -> dict:
+    """What ``--json`` prints: where the results are, and per layer what the table shows."""
+    shares = flow.by_layer(0)[:, 0].tolist()
+    columns = ("layer", "top1", "p", "entropy", "answer_rank", "answer_prob")
+    layers = []
+    for layer, row in enumerate(_rows(result)):
+        entry = dict(zip(columns, row))
+        for key in ("p", "entropy", "answer_prob"):
+            entry[key] = float(entry[key])
+        entry["answer_rank"] = int(entry["answer_rank"])
+        entry["attention_on_image"] = None if layer == 0 else round(shares[layer - 1], 6)
+        layers.append(entry)
+    emergence = result.emergence_layer(0)
+    return {"out": str(out), "report": str(out / "lens.html"), "model": result.model, "prompt": result.prompts[0],
+            "answer": display_token(result.vocabulary[int(result.answer_ids[0])]).strip(),
+            "emerges_at": result.layer_names[emergence] if emergence is not None else None, "layers": layers}
 
 
 def print_summary(result: LogitLens, flow: AttentionFlow, report: Path) -> None:

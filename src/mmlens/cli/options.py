@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Iterator, Optional
 
 import typer
 
@@ -12,8 +15,12 @@ from mmlens.errors import MmlensError
 ModelOption = typer.Option(None, "--model", "-m", help="Zoo name, local folder or hub id (default: the shipped model).")
 ImageOption = typer.Option(None, "--image", "-i", help="Image file; repeat for several images.")
 PromptOption = typer.Option(None, "--prompt", "-p", help="Prompt text with one <image> slot per image.")
-JsonOption = typer.Option(False, "--json", help="Print JSON instead of tables.")
-OutOption = typer.Option(Path("out"), "--out", "-o", help="Output folder.")
+JsonOption = typer.Option(False, "--json", help="Print one JSON object on stdout and nothing else "
+                          "(tables and progress go to stderr).")
+OutOption = typer.Option(Path("out"), "--out", "-o", help="Output folder: new or empty (see --overwrite); "
+                         "it appears only when the run completes, with a manifest.json.")
+OverwriteOption = typer.Option(False, "--overwrite", help="Replace a non-empty --out folder; the old one stays "
+                               "untouched until the new run is complete.")
 
 ModelArg = Optional[str]
 ImagesArg = Optional[list[Path]]
@@ -30,3 +37,28 @@ def check_choices(chosen: list[str], known, noun: str) -> list[str]:
     if unknown:
         raise MmlensError(f"unknown {noun}(s) {', '.join(unknown)}; known: {', '.join(known)}")
     return chosen
+
+
+@contextlib.contextmanager
+def stdout_for_json(as_json: bool) -> Iterator[None]:
+    """With ``--json``, whatever prints on stdout (tables, summaries, other libraries) goes to stderr instead.
+
+    Print the JSON itself with :func:`print_json` after the block.
+
+    Example:
+        >>> with stdout_for_json(True):
+        ...     print("a table")  # on stderr
+        >>> print_json({"answer": "red"})
+        {"answer": "red"}
+    """
+    if not as_json:
+        yield
+        return
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
+def print_json(payload: Any) -> None:
+    """The one JSON object of a ``--json`` run, on one line of stdout."""
+    sys.stdout.write(json.dumps(payload) + "\n")
+    sys.stdout.flush()

@@ -7,7 +7,6 @@ layer-by-group recovery-rate heatmap per component (``trace_resid.png``,
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -21,14 +20,26 @@ from mmlens.causal import COMPONENTS, CausalTrace, token_groups
 from mmlens.causal import trace as run_trace
 from mmlens.causal.trace_result import MIN_RECOVERY
 from mmlens.cli.inside_options import AnswerOption, ObjectBoxOption, ObjectWordOption, object_box
-from mmlens.cli.options import ImageOption, ModelOption, OutOption, PromptOption, check_choices
+from mmlens.cli.options import (
+    ImageOption,
+    JsonOption,
+    ModelOption,
+    OutOption,
+    OverwriteOption,
+    PromptOption,
+    check_choices,
+    print_json,
+    stdout_for_json,
+)
 from mmlens.cli.samples import load_with_input
 from mmlens.data.images import open_image
 from mmlens.data.shapes_questions import prompt_object_words
 from mmlens.errors import MmlensError
 from mmlens.report.figures import display_token
 from mmlens.report.inside import COMPONENT_TITLES, trace_figures
+from mmlens.report.files import save_trace
 from mmlens.report.inside_html import section_html, write_sections
+from mmlens.report.output import OutputFolder
 
 
 def trace(
@@ -46,37 +57,44 @@ def trace(
     object_word: Optional[list[str]] = ObjectWordOption,
     seed: int = typer.Option(0, "--seed", help="Seed of the noise and of the control tokens."),
     out: Path = OutOption,
+    overwrite: bool = OverwriteOption,
+    as_json: bool = JsonOption,
 ) -> None:
     """Causal tracing (clean, corrupted, patched runs); write trace.json, trace.html and one heatmap per component."""
+    folder = OutputFolder(out, "trace", locals(), overwrite=overwrite, seeds={"seed": seed}, result="trace")
     components = check_choices(list(component or COMPONENTS), COMPONENTS, "component")
     console = Console(stderr=True)
-    loaded, prompt_text, images = load_with_input(console, model, prompt, image)
-    if not images:
-        raise MmlensError("causal tracing corrupts the image: give an image and a prompt with an <image> slot")
-    batch = loaded.prepare(prompt_text, images)
-    words = list(object_word) if object_word else prompt_object_words(prompt_text)
-    groups = token_groups(loaded, batch, [object_box(box, image, prompt, loaded.name)], [words], seed=seed)
-    corruption = corrupt
-    if counterfactual is not None:
-        other = [open_image(counterfactual)] + list(images[1:])
-        corruption = loaded.prepare(prompt_text, other)
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("tracing", total=None)
-        result = run_trace(loaded, batch, groups, answer=answer, corrupt=corruption, noise=noise,
-                           components=components, window=window, seed=seed,
-                           progress=lambda done, total: bar.update(task, completed=done, total=total))
-    with console.status("writing figures and report"):
-        out.mkdir(parents=True, exist_ok=True)
-        figures = trace_figures(result)
-        for name, figure in figures.items():
-            figure.savefig(out / f"trace_{name}.png", format="png")
-        (out / "trace.json").write_text(json.dumps(result.to_json()))
-        report = write_sections([trace_section(result, figures)], out / "trace.html",
-                                title=f"mmlens trace · {loaded.name}")
-    if result.warning:
-        console.print(f"[yellow]warning:[/yellow] {escape(result.warning)} (--noise, --corrupt embeddings, "
-                      "--counterfactual)", highlight=False, soft_wrap=True)
-    print_summary(result, report)
+    with stdout_for_json(as_json):
+        with folder:
+            loaded, prompt_text, images = load_with_input(console, model, prompt, image)
+            folder.set_model(loaded)
+            if not images:
+                raise MmlensError("causal tracing corrupts the image: give an image and a prompt with an <image> slot")
+            batch = loaded.prepare(prompt_text, images)
+            words = list(object_word) if object_word else prompt_object_words(prompt_text)
+            groups = token_groups(loaded, batch, [object_box(box, image, prompt, loaded.name)], [words], seed=seed)
+            corruption = corrupt
+            if counterfactual is not None:
+                other = [open_image(counterfactual)] + list(images[1:])
+                corruption = loaded.prepare(prompt_text, other)
+            with Progress(console=console, transient=True) as bar:
+                task = bar.add_task("tracing", total=None)
+                result = run_trace(loaded, batch, groups, answer=answer, corrupt=corruption, noise=noise,
+                                   components=components, window=window, seed=seed,
+                                   progress=lambda done, total: bar.update(task, completed=done, total=total))
+            with console.status("writing figures and report"):
+                figures = trace_figures(result)
+                for name, figure in figures.items():
+                    figure.savefig(folder.path / f"trace_{name}.png", format="png")
+                save_trace(result, folder.path)
+                write_sections([trace_section(result, figures)], folder.path / "trace.html",
+                               title=f"mmlens trace · {loaded.name}")
+            if result.warning:
+                console.print(f"[yellow]warning:[/yellow] {escape(result.warning)} (--noise, --corrupt embeddings, "
+                              "--counterfactual)", highlight=False, soft_wrap=True)
+        print_summary(result, folder.out / "trace.html")
+    if as_json:
+        print_json(json_summary(result, folder.out))
 
 
 def trace_section(result: CausalTrace, figures: dict) -> str:
@@ -111,6 +129,18 @@ def _best_table(result: CausalTrace) -> dict:
            else f"none: no layer restores {MIN_RECOVERY:.0%} of the gap")
     return {"title": f"strongest layer per component and group ({why})", "note": why,
             "columns": ["component", "group", "layer", "RR"], "rows": rows}
+
+
+def json_summary(result: CausalTrace, out: Path) -> dict:
+    """What ``--json`` prints: where the results are, the three runs' probabilities and the strongest layers."""
+    strongest = [{"component": component, "group": group, "layer": layer,
+                  "recovery": None if rate != rate else round(float(rate), 6)}  # NaN: the corruption is weak
+                 for component in result.components
+                 for group, (layer, rate) in zip(result.groups, result.strongest(component))]
+    return {"out": str(out), "report": str(out / "trace.html"), "model": result.model, "prompt": result.prompts[0],
+            "answer": display_token(result.answers[0]).strip(), "p_clean": float(result.p_clean[0]),
+            "p_corrupt": float(result.p_corrupt[0]), "warning": result.warning or None,
+            "seconds": round(result.seconds, 4), "strongest": strongest}
 
 
 def print_summary(result: CausalTrace, report: Path) -> None:

@@ -8,7 +8,14 @@ module alone knows files:
   asked, one overlay PNG per method, answer token and image;
 - a neuron or weight set is ``<path>.safetensors`` (its tensors) plus
   ``<path>.json`` (names and metadata), from its ``to_tensors()``; nothing is
-  pickled.
+  pickled;
+- a causal trace is ``trace.json``; a lens run ``lens.json`` (logit lens,
+  attention flow, knockout); a neuron run ``neurons.json`` beside its sets.
+
+Every result JSON starts with its ``format`` and ``schema_version``; every file
+gets the usual mode (``0644`` under umask ``022``). :func:`load_result` reads
+any result folder back, with the folder's ``manifest.json``
+(:mod:`mmlens.report.output`).
 
 Example:
     >>> import torch
@@ -23,6 +30,8 @@ Example:
 from __future__ import annotations
 
 import json
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,9 +39,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mmlens.errors import MmlensError
+from mmlens.report.output import SCHEMA_VERSION, file_mode, read_manifest
 
 if TYPE_CHECKING:  # storage reads results; it imports no model code at runtime
     from mmlens.attribution.explanation import Explanation
+    from mmlens.causal import CausalTrace
+    from mmlens.lens import AttentionFlow, Knockout, LogitLens
     from mmlens.neurons.coupled import WeightSet
     from mmlens.neurons.neuron_set import NeuronSet
 
@@ -50,7 +62,7 @@ def save_explanation(explanation: "Explanation", folder: str | Path, figures: bo
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "explanation.json").write_text(json.dumps(explanation.to_json()))
+    save_json(explanation.to_json(), folder / "explanation.json", "mmlens.Explanation")
     if figures:
         from mmlens.report.figures import save_overlays  # matplotlib only when figures are asked for
 
@@ -99,11 +111,128 @@ def load_weight_set(path: str | Path) -> "WeightSet":
     return WeightSet.from_tensors(*_load(path, FORMAT, "weight set"))
 
 
+def save_trace(trace: "CausalTrace", folder: str | Path) -> Path:
+    """Write ``trace.json`` (the trace's :meth:`to_json`) into ``folder``; returns its path.
+
+    Example:
+        >>> import mmlens
+        >>> from mmlens.data.shapes import make_sample
+        >>> result = mmlens.trace(mmlens.load("tiny-llava"), make_sample("test", 0, "colour"), components=["resid"])
+        >>> save_trace(result, "/tmp/traced").name
+        'trace.json'
+    """
+    return save_json(trace.to_json(), Path(folder) / "trace.json", "mmlens.CausalTrace")
+
+
+def save_lens(lens: "LogitLens", flow: "AttentionFlow", knockout: "Knockout | None", folder: str | Path) -> Path:
+    """Write ``lens.json``: the logit lens, the attention flow and (if run) the knockout sweep; returns its path.
+
+    Example:
+        >>> import mmlens
+        >>> from mmlens.lens import attention_flow, logit_lens
+        >>> model = mmlens.load("tiny-llama")
+        >>> batch = model.prepare("hello")
+        >>> save_lens(logit_lens(model, batch), attention_flow(model, batch), None, "/tmp/lensed").name
+        'lens.json'
+    """
+    payload = {"lens": lens.to_json(), "flow": flow.to_json(),
+               "knockout": knockout.to_json() if knockout is not None else None}
+    return save_json(payload, Path(folder) / "lens.json", "mmlens.Lens")
+
+
+def save_json(payload: dict[str, Any], path: str | Path, format: str, indent: int | None = None) -> Path:
+    """Write ``payload`` as JSON, led by its ``format`` and ``schema_version``; returns the path.
+
+    Example:
+        >>> json.loads(save_json({"answer": "red"}, "/tmp/result.json", "mmlens.Example").read_text())
+        {'format': 'mmlens.Example', 'schema_version': 1, 'answer': 'red'}
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"format": format, "schema_version": SCHEMA_VERSION, **payload}, indent=indent))
+    return path
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path) -> Path:
+    """Write named tensors as safetensors with the usual file mode (safetensors alone makes them ``0600``).
+
+    Example:
+        >>> oct(save_tensors({"x": torch.zeros(2)}, "/tmp/x.safetensors").stat().st_mode & 0o777)  # doctest: +SKIP
+        '0o644'
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, str(path))
+    os.chmod(path, file_mode())
+    return path
+
+
+@dataclass
+class StoredResult:
+    """A result folder read back by :func:`load_result`: what ran, and what it found.
+
+    ``kind`` is ``"explanation"``, ``"trace"``, ``"lens"`` or ``"neurons"``;
+    ``data`` the result's JSON; ``manifest`` the folder's ``manifest.json``
+    (None for folders written before manifests); ``neuron_sets`` the
+    :class:`~mmlens.neurons.NeuronSet` files of a neurons run, by name.
+    """
+
+    kind: str
+    folder: Path
+    data: dict[str, Any]
+    manifest: dict[str, Any] | None = None
+    neuron_sets: dict[str, "NeuronSet"] = field(default_factory=dict)
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version of :attr:`data` (0: written before versions)."""
+        return int(self.data.get("schema_version", 0))
+
+
+#: The JSON file that names each kind of result folder.
+RESULT_FILES = {"explanation": "explanation.json", "trace": "trace.json", "lens": "lens.json",
+                "neurons": "neurons.json"}
+
+
+def load_result(folder: str | Path) -> StoredResult:
+    """Read any mmlens result folder (``mmlens explain``, ``trace``, ``lens``, ``neurons``) back.
+
+    ``folder`` may also be the result's JSON file itself.
+
+    Example:
+        >>> _ = save_json({"answer": "red"}, "/tmp/stored/explanation.json", "mmlens.Explanation")
+        >>> stored = load_result("/tmp/stored")
+        >>> stored.kind, stored.data["answer"], stored.schema_version
+        ('explanation', 'red', 1)
+    """
+    path = Path(folder)
+    names = {name: kind for kind, name in RESULT_FILES.items()}
+    if path.is_file() and path.name in names:
+        path, kinds = path.parent, [names[path.name]]
+    elif path.is_dir():
+        kinds = [kind for kind, name in RESULT_FILES.items() if (path / name).is_file()]
+    else:
+        raise MmlensError(f"no such result folder: {path}")
+    if not kinds:
+        raise MmlensError(f"{path} holds no mmlens result ({', '.join(RESULT_FILES.values())})")
+    manifest = read_manifest(path)
+    kind = manifest["result"] if manifest and manifest.get("result") in kinds else kinds[0]
+    try:
+        data = json.loads((path / RESULT_FILES[kind]).read_text())
+    except ValueError as error:
+        raise MmlensError(f"{path / RESULT_FILES[kind]} is not valid JSON ({error})") from None
+    if int(data.get("schema_version", 0)) > SCHEMA_VERSION:
+        raise MmlensError(f"{path / RESULT_FILES[kind]} has schema version {data['schema_version']}; this mmlens "
+                          f"reads up to {SCHEMA_VERSION}: upgrade mmlens")
+    sets = {p.stem: load_neuron_set(p) for p in sorted(path.glob("neurons_*.safetensors"))
+            if p.with_suffix(".json").is_file()}
+    return StoredResult(kind, path, data, manifest, sets)
+
+
 def _save(tensors: dict[str, torch.Tensor], header: dict[str, Any], path: str | Path) -> tuple[Path, Path]:
     tensors_path, json_path = _paths(path)
-    tensors_path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(tensors_path))
-    json_path.write_text(json.dumps(header, indent=1))
+    save_tensors(tensors, tensors_path)
+    json_path.write_text(json.dumps({**header, "schema_version": SCHEMA_VERSION}, indent=1))
     return tensors_path, json_path
 
 

@@ -1,6 +1,8 @@
-"""Neuron figures: where each label's neurons sit in depth, and where one neuron fires most.
+"""Neuron figures and the ``mmlens neurons`` page: where each label's neurons sit, where one neuron fires most.
 
-Both draw on a bare :class:`matplotlib.figure.Figure` (Agg canvas, no pyplot).
+Figures draw on a bare :class:`matplotlib.figure.Figure` (Agg canvas, no
+pyplot); :func:`neurons_section` lays a run's summary out as an HTML section
+(the template of :mod:`mmlens.report.inside_html`).
 
 Example:
     >>> import numpy as np
@@ -11,7 +13,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import matplotlib
 import numpy as np
@@ -20,9 +22,13 @@ from matplotlib.figure import Figure
 
 from mmlens.box import Box
 from mmlens.report.figures import _limits
+from mmlens.report.inside_html import section_html
 
 if TYPE_CHECKING:  # report code reads results only
     from mmlens.neurons.top import TopActivations
+
+#: The towers a domain neuron can sit in.
+TOWERS = ("lm", "vision", "projector")
 
 
 def depth_figure(counts: np.ndarray, labels: Sequence[str], title: str, normalise: bool = True,
@@ -103,3 +109,49 @@ def _box_patch(axes, box: Box) -> None:
 
     x0, y0, x1, y1 = box
     axes.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="cyan", linewidth=1.5))
+
+
+def neurons_section(summary: Mapping[str, Any], figures: Mapping[str, Figure | str]) -> str:
+    """The HTML section of one ``mmlens neurons`` run, from its ``neurons.json`` summary and figures.
+
+    Example:
+        >>> summary = {"model": "m", "budget": "modality", "ratio": 0.02, "samples": 4, "weights": {"mean": 1.0},
+        ...            "selected": {"image": 3}, "depth": {"image": [2, 1]}}
+        >>> "modality-specific neurons per decoder layer" in neurons_section(summary, {})
+        True
+    """
+    facts = {"model": summary["model"], "budget": summary["budget"], "ratio": summary["ratio"],
+             "samples per question type": summary["samples"],
+             "score": " + ".join(f"{w:g}*{name}" for name, w in summary["weights"].items()),
+             "selected": ", ".join(f"{label}: {n}" for label, n in summary["selected"].items())}
+    if "top_image_neuron" in summary:
+        top = summary["top_image_neuron"]
+        facts["strongest image neuron"] = f"{top['site']}[{top['index']}]"
+    captions = {"depth": "Where do modality-specific neurons sit? Share of each modality's neurons per decoder layer.",
+                "top_image_neuron": "The strongest image neuron: its top-activating samples, its activation over "
+                                    "each image, the strongest patch boxed."}
+    shown = [(caption, figures[name]) for name, caption in captions.items() if name in figures]
+    depth = summary["depth"]
+    layers = len(next(iter(depth.values()), []))
+    tables = [{"title": "modality-specific neurons per decoder layer",
+               "columns": ["modality", "neurons", *[f"L{i}" for i in range(layers)]],
+               "rows": [[label, summary["selected"][label], *row] for label, row in depth.items()]}]
+    if "domains" in summary:
+        tables.append(domain_table(summary["domains"], summary.get("domain_neurons", {})))
+    return section_html("modality-specific neurons", facts, shown, tables)
+
+
+def domain_table(counts: Mapping[str, Mapping[str, int]], most: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict:
+    """Per domain: its neurons in each tower and its most specific ones (lowest entropy), as a table.
+
+    Example:
+        >>> table = domain_table({"count": {"lm": 2, "vision": 1, "projector": 0}},
+        ...                      {"count": [{"site": "lm.L1.neurons", "index": 7, "entropy": 0.1}]})
+        >>> table["rows"]
+        [['count', '2', '1', '0', 'lm.L1.neurons[7]']]
+    """
+    rows = [[domain, *[str(per_tower.get(tower, 0)) for tower in TOWERS],
+             " ".join(f"{n['site']}[{n['index']}]" for n in most.get(domain, []))]
+            for domain, per_tower in counts.items()]
+    return {"title": "domain-specific neurons (question types as domains)",
+            "columns": ["domain", *TOWERS, "most specific (lowest entropy)"], "rows": rows}
