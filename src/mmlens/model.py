@@ -22,7 +22,9 @@ from PIL import Image
 from mmlens.data.images import open_image
 from mmlens.errors import MmlensError
 from mmlens.layout import TokenLayout
-from mmlens.models.adapter import Adapter, tokenizer_of
+from mmlens.models.adapter import IMAGE_SLOT, Adapter, tokenizer_of
+from mmlens.models.slots import place_images
+from mmlens.notices import notice
 
 ImageInput = str | Path | Image.Image
 
@@ -108,7 +110,40 @@ class Model:
 
         return site_names(self)
 
+    @property
+    def max_positions(self) -> int | None:
+        """How many positions the language model takes (``max_position_embeddings`` of its text config), if known.
+
+        Example:
+            >>> mmlens.load("shapes-llava").max_positions
+            256
+        """
+        config = self.hf.config
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            value = getattr(text, key, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
     # ---- inputs -------------------------------------------------------
+    def place_images(self, prompt: str, n_images: int) -> str:
+        """``prompt`` with ``<image>`` slots for ``n_images`` images where it has none, saying so in one line.
+
+        A prompt with slots, no images or a text-only model is returned as it
+        is. Otherwise the slots go where the model's chat template puts images
+        (see :mod:`mmlens.models.slots`) and a notice (:mod:`mmlens.notices`)
+        says where.
+
+        Example:
+            >>> mmlens.load("tiny-llava").place_images("what colour ?", 1)
+            '<image>\\nwhat colour ?'
+        """
+        placed, message = self._placed([prompt], [n_images])
+        if message:
+            notice(message)
+        return placed[0]
+
     def prepare(
         self,
         prompts: str | Sequence[str],
@@ -120,9 +155,17 @@ class Model:
 
         ``images`` is a list of images for one prompt, or one list per prompt.
         Left padding suits generation; right padding suits teacher forcing.
+        A prompt without slots gets them where the chat template puts images
+        (:meth:`place_images`); ``Batch.prompts`` holds the prompts with their
+        slots. Empty prompts and prompts longer than the model's positions
+        (:attr:`max_positions`) are refused before the model runs; a vision
+        model given no images runs text-only and says so in one line.
         """
         prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
+        for prompt in prompt_list:
+            _check_prompt(prompt)
         per_row = _images_per_row(images, len(prompt_list))
+        prompt_list, placed = self._placed(prompt_list, [len(row) for row in per_row])
         texts = [self.adapter.format_prompt(p, len(imgs)) for p, imgs in zip(prompt_list, per_row)]
         tokenizer = self.tokenizer
         previous_side = tokenizer.padding_side
@@ -137,10 +180,47 @@ class Model:
                 inputs = tokenizer(texts, return_tensors="pt", padding=True)
         finally:
             tokenizer.padding_side = previous_side
+        self._check_length(inputs["input_ids"])
+        if placed:
+            notice(placed)
+        if self.adapter.multimodal and not all(per_row):
+            bare = sum(1 for row in per_row if not row)
+            rows = "no image given" if len(per_row) == 1 else f"{bare} of {len(per_row)} prompts have no image"
+            notice(f"{rows}: {self.name} runs text-only")
         inputs = self.adapter.model_inputs(dict(inputs))
         sizes = [[(img.height, img.width) for img in row] for row in per_row]
         layout = self.adapter.layout(inputs, sizes, self.processor)
         return Batch(inputs=inputs, layout=layout, prompts=prompt_list, images=per_row).to(self.device)
+
+    def _placed(self, prompts: list[str], n_images: list[int]) -> tuple[list[str], str | None]:
+        """Prompts with slots written where they have none, and the one notice that says so (None if none)."""
+        if not self.adapter.multimodal:
+            return prompts, None
+        out, moved, where = [], [], ""
+        for prompt, n in zip(prompts, n_images):
+            if n and IMAGE_SLOT not in prompt and self.adapter.processor_slot not in prompt:
+                prompt, where = place_images(prompt, n, self.processor, self.adapter)
+                moved.append((n, prompt))
+            out.append(prompt)
+        if len(moved) == 1:
+            n, prompt = moved[0]
+            shown = prompt if len(prompt) <= 80 else prompt[:77] + "..."
+            return out, f"the prompt has no {IMAGE_SLOT} slot: put {n} image{'s' if n > 1 else ''} {where}: {shown!r}"
+        if moved:
+            return out, f"{len(moved)} prompts have no {IMAGE_SLOT} slot: put their images {where}"
+        return out, None
+
+    def _check_length(self, input_ids: torch.Tensor, extra: str = "") -> None:
+        """Refuse a sequence longer than the model's positions, before any forward pass."""
+        limit, length = self.max_positions, int(input_ids.shape[-1])
+        if limit is None or length <= limit:
+            return
+        token_id = (self.tokenizer.convert_tokens_to_ids(self.adapter.image_token)
+                    if self.adapter.image_token else None)
+        n_image = int((input_ids == token_id).sum(-1).max()) if isinstance(token_id, int) else 0
+        image = f" ({n_image} of them image tokens)" if n_image else ""
+        raise MmlensError(f"the prompt{extra} is {length} tokens long{image}, over {self.name}'s limit of "
+                          f"{limit} positions; shorten it")
 
     def append_tokens(self, batch: Batch, token_ids: torch.Tensor, real: torch.Tensor | None = None) -> Batch:
         """``batch`` with ``token_ids`` (``(batch, n)``) appended to every row, for teacher forcing.
@@ -153,6 +233,7 @@ class Model:
         token_ids = token_ids.to(batch.input_ids.device)
         real = torch.ones_like(token_ids) if real is None else real.to(token_ids.device).long()
         rows, length = batch.input_ids.shape
+        self._check_length(torch.zeros(1, length + token_ids.shape[1]), " with its answer")
         inputs = dict(batch.inputs)
         for key, value in batch.inputs.items():
             if key == "input_ids":
@@ -177,8 +258,21 @@ class Model:
         return self.hf(**inputs, **kwargs)
 
     def generate(self, batch: Batch, max_new_tokens: int = 8, **kwargs: Any) -> torch.Tensor:
-        """Greedy generation by default; returns only the new token ids, ``(batch, new)``."""
+        """Greedy generation by default; returns only the new token ids, ``(batch, new)``.
+
+        An answer that would run past the model's positions is cut where they
+        end, with a notice.
+        """
         kwargs.setdefault("do_sample", False)
+        length, limit = batch.input_ids.shape[1], self.max_positions
+        if limit is not None and length + max_new_tokens > limit:
+            self._check_length(batch.input_ids)
+            if length >= limit:
+                raise MmlensError(f"the prompt is {length} tokens long: {self.name}'s {limit} positions leave no "
+                                  "room for an answer; shorten it")
+            notice(f"the answer is cut to {limit - length} tokens: {self.name} has {limit} positions "
+                   f"and the prompt takes {length}")
+            max_new_tokens = limit - length
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         out = self.hf.generate(**batch.inputs, max_new_tokens=max_new_tokens, pad_token_id=pad, **kwargs)
         return out[:, batch.input_ids.shape[1]:]
@@ -186,6 +280,14 @@ class Model:
     def decode(self, token_ids: torch.Tensor) -> list[str]:
         """Token ids ``(batch, n)`` to strings, special tokens dropped."""
         return self.tokenizer.batch_decode(token_ids, skip_special_tokens=True)
+
+
+def _check_prompt(prompt: Any) -> None:
+    """Refuse what cannot be a prompt: a non-string, or an empty one."""
+    if not isinstance(prompt, str):
+        raise MmlensError(f"a prompt is a string, got {type(prompt).__name__}")
+    if not prompt.strip():
+        raise MmlensError("the prompt is empty: write a question or an instruction")
 
 
 def _images_per_row(images: Any, n_rows: int) -> list[list[Image.Image]]:

@@ -14,8 +14,8 @@ FAST = ["attention", "rollout", "relevancy", "gradient_x_input", "integrated_gra
 def test_a_batch_explains_each_row_as_it_would_alone(tiny_llava):
     images = [[noise_image(64, 64, 1)], [noise_image(120, 200, 2)]]
     prompts = ["<image> what colour is the circle ?", "<image> what shape ?"]
-    together = mmlens.explain_batch(tiny_llava, images, prompts, methods=FAST, answers=["red circle", "square"])
-    alone = mmlens.explain(tiny_llava, images[1], prompts[1], methods=FAST, answer="square")
+    together = mmlens.explain_batch(tiny_llava, prompts, images, methods=FAST, answers=["red circle", "square"])
+    alone = mmlens.explain(tiny_llava, prompts[1], images[1], methods=FAST, answer="square")
     second = together[1]
     assert second.answer_tokens == alone.answer_tokens == ["square"]
     for method in FAST:
@@ -28,7 +28,7 @@ def test_a_batch_explains_each_row_as_it_would_alone(tiny_llava):
 
 def test_two_images_each_get_a_heatmap_and_json_round_trips(tiny_llava):
     images = [noise_image(64, 64, 1), noise_image(50, 90, 2)]
-    explanation = mmlens.explain(tiny_llava, images, "<image> <image> same colour ?", methods=["rollout", "rise"],
+    explanation = mmlens.explain(tiny_llava, "<image> <image> same colour ?", images, methods=["rollout", "rise"],
                                  max_new_tokens=2, options={"rise": {"masks": 32}})
     maps = explanation.heatmaps("rise", 0)
     assert [m.shape for m in maps] == [(64, 64), (50, 90)]
@@ -43,7 +43,7 @@ def test_two_images_each_get_a_heatmap_and_json_round_trips(tiny_llava):
 def test_every_family_explains(tiny_llava):
     for name in ["tiny-qwen2-vl", "tiny-idefics3", "tiny-llava-next"]:
         model = mmlens.load(name)
-        explanation = mmlens.explain(model, [noise_image(64, 96)], "<image> what colour ?", answer="red",
+        explanation = mmlens.explain(model, "<image> what colour ?", [noise_image(64, 96)], answer="red",
                                      methods=["relevancy", "integrated_gradients", "occlusion"])
         for method in explanation.methods:
             heat = explanation.heatmaps(method, 0)[0]
@@ -55,5 +55,5 @@ def test_unknown_method_is_a_clear_error(tiny_llava):
     import pytest
 
     with pytest.raises(mmlens.MmlensError, match="unknown method"):
-        mmlens.explain(tiny_llava, [noise_image(32, 32)], "<image> hi", methods=["magic"])
+        mmlens.explain(tiny_llava, "<image> hi", [noise_image(32, 32)], methods=["magic"])
     assert "rise" in METHODS

@@ -43,7 +43,6 @@ def files(tmp_path_factory):
 def test_errors_are_one_line_with_exit_code_2(files):
     good, corrupt = files
     assert_clean_error(mmlens("info", "-m", "tiny-llava", "-i", str(corrupt), "-p", "<image> hi"), "image")
-    assert_clean_error(mmlens("info", "-m", "tiny-llava", "-i", str(good), "-p", "what colour ?"), "no image slot")
     assert_clean_error(mmlens("info", "-m", "tiny-llava", "-i", str(good), "-i", str(good), "-p", "<image> hi"),
                        "2 images but only 1")
     assert_clean_error(mmlens("info", "-m", "not-a-model"), "unknown model")

@@ -38,3 +38,31 @@ def test_huge_image_is_refused(tmp_path):
     Image.new("RGB", (3000, 3000)).save(path)
     with pytest.raises(MmlensError, match="too large"):
         open_image(path, max_pixels=1_000_000)
+
+
+@pytest.mark.parametrize("source", ["http://example.com/cat.png", "https://example.com/a/cat.jpg"])
+def test_urls_are_not_fetched(source):
+    from pathlib import Path
+
+    for given in (source, Path(source)):  # a CLI Path collapses "//": the message restores it
+        with pytest.raises(MmlensError, match="URLs are not fetched; download the image first") as error:
+            open_image(given)
+        assert source in str(error.value)
+
+
+def test_a_folder_is_not_an_image(tmp_path):
+    with pytest.raises(MmlensError, match="is a folder"):
+        open_image(tmp_path)
+
+
+def test_resized_to_says_so_in_one_line(caplog):
+    import logging
+
+    from mmlens.data.images import resized_to
+
+    with caplog.at_level(logging.WARNING, logger="mmlens"):
+        same = resized_to(Image.new("RGB", (8, 6)), (8, 6), "--counterfactual")
+        resized = resized_to(Image.new("RGB", (80, 60)), (40, 40), "--counterfactual")
+    assert same.size == (8, 6) and resized.size == (40, 40)
+    assert [r.getMessage() for r in caplog.records] == [
+        "--counterfactual is 80x60 pixels, the first image 40x40: resized it to 40x40"]

@@ -41,8 +41,6 @@ def test_prompt_slots_are_checked(tiny_llava, tiny_llama):
     from tests.conftest import noise_image
 
     image = noise_image(32, 32)
-    with pytest.raises(MmlensError, match="no image slot"):
-        tiny_llava.prepare("what colour ?", [image])
     with pytest.raises(MmlensError, match="2 images but only 1"):
         tiny_llava.prepare("<image> what colour ?", [image, image])
     with pytest.raises(MmlensError, match="slot"):
@@ -55,8 +53,11 @@ def test_wrap_a_model_the_user_already_has():
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=50, n_positions=16))
-    model = mmlens.wrap(hf, processor=None)
+    from mmlens.zoo.tiny._common import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tokenizer), n_positions=16))
+    model = mmlens.wrap(hf, tokenizer)
     assert model.adapter.family == "gpt2" and model.n_layers == 2
     ids = torch.tensor([[1, 2, 3, 4]])
     with mmlens.capture(model, ["lm.L*.resid", "lm.L1.neurons", "lm.L0.attn_probs"]) as captured:
@@ -64,3 +65,19 @@ def test_wrap_a_model_the_user_already_has():
     assert captured["lm.L1.neurons"].shape == (1, 4, 4 * 32)
     final = hf.lm_head(hf.transformer.ln_f(captured["lm.L1.resid"]))
     torch.testing.assert_close(final, logits.detach(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("path", ["/abs/path/missing", "./missing-model", "models/llava/missing"])
+def test_a_missing_folder_says_no_such_folder(path):
+    with pytest.raises(MmlensError, match="no such folder") as error:
+        mmlens.load(path)
+    assert "Hugging Face cache" not in str(error.value)
+
+
+def test_wrap_without_a_processor_says_one_is_needed(tiny_llava, tiny_llama):
+    with pytest.raises(MmlensError, match="wrap needs the model's processor.*AutoProcessor"):
+        mmlens.wrap(tiny_llava.hf, None)
+    with pytest.raises(MmlensError, match="AutoTokenizer"):
+        mmlens.wrap(tiny_llama.hf, None)
+    with pytest.raises(MmlensError, match="vision model: wrap needs its AutoProcessor"):
+        mmlens.wrap(tiny_llava.hf, tiny_llava.tokenizer)

@@ -19,8 +19,9 @@ METHODS = ["attention", "rollout"]
 @pytest.fixture(scope="module")
 def explanation(tiny_llava: mmlens.Model) -> mmlens.Explanation:
     pixels = np.random.default_rng(0).integers(0, 256, size=(48, 64, 3), dtype=np.uint8)
-    return mmlens.explain(tiny_llava, [Image.fromarray(pixels), Image.new("RGB", (40, 40), "red")],
-                          "<image> and <image> what colour ?", methods=METHODS, max_new_tokens=2)
+    return mmlens.explain(tiny_llava, "<image> and <image> what colour ?",
+                          [Image.fromarray(pixels), Image.new("RGB", (40, 40), "red")], methods=METHODS,
+                          max_new_tokens=2)
 
 
 def _decode(uri: str) -> Image.Image:

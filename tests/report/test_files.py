@@ -20,7 +20,7 @@ from mmlens.report.files import (
 
 
 def test_explanation_writes_its_json_and_overlays(tiny_llava: mmlens.Model, tmp_path) -> None:
-    explanation = mmlens.explain(tiny_llava, [Image.new("RGB", (40, 40), "red")], "<image> what colour ?",
+    explanation = mmlens.explain(tiny_llava, "<image> what colour ?", [Image.new("RGB", (40, 40), "red")],
                                  methods=["rollout"], answer="red")
     folder = save_explanation(explanation, tmp_path / "plain", figures=False)
     stored = json.loads((folder / "explanation.json").read_text())

@@ -22,7 +22,7 @@ METHODS = ["attention", "rollout"]
 @pytest.fixture(scope="module")
 def explanation(tiny_llava: mmlens.Model) -> mmlens.Explanation:
     pixels = np.random.default_rng(1).integers(0, 256, size=(48, 64, 3), dtype=np.uint8)
-    return mmlens.explain(tiny_llava, [Image.fromarray(pixels)], "<image> what colour ?", methods=METHODS,
+    return mmlens.explain(tiny_llava, "<image> what colour ?", [Image.fromarray(pixels)], methods=METHODS,
                           max_new_tokens=2)
 
 

@@ -4,7 +4,7 @@ Example:
     >>> import mmlens
     >>> from PIL import Image
     >>> model = mmlens.load("tiny-llava")
-    >>> explanation = explain(model, [Image.new("RGB", (64, 64))], "<image> what colour ?",
+    >>> explanation = explain(model, "<image> what colour ?", [Image.new("RGB", (64, 64))],
     ...                       methods=["attention", "integrated_gradients"], max_new_tokens=2)
     >>> explanation.methods
     ['attention', 'integrated_gradients']
@@ -48,8 +48,8 @@ DEFAULT_METHODS = ("attention", "rollout", "relevancy", "integrated_gradients", 
 
 def explain(
     model: Model,
-    images: Sequence[Any],
     prompt: str,
+    images: Sequence[Any] | None = None,
     methods: Sequence[str] = DEFAULT_METHODS,
     answer: str | None = None,
     foil: str | None = None,
@@ -58,15 +58,21 @@ def explain(
     options: dict[str, dict[str, Any]] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Explanation:
-    """Explain each answer token of one prompt; see :func:`explain_batch` for several."""
-    return explain_batch(model, [list(images)], [prompt], methods, None if answer is None else [answer],
+    """Explain each answer token of one prompt; see :func:`explain_batch` for several.
+
+    Arguments come in :meth:`Model.prepare <mmlens.model.Model.prepare>`'s
+    order: the prompt, then its images (paths or PIL images; none for text).
+    """
+    if not isinstance(prompt, str) and isinstance(images, str):
+        raise MmlensError("explain takes (model, prompt, images): the prompt comes before the images")
+    return explain_batch(model, [prompt], [list(images or [])], methods, None if answer is None else [answer],
                          None if foil is None else [foil], max_new_tokens, score, options, progress)[0]
 
 
 def explain_batch(
     model: Model,
-    images: Sequence[Sequence[Any]],
     prompts: Sequence[str],
+    images: Sequence[Sequence[Any]] | None = None,
     methods: Sequence[str] = DEFAULT_METHODS,
     answers: Sequence[str] | None = None,
     foils: Sequence[str] | None = None,
@@ -85,12 +91,17 @@ def explain_batch(
     Each explanation records the model's own answer, the target, the foil and
     whether the answer was teacher-forced. ``options`` passes per-method
     keyword arguments, e.g. ``{"integrated_gradients": {"steps": 64}}``.
-    ``progress`` is called with each method's name as it starts.
+    ``progress`` is called with each method's name as it starts. ``images``
+    holds one list of images per prompt (None: text only).
     """
+    if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+        raise MmlensError("explain_batch takes (model, prompts, images): a list of prompt strings, then one list "
+                          "of images per prompt")
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise MmlensError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
-    batch = model.prepare(list(prompts), [list(row) for row in images], padding_side="left")
+    rows = [[] for _ in prompts] if images is None else [list(row) for row in images]
+    batch = model.prepare(list(prompts), rows, padding_side="left")
     targets = build_targets(model, batch, None if answers is None else list(answers),
                             None if foils is None else list(foils), max_new_tokens, score)
     own = None if answers is None else greedy_answers(model, batch, max_new_tokens)

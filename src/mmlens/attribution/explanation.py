@@ -3,8 +3,8 @@
 Example:
     >>> import mmlens
     >>> from PIL import Image
-    >>> explanation = mmlens.explain(mmlens.load("tiny-llava"), [Image.new("RGB", (64, 64))],
-    ...                              "<image> what colour ?", methods=["rollout"], answer="red")
+    >>> explanation = mmlens.explain(mmlens.load("tiny-llava"), "<image> what colour ?",
+    ...                              [Image.new("RGB", (64, 64))], methods=["rollout"], answer="red")
     >>> explanation.heatmaps("rollout", target=0)[0].shape
     (64, 64)
 """

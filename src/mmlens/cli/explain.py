@@ -19,12 +19,13 @@ from mmlens.cli.options import (
     ModelOption,
     OutOption,
     OverwriteOption,
+    PromptFileOption,
     PromptOption,
     check_choices,
     print_json,
     stdout_for_json,
 )
-from mmlens.cli.samples import load_with_input
+from mmlens.cli.samples import load_with_input, read_prompt
 from mmlens.report.files import save_explanation
 from mmlens.report.html import what_was_explained, write_html_report
 from mmlens.report.output import OutputFolder
@@ -33,6 +34,7 @@ from mmlens.report.output import OutputFolder
 def explain(
     image: Optional[list[Path]] = ImageOption,
     prompt: Optional[str] = PromptOption,
+    prompt_file: Optional[Path] = PromptFileOption,
     model: Optional[str] = ModelOption,
     method: Optional[list[str]] = typer.Option(None, "--method", help=f"Repeatable; one of {', '.join(METHODS)}."),
     target: Optional[str] = typer.Option(None, "--target", help="Explain this answer (teacher-forced) instead of the model's own."),
@@ -47,7 +49,7 @@ def explain(
     """Explain each answer token with several attribution methods; write report.html, explanation.json and PNGs."""
     folder = OutputFolder(out, "explain", locals(), overwrite=overwrite, seeds=SEEDS, result="explanation")
     methods = check_choices(list(method or DEFAULT_METHODS), METHODS, "method")
-    explain_into(folder, image=image, prompt=prompt, model=model, methods=methods,
+    explain_into(folder, image=image, prompt=read_prompt(prompt, prompt_file), model=model, methods=methods,
                  target=target, foil=foil, max_new_tokens=max_new_tokens, as_json=as_json)
 
 
@@ -70,7 +72,7 @@ def explain_into(folder: OutputFolder, *, image: Optional[list[Path]], prompt: O
                 def advance(name: str) -> None:
                     bar.update(task, description=f"explaining: {name}", completed=methods.index(name))
 
-                explanation = run_explain(loaded, images, prompt_text, methods=methods, answer=target, foil=foil,
+                explanation = run_explain(loaded, prompt_text, images, methods=methods, answer=target, foil=foil,
                                           max_new_tokens=max_new_tokens, progress=advance)
             with console.status("writing report"):
                 save_explanation(explanation, folder.path)

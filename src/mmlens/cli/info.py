@@ -12,11 +12,12 @@ from mmlens.cli.options import (
     ImageOption,
     JsonOption,
     ModelOption,
+    PromptFileOption,
     PromptOption,
     print_json,
     stdout_for_json,
 )
-from mmlens.cli.samples import sample_input
+from mmlens.cli.samples import read_prompt, sample_input
 from mmlens.model import Model
 from mmlens.models.loading import load
 
@@ -25,9 +26,11 @@ def info(
     model: Optional[str] = ModelOption,
     image: Optional[list[Path]] = ImageOption,
     prompt: Optional[str] = PromptOption,
+    prompt_file: Optional[Path] = PromptFileOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Show a model's family, layers, site names and the token layout of a sample input."""
+    prompt = read_prompt(prompt, prompt_file)
     with stdout_for_json(as_json):  # stdout holds the JSON alone
         loaded = load(model)
         prompt_text, images = sample_input(loaded, prompt, image)

@@ -11,12 +11,14 @@ import json
 from pathlib import Path
 
 import typer
+from PIL import Image
 
 from mmlens.box import Box
 from mmlens.causal.groups import ObjectRegion
 from mmlens.cli.samples import shipped_example
 from mmlens.data.shapes_questions import object_region, sample_from_source
 from mmlens.errors import MmlensError
+from mmlens.notices import notice
 
 ObjectBoxOption = typer.Option(
     None, "--object-box", help="The asked-about object in the first image as X0,Y0,X1,Y1 pixels "
@@ -44,17 +46,41 @@ def parse_box(text: str) -> Box:
         raise MmlensError(f"--object-box: {error}") from None
 
 
+def box_in_image(box: Box, size: tuple[int, int]) -> Box:
+    """``--object-box`` within an image of ``size`` (width, height): clipped with a notice, refused if outside.
+
+    Example:
+        >>> box_in_image(Box(-5.0, 20.0, 51.0, 61.0), (128, 96))  # notice: clipped to 0,20,51,61
+        Box(x0=0.0, y0=20.0, x1=51.0, y1=61.0)
+        >>> box_in_image(Box(200, 0, 300, 10), (128, 96))
+        Traceback (most recent call last):
+        ...
+        mmlens.errors.MmlensError: --object-box 200,0,300,10 lies outside the 128x96 image (x 0..128, y 0..96)
+    """
+    width, height = size
+    clipped = Box(float(max(box.x0, 0)), float(max(box.y0, 0)), float(min(box.x1, width)), float(min(box.y1, height)))
+    text = ",".join(f"{v:g}" for v in box)
+    if clipped.x1 <= clipped.x0 or clipped.y1 <= clipped.y0:
+        raise MmlensError(f"--object-box {text} lies outside the {width}x{height} image (x 0..{width}, y 0..{height})")
+    if clipped != box:
+        notice(f"--object-box {text} reaches past the {width}x{height} image: clipped to "
+               + ",".join(f"{v:g}" for v in clipped))
+    return clipped
+
+
 def object_box(box: str | None, images: list[Path] | None, prompt: str | None = None,
-               model_name: str | None = None) -> ObjectRegion:
+               model_name: str | None = None, first_image: Image.Image | None = None) -> ObjectRegion:
     """The object of the input :func:`~mmlens.cli.samples.sample_input` chose.
 
-    The user's ``--object-box``; else, with no images and no prompt given, the
+    The user's ``--object-box``, checked against ``first_image`` (the image
+    the command uses; see :func:`box_in_image`); else, with no images and no prompt given, the
     object of the model's shipped example (its ``box``, or the asked object of
     the shapes sample it was made from) or the drawn example's circle; for the
     user's own images without a box, None.
     """
     if box is not None:
-        return parse_box(box)
+        parsed = parse_box(box)
+        return parsed if first_image is None else box_in_image(parsed, first_image.size)
     if images:
         return None
     if prompt is None and model_name is not None and shipped_example(model_name) is not None:

@@ -25,11 +25,12 @@ from mmlens.cli.options import (
     ModelOption,
     OutOption,
     OverwriteOption,
+    PromptFileOption,
     PromptOption,
     print_json,
     stdout_for_json,
 )
-from mmlens.cli.samples import load_with_input
+from mmlens.cli.samples import load_with_input, read_prompt
 from mmlens.causal.groups import object_positions
 from mmlens.layout import Modality
 from mmlens.lens import AttentionFlow, Knockout, LogitLens, attention_flow, knockout, logit_lens
@@ -43,6 +44,7 @@ from mmlens.report.output import OutputFolder
 def lens(
     image: Optional[list[Path]] = ImageOption,
     prompt: Optional[str] = PromptOption,
+    prompt_file: Optional[Path] = PromptFileOption,
     model: Optional[str] = ModelOption,
     answer: Optional[str] = AnswerOption,
     top_k: int = typer.Option(5, "--top-k", help="Tokens kept per layer and position."),
@@ -55,12 +57,13 @@ def lens(
     """Logit lens on every layer and position, attention flow and knockout; write lens.json, lens.html and PNGs."""
     folder = OutputFolder(out, "lens", locals(), overwrite=overwrite, result="lens")
     console = Console(stderr=True)
+    prompt = read_prompt(prompt, prompt_file)
     with stdout_for_json(as_json):
         with folder:
             loaded, prompt_text, images = load_with_input(console, model, prompt, image)
             folder.set_model(loaded)
             batch = loaded.prepare(prompt_text, images)
-            region = object_box(box, image, prompt, loaded.name)
+            region = object_box(box, image, prompt, loaded.name, first_image=images[0] if images else None)
             with Progress(console=console, transient=True) as bar:
                 task = bar.add_task("logit lens", total=3)
                 result = logit_lens(loaded, batch, answer=answer, top_k=top_k)

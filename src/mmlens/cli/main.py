@@ -39,6 +39,7 @@ import typer
 
 from mmlens.cli import demo, explain, info, lens, neurons, trace
 from mmlens.errors import MmlensError
+from mmlens.notices import show_on_stderr
 
 PROG = "mmlens"
 DEBUG_ENV = "MMLENS_DEBUG"
@@ -191,6 +192,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         0
     """
     args = list(sys.argv[1:] if argv is None else argv)
+    show_on_stderr()  # one-line notices (images placed, text-only runs, resizes) as "mmlens: ..." on stderr
     command = typer.main.get_command(app)
     ctx = None
     try:

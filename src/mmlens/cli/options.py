@@ -14,7 +14,10 @@ from mmlens.errors import MmlensError
 
 ModelOption = typer.Option(None, "--model", "-m", help="Zoo name, local folder or hub id (default: the shipped model).")
 ImageOption = typer.Option(None, "--image", "-i", help="Image file; repeat for several images.")
-PromptOption = typer.Option(None, "--prompt", "-p", help="Prompt text with one <image> slot per image.")
+PromptOption = typer.Option(None, "--prompt", "-p", help="Prompt text; <image> marks where each image goes "
+                            "(without slots, images go where the model's chat template puts them).")
+PromptFileOption = typer.Option(None, "--prompt-file", help="Read the prompt from this UTF-8 text file "
+                                "(for long prompts; instead of --prompt).")
 JsonOption = typer.Option(False, "--json", help="Print one JSON object on stdout and nothing else "
                           "(tables and progress go to stderr).")
 OutOption = typer.Option(Path("out"), "--out", "-o", help="Output folder: new or empty (see --overwrite); "

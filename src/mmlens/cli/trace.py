@@ -26,13 +26,14 @@ from mmlens.cli.options import (
     ModelOption,
     OutOption,
     OverwriteOption,
+    PromptFileOption,
     PromptOption,
     check_choices,
     print_json,
     stdout_for_json,
 )
-from mmlens.cli.samples import load_with_input
-from mmlens.data.images import open_image
+from mmlens.cli.samples import load_with_input, read_prompt
+from mmlens.data.images import open_image, resized_to
 from mmlens.data.shapes_questions import prompt_object_words
 from mmlens.errors import MmlensError
 from mmlens.report.figures import display_token
@@ -45,6 +46,7 @@ from mmlens.report.output import OutputFolder
 def trace(
     image: Optional[list[Path]] = ImageOption,
     prompt: Optional[str] = PromptOption,
+    prompt_file: Optional[Path] = PromptFileOption,
     model: Optional[str] = ModelOption,
     answer: Optional[str] = AnswerOption,
     corrupt: str = typer.Option("noise", "--corrupt", help="noise (on pixels) or embeddings (on image-token inputs)."),
@@ -64,6 +66,7 @@ def trace(
     folder = OutputFolder(out, "trace", locals(), overwrite=overwrite, seeds={"seed": seed}, result="trace")
     components = check_choices(list(component or COMPONENTS), COMPONENTS, "component")
     console = Console(stderr=True)
+    prompt = read_prompt(prompt, prompt_file)
     with stdout_for_json(as_json):
         with folder:
             loaded, prompt_text, images = load_with_input(console, model, prompt, image)
@@ -72,10 +75,11 @@ def trace(
                 raise MmlensError("causal tracing corrupts the image: give an image and a prompt with an <image> slot")
             batch = loaded.prepare(prompt_text, images)
             words = list(object_word) if object_word else prompt_object_words(prompt_text)
-            groups = token_groups(loaded, batch, [object_box(box, image, prompt, loaded.name)], [words], seed=seed)
+            region = object_box(box, image, prompt, loaded.name, first_image=images[0])
+            groups = token_groups(loaded, batch, [region], [words], seed=seed)
             corruption = corrupt
             if counterfactual is not None:
-                other = [open_image(counterfactual)] + list(images[1:])
+                other = [resized_to(open_image(counterfactual), images[0].size, "--counterfactual")] + list(images[1:])
                 corruption = loaded.prepare(prompt_text, other)
             with Progress(console=console, transient=True) as bar:
                 task = bar.add_task("tracing", total=None)

@@ -63,7 +63,7 @@ def agreement_matrix(
     diagonal is 1 (NaN for a method whose scores are constant there).
 
     Example:
-        >>> explanation = mmlens.explain(model, [image], "<image> what colour ?",  # doctest: +SKIP
+        >>> explanation = mmlens.explain(model, "<image> what colour ?", [image],  # doctest: +SKIP
         ...                              methods=["occlusion", "integrated_gradients"], answer="red")
         >>> agreement_matrix(explanation).shape  # doctest: +SKIP
         (2, 2)

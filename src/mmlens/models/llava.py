@@ -2,7 +2,9 @@
 
 Each image becomes one contiguous run of ``<image>`` tokens, the patch grid of
 the (resized, centre-cropped) image in row-major order; the CLS feature is
-dropped under the ``default`` feature-selection strategy.
+dropped under the ``default`` feature-selection strategy. Under ``full`` the
+run starts with the CLS feature (one more token per image): it belongs to no
+patch, so the layout marks it special, as LLaVA-NeXT's newline tokens.
 """
 
 from __future__ import annotations
@@ -61,25 +63,53 @@ def processed_box(image_size: tuple[int, int], image_processor: Any) -> Box:
 
 @dataclass(frozen=True)
 class LlavaAdapter(Adapter):
-    """LLaVA-1.5: one square patch grid per image, CLS dropped."""
+    """LLaVA-1.5: one square patch grid per image, after the CLS token where the strategy keeps it."""
 
     def layout(self, inputs: dict[str, Any], image_sizes: list[list[tuple[int, int]]], processor: Any) -> TokenLayout:
         token_id = tokenizer_of(processor).convert_tokens_to_ids(self.image_token)
         side = _grid_side(processor)
-        images, tokens = [], []
+        lead = leading_tokens(processor)
+        per_image = side * side + lead
+        images, tokens, leading = [], [], []
         for sizes, ids in zip(image_sizes, inputs["input_ids"]):
             # Slots may touch ("<image> <image>"), so split the image positions by count, not by runs.
             positions = (ids == token_id).nonzero().flatten().tolist()
-            if len(positions) != side * side * len(sizes):
-                raise MmlensError(f"{len(positions)} image tokens for {len(sizes)} image(s) of {side}x{side} patches")
-            row_images, row_tokens = [], []
+            if len(positions) != per_image * len(sizes):
+                cls = f" plus {lead} CLS token" if lead else ""
+                raise MmlensError(
+                    f"{len(positions)} image tokens for {len(sizes)} image(s) of {side}x{side} patches{cls}")
+            row_images, row_tokens, row_leading = [], [], []
             for index, size in enumerate(sizes):
                 box = processed_box(size, processor.image_processor)
                 row_images.append(ImageInfo(size=size, views=[View(side, side, box)]))
-                row_tokens += grid_tokens(positions[index * side * side : (index + 1) * side * side], index, 0, side, side)
+                start = index * per_image
+                row_leading += positions[start : start + lead]
+                row_tokens += grid_tokens(positions[start + lead : start + per_image], index, 0, side, side)
             images.append(row_images)
             tokens.append(row_tokens)
-        return layout_from_images(inputs, processor, self.image_token, images, tokens)
+            leading.append(row_leading)
+        return layout_from_images(inputs, processor, self.image_token, images, tokens, extra_special=leading)
+
+
+def leading_tokens(processor: Any) -> int:
+    """Image tokens before each patch grid: the CLS token that ``vision_feature_select_strategy="full"`` keeps.
+
+    The processor writes ``patches + num_additional_image_tokens`` tokens per
+    image, less one under ``"default"`` (which drops CLS); what is left over
+    the patches comes first, as the vision tower orders its outputs.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> leading_tokens(SimpleNamespace(vision_feature_select_strategy="full", num_additional_image_tokens=1))
+        1
+        >>> leading_tokens(SimpleNamespace(vision_feature_select_strategy="default", num_additional_image_tokens=1))
+        0
+    """
+    strategy = getattr(processor, "vision_feature_select_strategy", None) or "default"
+    if strategy not in ("default", "full"):
+        raise MmlensError(f"vision_feature_select_strategy={strategy!r} is not supported; use 'default' or 'full'")
+    extra = int(getattr(processor, "num_additional_image_tokens", 0) or 0)
+    return max(0, extra - (1 if strategy == "default" else 0))
 
 
 def _grid_side(processor: Any) -> int:

@@ -56,15 +56,25 @@ def load(
 def wrap(hf: torch.nn.Module, processor: Any, name: str | None = None) -> Model:
     """Wrap a Hugging Face model the user already has (and its processor or tokenizer).
 
-    The model is not copied or changed, only put in eval mode.
+    The model is not copied or changed, only put in eval mode. mmlens
+    tokenises prompts (and prepares images) with ``processor``: the
+    ``AutoProcessor`` of a vision model, the ``AutoTokenizer`` of a text-only one.
 
     Example:
-        >>> from transformers import GPT2Config, GPT2LMHeadModel
-        >>> hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2))
-        >>> wrap(hf, processor=None).adapter.family
+        >>> from mmlens.zoo.tiny import gpt2
+        >>> hf, tokenizer = gpt2.build()
+        >>> wrap(hf, tokenizer).adapter.family
         'gpt2'
     """
     adapter = adapter_for_model_type(_model_type(hf))
+    if processor is None or not callable(processor):
+        kind = "AutoProcessor" if adapter.multimodal else "AutoTokenizer"
+        got = "None" if processor is None else type(processor).__name__
+        raise MmlensError(f"wrap needs the model's processor, got {got}: "
+                          f"mmlens.wrap(hf_model, {kind}.from_pretrained(<the model's name or folder>))")
+    if adapter.multimodal and getattr(processor, "image_processor", None) is None:
+        raise MmlensError(f"{adapter.family} is a vision model: wrap needs its AutoProcessor (image processor and "
+                          f"tokenizer), got {type(processor).__name__}")
     hf.eval()
     return Model(hf, processor, adapter, name or getattr(hf.config, "_name_or_path", "") or type(hf).__name__)
 
@@ -93,7 +103,12 @@ def _from_pretrained(name: str, attn_implementation: str | None, trust_remote_co
     """Load config, model and processor through the Auto classes, with clear errors."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
-    local = Path(name).exists()
+    local = Path(name).expanduser().exists()
+    if not local and _looks_like_a_path(name):
+        raise MmlensError(f"no such folder: {name}")
+    if local and not Path(name).expanduser().is_dir():
+        raise MmlensError(f"{name} is a file: give the folder that holds config.json and the weights")
+    name = str(Path(name).expanduser()) if local else name
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     common = {"trust_remote_code": trust_remote_code, "local_files_only": offline or local}
     if not local and "/" not in name:
@@ -114,6 +129,19 @@ def _from_pretrained(name: str, attn_implementation: str | None, trust_remote_co
     except (OSError, ValueError) as error:
         raise MmlensError(_missing_message(name, local, offline, error)) from None
     return hf, processor
+
+
+def _looks_like_a_path(name: str) -> bool:
+    """True for names that can only be local paths: absolute, ``./``, ``~``, or with more than one ``/``.
+
+    A hub id is ``org/name``, exactly one slash.
+
+    Example:
+        >>> [_looks_like_a_path(n) for n in ("/abs/path/missing", "./model", "org/name", "a/b/c")]
+        [True, True, False, True]
+    """
+    return (Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") > 1
+            or "\\" in name)
 
 
 def _missing_message(name: str, local: bool, offline: bool, error: Exception) -> str:

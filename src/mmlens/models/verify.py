@@ -22,12 +22,14 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
 from mmlens.box import Box
+from mmlens.data.images import open_image
 from mmlens.hooks import capture, intervene
 from mmlens.layout import TokenLayout
 from mmlens.model import Model
@@ -69,7 +71,7 @@ class LayoutReport:
 
 def verify_layout(
     model: Model,
-    image: Image.Image,
+    image: Image.Image | str | Path,
     prompt: str = "<image> what is this ?",
     regions: int = 6,
     seed: int = 0,
@@ -82,6 +84,7 @@ def verify_layout(
     tokens at least a fifth of each view's own cell on each axis (blur is in
     the view's resized pixels: wider where a view or an axis is shrunk more).
     """
+    image = open_image(image)  # a path or a PIL image, as everywhere else
     rng = np.random.default_rng(seed)
     pixels = np.asarray(image.convert("RGB")).copy()
     base = model.prepare(prompt, [image])

@@ -21,6 +21,7 @@ import torch
 
 from mmlens.errors import MmlensError
 from mmlens.model import Model
+from mmlens.readout.vocabulary import token_ids
 
 
 def unembed(model: Model, hidden: torch.Tensor) -> torch.Tensor:
@@ -60,13 +61,7 @@ def answer_token_ids(
     texts = [answer] * rows if isinstance(answer, str) else list(answer)
     if len(texts) != rows:
         raise MmlensError(f"{len(texts)} answers for {rows} prompts")
-    ids = []
-    for text in texts:
-        encoded = model.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if not encoded:
-            raise MmlensError(f"the answer {text!r} tokenises to nothing")
-        ids.append(encoded[0])
-    return torch.tensor(ids)
+    return torch.tensor([token_ids(model, text, "answer")[0] for text in texts])
 
 
 def token_probabilities(logits: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ import torch
 
 from mmlens.errors import MmlensError
 from mmlens.model import Batch, Model
+from mmlens.readout.vocabulary import token_ids
 
 SCORES = ("logit", "logprob", "prob")
 DEFAULT_ANSWER_LENGTH = 8  # tokens generated for a model that records no answer length
@@ -118,10 +119,10 @@ def build_targets(
     if answer is None:
         tokens, real = _generated(model, batch, max_new_tokens)
     else:
-        tokens, real = _tokenised(model, _per_row(answer, rows, "answer"))
+        tokens, real = _tokenised(model, _per_row(answer, rows, "answer"), "answer")
     foils = None
     if foil is not None:
-        foil_tokens, foil_real = _tokenised(model, _per_row(foil, rows, "foil"))
+        foil_tokens, foil_real = _tokenised(model, _per_row(foil, rows, "foil"), "foil")
         if foil_tokens.shape[1] == 1:
             foil_tokens = foil_tokens.expand_as(tokens)
         elif foil_tokens.shape != tokens.shape or not torch.equal(foil_real, real):
@@ -151,12 +152,9 @@ def _per_row(text: str | list[str], rows: int, what: str) -> list[str]:
     return texts
 
 
-def _tokenised(model: Model, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Answer texts to right-padded token ids and a mask of real tokens."""
-    encoded = [model.tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
-    if any(not ids for ids in encoded):
-        raise MmlensError("an answer or foil tokenises to nothing")
-    return _right_padded(model, encoded)
+def _tokenised(model: Model, texts: list[str], what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Answer (or foil) texts to right-padded token ids and a mask of real tokens; unknown words are refused."""
+    return _right_padded(model, [token_ids(model, text, what) for text in texts])
 
 
 def greedy_answers(model: Model, batch: Batch, max_new_tokens: int | None = None) -> list[str]:

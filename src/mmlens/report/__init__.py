@@ -7,7 +7,7 @@ and plain arrays. :mod:`~mmlens.report.files` writes and reads them on disk.
 Example:
     >>> import mmlens
     >>> from PIL import Image
-    >>> e = mmlens.explain(mmlens.load("tiny-llava"), [Image.new("RGB", (64, 64))], "<image> hi",
+    >>> e = mmlens.explain(mmlens.load("tiny-llava"), "<image> hi", [Image.new("RGB", (64, 64))],
     ...                    methods=["rollout"], max_new_tokens=1)
     >>> write_html_report(e, "/tmp/report.html").name
     'report.html'

@@ -110,7 +110,7 @@ def save_overlays(explanation: "Explanation", folder: str | Path, dpi: int = 100
     Example:
         >>> import mmlens
         >>> from PIL import Image
-        >>> e = mmlens.explain(mmlens.load("tiny-llava"), [Image.new("RGB", (64, 64))], "<image> hi",
+        >>> e = mmlens.explain(mmlens.load("tiny-llava"), "<image> hi", [Image.new("RGB", (64, 64))],
         ...                    methods=["rollout"], max_new_tokens=1)
         >>> [p.name[:11] for p in save_overlays(e, "/tmp/overlays")]
         ['rollout_t0_']

@@ -55,7 +55,7 @@ def save_explanation(explanation: "Explanation", folder: str | Path, figures: bo
     Example:
         >>> import mmlens
         >>> from PIL import Image
-        >>> e = mmlens.explain(mmlens.load("tiny-llava"), [Image.new("RGB", (64, 64))], "<image> hi",
+        >>> e = mmlens.explain(mmlens.load("tiny-llava"), "<image> hi", [Image.new("RGB", (64, 64))],
         ...                    methods=["rollout"], max_new_tokens=1)
         >>> (save_explanation(e, "/tmp/explained", figures=False) / "explanation.json").is_file()
         True

@@ -7,7 +7,7 @@ file opens anywhere, offline, with nothing else beside it.
 Example:
     >>> import mmlens
     >>> from PIL import Image
-    >>> e = mmlens.explain(mmlens.load("tiny-llava"), [Image.new("RGB", (64, 64))], "<image> hi",
+    >>> e = mmlens.explain(mmlens.load("tiny-llava"), "<image> hi", [Image.new("RGB", (64, 64))],
     ...                    methods=["attention", "rollout"], max_new_tokens=2)
     >>> write_html_report(e, "/tmp/report.html").stat().st_size > 0
     True
@@ -51,7 +51,7 @@ def write_html_report(
     Example:
         >>> import mmlens
         >>> from PIL import Image
-        >>> e = mmlens.explain(mmlens.load("tiny-llava"), [Image.new("RGB", (64, 64))], "<image> hi",
+        >>> e = mmlens.explain(mmlens.load("tiny-llava"), "<image> hi", [Image.new("RGB", (64, 64))],
         ...                    methods=["rollout"], max_new_tokens=1)
         >>> write_html_report([e, e], "/tmp/two.html").suffix
         '.html'
