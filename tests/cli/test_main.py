@@ -222,3 +222,13 @@ def test_main_debug_shows_traceback(toy_app, capsys, monkeypatch):
     monkeypatch.setenv("MMLENS_DEBUG", "1")
     assert main(["mistake"]) == 1
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_ctrl_c_wrapped_by_a_lazy_import_is_an_interrupt():
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as inner:
+            raise RuntimeError("Error calling __set_name__ on 'Field' instance") from inner
+    except RuntimeError as wrapped:
+        assert classify(wrapped) is Outcome.INTERRUPTED

@@ -95,6 +95,17 @@ def _is_click_exception(error: BaseException) -> bool:
             and isinstance(getattr(error, "exit_code", None), int))
 
 
+def _interrupted(error: BaseException | None) -> bool:
+    """Whether Ctrl-C caused ``error``: Python wraps a KeyboardInterrupt raised inside
+    a class body's ``__set_name__`` (a lazy import in transformers) in a RuntimeError."""
+    seen = 0
+    while error is not None and seen < 16:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
+
+
 def classify(error: BaseException) -> Outcome:
     """How the command line reports ``error``, without importing any particular click.
 
@@ -115,7 +126,7 @@ def classify(error: BaseException) -> Outcome:
         <Outcome.BUG: 'bug'>
     """
     names = _class_names(error)
-    if isinstance(error, KeyboardInterrupt) or "Abort" in names:
+    if _interrupted(error) or "Abort" in names:
         return Outcome.INTERRUPTED
     if isinstance(error, MmlensError):
         return Outcome.USER_ERROR
