@@ -101,6 +101,10 @@ def library_versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
+    if "torch" in versions:  # the build tag (+cpu, +cu130) matters to reproduce a result; metadata may omit it
+        import torch
+
+        versions["torch"] = torch.__version__
     return versions
 
 
