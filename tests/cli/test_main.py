@@ -232,3 +232,20 @@ def test_ctrl_c_wrapped_by_a_lazy_import_is_an_interrupt():
             raise RuntimeError("Error calling __set_name__ on 'Field' instance") from inner
     except RuntimeError as wrapped:
         assert classify(wrapped) is Outcome.INTERRUPTED
+
+
+def test_ctrl_c_while_the_command_line_loads_is_an_interrupt():
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = ("import sys; print('ready', flush=True); from mmlens.cli.entry import main; "
+              "sys.exit(main(['info', '--model', 'tiny-llama', '--json']))")
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "ready"
+    time.sleep(0.2)  # inside the imports of torch and transformers
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "mmlens: interrupted" and "Traceback" not in err
