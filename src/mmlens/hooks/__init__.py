@@ -14,10 +14,12 @@ Sites have the same names in every family:
 
 Hooks exist only inside a ``with`` block and are removed when it ends, even
 when its body raises, so an idle model pays nothing. Asking for
-``attn_probs`` switches the model to eager attention for the block only.
+``attn_probs`` runs the model's attentions through mmlens' attention function
+for the block only: SDPA everywhere, plus fp32 probabilities at the asked
+layers for the asked query rows only (see :func:`mmlens.models.runtime.attention_rows`).
 
-Site options replace parallel APIs: ``capture(..., query=-1)`` keeps one
-attention row, ``capture(..., neuron_value="gate")`` reads gated neurons,
+Site options replace parallel APIs: ``capture(..., query=-1)`` computes one
+attention row (``query=[3, 7]`` a few, ``mean_heads=True`` their mean over heads), ``capture(..., neuron_value="gate")`` reads gated neurons,
 and :func:`intervene` takes :class:`BlockKeys` (attention knockout) and
 :class:`OnlyAt` (an MLP computed at chosen positions only) besides plain
 edits. Every hook goes through :mod:`mmlens.hooks.dispatch`.
@@ -51,7 +53,7 @@ if TYPE_CHECKING:
     from mmlens.model import Model
 
 __all__ = ["BlockKeys", "CallEdit", "Captured", "Edit", "NEURON_VALUES", "OnlyAt", "Site", "attach", "attach_call",
-           "attach_output", "capture", "eager_attention", "expand", "intervene", "resolve", "site_names"]
+           "attach_output", "attention_reader", "capture", "eager_attention", "expand", "intervene", "resolve", "site_names"]
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,8 @@ class BlockKeys:
     """An ``attn_probs`` edit: query row ``query`` gets probability exactly 0 on ``keys`` (``(rows, seq)`` bool).
 
     The attention mask is edited before the softmax, so the other keys share
-    the whole mass (Geva et al.'s attention knockout). Runs eagerly.
+    the whole mass (Geva et al.'s attention knockout). The output still comes from
+    SDPA, with the edited mask materialised for that layer only.
     """
 
     keys: torch.Tensor
@@ -127,13 +130,17 @@ class Captured:
 
 
 @contextmanager
-def capture(model: "Model", sites: str | Sequence[str], *, grads: bool = False, query: int | None = None,
-            neuron_value: str = "input") -> Iterator[Captured]:
+def capture(model: "Model", sites: str | Sequence[str], *, grads: bool = False,
+            query: int | Sequence[int] | torch.Tensor | None = None, neuron_value: str = "input",
+            mean_heads: bool = False) -> Iterator[Captured]:
     """Record the values at ``sites`` (names or glob patterns) during the ``with`` block.
 
-    ``query`` keeps only that query row of ``attn_probs`` sites
-    (``(batch, heads, keys)``): full attention maps of a real model take
-    gigabytes. ``neuron_value="gate"`` reads gated neurons (see
+    ``query`` computes only that query row of ``attn_probs`` sites
+    (``(batch, heads, keys)``), a list of rows gives ``(batch, heads, rows, keys)``:
+    full attention maps of a real model take gigabytes, and no layer computes
+    more than is asked. ``mean_heads=True`` averages over heads as the rows are
+    computed (the head axis goes). With ``grads=True`` an ``attn_probs`` layer
+    runs eagerly, its probabilities in the graph. ``neuron_value="gate"`` reads gated neurons (see
     :func:`mmlens.hooks.sites.resolve`).
 
     With ``grads=True`` each captured value also records its gradient when
@@ -149,11 +156,12 @@ def capture(model: "Model", sites: str | Sequence[str], *, grads: bool = False, 
     resolved = [resolve(model, name, neuron_value) for name in expand(model, sites)]
     captured = Captured()
     with ExitStack() as stack:
-        if any(site.needs_eager for site in resolved):
-            stack.enter_context(eager_attention(model))
         for site in resolved:
-            row = query if site.reads == "probs" else None
-            stack.enter_context(attach(site, _recorder(captured, site, grads, row)))
+            if site.reads == "probs":
+                request = runtime.RowRequest(query, mean_heads, on_path=grads)
+                stack.enter_context(attention_reader(model, site, _recorder(captured, site, grads), request))
+            else:
+                stack.enter_context(attach(site, _recorder(captured, site, grads)))
         yield captured
 
 
@@ -174,20 +182,18 @@ def intervene(model: "Model", edits: Mapping[str, Union[Edit, BlockKeys, OnlyAt]
         ...     out = model.forward(batch)
     """
     with ExitStack() as stack:
-        if any(isinstance(edit, BlockKeys) for edit in edits.values()):
-            stack.enter_context(eager_attention(model))
         for pattern, edit in edits.items():
             for name in expand(model, pattern):
-                stack.enter_context(_apply(resolve(model, name, neuron_value), edit))
+                stack.enter_context(_apply(model, resolve(model, name, neuron_value), edit))
         yield
 
 
-def _apply(site: Site, edit: Any):
+def _apply(model: "Model", site: Site, edit: Any):
     """The context that puts one edit on one site."""
     if isinstance(edit, BlockKeys):
         if not site.needs_eager:
             raise MmlensError(f"{site.name}: BlockKeys edits attention probabilities (lm.L<i>.attn_probs sites)")
-        return attach_call(site.module, _mask_editor(edit, site.name))
+        return runtime.blocked_keys(model.hf, site.module, edit.keys, edit.query)
     if isinstance(edit, OnlyAt):
         if not site.name.endswith(".mlp"):
             raise MmlensError(f"{site.name}: OnlyAt restricts an MLP (lm.L<i>.mlp sites)")
@@ -195,14 +201,6 @@ def _apply(site: Site, edit: Any):
     if site.needs_eager:
         raise MmlensError(f"{site.name}: attention probabilities are edited with BlockKeys, or captured")
     return attach(site, edit)
-
-
-def _mask_editor(edit: BlockKeys, where: str) -> CallEdit:
-    def hook(args: tuple, kwargs: dict) -> tuple:
-        mask = runtime.block_keys(kwargs.get("attention_mask"), edit.keys, edit.query, where)
-        return args, {**kwargs, "attention_mask": mask}
-
-    return hook
 
 
 @contextmanager
@@ -236,7 +234,28 @@ def eager_attention(model: "Model") -> Iterator[None]:
         yield
 
 
-def _recorder(captured: Captured, site: Site, grads: bool, query: int | None = None) -> Edit:
+@contextmanager
+def attention_reader(model: "Model", site: Site, read: Edit, request: "runtime.RowRequest") -> Iterator[None]:
+    """Call ``read`` with the probabilities ``request`` asks for at an ``attn_probs`` site, in the block.
+
+    Only this site's attention computes them (the rows asked for, fp32); the
+    others run SDPA. ``read`` gets ``(batch, heads, rows, keys)``, without the
+    row axis for an int row and without the head axis with ``mean_heads``.
+
+    Example:
+        >>> site = resolve(model, "lm.L1.attn_probs")
+        >>> with attention_reader(model, site, print, runtime.RowRequest(rows=-1)):
+        ...     _ = model.forward(batch)
+    """
+    def rows(probs: torch.Tensor) -> torch.Tensor | None:
+        read(runtime.requested_rows(site.module, probs, request))
+        return None
+
+    with runtime.attention_rows(model.hf, site.module, request), attach(site, rows):
+        yield
+
+
+def _recorder(captured: Captured, site: Site, grads: bool) -> Edit:
     def record(value: torch.Tensor) -> torch.Tensor | None:
         replacement = None
         if grads:
@@ -244,7 +263,7 @@ def _recorder(captured: Captured, site: Site, grads: bool, query: int | None = N
                 raise MmlensError("gradients were asked for, but autograd is off (torch.no_grad)")
             if not value.requires_grad:
                 replacement = value = value.detach().requires_grad_(True)
-        captured._store(site.name, value if query is None else value[:, :, query], grads)
+        captured._store(site.name, value, grads)
         return replacement
 
     return record

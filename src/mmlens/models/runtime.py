@@ -314,6 +314,224 @@ def _all_equal(tree: dict[str, Any], implementation: str) -> bool:
     return all(_all_equal(v, implementation) if isinstance(v, dict) else v == implementation for v in tree.values())
 
 
+# -- Attention rows: probabilities for the rows and layers asked for, nothing else ------------------------
+
+ATTENTION = "mmlens"  # the name under which :func:`_attention` is registered with transformers
+_SLOT = "_mmlens_attention"
+_CHUNK_ELEMENTS = 1 << 24  # at most this many fp32 scores at once (64 MB) while rows are computed
+
+
+@dataclass
+class RowRequest:
+    """What a reader wants from one attention module: ``rows`` (None: all), heads averaged or not, in the graph or not."""
+
+    rows: Any = None  # None, an int or a sequence of ints (negative ones count from the end)
+    mean_heads: bool = False
+    on_path: bool = False  # the probabilities feed the output (gradients with respect to them)
+
+
+@dataclass
+class _State:
+    reads: list  # RowRequest
+    blocks: list  # (keys, query) pairs of BlockKeys edits
+    given: Any = None  # rows of the last call's probabilities (None: all), their means over heads or not
+    given_mean: bool = False
+    q_len: int = 0
+
+
+def _register() -> None:
+    """Register :func:`_attention` (and the SDPA mask it expects) with transformers' public interfaces, once."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    if ATTENTION not in AttentionInterface._global_mapping:
+        AttentionInterface.register(ATTENTION, _attention)
+    if ATTENTION not in AttentionMaskInterface._global_mapping:
+        AttentionMaskInterface.register(ATTENTION, sdpa_mask)
+
+
+def _state(module: torch.nn.Module) -> _State:
+    return module.__dict__.setdefault(_SLOT, _State([], []))
+
+
+def _release(module: torch.nn.Module) -> None:
+    state = module.__dict__.get(_SLOT)
+    if state is not None and not state.reads and not state.blocks:
+        del module.__dict__[_SLOT]
+
+
+@contextmanager
+def attention_rows(hf: torch.nn.Module, module: torch.nn.Module, request: RowRequest) -> Iterator[None]:
+    """Inside the block, ``module`` (an attention module of ``hf``) also returns the probabilities ``request`` asks for.
+
+    Every attention of ``hf`` runs through the ``"mmlens"`` attention
+    function: the SDPA kernel computes the output as usual; only modules with
+    a request also compute fp32 softmax probabilities, and only for the
+    requested query rows (in chunks of rows, so no ``(heads, N, N)`` tensor
+    exists unless all rows are asked for per head). A request ``on_path``
+    runs that module eagerly, its probabilities in the autograd graph.
+
+    Example:
+        >>> with attention_rows(model.hf, model.decoder_layers[1].self_attn, RowRequest(rows=-1)):
+        ...     out = model.forward(batch)  # layer 1's attention returns (batch, heads, 1, keys) probabilities
+    """
+    _register()
+    state = _state(module)
+    state.reads.append(request)
+    try:
+        with attention_implementation(hf, ATTENTION):
+            yield
+    finally:
+        state.reads.remove(request)
+        _release(module)
+
+
+@contextmanager
+def blocked_keys(hf: torch.nn.Module, module: torch.nn.Module, keys: torch.Tensor, query: int) -> Iterator[None]:
+    """Inside the block, query row ``query`` of ``module`` cannot attend to ``keys`` (see :func:`block_keys`).
+
+    The edit is applied by the ``"mmlens"`` attention function, which knows
+    the query and key lengths, so a mask that transformers left out (the
+    causal kernel) or made boolean is materialised first.
+    """
+    _register()
+    state = _state(module)
+    entry = (keys, query)
+    state.blocks.append(entry)
+    try:
+        with attention_implementation(hf, ATTENTION):
+            yield
+    finally:
+        state.blocks.remove(entry)
+        _release(module)
+
+
+def requested_rows(module: torch.nn.Module, probs: torch.Tensor, request: RowRequest) -> torch.Tensor:
+    """The rows ``request`` asked for out of the probabilities ``module`` returned: ``(batch, heads, rows, keys)``.
+
+    An int ``rows`` drops the row axis: ``(batch, heads, keys)``; ``mean_heads`` drops the head axis.
+    """
+    state = module.__dict__.get(_SLOT)
+    given, given_mean = (state.given, state.given_mean) if state is not None else (None, False)
+    if request.rows is not None:
+        if given is None:
+            probs = probs[:, :, _normalise(_row_list(request.rows), probs.shape[-2])]
+        else:
+            where = {r: i for i, r in enumerate(given)}
+            probs = probs[:, :, [where[r] for r in _normalise(_row_list(request.rows), state.q_len)]]
+    if request.mean_heads:
+        probs = probs[:, 0] if given_mean else probs.mean(1)  # (batch, rows, keys)
+        return probs[:, 0] if isinstance(request.rows, int) else probs
+    return probs[:, :, 0] if isinstance(request.rows, int) else probs
+
+
+def _row_list(rows: Any) -> list[int] | None:
+    if rows is None:
+        return None
+    if isinstance(rows, int):
+        return [rows]
+    if isinstance(rows, torch.Tensor):
+        return [int(r) for r in rows.flatten()]
+    return [int(r) for r in rows]
+
+
+def _normalise(rows: list[int], q_len: int) -> list[int]:
+    out = [r % q_len if -q_len <= r < q_len else None for r in rows]
+    if any(r is None for r in out):
+        raise MmlensError(f"attention rows {rows} are out of range for {q_len} queries")
+    return out
+
+
+def _attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+               is_causal: bool | None = None, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """transformers' SDPA attention, plus the probability rows a reader asked for on this module (see :func:`attention_rows`)."""
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+
+    state = module.__dict__.get(_SLOT)
+    if state is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    q_len, k_len = query.shape[2], key.shape[2]
+    causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", True))
+    causal = causal and attention_mask is None and q_len > 1
+    if state.blocks:
+        mask = additive_mask(attention_mask, causal, q_len, k_len, query.dtype, query.device)
+        for keys, row in state.blocks:
+            mask = block_keys(mask, keys, row, type(module).__name__)
+        attention_mask, causal, is_causal = mask, False, False
+    if not state.reads:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    groups = query.shape[1] // key.shape[1]
+    state.q_len = q_len
+    if any(r.on_path for r in state.reads):  # eager: the probabilities are in the graph
+        probs = _probability_rows(query, repeat_kv(key, groups), attention_mask, causal, scale, None, False)
+        probs = torch.nn.functional.dropout(probs, p=dropout, training=module.training)
+        output = torch.matmul(probs.to(value.dtype), repeat_kv(value, groups)).transpose(1, 2).contiguous()
+        state.given, state.given_mean = None, False
+        return output, probs
+    output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                       is_causal=is_causal, **kwargs)
+    wanted = [_row_list(r.rows) for r in state.reads]
+    rows = None if any(w is None for w in wanted) else sorted({i for w in wanted for i in _normalise(w, q_len)})
+    mean = all(r.mean_heads for r in state.reads)
+    with torch.no_grad():
+        probs = _probability_rows(query, repeat_kv(key, groups), attention_mask, causal, scale, rows, mean)
+    state.given, state.given_mean = rows, mean
+    return output, probs
+
+
+def _probability_rows(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, causal: bool, scale: float,
+                      rows: list[int] | None, mean_heads: bool) -> torch.Tensor:
+    """fp32 ``softmax(q[rows] k^T * scale + mask[rows])``, ``(batch, heads or 1, rows, keys)``, a chunk of rows at a time."""
+    q_len, k_len = query.shape[2], key.shape[2]
+    index = torch.arange(q_len, device=query.device) if rows is None else torch.tensor(rows, device=query.device)
+    per_row = query.shape[0] * query.shape[1] * k_len
+    step = max(1, _CHUNK_ELEMENTS // max(1, per_row)) if mean_heads else len(index)
+    keys_t = key.float().transpose(2, 3)
+    parts = []
+    for start in range(0, len(index), step):
+        part = index[start:start + step]
+        scores = torch.matmul(query[:, :, part].float(), keys_t) * scale
+        if mask is not None:
+            rows_mask = mask[..., part, :] if mask.shape[-2] > 1 else mask
+            if rows_mask.dtype == torch.bool:
+                scores = scores.masked_fill(~rows_mask, torch.finfo(torch.float32).min)
+            else:
+                scores = scores + rows_mask.float()
+        elif causal:
+            later = torch.arange(k_len, device=query.device)[None] > part[:, None]
+            scores = scores.masked_fill(later, torch.finfo(torch.float32).min)
+        probs = torch.softmax(scores, dim=-1)
+        parts.append(probs.mean(1, keepdim=True) if mean_heads else probs)
+    return torch.cat(parts, dim=2)
+
+
+def additive_mask(mask: torch.Tensor | None, causal: bool, q_len: int, k_len: int, dtype: torch.dtype,
+                  device: torch.device) -> torch.Tensor:
+    """A 4-D additive float mask ``(batch or 1, 1, q_len, k_len)`` from what transformers passed an attention module.
+
+    ``None`` means the causal kernel (``causal``, query ``i`` sees keys ``<= i``) or no mask; a bool mask
+    marks the keys each query may see.
+
+    Example:
+        >>> additive_mask(None, True, 2, 2, torch.float32, torch.device("cpu"))[0, 0, 0, 1] < -1e30
+        tensor(True)
+    """
+    low = torch.finfo(dtype).min
+    if mask is None:
+        out = torch.zeros(1, 1, q_len, k_len, dtype=dtype, device=device)
+        if causal:
+            later = torch.arange(k_len, device=device)[None] > torch.arange(q_len, device=device)[:, None]
+            out = out.masked_fill(later, low)
+        return out
+    if mask.dtype == torch.bool:
+        return torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, low)
+    return mask
+
+
 def attention_probabilities(output: Any, where: str = "attention") -> torch.Tensor:
     """The probabilities ``(batch, heads, query, key)`` in an attention module's output (eager kernels).
 
@@ -357,3 +575,40 @@ def block_keys(mask: Any, keys: torch.Tensor, query: int, where: str = "attentio
     edited = mask.expand(rows, *mask.shape[1:]).clone()
     edited[:, :, query, :].masked_fill_(block[:, None, :], torch.finfo(edited.dtype).min)
     return edited
+
+
+def execution_device(module: torch.nn.Module) -> torch.device:
+    """The device ``module`` computes on: accelerate's execution device when it dispatched the module.
+
+    A module that accelerate offloads (to the CPU, to disk) holds meta tensors
+    between calls, so its parameters do not say where it runs; its
+    ``_hf_hook.execution_device`` does. Otherwise the first parameter (or
+    buffer) that is not on meta decides, and a module without any runs on the CPU.
+
+    Example:
+        >>> execution_device(torch.nn.Linear(2, 2))
+        device(type='cpu')
+    """
+    hook = getattr(module, "_hf_hook", None)
+    for candidate in (hook, *getattr(hook, "hooks", ())):  # a SequentialHook holds several
+        device = getattr(candidate, "execution_device", None)
+        if device is not None:
+            return torch.device(device if not isinstance(device, int) else f"cuda:{device}")
+    for tensor in (*module.parameters(), *module.buffers()):
+        if tensor.device.type != "meta":
+            return tensor.device
+    return torch.device("cpu")
+
+
+def on_device_of(module: torch.nn.Module, tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` on the device ``module`` computes on (itself when it is there already).
+
+    The one helper through which hooks and replays move what they feed a
+    module: a recorded hidden state, a replacement, a mask, a baseline.
+
+    Example:
+        >>> on_device_of(torch.nn.Linear(2, 2), torch.zeros(2)).device
+        device(type='cpu')
+    """
+    device = execution_device(module)
+    return tensor if tensor.device == device else tensor.to(device)
