@@ -6,6 +6,8 @@ from scipy.stats import spearmanr
 
 import mmlens
 from mmlens.attribution.gradients import gradient_x_input, integrated_gradients, path_points
+from mmlens.budget import row_bytes
+from mmlens.errors import MmlensError
 from mmlens.models.decoder import record_decoder_call
 
 
@@ -26,10 +28,20 @@ def test_integrated_gradients_completeness_under_one_percent(tiny_llava, targets
     assert result.extras["completeness_error"].max() < 0.01
 
 
-def test_integrated_gradients_batching_does_not_change_results(tiny_llava, targets):
-    small = integrated_gradients(tiny_llava, targets, steps=8, internal_batch=3).scores
-    large = integrated_gradients(tiny_llava, targets, steps=8, internal_batch=8).scores
-    torch.testing.assert_close(small, large, rtol=1e-4, atol=1e-6)
+def test_integrated_gradients_do_not_depend_on_the_memory_budget(tiny_llava, targets):
+    rows, seq = targets.batch.input_ids.shape
+    two_points = 2 * rows * row_bytes(tiny_llava, seq, grad=True)  # 2 path points per pass
+    small = integrated_gradients(tiny_llava, targets, steps=8, memory_budget=two_points)
+    large = integrated_gradients(tiny_llava, targets, steps=8, memory_budget="unlimited")
+    torch.testing.assert_close(small.scores, large.scores, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(small.extras["completeness_error"], large.extras["completeness_error"],
+                               rtol=1e-2, atol=1e-4)
+
+
+def test_integrated_gradients_reject_a_budget_below_one_row_before_any_work(tiny_llava, targets, monkeypatch):
+    monkeypatch.setattr("mmlens.attribution.gradients._points", lambda *a, **k: pytest.fail("work was done"))
+    with pytest.raises(MmlensError, match="too small for one row of integrated gradients: it needs at least"):
+        integrated_gradients(tiny_llava, targets, steps=8, memory_budget="1KB")
 
 
 def test_integrated_gradients_agree_with_captum(tiny_llava, targets):
