@@ -85,16 +85,18 @@ class Targets:
         """Per-row score of target ``j`` from the logits at its position, ``(rows, vocab)`` -> ``(rows,)``.
 
         Rows may be a stack of copies of the batch (``k x batch`` rows); the
-        target tokens repeat with them.
+        target tokens repeat with them. Scores are fp32 whatever the model's
+        dtype, so differences and sums of them (occlusion drops, IG ends) do
+        not round at half precision.
         """
         copies = logits.shape[0] // self.tokens.shape[0]
         token = self.tokens[:, j].repeat(copies).to(logits.device)
         rows = torch.arange(logits.shape[0], device=logits.device)
         if self.foils is not None:
             foil = self.foils[:, j].repeat(copies).to(logits.device)
-            return logits[rows, token] - logits[rows, foil]
+            return logits[rows, token].float() - logits[rows, foil].float()  # fp32 in half-precision models
         if self.score == "logit":
-            return logits[rows, token]
+            return logits[rows, token].float()
         log_probs = torch.log_softmax(logits.float(), dim=-1)[rows, token]
         return log_probs if self.score == "logprob" else log_probs.exp()
 
