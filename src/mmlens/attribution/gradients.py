@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from mmlens.attribution.base import Attribution, causal_cut, empty_scores
+from mmlens.budget import MemoryBudget, plan_passes
 from mmlens.errors import MmlensError
 from mmlens.layout import Modality, TokenLayout
 from mmlens.model import Model
@@ -54,7 +55,7 @@ def integrated_gradients(
     steps: int = 32,
     baseline: str | torch.Tensor = "mean",
     rule: str = "gausslegendre",
-    internal_batch: int = 34,
+    memory_budget: MemoryBudget = None,
 ) -> Attribution:
     """Integrated gradients from ``baseline`` to the input embeddings, ``steps`` points per target.
 
@@ -66,6 +67,8 @@ def integrated_gradients(
     or ``"adaptive"``: a forward-only scan of 17 points per row first, then
     midpoints placed where the score moves (:func:`adaptive_points`), which
     keeps the completeness error low on sharp, trained models.
+    ``memory_budget`` (bytes or ``"2GB"``; see :mod:`mmlens.budget`) sizes how
+    many path points go through the decoder per pass; results do not depend on it.
     """
     call = record_decoder_call(model, targets.batch)
     x = call.embeds
@@ -73,6 +76,8 @@ def integrated_gradients(
     rows = x.shape[0]
     scores = empty_scores(targets)
     errors = torch.zeros(targets.tokens.shape)
+    passes = plan_passes(model, steps + 2, x.shape[1], memory_budget, rows=rows, grad=True,
+                         what="integrated gradients")  # before any work: too small a budget fails here
     for j in range(targets.count):
         position = targets.positions[j : j + 1]
         alphas, weights = _points(call, targets, j, x, x0, steps, rule)  # (steps, rows) each
@@ -82,15 +87,18 @@ def integrated_gradients(
         weights = torch.cat([weights, torch.zeros(2, rows, dtype=weights.dtype)])
         grads = torch.zeros_like(x, dtype=torch.float32)  # the path runs in the model's dtype, sums in fp32
         values = []
-        for start in range(0, len(alphas), internal_batch):
-            chunk_alphas = alphas[start : start + internal_batch].to(x)[..., None, None]
-            chunk_weights = weights[start : start + internal_batch].to(x.device, torch.float32)[..., None, None]
+
+        def run_pass(start: int, stop: int) -> None:
+            chunk_alphas = alphas[start:stop].to(x)[..., None, None]
+            chunk_weights = weights[start:stop].to(x.device, torch.float32)[..., None, None]
             path = (x0[None] + chunk_alphas * (x - x0)[None]).flatten(0, 1).requires_grad_(True)
             with torch.enable_grad():
                 score = targets.scores(call.logits(path, positions=position)[:, 0], j)
                 (grad,) = torch.autograd.grad(score.sum(), path)
-            grads += (chunk_weights * grad.float().view(len(chunk_alphas), *x.shape)).sum(0)
+            grads.add_((chunk_weights * grad.float().view(len(chunk_alphas), *x.shape)).sum(0))
             values.append(score.detach())
+
+        passes.run(run_pass)
         attributions = ((x - x0).float() * grads).sum(-1)
         ends = torch.cat(values)[-2 * rows :]
         delta = ends[:rows] - ends[rows:]
