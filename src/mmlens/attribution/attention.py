@@ -1,7 +1,8 @@
 """Raw attention: how much the answer position attends to each token, per layer and head.
 
-Averaged over heads, then over a layer range (all layers by default). Needs
-eager attention, which :func:`mmlens.capture` switches on for the pass.
+Averaged over heads, then over a layer range (all layers by default). Only
+the answer positions' rows are computed, at the layers asked for
+(``capture(..., query=positions)``): no layer holds a full attention map.
 
 Example:
     >>> import mmlens
@@ -22,18 +23,24 @@ from mmlens.model import Model
 from mmlens.readout import Targets
 
 
-def attention_maps(model: Model, targets: Targets) -> torch.Tensor:
-    """Attention probabilities of every layer, ``(layers, batch, heads, seq, seq)``."""
-    sites = [f"lm.L{i}.attn_probs" for i in range(model.n_layers)]
-    with torch.no_grad(), capture(model, sites) as captured:
+def attention_maps(model: Model, targets: Targets, rows: torch.Tensor | None = None, layers: slice | None = None,
+                   mean_heads: bool = False) -> torch.Tensor:
+    """Attention probabilities of ``layers`` (all by default), ``(layers, batch, heads, rows, seq)``.
+
+    Only the query ``rows`` asked for are computed (all when None), and only at
+    those layers; ``mean_heads`` averages heads as rows are computed (the head axis goes).
+    """
+    indices = range(model.n_layers)[layers or slice(None)]
+    sites = [f"lm.L{i}.attn_probs" for i in indices]
+    query = None if rows is None else [int(r) for r in rows]
+    with torch.no_grad(), capture(model, sites, query=query, mean_heads=mean_heads) as captured:
         model.forward(targets.batch, use_cache=False)
     return torch.stack([captured[site].float().cpu() for site in sites])
 
 
 def attention(model: Model, targets: Targets, layers: slice | None = None, keep_heads: bool = False) -> Attribution:
     """Mean over heads and ``layers`` of the attention from each answer position."""
-    maps = attention_maps(model, targets)[layers or slice(None)]
-    from_targets = maps[:, :, :, targets.positions, :]  # (layers, batch, heads, n, seq)
+    from_targets = attention_maps(model, targets, targets.positions, layers)  # (layers, batch, heads, n, seq)
     per_layer = from_targets.mean(2).permute(1, 2, 0, 3)  # (batch, n, layers, seq)
     extras = {"per_layer": per_layer}
     if keep_heads:

@@ -17,19 +17,33 @@ from __future__ import annotations
 
 import torch
 
-from mmlens.attribution.attention import attention_maps
 from mmlens.attribution.base import Attribution, causal_cut
+from mmlens.errors import MmlensError
+from mmlens.hooks import capture
 from mmlens.model import Model
 from mmlens.readout import Targets
 
 
 def rollout(model: Model, targets: Targets, layers: slice | None = None) -> Attribution:
-    """Rolled-out attention from each answer position to every token."""
-    maps = attention_maps(model, targets)[layers or slice(None)].mean(2).double()  # (layers, batch, seq, seq)
-    eye = torch.eye(maps.shape[-1], dtype=maps.dtype)
-    joint = eye.expand_as(maps[0]).clone()
-    for layer_map in maps:
-        step = layer_map + eye
-        joint = (step / step.sum(-1, keepdim=True)) @ joint
-    scores = joint[:, targets.positions, :].float()  # (batch, n, seq)
-    return Attribution(causal_cut(scores, targets))
+    """Rolled-out attention from each answer position to every token.
+
+    The answer rows of ``A_hat_L ... A_hat_1`` are propagated from the last
+    layer down as row vectors (``r <- r A_hat_l``): the last layer needs only
+    the answer rows, the others their head means (never per head).
+    """
+    indices = list(range(model.n_layers)[layers or slice(None)])
+    if not indices:
+        raise MmlensError("rollout needs at least one layer")
+    last, earlier = f"lm.L{indices[-1]}.attn_probs", [f"lm.L{i}.attn_probs" for i in indices[:-1]]
+    rows = [int(p) for p in targets.positions]
+    with torch.no_grad(), capture(model, last, query=rows, mean_heads=True) as final, \
+            capture(model, earlier, mean_heads=True) as captured:
+        model.forward(targets.batch, use_cache=False)
+    seq = final[last].shape[-1]
+    eye = torch.eye(seq, dtype=torch.float64)
+    row = final[last].double().cpu() + eye[targets.positions]  # (batch, n, seq): the answer rows of A_L + I
+    scores = row / row.sum(-1, keepdim=True)
+    for site in reversed(earlier):
+        step = captured[site].double().cpu() + eye  # (batch, seq, seq): the head mean of A_l + I
+        scores = scores @ (step / step.sum(-1, keepdim=True))
+    return Attribution(causal_cut(scores.float(), targets))
