@@ -1,9 +1,13 @@
 """Occlusion and RISE against a direct edit of the whole model."""
 
+import pytest
 import torch
 
 import mmlens
+from mmlens.attribution import occlusion as occlusion_module
 from mmlens.attribution.occlusion import occlusion, rise
+from mmlens.budget import row_bytes
+from mmlens.errors import MmlensError
 from mmlens.readout import image_baseline
 
 
@@ -43,3 +47,45 @@ def test_rise_is_seeded_and_covers_image_tokens(tiny_llava, targets):
     image = targets.batch.layout.image_positions(0)
     assert first[0, 0, image].abs().sum() > 0
     assert first[0, 0, targets.batch.layout.text_positions(0)].abs().sum() == 0
+
+
+def _one_variant(model, targets):
+    """A budget of one masked variant per pass."""
+    return row_bytes(model, targets.batch.input_ids.shape[1], positions=targets.count)
+
+
+def test_occlusion_does_not_depend_on_the_memory_budget(tiny_llava, targets):
+    small = occlusion(tiny_llava, targets, window=2, memory_budget=_one_variant(tiny_llava, targets)).scores
+    large = occlusion(tiny_llava, targets, window=2, memory_budget="unlimited").scores
+    torch.testing.assert_close(small, large, rtol=1e-4, atol=1e-6)
+
+
+def test_rise_does_not_depend_on_the_memory_budget(tiny_llava, targets):
+    small = rise(tiny_llava, targets, masks=16, memory_budget=2 * _one_variant(tiny_llava, targets)).scores
+    large = rise(tiny_llava, targets, masks=16, memory_budget="unlimited").scores
+    torch.testing.assert_close(small, large, rtol=1e-4, atol=1e-6)
+
+
+def test_occlusion_windows_cut_the_passes(tiny_llava, targets, monkeypatch):
+    seen = []
+    original = occlusion_module._masked_scores
+
+    def spy(call, targets_, row, x, base, hide, *rest):
+        seen.append(hide.shape[0])
+        return original(call, targets_, row, x, base, hide, *rest)
+
+    monkeypatch.setattr(occlusion_module, "_masked_scores", spy)
+    occlusion(tiny_llava, targets, window=1)
+    first = len(seen)
+    occlusion(tiny_llava, targets, window=2)
+    image = len(targets.batch.layout.image_positions(0))
+    assert seen[0] == image and seen[first] == image // 4  # 2 x 2 patches a variant
+
+
+def test_too_small_a_budget_fails_before_any_work(tiny_llava, targets, monkeypatch):
+    monkeypatch.setattr(occlusion_module, "record_decoder_call", lambda *a: pytest.fail("work was done"))
+    for method in (occlusion, rise):
+        with pytest.raises(MmlensError, match="too small for one row of .*needs at least"):
+            method(tiny_llava, targets, memory_budget=100)
+    with pytest.raises(MmlensError, match="window"):
+        occlusion(tiny_llava, targets, window=0)

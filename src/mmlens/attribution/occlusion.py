@@ -31,14 +31,25 @@ import torch
 import torch.nn.functional as F
 
 from mmlens.attribution.base import Attribution, causal_cut, empty_scores
+from mmlens.budget import MemoryBudget, plan_passes
+from mmlens.errors import MmlensError
 from mmlens.layout import TokenLayout
 from mmlens.model import Model
 from mmlens.models.decoder import DecoderCall, record_decoder_call
 from mmlens.readout import Targets, image_baseline
 
 
-def occlusion(model: Model, targets: Targets, window: int = 1, chunk: int = 32) -> Attribution:
-    """Score drop when each window of image tokens is replaced by the baseline."""
+def occlusion(model: Model, targets: Targets, window: int = 1, memory_budget: MemoryBudget = None) -> Attribution:
+    """Score drop when each window of image tokens is replaced by the baseline.
+
+    ``window`` is in layout-grid units: each pass hides a block of
+    ``window x window`` patches of one view's grid, so 576 patches take
+    ``ceil(24 / window) ** 2`` variants, not 576. ``memory_budget`` (see
+    :mod:`mmlens.budget`) sizes how many variants go through the decoder per pass.
+    """
+    if window < 1:
+        raise MmlensError(f"occlusion window must be at least 1 patch, got {window}")
+    _check_budget(model, targets, memory_budget, "occlusion")  # before any work
     call = record_decoder_call(model, targets.batch)
     scores = empty_scores(targets)
     layout = targets.batch.layout
@@ -52,7 +63,7 @@ def occlusion(model: Model, targets: Targets, window: int = 1, chunk: int = 32) 
         for u, positions in enumerate(units):
             masks[u, positions] = True
         full = _target_scores(row_call, targets, row, x)[0]
-        occluded = _masked_scores(row_call, targets, row, x, base, masks.to(x.dtype), chunk)  # (units, n)
+        occluded = _masked_scores(row_call, targets, row, x, base, masks.to(x.dtype), memory_budget, "occlusion")  # (units, n)
         drop = full[None] - occluded
         for u, positions in enumerate(units):
             scores[row][:, positions] = drop[u][:, None].cpu()
@@ -60,8 +71,13 @@ def occlusion(model: Model, targets: Targets, window: int = 1, chunk: int = 32) 
 
 
 def rise(model: Model, targets: Targets, masks: int = 256, grid: int = 4, keep: float = 0.5, seed: int = 0,
-         chunk: int = 32) -> Attribution:
-    """RISE saliency over image tokens from ``masks`` random smooth masks."""
+         memory_budget: MemoryBudget = None) -> Attribution:
+    """RISE saliency over image tokens from ``masks`` random smooth masks.
+
+    ``memory_budget`` (see :mod:`mmlens.budget`) sizes how many masked variants
+    go through the decoder per pass; results do not depend on it.
+    """
+    _check_budget(model, targets, memory_budget, "RISE")  # before any work
     call = record_decoder_call(model, targets.batch)
     scores = empty_scores(targets)
     layout = targets.batch.layout
@@ -78,7 +94,7 @@ def rise(model: Model, targets: Targets, masks: int = 256, grid: int = 4, keep: 
             for position, (y, x_centre) in centres.get(image, {}).items():
                 keep_masks[:, position] = pixel_masks[:, y, x_centre]
         base = image_baseline(layout, row, x)
-        values = _masked_scores(row_call, targets, row, x, base, (1 - keep_masks).to(x.dtype), chunk)  # (masks, n)
+        values = _masked_scores(row_call, targets, row, x, base, (1 - keep_masks).to(x.dtype), memory_budget, "RISE")  # (masks, n)
         centred = values - values.mean(0, keepdim=True)
         saliency = torch.einsum("mn,mt->nt", centred.cpu().double(), keep_masks.double()) / (masks * keep)
         image_positions = layout.image_positions(row)
@@ -95,14 +111,21 @@ def _target_scores(call: DecoderCall, targets: Targets, row: int, embeds: torch.
 
 
 def _masked_scores(call: DecoderCall, targets: Targets, row: int, x: torch.Tensor, base: torch.Tensor,
-                   hide: torch.Tensor, chunk: int) -> torch.Tensor:
-    """Target scores with each variant ``x * (1 - hide) + base * hide``, in chunks."""
-    out = []
-    for start in range(0, hide.shape[0], chunk):
-        weight = hide[start : start + chunk, :, None].to(x.device)
+                   hide: torch.Tensor, memory_budget: MemoryBudget, what: str) -> torch.Tensor:
+    """Target scores with each variant ``x * (1 - hide) + base * hide``, as many per pass as the budget holds."""
+    passes = plan_passes(call.model, hide.shape[0], x.shape[1], memory_budget, positions=targets.count, what=what)
+
+    def run_pass(start: int, stop: int) -> torch.Tensor:
+        weight = hide[start:stop, :, None].to(x.device)
         variants = x * (1 - weight) + base * weight
-        out.append(_target_scores(call, targets, row, variants))
-    return torch.cat(out)
+        return _target_scores(call, targets, row, variants)
+
+    return torch.cat(passes.run(run_pass))
+
+
+def _check_budget(model: Model, targets: Targets, memory_budget: MemoryBudget, what: str) -> None:
+    """Too small a budget for one variant fails here, before the vision tower runs."""
+    plan_passes(model, 1, targets.batch.input_ids.shape[1], memory_budget, positions=targets.count, what=what)
 
 
 def _row_targets(targets: Targets, row: int) -> Targets:
