@@ -3,8 +3,10 @@
 Start with ``R = I``; for each layer in forward order,
 ``A_bar = mean_heads(clamp(dA * A, min=0))`` with ``dA`` the gradient of the
 target score with respect to that layer's attention probabilities, then
-``R = R + A_bar @ R``. The explanation is ``R[target]``. One forward pass,
-then one backward pass per target token.
+``R = R + A_bar @ R``. The explanation is ``R[target]``, carried as a row
+from the last layer down. One forward pass, then one backward pass per target
+token; the decoder layers run eagerly (their probabilities in the graph), the
+vision tower keeps SDPA.
 
 Example:
     >>> import mmlens
@@ -34,16 +36,22 @@ def relevancy(model: Model, targets: Targets) -> Attribution:
         for j in range(targets.count):
             score = targets.scores(logits[:, targets.positions[j]], j)
             score.sum().backward(retain_graph=j + 1 < targets.count)
-            relevance = _propagate([captured[s] for s in sites], [captured.grad(s) for s in sites])
-            scores[:, j] = relevance[:, targets.positions[j]].float().cpu()
+            row = _propagate([captured[s] for s in sites], [captured.grad(s) for s in sites], targets.positions[j])
+            scores[:, j] = row.float().cpu()
     return Attribution(causal_cut(scores, targets))
 
 
-def _propagate(probs: list[torch.Tensor], grads: list[torch.Tensor]) -> torch.Tensor:
-    """``R <- R + mean_heads((dA * A)+) @ R`` over layers, from ``R = I``; ``(batch, seq, seq)``."""
-    batch, _, seq, _ = probs[0].shape
-    relevance = torch.eye(seq, dtype=torch.float64, device=probs[0].device).expand(batch, seq, seq).clone()
-    for attention, gradient in zip(probs, grads):
+def _propagate(probs: list[torch.Tensor], grads: list[torch.Tensor], position: int) -> torch.Tensor:
+    """Row ``position`` of ``R = (I + A_bar_L) ... (I + A_bar_1)``, ``A_bar = mean_heads((dA * A)+)``; ``(batch, seq)``.
+
+    The same as ``R <- R + A_bar @ R`` over layers from ``R = I``, read at one
+    row, but carried as a row vector from the last layer down: no ``(seq, seq)``
+    relevance matrix and no ``seq^3`` products.
+    """
+    batch, _, _, seq = probs[0].shape
+    row = torch.zeros(batch, 1, seq, dtype=torch.float64, device=probs[0].device)
+    row[:, 0, position] = 1.0
+    for attention, gradient in zip(reversed(probs), reversed(grads)):
         weighted = (gradient.double() * attention.double()).clamp(min=0).mean(1)
-        relevance = relevance + weighted @ relevance
-    return relevance
+        row = row + row @ weighted
+    return row[:, 0]
