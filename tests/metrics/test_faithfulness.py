@@ -8,6 +8,7 @@ import torch
 
 import mmlens
 from mmlens.attribution.occlusion import occlusion
+from mmlens.budget import row_bytes
 from mmlens.errors import MmlensError
 from mmlens.metrics import (
     FaithfulnessCurves,
@@ -123,7 +124,11 @@ def test_auc_ordering_on_a_one_token_score(monkeypatch: pytest.MonkeyPatch, tiny
 
 def test_batched_equals_one_variant_at_a_time(tiny_llava: mmlens.Model, targets: Targets,
                                               effect: torch.Tensor) -> None:
-    curves = deletion_insertion(tiny_llava, targets, effect[1], target=1, steps=8, chunk=5)  # chunk edges too
+    five = 5 * row_bytes(tiny_llava, targets.batch.input_ids.shape[1])  # 5 variants a pass: pass edges too
+    curves = deletion_insertion(tiny_llava, targets, effect[1], target=1, steps=8, memory_budget=five)
+    unlimited = deletion_insertion(tiny_llava, targets, effect[1], target=1, steps=8, memory_budget="unlimited")
+    np.testing.assert_allclose(curves.deletion, unlimited.deletion, rtol=1e-5)
+    np.testing.assert_allclose(curves.insertion, unlimited.insertion, rtol=1e-5)
     x = record_decoder_call(tiny_llava, targets.batch).embeds
     base = image_baseline(targets.batch.layout, 0, x)
     order = removal_order(targets.batch.layout, 0, effect[1])
@@ -159,9 +164,16 @@ def test_pixel_baselines(tiny_llava: mmlens.Model, targets: Targets, effect: tor
     assert curves.deletion[0] == pytest.approx(original, rel=1e-4)  # nothing hidden: the plain forward
     assert curves.insertion[-1] == pytest.approx(original, rel=1e-4)
     assert curves.deletion[-1] == pytest.approx(curves.insertion[0], rel=1e-5)
-    slow = deletion_insertion(tiny_llava, targets, effect[1], target=1, steps=2, baseline=baseline, chunk=1)
+    one = row_bytes(tiny_llava, targets.batch.input_ids.shape[1])  # one variant a pass
+    slow = deletion_insertion(tiny_llava, targets, effect[1], target=1, steps=2, baseline=baseline, memory_budget=one)
     np.testing.assert_allclose(curves.deletion, slow.deletion, rtol=1e-4)
     np.testing.assert_allclose(curves.insertion, slow.insertion, rtol=1e-4)
+
+
+def test_too_small_a_budget_fails_before_any_work(tiny_llava: mmlens.Model, targets: Targets,
+                                                  effect: torch.Tensor) -> None:
+    with pytest.raises(MmlensError, match="too small for one row of answer probabilities: it needs at least"):
+        deletion_insertion(tiny_llava, targets, effect[1], target=1, steps=2, memory_budget="1KB")
 
 
 def test_hidden_images_edit_only_token_boxes(targets: Targets) -> None:

@@ -11,7 +11,8 @@ probability of the answer token is tracked:
   order; a faithful attribution makes it rise fast (high AUC).
 
 Both curves of one sample run as one stack of variants (``2 x (steps + 1)``)
-through a recorded decoder call, ``chunk`` variants per replay.
+through a recorded decoder call, as many variants per replay as ``memory_budget``
+holds (:mod:`mmlens.budget`).
 
 Example:
     >>> import mmlens, torch
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from mmlens.budget import MemoryBudget
 from mmlens.errors import MmlensError
 from mmlens.layout import TokenLayout
 from mmlens.model import Model
@@ -74,7 +76,7 @@ def deletion_insertion(
     row: int = 0,
     steps: int = DEFAULT_STEPS,
     baseline: Baseline | str = Baseline.MEAN,
-    chunk: int = 32,
+    memory_budget: MemoryBudget = None,
     blur_radius: float | None = None,
     call: DecoderCall | None = None,
 ) -> FaithfulnessCurves:
@@ -102,7 +104,7 @@ def deletion_insertion(
     for k, count in enumerate(counts):
         hide[k, order[:count]] = True  # deletion: the top `count` hidden
         hide[len(counts) + k, order[count:]] = True  # insertion: only the top `count` restored
-    probs = answer_probabilities(model, targets, hide, row, target, baseline, chunk, call, blur_radius).numpy()
+    probs = answer_probabilities(model, targets, hide, row, target, baseline, memory_budget, call, blur_radius).numpy()
     return FaithfulnessCurves(
         fractions=np.linspace(0.0, 1.0, steps + 1),
         deletion=probs[: len(counts)],
@@ -121,7 +123,7 @@ def deletion_insertion_batch(
     target: int = 0,
     steps: int = DEFAULT_STEPS,
     baseline: Baseline | str = Baseline.MEAN,
-    chunk: int = 32,
+    memory_budget: MemoryBudget = None,
     blur_radius: float | None = None,
 ) -> list[FaithfulnessCurves]:
     """:func:`deletion_insertion` for every row of ``targets`` that has answer token ``target``.
@@ -142,7 +144,7 @@ def deletion_insertion_batch(
         raise ValueError(f"scores must be (batch, seq) or (batch, targets, seq), got {tuple(scores.shape)}")
     call = None if Baseline(baseline).pixel else record_decoder_call(model, targets.batch)
     return [
-        deletion_insertion(model, targets, scores[row], target, row, steps, baseline, chunk, blur_radius, call)
+        deletion_insertion(model, targets, scores[row], target, row, steps, baseline, memory_budget, blur_radius, call)
         for row in range(scores.shape[0])
         if target < targets.count and bool(targets.real[row, target])
     ]

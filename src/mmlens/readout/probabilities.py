@@ -24,6 +24,7 @@ import inspect
 
 import torch
 
+from mmlens.budget import MemoryBudget, Passes, plan_passes
 from mmlens.errors import MmlensError
 from mmlens.model import Model
 from mmlens.models.decoder import DecoderCall, record_decoder_call
@@ -39,14 +40,15 @@ def answer_probabilities(
     row: int = 0,
     target: int = 0,
     baseline: Baseline | str = Baseline.MEAN,
-    chunk: int = 32,
+    memory_budget: MemoryBudget = None,
     call: DecoderCall | None = None,
     blur_radius: float | None = None,
 ) -> torch.Tensor:
     """Teacher-forced probability of answer token ``target`` of ``row`` under each hiding variant.
 
     ``hide`` is ``(variants, seq)`` boolean over the row's sequence; only
-    image positions may be True. Variants run ``chunk`` at a time. ``call``
+    image positions may be True. ``memory_budget`` (see :mod:`mmlens.budget`)
+    sizes how many variants run per pass; results do not depend on it. ``call``
     reuses a recorded decoder call of ``targets.batch`` (embedding baselines).
     Foils and the targets' score kind are ignored: this is always the softmax
     probability of the answer token at its position.
@@ -57,20 +59,23 @@ def answer_probabilities(
     """
     baseline = Baseline(baseline)
     _check(targets, hide, row, target)
+    passes = plan_passes(model, hide.shape[0], targets.batch.input_ids.shape[1], memory_budget,
+                         what="answer probabilities")  # before any work
     if baseline.pixel:
-        return _pixel_probabilities(model, targets, hide, row, target, baseline, chunk, blur_radius)
+        return _pixel_probabilities(model, targets, hide, row, target, baseline, passes, blur_radius)
     call = (call or record_decoder_call(model, targets.batch)).row(row)
     x = call.embeds
     base = embedding_baseline(targets.batch.layout, row, x, baseline)
     position = int(targets.positions[target])
     token = targets.tokens[row, target : target + 1]
-    out = []
-    for start in range(0, hide.shape[0], chunk):
-        weight = hide[start : start + chunk, :, None].to(x.device, x.dtype)
+
+    def run_pass(start: int, stop: int) -> torch.Tensor:
+        weight = hide[start:stop, :, None].to(x.device, x.dtype)
         with torch.no_grad():
             logits = call.logits(x * (1 - weight) + base * weight, positions=[position])[:, 0]
-        out.append(token_probabilities(logits, token))
-    return torch.cat(out)
+        return token_probabilities(logits, token)
+
+    return torch.cat(passes.run(run_pass))
 
 
 def _check(targets: Targets, hide: torch.Tensor, row: int, target: int) -> None:
@@ -86,8 +91,8 @@ def _check(targets: Targets, hide: torch.Tensor, row: int, target: int) -> None:
 
 
 def _pixel_probabilities(model: Model, targets: Targets, hide: torch.Tensor, row: int, target: int,
-                         baseline: Baseline, chunk: int, blur_radius: float | None) -> torch.Tensor:
-    """Re-run the whole model on pixel-edited copies of the row's images, ``chunk`` variants at once."""
+                         baseline: Baseline, passes: Passes, blur_radius: float | None) -> torch.Tensor:
+    """Re-run the whole model on pixel-edited copies of the row's images, ``passes.size`` variants at once."""
     batch = targets.batch
     prompt, images = batch.prompts[row], batch.images[row]
     answer = targets.tokens[row : row + 1, :-1]
@@ -95,9 +100,9 @@ def _pixel_probabilities(model: Model, targets: Targets, hide: torch.Tensor, row
     token = targets.tokens[row, target : target + 1]
     # logits_to_keep spares the full-vocabulary logits of every prompt position.
     keeps = "logits_to_keep" in inspect.signature(model.hf.forward).parameters
-    out = []
-    for start in range(0, hide.shape[0], chunk):
-        variants = hide[start : start + chunk].cpu()
+
+    def run_pass(start: int, stop: int) -> torch.Tensor:
+        variants = hide[start:stop].cpu()
         edited = [hidden_images(images, batch.layout, row, v.nonzero().flatten().tolist(), baseline, blur_radius)
                   for v in variants]
         # Same prompt and image sizes in every variant: no padding, equal lengths.
@@ -111,5 +116,6 @@ def _pixel_probabilities(model: Model, targets: Targets, hide: torch.Tensor, row
                 logits = model.forward(rerun, use_cache=False, logits_to_keep=seq - position).logits[:, 0]
             else:
                 logits = model.forward(rerun, use_cache=False).logits[:, position]
-        out.append(token_probabilities(logits, token))
-    return torch.cat(out)
+        return token_probabilities(logits, token)
+
+    return torch.cat(passes.run(run_pass))
