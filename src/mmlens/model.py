@@ -93,7 +93,10 @@ class Model:
 
     @property
     def device(self) -> torch.device:
-        return next(self.hf.parameters()).device
+        """Where inputs go: the execution device of the model (accelerate's main device when it dispatched it)."""
+        from mmlens.models.runtime import execution_device
+
+        return execution_device(self.hf)
 
     @property
     def tokenizer(self) -> Any:

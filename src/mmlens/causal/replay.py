@@ -31,7 +31,7 @@ import torch
 from mmlens.hooks import Edit, attach_call, attach_output, intervene
 from mmlens.model import Batch, Model
 from mmlens.models.decoder import stack_copies
-from mmlens.models.runtime import KeyValueRecorder, LayerCall, PrefixCache, blocks_later_keys
+from mmlens.models.runtime import KeyValueRecorder, LayerCall, PrefixCache, blocks_later_keys, on_device_of
 
 
 @dataclass
@@ -72,10 +72,12 @@ class LayerReplay:
         for index in range(start, len(layers)):
             call = self.calls[index]
             kwargs = call.kwargs if not offset else call.suffix_kwargs(offset, hidden.dtype)
-            hidden = call.run(layers[index], hidden, stack_copies(kwargs, self.batch_size, copies), cache)
+            hidden = call.run(layers[index], on_device_of(layers[index], hidden),
+                              stack_copies(kwargs, self.batch_size, copies), cache)
         picked = hidden[:, torch.as_tensor(list(positions), device=hidden.device)]
         norm = self.model.module(self.model.adapter.final_norm)
-        return self.model.module(self.model.adapter.unembed)(norm(picked))
+        unembed = self.model.module(self.model.adapter.unembed)
+        return unembed(on_device_of(unembed, norm(on_device_of(norm, picked))))
 
     def suffix_allowed(self, offset: int) -> bool:
         """Whether positions before ``offset`` never see later ones (a causal mask) and every argument can be cut."""

@@ -103,6 +103,8 @@ def _callbacks(module: torch.nn.Module, kind: str) -> list[Callable]:
 def _input_dispatch(callbacks: list[CallEdit]) -> Callable:
     def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple | None:
         changed = False
+        if hasattr(module, "_hf_hook"):  # accelerate moves inputs after torch's pre-hooks: move them first
+            args, kwargs, changed = _to_execution_device(module, args, kwargs)
         for callback in list(callbacks):
             result = callback(args, kwargs)
             if result is not None:
@@ -111,6 +113,17 @@ def _input_dispatch(callbacks: list[CallEdit]) -> Callable:
         return (args, kwargs) if changed else None
 
     return hook
+
+
+def _to_execution_device(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict, bool]:
+    """Tensor arguments of an accelerate-dispatched ``module`` on its execution device, so that edits see them there."""
+    def move(value: object) -> object:
+        return runtime.on_device_of(module, value) if isinstance(value, torch.Tensor) else value
+
+    new_args = tuple(move(a) for a in args)
+    new_kwargs = {k: move(v) for k, v in kwargs.items()}
+    changed = any(a is not b for a, b in zip(new_args, args)) or any(new_kwargs[k] is not v for k, v in kwargs.items())
+    return new_args, new_kwargs, changed
 
 
 def _output_dispatch(callbacks: list[Callable]) -> Callable:

@@ -29,6 +29,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from mmlens.budget import MemoryBudget, plan_passes
 from mmlens.hooks import BlockKeys, capture, intervene
 from mmlens.layout import Modality
 from mmlens.readout import answer_token_ids
@@ -129,32 +130,33 @@ def knockout(
     groups: Mapping[str, torch.Tensor],
     window: int = 1,
     answer: str | Sequence[str] | torch.Tensor | None = None,
-    chunk: int = 64,
+    memory_budget: MemoryBudget = None,
 ) -> Knockout:
     """Block attention from the last position to each key group, for each window of ``window`` layers.
 
     ``groups`` maps a name to a ``(batch, seq)`` bool mask of key positions.
     The (window, group) conditions run as stacked copies of the batch through
-    replays of the language model (the vision tower runs once), ``chunk`` rows per pass.
+    replays of the language model (the vision tower runs once), as many per pass
+    as ``memory_budget`` holds (:mod:`mmlens.budget`); results do not depend on it.
 
     Example:
         >>> result = knockout(model, batch, {"image": batch.layout.mask(Modality.IMAGE)}, window=1)
         >>> result.probability.shape  # (windows, groups, batch)
         torch.Size([2, 1, 1])
     """
+    starts = list(range(0, max(1, model.n_layers - window + 1)))
+    names = list(groups)
+    conditions = [(start, name) for start in starts for name in names]
+    rows, seq = batch.input_ids.shape
+    passes = plan_passes(model, len(conditions), seq, memory_budget, rows=rows, what="attention knockout")
     call = record_decoder_call(model, batch)
-    rows, seq = call.batch_size, call.embeds.shape[1]
     with torch.no_grad():
         logits = call.logits(call.embeds, positions=[-1])[:, 0]
     answer_ids = answer_token_ids(model, answer, logits, rows).to(logits.device)
     baseline = torch.softmax(logits.float(), -1).gather(-1, answer_ids[:, None])[:, 0]
-    starts = list(range(0, max(1, model.n_layers - window + 1)))
-    names = list(groups)
-    conditions = [(start, name) for start in starts for name in names]
-    per_pass = max(1, chunk // rows)
-    probs = []
-    for first in range(0, len(conditions), per_pass):
-        part = conditions[first:first + per_pass]
+
+    def run_pass(first: int, stop: int) -> torch.Tensor:
+        part = conditions[first:stop]
         blocked: dict[int, torch.Tensor] = {}
         for c, (start, name) in enumerate(part):
             for layer in range(start, min(model.n_layers, start + window)):
@@ -162,6 +164,7 @@ def knockout(
                 keys[c * rows:(c + 1) * rows] = groups[name].bool()
         with torch.no_grad(), block_attention(model, blocked):
             out = call.logits(call.embeds.repeat(len(part), 1, 1), positions=[-1])[:, 0]
-        probs.append(torch.softmax(out.float(), -1).gather(-1, answer_ids.repeat(len(part))[:, None])[:, 0])
-    probability = torch.cat(probs).view(len(starts), len(names), rows)
+        return torch.softmax(out.float(), -1).gather(-1, answer_ids.repeat(len(part))[:, None])[:, 0]
+
+    probability = torch.cat(passes.run(run_pass)).view(len(starts), len(names), rows)
     return Knockout(model.name, names, window, starts, probability.cpu(), baseline.cpu(), answer_ids.cpu())

@@ -77,7 +77,8 @@ class DecoderCall:
             index = torch.as_tensor(positions, device=embeds.device)
             with last_mlp_only_at(self.model, index):
                 hidden = self.hidden(embeds)[:, index]
-        return self.model.module(self.model.adapter.unembed)(hidden)
+        unembed = self.model.module(self.model.adapter.unembed)
+        return unembed(runtime.on_device_of(unembed, hidden))
 
 
 def last_mlp_only_at(model: Model, positions: torch.Tensor) -> AbstractContextManager[None]:

@@ -564,8 +564,9 @@ def block_keys(mask: Any, keys: torch.Tensor, query: int, where: str = "attentio
     if not isinstance(mask, torch.Tensor) or mask.ndim != 4 or not mask.is_floating_point():
         raise MmlensError(f"{where}: expected a 4-D float attention mask under eager attention, got "
                           f"{type(mask).__name__}")
-    rows, key_len = mask.shape[0], mask.shape[-1]
+    key_len = mask.shape[-1]
     block = keys.to(mask.device).bool()
+    rows = block.shape[0] if mask.shape[0] == 1 else mask.shape[0]  # a broadcast mask takes the block's rows
     if block.shape[-1] != key_len:
         block = torch.nn.functional.pad(block, (0, key_len - block.shape[-1]))
     block = block.expand(rows, key_len) if block.shape[0] == 1 else block
