@@ -2,13 +2,13 @@
 
 **Flow**: per layer and head, the share of the answer position's attention
 that lands on image, text and special tokens (padding gets none), read from
-the eager attention probabilities.
+the answer row's probabilities only (computed in fp32 beside SDPA, at each layer).
 
 **Knockout** (after Geva et al.'s attention knockout): block attention from
 the answer position to chosen key positions (all image tokens, or only the
 object's) in a window of layers, and watch the answer probability. Blocking
-edits the 4-D additive mask each attention module receives under eager
-attention: the blocked ``[query, key]`` entries get the dtype's minimum, so
+edits the 4-D additive mask each attention module receives (materialised
+from SDPA's causal or boolean mask at the blocked layers only): the blocked ``[query, key]`` entries get the dtype's minimum, so
 their probability after the softmax is exactly zero and nothing else moves.
 
 Example:
@@ -90,8 +90,8 @@ class Knockout:
 def attention_flow(model: Model, batch: Batch, position: int = -1) -> AttentionFlow:
     """Per layer and head, the attention mass from ``position`` to image, text and special tokens.
 
-    Only the query row is kept inside the hook: full attention maps of a real
-    model take gigabytes.
+    Only the query row is computed (``capture(..., query=index)``): full attention
+    maps of a real model take gigabytes, and no layer runs eagerly.
 
     Example:
         >>> attention_flow(model, batch).fractions.shape[-1]

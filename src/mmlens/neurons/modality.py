@@ -45,6 +45,7 @@ from mmlens import hooks
 from mmlens.data.sample import Sample
 from mmlens.errors import MmlensError
 from mmlens.layout import Modality
+from mmlens.models import runtime
 from mmlens.neurons._batches import Datasets, as_datasets, chunks, prepare_samples, progress_bar
 from mmlens.neurons.neuron_set import NeuronSet
 from mmlens.neurons.sites import neuron_sites, neuron_width
@@ -153,7 +154,7 @@ def modality_scores(
 
     ``query`` is the position whose attention weights the ``attn_*``
     statistics (prompts are left-padded, so -1 is every row's last token);
-    asking for them runs attention in eager mode. ``value`` picks what a
+    only that row is computed, averaged over heads, at each decoder layer. ``value`` picks what a
     neuron's value is in gated MLPs (see :mod:`mmlens.neurons.sites`).
 
     Example:
@@ -185,14 +186,14 @@ def modality_scores(
 
     def attention_reader(layer: int):
         def read(probs: torch.Tensor) -> None:
-            state["weights"][layer] = probs.detach()[:, :, query, :].float().mean(1)  # (B, keys)
+            state["weights"][layer] = probs.detach().float()  # (B, keys): row ``query``, mean over heads
 
         return read
 
     attn = any(name.startswith("attn_") for name in statistics)
     total = sum(len(items) for items in datasets.values())
     with progress_bar(progress, "scoring neurons by modality", total) as advance, \
-            _reading(model, sites, reader, attn, attention_reader, value):
+            _reading(model, sites, reader, attn, attention_reader, value, query):
         for d, items in enumerate(datasets.values()):
             for chunk in chunks(items, batch_size):
                 batch = prepare_samples(model, chunk)
@@ -341,13 +342,13 @@ def random_neurons(model: "Model", count: int, seed: int = 0, towers: Sequence[s
 
 @contextmanager
 def _reading(model: "Model", sites: list[str], reader, attention: bool, attention_reader,
-             value: str) -> Iterator[None]:
-    """A neuron reader per decoder layer, plus attention readers (in eager mode) when asked."""
+             value: str, query: int = -1) -> Iterator[None]:
+    """A neuron reader per decoder layer, plus attention readers (row ``query``, mean over heads) when asked."""
     with ExitStack() as stack:
         if attention:
-            stack.enter_context(hooks.eager_attention(model))
+            request = runtime.RowRequest(rows=query, mean_heads=True)
             for layer in range(len(sites)):
                 site = hooks.resolve(model, f"lm.L{layer}.attn_probs")
-                stack.enter_context(hooks.attach(site, attention_reader(layer)))
+                stack.enter_context(hooks.attention_reader(model, site, attention_reader(layer), request))
         stack.enter_context(hooks.intervene(model, {site: reader(k) for k, site in enumerate(sites)}, neuron_value=value))
         yield
