@@ -1,9 +1,13 @@
 """Attention flow per modality, and knockout that zeroes exactly the blocked attention."""
 
+import sys
+
 import pytest
 import torch
 
 import mmlens
+from mmlens.budget import row_bytes
+from mmlens.errors import MmlensError
 from mmlens.layout import Modality
 from mmlens.lens import attention_flow, block_attention, knockout
 from tests.conftest import noise_image
@@ -49,7 +53,10 @@ def test_knocked_out_keys_get_zero_attention_and_other_rows_are_unchanged(name, 
 def test_knockout_sweep_matches_one_condition_at_a_time(tiny_llava, batch):
     image = batch.layout.mask(Modality.IMAGE)
     some = image & (torch.arange(image.shape[1]) % 2 == 0)
-    result = knockout(tiny_llava, batch, {"image": image, "half": some}, window=1, chunk=5)  # 2 conditions a pass
+    two = 2 * batch.input_ids.shape[0] * row_bytes(tiny_llava, batch.input_ids.shape[1])  # 2 conditions a pass
+    result = knockout(tiny_llava, batch, {"image": image, "half": some}, window=1, memory_budget=two)
+    unlimited = knockout(tiny_llava, batch, {"image": image, "half": some}, window=1, memory_budget="unlimited")
+    torch.testing.assert_close(result.probability, unlimited.probability, rtol=1e-4, atol=1e-6)
     assert result.probability.shape == (tiny_llava.n_layers, 2, 2)
     ids = result.answer_ids
     for w, start in enumerate(result.window_starts):
@@ -64,3 +71,10 @@ def test_knockout_also_blocks_during_generation(tiny_llava, batch):
     with block_attention(tiny_llava, {layer: keys for layer in range(tiny_llava.n_layers)}):
         new = tiny_llava.generate(batch, max_new_tokens=3)
     assert new.shape == (2, 3)
+
+
+def test_knockout_rejects_a_budget_below_one_row_before_any_work(tiny_llava, batch, monkeypatch):
+    module = sys.modules["mmlens.lens.attention_flow"]  # the package re-exports a function of that name
+    monkeypatch.setattr(module, "record_decoder_call", lambda *a: pytest.fail("work was done"))
+    with pytest.raises(MmlensError, match="too small for one row of attention knockout"):
+        knockout(tiny_llava, batch, {"image": batch.layout.mask(Modality.IMAGE)}, memory_budget="1KB")
