@@ -182,3 +182,84 @@ def test_attention_switch_restores_every_sub_model():
         inside = runtime._implementations(model.hf.config)
     assert runtime._all_equal(inside, "eager")
     assert runtime._implementations(model.hf.config) == before
+
+
+def _towers(model: mmlens.Model) -> list[str]:
+    """The towers whose attention modules hand back probabilities (Qwen2-VL's vision attention drops them)."""
+    vision = model.adapter.multimodal and model.adapter.family not in ("qwen2_vl", "qwen2_5_vl")
+    return ["lm", "vision"] if vision else ["lm"]
+
+
+def test_rows_through_the_mmlens_attention_equal_eager_rows(family):
+    model, batch = family
+    for tower in _towers(model):
+        count = model.n_layers if tower == "lm" else model.n_vision_layers
+        sites = [f"{tower}.L{i}.attn_probs" for i in range(count)]
+        with torch.no_grad():
+            with eager_attention(model), capture(model, sites) as eager:
+                model.forward(batch, use_cache=False)
+            queries = eager[sites[0]].shape[-2]
+            rows = sorted({0, queries // 2, queries - 1})
+            with capture(model, sites, query=rows) as picked, capture(model, sites, query=-2, mean_heads=True) as mean:
+                model.forward(batch, use_cache=False)
+        assert runtime.current_attention(model.hf) == "sdpa"
+        for site in sites:
+            torch.testing.assert_close(picked[site], eager[site][:, :, rows], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(mean[site], eager[site][:, :, -2].mean(1), rtol=1e-5, atol=1e-6)
+
+
+def test_knockout_during_generation_blocks_the_newest_token(family):
+    model, batch = family
+    if model.adapter.family == "paligemma":
+        pytest.skip("its generation is covered by the forward knockout above")
+    seq = batch.input_ids.shape[1]
+    blocked = torch.zeros(batch.input_ids.shape[0], seq, dtype=torch.bool)
+    blocked[:, : seq // 2] = True
+    with torch.no_grad(), intervene(model, {"lm.L0.attn_probs": BlockKeys(blocked)}), \
+            capture(model, "lm.L0.attn_probs", query=-1) as captured:
+        model.generate(batch, max_new_tokens=2)
+    for step in captured.steps("lm.L0.attn_probs"):  # (batch, heads, keys); the key axis grows
+        assert torch.all(step[..., : seq // 2] == 0)
+        torch.testing.assert_close(step.sum(-1), torch.ones_like(step.sum(-1)))
+
+
+class _Shapes(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the shape of every floating tensor an operation creates."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for tensor in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(tensor, torch.Tensor) and tensor.is_floating_point():
+                self.shapes.append(tuple(tensor.shape))
+        return out
+
+
+def test_only_the_asked_rows_and_layers_are_computed():
+    model = mmlens.load("tiny-llava", device=DEVICE)
+    batch = model.prepare("<image> " + " ".join(["what is the colour of the shape ?"] * 40), [noise_image(64, 80)])
+    seq = batch.input_ids.shape[1]
+    assert seq > 300
+    returned: dict[str, tuple] = {}
+    modules = {f"lm.L{i}": layer.self_attn for i, layer in enumerate(model.decoder_layers)}
+    modules.update({f"vision.L{i}": layer.self_attn for i, layer in enumerate(model.vision_layers)})
+    handles = [m.register_forward_hook(lambda m, a, out, name=name: returned.__setitem__(
+        name, None if out[1] is None else tuple(out[1].shape))) for name, m in modules.items()]
+    try:
+        with torch.no_grad(), capture(model, "lm.L1.attn_probs", query=-1) as captured, _Shapes() as shapes:
+            model.forward(batch, use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    heads = model.hf.config.text_config.num_attention_heads
+    assert captured["lm.L1.attn_probs"].shape == (1, heads, seq)
+    assert returned["lm.L1"] == (1, heads, 1, seq)
+    assert all(shape is None for name, shape in returned.items() if name != "lm.L1")  # SDPA everywhere else
+    square = [shape for shape in shapes.shapes if len(shape) >= 2 and shape[-2:] == (seq, seq)]
+    assert not square, f"a (..., {seq}, {seq}) tensor was created: {square[:3]}"
+    with torch.no_grad(), eager_attention(model), _Shapes() as eager:  # the check would see eager's maps
+        model.forward(batch, use_cache=False)
+    assert any(len(shape) >= 2 and shape[-2:] == (seq, seq) for shape in eager.shapes)
