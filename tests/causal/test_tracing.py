@@ -7,7 +7,10 @@ import pytest
 import torch
 
 import mmlens
+from mmlens.budget import row_bytes
 from mmlens.causal import GROUPS, object_positions, token_groups, trace
+from mmlens.causal import tracing as tracing_module
+from mmlens.errors import MmlensError
 from mmlens.data.shapes import counterfactual
 
 
@@ -40,10 +43,31 @@ def test_batched_equals_single_for_other_corruptions_and_windows(tiny_llava, sam
     if corrupt == "counterfactual":
         images = [[counterfactual(s, "recolour").image] for s in samples]
         corrupt = tiny_llava.prepare([s.prompt for s in samples], images)
-    kwargs = dict(corrupt=corrupt, window=window, components=["resid", "attn"], chunk=7)
+    kwargs = dict(corrupt=corrupt, window=window, components=["resid", "attn"],
+                  memory_budget=_conditions_budget(tiny_llava, samples, 3))
     batched, single = trace(tiny_llava, samples, **kwargs), trace(tiny_llava, samples, batched=False, **kwargs)
     for component in batched.components:
         torch.testing.assert_close(batched.p_patched[component], single.p_patched[component], rtol=1e-4, atol=1e-6)
+
+
+def _conditions_budget(model, samples, conditions):
+    """A memory budget that holds ``conditions`` stacked copies of the samples' batch per pass."""
+    rows, seq = model.prepare([s.prompt for s in samples], [[s.image] for s in samples]).input_ids.shape
+    return conditions * rows * row_bytes(model, seq)
+
+
+def test_tracing_does_not_depend_on_the_memory_budget(tiny_llava, samples):
+    kwargs = dict(corrupt="embeddings", components=["resid", "mlp"])
+    small = trace(tiny_llava, samples, memory_budget=_conditions_budget(tiny_llava, samples, 1), **kwargs)
+    large = trace(tiny_llava, samples, memory_budget="unlimited", **kwargs)
+    for component in small.components:
+        torch.testing.assert_close(small.p_patched[component], large.p_patched[component], rtol=1e-4, atol=1e-6)
+
+
+def test_tracing_rejects_a_budget_below_one_row_before_any_work(tiny_llava, samples, monkeypatch):
+    monkeypatch.setattr(tracing_module, "capture", lambda *a, **k: pytest.fail("work was done"))
+    with pytest.raises(MmlensError, match="too small for one row of causal tracing: it needs at least"):
+        trace(tiny_llava, samples, memory_budget="10KB")
 
 
 def test_restoring_the_last_hidden_state_recovers_the_clean_output(traced):

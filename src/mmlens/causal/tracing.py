@@ -36,6 +36,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from mmlens.budget import MemoryBudget, plan_passes
 from mmlens.causal.groups import token_groups
 from mmlens.causal.replay import LayerReplay, record_layers
 from mmlens.causal.trace_result import CausalTrace
@@ -61,7 +62,7 @@ def trace(
     components: Sequence[str] = COMPONENTS,
     window: int = 1,
     seed: int = 0,
-    chunk: int = 32,  # rows per pass: copies x batch rows
+    memory_budget: MemoryBudget = None,
     batched: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> CausalTrace:
@@ -73,7 +74,9 @@ def trace(
     (:mod:`mmlens.data.shapes_questions`). ``answer`` is
     followed at the last position (default: the clean run's top token).
     ``batched=False`` runs one whole forward per condition, the slow reference.
-    ``progress(done, total)`` is called after each chunk.
+    ``memory_budget`` (bytes or ``"2GB"``; :mod:`mmlens.budget`) sizes how many
+    stacked conditions each replay holds; results do not depend on it.
+    ``progress(done, total)`` is called after each pass.
 
     Example:
         >>> result = trace(model, batch, groups, corrupt="embeddings", components=["resid"])
@@ -87,6 +90,9 @@ def trace(
     start = time.perf_counter()
     names = list(groups)
     n = model.n_layers
+    # Too small a budget fails here, before any forward pass.
+    plan_passes(model, 1, batch.input_ids.shape[1], memory_budget, rows=batch.input_ids.shape[0],
+                what="causal tracing")
     sites = [f"lm.L{i}.{c}" for c in components for i in range(n)]
     with torch.no_grad():
         with capture(model, sites + ["lm.embed"]) as captured:
@@ -100,7 +106,8 @@ def trace(
         if batched:
             replay = record_layers(model, corrupted, edits)
             p_corrupt = token_probabilities(replay.logits(n, replay.inputs[n])[:, 0], answer_ids)
-            p = _run_batched(model, replay, clean, masks, conditions, answer_ids, p_corrupt, window, chunk, progress)
+            p = _run_batched(model, replay, clean, masks, conditions, answer_ids, p_corrupt, window, memory_budget,
+                             progress)
         else:
             with intervene(model, edits):
                 p_corrupt = token_probabilities(model.forward(corrupted, use_cache=False).logits[:, -1], answer_ids)
@@ -216,8 +223,8 @@ def _restore_edits(clean: dict[str, torch.Tensor], masks: torch.Tensor, conditio
 
 def _run_batched(model: Model, replay: LayerReplay, clean: dict[str, torch.Tensor], masks: torch.Tensor,
                  conditions: list[Condition], answer_ids: torch.Tensor, p_corrupt: torch.Tensor, window: int,
-                 chunk: int, progress: Callable[[int, int], None] | None) -> list[torch.Tensor]:
-    """P(answer) per condition: stacked copies resumed at the first restored layer, ``chunk`` rows per pass.
+                 memory_budget: MemoryBudget, progress: Callable[[int, int], None] | None) -> list[torch.Tensor]:
+    """P(answer) per condition: stacked copies resumed at the first restored layer, as many as the budget holds.
 
     Under a causal mask, positions before a group's first token never change:
     groups that start late in the sequence (question words, the last token)
@@ -237,11 +244,14 @@ def _run_batched(model: Model, replay: LayerReplay, clean: dict[str, torch.Tenso
         start = restored.start + 1 if component == "resid" else restored.start
         offset = offsets[g] if offsets[g] >= 2 and replay.suffix_allowed(offsets[g]) else 0  # BOS alone: not worth it
         plans.setdefault((start, offset), []).append(index)
-    per_pass = max(1, chunk // rows)  # ``chunk`` rows per pass at most
     done = len(out)
     for (start, offset), indices in sorted(plans.items()):
-        for first in range(0, len(indices), per_pass):
-            part = indices[first:first + per_pass]
+        passes = plan_passes(model, len(indices), seq, memory_budget, rows=rows, what="causal tracing")
+
+        def run_pass(first: int, stop: int, start: int = start, offset: int = offset,
+                     indices: list[int] = indices) -> None:
+            nonlocal done
+            part = indices[first:stop]
             chosen = [conditions[i] for i in part]
             hidden = replay.inputs[start][:, offset:].repeat(len(part), 1, 1)
             for c, (component, layer, g) in enumerate(chosen):
@@ -259,6 +269,8 @@ def _run_batched(model: Model, replay: LayerReplay, clean: dict[str, torch.Tenso
             done += len(part)
             if progress is not None:
                 progress(done, len(conditions))
+
+        passes.run(run_pass)
     return [out[i] for i in range(len(conditions))]
 
 
