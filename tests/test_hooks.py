@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import mmlens
-from mmlens.hooks import expand, resolve
+from mmlens.hooks import eager_attention, expand, resolve
 
 PROMPTS = ["<image> what colour is the circle ?", "<image> shape ?"]
 
@@ -232,3 +232,20 @@ def test_attention_probabilities_are_edited_with_block_keys_only(tiny_llama):
     with pytest.raises(MmlensError, match="mlp"):
         with mmlens.intervene(tiny_llama, {"lm.L0.attn": OnlyAt(torch.tensor([0]))}):
             pass
+
+
+@pytest.mark.parametrize("padding_side", ["left", "right"])
+def test_attention_rows_of_a_padded_batch_equal_eager_rows(tiny_llama, padding_side):
+    batch = tiny_llama.prepare(["a red circle left of a blue square", "a green cross"], padding_side=padding_side)
+    sites = [f"lm.L{i}.attn_probs" for i in range(tiny_llama.n_layers)]
+    with torch.no_grad():
+        with eager_attention(tiny_llama), mmlens.capture(tiny_llama, sites) as eager:
+            tiny_llama.forward(batch)
+        with mmlens.capture(tiny_llama, sites, query=[0, 2, -1]) as rows:
+            tiny_llama.forward(batch)
+    keep = batch.inputs["attention_mask"].bool()
+    for site in sites:
+        expected = eager[site][:, :, [0, 2, -1]]
+        real = keep[:, [0, 2, -1]][:, None, :, None].expand_as(expected)  # padding queries: any distribution
+        torch.testing.assert_close(rows[site][real], expected[real], rtol=1e-5, atol=1e-6)
+
