@@ -16,12 +16,14 @@ from mmlens.attribution.explanation import IMAGE_SHARE, Explanation
 from mmlens.cli.options import (
     ImageOption,
     JsonOption,
+    MemoryBudgetOption,
     ModelOption,
     OutOption,
     OverwriteOption,
     PromptFileOption,
     PromptOption,
     check_choices,
+    memory_budget as parse_memory_budget,
     print_json,
     stdout_for_json,
 )
@@ -42,6 +44,9 @@ def explain(
     max_new_tokens: Optional[int] = typer.Option(
         None, "--max-new-tokens", help="Most tokens of the generated answer to explain (default: the model's "
         "answer length, one word for shapes-llava, else 8); generation also stops at the end token."),
+    window: int = typer.Option(1, "--window", min=1, help="Occlusion hides window x window patches of the "
+                               "image grid at a time (576 patches with --window 4: 36 passes, not 576)."),
+    memory_budget: Optional[str] = MemoryBudgetOption,
     out: Path = OutOption,
     overwrite: bool = OverwriteOption,
     as_json: bool = JsonOption,
@@ -49,8 +54,30 @@ def explain(
     """Explain each answer token with several attribution methods; write report.html, explanation.json and PNGs."""
     folder = OutputFolder(out, "explain", locals(), overwrite=overwrite, seeds=SEEDS, result="explanation")
     methods = check_choices(list(method or DEFAULT_METHODS), METHODS, "method")
+    options = method_options(methods, window, parse_memory_budget(memory_budget))
     explain_into(folder, image=image, prompt=read_prompt(prompt, prompt_file), model=model, methods=methods,
-                 target=target, foil=foil, max_new_tokens=max_new_tokens, as_json=as_json)
+                 target=target, foil=foil, max_new_tokens=max_new_tokens, as_json=as_json, options=options)
+
+
+#: Methods that stack rows and so take a ``memory_budget``.
+BUDGETED = ("integrated_gradients", "occlusion", "rise")
+
+
+def method_options(methods: list[str], window: int, budget: Optional[int]) -> dict[str, dict]:
+    """Per-method keyword arguments from ``--window`` and ``--memory-budget``.
+
+    Example:
+        >>> method_options(["occlusion", "attention"], 4, None)
+        {'occlusion': {'window': 4}}
+    """
+    options: dict[str, dict] = {}
+    for name in methods:
+        chosen = {"window": window} if name == "occlusion" and window != 1 else {}
+        if budget is not None and name in BUDGETED:
+            chosen["memory_budget"] = budget
+        if chosen:
+            options[name] = chosen
+    return options
 
 
 #: What the attribution methods seed (RISE draws its masks from a fixed seed).
@@ -59,7 +86,7 @@ SEEDS = {"rise": 0}
 
 def explain_into(folder: OutputFolder, *, image: Optional[list[Path]], prompt: Optional[str], model: Optional[str],
                  methods: list[str], target: Optional[str], foil: Optional[str], max_new_tokens: Optional[int],
-                 as_json: bool) -> None:
+                 as_json: bool, options: Optional[dict[str, dict]] = None) -> None:
     """The work of ``mmlens explain`` (and ``mmlens demo``): load, explain, write into ``folder``, summarise."""
     console = Console(stderr=True)
     with stdout_for_json(as_json):
@@ -73,7 +100,7 @@ def explain_into(folder: OutputFolder, *, image: Optional[list[Path]], prompt: O
                     bar.update(task, description=f"explaining: {name}", completed=methods.index(name))
 
                 explanation = run_explain(loaded, prompt_text, images, methods=methods, answer=target, foil=foil,
-                                          max_new_tokens=max_new_tokens, progress=advance)
+                                          max_new_tokens=max_new_tokens, options=options, progress=advance)
             with console.status("writing report"):
                 save_explanation(explanation, folder.path)
                 write_html_report(explanation, folder.path / "report.html")

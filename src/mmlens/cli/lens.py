@@ -22,11 +22,13 @@ from mmlens.cli.inside_options import AnswerOption, ObjectBoxOption, object_box
 from mmlens.cli.options import (
     ImageOption,
     JsonOption,
+    MemoryBudgetOption,
     ModelOption,
     OutOption,
     OverwriteOption,
     PromptFileOption,
     PromptOption,
+    memory_budget as parse_memory_budget,
     print_json,
     stdout_for_json,
 )
@@ -50,12 +52,14 @@ def lens(
     top_k: int = typer.Option(5, "--top-k", help="Tokens kept per layer and position."),
     window: int = typer.Option(1, "--window", help="Layers blocked together in attention knockout."),
     box: Optional[str] = ObjectBoxOption,
+    memory_budget: Optional[str] = MemoryBudgetOption,
     out: Path = OutOption,
     overwrite: bool = OverwriteOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Logit lens on every layer and position, attention flow and knockout; write lens.json, lens.html and PNGs."""
     folder = OutputFolder(out, "lens", locals(), overwrite=overwrite, result="lens")
+    budget = parse_memory_budget(memory_budget)
     console = Console(stderr=True)
     prompt = read_prompt(prompt, prompt_file)
     with stdout_for_json(as_json):
@@ -75,7 +79,8 @@ def lens(
                     objects = torch.zeros_like(groups["image"])
                     objects[0, object_positions(batch.layout, 0, region)] = True
                     groups["object image"] = objects
-                blocked = knockout(loaded, batch, groups, window=window, answer=result.answer_ids) if images else None
+                blocked = (knockout(loaded, batch, groups, window=window, answer=result.answer_ids,
+                                    memory_budget=budget) if images else None)
                 bar.update(task, advance=1)
             with console.status("writing figures and report"):
                 figures = {"lens_emergence": answer_emergence_figure(result), **flow_figures(flow)}

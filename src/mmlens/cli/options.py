@@ -24,6 +24,9 @@ OutOption = typer.Option(Path("out"), "--out", "-o", help="Output folder: new or
                          "it appears only when the run completes, with a manifest.json.")
 OverwriteOption = typer.Option(False, "--overwrite", help="Replace a non-empty --out folder; the old one stays "
                                "untouched until the new run is complete.")
+MemoryBudgetOption = typer.Option(
+    None, "--memory-budget", help="Memory the stacked rows of one pass may use: bytes or a size such as 2GB, "
+    "512MiB or unlimited (default: 80% of the free GPU memory, or 25% of the available RAM on the CPU).")
 
 ModelArg = Optional[str]
 ImagesArg = Optional[list[Path]]
@@ -65,3 +68,15 @@ def print_json(payload: Any) -> None:
     """The one JSON object of a ``--json`` run, on one line of stdout."""
     sys.stdout.write(json.dumps(payload) + "\n")
     sys.stdout.flush()
+
+
+def memory_budget(value: Optional[str]) -> Optional[int]:
+    """``--memory-budget`` in bytes (None: each method's default), checked before the model loads.
+
+    Example:
+        >>> memory_budget("2GB"), memory_budget(None)
+        (2000000000, None)
+    """
+    from mmlens.budget import parse_budget
+
+    return parse_budget(value)

@@ -23,12 +23,14 @@ from mmlens.cli.inside_options import AnswerOption, ObjectBoxOption, ObjectWordO
 from mmlens.cli.options import (
     ImageOption,
     JsonOption,
+    MemoryBudgetOption,
     ModelOption,
     OutOption,
     OverwriteOption,
     PromptFileOption,
     PromptOption,
     check_choices,
+    memory_budget as parse_memory_budget,
     print_json,
     stdout_for_json,
 )
@@ -58,6 +60,7 @@ def trace(
     box: Optional[str] = ObjectBoxOption,
     object_word: Optional[list[str]] = ObjectWordOption,
     seed: int = typer.Option(0, "--seed", help="Seed of the noise and of the control tokens."),
+    memory_budget: Optional[str] = MemoryBudgetOption,
     out: Path = OutOption,
     overwrite: bool = OverwriteOption,
     as_json: bool = JsonOption,
@@ -65,6 +68,7 @@ def trace(
     """Causal tracing (clean, corrupted, patched runs); write trace.json, trace.html and one heatmap per component."""
     folder = OutputFolder(out, "trace", locals(), overwrite=overwrite, seeds={"seed": seed}, result="trace")
     components = check_choices(list(component or COMPONENTS), COMPONENTS, "component")
+    budget = parse_memory_budget(memory_budget)
     console = Console(stderr=True)
     prompt = read_prompt(prompt, prompt_file)
     with stdout_for_json(as_json):
@@ -84,7 +88,7 @@ def trace(
             with Progress(console=console, transient=True) as bar:
                 task = bar.add_task("tracing", total=None)
                 result = run_trace(loaded, batch, groups, answer=answer, corrupt=corruption, noise=noise,
-                                   components=components, window=window, seed=seed,
+                                   components=components, window=window, seed=seed, memory_budget=budget,
                                    progress=lambda done, total: bar.update(task, completed=done, total=total))
             with console.status("writing figures and report"):
                 figures = trace_figures(result)
