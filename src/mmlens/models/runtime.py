@@ -11,7 +11,9 @@ time lives here, and nothing outside this module touches it:
 - switching the attention implementation through the public
   ``set_attn_implementation`` (:func:`attention_implementation`);
 - where attention probabilities come out of an attention module
-  (:func:`attention_probabilities`);
+  (:func:`attention_probabilities`), and the ``"mmlens"`` attention function
+  registered with transformers' ``AttentionInterface`` that computes them only
+  for the layers and query rows asked for (:func:`attention_rows`);
 - edits of the additive attention mask (:func:`block_keys`);
 - a decoder layer's recorded call and how to make it again (:class:`LayerCall`).
 
