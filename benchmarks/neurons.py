@@ -84,7 +84,7 @@ def drops(base: dict[str, dict[str, float]], result: dict[str, dict[str, float]]
 def modality_check(model, data, tests, base, args) -> dict:
     started = time.perf_counter()
     scores = modality_scores(model, data, statistics=("frac", "mean", "max", "attn_frac", "attn_mean"),
-                             batch_size=args.batch_size, progress=False)
+                             memory_budget=args.memory_budget, progress=False)
     seconds = time.perf_counter() - started
     chosen = select_modality_neurons(scores, ratio=args.ratio, budget=args.budget, weights=args.score,
                                      exclusive=args.exclusive)
@@ -146,7 +146,7 @@ def domain_check(model, args) -> dict:
     data, tests = domain_sets(args.domains, args.score_n, args.eval_n, args.eval_split)
     base = evaluate(model, tests)
     scores = domain_scores(model, data, towers=args.domain_towers.split(","), lm_tokens=args.domain_tokens,
-                           batch_size=args.batch_size, progress=False)
+                           memory_budget=args.memory_budget, progress=False)
     chosen = select_domain_neurons(scores, ratio=args.domain_ratio, quantile=0.95)
     matrix, matrix_p, sizes = {}, {}, {}
     for domain in data:
@@ -210,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--domains", default="question", choices=["question", "style"],
                         help="domains: question types, or image styles (backgrounds)")
     parser.add_argument("--coupled-p", type=float, default=0.01)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32, help="Samples per bare forward (the floor).")
+    parser.add_argument("--memory-budget", default=None, help="Neuron scoring's memory budget (e.g. 2GB).")
     parser.add_argument("--parts", default="modality,domains,coupled", help="comma-separated checks to run")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)

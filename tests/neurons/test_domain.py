@@ -33,7 +33,7 @@ def test_dape_is_the_entropy_of_probabilities_normalised_over_domains():
 
 
 def test_probabilities_equal_direct_counts(tiny_llava, domains):
-    scores = domain_scores(tiny_llava, domains, batch_size=2, progress=False)
+    scores = domain_scores(tiny_llava, domains, progress=False)
     for d, items in enumerate(domains.values()):
         active = {site: 0 for site in ("lm.L1.neurons", "vision.L0.neurons", "projector.neurons")}
         tokens = dict.fromkeys(active, 0)

@@ -23,7 +23,7 @@ STATS = ("frac", "mean", "max", "attn_frac", "attn_mean")
 
 @pytest.fixture(scope="module")
 def scores(tiny_llava, samples):
-    return modality_scores(tiny_llava, samples, statistics=STATS, batch_size=2, progress=False)
+    return modality_scores(tiny_llava, samples, statistics=STATS, progress=False)
 
 
 def direct_statistics(model, sample, value="gate"):

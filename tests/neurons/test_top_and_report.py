@@ -22,7 +22,7 @@ SITE, INDEX = "lm.L1.neurons", 9
 
 @pytest.fixture(scope="module")
 def top(tiny_llava, samples):
-    return top_activations(tiny_llava, samples, SITE, INDEX, k=3, batch_size=2, progress=False)
+    return top_activations(tiny_llava, samples, SITE, INDEX, k=3, progress=False)
 
 
 def test_top_samples_and_patches_match_a_direct_search(tiny_llava, samples, top):

@@ -20,7 +20,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mmlens.cli.options import JsonOption, ModelOption, OutOption, OverwriteOption, print_json, stdout_for_json
+from mmlens.cli.options import (
+    JsonOption,
+    MemoryBudgetOption,
+    ModelOption,
+    OutOption,
+    OverwriteOption,
+    memory_budget as parse_memory_budget,
+    print_json,
+    stdout_for_json,
+)
 from mmlens.cli.samples import load_model
 from mmlens.data.shapes import QUESTION_TYPES, make_sample
 from mmlens.errors import MmlensError
@@ -47,7 +56,7 @@ def neurons(
     exclusive: bool = typer.Option(False, "--exclusive", help="A neuron competes only for its best modality."),
     domains: bool = typer.Option(False, "--domains", help="Also find domain-specific neurons (question types)."),
     top: int = typer.Option(8, "--top", help="Top-activating samples to show for the strongest image neuron."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Samples per forward pass."),
+    memory_budget: Optional[str] = MemoryBudgetOption,
     overwrite: bool = OverwriteOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -59,27 +68,28 @@ def neurons(
     if samples < 1 or not 0 < ratio < 1:
         raise MmlensError("--samples must be at least 1 and --ratio between 0 and 1")
     weights = parse_weights(score)
+    memory = parse_memory_budget(memory_budget)
     with stdout_for_json(as_json):
         with folder:
             loaded = load_model(Console(stderr=True), model)
             folder.set_model(loaded)
             summary = find_neurons(loaded, folder.path, samples=samples, ratio=ratio, budget=budget,
                                    weights=weights, exclusive=exclusive, domains=domains, top=top,
-                                   batch_size=batch_size)
+                                   memory_budget=memory)
         _print_summary(summary, folder.out)
     if as_json:
         print_json({"out": str(folder.out), "report": str(folder.out / "neurons.html"), **summary})
 
 
 def find_neurons(loaded: Model, folder: Path, *, samples: int, ratio: float, budget: str, weights: dict[str, float],
-                 exclusive: bool, domains: bool, top: int, batch_size: int) -> dict[str, Any]:
+                 exclusive: bool, domains: bool, top: int, memory_budget: int | None = None) -> dict[str, Any]:
     """The work of ``mmlens neurons``: score, select, write sets, figures, ``neurons.json`` and ``neurons.html``.
 
     Returns the summary that ``neurons.json`` holds.
     """
     data = {qt: [make_sample("val", i, qt) for i in range(samples)] for qt in QUESTION_TYPES}
     statistics = sorted(set(weights) | {"frac", "mean", "max"})
-    scores = modality_scores(loaded, data, statistics=statistics, batch_size=batch_size)
+    scores = modality_scores(loaded, data, statistics=statistics, memory_budget=memory_budget)
     chosen = select_modality_neurons(scores, ratio=ratio, budget=budget, weights=weights, exclusive=exclusive)
     chosen.metadata["model"] = loaded.name
     save_neuron_set(chosen, folder / "neurons_modality")
@@ -98,13 +108,13 @@ def find_neurons(loaded: Model, folder: Path, *, samples: int, ratio: float, bud
         best = int(image.scores.argmax())
         site, index = image.sites[best], int(image.indices[best])
         pool = [make_sample("val", i) for i in range(samples * len(QUESTION_TYPES))]  # one image each
-        found = top_activations(loaded, pool, site, index, k=top, batch_size=batch_size)
+        found = top_activations(loaded, pool, site, index, k=top, memory_budget=memory_budget)
         figures["top_image_neuron"] = top_activations_figure(found)
         summary["top_image_neuron"] = {"site": site, "index": index, "samples": found.sample_ids,
                                        "values": [round(float(v), 4) for v in found.values], "patches": found.patches}
         summary["files"].append("top_image_neuron.png")
     if domains:
-        summary.update(_domains(loaded, data, batch_size, folder))
+        summary.update(_domains(loaded, data, memory_budget, folder))
         summary["files"] += ["neurons_domain.safetensors", "neurons_domain.json"]
     for name, figure in figures.items():
         figure.savefig(folder / f"{name}.png")
@@ -115,9 +125,9 @@ def find_neurons(loaded: Model, folder: Path, *, samples: int, ratio: float, bud
     return summary
 
 
-def _domains(loaded: Model, data: dict, batch_size: int, folder: Path) -> dict[str, Any]:
+def _domains(loaded: Model, data: dict, memory_budget: int | None, folder: Path) -> dict[str, Any]:
     """Domain-specific neurons with question types as domains: counts per domain and tower, and the most specific."""
-    found = select_domain_neurons(domain_scores(loaded, data, batch_size=batch_size))
+    found = select_domain_neurons(domain_scores(loaded, data, memory_budget=memory_budget))
     found.metadata["model"] = loaded.name
     save_neuron_set(found, folder / "neurons_domain")
     counts = {domain: {tower: len(found.where(label=domain, tower=tower)) for tower in TOWERS}

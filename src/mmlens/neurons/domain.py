@@ -38,7 +38,8 @@ import torch
 
 from mmlens.errors import MmlensError
 from mmlens.layout import Modality
-from mmlens.neurons._batches import Datasets, chunks, prepare_samples, progress_bar
+from mmlens.budget import MemoryBudget
+from mmlens.neurons._batches import Datasets, budget_batches, progress_bar
 from mmlens.neurons.neuron_set import NeuronSet
 from mmlens.hooks import intervene
 from mmlens.neurons.sites import neuron_sites, neuron_width, tower_of
@@ -85,7 +86,7 @@ def domain_scores(
     datasets: Datasets,
     towers: Sequence[str] = ("lm", "vision", "projector"),
     lm_tokens: str | Sequence[Modality] = "all",
-    batch_size: int = 16,
+    memory_budget: MemoryBudget = None,
     value: str = "gate",
     progress: bool = True,
 ) -> DomainScores:
@@ -93,7 +94,7 @@ def domain_scores(
 
     ``value`` picks what a neuron's value is in gated MLPs (see
     :mod:`mmlens.neurons.sites`): by default a decoder neuron is active when
-    ``act(gate_proj x) > 0``, as in LAPE and MMNeuron.
+    ``act(gate_proj x) > 0``, as in LAPE and MMNeuron. ``memory_budget`` (bytes or ``"2GB"``; :mod:`mmlens.budget`) sizes how many samples go through each forward.
 
     Example:
         >>> scores = domain_scores(model, {"a": make_dataset("val", 2), "b": make_dataset("test", 2)},
@@ -128,8 +129,7 @@ def domain_scores(
     with progress_bar(progress, "counting neuron activations per domain", total) as advance, \
             intervene(model, {site: reader(site) for site in sites}, neuron_value=value):
         for d, items in enumerate(datasets.values()):
-            for chunk in chunks(list(items), batch_size):
-                batch = prepare_samples(model, chunk)
+            for chunk, batch in budget_batches(model, items, memory_budget, "neuron scoring"):
                 layout = batch.layout
                 mask = _token_mask(layout, lm_tokens)
                 state.update(domain=d, mask=mask.to(model.device))

@@ -46,7 +46,8 @@ from mmlens.data.sample import Sample
 from mmlens.errors import MmlensError
 from mmlens.layout import Modality
 from mmlens.models import runtime
-from mmlens.neurons._batches import Datasets, as_datasets, chunks, prepare_samples, progress_bar
+from mmlens.budget import MemoryBudget
+from mmlens.neurons._batches import Datasets, as_datasets, budget_batches, progress_bar
 from mmlens.neurons.neuron_set import NeuronSet
 from mmlens.neurons.sites import neuron_sites, neuron_width
 
@@ -145,7 +146,7 @@ def modality_scores(
     model: "Model",
     samples: Sequence[Sample] | Datasets,
     statistics: Sequence[str] = ("frac", "mean", "max"),
-    batch_size: int = 16,
+    memory_budget: MemoryBudget = None,
     query: int = -1,
     value: str = "gate",
     progress: bool = True,
@@ -156,6 +157,7 @@ def modality_scores(
     statistics (prompts are left-padded, so -1 is every row's last token);
     only that row is computed, averaged over heads, at each decoder layer. ``value`` picks what a
     neuron's value is in gated MLPs (see :mod:`mmlens.neurons.sites`).
+    ``memory_budget`` (bytes or ``"2GB"``; :mod:`mmlens.budget`) sizes how many samples go through each forward.
 
     Example:
         >>> scores = modality_scores(model, {"a": make_dataset("val", 2), "b": make_dataset("test", 2)},
@@ -195,8 +197,7 @@ def modality_scores(
     with progress_bar(progress, "scoring neurons by modality", total) as advance, \
             _reading(model, sites, reader, attn, attention_reader, value, query):
         for d, items in enumerate(datasets.values()):
-            for chunk in chunks(items, batch_size):
-                batch = prepare_samples(model, chunk)
+            for chunk, batch in budget_batches(model, items, memory_budget, "neuron scoring"):
                 masks = torch.stack([batch.layout.mask(m) for m in MODALITIES]).to(model.device)  # (M, B, S)
                 state.update(dataset=d, masks=masks, valid=masks.any(-1), weights={})
                 counts[d] += masks.any(-1).sum(1).cpu()

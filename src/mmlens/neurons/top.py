@@ -22,7 +22,8 @@ from mmlens.box import Box
 from mmlens.data.sample import Sample
 from mmlens.errors import MmlensError
 from mmlens.layout import Modality
-from mmlens.neurons._batches import chunks, prepare_samples, progress_bar
+from mmlens.budget import MemoryBudget
+from mmlens.neurons._batches import budget_batches, progress_bar
 from mmlens.hooks import intervene
 from mmlens.neurons.sites import neuron_width, tower_of
 
@@ -51,12 +52,13 @@ class TopActivations:
 
 
 def top_activations(model: "Model", samples: Sequence[Sample], site: str, index: int, k: int = 8,
-                    batch_size: int = 16, value: str = "gate", progress: bool = True) -> TopActivations:
+                    memory_budget: MemoryBudget = None, value: str = "gate",
+                    progress: bool = True) -> TopActivations:
     """Rank ``samples`` by the neuron's maximum activation over image patches and keep the top ``k``.
 
     Only decoder neurons (``lm.L{i}.neurons``): image patches are found through
     each batch's :class:`~mmlens.layout.TokenLayout`. ``value`` as in
-    :func:`mmlens.intervene` with ``neuron_value``.
+    :func:`mmlens.intervene` with ``neuron_value``. ``memory_budget`` (bytes or ``"2GB"``; :mod:`mmlens.budget`) sizes how many samples go through each forward.
 
     Example:
         >>> top.patches[0][0] in range(4)  # tiny-llava has a 4 x 4 patch grid
@@ -78,8 +80,7 @@ def top_activations(model: "Model", samples: Sequence[Sample], site: str, index:
 
     with progress_bar(progress, f"ranking samples for {site}[{index}]", len(samples)) as advance, \
             intervene(model, {site: read}, neuron_value=value):
-        for chunk in chunks(samples, batch_size):
-            batch = prepare_samples(model, chunk)
+        for chunk, batch in budget_batches(model, samples, memory_budget, "top activations"):
             with torch.no_grad():
                 model.forward(batch)
             image = batch.layout.mask(Modality.IMAGE)
