@@ -81,3 +81,15 @@ def test_runtime_errors_that_say_out_of_memory_count_and_others_pass_through():
         raise ValueError("not memory")
     with pytest.raises(ValueError):
         Passes(total=3, size=2, item_bytes=1, budget=2).run(broken)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_the_first_pass_is_one_measured_row():
+    sizes = []
+
+    def step(start, stop):
+        sizes.append(stop - start)
+        return torch.empty((stop - start) * 2**20, dtype=torch.uint8, device="cuda").sum()
+
+    Passes(total=8, size=8, item_bytes=1, budget=3 * 2**20, device=torch.device("cuda")).run(step)
+    assert sizes[0] == 1 and max(sizes[1:]) <= 3

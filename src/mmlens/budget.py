@@ -223,13 +223,14 @@ class Passes:
     def run(self, step: Callable[[int, int], T]) -> list[T]:
         """``step(start, stop)`` over ``[0, total)`` in passes, in order; their results as a list.
 
-        On a CUDA device the first pass holds one item and measures its peak
-        memory, which sizes the rest. An out-of-memory error halves the pass
+        On a CUDA device (budget not unlimited) the first pass holds one item
+        and measures its peak memory, which sizes the rest (never above the estimate's size). An out-of-memory error halves the pass
         size and retries once; a second one raises :class:`MmlensError`.
         """
         out: list[T] = []
         start, size, retried = 0, self.size, False
-        measure = self.device.type == "cuda" and torch.cuda.is_available() and self.total > 1
+        measure = (self.device.type == "cuda" and torch.cuda.is_available() and self.total > 1
+                   and self.budget < UNLIMITED)
         while start < self.total:
             stop = min(self.total, start + (1 if measure else size))
             if measure:
@@ -250,7 +251,7 @@ class Passes:
                 continue
             if measure:
                 used = max(1, torch.cuda.max_memory_allocated(self.device) - before)
-                size = max(1, min(size, self.budget // used)) if self.budget < UNLIMITED else size
+                size = max(1, min(size, self.budget // used))
                 measure = False
             start = stop
         return out
