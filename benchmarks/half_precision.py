@@ -72,7 +72,7 @@ def attribution_figures(full: mmlens.Model, half: mmlens.Model, samples: list, m
         if name == "integrated_gradients":
             figures["integrated_gradients completeness"] = _row(
                 "completeness error", b.extras["completeness_error"][:, 0].tolist())
-            figures["faithfulness deletion AUC"] = _faithfulness(full, half, targets, a.scores)
+            figures["deletion/insertion AUC"] = _faithfulness(full, half, targets, a.scores)
         if name == "occlusion":  # one patch moves the logit by less than a half-precision logit's spacing
             figures["occlusion |drop difference|"] = _row(
                 "max |difference|", [float((a.scores[r, 0] - b.scores[r, 0]).abs().max()) for r in range(len(samples))])

@@ -22,7 +22,7 @@ from mmlens.data.shapes import make_sample
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "half_precision.py"
 # Bounds of the outputs that are not heatmaps: largest absolute difference, or least Spearman.
 BOUNDS = {
-    "faithfulness deletion AUC": 0.05,
+    "deletion/insertion AUC": 0.05,
     "logit_lens P(answer)": 0.05,
     "attention_flow": 0.05,
     "knockout P(answer)": 0.05,
@@ -95,7 +95,7 @@ def test_bf16_inside_methods_agree_with_fp32(inside):
 
 
 def test_bf16_faithfulness_auc_agrees_with_fp32(attribution):
-    assert attribution["faithfulness deletion AUC"]["max"] <= BOUNDS["faithfulness deletion AUC"]
+    assert attribution["deletion/insertion AUC"]["max"] <= BOUNDS["deletion/insertion AUC"]
 
 
 def test_scores_are_fp32_in_a_bf16_model(bf16, samples):
