@@ -210,8 +210,6 @@ def test_rows_through_the_mmlens_attention_equal_eager_rows(family):
 
 def test_knockout_during_generation_blocks_the_newest_token(family):
     model, batch = family
-    if model.adapter.family == "paligemma":
-        pytest.skip("its generation is covered by the forward knockout above")
     seq = batch.input_ids.shape[1]
     blocked = torch.zeros(batch.input_ids.shape[0], seq, dtype=torch.bool)
     blocked[:, : seq // 2] = True
