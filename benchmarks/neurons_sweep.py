@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     tests = {qt: eval_samples(args.eval_n, "val", qt) for qt in QUESTION_TYPES}
     base = evaluate(model, tests)
     scores = modality_scores(model, data, statistics=("frac", "mean", "max", "attn_frac", "attn_mean"),
-                             batch_size=32, progress=False)
+                             progress=False)
     k = select_modality_neurons(scores, ratio=args.ratio, budget="modality").metadata["k"]
 
     def switched_off(neurons, mode: str) -> tuple[float, float]:
