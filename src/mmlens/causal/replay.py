@@ -31,7 +31,7 @@ import torch
 from mmlens.hooks import Edit, attach_call, attach_output, intervene
 from mmlens.model import Batch, Model
 from mmlens.models.decoder import stack_copies
-from mmlens.models.runtime import KeyValueRecorder, LayerCall, PrefixCache, blocks_later_keys, on_device_of
+from mmlens.models.runtime import KeyValueRecorder, LayerCall, PrefixCache, blocks_later_keys, last_logits_only, on_device_of
 
 
 @dataclass
@@ -145,6 +145,6 @@ def record_layers(model: Model, batch: Batch, edits: Mapping[str, Edit] | None =
         for index, layer in enumerate(layers):
             stack.enter_context(attach_call(layer, keep_call(index)))
         stack.enter_context(attach_output(layers[n - 1], keep_output))
-        model.forward(batch, use_cache=False)
+        model.forward(batch, use_cache=False, **last_logits_only(model.hf))
     kv = [recorder.seen[i] for i in range(n)] if len(recorder.seen) == n else None
     return LayerReplay(model, calls, output[-1], kv)

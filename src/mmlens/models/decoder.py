@@ -114,7 +114,7 @@ def record_decoder_call(model: Model, batch: Batch) -> DecoderCall:
                 seen["inputs_embeds" if "input_ids" not in kwargs else "input_ids"] = args[0]
 
     with attach_call(decoder, keep), torch.no_grad():
-        model.forward(batch, use_cache=False)
+        model.forward(batch, use_cache=False, **runtime.last_logits_only(model.hf))
     embeds = seen.pop("inputs_embeds", None)
     if embeds is None:  # text-only models embed inside the decoder
         input_ids = seen.pop("input_ids", None)

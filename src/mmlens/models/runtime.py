@@ -615,3 +615,16 @@ def on_device_of(module: torch.nn.Module, tensor: torch.Tensor) -> torch.Tensor:
     """
     device = execution_device(module)
     return tensor if tensor.device == device else tensor.to(device)
+
+
+def last_logits_only(hf: torch.nn.Module) -> dict[str, Any]:
+    """Keyword arguments that make ``hf`` unembed only the last position (``logits_to_keep=1``), where it takes them.
+
+    A run that only records what the language model received needs no
+    ``(seq, vocab)`` logits: at 3,000 tokens and a 32k vocabulary they are 384 MB in fp32.
+
+    Example:
+        >>> last_logits_only(torch.nn.Linear(2, 2))
+        {}
+    """
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(hf.forward).parameters else {}
