@@ -47,3 +47,18 @@ def test_relevancy_matches_a_reference_from_transformers_outputs(tiny_llava, tar
     result = relevancy(tiny_llava, targets).scores[:, j]
     keep = targets.batch.inputs["attention_mask"].bool()
     torch.testing.assert_close(result[keep], expected[keep], rtol=1e-4, atol=1e-6)
+
+
+def test_gradient_methods_work_with_frozen_weights():
+    import mmlens
+    from mmlens.zoo import example_image
+
+    model = mmlens.load()
+    model.hf.requires_grad_(False)  # the usual inference set-up
+    try:
+        explained = mmlens.explain(model, "<image> what colour is the circle ?", [example_image()],
+                                   methods=["relevancy", "gradient_x_input", "integrated_gradients"])
+    finally:
+        model.hf.requires_grad_(True)
+    for method in explained.methods:
+        assert explained.scores[method].abs().sum() > 0, method

@@ -31,7 +31,9 @@ def relevancy(model: Model, targets: Targets) -> Attribution:
     """Gradient-weighted attention relevancy from each answer position."""
     sites = [f"lm.L{i}.attn_probs" for i in range(model.n_layers)]
     scores = empty_scores(targets)
-    with torch.enable_grad(), capture(model, sites, grads=True) as captured:
+    # Capturing the decoder input with grads makes it a leaf that requires grad, so the
+    # probabilities are in the graph even when the user froze every weight.
+    with torch.enable_grad(), capture(model, [*sites, "lm.embed"], grads=True) as captured:
         logits = model.forward(targets.batch, use_cache=False).logits
         for j in range(targets.count):
             score = targets.scores(logits[:, targets.positions[j]], j)
