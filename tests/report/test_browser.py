@@ -42,10 +42,20 @@ def check_screenshot(page, path: Path) -> None:
     assert len(image.getcolors(maxcolors=1 << 20) or []) > 256  # heatmaps and text, not a flat page
 
 
+def run_command(command, **given) -> None:
+    """Call a typer command function as the command line would: every option not given takes its default."""
+    import inspect
+
+    import typer
+
+    defaults = {name: p.default.default if isinstance(p.default, typer.models.ParameterInfo) else p.default
+                for name, p in inspect.signature(command).parameters.items()}
+    command(**{**defaults, **given})
+
+
 def test_explain_report_switches_heatmap_on_token_and_method_click(browser_page, tmp_path):
     page = browser_page
-    explain(image=None, prompt=None, prompt_file=None, model=None, method=["attention", "rollout"], target=None,
-            foil=None, max_new_tokens=2, out=tmp_path)
+    run_command(explain, method=["attention", "rollout"], max_new_tokens=2, out=tmp_path)
     open_report(page, tmp_path / "report.html")
     tokens = page.locator("section.sample button.tok")
     assert tokens.count() >= 2, "the report should show two answer tokens"
@@ -94,12 +104,11 @@ def check_inside_page(page, path: Path, shot: Path, figures: int) -> None:
 
 
 def test_lens_report_renders(browser_page, tmp_path):
-    lens(image=None, prompt=None, prompt_file=None, model=None, answer=None, top_k=3, window=1, box=None, out=tmp_path)
+    run_command(lens, top_k=3, window=1, out=tmp_path)
     check_inside_page(browser_page, tmp_path / "lens.html", tmp_path / "lens_page.png", figures=5)
 
 
 def test_trace_report_renders(browser_page, tmp_path):
     components = ["resid", "mlp"]
-    trace(image=None, prompt=None, prompt_file=None, model=None, answer=None, corrupt="noise", counterfactual=None,
-          noise=3.0, window=1, component=components, box=None, object_word=None, seed=0, out=tmp_path)
+    run_command(trace, corrupt="noise", noise=3.0, window=1, component=components, seed=0, out=tmp_path)
     check_inside_page(browser_page, tmp_path / "trace.html", tmp_path / "trace_page.png", figures=len(components))
