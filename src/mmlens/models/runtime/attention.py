@@ -105,10 +105,20 @@ def _state(module: torch.nn.Module) -> _State:
     return module.__dict__.setdefault(_SLOT, _State([], []))
 
 
-def _release(module: torch.nn.Module) -> None:
-    state = module.__dict__.get(_SLOT)
-    if state is not None and not state.reads and not state.blocks:
-        del module.__dict__[_SLOT]
+@contextmanager
+def _entry(hf: torch.nn.Module, module: torch.nn.Module, kind: str, entry: Any) -> Iterator[None]:
+    """Put ``entry`` in ``module``'s ``reads`` or ``blocks`` while the model runs the mmlens attention function."""
+    _register()
+    entries = getattr(_state(module), kind)
+    entries.append(entry)
+    try:
+        with attention_implementation(hf, ATTENTION):
+            yield
+    finally:
+        entries.remove(entry)
+        state = module.__dict__.get(_SLOT)
+        if state is not None and not state.reads and not state.blocks:
+            del module.__dict__[_SLOT]
 
 
 @contextmanager
@@ -126,15 +136,8 @@ def attention_rows(hf: torch.nn.Module, module: torch.nn.Module, request: RowReq
         >>> with attention_rows(model.hf, model.decoder_layers[1].self_attn, RowRequest(rows=-1)):
         ...     out = model.forward(batch)  # layer 1's attention returns (batch, heads, 1, keys) probabilities
     """
-    _register()
-    state = _state(module)
-    state.reads.append(request)
-    try:
-        with attention_implementation(hf, ATTENTION):
-            yield
-    finally:
-        state.reads.remove(request)
-        _release(module)
+    with _entry(hf, module, "reads", request):
+        yield
 
 
 @contextmanager
@@ -145,16 +148,8 @@ def blocked_keys(hf: torch.nn.Module, module: torch.nn.Module, keys: torch.Tenso
     the query and key lengths, so a mask that transformers left out (the
     causal kernel) or made boolean is materialised first.
     """
-    _register()
-    state = _state(module)
-    entry = (keys, query)
-    state.blocks.append(entry)
-    try:
-        with attention_implementation(hf, ATTENTION):
-            yield
-    finally:
-        state.blocks.remove(entry)
-        _release(module)
+    with _entry(hf, module, "blocks", (keys, query)):
+        yield
 
 
 def requested_rows(module: torch.nn.Module, probs: torch.Tensor, request: RowRequest) -> torch.Tensor:
