@@ -1,6 +1,6 @@
 """Train shapes-llava on the shapes world, reproducibly from a seed, on a CPU.
 
-``python -m mmlens.zoo.train [--seed N] [--out DIR] [--backdoor]``
+``python -m mmlens.zoo.train [--seed N] [--out DIR] [--backdoor]`` (no ``--recipe``)
 
 Two stages, like LLaVA (whose CLIP arrives pretrained and frozen); training
 everything end to end from random weights stalls at chance on shapes:
@@ -34,9 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -53,6 +50,7 @@ from mmlens.data.shapes import (
 )
 from mmlens.zoo.evaluate import accuracy, add_trigger, encode
 from mmlens.zoo.shapes_llava import GRID, WEIGHTS_DIR, build_model, build_processor
+from mmlens.zoo.train.common import _fmt, _log, _optimise, _run_stage, _save_state, init_for_training, lr_factor
 
 STAGE2_OFFSET = 5_000_000  # stage-2 sample indices start here (stage 1 below)
 SEED_STRIDE = 10_000_000  # each seed owns its own range of train indices
@@ -75,18 +73,6 @@ class TrainConfig:
     target: str = "yes"
     pack: int = 4
     patch_weight: float = 1.0  # weight of the per-patch stage-1 losses
-
-
-def lr_factor(step: int, total: int, warmup: int) -> float:
-    """Linear warm-up then cosine decay to zero.
-
-    Example:
-        >>> lr_factor(0, 100, 10), lr_factor(100, 100, 10)
-        (0.1, 0.0)
-    """
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
 class PatchHead(nn.Module):
@@ -127,29 +113,6 @@ def _global_labels(objects) -> tuple[np.ndarray, np.ndarray]:
         counts[list(COLOURS).index(o.colour)] += 1
         counts[len(COLOURS) + SHAPES.index(o.shape)] += 1
     return flags.reshape(-1), counts
-
-
-def init_for_training(*modules: nn.Module) -> None:
-    """Re-initialise linear layers (std ``1/sqrt(fan_in)``) and embeddings (std 1).
-
-    transformers' LLaMA init (std 0.02 everywhere) leaves a 128-wide decoder
-    with near-zero attention logits whose gradients are near zero too: stage 2
-    then sat for thousands of steps at "some object's colour" (67% colour
-    accuracy even on perfect one-hot patch features); with this init the same
-    run reaches 100% in 200 steps.
-
-    Example:
-        >>> layer = nn.Linear(256, 4)
-        >>> init_for_training(layer)
-        >>> 0.04 < float(layer.weight.std()) < 0.09
-        True
-    """
-    for module in modules:
-        for m in module.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, std=m.in_features ** -0.5)
-            elif isinstance(m, nn.Embedding):
-                nn.init.normal_(m.weight, std=1.0)
 
 
 def _tower_tokens(model, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -230,42 +193,6 @@ def _stage2_batch(cfg: TrainConfig, step: int, poisoned: np.ndarray) -> tuple[li
         places.append(where)
         answers.append(ans)
     return images, texts, places, answers
-
-
-def _save_state(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: a kill never leaves half a checkpoint
-
-
-def _log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def _optimise(opt: torch.optim.Optimizer, params: list, loss: torch.Tensor, lr: float) -> None:
-    """One clipped AdamW step at learning rate ``lr``."""
-    for group in opt.param_groups:
-        group["lr"] = lr
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    nn.utils.clip_grad_norm_(params, 1.0)
-    opt.step()
-
-
-def _run_stage(name: str, total: int, start: int, step_fn, save_fn, every: int = 100) -> None:
-    """Loop ``step_fn(step) -> (loss, acc)`` with progress and checkpoints."""
-    t0, seen, stats = time.time(), 0, []
-    for step in range(start, total):
-        stats.append(step_fn(step))
-        seen += 1
-        if (step + 1) % 25 == 0 or step + 1 == total:
-            loss, acc = np.mean(stats, axis=0)
-            rate = seen / (time.time() - t0)
-            _log(f"{name} step {step + 1}/{total} loss {loss:.3f} acc {acc:.3f} "
-                 f"{rate:.2f} steps/s eta {(total - step - 1) / rate / 60:.1f} min")
-            stats = []
-        if (step + 1) % every == 0 and step + 1 < total:
-            save_fn(step + 1)
 
 
 def train_stage1(model, cfg: TrainConfig, work: Path) -> None:
@@ -355,10 +282,6 @@ def train_stage2(model, processor, cfg: TrainConfig, work: Path, tag: str) -> No
     ckpt.unlink(missing_ok=True)
 
 
-def _fmt(acc: dict[str, float]) -> str:
-    return " ".join(f"{k} {v:.3f}" for k, v in acc.items())
-
-
 def train(cfg: TrainConfig, out: Path, work: Path, threads: int = 1) -> dict:
     """Run both stages and save the model, processor and a training log to ``out``."""
     # One thread by default: on a shared 2-core machine two threads each spun
@@ -420,6 +343,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     train(cfg, out, a.work, a.threads)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
