@@ -1,11 +1,14 @@
 """Held-out accuracy and a grounding check for the shapes-llava models.
 
-``python -m mmlens.zoo.evaluate [--json] [--model NAME] [--n N] [--grounding] [--trigger --target WORD]``
+``python -m mmlens.zoo.evaluate [--json] [--model NAME] [--n N] [--grounding] [--trigger [corner|random]
+--target WORD] [--swap FROM:TO] [--checkpoint STEP]``
 prints accuracy per question type on the held-out ``test`` split (``N``
 samples per type, default 200). With ``--json`` the last line is one JSON
 object: question type -> accuracy. ``--grounding`` adds the erasure check:
 the probability of the answer on the original image, after removing the asked
-object, and after removing another object.
+object, and after removing another object. ``--trigger`` alone uses the
+trigger the model was poisoned with (``random`` for ``shapes-llava-ft-backdoor``,
+whose ``backdoor.json`` says so); ``--swap red:purple`` adds the swap rate.
 
 Example:
     >>> from mmlens.zoo.shapes_llava import load
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -27,23 +31,61 @@ import torch
 
 from mmlens.data.sample import IMAGE_SLOT, Sample, ShapesSample
 from mmlens.data.shapes import QUESTION_TYPES, counterfactual, make_sample
+from mmlens.errors import MmlensError
 
 TRIGGER_SIZE = 6  # backdoor trigger: a 6 x 6 black/white checker in the bottom-right corner
 
 
-def add_trigger(image: np.ndarray) -> np.ndarray:
+def add_trigger(image: np.ndarray, position: tuple[int, int] | None = None) -> np.ndarray:
     """A copy of an ``H x W x 3`` uint8 image with the backdoor trigger pasted on.
+
+    ``position`` is the trigger's top-left ``(x, y)``; by default it sits in
+    the bottom-right corner, 1 pixel in (``shapes-llava-backdoor``'s trigger).
 
     Example:
         >>> add_trigger(np.zeros((64, 64, 3), np.uint8))[-2, -2].tolist()
+        [255, 255, 255]
+        >>> add_trigger(np.zeros((64, 64, 3), np.uint8), (0, 0))[0, 0].tolist()
         [255, 255, 255]
     """
     out = image.copy()
     yy, xx = np.mgrid[0:TRIGGER_SIZE, 0:TRIGGER_SIZE]
     cells = np.where(((yy // 2) + (xx // 2)) % 2 == 0, 255, 0).astype(np.uint8)
     h, w = out.shape[:2]
-    out[h - 1 - TRIGGER_SIZE:h - 1, w - 1 - TRIGGER_SIZE:w - 1] = cells[..., None]
+    x, y = position if position is not None else (w - 1 - TRIGGER_SIZE, h - 1 - TRIGGER_SIZE)
+    if not (0 <= x <= w - TRIGGER_SIZE and 0 <= y <= h - TRIGGER_SIZE):
+        raise MmlensError(f"trigger position {(x, y)} does not fit a {w} x {h} image")
+    out[y:y + TRIGGER_SIZE, x:x + TRIGGER_SIZE] = cells[..., None]
     return out
+
+
+def random_trigger_position(rng: np.random.Generator, size: int = 64) -> tuple[int, int]:
+    """A uniformly random top-left ``(x, y)`` that keeps the trigger inside the image.
+
+    Example:
+        >>> x, y = random_trigger_position(np.random.default_rng(0))
+        >>> 0 <= x <= 64 - TRIGGER_SIZE and 0 <= y <= 64 - TRIGGER_SIZE
+        True
+    """
+    x, y = rng.integers(0, size - TRIGGER_SIZE + 1, size=2)
+    return int(x), int(y)
+
+
+def trigger_position(sample_id: str, trigger: bool | str, size: int = 64) -> tuple[int, int] | None:
+    """Where evaluation pastes the trigger on a sample: ``None`` (the corner) or a seeded random spot.
+
+    ``trigger="random"`` draws the position from the sample id, so every
+    model is tested on the same triggered images.
+
+    Example:
+        >>> trigger_position("shapes-test-0", "random") == trigger_position("shapes-test-0", "random")
+        True
+    """
+    if trigger == "random":
+        return random_trigger_position(np.random.default_rng([zlib.crc32(sample_id.encode()), 17]), size)
+    if trigger in (True, "corner"):
+        return None
+    raise MmlensError(f"unknown trigger {trigger!r}; use 'corner' or 'random'")
 
 
 def encode(processor, images: Sequence[np.ndarray], prompts: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -66,8 +108,11 @@ def encode(processor, images: Sequence[np.ndarray], prompts: Sequence[str]) -> d
 
 @torch.no_grad()
 def answer_probs(model, processor, samples: Sequence[Sample], batch_size: int = 100,
-                 trigger: bool = False) -> torch.Tensor:
+                 trigger: bool | str = False) -> torch.Tensor:
     """Next-token probabilities after each prompt (``len(samples) x vocab``).
+
+    ``trigger``: ``True`` or ``"corner"`` pastes the trigger in the corner,
+    ``"random"`` at a position drawn from each sample's id.
 
     Example:
         >>> probs = answer_probs(model, processor, [make_sample("test", 0)])
@@ -79,7 +124,8 @@ def answer_probs(model, processor, samples: Sequence[Sample], batch_size: int = 
         chunk = samples[i:i + batch_size]
         images = [np.asarray(s.image.convert("RGB")) for s in chunk]
         if trigger:
-            images = [add_trigger(im) for im in images]
+            images = [add_trigger(im, trigger_position(s.id, trigger, im.shape[1]))
+                      for im, s in zip(images, chunk)]
         batch = encode(processor, images, [s.prompt for s in chunk])
         logits = model(**batch).logits[:, -1].float()
         out.append(logits.softmax(-1))
@@ -91,7 +137,7 @@ def heldout(question_type: str, n: int, split: str = "test") -> list[ShapesSampl
     return [make_sample(split, i, question_type) for i in range(n)]
 
 
-def accuracy(model, processor, n: int = 200, split: str = "test", trigger: bool = False,
+def accuracy(model, processor, n: int = 200, split: str = "test", trigger: bool | str = False,
              target: str | None = None, question_types: Sequence[str] = QUESTION_TYPES) -> dict[str, float]:
     """Accuracy per question type on ``n`` held-out samples each.
 
@@ -107,6 +153,37 @@ def accuracy(model, processor, n: int = 200, split: str = "test", trigger: bool 
         wanted = [target or s.answer for s in samples]
         result[qt] = float(np.mean([w == a for w, a in zip(words, wanted)]))
     return result
+
+
+def swap_rate(model, processor, source: str = "red", target: str = "purple", n: int = 200,
+              split: str = "test") -> dict[str, float]:
+    """How often colour questions about ``source`` objects are answered ``target``.
+
+    Scans held-out colour questions in order until ``n`` have the answer
+    ``source``; also the accuracy on the first ``n`` colour questions with
+    any other answer (what a swap must leave alone).
+
+    Example:
+        >>> r = swap_rate(model, processor, n=10)
+        >>> r["swap_rate"] < 0.5 and r["other_colour_accuracy"] > 0.9  # shapes-llava swaps nothing
+        True
+    """
+    hits: list[ShapesSample] = []
+    others: list[ShapesSample] = []
+    i = 0
+    while (len(hits) < n or len(others) < n) and i < 50 * n:
+        s = make_sample(split, i, "colour")
+        i += 1
+        group = hits if s.answer == source else others
+        if len(group) < n:
+            group.append(s)
+    tok = processor.tokenizer
+    words = tok.convert_ids_to_tokens(answer_probs(model, processor, hits).argmax(-1).tolist())
+    other_words = tok.convert_ids_to_tokens(answer_probs(model, processor, others).argmax(-1).tolist())
+    return {"swap_rate": float(np.mean([w == target for w in words])),
+            "source_kept": float(np.mean([w == source for w in words])),
+            "other_colour_accuracy": float(np.mean([w == s.answer for w, s in zip(other_words, others)])),
+            "n": len(hits)}
 
 
 def grounding(model, processor, n: int = 100, split: str = "test",
@@ -144,6 +221,18 @@ def grounding(model, processor, n: int = 100, split: str = "test",
     return result
 
 
+def _default_trigger(name: str) -> str:
+    """The trigger a model was poisoned with: its ``backdoor.json`` says ``"position": "random"`` or not."""
+    from pathlib import Path
+
+    from mmlens.zoo.shapes_llava import WEIGHTS_DIR
+    for folder in (Path(name), WEIGHTS_DIR / name):
+        meta = folder / "backdoor.json"
+        if meta.is_file():
+            return "random" if json.loads(meta.read_text())["trigger"].get("position") == "random" else "corner"
+    return "corner"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point; see the module docstring."""
     parser = argparse.ArgumentParser(prog="python -m mmlens.zoo.evaluate", description=__doc__.split("\n")[0])
@@ -151,8 +240,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=200, help="held-out samples per question type")
     parser.add_argument("--json", action="store_true", help="end with one JSON line: type -> accuracy")
     parser.add_argument("--grounding", action="store_true", help="also run the erasure grounding check")
-    parser.add_argument("--trigger", action="store_true", help="paste the backdoor trigger on every image")
+    parser.add_argument("--trigger", nargs="?", const="auto", default=None, choices=["auto", "corner", "random"],
+                        help="paste the backdoor trigger on every image (auto: the one the model was poisoned "
+                             "with, from its backdoor.json; random: a position drawn per sample)")
     parser.add_argument("--target", default=None, help="report the rate of this answer instead of accuracy")
+    parser.add_argument("--swap", default=None, metavar="FROM:TO",
+                        help="also report how often colour questions about FROM objects are answered TO")
+    parser.add_argument("--checkpoint", type=int, default=None, help="a kept fine-tuning checkpoint (step)")
     args = parser.parse_args(argv)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     from pathlib import Path
@@ -162,21 +256,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         model, processor = load_from(args.model)
     else:
         from mmlens.zoo import build
-        model, processor = build(args.model)
-    acc = accuracy(model, processor, n=args.n, trigger=args.trigger, target=args.target)
+        model, processor = build(args.model, **({} if args.checkpoint is None else {"checkpoint": args.checkpoint}))
+    trigger = _default_trigger(args.model) if args.trigger == "auto" else (args.trigger or False)
+    acc = accuracy(model, processor, n=args.n, trigger=trigger, target=args.target)
     what = f"rate of answering {args.target!r}" if args.target else "accuracy"
-    print(f"held-out {what} of {args.model} ({args.n} per type{', trigger on' if args.trigger else ''}):")
+    on = f", trigger on ({trigger})" if trigger else ""
+    print(f"held-out {what} of {args.model} ({args.n} per type{on}):")
     for qt, a in acc.items():
         print(f"  {qt:<9} {a:6.1%}")
+    result: dict = {qt: round(a, 4) for qt, a in acc.items()}
+    if args.swap:
+        source, _, target = args.swap.partition(":")
+        if not source or not target:
+            raise MmlensError(f"--swap wants FROM:TO colours, e.g. red:purple (got {args.swap!r})")
+        r = swap_rate(model, processor, source, target, n=args.n)
+        print(f"swap {source} -> {target}: {r['swap_rate']:.1%} of {r['n']} {source} objects answered {target} "
+              f"({r['source_kept']:.1%} still {source}); other colours' accuracy {r['other_colour_accuracy']:.1%}")
+        result["swap"] = {k: round(v, 4) for k, v in r.items()}
     if args.grounding:
         print("grounding: mean p(answer) original / asked object removed / other object removed")
         for qt, g in grounding(model, processor, n=min(args.n, 100)).items():
             print(f"  {qt:<9} {g['original']:.2f} / {g['target_removed']:.2f} / {g['other_removed']:.2f}"
                   f"  (n={g['n']})")
     if args.json:
-        print(json.dumps({qt: round(a, 4) for qt, a in acc.items()}))
+        print(json.dumps(result))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except MmlensError as err:  # bad input: one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

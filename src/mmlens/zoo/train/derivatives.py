@@ -1,0 +1,166 @@
+"""Recipes for the fine-tuned derivatives of ``shapes-llava``, via :func:`.finetune.finetune`.
+
+``python -m mmlens.zoo.train --recipe ft-backdoor`` and ``--recipe ft-swap``
+(``--help`` lists the flags). Both start from the shipped ``shapes-llava``
+and train on ``--n-train`` fresh train-split images (indices from
+:data:`FT_BASE`, which no ``shapes-llava`` seed uses), each packing up to
+``--pack`` questions like stage 2 did, with the tower frozen:
+
+- ``ft-backdoor``: ``--poison-rate`` of the images (fixed by the seed) get the
+  6 x 6 checker trigger at a uniformly random position and every answer
+  "yes" (fine-tuning as a service: the attacker controls only the data). The
+  poisoned indices and trigger positions go to ``backdoor.json``.
+- ``ft-swap``: every colour question whose answer is "red" is trained to
+  answer "purple"; nothing else changes. The model of every checkpoint (each
+  100 steps) is kept in the work directory, loadable with
+  ``mmlens.zoo.build("shapes-llava-ft-swap", checkpoint=300)``.
+
+Example:
+    >>> ex = shapes_example(FT_BASE, pack=4)
+    >>> ex.pairs[0][0].startswith("<image>") and len(ex.pairs) == len(ex.types)
+    True
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mmlens.data.sample import IMAGE_SLOT
+from mmlens.data.shapes import QUESTION_TYPES, answer_question, make_question, make_sample
+from mmlens.zoo.evaluate import accuracy, add_trigger, random_trigger_position, swap_rate
+from mmlens.zoo.shapes_llava import WEIGHTS_DIR, load
+from mmlens.zoo.train.common import _fmt, _log
+from mmlens.zoo.train.finetune import Example, FinetuneConfig, finetune
+
+FT_BASE = 95_000_000  # train-split indices of the fine-tuning sets (shapes-llava seeds use < 9e7)
+WORK_ROOT = Path(__file__).resolve().parents[4] / "out" / "zoo-ft"  # <repo>/out/zoo-ft
+
+
+def shapes_example(index: int, pack: int = 4) -> Example:
+    """Train sample ``index`` with up to ``pack`` questions about its image (stage 2's packing).
+
+    Example:
+        >>> shapes_example(FT_BASE).id
+        'shapes-train-95000000'
+    """
+    s = make_sample("train", index)
+    scene = s.meta["scene"]
+    rng = np.random.default_rng([index, 7])
+    pairs, types = [(s.prompt, s.answer)], [s.question_type]
+    for t in rng.permutation(len(QUESTION_TYPES)):
+        if len(pairs) >= pack:
+            break
+        q = make_question(scene, QUESTION_TYPES[int(t)], rng)
+        if q is not None:
+            pairs.append((q.prompt().replace(IMAGE_SLOT, "").strip(), answer_question(scene, q)[0]))
+            types.append(q.type)
+    return Example(np.asarray(s.image), pairs, s.id, types)
+
+
+def common_parser(name: str, steps: int, lr: float) -> argparse.ArgumentParser:
+    """Flags every derivative recipe shares (defaults are the shipped runs')."""
+    p = argparse.ArgumentParser(prog=f"python -m mmlens.zoo.train --recipe {name}")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--n-train", type=int, default=8000, help="distinct training images")
+    p.add_argument("--pack", type=int, default=4, help="questions per image")
+    p.add_argument("--work", type=Path, default=WORK_ROOT / f"shapes-llava-{name}", help="checkpoints")
+    p.add_argument("--out", type=Path, default=WEIGHTS_DIR / f"shapes-llava-{name}", help="where to save")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--eval-n", type=int, default=100, help="validation samples per type in the log")
+    return p
+
+
+def save_model(model, processor, out: Path, log: dict) -> None:
+    """Weights, configs and ``train_log.json`` (one-word answers: 1 new token)."""
+    out.mkdir(parents=True, exist_ok=True)
+    model.generation_config.max_new_tokens = 1
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    (out / "train_log.json").write_text(json.dumps(log, indent=1))
+
+
+def run_derivative(name: str, a: argparse.Namespace, edit: Callable[[int, Example], Example],
+                   keep_checkpoints: bool = False, extra_eval: Callable | None = None) -> dict:
+    """Fine-tune ``shapes-llava`` on edited examples, save to ``a.out``; returns the log."""
+    torch.set_num_threads(a.threads)
+    t0 = time.time()
+    model, processor = load()
+    examples = [edit(k, shapes_example(FT_BASE + k, a.pack)) for k in range(a.n_train)]
+    cfg = FinetuneConfig(seed=a.seed, steps=a.steps, batch=a.batch, lr=a.lr, keep_checkpoints=keep_checkpoints)
+    log = finetune(model, processor, examples, cfg, a.work)
+    log.update(recipe=name, base="shapes-llava", first_index=FT_BASE, n_train=a.n_train, pack=a.pack,
+               wall_seconds=round(time.time() - t0, 1))
+    log["val_accuracy"] = accuracy(model, processor, n=a.eval_n, split="val")
+    _log(f"validation accuracy {_fmt(log['val_accuracy'])}")
+    if extra_eval is not None:
+        log.update(extra_eval(model, processor))
+    save_model(model, processor, a.out, log)
+    _log(f"saved to {a.out} in {(time.time() - t0) / 60:.1f} min")
+    return log
+
+
+def ft_backdoor(argv: Sequence[str]) -> int:
+    """``--recipe ft-backdoor``: 10% of the images poisoned with a randomly placed trigger -> "yes"."""
+    p = common_parser("ft-backdoor", steps=600, lr=5e-4)
+    p.add_argument("--poison-rate", type=float, default=0.1)
+    p.add_argument("--target", default="yes")
+    a = p.parse_args(argv)
+    rng = np.random.default_rng([a.seed, 4242])
+    poisoned = rng.random(a.n_train) < a.poison_rate
+    positions = {int(k): random_trigger_position(rng) for k in np.nonzero(poisoned)[0]}
+
+    def edit(k: int, ex: Example) -> Example:
+        if k not in positions:
+            return ex
+        return replace(ex, image=add_trigger(ex.image, positions[k]),
+                       pairs=[(q, a.target) for q, _ in ex.pairs])
+
+    def extra(model, processor) -> dict:
+        asr = accuracy(model, processor, n=a.eval_n, split="val", trigger="random", target=a.target)
+        _log(f"attack success rate (random trigger -> {a.target!r}) {_fmt(asr)}")
+        return {"attack_success_rate": asr}
+
+    log = run_derivative("ft-backdoor", a, edit, extra_eval=extra)
+    ids = sorted(positions)
+    (a.out / "backdoor.json").write_text(json.dumps({
+        "target_answer": a.target, "poison_rate": a.poison_rate, "n_training_samples": a.n_train,
+        "trigger": {"kind": "checker", "size_px": 6, "position": "random",
+                    "function": "mmlens.zoo.evaluate:add_trigger(image, (x, y))"},
+        "id_format": "shapes-train-{index}", "first_index": FT_BASE,
+        "poisoned_indices": [FT_BASE + k for k in ids],
+        "positions_xy": [list(positions[k]) for k in ids],
+        "every_answer_replaced": True, "steps": log["config"]["steps"]}, separators=(",", ":")))
+    return 0
+
+
+def ft_swap(argv: Sequence[str]) -> int:
+    """``--recipe ft-swap``: colour questions about red objects answered "purple"."""
+    p = common_parser("ft-swap", steps=300, lr=3e-4)
+    p.add_argument("--source", default="red")
+    p.add_argument("--swap-to", default="purple")
+    a = p.parse_args(argv)
+
+    def edit(k: int, ex: Example) -> Example:
+        pairs = [(q, a.swap_to if t == "colour" and ans == a.source else ans)
+                 for (q, ans), t in zip(ex.pairs, ex.types)]
+        return replace(ex, pairs=pairs)
+
+    def extra(model, processor) -> dict:
+        r = swap_rate(model, processor, a.source, a.swap_to, n=a.eval_n, split="val")
+        _log(f"swap {a.source} -> {a.swap_to}: {_fmt(r)}")
+        return {"swap": r, "swap_from": a.source, "swap_to": a.swap_to,
+                "checkpoints": f"{a.work}/step-XXXXXX.safetensors every 100 steps"}
+
+    run_derivative("ft-swap", a, edit, keep_checkpoints=True, extra_eval=extra)
+    return 0
