@@ -37,6 +37,10 @@ _BUILDERS: dict[str, str] = {
     "tiny-gpt2": "mmlens.zoo.tiny.gpt2:build",
     "shapes-llava": "mmlens.zoo.shapes_llava:load",
     "shapes-llava-backdoor": "mmlens.zoo.shapes_llava:load_backdoor",
+    "shapes-llava-ft-backdoor": "mmlens.zoo.derivatives:load_ft_backdoor",
+    "shapes-llava-ft-swap": "mmlens.zoo.derivatives:load_ft_swap",
+    "shapes-llava-pruned": "mmlens.zoo.derivatives:load_pruned",
+    "shapes-llava-seed1": "mmlens.zoo.derivatives:load_seed1",
 }
 
 DEFAULT_MODEL = "shapes-llava"

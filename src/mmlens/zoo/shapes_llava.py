@@ -51,6 +51,9 @@ PATCH_SIZE = 8
 GRID = IMAGE_SIZE // PATCH_SIZE  # 8 x 8 patches
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>", "<image>")
 IMAGE_TOKEN = "<image>"
+# what a saved model directory must hold for load_from
+REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                  "processor_config.json")
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
@@ -148,8 +151,11 @@ def load_from(path: str | Path, attn_implementation: str = "sdpa", dtype: torch.
         >>> model, processor = load_from(WEIGHTS_DIR / "shapes-llava")
     """
     path = Path(path)
-    if not (path / "model.safetensors").is_file():
+    if not path.is_dir():
         raise MmlensError(f"no trained weights at {path}; train them with `python -m mmlens.zoo.train`")
+    for name in REQUIRED_FILES:  # a broken install: say which file, not a transformers traceback
+        if not (path / name).is_file():
+            raise MmlensError(f"missing file {path / name}; reinstall mmlens or retrain (see docs/zoo.md)")
     model = LlavaForConditionalGeneration.from_pretrained(
         path, attn_implementation=attn_implementation, dtype=dtype, use_safetensors=True, local_files_only=True
     )
