@@ -1,0 +1,269 @@
+"""Harvesting activations into a store, one shard at a time.
+
+The unit of work is :func:`run_shard`: a shard's plan (which rows of the
+reader it holds, fixed by its id) in, a written shard's record out. It reads
+nothing but its own rows and writes nothing but its own folder, so any
+scheduler can run it (this process, a pool, Ray workers); only the caller
+commits records to the manifest (:meth:`StoreWriter.commit`). :func:`harvest`
+is that caller for one process: it skips finished shards, so a run killed at
+any moment and started again ends with the same store.
+
+Example:
+    >>> import mmlens
+    >>> from mmlens.data.readers import open_reader
+    >>> model = mmlens.load("shapes-llava")  # doctest: +SKIP
+    >>> summary = harvest(model, open_reader("shapes:test[0:16]"), "store/", "lm.L*.resid")  # doctest: +SKIP
+    >>> summary["tokens"]  # doctest: +SKIP
+    1152
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from mmlens.data.readers import BadRow, Reader, images_of
+from mmlens.data.sample import Sample
+from mmlens.errors import MmlensError
+from mmlens.layout import Modality
+from mmlens.store.files import check_dtype, disk_full, to_numpy
+from mmlens.store.shard import ShardData, token_table, write_shard
+from mmlens.store.writer import StoreWriter
+
+if TYPE_CHECKING:
+    from mmlens.model import Model
+
+MODALITIES = ("image", "text", "special")
+#: Sites whose values have one row per token of the language model's sequence.
+_PER_TOKEN = re.compile(r"^lm\.(embed|L\d+\.(resid|attn|mlp|neurons))$")
+Progress = Callable[[int, int], None]  # (samples done, tokens stored) since the last call
+
+
+@dataclass(frozen=True)
+class HarvestJob:
+    """What every shard of one harvest shares."""
+
+    sites: tuple[str, ...]
+    dtype: str = "float16"
+    modalities: tuple[str, ...] = MODALITIES
+    shard_size: int = 256
+    batch_size: int = 8
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """Shard ``index`` of a source: rows ``first .. stop - 1`` of its reader, id ``<source>-<index>``."""
+
+    id: str
+    source: str
+    index: int
+    first: int
+    stop: int
+
+
+def plan_shards(n_rows: int, shard_size: int, source: str) -> list[ShardPlan]:
+    """Every shard of a ``n_rows``-row source: consecutive runs of ``shard_size`` rows.
+
+    Example:
+        >>> [(p.id, p.first, p.stop) for p in plan_shards(5, 2, "src")]
+        [('src-000000', 0, 2), ('src-000001', 2, 4), ('src-000002', 4, 5)]
+    """
+    return [ShardPlan(f"{source}-{k:06d}", source, k, first, min(first + shard_size, n_rows))
+            for k, first in enumerate(range(0, n_rows, shard_size))]
+
+
+def check_job(model: "Model", sites: str | Sequence[str], modalities: Sequence[str], dtype: str,
+              shard_size: int, batch_size: int) -> HarvestJob:
+    """A :class:`HarvestJob` with sites expanded and everything checked, before any data is read."""
+    from mmlens.hooks import expand
+
+    names = expand(model, sites)
+    other = [name for name in names if not _PER_TOKEN.match(name)]
+    if other:
+        raise MmlensError(f"{', '.join(other)}: a store keeps one row per token of the language model; harvest "
+                          "lm.L<i>.resid/attn/mlp/neurons or lm.embed")
+    unknown = [m for m in modalities if m not in MODALITIES]
+    if unknown or not modalities:
+        raise MmlensError(f"unknown modalities {', '.join(unknown) or '(none)'}; choose from {', '.join(MODALITIES)}")
+    if shard_size < 1 or batch_size < 1:
+        raise MmlensError("shard and batch sizes are at least 1")
+    ordered = tuple(m for m in MODALITIES if m in modalities)
+    return HarvestJob(tuple(names), check_dtype(dtype), ordered, shard_size, batch_size)
+
+
+def run_shard(model: "Model", job: HarvestJob, reader: Reader, plan: ShardPlan, folder: Path, *,
+              strict: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+    """Read the plan's rows, run them in batches of ``job.batch_size``, write the shard; its manifest record.
+
+    Bad rows are left out and listed in the record (with ``strict``, the
+    first one is an :class:`MmlensError`). The record's ``site_dims`` gives
+    each site's width.
+    """
+    errors: list[dict[str, Any]] = []
+
+    def bad(index: int, row: BadRow) -> None:
+        if strict:
+            raise MmlensError(f"bad row {row.row_id} (row {index}): {row.reason}; stopped there (--strict)")
+        errors.append({"row": index, **row.to_json()})
+
+    pending: list[tuple[int, Sample]] = []
+    parts: list[tuple[dict[str, np.ndarray], dict[str, list]]] = []
+    samples = 0
+
+    def flush() -> None:
+        nonlocal samples
+        if pending:
+            part = _run_batch(model, job, plan.id, pending, bad, sum(len(p[1]["shard"]) for p in parts))
+            parts.append(part)
+            samples += len(pending) - part[2]
+            if progress is not None:
+                progress(len(pending), len(part[1]["shard"]))
+            pending.clear()
+
+    for index, sample in reader.read(plan.first, plan.stop, on_bad=bad):
+        pending.append((index, sample))
+        if len(pending) == job.batch_size:
+            flush()
+    flush()
+    arrays = {site: np.concatenate([p[0][site] for p in parts]) if parts else np.zeros((0, 0)) for site in job.sites}
+    columns = {name: [v for p in parts for v in p[1][name]] for name in (parts[0][1] if parts else _empty())}
+    errors.sort(key=lambda e: e["row"])
+    data = ShardData(arrays, token_table(columns or _empty()), samples, errors)
+    record = write_shard(folder, plan.id, data)
+    record.update(source=plan.source, index=plan.index, rows=[plan.first, plan.stop],
+                  site_dims={site: int(a.shape[1]) for site, a in arrays.items() if a.size or a.shape[1]})
+    return record
+
+
+def harvest(model: "Model", reader: Reader, out: str | Path, sites: str | Sequence[str] = "lm.L*.resid", *,
+            modalities: Sequence[str] = MODALITIES, dtype: str = "float16", shard_size: int = 256,
+            batch_size: int = 8, strict: bool = False, progress: Progress | None = None,
+            on_start: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Harvest ``sites`` over every row of ``reader`` into the store at ``out``; a summary.
+
+    Finished shards are skipped, so the same call after a kill continues where
+    it stopped. ``on_start(samples_to_do, samples_done_before)`` is called once
+    the plan is known. A full disk stops with one line and leaves the store resumable.
+
+    Example:
+        >>> harvest(model, open_reader("shapes:test[0:8]"), "store/", "lm.L0.resid", shard_size=4)["shards"]  # doctest: +SKIP
+        {'total': 2, 'written': 2, 'skipped': 0}
+    """
+    from mmlens.report.output import weights_sha256
+
+    job = check_job(model, sites, modalities, dtype, shard_size, batch_size)
+    out = Path(out)
+    spec = {"model": {"name": model.name, "weights_sha256": weights_sha256(model.hf)}, **{
+        k: v for k, v in asdict(job).items()}, "sites": list(job.sites), "modalities": list(job.modalities)}
+    started = time.perf_counter()
+    try:
+        writer = StoreWriter.open(out, spec, reader.options())
+        plans = plan_shards(len(reader), job.shard_size, writer.source)
+        todo = [plan for plan in plans if plan.id not in writer.finished]
+        if on_start is not None:
+            on_start(sum(p.stop - p.first for p in todo), sum(p.stop - p.first for p in plans) -
+                     sum(p.stop - p.first for p in todo))
+        tokens = 0
+        for plan in todo:
+            record = run_shard(model, job, reader, plan, out, strict=strict, progress=progress)
+            tokens += record["tokens"]
+            writer.commit(record, record.pop("site_dims"))
+    except OSError as error:
+        if disk_full(error):
+            done = len(writer.finished) if "writer" in locals() else 0
+            raise MmlensError(f"the disk is full at {out}: {done} shards are stored; free some space and run the "
+                              "same command again to continue") from None
+        raise
+    mine = [r for r in writer.manifest["shards"] if r["source"] == writer.source]
+    seconds = time.perf_counter() - started
+    return {"out": str(out), "model": model.name, "sites": list(job.sites), "dtype": job.dtype,
+            "modalities": list(job.modalities), "source": writer.source,
+            "samples": sum(r["samples"] for r in mine), "tokens": sum(r["tokens"] for r in mine),
+            "bad_rows": sum(len(r["errors"]) for r in mine),
+            "shards": {"total": len(plans), "written": len(todo), "skipped": len(plans) - len(todo)},
+            "store_tokens": sum(r["tokens"] for r in writer.manifest["shards"]),
+            "seconds": round(seconds, 3), "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
+            "errors_file": str(out / "errors.jsonl")}
+
+
+def _empty() -> dict[str, list]:
+    from mmlens.store.shard import COLUMNS
+
+    return {name: [] for name in COLUMNS}
+
+
+def _run_batch(model: "Model", job: HarvestJob, shard_id: str, rows: list[tuple[int, Sample]],
+               bad: Callable[[int, BadRow], None], offset: int) -> tuple[dict[str, np.ndarray], dict[str, list], int]:
+    """One forward over ``rows``: the kept tokens' activations per site, their table columns, and how many rows were bad."""
+    from mmlens.hooks import capture
+
+    batch, rows, n_bad = _prepare(model, rows, bad)
+    columns = _empty()
+    if batch is None:
+        return {site: np.zeros((0, 0)) for site in job.sites}, columns, n_bad
+    with torch.no_grad(), capture(model, list(job.sites)) as captured:
+        model.forward(batch)
+    layout = batch.layout
+    modality = layout.modality
+    real = modality != int(Modality.PAD)
+    wanted = torch.zeros_like(real)
+    for name in job.modalities:
+        wanted |= modality == int(Modality[name.upper()])
+    keep = real & wanted
+    positions = real.long().cumsum(1) - 1
+    ids = batch.input_ids.cpu()
+    values = {site: [] for site in job.sites}
+    for b, (index, sample) in enumerate(rows):
+        at = keep[b].nonzero().flatten()
+        for site in job.sites:
+            values[site].append(captured[site][b, at.to(captured[site].device)])
+        token_ids = ids[b, at].tolist()
+        n = len(token_ids)
+        image, view = layout.image[b, at].tolist(), layout.view[b, at].tolist()
+        columns["shard"] += [shard_id] * n
+        columns["offset"] += range(offset + len(columns["offset"]), offset + len(columns["offset"]) + n)
+        columns["sample_id"] += [sample.id] * n
+        columns["sample"] += [index] * n
+        columns["position"] += positions[b, at].tolist()
+        columns["modality"] += [Modality(m).name.lower() for m in modality[b, at].tolist()]
+        columns["image"] += image
+        columns["view"] += view
+        columns["view_kind"] += [layout.images[b][i].views[v].kind if i >= 0 else "" for i, v in zip(image, view)]
+        columns["patch_row"] += layout.row[b, at].tolist()
+        columns["patch_col"] += layout.col[b, at].tolist()
+        columns["token_id"] += token_ids
+        columns["token"] += [t if isinstance(t, str) else "" for t in model.tokenizer.convert_ids_to_tokens(token_ids)]
+    arrays = {site: to_numpy(torch.cat(parts), job.dtype) for site, parts in values.items()}
+    return arrays, columns, n_bad
+
+
+def _prepare(model: "Model", rows: list[tuple[int, Sample]], bad: Callable[[int, BadRow], None]):
+    """The batch of ``rows``; a row the model refuses alone (too long, ...) is a bad row, the rest run together."""
+    def prepare(chosen: list[tuple[int, Sample]]):
+        return model.prepare([s.prompt for _, s in chosen], [images_of(s) for _, s in chosen])
+
+    try:
+        return prepare(rows), rows, 0
+    except MmlensError:
+        if len(rows) == 1:
+            index, sample = rows[0]
+            try:
+                prepare(rows)
+            except MmlensError as error:
+                bad(index, BadRow(sample.id, str(error)))
+            return None, [], 1
+    good = []
+    for row in rows:
+        try:
+            prepare([row])
+            good.append(row)
+        except MmlensError as error:
+            bad(row[0], BadRow(row[1].id, str(error)))
+    n_bad = len(rows) - len(good)
+    return (prepare(good) if good else None), good, n_bad
