@@ -20,6 +20,7 @@ import torch
 from mmlens.attribution.base import Attribution, causal_cut
 from mmlens.hooks import capture
 from mmlens.model import Model
+from mmlens.models.runtime import last_logits_only
 from mmlens.readout import Targets
 
 
@@ -34,7 +35,7 @@ def attention_maps(model: Model, targets: Targets, rows: torch.Tensor | None = N
     sites = [f"lm.L{i}.attn_probs" for i in indices]
     query = None if rows is None else [int(r) for r in rows]
     with torch.no_grad(), capture(model, sites, query=query, mean_heads=mean_heads) as captured:
-        model.forward(targets.batch, use_cache=False)
+        model.forward(targets.batch, use_cache=False, **last_logits_only(model.hf))  # no (seq, vocab) logits
     return torch.stack([captured[site].float().cpu() for site in sites])
 
 

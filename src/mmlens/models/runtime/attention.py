@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
@@ -85,6 +85,7 @@ class RowRequest:
 class _State:
     reads: list  # RowRequest
     blocks: list  # (keys, query) pairs of BlockKeys edits
+    rows: list = field(default_factory=list)  # RelevanceRow carriers (relevancy), at most one is used
     given: Any = None  # rows of the last call's probabilities (None: all), their means over heads or not
     given_mean: bool = False
     q_len: int = 0
@@ -117,7 +118,7 @@ def _entry(hf: torch.nn.Module, module: torch.nn.Module, kind: str, entry: Any) 
     finally:
         entries.remove(entry)
         state = module.__dict__.get(_SLOT)
-        if state is not None and not state.reads and not state.blocks:
+        if state is not None and not state.reads and not state.blocks and not state.rows:
             del module.__dict__[_SLOT]
 
 
@@ -149,6 +150,24 @@ def blocked_keys(hf: torch.nn.Module, module: torch.nn.Module, keys: torch.Tenso
     causal kernel) or made boolean is materialised first.
     """
     with _entry(hf, module, "blocks", (keys, query)):
+        yield
+
+
+@contextmanager
+def relevance_rows(hf: torch.nn.Module, module: torch.nn.Module, row: Any) -> Iterator[None]:
+    """Inside the block, ``module``'s backward pass also updates ``row`` (a :class:`~mmlens.models.runtime.relevance.RelevanceRow`).
+
+    The module's attention runs through an autograd function that saves Q, K
+    and V only (not the probabilities) and, in its backward pass, recomputes
+    them a chunk of query rows at a time (see :mod:`mmlens.models.runtime.relevance`).
+
+    Example:
+        >>> row = RelevanceRow()
+        >>> with relevance_rows(model.hf, model.decoder_layers[0].self_attn, row):
+        ...     score = model.forward(batch).logits[0, -1, 7]
+        ...     row.start(1, seq, seq - 1, score.device); torch.autograd.grad(score, leaf)
+    """
+    with _entry(hf, module, "rows", row):
         yield
 
 
@@ -206,10 +225,16 @@ def _attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, 
         for keys, row in state.blocks:
             mask = block_keys(mask, keys, row, type(module).__name__)
         attention_mask, causal, is_causal = mask, False, False
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    if state.rows and torch.is_grad_enabled() and not (module.training and dropout > 0):
+        from mmlens.models.runtime.relevance import relevance_attention
+
+        output = relevance_attention(module, query, key, value, attention_mask, causal, scale, state.rows[-1],
+                                     **kwargs)
+        return output, _reads_only(module, state, query, key, attention_mask, causal, scale)
     if not state.reads:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
-    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     groups = query.shape[1] // key.shape[1]
     state.q_len = q_len
     if any(r.on_path for r in state.reads):  # eager: the probabilities are in the graph
@@ -220,13 +245,25 @@ def _attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, 
         return output, probs
     output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                        is_causal=is_causal, **kwargs)
+    return output, _reads_only(module, state, query, key, attention_mask, causal, scale)
+
+
+def _reads_only(module: torch.nn.Module, state: _State, query: torch.Tensor, key: torch.Tensor,
+                mask: torch.Tensor | None, causal: bool, scale: float) -> torch.Tensor | None:
+    """The probability rows the module's reads ask for, outside the graph (None without reads)."""
+    if not state.reads:
+        return None
+    from transformers.integrations.sdpa_attention import repeat_kv
+
+    q_len = state.q_len = query.shape[2]
     wanted = [_row_list(r.rows) for r in state.reads]
     rows = None if any(w is None for w in wanted) else sorted({i for w in wanted for i in _normalise(w, q_len)})
     mean = all(r.mean_heads for r in state.reads)
     with torch.no_grad():
-        probs = _probability_rows(query, repeat_kv(key, groups), attention_mask, causal, scale, rows, mean)
+        probs = _probability_rows(query, repeat_kv(key, query.shape[1] // key.shape[1]), mask, causal, scale, rows,
+                                  mean)
     state.given, state.given_mean = rows, mean
-    return output, probs
+    return probs
 
 
 def _probability_rows(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, causal: bool, scale: float,
@@ -240,19 +277,33 @@ def _probability_rows(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor
     parts = []
     for start in range(0, len(index), step):
         part = index[start:start + step]
-        scores = torch.matmul(query[:, :, part].float(), keys_t) * scale
-        if mask is not None:
-            rows_mask = mask[..., part, :] if mask.shape[-2] > 1 else mask
-            if rows_mask.dtype == torch.bool:
-                scores = scores.masked_fill(~rows_mask, torch.finfo(torch.float32).min)
-            else:
-                scores = scores + rows_mask.float()
-        elif causal:
-            later = torch.arange(k_len, device=query.device)[None] > part[:, None]
-            scores = scores.masked_fill(later, torch.finfo(torch.float32).min)
-        probs = torch.softmax(scores, dim=-1)
+        probs = torch.softmax(masked_scores(query[:, :, part].float(), keys_t, mask, causal, part, scale), dim=-1)
         parts.append(probs.mean(1, keepdim=True) if mean_heads else probs)
     return torch.cat(parts, dim=2)
+
+
+def masked_scores(query: torch.Tensor, keys_t: torch.Tensor, mask: torch.Tensor | None, causal: bool,
+                  rows: torch.Tensor, scale: float) -> torch.Tensor:
+    """fp32 ``query keys_t * scale + mask`` for the query ``rows`` (``query`` holds those rows only).
+
+    ``mask`` is what transformers passed the attention (bool, additive or None); None with ``causal``
+    hides keys after each row.
+
+    Example:
+        >>> q, k_t = torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 2, 3)
+        >>> masked_scores(q, k_t, None, True, torch.tensor([0]), 1.0)[0, 0, 0, 1] < -1e30
+        tensor(True)
+    """
+    scores = torch.matmul(query.float(), keys_t.float()) * scale
+    if mask is not None:
+        rows_mask = mask[..., rows, :] if mask.shape[-2] > 1 else mask
+        if rows_mask.dtype == torch.bool:
+            return scores.masked_fill_(~rows_mask, torch.finfo(torch.float32).min)
+        return scores.add_(rows_mask.float())
+    if causal:
+        later = torch.arange(keys_t.shape[-1], device=query.device)[None] > rows[:, None]
+        return scores.masked_fill_(later, torch.finfo(torch.float32).min)
+    return scores
 
 
 def additive_mask(mask: torch.Tensor | None, causal: bool, q_len: int, k_len: int, dtype: torch.dtype,
