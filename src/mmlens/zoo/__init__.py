@@ -41,6 +41,7 @@ _BUILDERS: dict[str, str] = {
     "shapes-llava-ft-swap": "mmlens.zoo.derivatives:load_ft_swap",
     "shapes-llava-pruned": "mmlens.zoo.derivatives:load_pruned",
     "shapes-llava-seed1": "mmlens.zoo.derivatives:load_seed1",
+    "shapes-llava-caption": "mmlens.zoo.train.caption:load",
 }
 
 DEFAULT_MODEL = "shapes-llava"

@@ -22,6 +22,7 @@ RECIPES: dict[str, str] = {
     "ft-backdoor": "mmlens.zoo.train.derivatives:ft_backdoor",
     "ft-swap": "mmlens.zoo.train.derivatives:ft_swap",
     "pruned": "mmlens.zoo.train.prune:main",
+    "shapes-llava-caption": "mmlens.zoo.train.caption:main",
 }
 
 
