@@ -37,7 +37,7 @@ from typing import Any, Optional
 
 import typer
 
-from mmlens.cli import demo, explain, info, lens, neurons, trace
+from mmlens.cli import demo, explain, harvest, info, lens, neurons, trace
 from mmlens.errors import MmlensError
 from mmlens.notices import show_on_stderr
 
@@ -68,6 +68,7 @@ app.command("explain")(explain.explain)
 app.command("lens")(lens.lens)
 app.command("trace")(trace.trace)
 app.command("neurons")(neurons.neurons)
+app.command("harvest")(harvest.harvest)
 
 
 class Outcome(enum.Enum):
