@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pytest
+import torch
 
 from mmlens.errors import MmlensError
 from mmlens.store import Store
@@ -144,3 +146,13 @@ def test_sites_that_are_not_per_token_are_refused(tiny_llava, tmp_path):
         run_harvest(tiny_llava, tmp_path / "s", sites="vision.L0.resid")
     with pytest.raises(MmlensError, match="unknown modalities"):
         run_harvest(tiny_llava, tmp_path / "s", modalities=["audio"])
+
+
+def test_a_shard_of_bad_rows_only_is_an_empty_shard(tiny_llava, tmp_path):
+    summary = run_harvest(tiny_llava, tmp_path / "s", data=str(_jsonl(tmp_path)), shard_size=1, dtype="float32")
+    assert summary["shards"]["total"] == 5 and summary["bad_rows"] == 2
+    store = Store.open(tmp_path / "s")
+    assert [r["tokens"] == 0 for r in store.shards] == [False, True, False, True, False]
+    whole = store.read("lm.L0.resid")
+    assert whole.dtype == torch.float32 and whole.shape == (len(store), 64)
+    assert all(m.dtype == np.float32 for m in store.memmap("lm.L0.resid"))

@@ -32,7 +32,7 @@ from mmlens.data.readers import BadRow, Reader, images_of
 from mmlens.data.sample import Sample
 from mmlens.errors import MmlensError
 from mmlens.layout import Modality
-from mmlens.store.files import check_dtype, disk_full, to_numpy
+from mmlens.store.files import check_dtype, disk_full, numpy_dtype, to_numpy
 from mmlens.store.shard import ShardData, token_table, write_shard
 from mmlens.store.writer import StoreWriter
 
@@ -131,13 +131,14 @@ def run_shard(model: "Model", job: HarvestJob, reader: Reader, plan: ShardPlan, 
         if len(pending) == job.batch_size:
             flush()
     flush()
-    arrays = {site: np.concatenate([p[0][site] for p in parts]) if parts else np.zeros((0, 0)) for site in job.sites}
+    arrays = {site: np.concatenate([p[0][site] for p in parts if p[0][site].size] or [_none(job)])
+              for site in job.sites}
     columns = {name: [v for p in parts for v in p[1][name]] for name in (parts[0][1] if parts else _empty())}
     errors.sort(key=lambda e: e["row"])
     data = ShardData(arrays, token_table(columns or _empty()), samples, errors)
     record = write_shard(folder, plan.id, data)
     record.update(source=plan.source, index=plan.index, rows=[plan.first, plan.stop],
-                  site_dims={site: int(a.shape[1]) for site, a in arrays.items() if a.size or a.shape[1]})
+                  site_dims={site: int(a.shape[1]) for site, a in arrays.items() if a.size})
     return record
 
 
@@ -192,6 +193,11 @@ def harvest(model: "Model", reader: Reader, out: str | Path, sites: str | Sequen
             "errors_file": str(out / "errors.jsonl")}
 
 
+def _none(job: HarvestJob) -> np.ndarray:
+    """The array of a shard (or batch) without tokens: no rows, in the store's dtype."""
+    return np.zeros((0, 0), dtype=numpy_dtype(job.dtype))
+
+
 def _empty() -> dict[str, list]:
     from mmlens.store.shard import COLUMNS
 
@@ -206,7 +212,7 @@ def _run_batch(model: "Model", job: HarvestJob, shard_id: str, rows: list[tuple[
     batch, rows, n_bad = _prepare(model, rows, bad)
     columns = _empty()
     if batch is None:
-        return {site: np.zeros((0, 0)) for site in job.sites}, columns, n_bad
+        return {site: _none(job) for site in job.sites}, columns, n_bad
     with torch.no_grad(), capture(model, list(job.sites)) as captured:
         model.forward(batch)
     layout = batch.layout

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from mmlens.errors import MmlensError
-from mmlens.store.files import TOKENS, read_manifest, site_file, to_torch
+from mmlens.store.files import TOKENS, numpy_dtype, read_manifest, site_file, to_torch
 from mmlens.store.shard import _arrow, damage, shard_path, verify
 
 Rows = Any  # array-like of token indices, a torch tensor, or a table/DataFrame with an ``index`` column
@@ -150,7 +150,7 @@ class Store:
         index = np.arange(len(self)) if rows is None else _indices(rows)
         if index.size and (index.min() < 0 or index.max() >= len(self)):
             raise MmlensError(f"token index out of range: the store holds {len(self)} tokens")
-        out = np.empty((index.size, self.width(site)), dtype=self._map(site, 0).dtype if self.shards else np.float32)
+        out = np.empty((index.size, self.width(site) if index.size else 0), dtype=numpy_dtype(self.dtype))
         shard_of = np.searchsorted(self.starts, index, side="right") - 1
         for shard in np.unique(shard_of):
             chosen = np.flatnonzero(shard_of == shard)
