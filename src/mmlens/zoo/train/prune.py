@@ -1,6 +1,6 @@
 """Recipe ``pruned``: remove 30% of shapes-llava's decoder MLP neurons, then heal.
 
-``python -m mmlens.zoo.train --recipe pruned [--fraction 0.3] [--steps 300] [...]``
+``python -m mmlens.zoo.train --recipe pruned [--fraction 0.3] [--steps 100] [...]``
 
 1. **Score** every decoder MLP neuron (a row of ``gate_proj``/``up_proj`` and
    the matching column of ``down_proj``) by its mean absolute activation
@@ -120,7 +120,7 @@ def prune_mlp(model, keep: Sequence[torch.Tensor]) -> LlavaForConditionalGenerat
 
 def main(argv: Sequence[str]) -> int:
     """``--recipe pruned``: score, remove, heal, save (see the module docstring)."""
-    p = common_parser("pruned", steps=300, lr=3e-4)
+    p = common_parser("pruned", steps=100, lr=3e-4)
     p.add_argument("--fraction", type=float, default=0.3, help="share of each layer's MLP neurons removed")
     p.add_argument("--n-score", type=int, default=512, help="train samples that score the neurons")
     a = p.parse_args(argv)
