@@ -51,6 +51,10 @@ if TYPE_CHECKING:
 MemoryBudget = Union[int, str, None]
 T = TypeVar("T")
 
+#: Tokens per pass past which stacking more rows buys less than about 10% throughput per row, per device type.
+#: Methods stack the fewest rows that reach it (below the budget). CPU: measured (``benchmarks/memory.py --sweep``);
+#: CUDA: an estimate until measured the same way on a GPU.
+SATURATION_TOKENS = {"cpu": 256, "cuda": 1024, "mps": 1024}
 GPU_SHARE = 0.8  # of the free device memory
 CPU_SHARE = 0.25  # of the available RAM
 UNLIMITED = sys.maxsize
@@ -122,11 +126,14 @@ def format_bytes(count: int) -> str:
     return f"{count} B"
 
 
-def row_bytes(model: "Model", seq: int, *, grad: bool = False, positions: int = 1) -> int:
+def row_bytes(model: "Model", seq: int, *, grad: bool = False, positions: int = 1, keys: int | None = None) -> int:
     """Estimated bytes one stacked row of ``seq`` tokens costs in a language-model pass (see the module notes).
 
     ``grad``: gradients flow back through every layer (activations of all
-    layers are kept); ``positions``: how many positions' logits are read.
+    layers are kept); ``positions``: how many positions' logits are read;
+    ``keys``: the key length when the ``seq`` queries attend to more keys than
+    themselves (a resumed suffix against recorded keys and values, which each
+    row then holds a copy of).
 
     Example:
         >>> import mmlens
@@ -140,11 +147,13 @@ def row_bytes(model: "Model", seq: int, *, grad: bool = False, positions: int = 
     heads = int(getattr(text, "num_attention_heads", 0) or 1)
     vocab = int(getattr(text, "vocab_size", 0) or 0)
     size = next(model.hf.parameters()).element_size()
+    keys = seq if keys is None else max(keys, seq)
+    prefix = 4 * (keys - seq) * width * size  # recorded keys and values repeated per row, then joined with the suffix's
     if grad:
-        per_layer = seq * ((16 * width + 4 * intermediate) * size + 3 * heads * seq * 4)
+        per_layer = seq * ((16 * width + 4 * intermediate) * size + 3 * heads * keys * 4) + prefix
         activations = model.n_layers * per_layer + 4 * seq * width * size  # + the input and its gradient
     else:
-        activations = seq * ((8 * width + 3 * intermediate) * size + 2 * heads * seq * 4)
+        activations = seq * ((8 * width + 3 * intermediate) * size + 2 * heads * keys * 4) + prefix
     logits = 3 * positions * vocab * 4  # logits, their fp32 softmax and its gradient
     return int(activations + logits)
 
@@ -166,21 +175,42 @@ def rows_per_pass(budget: int, item_bytes: int, total: int, what: str) -> int:
     return max(1, min(max(total, 1), budget // max(item_bytes, 1)))
 
 
+def saturation_items(tokens: int, device: torch.device | str) -> int:
+    """How many items of ``tokens`` tokens each one pass needs to reach :data:`SATURATION_TOKENS` of ``device``.
+
+    Past that many tokens per pass, stacking more rows buys too little
+    throughput to pay for their memory (see :data:`SATURATION_TOKENS`).
+
+    Example:
+        >>> saturation_items(16, "cpu"), saturation_items(600, "cpu"), saturation_items(3000, "cpu")
+        (16, 1, 1)
+    """
+    kind = torch.device(device).type
+    saturation = SATURATION_TOKENS.get(kind, SATURATION_TOKENS["cpu"])
+    return max(1, -(-saturation // max(tokens, 1)))
+
+
 def plan_passes(model: "Model", total: int, seq: int, memory_budget: MemoryBudget = None, *, rows: int = 1,
-                grad: bool = False, positions: int = 1, what: str = "this method") -> "Passes":
+                grad: bool = False, positions: int = 1, keys: int | None = None,
+                what: str = "this method") -> "Passes":
     """Passes for ``total`` items of ``rows`` stacked rows of ``seq`` tokens each, under ``memory_budget``.
 
-    Raises before any work if the budget cannot hold one item.
+    Items per pass: the fewest whose tokens reach the device's saturation
+    count (:func:`saturation_items`), never more than ``memory_budget`` holds
+    (the hard cap). ``keys``: see :func:`row_bytes`. Raises before any work if
+    the budget cannot hold one item.
 
     Example:
         >>> import mmlens
         >>> model = mmlens.load("tiny-llama")
-        >>> plan_passes(model, 32, 16, "unlimited").size
-        32
+        >>> plan_passes(model, 64, 16, "unlimited").size  # 16 tokens an item: 16 items reach 256 tokens
+        16
+        >>> plan_passes(model, 64, 16, row_bytes(model, 16) * 3).size  # the budget caps it
+        3
     """
-    item = row_bytes(model, seq, grad=grad, positions=positions) * max(rows, 1)
+    item = row_bytes(model, seq, grad=grad, positions=positions, keys=keys) * max(rows, 1)
     budget = budget_bytes(memory_budget, model.device)
-    size = rows_per_pass(budget, item, total, what)
+    size = min(rows_per_pass(budget, item, total, what), saturation_items(seq * max(rows, 1), model.device))
     return Passes(total, size, item, budget, what, torch.device(model.device))
 
 

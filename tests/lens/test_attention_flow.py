@@ -74,7 +74,7 @@ def test_knockout_also_blocks_during_generation(tiny_llava, batch):
 
 
 def test_knockout_rejects_a_budget_below_one_row_before_any_work(tiny_llava, batch, monkeypatch):
-    module = sys.modules["mmlens.lens.attention_flow"]  # the package re-exports a function of that name
-    monkeypatch.setattr(module, "record_decoder_call", lambda *a: pytest.fail("work was done"))
+    module = sys.modules["mmlens.causal.knockout"]  # where knockout's runs record the model
+    monkeypatch.setattr(module, "record_layers", lambda *a: pytest.fail("work was done"))
     with pytest.raises(MmlensError, match="too small for one row of attention knockout"):
         knockout(tiny_llava, batch, {"image": batch.layout.mask(Modality.IMAGE)}, memory_budget="1KB")

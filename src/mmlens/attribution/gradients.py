@@ -37,8 +37,19 @@ BASELINES = ("mean", "zeros", "pad")
 
 
 def gradient_x_input(model: Model, targets: Targets) -> Attribution:
-    """``sum_d grad_d * x_d`` per token, all targets in one batched backward pass."""
-    call = record_decoder_call(model, targets.batch)
+    """``sum_d grad_d * x_d`` per token, all targets in one batched backward pass.
+
+    The cost is one forward + backward of the language model (one stacked copy
+    per target) and one vision-tower forward: recording the decoder's input
+    stops at the decoder, so no extra decoder forward runs.
+
+    Example:
+        >>> result = gradient_x_input(model, targets)
+        >>> result.scores.shape[:2]  # (batch, targets)
+        torch.Size([1, 1])
+    """
+    # Recorded up to the language model's call: the vision tower runs, the decoder runs only below.
+    call = record_decoder_call(model, targets.batch, run_decoder=False)
     rows = call.batch_size
     stack = call.embeds.repeat(targets.count, 1, 1).requires_grad_(True)  # copy j explains target j
     with torch.enable_grad():
@@ -70,7 +81,8 @@ def integrated_gradients(
     ``memory_budget`` (bytes or ``"2GB"``; see :mod:`mmlens.budget`) sizes how
     many path points go through the decoder per pass; results do not depend on it.
     """
-    call = record_decoder_call(model, targets.batch)
+    # Recorded up to the language model's call: the vision tower runs, the decoder runs only below.
+    call = record_decoder_call(model, targets.batch, run_decoder=False)
     x = call.embeds
     x0 = _baseline(model, call, baseline, int(targets.positions[0]), targets.batch.layout)
     rows = x.shape[0]

@@ -50,7 +50,8 @@ def occlusion(model: Model, targets: Targets, window: int = 1, memory_budget: Me
     if window < 1:
         raise MmlensError(f"occlusion window must be at least 1 patch, got {window}")
     _check_budget(model, targets, memory_budget, "occlusion")  # before any work
-    call = record_decoder_call(model, targets.batch)
+    # Recorded up to the language model's call: the vision tower runs, the decoder runs only below.
+    call = record_decoder_call(model, targets.batch, run_decoder=False)
     scores = empty_scores(targets)
     layout = targets.batch.layout
     for row in range(call.batch_size):
@@ -78,7 +79,8 @@ def rise(model: Model, targets: Targets, masks: int = 256, grid: int = 4, keep: 
     go through the decoder per pass; results do not depend on it.
     """
     _check_budget(model, targets, memory_budget, "RISE")  # before any work
-    call = record_decoder_call(model, targets.batch)
+    # Recorded up to the language model's call: the vision tower runs, the decoder runs only below.
+    call = record_decoder_call(model, targets.batch, run_decoder=False)
     scores = empty_scores(targets)
     layout = targets.batch.layout
     generator = torch.Generator().manual_seed(seed)

@@ -45,6 +45,7 @@ from mmlens.errors import MmlensError
 from mmlens.hooks import Edit, capture, intervene
 from mmlens.layout import Modality
 from mmlens.model import Batch, Model
+from mmlens.models.runtime import last_logits_only
 from mmlens.readout import answer_token_ids, token_probabilities
 
 COMPONENTS: tuple[str, ...] = ("resid", "attn", "mlp")
@@ -96,7 +97,8 @@ def trace(
     sites = [f"lm.L{i}.{c}" for c in components for i in range(n)]
     with torch.no_grad():
         with capture(model, sites + ["lm.embed"]) as captured:
-            clean_logits = model.forward(batch, use_cache=False).logits[:, -1].float()
+            # The last position's logits only: (seq, vocab) fp32 logits are 385 MB at 3,000 tokens.
+            clean_logits = model.forward(batch, use_cache=False, **last_logits_only(model.hf)).logits[:, -1].float()
         clean = {site: captured[site] for site in sites}
         answer_ids = answer_token_ids(model, answer, clean_logits, batch.input_ids.shape[0]).to(clean_logits.device)
         corrupted, corruption, embed_edit = _corrupted(batch, captured["lm.embed"], corrupt, noise, seed)
@@ -110,7 +112,8 @@ def trace(
                              progress)
         else:
             with intervene(model, edits):
-                p_corrupt = token_probabilities(model.forward(corrupted, use_cache=False).logits[:, -1], answer_ids)
+                p_corrupt = token_probabilities(
+                    model.forward(corrupted, use_cache=False, **last_logits_only(model.hf)).logits[:, -1], answer_ids)
             p = _run_single(model, corrupted, edits, clean, masks, conditions, answer_ids, window, progress)
     p_clean = token_probabilities(clean_logits, answer_ids)
     rows = batch.input_ids.shape[0]
@@ -246,7 +249,8 @@ def _run_batched(model: Model, replay: LayerReplay, clean: dict[str, torch.Tenso
         plans.setdefault((start, offset), []).append(index)
     done = len(out)
     for (start, offset), indices in sorted(plans.items()):
-        passes = plan_passes(model, len(indices), seq, memory_budget, rows=rows, what="causal tracing")
+        passes = plan_passes(model, len(indices), seq - offset, memory_budget, rows=rows, keys=seq,
+                             what="causal tracing")
 
         def run_pass(first: int, stop: int, start: int = start, offset: int = offset,
                      indices: list[int] = indices) -> None:
@@ -292,7 +296,8 @@ def _run_single(model: Model, corrupted: Batch, edits: dict[str, Edit], clean: d
     out = []
     for index, condition in enumerate(conditions):
         with intervene(model, {**edits, **_restore_edits(clean, masks, [condition], window, model.n_layers)}):
-            out.append(token_probabilities(model.forward(corrupted, use_cache=False).logits[:, -1], answer_ids))
+            logits = model.forward(corrupted, use_cache=False, **last_logits_only(model.hf)).logits[:, -1]
+            out.append(token_probabilities(logits, answer_ids))
         if progress is not None:
             progress(index + 1, len(conditions))
     return out

@@ -10,6 +10,8 @@ object's) in a window of layers, and watch the answer probability. Blocking
 edits the 4-D additive mask each attention module receives (materialised
 from SDPA's causal or boolean mask at the blocked layers only): the blocked ``[query, key]`` entries get the dtype's minimum, so
 their probability after the softmax is exactly zero and nothing else moves.
+Each condition runs the answer position only, from its window's first layer
+on, against recorded keys and values (:mod:`mmlens.causal.knockout`).
 
 Example:
     >>> import mmlens
@@ -29,12 +31,11 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from mmlens.budget import MemoryBudget, plan_passes
+from mmlens.budget import MemoryBudget
+from mmlens.causal.knockout import knockout_runs
 from mmlens.hooks import BlockKeys, capture, intervene
 from mmlens.layout import Modality
-from mmlens.readout import answer_token_ids
 from mmlens.model import Batch, Model
-from mmlens.models.decoder import record_decoder_call
 
 MODALITIES: tuple[str, ...] = ("image", "text", "special")
 
@@ -144,27 +145,6 @@ def knockout(
         >>> result.probability.shape  # (windows, groups, batch)
         torch.Size([2, 1, 1])
     """
-    starts = list(range(0, max(1, model.n_layers - window + 1)))
-    names = list(groups)
-    conditions = [(start, name) for start in starts for name in names]
-    rows, seq = batch.input_ids.shape
-    passes = plan_passes(model, len(conditions), seq, memory_budget, rows=rows, what="attention knockout")
-    call = record_decoder_call(model, batch)
-    with torch.no_grad():
-        logits = call.logits(call.embeds, positions=[-1])[:, 0]
-    answer_ids = answer_token_ids(model, answer, logits, rows).to(logits.device)
-    baseline = torch.softmax(logits.float(), -1).gather(-1, answer_ids[:, None])[:, 0]
-
-    def run_pass(first: int, stop: int) -> torch.Tensor:
-        part = conditions[first:stop]
-        blocked: dict[int, torch.Tensor] = {}
-        for c, (start, name) in enumerate(part):
-            for layer in range(start, min(model.n_layers, start + window)):
-                keys = blocked.setdefault(layer, torch.zeros(len(part) * rows, seq, dtype=torch.bool))
-                keys[c * rows:(c + 1) * rows] = groups[name].bool()
-        with torch.no_grad(), block_attention(model, blocked):
-            out = call.logits(call.embeds.repeat(len(part), 1, 1), positions=[-1])[:, 0]
-        return torch.softmax(out.float(), -1).gather(-1, answer_ids.repeat(len(part))[:, None])[:, 0]
-
-    probability = torch.cat(passes.run(run_pass)).view(len(starts), len(names), rows)
-    return Knockout(model.name, names, window, starts, probability.cpu(), baseline.cpu(), answer_ids.cpu())
+    runs = knockout_runs(model, batch, groups, window, answer, memory_budget)
+    return Knockout(model.name, list(groups), window, runs.window_starts, runs.probability, runs.baseline,
+                    runs.answer_ids)

@@ -102,8 +102,24 @@ def language_model_path(model: Model) -> str:
     return "|".join(path.rsplit(".", 1)[0] for path in model.adapter.decoder_layers.split("|"))
 
 
-def record_decoder_call(model: Model, batch: Batch) -> DecoderCall:
-    """Run ``batch`` once and keep what the language model was called with."""
+class _Recorded(Exception):
+    """Raised by the recording hook to skip the language model's run (``run_decoder=False``)."""
+
+
+def record_decoder_call(model: Model, batch: Batch, *, run_decoder: bool = True) -> DecoderCall:
+    """Run ``batch`` once and keep what the language model was called with.
+
+    ``run_decoder=False`` stops the run as soon as the language model's
+    arguments are known: the vision tower and the embedding merge run, the
+    decoder layers do not (for methods that replay the call anyway).
+
+    Example:
+        >>> import mmlens
+        >>> model = mmlens.load("tiny-llama")
+        >>> call = record_decoder_call(model, model.prepare("a red circle"), run_decoder=False)
+        >>> call.embeds.shape[0]
+        1
+    """
     decoder = model.module(language_model_path(model))
     seen: dict[str, Any] = {}
 
@@ -112,9 +128,14 @@ def record_decoder_call(model: Model, batch: Batch) -> DecoderCall:
             seen.update(kwargs)
             if args:
                 seen["inputs_embeds" if "input_ids" not in kwargs else "input_ids"] = args[0]
+            if not run_decoder:
+                raise _Recorded
 
-    with attach_call(decoder, keep), torch.no_grad():
-        model.forward(batch, use_cache=False, **runtime.last_logits_only(model.hf))
+    try:
+        with attach_call(decoder, keep), torch.no_grad():
+            model.forward(batch, use_cache=False, **runtime.last_logits_only(model.hf))
+    except _Recorded:
+        pass
     embeds = seen.pop("inputs_embeds", None)
     if embeds is None:  # text-only models embed inside the decoder
         input_ids = seen.pop("input_ids", None)
