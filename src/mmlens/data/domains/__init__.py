@@ -127,7 +127,7 @@ def pooled_labels(sample: DomainSample) -> np.ndarray:
 def more_questions(sample: DomainSample, k: int, rng: np.random.Generator) -> list[tuple[str, str]]:
     """Up to ``k`` further ``(prompt, answer)`` pairs about the same image, one per question type at most.
 
-    Training packs them after the sample's own question.
+    Training packs them after the sample's own question; no prompt repeats the sample's own or another.
 
     Example:
         >>> s = make_sample("glyphs", "test", 0, "boxed")
@@ -136,11 +136,13 @@ def more_questions(sample: DomainSample, k: int, rng: np.random.Generator) -> li
     """
     module = domain_module(sample.domain)
     out: list[tuple[str, str]] = []
+    seen = {sample.prompt}
     types = module.QUESTION_TYPES
     for t in rng.permutation(len(types)):
         if len(out) >= k:
             break
         asked = module.ask(sample.meta["scene"], types[int(t)], rng)
-        if asked is not None:
+        if asked is not None and asked[0] not in seen:
+            seen.add(asked[0])
             out.append((asked[0], asked[1]))
     return out

@@ -1,0 +1,332 @@
+"""Train domains-llava from scratch on the multi-domain world, and evaluate it per domain.
+
+``python -m mmlens.zoo.train --recipe domains-llava [--seed N] [--out DIR] [--work DIR] [...]``
+``python -m mmlens.zoo.train.domains --evaluate [--model NAME|DIR] [--n N] [--json]``
+
+shapes-llava's two-stage recipe on :mod:`mmlens.data.domains`.
+
+Index ``i`` of the training data is a sample of domain ``MIX[i % 5]``
+(shapes twice, the others once).
+
+1. the vision tower alone learns per-patch labels (the union of every
+   domain's patch classes: (colour, shape) pairs, letters and framed
+   letters, stained and clear cells, roads, rivers and fields; and each
+   object patch's row and column) and, from the mean of the patch tokens,
+   each domain's whole-image slots (:data:`mmlens.data.domains.POOLED`:
+   counts, the framed letter, orientations, the field's side ...);
+2. the tower is frozen; projector and decoder, re-initialised with std
+   ``1/sqrt(fan_in)``, learn to answer packed questions (up to ``--pack``
+   per image, the first in the inference format).
+
+Scheduled by steps, seeded, checkpoints every 100 steps under ``--work``;
+a killed run resumes where it stopped.
+
+Example:
+    >>> main(["--stage1-steps", "2", "--stage2-steps", "2", "--out", "/tmp/dl"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mmlens.data import domains as world
+from mmlens.errors import MmlensError
+from mmlens.zoo.domains_llava import DOMAINS_DIR, build_model, build_processor
+from mmlens.zoo.evaluate import answer_probs, encode
+from mmlens.zoo.shapes_llava import GRID
+from mmlens.zoo.train.common import _fmt, _log, _optimise, _run_stage, _save_state, init_for_training, lr_factor
+
+STAGE2_OFFSET = 5_000_000  # stage-2 world indices start here (stage 1 below)
+SEED_STRIDE = 10_000_000
+# Training index i is a sample of domain MIX[i % 5]: shapes, the domain with the
+# most question types and labels (20 pairs, position, counts), gets 2 of 5.
+MIX: tuple[str, ...] = ("shapes", "glyphs", "shapes", "cells", "maps")
+_MAX_CLASSES = max(world.POOLED.values())
+
+
+@dataclass
+class DomainsConfig:
+    """Everything that determines the trained weights."""
+
+    seed: int = 0
+    stage1_steps: int = 3000
+    stage1_batch: int = 32
+    stage1_lr: float = 2e-3
+    stage2_steps: int = 2500
+    batch: int = 24
+    stage2_lr: float = 1e-3
+    warmup: int = 50
+    pack: int = 4
+    layers: int = 4
+    hidden: int = 128
+    mlp: int = 256
+
+
+class DomainHead(nn.Module):
+    """Stage-1 throw-away heads: per patch (class, row, column); on the patch mean, every pooled slot.
+
+    Slots have up to :data:`_MAX_CLASSES` classes; the logits of classes a slot
+    does not have are masked out.
+    """
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.sizes = (len(world.PATCH_CLASSES) + 1, GRID, GRID)
+        self.norm = nn.LayerNorm(width)
+        self.linear = nn.Linear(width, sum(self.sizes))
+        self.pooled = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, len(world.POOLED) * _MAX_CLASSES))
+        valid = torch.arange(_MAX_CLASSES)[None] < torch.tensor(list(world.POOLED.values()))[:, None]
+        self.register_buffer("invalid", ~valid, persistent=False)
+
+    def forward(self, tokens: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        pooled = self.pooled(tokens.mean(dim=1)).unflatten(-1, (len(world.POOLED), _MAX_CLASSES))
+        return list(self.linear(self.norm(tokens)).split(self.sizes, dim=-1)), pooled.masked_fill(self.invalid, -1e4)
+
+
+def _tower_tokens(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Patch tokens of the layer the projector reads (CLS dropped)."""
+    out = model.model.vision_tower(pixel_values, output_hidden_states=True)
+    return out.hidden_states[model.config.vision_feature_layer][:, 1:]
+
+
+def train_sample(index: int) -> world.DomainSample:
+    """Training sample ``index``: sample ``index`` of the train split of domain ``MIX[index % 5]``.
+
+    Example:
+        >>> [train_sample(i).domain for i in range(5)] == list(MIX)
+        True
+    """
+    return world.make_sample(MIX[index % len(MIX)], "train", index)
+
+
+def stage1_batch(cfg: DomainsConfig, step: int) -> tuple[list[np.ndarray], torch.Tensor, torch.Tensor]:
+    """Images, per-patch labels (batch x 3 x 64: class + 1, row, column) and pooled labels of one step.
+
+    Example:
+        >>> images, patches, pooled = stage1_batch(DomainsConfig(stage1_batch=4), 0)
+        >>> tuple(patches.shape), tuple(pooled.shape) == (4, len(world.POOLED))
+        ((4, 3, 64), True)
+    """
+    base = cfg.seed * SEED_STRIDE + step * cfg.stage1_batch
+    samples = [train_sample(base + j) for j in range(cfg.stage1_batch)]
+    labels = []
+    for s in samples:
+        cls = world.patch_labels(s)
+        rows, cols = np.indices(cls.shape)
+        where = [np.where(cls >= 0, rows, -100), np.where(cls >= 0, cols, -100)]  # object patches only
+        labels.append(np.stack([cls + 1, *where]).reshape(3, -1))
+    pooled = np.stack([world.pooled_labels(s) for s in samples])
+    return [np.asarray(s.image) for s in samples], torch.from_numpy(np.stack(labels)), torch.from_numpy(pooled)
+
+
+def train_stage1(model, processor, cfg: DomainsConfig, work: Path) -> None:
+    """Train the vision tower on the world's patch and pooled labels; cache it under ``work``."""
+    cache = work / f"domains-stage1-seed{cfg.seed}-steps{cfg.stage1_steps}.safetensors"
+    tower = model.model.vision_tower
+    if cache.exists():
+        tower.load_state_dict(load_file(cache))
+        _log(f"stage 1: reusing {cache}")
+        return
+    torch.manual_seed(cfg.seed)
+    head = DomainHead(tower.config.hidden_size)
+    params = list(tower.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.stage1_lr, weight_decay=0.01)
+    ckpt, start = work / f"domains-stage1-seed{cfg.seed}.pt", 0
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=True)
+        tower.load_state_dict(state["tower"]), head.load_state_dict(state["head"]), opt.load_state_dict(state["opt"])
+        start = state["step"]
+        _log(f"stage 1: resuming at step {start}")
+    tower.train()
+
+    def step_fn(step: int) -> tuple[float, float]:
+        images, labels, pooled = stage1_batch(cfg, step)
+        pixels = encode(processor, images, ["<image>"] * len(images))["pixel_values"]
+        logits, pooled_logits = head(_tower_tokens(model, pixels))
+        loss = sum(nn.functional.cross_entropy(lg.flatten(0, 1), labels[:, k].flatten())
+                   for k, lg in enumerate(logits))
+        # Each image's own slots weigh the same in total whatever their number (shapes has 109, cells 2).
+        per_slot = nn.functional.cross_entropy(pooled_logits.flatten(0, 1), pooled.flatten(),
+                                               ignore_index=-100, reduction="none").view(pooled.shape)
+        known = (pooled != -100).float()
+        loss = loss + 3 * ((per_slot * known).sum(1) / known.sum(1).clamp(min=1)).mean()
+        _optimise(opt, params, loss, cfg.stage1_lr * lr_factor(step, cfg.stage1_steps, cfg.warmup))
+        patch_ok = (logits[0].argmax(-1) == labels[:, 0]).float().mean().item()
+        slot_ok = ((pooled_logits.argmax(-1) == pooled).float() * known).sum() / known.sum()
+        return loss.item(), (patch_ok + slot_ok.item()) / 2
+
+    def save_fn(step: int) -> None:
+        _save_state(ckpt, {"step": step, "tower": tower.state_dict(), "head": head.state_dict(),
+                           "opt": opt.state_dict()})
+
+    _run_stage("stage 1 (tower, patch + pooled labels)", cfg.stage1_steps, start, step_fn, save_fn)
+    tower.eval()
+    save_file({k: v.contiguous() for k, v in tower.state_dict().items()}, cache)
+    ckpt.unlink(missing_ok=True)
+
+
+def packed_text(index: int, pack: int) -> tuple[np.ndarray, str, list[int], list[str]]:
+    """World sample ``index`` with up to ``pack`` questions: image, text, answer word indices, answers.
+
+    Example:
+        >>> image, text, where, answers = packed_text(1, 2)
+        >>> text.split()[where[0]] == answers[0]
+        True
+    """
+    s = train_sample(index)
+    pairs = [(s.prompt, s.answer)] + world.more_questions(s, pack - 1, np.random.default_rng([index, 7]))
+    words: list[str] = []
+    where: list[int] = []
+    for prompt, answer in pairs:
+        words += prompt.replace("<image>", "").split() if words else prompt.split()
+        where.append(len(words))
+        words.append(answer)
+    return np.asarray(s.image), " ".join(words), where, [a for _, a in pairs]
+
+
+def train_stage2(model, processor, cfg: DomainsConfig, work: Path) -> None:
+    """Freeze the tower; train projector and decoder on packed questions of every domain."""
+    model.model.vision_tower.requires_grad_(False).eval()
+    params = [p for n, p in model.named_parameters() if "vision_tower" not in n]
+    torch.manual_seed(cfg.seed + 1)
+    init_for_training(model.model.multi_modal_projector, model.model.language_model)
+    opt = torch.optim.AdamW(params, lr=cfg.stage2_lr, weight_decay=0.01)
+    ckpt, start = work / f"domains-stage2-seed{cfg.seed}.pt", 0
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=True)
+        model.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
+        start = state["step"]
+        _log(f"stage 2: resuming at step {start}")
+    tok = processor.tokenizer
+    model.model.multi_modal_projector.train(), model.model.language_model.train()
+
+    def step_fn(step: int) -> tuple[float, float]:
+        base = cfg.seed * SEED_STRIDE + STAGE2_OFFSET + step * cfg.batch
+        images, texts, places, answers = zip(*(packed_text(base + j, cfg.pack) for j in range(cfg.batch)))
+        batch = encode(processor, images, texts)
+        pad = batch["input_ids"].shape[1] - batch["attention_mask"].sum(1)
+        # word w >= 1 of a text is token 64 + w (<s>, then 64 image tokens); predicted one token earlier
+        rows = torch.tensor([i for i, ws in enumerate(places) for _ in ws])
+        cols = torch.tensor([63 + w for ws in places for w in ws]) + pad[rows]
+        target = torch.tensor(tok.convert_tokens_to_ids([a for ans in answers for a in ans]))
+        logits = model(**batch).logits[rows, cols]
+        loss = nn.functional.cross_entropy(logits, target)
+        _optimise(opt, params, loss, cfg.stage2_lr * lr_factor(step, cfg.stage2_steps, cfg.warmup))
+        return loss.item(), (logits.argmax(-1) == target).float().mean().item()
+
+    def save_fn(step: int) -> None:
+        _save_state(ckpt, {"step": step, "model": model.state_dict(), "opt": opt.state_dict()})
+        if step % 500 == 0:
+            model.eval()
+            acc = evaluate(model, processor, n=20, split="val")
+            _log(f"stage 2: validation accuracy {_fmt({d: a['all'] for d, a in acc.items()})}")
+            model.model.multi_modal_projector.train(), model.model.language_model.train()
+
+    _run_stage("stage 2 (projector + decoder, questions)", cfg.stage2_steps, start, step_fn, save_fn)
+    ckpt.unlink(missing_ok=True)
+
+
+@torch.no_grad()
+def evaluate(model, processor, n: int = 100, split: str = "test",
+             domains: Sequence[str] = world.NAMES) -> dict[str, dict[str, float]]:
+    """Accuracy per domain and question type on ``n`` samples of each type; ``all`` is their mean.
+
+    Example:
+        >>> acc = evaluate(model, processor, n=10, domains=("cells",))  # doctest: +SKIP
+        >>> sorted(acc["cells"])
+        ['all', 'count', 'stained']
+    """
+    tok = processor.tokenizer
+    out: dict[str, dict[str, float]] = {}
+    for d in domains:
+        out[d] = {}
+        for qt in world.question_types(d):
+            samples = [world.make_sample(d, split, i, qt) for i in range(n)]
+            words = tok.convert_ids_to_tokens(answer_probs(model, processor, samples).argmax(-1).tolist())
+            out[d][qt] = float(np.mean([w == s.answer for w, s in zip(words, samples)]))
+        out[d]["all"] = float(np.mean(list(out[d].values())))
+    return out
+
+
+def train(cfg: DomainsConfig, out: Path, work: Path, threads: int = 1) -> dict:
+    """Run both stages; save the model, processor and ``train_log.json`` to ``out``."""
+    torch.set_num_threads(threads)  # one thread: on the busy 2-core box two threads ran 10x slower
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    processor = build_processor(world.vocabulary())
+    model = build_model(processor, cfg.seed, cfg.layers, cfg.hidden, cfg.mlp)
+    train_stage1(model, processor, cfg, work)
+    t1 = time.time()
+    train_stage2(model, processor, cfg, work)
+    t2 = time.time()
+    model.eval()
+    out.mkdir(parents=True, exist_ok=True)
+    model.generation_config.max_new_tokens = 1  # one-word answers, no end token
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    val = evaluate(model, processor, n=100, split="val")
+    _log("validation accuracy " + _fmt({d: a["all"] for d, a in val.items()}))
+    log = {"config": asdict(cfg), "stage1_seconds": round(t1 - t0, 1), "stage2_seconds": round(t2 - t1, 1),
+           "val_accuracy": val, "torch_threads": torch.get_num_threads()}
+    (out / "train_log.json").write_text(json.dumps(log, indent=1))
+    _log(f"saved to {out} in {(time.time() - t0) / 60:.1f} min")
+    return log
+
+
+def _print_eval(name: str, acc: dict[str, dict[str, float]], n: int, as_json: bool) -> None:
+    print(f"held-out accuracy of {name} ({n} per question type, test split):")
+    for d, a in acc.items():
+        kinds = "  ".join(f"{k} {v:6.1%}" for k, v in a.items() if k != "all")
+        print(f"  {d:<7} {a['all']:6.1%}   ({kinds})")
+    if as_json:
+        print(json.dumps({d: {k: round(v, 4) for k, v in a.items()} for d, a in acc.items()}))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line entry point; see the module docstring."""
+    p = argparse.ArgumentParser(prog="python -m mmlens.zoo.train --recipe domains-llava",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="where to save (default: the package's weights)")
+    p.add_argument("--work", type=Path, default=Path("out/zoo-train-domains"), help="checkpoints, for resuming")
+    for name in ("stage1_steps", "stage1_batch", "stage2_steps", "batch", "pack", "layers", "hidden", "mlp"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(DomainsConfig, name))
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--evaluate", action="store_true", help="only evaluate --model per domain")
+    p.add_argument("--model", default="domains-llava", help="zoo name or saved directory (with --evaluate)")
+    p.add_argument("--n", type=int, default=200, help="held-out samples per question type (with --evaluate)")
+    p.add_argument("--json", action="store_true", help="end with one JSON line (with --evaluate)")
+    a = p.parse_args(argv)
+    if a.evaluate:
+        torch.set_num_threads(a.threads)
+        from mmlens.zoo import build
+        from mmlens.zoo.shapes_llava import load_from
+        model, processor = load_from(a.model) if Path(a.model).is_dir() else build(a.model)
+        _print_eval(a.model, evaluate(model, processor, n=a.n), a.n, a.json)
+        return 0
+    if a.pack < 1 or a.batch < 1 or a.stage1_batch < 1:
+        raise MmlensError("--pack, --batch and --stage1-batch must be at least 1")
+    cfg = DomainsConfig(seed=a.seed, stage1_steps=a.stage1_steps, stage1_batch=a.stage1_batch,
+                        stage2_steps=a.stage2_steps, batch=a.batch, pack=a.pack, layers=a.layers,
+                        hidden=a.hidden, mlp=a.mlp)
+    train(cfg, a.out or DOMAINS_DIR, a.work, a.threads)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except MmlensError as err:  # bad input: one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
