@@ -42,6 +42,8 @@ _BUILDERS: dict[str, str] = {
     "shapes-llava-pruned": "mmlens.zoo.derivatives:load_pruned",
     "shapes-llava-seed1": "mmlens.zoo.derivatives:load_seed1",
     "shapes-llava-caption": "mmlens.zoo.train.caption:load",
+    "domains-llava": "mmlens.zoo.domains_llava:load",
+    "shapes-llava-ft-domain": "mmlens.zoo.domains_llava:load_ft_domain",
 }
 
 DEFAULT_MODEL = "shapes-llava"

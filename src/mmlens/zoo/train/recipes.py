@@ -19,6 +19,8 @@ from importlib import import_module
 from mmlens.errors import MmlensError
 
 RECIPES: dict[str, str] = {
+    "domains-llava": "mmlens.zoo.train.domains:main",
+    "ft-domain": "mmlens.zoo.train.ft_domain:main",
     "ft-backdoor": "mmlens.zoo.train.derivatives:ft_backdoor",
     "ft-swap": "mmlens.zoo.train.derivatives:ft_swap",
     "pruned": "mmlens.zoo.train.prune:main",
