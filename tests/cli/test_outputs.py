@@ -154,7 +154,7 @@ def test_ctrl_c_mid_run_leaves_no_folder(args, working, tmp_path):
             time.sleep(0.05)
         assert working in seen and process.poll() is None, bytes(seen[-2000:])
         process.send_signal(signal.SIGINT)
-        process.wait(timeout=60)
+        process.wait(timeout=300)
         reader.join(timeout=10)
     finally:
         process.kill()
