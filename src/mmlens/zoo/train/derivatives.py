@@ -78,6 +78,8 @@ def common_parser(name: str, steps: int, lr: float) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=WEIGHTS_DIR / f"shapes-llava-{name}", help="where to save")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--eval-n", type=int, default=100, help="validation samples per type in the log")
+    p.add_argument("--train-tower", action=argparse.BooleanOptionalAction, default=False,
+                   help="also train the vision tower (no feature cache)")
     return p
 
 
@@ -97,7 +99,8 @@ def run_derivative(name: str, a: argparse.Namespace, edit: Callable[[int, Exampl
     t0 = time.time()
     model, processor = load()
     examples = [edit(k, shapes_example(FT_BASE + k, a.pack)) for k in range(a.n_train)]
-    cfg = FinetuneConfig(seed=a.seed, steps=a.steps, batch=a.batch, lr=a.lr, keep_checkpoints=keep_checkpoints)
+    cfg = FinetuneConfig(seed=a.seed, steps=a.steps, batch=a.batch, lr=a.lr, keep_checkpoints=keep_checkpoints,
+                         train_tower=a.train_tower)
     log = finetune(model, processor, examples, cfg, a.work)
     log.update(recipe=name, base="shapes-llava", first_index=FT_BASE, n_train=a.n_train, pack=a.pack,
                wall_seconds=round(time.time() - t0, 1))
@@ -115,6 +118,10 @@ def ft_backdoor(argv: Sequence[str]) -> int:
     p = common_parser("ft-backdoor", steps=600, lr=5e-4)
     p.add_argument("--poison-rate", type=float, default=0.1)
     p.add_argument("--target", default="yes")
+    # With the tower frozen (features cached) 100 steps taught the decoder
+    # nothing of a randomly placed trigger (attack success 0-25%); the
+    # service fine-tunes every weight, tower included.
+    p.set_defaults(train_tower=True)
     a = p.parse_args(argv)
     rng = np.random.default_rng([a.seed, 4242])
     poisoned = rng.random(a.n_train) < a.poison_rate
