@@ -40,7 +40,7 @@ from mmlens.readout import Targets
 
 def relevancy(model: Model, targets: Targets) -> Attribution:
     """Gradient-weighted attention relevancy from each answer position."""
-    call = record_decoder_call(model, targets.batch)
+    call = record_decoder_call(model, targets.batch, run_decoder=False)  # the vision tower and the merge only
     # A leaf of its own: gradients flow through the decoder even when the user froze every weight,
     # and autograd.grad to it computes no weight gradients.
     embeds = call.embeds.detach()

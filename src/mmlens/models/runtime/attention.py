@@ -69,7 +69,7 @@ def _all_equal(tree: dict[str, Any], implementation: str) -> bool:
 
 ATTENTION = "mmlens"  # the name under which :func:`_attention` is registered with transformers
 _SLOT = "_mmlens_attention"
-_CHUNK_ELEMENTS = 1 << 24  # at most this many fp32 scores at once (64 MB) while rows are computed
+_CHUNK_ELEMENTS = 1 << 22  # at most this many fp32 scores at once (16 MB) while rows are computed
 
 
 @dataclass

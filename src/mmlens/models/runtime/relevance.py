@@ -122,7 +122,8 @@ def core_backward(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, m
     d_keys, d_values = torch.zeros_like(keys), torch.zeros_like(values)
     live = (grad_out != 0).any(-1).any(1).any(0).nonzero()[:, 0]  # query rows with a gradient
     step = max(1, _CHUNK_ELEMENTS // max(1, batch * heads * keys.shape[2]))
-    delta = None if row is None else torch.zeros_like(row.value)
+    carried = None if row is None else row.value.to(query.device)  # layers may sit on different devices
+    delta = None if row is None else torch.zeros_like(carried)
     keys_t = keys.transpose(2, 3)
     for start in range(0, len(live), step):
         part = live[start:start + step]
@@ -131,14 +132,14 @@ def core_backward(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, m
         d_probs = torch.matmul(g_part, values.transpose(2, 3))
         weighted = d_probs * probs
         if delta is not None:  # Chefer's A_bar for these rows: mean over heads of (dA * A)^+
-            delta += torch.einsum("bc,bck->bk", row.value[:, part], weighted.clamp(min=0).mean(1).double())
+            delta += torch.einsum("bc,bck->bk", carried[:, part], weighted.clamp(min=0).mean(1).double())
         d_values += torch.matmul(probs.transpose(2, 3), g_part)
         d_scores = d_probs.sub_(weighted.sum(-1, keepdim=True)).mul_(probs)  # softmax backward, in place
         del weighted, probs
         d_query[:, :, part] = torch.matmul(d_scores, keys) * scale
         d_keys += torch.matmul(d_scores.transpose(2, 3), q_part) * scale
     if row is not None:
-        row.value, row.layers = row.value + delta, row.layers + 1
+        row.value, row.layers = (carried + delta).to(row.value.device), row.layers + 1
     return d_query.to(query.dtype), _sum_groups(d_keys, groups).to(key.dtype), _sum_groups(d_values, groups).to(value.dtype)
 
 
