@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from mmlens.budget import (
+    SATURATION_TOKENS,
     UNLIMITED,
     Passes,
     budget_bytes,
@@ -12,6 +13,7 @@ from mmlens.budget import (
     plan_passes,
     row_bytes,
     rows_per_pass,
+    saturation_items,
 )
 from mmlens.errors import MmlensError
 
@@ -44,6 +46,26 @@ def test_one_row_costs_more_with_gradients_and_longer_sequences(tiny_llava):
     assert row_bytes(tiny_llava, 128) > row_bytes(tiny_llava, 64)
     plan = plan_passes(tiny_llava, 10, 64, row_bytes(tiny_llava, 64) * 3, rows=1)
     assert plan.size == 3
+
+
+def test_passes_stop_stacking_at_the_saturation_count_and_the_budget_stays_the_cap(tiny_llava):
+    saturation = SATURATION_TOKENS["cpu"]
+    assert saturation_items(saturation, "cpu") == 1 == saturation_items(10 * saturation, "cpu")
+    assert saturation_items(saturation // 4, "cpu") == 4
+    assert saturation_items(saturation // 4 + 1, "cpu") == 4  # the fewest rows that reach it
+    # Unlimited: the saturation count decides; items of several rows count all their tokens.
+    assert plan_passes(tiny_llava, 100, saturation // 8, "unlimited").size == 8
+    assert plan_passes(tiny_llava, 100, saturation // 8, "unlimited", rows=2).size == 4
+    assert plan_passes(tiny_llava, 100, 3 * saturation, "unlimited").size == 1
+    # The default budget (a quarter of the RAM) no longer fills up with rows.
+    assert plan_passes(tiny_llava, 100, saturation // 8).size == 8
+    # An explicit small budget caps it below the saturation count.
+    assert plan_passes(tiny_llava, 100, saturation // 8, row_bytes(tiny_llava, saturation // 8) * 3).size == 3
+
+
+def test_a_suffix_against_recorded_keys_costs_less_than_the_whole_sequence(tiny_llava):
+    one_query = row_bytes(tiny_llava, 1, keys=512)
+    assert row_bytes(tiny_llava, 1) < one_query < row_bytes(tiny_llava, 512)
 
 
 def _fake_pass(limit, calls):

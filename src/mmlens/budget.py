@@ -12,6 +12,9 @@ fixed row count. This module owns that name and its meaning:
   ``os.sysconf``). It bounds the memory of the stacked rows, not the model's
   weights or what a method records once. (``max_memory`` is accelerate's
   per-device map, a different thing.)
+- The budget is a cap, not a target: a pass stacks the fewest rows whose
+  tokens reach :data:`SATURATION_TOKENS` (more rows buy little throughput
+  past it, and cost their memory), fewer if the budget holds fewer.
 - The cost of one row is estimated from the language model's config before any
   work (:func:`row_bytes`), conservatively: activations per token and layer of
   about ``16 x width + 4 x intermediate`` elements plus ``3 x heads x seq``
@@ -51,10 +54,12 @@ if TYPE_CHECKING:
 MemoryBudget = Union[int, str, None]
 T = TypeVar("T")
 
-#: Tokens per pass past which stacking more rows buys less than about 10% throughput per row, per device type.
-#: Methods stack the fewest rows that reach it (below the budget). CPU: measured (``benchmarks/memory.py --sweep``);
-#: CUDA: an estimate until measured the same way on a GPU.
-SATURATION_TOKENS = {"cpu": 256, "cuda": 1024, "mps": 1024}
+#: Tokens per pass past which stacking more rows stops paying, per device type: passes stack the fewest rows
+#: that reach it, never more than the budget holds. CPU (one thread, measured with
+#: ``benchmarks/memory.py --sweep``): per-row time still fell 14-40% per doubling below 512 tokens a pass and
+#: by at most ~6% above it (594-token rows: no gain from 2, 4 or 8 rows). CUDA: not measured; 512 keeps
+#: one row a pass from ~600 tokens, as issue 13's 2x-of-bare-peak goal needs.
+SATURATION_TOKENS = {"cpu": 512, "cuda": 512, "mps": 512}
 GPU_SHARE = 0.8  # of the free device memory
 CPU_SHARE = 0.25  # of the available RAM
 UNLIMITED = sys.maxsize
@@ -182,8 +187,8 @@ def saturation_items(tokens: int, device: torch.device | str) -> int:
     throughput to pay for their memory (see :data:`SATURATION_TOKENS`).
 
     Example:
-        >>> saturation_items(16, "cpu"), saturation_items(600, "cpu"), saturation_items(3000, "cpu")
-        (16, 1, 1)
+        >>> saturation_items(16, "cpu"), saturation_items(300, "cpu"), saturation_items(600, "cpu")
+        (32, 2, 1)
     """
     kind = torch.device(device).type
     saturation = SATURATION_TOKENS.get(kind, SATURATION_TOKENS["cpu"])
@@ -203,8 +208,8 @@ def plan_passes(model: "Model", total: int, seq: int, memory_budget: MemoryBudge
     Example:
         >>> import mmlens
         >>> model = mmlens.load("tiny-llama")
-        >>> plan_passes(model, 64, 16, "unlimited").size  # 16 tokens an item: 16 items reach 256 tokens
-        16
+        >>> plan_passes(model, 64, 16, "unlimited").size  # 16 tokens an item: 32 items reach 512 tokens
+        32
         >>> plan_passes(model, 64, 16, row_bytes(model, 16) * 3).size  # the budget caps it
         3
     """

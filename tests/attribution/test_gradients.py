@@ -6,6 +6,7 @@ from scipy.stats import spearmanr
 
 import mmlens
 from mmlens.attribution.gradients import gradient_x_input, integrated_gradients, path_points
+from mmlens import budget
 from mmlens.budget import row_bytes
 from mmlens.errors import MmlensError
 from mmlens.models.decoder import record_decoder_call
@@ -28,18 +29,23 @@ def test_integrated_gradients_completeness_under_one_percent(tiny_llava, targets
     assert result.extras["completeness_error"].max() < 0.01
 
 
-def test_integrated_gradients_do_not_depend_on_the_memory_budget(tiny_llava, targets):
+def test_integrated_gradients_do_not_depend_on_the_memory_budget(tiny_llava, targets, monkeypatch):
     rows, seq = targets.batch.input_ids.shape
     two_points = 2 * rows * row_bytes(tiny_llava, seq, grad=True)  # 2 path points per pass
+    monkeypatch.setitem(budget.SATURATION_TOKENS, "cpu", 10**9)  # unlimited: all 8 points in one pass
+    sizes = []
+    real_run = budget.Passes.run
+    monkeypatch.setattr(budget.Passes, "run", lambda self, step: sizes.append(self.size) or real_run(self, step))
     small = integrated_gradients(tiny_llava, targets, steps=8, memory_budget=two_points)
     large = integrated_gradients(tiny_llava, targets, steps=8, memory_budget="unlimited")
+    assert 2 in sizes and 8 in sizes  # the two runs really differ in points per pass
     torch.testing.assert_close(small.scores, large.scores, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(small.extras["completeness_error"], large.extras["completeness_error"],
                                rtol=1e-2, atol=1e-4)
 
 
 def test_integrated_gradients_reject_a_budget_below_one_row_before_any_work(tiny_llava, targets, monkeypatch):
-    monkeypatch.setattr("mmlens.attribution.gradients._points", lambda *a, **k: pytest.fail("work was done"))
+    monkeypatch.setattr("mmlens.attribution.gradients.record_decoder_call", lambda *a, **k: pytest.fail("work was done"))
     with pytest.raises(MmlensError, match="too small for one row of integrated gradients: it needs at least"):
         integrated_gradients(tiny_llava, targets, steps=8, memory_budget="1KB")
 

@@ -34,6 +34,7 @@ from mmlens.models.decoder import DecoderCall, record_decoder_call
 from mmlens.readout import Targets
 
 BASELINES = ("mean", "zeros", "pad")
+ADAPTIVE_SCAN = 16  # intervals of the adaptive rule's forward-only scan
 
 
 def gradient_x_input(model: Model, targets: Targets) -> Attribution:
@@ -44,8 +45,11 @@ def gradient_x_input(model: Model, targets: Targets) -> Attribution:
     stops at the decoder, so no extra decoder forward runs.
 
     Example:
-        >>> result = gradient_x_input(model, targets)
-        >>> result.scores.shape[:2]  # (batch, targets)
+        >>> import mmlens
+        >>> from mmlens.readout import build_targets
+        >>> model = mmlens.load("tiny-llama")
+        >>> targets = build_targets(model, model.prepare("a red circle"), answer="red")
+        >>> gradient_x_input(model, targets).scores.shape[:2]  # (batch, targets)
         torch.Size([1, 1])
     """
     # Recorded up to the language model's call: the vision tower runs, the decoder runs only below.
@@ -81,6 +85,13 @@ def integrated_gradients(
     ``memory_budget`` (bytes or ``"2GB"``; see :mod:`mmlens.budget`) sizes how
     many path points go through the decoder per pass; results do not depend on it.
     """
+    if rule != "adaptive":
+        path_points(steps, rule)  # an unknown rule or no steps fail before any work
+    elif steps < ADAPTIVE_SCAN:
+        raise MmlensError(f"adaptive integration needs at least {ADAPTIVE_SCAN} steps")
+    passes = plan_passes(model, steps, targets.batch.input_ids.shape[1], memory_budget,
+                         rows=targets.batch.input_ids.shape[0], grad=True,
+                         what="integrated gradients")  # before any work: too small a budget fails here
     # Recorded up to the language model's call: the vision tower runs, the decoder runs only below.
     call = record_decoder_call(model, targets.batch, run_decoder=False)
     x = call.embeds
@@ -88,17 +99,20 @@ def integrated_gradients(
     rows = x.shape[0]
     scores = empty_scores(targets)
     errors = torch.zeros(targets.tokens.shape)
-    passes = plan_passes(model, steps + 2, x.shape[1], memory_budget, rows=rows, grad=True,
-                         what="integrated gradients")  # before any work: too small a budget fails here
+    # f(x) and f(x0) for the completeness check: forward only, every target at once.
+    ends = path_scores(call, targets, x, x0, torch.tensor([[1.0], [0.0]]).expand(2, rows), memory_budget)
+    scan = None
+    if rule == "adaptive":  # a forward-only scan of the score along the path, every target at once
+        grid = torch.linspace(0, 1, ADAPTIVE_SCAN + 1, dtype=torch.float64)[:, None].expand(-1, rows)
+        scan = path_scores(call, targets, x, x0, grid, memory_budget)
     for j in range(targets.count):
         position = targets.positions[j : j + 1]
-        alphas, weights = _points(call, targets, j, x, x0, steps, rule)  # (steps, rows) each
-        # The path's two ends ride along in the last chunk (weight 0): f(x) - f(x0) for the
-        # completeness check costs no extra pass.
-        alphas = torch.cat([alphas, torch.ones(1, rows, dtype=alphas.dtype), torch.zeros(1, rows, dtype=alphas.dtype)])
-        weights = torch.cat([weights, torch.zeros(2, rows, dtype=weights.dtype)])
+        if scan is not None:
+            alphas, weights = adaptive_points(scan[:, :, j].double().cpu(), steps)
+        else:
+            alphas, weights = path_points(steps, rule)
+            alphas, weights = alphas[:, None].expand(-1, rows), weights[:, None].expand(-1, rows)
         grads = torch.zeros_like(x, dtype=torch.float32)  # the path runs in the model's dtype, sums in fp32
-        values = []
 
         def run_pass(start: int, stop: int) -> None:
             chunk_alphas = alphas[start:stop].to(x)[..., None, None]
@@ -108,30 +122,46 @@ def integrated_gradients(
                 score = targets.scores(call.logits(path, positions=position)[:, 0], j)
                 (grad,) = torch.autograd.grad(score.sum(), path)
             grads.add_((chunk_weights * grad.float().view(len(chunk_alphas), *x.shape)).sum(0))
-            values.append(score.detach())
 
         passes.run(run_pass)
         attributions = ((x - x0).float() * grads).sum(-1)
-        ends = torch.cat(values)[-2 * rows :]
-        delta = ends[:rows] - ends[rows:]
+        delta = (ends[0, :, j] - ends[1, :, j]).to(attributions.device, torch.float32)
         errors[:, j] = ((attributions.sum(-1) - delta).abs() / delta.abs().clamp_min(1e-12)).cpu()
         scores[:, j] = attributions.float().cpu()
     errors = torch.where(targets.real.cpu(), errors, torch.zeros(()))
     return Attribution(causal_cut(scores, targets), {"completeness_error": errors, "steps": steps, "rule": rule})
 
 
-def _points(call: DecoderCall, targets: Targets, j: int, x: torch.Tensor, x0: torch.Tensor, steps: int,
-            rule: str, scan: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
-    """Path points and weights per row, ``(steps, rows)``; ``adaptive`` first scans the score along the path."""
-    rows = x.shape[0]
-    if rule != "adaptive":
-        alphas, weights = path_points(steps, rule)
-        return alphas[:, None].expand(-1, rows), weights[:, None].expand(-1, rows)
-    grid = torch.linspace(0, 1, scan + 1, dtype=torch.float64)
-    with torch.no_grad():
-        path = (x0[None] + grid.to(x)[:, None, None, None] * (x - x0)[None]).flatten(0, 1)
-        values = targets.scores(call.logits(path, positions=targets.positions[j : j + 1])[:, 0], j)
-    return adaptive_points(values.view(scan + 1, rows).double().cpu(), steps)
+def path_scores(call: DecoderCall, targets: Targets, x: torch.Tensor, x0: torch.Tensor, alphas: torch.Tensor,
+                memory_budget: MemoryBudget = None) -> torch.Tensor:
+    """Every target's score at path points ``x0 + a (x - x0)``, forward only: ``(points, rows, targets)``.
+
+    ``alphas`` is ``(points, rows)``; the points go through the decoder in
+    passes under ``memory_budget``.
+
+    Example:
+        >>> import mmlens
+        >>> from mmlens.readout import build_targets
+        >>> model = mmlens.load("tiny-llama")
+        >>> targets = build_targets(model, model.prepare("a red circle"), answer="red")
+        >>> call = record_decoder_call(model, targets.batch, run_decoder=False)
+        >>> x = call.embeds
+        >>> path_scores(call, targets, x, torch.zeros_like(x), torch.tensor([[1.0], [0.0]])).shape
+        torch.Size([2, 1, 1])
+    """
+    rows, count = x.shape[0], targets.count
+    passes = plan_passes(call.model, alphas.shape[0], x.shape[1], memory_budget, rows=rows, positions=count,
+                         what="integrated gradients")
+
+    def run_pass(start: int, stop: int) -> torch.Tensor:
+        chunk = alphas[start:stop].to(x)[..., None, None]
+        path = (x0[None] + chunk * (x - x0)[None]).flatten(0, 1)
+        with torch.no_grad():
+            logits = call.logits(path, positions=targets.positions)
+        values = torch.stack([targets.scores(logits[:, j], j) for j in range(count)], -1)
+        return values.float().view(stop - start, rows, count)
+
+    return torch.cat(passes.run(run_pass))
 
 
 def adaptive_points(values: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
