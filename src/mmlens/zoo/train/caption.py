@@ -1,6 +1,8 @@
 """Recipe ``shapes-llava-caption``: shapes-llava fine-tuned to describe a scene in a short sentence.
 
-``python -m mmlens.zoo.train --recipe shapes-llava-caption [--steps N] [...]`` (``--help`` lists the flags).
+``python -m mmlens.zoo.train --recipe shapes-llava-caption [--steps N] [...]`` (``--help`` lists the flags);
+``python -m mmlens.zoo.train.caption [--n 200] [--split test] [--model DIR] [--json]`` scores the greedy
+captions of held-out scenes (:func:`caption_scores`).
 
 Starts from the shipped ``shapes-llava``; the tokenizer gains the caption
 words (:data:`mmlens.data.captions.NEW_WORDS`, appended after the existing
@@ -24,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from collections.abc import Sequence
@@ -190,3 +193,30 @@ def main(argv: Sequence[str]) -> int:
     (a.out / "train_log.json").write_text(json.dumps(log, indent=1))
     _log(f"saved to {a.out} in {(time.time() - t0) / 60:.1f} min")
     return 0
+
+
+def evaluate_main(argv: Sequence[str] | None = None) -> int:
+    """``python -m mmlens.zoo.train.caption``: held-out caption scores of the shipped (or a saved) model."""
+    p = argparse.ArgumentParser(prog="python -m mmlens.zoo.train.caption", description=evaluate_main.__doc__)
+    p.add_argument("--model", type=Path, default=WEIGHTS_DIR / NAME, help="a saved caption model directory")
+    p.add_argument("--n", type=int, default=200)
+    p.add_argument("--split", default="test")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    model, processor = load_from(a.model)
+    scores = caption_scores(model, processor, n=a.n, split=a.split)
+    print(f"{a.split} captions of {a.model.name} (n={a.n}): every object named {scores['all_named']:.1%}, "
+          f"exact {scores['exact']:.1%}, with a hallucinated object {scores['hallucinated']:.1%}")
+    print("every object named, by object count: "
+          + ", ".join(f"{k}: {v:.1%}" for k, v in scores["by_objects"].items()))
+    for ex in scores["examples"]:
+        print(f"  {ex['id']}: {ex['generated']!r} (truth {ex['truth']!r})")
+    if a.json:
+        print(json.dumps({k: v for k, v in scores.items() if k != "examples"}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(evaluate_main())
