@@ -259,7 +259,7 @@ def evaluate(model, processor, n: int = 100, split: str = "test",
     return out
 
 
-def train(cfg: DomainsConfig, out: Path, work: Path, threads: int = 1) -> dict:
+def train(cfg: DomainsConfig, out: Path, work: Path, threads: int = 1, eval_n: int = 100) -> dict:
     """Run both stages; save the model, processor and ``train_log.json`` to ``out``."""
     torch.set_num_threads(threads)  # one thread: on the busy 2-core box two threads ran 10x slower
     work.mkdir(parents=True, exist_ok=True)
@@ -275,7 +275,7 @@ def train(cfg: DomainsConfig, out: Path, work: Path, threads: int = 1) -> dict:
     model.generation_config.max_new_tokens = 1  # one-word answers, no end token
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    val = evaluate(model, processor, n=100, split="val")
+    val = evaluate(model, processor, n=eval_n, split="val")
     _log("validation accuracy " + _fmt({d: a["all"] for d, a in val.items()}))
     log = {"config": asdict(cfg), "stage1_seconds": round(t1 - t0, 1), "stage2_seconds": round(t2 - t1, 1),
            "val_accuracy": val, "torch_threads": torch.get_num_threads()}
@@ -307,6 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--model", default="domains-llava", help="zoo name or saved directory (with --evaluate)")
     p.add_argument("--n", type=int, default=200, help="held-out samples per question type (with --evaluate)")
     p.add_argument("--json", action="store_true", help="end with one JSON line (with --evaluate)")
+    p.add_argument("--eval-n", type=int, default=100, help="validation samples per question type in the log")
     a = p.parse_args(argv)
     if a.evaluate:
         torch.set_num_threads(a.threads)
@@ -320,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = DomainsConfig(seed=a.seed, stage1_steps=a.stage1_steps, stage1_batch=a.stage1_batch,
                         stage2_steps=a.stage2_steps, batch=a.batch, pack=a.pack, layers=a.layers,
                         hidden=a.hidden, mlp=a.mlp)
-    train(cfg, a.out or DOMAINS_DIR, a.work, a.threads)
+    train(cfg, a.out or DOMAINS_DIR, a.work, a.threads, a.eval_n)
     return 0
 
 

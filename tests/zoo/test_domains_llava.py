@@ -1,0 +1,105 @@
+"""domains-llava and shapes-llava-ft-domain: tokenizers, builders, the recipes, the shipped weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mmlens.data import domains as world
+from mmlens.errors import MmlensError
+from mmlens.zoo import build, names
+from mmlens.zoo.domains_llava import DOMAINS_DIR, FT_DOMAIN_DIR, _load, build_model, build_processor
+from mmlens.zoo.evaluate import encode
+from mmlens.zoo.shapes_llava import load, load_from
+from mmlens.zoo.train import domains as recipe
+from mmlens.zoo.train.ft_domain import domain_example, grow, grown_tokenizer
+
+
+def test_names_are_registered() -> None:
+    assert {"domains-llava", "shapes-llava-ft-domain"} <= set(names())
+
+
+def test_processor_covers_the_union_vocabulary_and_matches_encode() -> None:
+    p = build_processor(world.vocabulary())
+    tok = p.tokenizer
+    assert tok.convert_ids_to_tokens(tok("how many cells are on the slide ?")["input_ids"])[1:4] == \
+        ["how", "many", "cells"]
+    assert tok.unk_token_id not in tok(" ".join(world.vocabulary()))["input_ids"]
+    samples = [world.make_sample(d, "test", 0) for d in world.NAMES]
+    mine = encode(p, [np.asarray(s.image) for s in samples], [s.prompt for s in samples])
+    ref = p(images=[s.image for s in samples], text=[s.prompt for s in samples], padding=True, return_tensors="pt")
+    assert torch.equal(mine["input_ids"], ref["input_ids"])
+    assert torch.allclose(mine["pixel_values"], ref["pixel_values"], atol=1e-5)
+
+
+def test_build_model_sizes() -> None:
+    m = build_model(build_processor(world.vocabulary()), layers=2, hidden=64, mlp=96)
+    assert m.config.text_config.num_hidden_layers == 2
+    assert m.model.language_model.layers[0].mlp.up_proj.weight.shape == (96, 64)
+    assert m.lm_head.weight.shape[0] == len(world.vocabulary()) + 5
+
+
+def test_stage1_head_masks_classes_a_slot_does_not_have() -> None:
+    head = recipe.DomainHead(64)
+    _, pooled = head(torch.randn(2, 64, 64))
+    sizes = list(world.POOLED.values())
+    k = sizes.index(2)
+    assert (pooled[:, k, 2:] < -1e3).all() and (pooled[:, k, :2] > -1e3).all()
+
+
+def test_tiny_recipe_trains_saves_and_reuses_its_stage1_tower(tmp_path: Path, capsys) -> None:
+    args = ["--stage1-steps", "2", "--stage1-batch", "5", "--stage2-steps", "2", "--batch", "3",
+            "--layers", "1", "--eval-n", "2", "--out", str(tmp_path / "m"), "--work", str(tmp_path / "w")]
+    assert recipe.main(args) == 0
+    log = json.loads((tmp_path / "m" / "train_log.json").read_text())
+    assert set(log["val_accuracy"]) == set(world.NAMES)
+    assert set(log["val_accuracy"]["maps"]) == {"orient", "field", "cross", "all"}
+    model, processor = load_from(tmp_path / "m")
+    assert model.config.text_config.num_hidden_layers == 1
+    acc = recipe.evaluate(model, processor, n=2, domains=("cells",))
+    assert 0.0 <= acc["cells"]["all"] <= 1.0
+    assert recipe.main(args) == 0  # a second run finds the cached tower
+    assert "reusing" in capsys.readouterr().out
+
+
+def test_missing_weights_say_which_file(tmp_path: Path) -> None:
+    with pytest.raises(MmlensError, match="model.safetensors"):
+        _load(tmp_path / "nothing", "domains-llava")
+
+
+def test_grown_tokenizer_keeps_old_ids_and_grow_resizes_both_ends() -> None:
+    model, processor = load()
+    old = processor.tokenizer.get_vocab()
+    tok = grown_tokenizer("cells")
+    assert all(tok.convert_tokens_to_ids(w) == i for w, i in old.items())
+    assert {"0", "5", "slide", "stained"} <= set(tok.get_vocab()) - set(old)
+    before = model.lm_head.weight[:len(old)].clone()
+    new_processor = grow(model, processor, "cells")
+    n = len(new_processor.tokenizer)
+    assert model.get_input_embeddings().weight.shape[0] == n == model.lm_head.weight.shape[0]
+    assert torch.equal(model.lm_head.weight[:len(old)], before)
+    ex = domain_example("cells", 96_000_000, 2)
+    assert len(ex.pairs) == 2 and not ex.pairs[1][0].startswith("<image>")
+
+
+@pytest.mark.skipif(not (DOMAINS_DIR / "model.safetensors").is_file(), reason="domains-llava not trained yet")
+def test_shipped_domains_llava_reads_every_domain() -> None:
+    model, processor = build("domains-llava")
+    acc = recipe.evaluate(model, processor, n=40)
+    assert all(a["all"] >= 0.9 for a in acc.values()), acc
+    size = (DOMAINS_DIR / "model.safetensors").stat().st_size
+    assert size < 10_000_000
+
+
+@pytest.mark.skipif(not (FT_DOMAIN_DIR / "model.safetensors").is_file(), reason="ft-domain not trained yet")
+def test_shipped_ft_domain_keeps_shapes_and_reads_cells() -> None:
+    from mmlens.zoo.evaluate import accuracy
+    model, processor = build("shapes-llava-ft-domain")
+    acc = accuracy(model, processor, n=40)
+    assert min(acc.values()) >= 0.9, acc
+    log = json.loads((FT_DOMAIN_DIR / "train_log.json").read_text())
+    assert log["domain"] == "cells" and log["base"] == "shapes-llava"
