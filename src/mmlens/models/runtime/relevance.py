@@ -114,7 +114,7 @@ def core_backward(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, m
     """
     from mmlens.models.runtime.attention import masked_scores
 
-    batch, heads, q_len, _ = query.shape
+    batch, heads = query.shape[:2]
     groups = heads // key.shape[1]
     keys = _repeat(key, groups).float()
     values = _repeat(value, groups).float()
@@ -140,7 +140,8 @@ def core_backward(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, m
         d_keys += torch.matmul(d_scores.transpose(2, 3), q_part) * scale
     if row is not None:
         row.value, row.layers = (carried + delta).to(row.value.device), row.layers + 1
-    return d_query.to(query.dtype), _sum_groups(d_keys, groups).to(key.dtype), _sum_groups(d_values, groups).to(value.dtype)
+    d_keys, d_values = _sum_groups(d_keys, groups).to(key.dtype), _sum_groups(d_values, groups).to(value.dtype)
+    return d_query.to(query.dtype), d_keys, d_values
 
 
 def _repeat(states: torch.Tensor, groups: int) -> torch.Tensor:
