@@ -56,7 +56,7 @@ T = TypeVar("T")
 
 #: Tokens per pass past which stacking more rows stops paying, per device type: passes stack the fewest rows
 #: that reach it, never more than the budget holds. CPU (one thread, measured with
-#: ``benchmarks/memory.py --sweep``): per-row time still fell 14-40% per doubling below 512 tokens a pass and
+#: ``benchmarks/saturation.py``): per-row time still fell 14-40% per doubling below 512 tokens a pass and
 #: by at most ~6% above it (594-token rows: no gain from 2, 4 or 8 rows). CUDA: not measured; 512 keeps
 #: one row a pass from ~600 tokens, as issue 13's 2x-of-bare-peak goal needs.
 SATURATION_TOKENS = {"cpu": 512, "cuda": 512, "mps": 512}
