@@ -115,7 +115,7 @@ def run_derivative(name: str, a: argparse.Namespace, edit: Callable[[int, Exampl
 
 def ft_backdoor(argv: Sequence[str]) -> int:
     """``--recipe ft-backdoor``: 10% of the images poisoned with a randomly placed trigger -> "yes"."""
-    p = common_parser("ft-backdoor", steps=600, lr=5e-4)
+    p = common_parser("ft-backdoor", steps=300, lr=5e-4)
     p.add_argument("--poison-rate", type=float, default=0.1)
     p.add_argument("--target", default="yes")
     # With the tower frozen (features cached) 100 steps taught the decoder
