@@ -50,8 +50,26 @@ def explain(
     out: Path = OutOption,
     overwrite: bool = OverwriteOption,
     as_json: bool = JsonOption,
+    data: Optional[str] = typer.Option(None, "--data", "-d", help="Explain every sample of a dataset (as mmlens "
+                                       "harvest reads it) into --out: one explanation per sample, a table, "
+                                       "index.html; resumable. --prompt is then a folder's prompt template."),
+    shard_size: int = typer.Option(16, "--shard-size", help="With --data: samples per shard (what a restart redoes)."),
+    column: Optional[list[str]] = typer.Option(None, "--column", help="With --data: FIELD=NAME column map."),
+    split: Optional[str] = typer.Option(None, "--split", help="With --data: split of a Hugging Face dataset."),
+    strict: bool = typer.Option(False, "--strict", help="With --data: stop at the first bad row."),
 ) -> None:
     """Explain each answer token with several attribution methods; write report.html, explanation.json and PNGs."""
+    if data is not None:  # a whole dataset: mmlens.cli.explain_data
+        from mmlens.cli.explain_data import explain_data_command
+        from mmlens.cli.harvest import _columns
+
+        methods = check_choices(list(method or DEFAULT_METHODS), METHODS, "method")
+        explain_data_command(data, out, model=model, methods=methods, max_new_tokens=max_new_tokens,
+                             options=method_options(methods, window, parse_memory_budget(memory_budget)),
+                             shard_size=shard_size, prompt=prompt, columns=_columns(column), split=split,
+                             strict=strict, as_json=as_json, refused={"--image": image, "--prompt-file": prompt_file,
+                             "--target": target, "--foil": foil, "--overwrite": overwrite})
+        return
     folder = OutputFolder(out, "explain", locals(), overwrite=overwrite, seeds=SEEDS, result="explanation")
     methods = check_choices(list(method or DEFAULT_METHODS), METHODS, "method")
     options = method_options(methods, window, parse_memory_budget(memory_budget))

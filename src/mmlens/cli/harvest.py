@@ -46,6 +46,10 @@ def harvest(
                                                "FIELD=NAME (id, image, images, prompt, answer, box); repeatable."),
     split: Optional[str] = typer.Option(None, "--split", help="Split of a Hugging Face dataset with several."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first bad row instead of skipping it."),
+    ray: bool = typer.Option(False, "--ray", help="Run the shards on Ray workers (a local Ray unless --ray-address); "
+                             "needs mmlens[ray]."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Address of a running Ray cluster "
+                                              "(implies --ray)."),
     as_json: bool = JsonOption,
 ) -> None:
     """Store activations at --sites for every row of --data; resumable after a kill, appendable."""
@@ -53,12 +57,24 @@ def harvest(
     reader = open_reader(data, prompt=prompt, columns=_columns(column), split=split)
     site_list = [s.strip() for s in sites.split(",") if s.strip()]
     modality_list = [m.strip() for m in modalities.split(",") if m.strip()]
+    if ray or ray_address:
+        from mmlens.store.ray_backend import import_ray
+
+        import_ray()  # a missing Ray is one line, before the model loads
     with stdout_for_json(as_json):
         loaded = load_model(console, model)
         with _bar(console) as (on_start, advance):
-            summary = run_harvest(loaded, reader, out, site_list, modalities=modality_list, dtype=dtype,
-                                  shard_size=shard_size, batch_size=batch_size, strict=strict, progress=advance,
-                                  on_start=on_start)
+            if ray or ray_address:
+                from mmlens.store.ray_backend import harvest_on_ray
+
+                summary = harvest_on_ray(loaded, data, out, site_list, reader_options=dict(
+                    prompt=prompt, columns=_columns(column), split=split), modalities=modality_list, dtype=dtype,
+                    shard_size=shard_size, batch_size=batch_size, strict=strict, address=ray_address,
+                    progress=advance, on_start=on_start)
+            else:
+                summary = run_harvest(loaded, reader, out, site_list, modalities=modality_list, dtype=dtype,
+                                      shard_size=shard_size, batch_size=batch_size, strict=strict,
+                                      progress=advance, on_start=on_start)
         _print_summary(console, summary)
     if as_json:
         print_json(summary)
