@@ -53,7 +53,7 @@ def test_stage1_head_masks_classes_a_slot_does_not_have() -> None:
 
 def test_tiny_recipe_trains_saves_and_reuses_its_stage1_tower(tmp_path: Path, capsys) -> None:
     args = ["--stage1-steps", "2", "--stage1-batch", "5", "--stage2-steps", "2", "--batch", "3",
-            "--layers", "1", "--eval-n", "2", "--out", str(tmp_path / "m"), "--work", str(tmp_path / "w")]
+            "--layers", "1", "--eval-n", "2", "--pool", "7", "--out", str(tmp_path / "m"), "--work", str(tmp_path / "w")]
     assert recipe.main(args) == 0
     log = json.loads((tmp_path / "m" / "train_log.json").read_text())
     assert set(log["val_accuracy"]) == set(world.NAMES)
@@ -64,6 +64,18 @@ def test_tiny_recipe_trains_saves_and_reuses_its_stage1_tower(tmp_path: Path, ca
     assert 0.0 <= acc["cells"]["all"] <= 1.0
     assert recipe.main(args) == 0  # a second run finds the cached tower
     assert "reusing" in capsys.readouterr().out
+
+
+def test_feature_pool_repacks_each_epoch() -> None:
+    cfg = recipe.DomainsConfig(pool=5, batch=4, pack=3)
+    model = build_model(build_processor(world.vocabulary()), layers=1)
+    pool = recipe.FeaturePool(model, build_processor(world.vocabulary()), cfg)
+    assert tuple(pool.features.shape) == (5, 64, 64) and pool.features.dtype == torch.float16
+    seen = pool.positions(0) + pool.positions(1)[:1]
+    assert sorted(seen) == [0, 1, 2, 3, 4]  # one epoch is a permutation of the pool
+    text, where, answers = pool.text(0, 0)
+    assert text.startswith("<image>") and [text.split()[w] for w in where] == answers
+    assert text.count("<image>") == 1 and len(set(text.split(" ? "))) == len(text.split(" ? "))
 
 
 def test_missing_weights_say_which_file(tmp_path: Path) -> None:

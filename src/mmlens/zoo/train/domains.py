@@ -14,9 +14,10 @@ Index ``i`` of the training data is a sample of domain ``MIX[i % 5]``
    object patch's row and column) and, from the mean of the patch tokens,
    each domain's whole-image slots (:data:`mmlens.data.domains.POOLED`:
    counts, the framed letter, orientations, the field's side ...);
-2. the tower is frozen; projector and decoder, re-initialised with std
+2. the tower is frozen and its features of ``--pool`` images are cached
+   (:class:`FeaturePool`); projector and decoder, re-initialised with std
    ``1/sqrt(fan_in)``, learn to answer packed questions (up to ``--pack``
-   per image, the first in the inference format).
+   per image, the first in the inference format, new ones each epoch).
 
 Scheduled by steps, seeded, checkpoints every 100 steps under ``--work``;
 a killed run resumes where it stopped.
@@ -46,6 +47,7 @@ from mmlens.zoo.domains_llava import DOMAINS_DIR, build_model, build_processor
 from mmlens.zoo.evaluate import answer_probs, encode
 from mmlens.zoo.shapes_llava import GRID
 from mmlens.zoo.train.common import _fmt, _log, _optimise, _run_stage, _save_state, init_for_training, lr_factor
+from mmlens.zoo.train.finetune import forward_on_features, tower_features
 
 STAGE2_OFFSET = 5_000_000  # stage-2 world indices start here (stage 1 below)
 SEED_STRIDE = 10_000_000
@@ -68,6 +70,7 @@ class DomainsConfig:
     stage2_lr: float = 1e-3
     warmup: int = 50
     pack: int = 4
+    pool: int = 12000  # distinct stage-2 images (features cached), reused with new questions each epoch
     layers: int = 4
     hidden: int = 128
     mlp: int = 256
@@ -176,23 +179,59 @@ def train_stage1(model, processor, cfg: DomainsConfig, work: Path) -> None:
     ckpt.unlink(missing_ok=True)
 
 
-def packed_text(index: int, pack: int) -> tuple[np.ndarray, str, list[int], list[str]]:
-    """World sample ``index`` with up to ``pack`` questions: image, text, answer word indices, answers.
+class FeaturePool:
+    """The stage-2 images: their frozen-tower features (float16, computed once) and their scenes.
 
-    Example:
-        >>> image, text, where, answers = packed_text(1, 2)
-        >>> text.split()[where[0]] == answers[0]
-        True
+    Step ``k`` trains on positions ``k * batch .. (k + 1) * batch`` of a stream of
+    seeded permutations of the pool (one per epoch); each epoch asks each image
+    new questions, so the decoder runs on cached features and the tower and
+    the renderer run once per image.
     """
-    s = train_sample(index)
-    pairs = [(s.prompt, s.answer)] + world.more_questions(s, pack - 1, np.random.default_rng([index, 7]))
-    words: list[str] = []
-    where: list[int] = []
-    for prompt, answer in pairs:
-        words += prompt.replace("<image>", "").split() if words else prompt.split()
-        where.append(len(words))
-        words.append(answer)
-    return np.asarray(s.image), " ".join(words), where, [a for _, a in pairs]
+
+    def __init__(self, model, processor, cfg: DomainsConfig, chunk: int = 256) -> None:
+        base = cfg.seed * SEED_STRIDE + STAGE2_OFFSET
+        self.cfg, self.items, feats = cfg, [], []
+        with torch.no_grad():
+            for c in range(0, cfg.pool, chunk):
+                samples = [train_sample(base + i) for i in range(c, min(cfg.pool, c + chunk))]
+                pixels = encode(processor, [np.asarray(s.image) for s in samples], [""] * len(samples))
+                feats.append(tower_features(model, pixels["pixel_values"]).half())
+                self.items += [(base + c + j, s.domain, s.meta["scene"]) for j, s in enumerate(samples)]
+        self.features = torch.cat(feats)
+        self._perms: dict[int, np.ndarray] = {}
+
+    def positions(self, step: int) -> list[int]:
+        """Pool indices of step ``step``."""
+        out = []
+        for pos in range(step * self.cfg.batch, (step + 1) * self.cfg.batch):
+            epoch, i = divmod(pos, len(self.items))
+            if epoch not in self._perms:
+                self._perms = {epoch: np.random.default_rng([self.cfg.seed, 99, epoch]).permutation(len(self.items))}
+            out.append(int(self._perms[epoch][i]))
+        return out
+
+    def text(self, k: int, epoch: int) -> tuple[str, list[int], list[str]]:
+        """Packed questions about pool image ``k`` in ``epoch``: text, answer word indices, answers."""
+        index, domain, scene = self.items[k]
+        module = world.domain_module(domain)
+        rng = np.random.default_rng([index, epoch, 7])
+        words: list[str] = []
+        where: list[int] = []
+        answers: list[str] = []
+        seen: set[str] = set()
+        types = module.QUESTION_TYPES
+        for t in np.concatenate([rng.permutation(len(types)), rng.permutation(len(types))]):
+            asked = module.ask(scene, types[int(t)], rng)
+            if asked is None or asked[0] in seen:
+                continue
+            seen.add(asked[0])
+            words += asked[0].split() if not words else asked[0].replace("<image>", "").split()
+            where.append(len(words))
+            words.append(asked[1])
+            answers.append(asked[1])
+            if len(answers) >= self.cfg.pack:
+                break
+        return " ".join(words), where, answers
 
 
 def train_stage2(model, processor, cfg: DomainsConfig, work: Path) -> None:
@@ -208,19 +247,27 @@ def train_stage2(model, processor, cfg: DomainsConfig, work: Path) -> None:
         model.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
         start = state["step"]
         _log(f"stage 2: resuming at step {start}")
+    if start >= cfg.stage2_steps:
+        return
+    t0 = time.time()
+    pool = FeaturePool(model, processor, cfg)
+    _log(f"stage 2: cached tower features of {cfg.pool} images in {time.time() - t0:.0f} s")
     tok = processor.tokenizer
+    n_image = GRID * GRID
     model.model.multi_modal_projector.train(), model.model.language_model.train()
 
     def step_fn(step: int) -> tuple[float, float]:
-        base = cfg.seed * SEED_STRIDE + STAGE2_OFFSET + step * cfg.batch
-        images, texts, places, answers = zip(*(packed_text(base + j, cfg.pack) for j in range(cfg.batch)))
-        batch = encode(processor, images, texts)
+        idx = pool.positions(step)
+        epochs = [(step * cfg.batch + j) // len(pool.items) for j in range(cfg.batch)]
+        texts, places, answers = zip(*(pool.text(k, e) for k, e in zip(idx, epochs)))
+        batch = tok([t.replace("<image>", "<image>" * n_image) for t in texts], padding=True, return_tensors="pt")
         pad = batch["input_ids"].shape[1] - batch["attention_mask"].sum(1)
         # word w >= 1 of a text is token 64 + w (<s>, then 64 image tokens); predicted one token earlier
         rows = torch.tensor([i for i, ws in enumerate(places) for _ in ws])
         cols = torch.tensor([63 + w for ws in places for w in ws]) + pad[rows]
         target = torch.tensor(tok.convert_tokens_to_ids([a for ans in answers for a in ans]))
-        logits = model(**batch).logits[rows, cols]
+        feats = pool.features[torch.tensor(idx)].float()
+        logits = forward_on_features(model, batch["input_ids"], batch["attention_mask"], feats)[rows, cols]
         loss = nn.functional.cross_entropy(logits, target)
         _optimise(opt, params, loss, cfg.stage2_lr * lr_factor(step, cfg.stage2_steps, cfg.warmup))
         return loss.item(), (logits.argmax(-1) == target).float().mean().item()
@@ -300,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="where to save (default: the package's weights)")
     p.add_argument("--work", type=Path, default=Path("out/zoo-train-domains"), help="checkpoints, for resuming")
-    for name in ("stage1_steps", "stage1_batch", "stage2_steps", "batch", "pack", "layers", "hidden", "mlp"):
+    for name in ("stage1_steps", "stage1_batch", "stage2_steps", "batch", "pack", "pool", "layers", "hidden", "mlp"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(DomainsConfig, name))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--evaluate", action="store_true", help="only evaluate --model per domain")
@@ -316,10 +363,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         model, processor = load_from(a.model) if Path(a.model).is_dir() else build(a.model)
         _print_eval(a.model, evaluate(model, processor, n=a.n), a.n, a.json)
         return 0
-    if a.pack < 1 or a.batch < 1 or a.stage1_batch < 1:
-        raise MmlensError("--pack, --batch and --stage1-batch must be at least 1")
+    if min(a.pack, a.batch, a.stage1_batch, a.pool) < 1:
+        raise MmlensError("--pack, --batch, --stage1-batch and --pool must be at least 1")
     cfg = DomainsConfig(seed=a.seed, stage1_steps=a.stage1_steps, stage1_batch=a.stage1_batch,
-                        stage2_steps=a.stage2_steps, batch=a.batch, pack=a.pack, layers=a.layers,
+                        stage2_steps=a.stage2_steps, batch=a.batch, pack=a.pack, pool=a.pool, layers=a.layers,
                         hidden=a.hidden, mlp=a.mlp)
     train(cfg, a.out or DOMAINS_DIR, a.work, a.threads, a.eval_n)
     return 0
