@@ -21,7 +21,7 @@ from mmlens.neurons import modality_scores
 
 accelerate = pytest.importorskip("accelerate")
 
-METHODS = ["attention", "rollout", "gradient_x_input", "integrated_gradients", "occlusion"]
+METHODS = ["attention", "rollout", "relevancy", "gradient_x_input", "integrated_gradients", "occlusion"]
 
 
 def _device_map(model: mmlens.Model, placed: dict[str, str]) -> dict[str, str]:
