@@ -16,9 +16,10 @@ Three kinds of run, the answer probability read at the last position:
 Recovery rate ``RR = (P_patched - P_corrupt) / (P_clean - P_corrupt)``.
 
 Batched: the clean activations are recorded once; the corrupted language-model
-call is recorded once (vision tower once) and replayed on ``chunk`` stacked
-copies of the batch, copy ``c`` restoring condition ``c`` through edits that
-touch only its rows.
+call is recorded once (vision tower once) and replayed on stacked copies of
+the batch (as many per pass as :func:`mmlens.budget.plan_passes` allows),
+copy ``c`` restoring condition ``c`` through edits that touch only its rows.
+Only the last position is unembedded, in every run.
 
 Example:
     >>> import mmlens
