@@ -70,3 +70,17 @@ def test_half_written_shard_is_an_error_to_read_and_is_redone(reference, tiny_ll
     assert snapshot(out) == snapshot(reference)
     assert not (out / "shards" / ".tmp-leftover").exists()
     assert Store.open(out).verify() == []
+
+
+def test_two_jobs_cannot_write_one_store_at_once(reference, tiny_llava, tmp_path):
+    from mmlens.store import StoreWriter
+
+    out = tmp_path / "s"
+    shutil.copytree(reference, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    spec = {key: manifest[key] for key in ("model", "sites", "dtype", "modalities", "shard_size", "batch_size")}
+    holder = StoreWriter.open(out, spec, manifest["sources"][0]["reader"])
+    with pytest.raises(MmlensError, match="another job is writing to"):
+        run_harvest(tiny_llava, out)
+    holder.close()
+    assert run_harvest(tiny_llava, out)["shards"]["skipped"] == 3

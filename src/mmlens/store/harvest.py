@@ -171,10 +171,13 @@ def harvest(model: "Model", reader: Reader, out: str | Path, sites: str | Sequen
             on_start(sum(p.stop - p.first for p in todo), sum(p.stop - p.first for p in plans) -
                      sum(p.stop - p.first for p in todo))
         tokens = 0
-        for plan in todo:
-            record = run_shard(model, job, reader, plan, out, strict=strict, progress=progress)
-            tokens += record["tokens"]
-            writer.commit(record, record.pop("site_dims"))
+        try:
+            for plan in todo:
+                record = run_shard(model, job, reader, plan, out, strict=strict, progress=progress)
+                tokens += record["tokens"]
+                writer.commit(record, record.pop("site_dims"))
+        finally:
+            writer.close()
     except OSError as error:
         if disk_full(error):
             done = len(writer.finished) if "writer" in locals() else 0

@@ -208,7 +208,8 @@ def _run(ray, todo: list[ShardPlan], worker_args: dict[str, Any], workers: int, 
     items = [{"plan": json.dumps(asdict(plan), sort_keys=True)} for plan in todo]
     dataset = ray.data.from_items(items, override_num_blocks=len(items))
     records = dataset.map_batches(ShardWorker, fn_constructor_kwargs=worker_args, batch_size=1,
-                                  batch_format="numpy", concurrency=workers, num_cpus=1, num_gpus=gpus)
+                                  batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
+                                  num_cpus=1, num_gpus=gpus)
     tokens = 0
     for row in records.iter_rows():
         record = json.loads(str(row["record"]))

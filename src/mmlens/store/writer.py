@@ -15,8 +15,11 @@ Example:
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -28,6 +31,7 @@ from mmlens.store.files import ERRORS, FORMAT, LAYOUT_VERSION, MANIFEST, SHARDS,
     write_json_atomic
 from mmlens.store.shard import damage
 
+LOCK = ".lock"
 #: What must be equal for a job to add to an existing store, and how to say it.
 SPEC_KEYS = ("model", "sites", "dtype", "modalities", "shard_size", "batch_size")
 
@@ -46,8 +50,18 @@ def source_key(options: dict[str, Any]) -> str:
 class StoreWriter:
     """A store opened by one job: :attr:`finished` shard ids, :meth:`commit` for new ones."""
 
-    def __init__(self, folder: Path, manifest: dict[str, Any], source: str) -> None:
+    def __init__(self, folder: Path, manifest: dict[str, Any], source: str, lock: int | None = None) -> None:
         self.folder, self.manifest, self.source = folder, manifest, source
+        self._lock = lock
+
+    def close(self) -> None:
+        """Let another job write to the store (the lock also goes when the process dies, kill -9 included)."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+    def __del__(self) -> None:
+        self.close()
 
     @classmethod
     def open(cls, folder: Path, spec: dict[str, Any], reader_options: dict[str, Any]) -> "StoreWriter":
@@ -57,7 +71,7 @@ class StoreWriter:
             raise MmlensError(f"{folder} is a file, not a store folder")
         manifest = read_manifest(folder) if folder.exists() else None
         if manifest is None:
-            if folder.exists() and any(folder.iterdir()):
+            if folder.exists() and any(p.name != LOCK for p in folder.iterdir()):
                 raise MmlensError(f"{folder} is not empty and holds no store manifest: use a new or empty --out")
             manifest = {"format": FORMAT, "layout_version": LAYOUT_VERSION, **spec, "site_dims": {},
                         "sources": [], "shards": [], "created": _now()}
@@ -70,7 +84,7 @@ class StoreWriter:
         if key not in [s["key"] for s in manifest["sources"]]:
             manifest["sources"].append({"key": key, "reader": reader_options})
         folder.mkdir(parents=True, exist_ok=True)
-        writer = cls(folder, manifest, key)
+        writer = cls(folder, manifest, key, _lock(folder))
         writer._clean()
         writer._save()
         return writer
@@ -117,6 +131,20 @@ class StoreWriter:
             for path in shards.iterdir():
                 if path.name.startswith(TMP_PREFIX) or path.name not in listed:
                     shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def _lock(folder: Path) -> int:
+    """An exclusive lock on the store, or a clear error when another running job holds it."""
+    handle = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        os.close(handle)
+        if error.errno in (errno.EAGAIN, errno.EACCES):
+            raise MmlensError(f"another job is writing to {folder} right now; wait for it to end, or use another "
+                              "--out") from None
+        raise
+    return handle
 
 
 def _check_spec(folder: Path, manifest: dict[str, Any], spec: dict[str, Any]) -> None:
