@@ -124,6 +124,8 @@ def harvest_on_ray(model: "Model", data: str, out: str | Path, sites: str | Sequ
 
     ray = import_ray()
     reader_options = dict(reader_options or {})
+    if Path(data).exists():  # workers may start in another folder (or machine with the same mounts)
+        data = str(Path(data).resolve())
     reader = open_reader(data, **reader_options)
     job = check_job(model, sites, modalities, dtype, shard_size, batch_size)
     out = Path(out)
