@@ -171,6 +171,8 @@ def harvest_on_ray(model: "Model", data: str, out: str | Path, sites: str | Sequ
                               "to continue") from None
         raise
     finally:
+        if "writer" in locals():
+            writer.close()  # the store's lock: another job may write to it now
         if started_ray:
             ray.shutdown()
     seconds = time.perf_counter() - started
