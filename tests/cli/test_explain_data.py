@@ -109,3 +109,21 @@ def test_single_sample_options_with_data_are_one_line(capsys, tmp_path):
     assert err == ["mmlens: error: --target explain one sample: --data explains each sample's own prompt, images "
                    "and answer"]
     assert not (tmp_path / "x").exists()
+
+
+def test_a_second_job_on_the_same_folder_is_one_line(tiny_llava, tmp_path):
+    import os
+
+    from mmlens.store.writer import _lock
+
+    out = tmp_path / "explained"
+    out.mkdir()
+    held = _lock(out)  # as a running job holds it
+    try:
+        with pytest.raises(MmlensError, match="another job is writing"):
+            explain_dataset(tiny_llava, open_reader("shapes:test[0:1]"), out, ["attention"], max_new_tokens=1)
+    finally:
+        os.close(held)
+    summary = explain_dataset(tiny_llava, open_reader("shapes:test[0:1]"), out, ["attention"], max_new_tokens=1,
+                              reports=False)
+    assert summary["samples"] == 1

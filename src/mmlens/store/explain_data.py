@@ -39,7 +39,7 @@ from mmlens.errors import MmlensError
 from mmlens.store.files import ERRORS, MANIFEST, SHARDS, TMP_PREFIX, disk_full, sha256_file, write_json_atomic
 from mmlens.store.harvest import ShardPlan, plan_shards
 from mmlens.store.shard import damage
-from mmlens.store.writer import source_key
+from mmlens.store.writer import LOCK, _lock, source_key
 
 if TYPE_CHECKING:
     from mmlens.attribution.explanation import Explanation
@@ -83,7 +83,12 @@ def explain_dataset(model: "Model", reader: Reader, out: str | Path, methods: Se
             "options": json.loads(json.dumps(options or {}, sort_keys=True)), "max_new_tokens": max_new_tokens,
             "shard_size": shard_size, "reports": reports}
     started = time.perf_counter()
+    lock = None
     try:
+        if not out.exists():
+            out.mkdir(parents=True)
+        if out.is_dir():
+            lock = _lock(out)  # one writing job at a time, as for a store
         manifest, source = _open(out, spec, reader.options())
         plans = plan_shards(len(reader), shard_size, source)
         finished = {r["id"] for r in manifest["shards"]}
@@ -102,6 +107,9 @@ def explain_dataset(model: "Model", reader: Reader, out: str | Path, methods: Se
             raise MmlensError(f"the disk is full at {out}: free some space and run the same command again to "
                               "continue") from None
         raise
+    finally:
+        if lock is not None:
+            os.close(lock)
     mine = [r for r in manifest["shards"] if r["source"] == source]
     return {"out": str(out), "model": model.name, "methods": list(methods), "source": source,
             "samples": sum(len(r["samples"]) for r in mine), "bad_rows": sum(len(r["errors"]) for r in mine),
@@ -225,7 +233,7 @@ def _open(out: Path, spec: dict[str, Any], reader_options: dict[str, Any]) -> tu
         raise MmlensError(f"{out} is a file, not an output folder")
     manifest = _read_manifest(out)
     if manifest is None:
-        if out.exists() and any(out.iterdir()):
+        if out.exists() and any(p.name != LOCK for p in out.iterdir()):
             raise MmlensError(f"{out} is not empty and holds no explanations of a dataset: use a new or empty --out")
         manifest = {"format": FORMAT, "layout_version": LAYOUT_VERSION, **spec, "sources": [], "shards": []}
     else:
