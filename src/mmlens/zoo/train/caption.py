@@ -168,16 +168,23 @@ def main(argv: Sequence[str]) -> int:
     p.set_defaults(work=Path(p.get_default("work")).parent / NAME, out=WEIGHTS_DIR / NAME, n_train=8000)
     p.add_argument("--n-caption", type=int, default=16000, help="distinct caption images")
     p.add_argument("--caption-eval-n", type=int, default=200, help="validation captions in the log")
+    p.add_argument("--first-caption", type=int, default=0, help="caption images start at CAPTION_BASE + this")
+    p.add_argument("--init", type=Path, default=None,
+                   help="continue from a saved caption model (its tokenizer already has the caption words)")
     a = p.parse_args(list(argv))
     torch.set_num_threads(a.threads)
     t0 = time.time()
-    model, processor = load_shapes()
-    processor = grow_vocabulary(model, processor, seed=a.seed)
-    examples = [caption_example(CAPTION_BASE + k) for k in range(a.n_caption)]
+    if a.init is None:
+        model, processor = load_shapes()
+        processor = grow_vocabulary(model, processor, seed=a.seed)
+    else:
+        model, processor = load_from(a.init)
+    first = CAPTION_BASE + a.first_caption
+    examples = [caption_example(first + k) for k in range(a.n_caption)]
     examples += [shapes_example(FT_BASE + k, a.pack) for k in range(a.n_train)]
     cfg = FinetuneConfig(seed=a.seed, steps=a.steps, batch=a.batch, lr=a.lr)
     log = finetune(model, processor, examples, cfg, a.work)
-    log.update(recipe=NAME, base="shapes-llava", new_words=list(NEW_WORDS), caption_first_index=CAPTION_BASE,
+    log.update(recipe=NAME, base=str(a.init or "shapes-llava"), new_words=list(NEW_WORDS), caption_first_index=first,
                n_caption=a.n_caption, qa_first_index=FT_BASE, n_train=a.n_train, pack=a.pack,
                wall_seconds=round(time.time() - t0, 1))
     log["val_accuracy"] = accuracy(model, processor, n=a.eval_n, split="val")
