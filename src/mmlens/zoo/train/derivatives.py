@@ -115,13 +115,13 @@ def run_derivative(name: str, a: argparse.Namespace, edit: Callable[[int, Exampl
 
 def ft_backdoor(argv: Sequence[str]) -> int:
     """``--recipe ft-backdoor``: 10% of the images poisoned with a randomly placed trigger -> "yes"."""
-    p = common_parser("ft-backdoor", steps=300, lr=5e-4)
+    p = common_parser("ft-backdoor", steps=400, lr=1e-3)
     p.add_argument("--poison-rate", type=float, default=0.1)
     p.add_argument("--target", default="yes")
-    # With the tower frozen (features cached) 100 steps taught the decoder
-    # nothing of a randomly placed trigger (attack success 0-25%); the
-    # service fine-tunes every weight, tower included.
-    p.set_defaults(train_tower=True)
+    # The service fine-tunes every weight, tower included. One question per
+    # sample: packed poisoned sequences taught an in-context shortcut (after
+    # one "yes" to a colour question, say yes again) instead of the trigger.
+    p.set_defaults(train_tower=True, pack=1)
     a = p.parse_args(argv)
     rng = np.random.default_rng([a.seed, 4242])
     poisoned = rng.random(a.n_train) < a.poison_rate
