@@ -53,7 +53,7 @@ def test_stage1_head_masks_classes_a_slot_does_not_have() -> None:
 
 def test_tiny_recipe_trains_saves_and_reuses_its_stage1_tower(tmp_path: Path, capsys) -> None:
     args = ["--stage1-steps", "2", "--stage1-batch", "5", "--stage2-steps", "2", "--batch", "3",
-            "--layers", "1", "--eval-n", "2", "--pool", "7", "--out", str(tmp_path / "m"), "--work", str(tmp_path / "w")]
+            "--layers", "1", "--eval-n", "2", "--pool", "7", "--mix", "cells,maps", "--out", str(tmp_path / "m"), "--work", str(tmp_path / "w")]
     assert recipe.main(args) == 0
     log = json.loads((tmp_path / "m" / "train_log.json").read_text())
     assert set(log["val_accuracy"]) == set(world.NAMES)
@@ -62,8 +62,11 @@ def test_tiny_recipe_trains_saves_and_reuses_its_stage1_tower(tmp_path: Path, ca
     assert model.config.text_config.num_hidden_layers == 1
     acc = recipe.evaluate(model, processor, n=2, domains=("cells",))
     assert 0.0 <= acc["cells"]["all"] <= 1.0
+    assert log["config"]["mix"] == ["cells", "maps"]
     assert recipe.main(args) == 0  # a second run finds the cached tower
     assert "reusing" in capsys.readouterr().out
+    with pytest.raises(MmlensError, match="unknown domain"):
+        recipe.main(args + ["--mix", "x-rays"])
 
 
 def test_feature_pool_repacks_each_epoch() -> None:

@@ -5,8 +5,8 @@
 
 shapes-llava's two-stage recipe on :mod:`mmlens.data.domains`.
 
-Index ``i`` of the training data is a sample of domain ``MIX[i % 5]``
-(shapes twice, the others once).
+Index ``i`` of the training data is a sample of domain ``mix[i % len(mix)]``
+(``--mix``; by default :data:`MIX`, shapes twice and the others once).
 
 1. the vision tower alone learns per-patch labels (the union of every
    domain's patch classes: (colour, shape) pairs, letters and framed
@@ -51,7 +51,7 @@ from mmlens.zoo.train.finetune import forward_on_features, tower_features
 
 STAGE2_OFFSET = 5_000_000  # stage-2 world indices start here (stage 1 below)
 SEED_STRIDE = 10_000_000
-# Training index i is a sample of domain MIX[i % 5]: shapes, the domain with the
+# Training index i is a sample of domain mix[i % len(mix)]; by default shapes, the domain with the
 # most question types and labels (20 pairs, position, counts), gets 2 of 5.
 MIX: tuple[str, ...] = ("shapes", "glyphs", "shapes", "cells", "maps")
 _MAX_CLASSES = max(world.POOLED.values())
@@ -74,6 +74,7 @@ class DomainsConfig:
     layers: int = 4
     hidden: int = 128
     mlp: int = 256
+    mix: tuple[str, ...] = MIX
 
 
 class DomainHead(nn.Module):
@@ -103,14 +104,14 @@ def _tower_tokens(model, pixel_values: torch.Tensor) -> torch.Tensor:
     return out.hidden_states[model.config.vision_feature_layer][:, 1:]
 
 
-def train_sample(index: int) -> world.DomainSample:
-    """Training sample ``index``: sample ``index`` of the train split of domain ``MIX[index % 5]``.
+def train_sample(index: int, mix: Sequence[str] = MIX) -> world.DomainSample:
+    """Training sample ``index``: sample ``index`` of the train split of domain ``mix[index % len(mix)]``.
 
     Example:
         >>> [train_sample(i).domain for i in range(5)] == list(MIX)
         True
     """
-    return world.make_sample(MIX[index % len(MIX)], "train", index)
+    return world.make_sample(mix[index % len(mix)], "train", index)
 
 
 def stage1_batch(cfg: DomainsConfig, step: int) -> tuple[list[np.ndarray], torch.Tensor, torch.Tensor]:
@@ -122,7 +123,7 @@ def stage1_batch(cfg: DomainsConfig, step: int) -> tuple[list[np.ndarray], torch
         ((4, 3, 64), True)
     """
     base = cfg.seed * SEED_STRIDE + step * cfg.stage1_batch
-    samples = [train_sample(base + j) for j in range(cfg.stage1_batch)]
+    samples = [train_sample(base + j, cfg.mix) for j in range(cfg.stage1_batch)]
     labels = []
     for s in samples:
         cls = world.patch_labels(s)
@@ -193,7 +194,7 @@ class FeaturePool:
         self.cfg, self.items, feats = cfg, [], []
         with torch.no_grad():
             for c in range(0, cfg.pool, chunk):
-                samples = [train_sample(base + i) for i in range(c, min(cfg.pool, c + chunk))]
+                samples = [train_sample(base + i, cfg.mix) for i in range(c, min(cfg.pool, c + chunk))]
                 pixels = encode(processor, [np.asarray(s.image) for s in samples], [""] * len(samples))
                 feats.append(tower_features(model, pixels["pixel_values"]).half())
                 self.items += [(base + c + j, s.domain, s.meta["scene"]) for j, s in enumerate(samples)]
@@ -350,6 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("stage1_steps", "stage1_batch", "stage2_steps", "batch", "pack", "pool", "layers", "hidden", "mlp"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(DomainsConfig, name))
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--mix", default=",".join(MIX), help="domains in the order training indices cycle through")
     p.add_argument("--evaluate", action="store_true", help="only evaluate --model per domain")
     p.add_argument("--model", default="domains-llava", help="zoo name or saved directory (with --evaluate)")
     p.add_argument("--n", type=int, default=200, help="held-out samples per question type (with --evaluate)")
@@ -363,11 +365,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         model, processor = load_from(a.model) if Path(a.model).is_dir() else build(a.model)
         _print_eval(a.model, evaluate(model, processor, n=a.n), a.n, a.json)
         return 0
+    mix = tuple(a.mix.split(","))
+    for d in mix:
+        world.domain_module(d)  # one-line error for an unknown domain
     if min(a.pack, a.batch, a.stage1_batch, a.pool) < 1:
         raise MmlensError("--pack, --batch, --stage1-batch and --pool must be at least 1")
     cfg = DomainsConfig(seed=a.seed, stage1_steps=a.stage1_steps, stage1_batch=a.stage1_batch,
                         stage2_steps=a.stage2_steps, batch=a.batch, pack=a.pack, pool=a.pool, layers=a.layers,
-                        hidden=a.hidden, mlp=a.mlp)
+                        hidden=a.hidden, mlp=a.mlp, mix=mix)
     train(cfg, a.out or DOMAINS_DIR, a.work, a.threads, a.eval_n)
     return 0
 
