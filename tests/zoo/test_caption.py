@@ -63,6 +63,13 @@ def test_recipe_end_to_end(tmp_path) -> None:
     assert len(processor.tokenizer) == model.lm_head.weight.shape[0]
     captions = generate_captions(model, processor, [np.asarray(make_caption_sample("test", 0).image)])
     assert len(captions) == 1 and "</s>" not in captions[0] and len(captions[0].split()) <= MAX_NEW_TOKENS
+    # The second run continues from the first one's weights on fresh caption images.
+    again = tmp_path / "again"
+    assert main([*argv[:-4], "--work", str(tmp_path / "work2"), "--out", str(again), "--init", str(out),
+                 "--first-caption", "4"]) == 0
+    log2 = json.loads((again / "train_log.json").read_text())
+    assert log2["base"] == str(out) and log2["caption_first_index"] == CAPTION_BASE + 4
+    assert len(load_from(again)[1].tokenizer) == len(processor.tokenizer)  # no second growth
 
 
 @pytest.mark.skipif(not (WEIGHTS_DIR / NAME / "model.safetensors").is_file(), reason="caption weights not shipped")

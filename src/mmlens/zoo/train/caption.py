@@ -15,7 +15,9 @@ then trains on a mix of caption examples
 images from train index :data:`CAPTION_BASE`) and the same packed shapes
 questions the other derivatives use (images from
 :data:`~mmlens.zoo.train.derivatives.FT_BASE`), so the question types are
-kept. Generation ends at ``</s>``; ``generation_config.max_new_tokens`` is
+kept. ``--init DIR`` continues from a saved caption model instead (the
+shipped weights are a second run of 800 steps from the first, on fresh caption
+images: ``--first-caption 16000``; see ``docs/zoo.md``). Generation ends at ``</s>``; ``generation_config.max_new_tokens`` is
 :data:`MAX_NEW_TOKENS`.
 
 Example:
