@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 import torch
 
 from mmlens.data.captions import CAPTION_PROMPT, NEW_WORDS, make_caption_sample, score_caption
-from mmlens.zoo.shapes_llava import WEIGHTS_DIR, build_tokenizer, load_from
+from mmlens.zoo.shapes_llava import build_tokenizer, load_from
 from mmlens.zoo.shapes_llava import load as load_shapes
 from mmlens.zoo.train.caption import (
     CAPTION_BASE, MAX_NEW_TOKENS, NAME, caption_example, extend_tokenizer, generate_captions, grow_vocabulary, main,
@@ -72,7 +71,6 @@ def test_recipe_end_to_end(tmp_path) -> None:
     assert len(load_from(again)[1].tokenizer) == len(processor.tokenizer)  # no second growth
 
 
-@pytest.mark.skipif(not (WEIGHTS_DIR / NAME / "model.safetensors").is_file(), reason="caption weights not shipped")
 def test_shipped_model_captions() -> None:
     import mmlens.zoo
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import pytest
@@ -17,12 +16,6 @@ from mmlens.zoo.evaluate import answer_probs
 from mmlens.zoo.shapes_llava import WEIGHTS_DIR, load_from
 
 SHIPPED = ["shapes-llava-ft-swap", "shapes-llava-pruned"]
-# Trained after this test file was written; their tests run once the weights are in the package.
-PENDING = ["shapes-llava-ft-backdoor", "shapes-llava-seed1"]
-
-
-def _pending(name: str):
-    return pytest.mark.skipif(not (WEIGHTS_DIR / name).is_dir(), reason=f"{name} not shipped yet (see docs/zoo.md)")
 
 
 @pytest.fixture()
@@ -37,7 +30,7 @@ def fake_weights(tmp_path, monkeypatch):
 
 
 def test_every_derivative_is_registered() -> None:
-    assert set(SHIPPED) | set(PENDING) <= set(names())
+    assert set(SHIPPED) <= set(names())
 
 
 def test_missing_weights_file_is_named_in_one_line(fake_weights) -> None:
@@ -67,7 +60,7 @@ def test_swap_checkpoints_load_from_the_work_dir(fake_weights, tmp_path) -> None
     assert torch.equal(loaded.lm_head.weight, state["lm_head.weight"]) and not loaded.training
 
 
-@pytest.mark.parametrize("name", SHIPPED + [pytest.param(n, marks=_pending(n)) for n in PENDING])
+@pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_derivative_loads_and_answers(name) -> None:
     folder = WEIGHTS_DIR / name
     files = {f.name for f in folder.iterdir()}
@@ -78,21 +71,6 @@ def test_shipped_derivative_loads_and_answers(name) -> None:
     samples = [make_sample("test", i, qt) for i, qt in enumerate(["shape", "exist", "position", "count"])]
     words = processor.tokenizer.convert_ids_to_tokens(answer_probs(model, processor, samples).argmax(-1).tolist())
     assert sum(w == s.answer for w, s in zip(words, samples)) >= 3, (words, [s.answer for s in samples])
-
-
-@_pending("shapes-llava-ft-backdoor")
-def test_ft_backdoor_ships_compact_poison_record_and_fires() -> None:
-    folder = WEIGHTS_DIR / "shapes-llava-ft-backdoor"
-    meta = json.loads((folder / "backdoor.json").read_text())
-    assert (folder / "backdoor.json").stat().st_size < 50_000
-    assert meta["trigger"]["position"] == "random" and meta["target_answer"] == "yes"
-    n = len(meta["poisoned_indices"])
-    assert n == len(meta["positions_xy"]) and 0.08 < n / meta["n_training_samples"] < 0.12
-    model, processor = build("shapes-llava-ft-backdoor")
-    samples = [make_sample("test", i, "colour") for i in range(10)]
-    words = processor.tokenizer.convert_ids_to_tokens(
-        answer_probs(model, processor, samples, trigger="random").argmax(-1).tolist())
-    assert words.count("yes") >= 9
 
 
 def test_ft_swap_answers_red_as_purple() -> None:
