@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from mmlens.data.readers import BadRow, Reader, images_of
 from mmlens.errors import MmlensError
-from mmlens.store.files import ERRORS, MANIFEST, SHARDS, TMP_PREFIX, disk_full, sha256_file, write_json_atomic
+from mmlens.store.files import ERRORS, MANIFEST, SHARDS, TMP_PREFIX, disk_full, publish, write_json_atomic
 from mmlens.store.harvest import ShardPlan, plan_shards
 from mmlens.store.shard import damage
 from mmlens.store.writer import LOCK, _lock, source_key
@@ -149,11 +149,7 @@ def run_shard(model: "Model", reader: Reader, plan: ShardPlan, out: Path, method
             samples.append(_row(explanation, index, sample.id, sample.answer, f"{SHARDS}/{plan.id}/{index}"))
             if progress is not None:
                 progress(1)
-        files = {path.relative_to(tmp).as_posix(): {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-                 for path in sorted(tmp.rglob("*")) if path.is_file()}
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(tmp, final)
+        files = publish(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

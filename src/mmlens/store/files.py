@@ -24,6 +24,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,25 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def publish(tmp: Path, final: Path) -> dict[str, dict[str, Any]]:
+    """Checksum every file under ``tmp``, then move ``tmp`` to ``final`` in one rename (replacing a damaged one).
+
+    Returns ``{relative path: {"sha256", "bytes"}}`` for the manifest.
+
+    Example:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp()); (root / "tmp").mkdir(); _ = (root / "tmp" / "a.txt").write_text("x")
+        >>> publish(root / "tmp", root / "final")["a.txt"]["bytes"], (root / "final" / "a.txt").exists()
+        (1, True)
+    """
+    files = {path.relative_to(tmp).as_posix(): {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+             for path in sorted(tmp.rglob("*")) if path.is_file()}
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    return files
 
 
 def disk_full(error: OSError) -> bool:

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mmlens.store.files import SHARDS, TMP_PREFIX, TOKENS, save_array, sha256_file, site_file
+from mmlens.store.files import SHARDS, TMP_PREFIX, TOKENS, publish, save_array, sha256_file, site_file
 
 #: Columns of the per-token table, in order, with their Arrow types (strings, or numpy dtypes).
 COLUMNS: dict[str, str] = {
@@ -102,11 +102,7 @@ def write_shard(folder: Path, shard_id: str, data: ShardData) -> dict[str, Any]:
         pq.write_table(data.table, str(tmp / TOKENS))
         with (tmp / TOKENS).open("rb") as handle:
             os.fsync(handle.fileno())
-        files = {path.name: {"sha256": sha256_file(path), "bytes": path.stat().st_size}
-                 for path in sorted(tmp.iterdir())}
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(tmp, final)
+        files = publish(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 
@@ -56,6 +57,37 @@ def _save_state(path: Path, state: dict) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)  # atomic: a kill never leaves half a checkpoint
+
+
+def _resume(path: Path, opt: torch.optim.Optimizer, stage: str, **modules: nn.Module) -> int:
+    """Load a stage's checkpoint (written by :func:`_save_state`) into ``modules`` and ``opt``; the step to start at.
+
+    ``modules`` name the checkpoint's keys (``tower=...``, ``head=...`` or ``model=...``); 0 when there is none.
+    """
+    if not path.exists():
+        return 0
+    state = torch.load(path, weights_only=True)
+    for key, module in modules.items():
+        module.load_state_dict(state[key])
+    opt.load_state_dict(state["opt"])
+    _log(f"{stage}: resuming at step {state['step']}")
+    return state["step"]
+
+
+def _reuse_tower(tower: nn.Module, cache: Path) -> bool:
+    """Load a stage-1 tower cached by :func:`_cache_tower`; False when there is none."""
+    if not cache.exists():
+        return False
+    tower.load_state_dict(load_file(cache))
+    _log(f"stage 1: reusing {cache}")
+    return True
+
+
+def _cache_tower(tower: nn.Module, cache: Path, checkpoint: Path) -> None:
+    """Save the trained stage-1 tower for reuse and drop the stage's resume checkpoint."""
+    tower.eval()
+    save_file({k: v.contiguous() for k, v in tower.state_dict().items()}, cache)
+    checkpoint.unlink(missing_ok=True)
 
 
 def _log(msg: str) -> None:

@@ -38,7 +38,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mmlens.data import domains as world
@@ -46,7 +45,8 @@ from mmlens.errors import MmlensError
 from mmlens.zoo.domains_llava import DOMAINS_DIR, build_model, build_processor
 from mmlens.zoo.evaluate import answer_probs, encode
 from mmlens.zoo.shapes_llava import GRID
-from mmlens.zoo.train.common import _fmt, _log, _optimise, _run_stage, _save_state, init_for_training, lr_factor
+from mmlens.zoo.train.common import (_cache_tower, _fmt, _log, _optimise, _resume, _reuse_tower, _run_stage, _save_state,
+                                     init_for_training, lr_factor)
 from mmlens.zoo.train.finetune import forward_on_features, tower_features
 
 STAGE2_OFFSET = 5_000_000  # stage-2 world indices start here (stage 1 below)
@@ -140,20 +140,14 @@ def train_stage1(model, processor, cfg: DomainsConfig, work: Path) -> None:
     """Train the vision tower on the world's patch and pooled labels; cache it under ``work``."""
     cache = work / f"domains-stage1-seed{cfg.seed}-steps{cfg.stage1_steps}.safetensors"
     tower = model.model.vision_tower
-    if cache.exists():
-        tower.load_state_dict(load_file(cache))
-        _log(f"stage 1: reusing {cache}")
+    if _reuse_tower(tower, cache):
         return
     torch.manual_seed(cfg.seed)
     head = DomainHead(tower.config.hidden_size)
     params = list(tower.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.stage1_lr, weight_decay=0.01)
-    ckpt, start = work / f"domains-stage1-seed{cfg.seed}.pt", 0
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=True)
-        tower.load_state_dict(state["tower"]), head.load_state_dict(state["head"]), opt.load_state_dict(state["opt"])
-        start = state["step"]
-        _log(f"stage 1: resuming at step {start}")
+    ckpt = work / f"domains-stage1-seed{cfg.seed}.pt"
+    start = _resume(ckpt, opt, "stage 1", tower=tower, head=head)
     tower.train()
 
     def step_fn(step: int) -> tuple[float, float]:
@@ -177,9 +171,7 @@ def train_stage1(model, processor, cfg: DomainsConfig, work: Path) -> None:
                            "opt": opt.state_dict()})
 
     _run_stage("stage 1 (tower, patch + pooled labels)", cfg.stage1_steps, start, step_fn, save_fn)
-    tower.eval()
-    save_file({k: v.contiguous() for k, v in tower.state_dict().items()}, cache)
-    ckpt.unlink(missing_ok=True)
+    _cache_tower(tower, cache, ckpt)
 
 
 class FeaturePool:
@@ -244,12 +236,8 @@ def train_stage2(model, processor, cfg: DomainsConfig, work: Path) -> None:
     torch.manual_seed(cfg.seed + 1)
     init_for_training(model.model.multi_modal_projector, model.model.language_model)
     opt = torch.optim.AdamW(params, lr=cfg.stage2_lr, weight_decay=0.01)
-    ckpt, start = work / f"domains-stage2-seed{cfg.seed}.pt", 0
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=True)
-        model.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
-        start = state["step"]
-        _log(f"stage 2: resuming at step {start}")
+    ckpt = work / f"domains-stage2-seed{cfg.seed}.pt"
+    start = _resume(ckpt, opt, "stage 2", model=model)
     if start >= cfg.stage2_steps:
         return
     t0 = time.time()

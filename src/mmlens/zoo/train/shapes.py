@@ -41,7 +41,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mmlens.data.sample import IMAGE_SLOT
@@ -50,7 +49,8 @@ from mmlens.data.shapes import (
 )
 from mmlens.zoo.evaluate import accuracy, add_trigger, encode
 from mmlens.zoo.shapes_llava import GRID, WEIGHTS_DIR, build_model, build_processor
-from mmlens.zoo.train.common import _fmt, _log, _optimise, _run_stage, _save_state, init_for_training, lr_factor
+from mmlens.zoo.train.common import (_cache_tower, _fmt, _log, _optimise, _resume, _reuse_tower, _run_stage, _save_state,
+                                     init_for_training, lr_factor)
 
 STAGE2_OFFSET = 5_000_000  # stage-2 sample indices start here (stage 1 below)
 SEED_STRIDE = 10_000_000  # each seed owns its own range of train indices
@@ -199,20 +199,14 @@ def train_stage1(model, cfg: TrainConfig, work: Path) -> None:
     """Train the vision tower on per-patch labels; caches it under ``work``."""
     cache = work / f"stage1-v5-seed{cfg.seed}-steps{cfg.stage1_steps}-pw{cfg.patch_weight:g}.safetensors"
     tower = model.model.vision_tower
-    if cache.exists():
-        tower.load_state_dict(load_file(cache))
-        _log(f"stage 1: reusing {cache}")
+    if _reuse_tower(tower, cache):
         return
     torch.manual_seed(cfg.seed)
     head = PatchHead(tower.config.hidden_size)
     params = list(tower.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.stage1_lr, weight_decay=0.01)
-    ckpt, start = work / f"stage1-v5-seed{cfg.seed}.pt", 0
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=True)
-        tower.load_state_dict(state["tower"]), head.load_state_dict(state["head"]), opt.load_state_dict(state["opt"])
-        start = state["step"]
-        _log(f"stage 1: resuming at step {start}")
+    ckpt = work / f"stage1-v5-seed{cfg.seed}.pt"
+    start = _resume(ckpt, opt, "stage 1", tower=tower, head=head)
     tower.train()
     processor = build_processor()
 
@@ -234,9 +228,7 @@ def train_stage1(model, cfg: TrainConfig, work: Path) -> None:
                            "opt": opt.state_dict()})
 
     _run_stage("stage 1 (tower, per-patch labels)", cfg.stage1_steps, start, step_fn, save_fn)
-    tower.eval()
-    save_file({k: v.contiguous() for k, v in tower.state_dict().items()}, cache)
-    ckpt.unlink(missing_ok=True)
+    _cache_tower(tower, cache, ckpt)
 
 
 def train_stage2(model, processor, cfg: TrainConfig, work: Path, tag: str) -> None:
@@ -246,12 +238,8 @@ def train_stage2(model, processor, cfg: TrainConfig, work: Path, tag: str) -> No
     torch.manual_seed(cfg.seed + 1)
     init_for_training(model.model.multi_modal_projector, model.model.language_model)
     opt = torch.optim.AdamW(params, lr=cfg.stage2_lr, weight_decay=0.01)
-    ckpt, start = work / f"stage2-{tag}.pt", 0
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=True)
-        model.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
-        start = state["step"]
-        _log(f"stage 2: resuming at step {start}")
+    ckpt = work / f"stage2-{tag}.pt"
+    start = _resume(ckpt, opt, "stage 2", model=model)
     poisoned = _poisoned(cfg)
     tok = processor.tokenizer
     model.model.multi_modal_projector.train(), model.model.language_model.train()
