@@ -24,3 +24,11 @@ def test_registered_world_and_clear_errors():
         WorldReader("shapes", "nope", 0, 3)
     with pytest.raises(MmlensError, match="empty range"):
         WorldReader("shapes", "test", 5, 2)
+
+
+def test_multi_domain_world_by_split_and_range():
+    reader = open_reader("domains:val[4:8]")
+    samples = list(reader)
+    assert [s.id.split("-")[0] for s in samples] == ["shapes", "glyphs", "cells", "maps"]
+    assert all(s.id.endswith(f"-val-{i}") for s, i in zip(samples, range(4, 8)))
+    assert all("<image>" in s.prompt and s.answer for s in samples)

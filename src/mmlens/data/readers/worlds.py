@@ -26,7 +26,7 @@ World = Callable[[str, int], Sample]
 _WORLDS: dict[str, World] = {}
 #: Worlds found on first use: name -> (module, function).
 _LAZY: dict[str, tuple[str, str]] = {"shapes": ("mmlens.data.shapes", "make_sample"),
-                                     "domains": ("mmlens.data.domains", "make_sample")}
+                                     "domains": ("mmlens.data.domains", "world_sample")}
 SPEC = re.compile(r"^(?P<world>[a-z][a-z0-9_-]*):(?P<split>[a-z]+)(\[(?P<start>\d*):(?P<stop>\d*)\])?$")
 DEFAULT_ROWS = 100
 
