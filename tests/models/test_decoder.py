@@ -43,3 +43,14 @@ def test_last_mlp_runs_only_at_the_positions_and_hooks_are_removed(tiny_llama):
         assert seen[-1][0] > 2  # outside the block it runs everywhere again
     finally:
         handle.remove()
+
+
+@pytest.mark.parametrize("run_decoder", [True, False])
+def test_a_decoder_called_with_positional_ids_records_embeddings(run_decoder):
+    # GPT-2's decoder takes input_ids as its first positional argument; the record must hold embeddings.
+    model = mmlens.load("tiny-gpt2")
+    batch = model.prepare("a red circle on the left")
+    call = record_decoder_call(model, batch, run_decoder=run_decoder)
+    assert call.embeds.is_floating_point() and call.embeds.shape[:2] == batch.input_ids.shape
+    expected = model.hf.get_input_embeddings()(batch.input_ids)
+    torch.testing.assert_close(call.embeds, expected)

@@ -127,7 +127,8 @@ def record_decoder_call(model: Model, batch: Batch, *, run_decoder: bool = True)
         if not seen:
             seen.update(kwargs)
             if args:
-                seen["inputs_embeds" if "input_ids" not in kwargs else "input_ids"] = args[0]
+                # A positional first argument is ids (GPT-2's decoder) or embeddings: its dtype says which.
+                seen["inputs_embeds" if args[0].is_floating_point() else "input_ids"] = args[0]
             if not run_decoder:
                 raise _Recorded
 
