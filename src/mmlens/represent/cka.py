@@ -107,11 +107,12 @@ def _pick(g: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
 
 
 def cka_from_grams(kx: torch.Tensor, ky: torch.Tensor, kind: str = "linear",
-                   index: torch.Tensor | None = None) -> torch.Tensor:
+                   index: torch.Tensor | None = None, paired: bool = False) -> torch.Tensor:
     """CKA between every pair of ``kx`` ``(a, n, n)`` and ``ky`` ``(b, n, n)``: an ``(a, b)`` matrix.
 
     ``index`` (``(m,)`` sample indices, repeats allowed) computes it on that
-    resample of the samples.
+    resample of the samples. ``paired=True`` (``a == b``) computes only
+    ``kx[i]`` against ``ky[i]``, an ``(a,)`` vector (the bootstrap's case).
 
     Example:
         >>> g = grams([torch.randn(10, 4)])
@@ -124,13 +125,14 @@ def cka_from_grams(kx: torch.Tensor, ky: torch.Tensor, kind: str = "linear",
     if kind == "unbiased":
         same = None if index is None else index[:, None] == index[None, :]
         kx, ky = _debias(kx, same), _debias(ky, same)
-        xy = _hsic_unbiased(kx[:, None], ky[None, :])
+        xy = _hsic_unbiased(kx, ky) if paired else _hsic_unbiased(kx[:, None], ky[None, :])
         xx, yy = _hsic_unbiased(kx, kx), _hsic_unbiased(ky, ky)
     else:
         kx, ky = _centre(kx), _centre(ky)
-        xy = torch.einsum("aij,bij->ab", kx, ky)
+        xy = (kx * ky).sum((-1, -2)) if paired else torch.einsum("aij,bij->ab", kx, ky)
         xx, yy = (kx * kx).sum((-1, -2)), (ky * ky).sum((-1, -2))
-    denom = (xx.clamp_min(0)[:, None] * yy.clamp_min(0)[None, :]).sqrt()
+    xx, yy = xx.clamp_min(0), yy.clamp_min(0)
+    denom = (xx * yy).sqrt() if paired else (xx[:, None] * yy[None, :]).sqrt()
     return torch.where(denom > 0, xy / denom.clamp_min(1e-30), torch.zeros_like(xy))
 
 
