@@ -1,0 +1,224 @@
+"""The JSON API under ``/api/``: every page's data comes from here (OpenAPI schema at ``/api/openapi.json``).
+
+Example:
+    >>> from fastapi.testclient import TestClient
+    >>> from mmlens.web import create_app
+    >>> client = TestClient(create_app("tiny-llava"))
+    >>> client.get("/api/model").json()["family"]
+    'llava'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from typing import Any, Literal, Optional
+
+from fastapi import APIRouter, File, Form, Request, Response, UploadFile
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, Field
+
+from mmlens.attribution.api import DEFAULT_METHODS, METHODS
+from mmlens.causal.tracing import COMPONENTS
+from mmlens.cli.samples import read_prompt
+from mmlens.web.examples import example_input, example_path, examples
+from mmlens.web.queue import ClientGone
+from mmlens.web.server import Server
+from mmlens.web.store import Input, Job
+from mmlens.web.uploads import WebError, read_image
+from mmlens.web.work import Cancelled, describe_input, explain_input, lens_input, neurons_json, trace_input
+
+router = APIRouter(prefix="/api")
+
+Method = Literal[tuple(METHODS)]  # type: ignore[valid-type]
+Component = Literal[tuple(COMPONENTS)]  # type: ignore[valid-type]
+InputId = Field(..., min_length=1, max_length=64, description="An id from POST /api/inputs.")
+Word = Field(None, min_length=1, max_length=200)
+
+#: A background job that nobody has polled for this long is cancelled (its client has left).
+ABANDONED_SECONDS = 60.0
+#: Neuron results kept (per option pair); each is a few figures.
+NEURON_RESULTS = 4
+
+
+class ExplainRequest(BaseModel):
+    input: str = InputId
+    methods: list[Method] = Field(default_factory=lambda: ["attention", "rollout"], min_length=1,  # type: ignore
+                                  max_length=len(METHODS))
+    max_new_tokens: Optional[int] = Field(None, ge=1, le=16, description="Answer tokens to explain.")
+    target: Optional[str] = Word
+    foil: Optional[str] = Word
+
+
+class LensRequest(BaseModel):
+    input: str = InputId
+    top_k: int = Field(5, ge=1, le=10)
+
+
+class TraceRequest(BaseModel):
+    input: str = InputId
+    noise: float = Field(3.0, gt=0, le=20)
+    components: list[Component] = Field(default_factory=lambda: list(COMPONENTS), min_length=1,  # type: ignore
+                                        max_length=len(COMPONENTS))
+
+
+class NeuronsRequest(BaseModel):
+    samples: int = Field(8, ge=1, le=40, description="Shapes-world samples per question type.")
+    ratio: float = Field(0.02, gt=0, le=0.2, description="Share of the decoder's neurons to select.")
+
+
+def server_of(request: Request) -> Server:
+    return request.app.state.server
+
+
+def _input(server: Server, key: str) -> Input:
+    found = server.inputs.get(key)
+    if found is None:
+        raise WebError(f"no input {key!r} (inputs are kept for the {server.settings.max_inputs} newest)", status=404)
+    return found
+
+
+@router.get("/model", summary="The loaded model: family, layers, sites; the methods and limits of this server")
+def model_info(request: Request) -> dict[str, Any]:
+    server = server_of(request)
+    limits = server.settings
+    return {**describe_input(server.model, None), "methods": list(METHODS), "default_methods": list(DEFAULT_METHODS),
+            "components": list(COMPONENTS), "limits": {"max_upload_bytes": limits.max_upload_bytes,
+                                                        "max_pixels": limits.max_pixels,
+                                                        "max_waiting": limits.max_waiting}}
+
+
+@router.get("/examples", summary="The shipped example images and their prompts")
+def list_examples() -> list[dict[str, Any]]:
+    return [{key: e[key] for key in ("name", "prompt", "answer")} for e in examples()]
+
+
+@router.get("/examples/{name}/image", summary="A shipped example's image (PNG)", response_class=FileResponse)
+def example_image(name: str) -> FileResponse:
+    return FileResponse(example_path(name), media_type="image/png")
+
+
+@router.post("/inputs", status_code=201, summary="Upload an image (or pick a shipped example) and a prompt")
+async def create_input(request: Request, image: Optional[UploadFile] = File(None), example: Optional[str] = Form(None),
+                       prompt: Optional[str] = Form(None)) -> dict[str, Any]:
+    server = server_of(request)
+    limits = server.settings
+    if prompt is not None and len(prompt) > limits.max_prompt_chars:
+        raise WebError(f"the prompt is {len(prompt):,} characters, over the limit of {limits.max_prompt_chars:,}")
+    prompt = read_prompt(prompt)
+    if image is not None and example:
+        raise WebError("give an image or an example, not both")
+    if example:
+        given = example_input(example, prompt)
+    else:
+        data = await image.read(limits.max_upload_bytes + 1) if image is not None else b""
+        if image is None and prompt is None:
+            raise WebError("give an image (or an example) and a prompt")
+        images = [read_image(data, image.filename, limits.max_pixels, limits.max_upload_bytes)] if image else []
+        given = Input(prompt or "<image> what colour is the circle ?", images)
+    given.prompt = server.model.place_images(given.prompt, len(given.images))  # slot errors now, not at explain
+    key = server.inputs.add(given)
+    return {"id": key, "prompt": given.prompt, "example": given.example,
+            "images": [{"width": im.width, "height": im.height, "url": f"/api/inputs/{key}/image/{i}"}
+                       for i, im in enumerate(given.images)]}
+
+
+@router.get("/inputs/{key}/image/{index}", summary="One image of an input (PNG)", response_class=Response,
+            responses={200: {"content": {"image/png": {}}}})
+def input_image(request: Request, key: str, index: int) -> Response:
+    given = _input(server_of(request), key)
+    if not 0 <= index < len(given.images):
+        raise WebError(f"input {key!r} has {len(given.images)} image(s)", status=404)
+    buffer = io.BytesIO()
+    given.images[index].save(buffer, format="PNG")
+    return Response(buffer.getvalue(), media_type="image/png")
+
+
+@router.get("/inputs/{key}/layout", summary="The token layout of an input: which positions are image, tile, row, column")
+def input_layout(request: Request, key: str) -> dict[str, Any]:
+    server = server_of(request)
+    return describe_input(server.model, _input(server, key))
+
+
+@router.post("/explain", summary="Explain each answer token with the chosen methods")
+async def explain(request: Request, body: ExplainRequest) -> dict[str, Any]:
+    server = server_of(request)
+    given = _input(server, body.input)
+    return await server.queue.run(lambda: explain_input(server.model, given, list(body.methods), body.max_new_tokens,
+                                                        body.target, body.foil), request.is_disconnected)
+
+
+@router.post("/lens", summary="Logit lens per layer, attention flow between modalities, knockout of the image")
+async def lens(request: Request, body: LensRequest) -> dict[str, Any]:
+    server = server_of(request)
+    given = _input(server, body.input)
+    return await server.queue.run(lambda: lens_input(server.model, given, body.top_k), request.is_disconnected)
+
+
+@router.post("/neurons", summary="Modality-specific neurons of the loaded model and the top patches of the strongest")
+async def neurons(request: Request, body: NeuronsRequest) -> dict[str, Any]:
+    server = server_of(request)
+    key = (body.samples, round(body.ratio, 6))
+    if key not in server.neurons:
+        while len(server.neurons) >= NEURON_RESULTS:
+            server.neurons.pop(next(iter(server.neurons)))
+        server.neurons[key] = await server.queue.run(lambda: neurons_json(server.model, body.samples, body.ratio),
+                                                     request.is_disconnected)
+    return server.neurons[key]
+
+
+@router.post("/trace", status_code=202, summary="Start causal tracing in the background; poll GET /api/jobs/{id}")
+async def start_trace(request: Request, body: TraceRequest) -> dict[str, Any]:
+    server = server_of(request)
+    given = _input(server, body.input)
+    if not given.images:
+        raise WebError("causal tracing corrupts the image: this input has none")
+    server.queue.admit()  # 429 now, not later
+    job = Job("trace")
+    key = server.jobs.add(job)
+
+    def progress(done: int, total: int) -> None:
+        if job.abandoned(ABANDONED_SECONDS):
+            raise Cancelled()
+        job.done, job.total = done, total
+
+    def work() -> dict[str, Any]:
+        job.state = "running"
+        progress(0, 0)
+        return trace_input(server.model, given, body.noise, list(body.components), progress)
+
+    async def gone() -> bool:
+        return job.abandoned(ABANDONED_SECONDS)
+
+    async def run() -> None:
+        try:
+            job.result = await server.queue.run_admitted(work, gone)
+            job.state = "done"
+        except (Cancelled, ClientGone, asyncio.CancelledError):
+            job.state = "cancelled"
+        except Exception as error:  # noqa: BLE001 - a failed job reports its error through GET /api/jobs/{id}
+            job.state, job.error = "failed", str(error) or type(error).__name__
+
+    task = asyncio.create_task(run())
+    server.tasks.add(task)
+    task.add_done_callback(server.tasks.discard)
+    return {"id": key, "url": f"/api/jobs/{key}", "state": job.state}
+
+
+@router.get("/jobs/{key}", summary="A background job's state, progress and (when done) result")
+def job_state(request: Request, key: str) -> dict[str, Any]:
+    job = server_of(request).jobs.get(key)
+    if job is None:
+        raise WebError(f"no job {key!r}", status=404)
+    job.polled = time.monotonic()
+    return job.to_json()
+
+
+@router.delete("/jobs/{key}", summary="Cancel a background job")
+def cancel_job(request: Request, key: str) -> dict[str, Any]:
+    job = server_of(request).jobs.get(key)
+    if job is None:
+        raise WebError(f"no job {key!r}", status=404)
+    job.cancelled.set()
+    return job.to_json()

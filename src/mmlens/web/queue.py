@@ -1,0 +1,113 @@
+"""The model's queue: one job runs at a time, a few wait, the rest are told to come back later.
+
+A model's hooks and caches belong to one forward pass at a time, so every
+request that runs the model goes through :meth:`ModelQueue.run`. Jobs run on
+one worker thread (the event loop stays free to answer pages, job polls and
+429s). A job whose client goes away while it waits is dropped before it runs.
+
+Example:
+    >>> import asyncio
+    >>> queue = ModelQueue(max_waiting=2)
+    >>> asyncio.run(queue.run(lambda: 6 * 7))
+    42
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Awaitable, Callable, TypeVar
+
+from mmlens.web.uploads import WebError
+
+Result = TypeVar("Result")
+
+#: How often a waiting job checks whether its client is still there, in seconds.
+POLL_SECONDS = 0.05
+
+
+class ClientGone(Exception):
+    """The client disconnected while its job waited; the job never ran."""
+
+
+class ModelQueue:
+    """At most one running job and ``max_waiting`` waiting ones; beyond that, :class:`WebError` 429."""
+
+    def __init__(self, max_waiting: int = 4) -> None:
+        self.max_waiting = max_waiting
+        self._lock = asyncio.Lock()
+        self._admitted = 0  # running + waiting
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmlens-model")
+        self._seconds = 1.0  # running mean of a job's duration, for Retry-After
+        self.peak = 0  # most jobs ever admitted at once (tests check the bound)
+        self.cancelled = 0  # waiting jobs dropped because their client left
+
+    @property
+    def admitted(self) -> int:
+        """Jobs running or waiting now."""
+        return self._admitted
+
+    def retry_after(self) -> int:
+        """Seconds until a slot is likely free: the jobs ahead times a job's mean duration, at least 1."""
+        return max(1, math.ceil(self._seconds * max(1, self._admitted)))
+
+    def admit(self) -> None:
+        """Take a slot or refuse with 429 and ``Retry-After``; pair with :meth:`release`."""
+        if self._admitted >= 1 + self.max_waiting:
+            raise WebError(f"the model is busy: {self._admitted} jobs running or waiting; try again later",
+                           status=429, headers={"Retry-After": str(self.retry_after())})
+        self._admitted += 1
+        self.peak = max(self.peak, self._admitted)
+
+    def release(self) -> None:
+        """Give back a slot taken by :meth:`admit`."""
+        self._admitted -= 1
+
+    async def run(self, job: Callable[[], Result], gone: Callable[[], Awaitable[bool]] | None = None) -> Result:
+        """Admit ``job``, wait for the model, run it on the worker thread and return its result.
+
+        ``gone`` tells whether the client has disconnected; checked while the
+        job waits, so an abandoned job is dropped (:class:`ClientGone`) instead of run.
+        """
+        self.admit()
+        return await self.run_admitted(job, gone)
+
+    async def run_admitted(self, job: Callable[[], Result], gone: Callable[[], Awaitable[bool]] | None = None) -> Result:
+        """:meth:`run` for a job that already holds a slot (:meth:`admit`); the slot is released at the end."""
+        try:
+            await self._acquire(gone)
+            try:
+                start = time.perf_counter()
+                result = await asyncio.get_running_loop().run_in_executor(self._executor, job)
+                self._seconds = 0.8 * self._seconds + 0.2 * (time.perf_counter() - start)
+                return result
+            finally:
+                self._lock.release()
+        finally:
+            self.release()
+
+    async def _acquire(self, gone: Callable[[], Awaitable[bool]] | None) -> None:
+        if gone is None or not self._lock.locked():
+            await self._lock.acquire()
+            return
+        waiting = asyncio.ensure_future(self._lock.acquire())
+        while True:
+            done, _ = await asyncio.wait({waiting}, timeout=POLL_SECONDS)
+            if done:
+                return
+            if await gone():
+                waiting.cancel()
+                try:
+                    await waiting
+                except asyncio.CancelledError:
+                    pass
+                else:  # it got the lock just as it was cancelled: hand it on
+                    self._lock.release()
+                self.cancelled += 1
+                raise ClientGone()
+
+    def close(self) -> None:
+        """Stop the worker thread once its current job ends."""
+        self._executor.shutdown(wait=False, cancel_futures=True)

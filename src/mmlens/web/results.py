@@ -1,0 +1,164 @@
+"""Results as the JSON the web API answers: explanations, the logit lens, tracing, the token layout.
+
+Pure functions of result objects (no model, no web framework), so the API and
+the tests read the same numbers. Figures come from :mod:`mmlens.report` as PNG
+data URIs; word colours from the HTML report's own shading.
+
+Example:
+    >>> import mmlens
+    >>> from PIL import Image
+    >>> e = mmlens.explain(mmlens.load("tiny-llava"), "<image> hi", [Image.new("RGB", (64, 64))],
+    ...                    methods=["rollout"], max_new_tokens=2)
+    >>> explanation_json(e)["methods"]["rollout"]["targets"][0]["top"]["image"]
+    0
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from mmlens.layout import Modality, TokenLayout
+from mmlens.report.figures import display_token, png_data_uri, visible_token
+from mmlens.report.html import _words as report_words  # the report's word shading, one definition for both
+from mmlens.report.html import what_was_explained
+
+if TYPE_CHECKING:
+    from mmlens.attribution.explanation import Explanation
+    from mmlens.causal.tracing import CausalTrace
+    from mmlens.lens import AttentionFlow, Knockout, LogitLens
+
+
+def explanation_json(e: "Explanation") -> dict[str, Any]:
+    """Per method and answer token: the patch grids, the strongest patch, the prompt words with their colours.
+
+    ``top`` is the patch with the highest score (the reddest one on the page);
+    ``position`` its index in ``tokens``.
+
+    Example:
+        >>> sorted(explanation_json(e)["methods"]["rollout"]["targets"][0])
+        ['grids', 'image_share', 'position', 'prompt', 'token', 'top', 'words']
+    """
+    recorded = e.to_json()
+    methods = {}
+    for method, entry in recorded["methods"].items():
+        targets = []
+        for j, target in enumerate(entry["targets"]):
+            words, _ = report_words(e, method, j)
+            targets.append({"token": visible_token(target["token"]), "position": target["position"],
+                            "grids": target["images"], "top": top_patch(e.layout, e.scores[method][j]),
+                            "prompt": target["prompt"], "image_share": target["image_share"],
+                            "words": [{"kind": w["kind"], "text": w["text"], "title": w["title"], "style": w["style"]}
+                                      for w in words]})
+        methods[method] = {"targets": targets, "signed": e.signed(method), "milliseconds": entry["milliseconds"]}
+    return {"model": e.model, "prompt": e.prompt, "answer": e.answer, "model_answer": e.model_answer,
+            "target": e.target, "foil": e.foil, "explained": [list(line) for line in what_was_explained(e)],
+            "answer_tokens": [visible_token(t) for t in e.answer_tokens], "image_share": e.IMAGE_SHARE,
+            "layout": {**recorded["layout"], "positions": position_grids(e.layout)}, "methods": methods}
+
+
+def position_grids(layout: TokenLayout) -> list[list[list[list[int | None]]]]:
+    """Per image and view, the sequence position of each patch on its grid (None where no token sits).
+
+    Example:
+        >>> position_grids(e.layout)[0][0][0][0]  # image 0, view 0, row 0, column 0
+        1
+    """
+    out = []
+    for i, info in enumerate(layout.images[0]):
+        views = []
+        for v, view in enumerate(info.views):
+            grid: list[list[int | None]] = [[None] * view.cols for _ in range(view.rows)]
+            for p in layout.image_positions(0, i, v).tolist():
+                grid[int(layout.row[0, p])][int(layout.col[0, p])] = p
+            views.append(grid)
+        out.append(views)
+    return out
+
+
+def top_patch(layout: TokenLayout, scores: torch.Tensor) -> dict[str, Any] | None:
+    """The image token with the highest score: image, view, row, column, position and score (None: no image).
+
+    Example:
+        >>> top_patch(e.layout, e.scores["rollout"][0])["row"] in range(8)
+        True
+    """
+    image = layout.mask(Modality.IMAGE)[0]
+    values = scores.detach().float().cpu().clone()
+    values[~image | ~torch.isfinite(values)] = -math.inf
+    if not image.any() or not torch.isfinite(values).any():
+        return None
+    p = int(values.argmax())
+    return {"image": int(layout.image[0, p]), "view": int(layout.view[0, p]), "row": int(layout.row[0, p]),
+            "col": int(layout.col[0, p]), "position": p, "score": round(float(values[p]), 6)}
+
+
+def positions_json(layout: TokenLayout, tokens: list[str]) -> list[dict[str, Any]]:
+    """One entry per position: its token and where it came from (modality, image, view, row, column).
+
+    Example:
+        >>> positions_json(e.layout, e.tokens)[0]["modality"]
+        'special'
+    """
+    columns = [t[0].tolist() for t in (layout.modality, layout.image, layout.view, layout.row, layout.col)]
+    out = []
+    for p, (modality, image, view, row, col) in enumerate(zip(*columns)):
+        entry: dict[str, Any] = {"position": p, "token": visible_token(tokens[p], strip=False),
+                                 "modality": Modality(modality).name.lower()}
+        if modality == int(Modality.IMAGE):
+            kind = layout.images[0][image].views[view].kind
+            entry.update(image=image, view=view, kind=kind, row=row, col=col)
+        out.append(entry)
+    return out
+
+
+def lens_json(lens: "LogitLens", flow: "AttentionFlow", blocked: "Knockout | None",
+              figures: dict[str, Any]) -> dict[str, Any]:
+    """The logit lens per layer at the answer position, its word grid over the image, attention flow, knockout.
+
+    Example:
+        >>> sorted(lens_json(lens, flow, None, {}))[:3]
+        ['answer', 'emerges_at', 'figures']
+    """
+    shares = flow.by_layer(0).tolist()
+    layers = []
+    for layer, name in enumerate(lens.layer_names):
+        layers.append({"layer": name, "top1": display_token(lens.vocabulary[int(lens.top_ids[layer, 0, lens.position, 0])]),
+                       "p": _round(lens.top_probs[layer, 0, lens.position, 0]),
+                       "entropy": _round(lens.entropy[layer, 0, lens.position]),
+                       "answer_rank": int(lens.answer_rank[layer, 0]), "answer_prob": _round(lens.answer_prob[layer, 0]),
+                       # row 0 is the decoder's input: no attention has happened yet
+                       "attention": None if layer == 0 else dict(zip(flow.modalities, map(_round, shares[layer - 1])))})
+    grid = []
+    if lens.layout.images and lens.layout.images[0]:
+        for layer in range(len(lens.layer_names)):
+            words, probs = lens.word_grid(layer)
+            grid.append({"words": [[display_token(str(w)) for w in row] for row in words],
+                         "probs": [[_round(p) for p in row] for row in probs]})
+    emergence = lens.emergence_layer(0)
+    return {"answer": display_token(lens.vocabulary[int(lens.answer_ids[0])]).strip(),
+            "emerges_at": None if emergence is None else lens.layer_names[emergence],
+            "layers": layers, "grid": grid, "knockout": None if blocked is None else knockout_json(blocked),
+            "figures": {name: png_data_uri(figure) for name, figure in figures.items()}}
+
+
+def knockout_json(blocked: "Knockout") -> dict[str, Any]:
+    """P(answer) per layer window and blocked group, and the baseline with nothing blocked."""
+    return {"groups": blocked.groups, "window": blocked.window, "window_starts": blocked.window_starts,
+            "baseline": _round(blocked.baseline[0]),
+            "probability": [[_round(blocked.probability[w, g, 0]) for g in range(len(blocked.groups))]
+                            for w in range(len(blocked.window_starts))]}
+
+
+def trace_json(result: "CausalTrace", figures: dict[str, Any]) -> dict[str, Any]:
+    """The trace's own JSON (recovery rates, strongest layers, probabilities) and its figures."""
+    return {**result.to_json(), "answer": display_token(result.answers[0]).strip(),
+            "figures": {name: png_data_uri(figure) for name, figure in figures.items()}}
+
+
+def _round(value: Any) -> float | None:
+    value = float(value)
+    return round(value, 6) if np.isfinite(value) else None

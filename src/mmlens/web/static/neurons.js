@@ -1,0 +1,23 @@
+// Neurons: modality-specific neurons of the loaded model, and the top patches of the strongest image neuron.
+"use strict";
+mm.$("neurons-form").addEventListener("submit", function (event) {
+  event.preventDefault();
+  mm.showError("");
+  mm.busy(true);
+  mm.post("/api/neurons", {samples: Number(mm.$("samples").value), ratio: Number(mm.$("ratio").value)})
+    .then(function (found) {
+      mm.busy(false);
+      mm.$("neurons").hidden = false;
+      var labels = Object.keys(found.depth);
+      var layers = labels.length ? found.depth[labels[0]].map(function (_, i) { return "L" + i; }) : [];
+      mm.rows(mm.$("selected"), ["modality", "neurons"].concat(layers), labels.map(function (label) {
+        return [label, found.selected[label]].concat(found.depth[label]);
+      }));
+      var top = found.top_image_neuron;
+      mm.$("top-name").textContent = top ? "· " + top.site + "[" + top.index + "]" : "· none found";
+      mm.rows(mm.$("top-patches"), ["sample", "activation", "patch (row, col)"], !top ? [] :
+              top.samples.map(function (s, k) { return [s, top.values[k], "(" + top.patches[k].join(", ") + ")"]; }));
+      mm.figures(mm.$("neuron-figures"), found.figures, {depth: "Where the selected neurons sit",
+                 top_image_neuron: "Top-activating samples of the strongest image neuron, its strongest patch boxed"});
+    }).catch(mm.fail);
+});
