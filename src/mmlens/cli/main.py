@@ -37,7 +37,8 @@ from typing import Any, Optional
 
 import typer
 
-from mmlens.cli import demo, explain, harvest, info, lens, neurons, trace
+from mmlens.cli import demo, explain, harvest, info, lens, neurons, serve, trace
+from mmlens.cli import fingerprint as fingerprint_command, probe as probe_command
 from mmlens.errors import MmlensError
 from mmlens.notices import show_on_stderr
 
@@ -69,6 +70,9 @@ app.command("lens")(lens.lens)
 app.command("trace")(trace.trace)
 app.command("neurons")(neurons.neurons)
 app.command("harvest")(harvest.harvest)
+app.command("serve")(serve.serve)
+app.command("fingerprint")(fingerprint_command.fingerprint)
+app.command("probe")(probe_command.probe)
 
 
 class Outcome(enum.Enum):
