@@ -1,0 +1,172 @@
+"""The JSON API with the test client: every endpoint, every error code, the schema."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+import mmlens
+from mmlens.web import Settings, create_app
+from tests.web.conftest import png_bytes
+
+ENDPOINTS = {("get", "/api/model"), ("get", "/api/examples"), ("get", "/api/examples/{name}/image"),
+             ("post", "/api/inputs"), ("get", "/api/inputs/{key}/image/{index}"), ("get", "/api/inputs/{key}/layout"),
+             ("post", "/api/explain"), ("post", "/api/lens"), ("post", "/api/neurons"), ("post", "/api/trace"),
+             ("get", "/api/jobs/{key}"), ("delete", "/api/jobs/{key}")}
+
+
+def test_schema_lists_every_endpoint_and_no_page(client):
+    schema = client.get("/api/openapi.json").json()
+    found = {(method, path) for path, item in schema["paths"].items() for method in item}
+    assert found == ENDPOINTS
+    assert client.get("/api/docs").status_code == 200
+
+
+def test_model_examples_and_pages(client):
+    model = client.get("/api/model").json()
+    assert (model["model"], model["family"]) == ("shapes-llava", "llava")
+    assert "lm.L0.resid" in model["sites"] and "attention" in model["methods"]
+    names = [e["name"] for e in client.get("/api/examples").json()]
+    assert names == ["colour_question", "shape_question"]
+    image = client.get("/api/examples/colour_question/image")
+    assert image.headers["content-type"] == "image/png" and image.content[:4] == b"\x89PNG"
+    for path in ("/ask", "/inside", "/neurons", "/model"):
+        page = client.get(path)
+        assert page.status_code == 200 and all(p in page.text for p in ("/ask", "/inside", "/neurons", "/model"))
+    assert client.get("/", follow_redirects=False).headers["location"] == "/ask"
+    assert client.get("/static/ask.js").status_code == 200
+
+
+def test_explain_matches_mmlens_explain(client, shipped, example_id):
+    response = client.post("/api/explain", json={"input": example_id, "methods": ["attention", "rollout"],
+                                                 "max_new_tokens": 2})
+    assert response.status_code == 200, response.text
+    data = response.json()
+    image = Image.open(mmlens.zoo.example_image())
+    direct = mmlens.explain(shipped, "<image> what colour is the circle ?", [image], methods=["attention"],
+                            max_new_tokens=2)
+    assert data["answer_tokens"] == direct.answer_tokens == ["purple", "circle"]
+    for t in range(2):
+        grid = np.array(data["methods"]["attention"]["targets"][t]["grids"][0][0], dtype=float)
+        np.testing.assert_allclose(grid, direct.image_grid("attention", t), atol=1e-5)
+        top = data["methods"]["attention"]["targets"][t]["top"]
+        assert (top["row"], top["col"]) == np.unravel_index(np.nanargmax(grid), grid.shape)
+        assert data["layout"]["positions"][0][0][top["row"]][top["col"]] == top["position"]
+    words = data["methods"]["attention"]["targets"][0]["words"]
+    assert any(w["kind"] == "chip" for w in words) and any("background" in w["style"] for w in words)
+
+
+def test_lens_layout_image(client, example_id):
+    lens = client.post("/api/lens", json={"input": example_id}).json()
+    assert lens["answer"] == "purple"
+    assert len(lens["layers"]) == len(lens["grid"]) and len(lens["grid"][0]["words"]) == 8
+    assert lens["knockout"]["groups"] == ["image"]
+    assert set(lens["figures"]) >= {"lens_words", "knockout", "flow_heads"}
+    layout = client.get(f"/api/inputs/{example_id}/layout").json()
+    kinds = [p["modality"] for p in layout["positions"]]
+    assert kinds.count("image") == 64 and layout["family"] == "llava"
+    assert client.get(f"/api/inputs/{example_id}/image/0").content[:4] == b"\x89PNG"
+
+
+def test_trace_job_reports_progress_and_result(client, example_id):
+    started = client.post("/api/trace", json={"input": example_id, "components": ["resid"]})
+    assert started.status_code == 202
+    job = started.json()["id"]
+    for _ in range(600):
+        state = client.get(f"/api/jobs/{job}").json()
+        if state["state"] not in ("waiting", "running"):
+            break
+        asyncio.run(asyncio.sleep(0.05))
+    assert state["state"] == "done", state
+    assert state["done"] == state["total"] > 0
+    assert state["result"]["components"] == ["resid"] and "resid" in state["result"]["figures"]
+    assert client.delete(f"/api/jobs/{job}").status_code == 200
+
+
+def test_neurons(client):
+    found = client.post("/api/neurons", json={"samples": 2}).json()
+    assert sum(found["selected"].values()) > 0 and "depth" in found["figures"]
+    assert "files" not in found
+
+
+@pytest.mark.parametrize("path, body", [("/api/explain", {"input": "nope"}), ("/api/lens", {"input": "nope"}),
+                                        ("/api/trace", {"input": "nope"})])
+def test_unknown_input_is_404(client, path, body):
+    response = client.post(path, json=body)
+    assert response.status_code == 404 and "no input" in response.json()["detail"]
+
+
+def test_unknown_ids_and_paths_are_404(client, example_id):
+    assert client.get("/api/jobs/nope").status_code == 404
+    assert client.delete("/api/jobs/nope").status_code == 404
+    assert client.get("/api/examples/../../etc/passwd/image").status_code == 404
+    assert client.get("/api/examples/examples.json/image").status_code == 404
+    assert client.get(f"/api/inputs/{example_id}/image/1").status_code == 404
+    assert client.get("/api/inputs/nope/layout").status_code == 404
+    assert client.get("/static/../api.py").status_code == 404
+
+
+def test_ids_are_random(client):
+    ids = [client.post("/api/inputs", data={"example": "shape_question"}).json()["id"] for _ in range(3)]
+    assert len(set(ids)) == 3 and all(len(i) >= 22 for i in ids)
+
+
+def test_upload_errors(client):
+    def upload(data: bytes, name: str = "a.png"):
+        return client.post("/api/inputs", files={"image": (name, data, "image/png")}, data={"prompt": "<image> hi"})
+
+    big = upload(b"\0" * 300_000)
+    assert big.status_code == 413 and "limit" in big.json()["detail"]
+    text = upload(b"hello", "notes.txt")
+    assert text.status_code == 422 and text.json()["detail"] == "not an image file (or an unsupported format): notes.txt"
+    assert upload(b"", "empty.png").status_code == 422
+    truncated = upload(png_bytes(Image.new("RGB", (32, 32), "red"))[:60])
+    assert truncated.status_code == 422 and "upload" not in truncated.json()["detail"].split(":")[0]
+    bomb = upload(png_bytes(Image.new("1", (2000, 2000))), "bomb.png")  # 4 MP in 1.5 kB, over the 1 MP limit
+    assert bomb.status_code == 422 and "too large" in bomb.json()["detail"]
+    ok = upload(png_bytes(Image.new("RGB", (48, 40), "blue")))
+    assert ok.status_code == 201 and ok.json()["images"][0] == {"width": 48, "height": 40, "url": ok.json()["images"][0]["url"]}
+
+
+def test_bad_requests_are_422(client, example_id):
+    assert client.post("/api/inputs", data={}).status_code == 422
+    assert client.post("/api/inputs", data={"example": "colour_question", "prompt": "   "}).status_code == 422
+    assert client.post("/api/inputs", data={"prompt": "x" * 3000}).status_code == 422
+    assert client.post("/api/inputs", data={"example": "nope"}).status_code == 404
+    assert client.post("/api/inputs", data={"prompt": "<image> <image> two"}).status_code == 422  # no images
+    for body in ({"input": example_id, "methods": ["nope"]}, {"input": example_id, "methods": []},
+                 {"input": example_id, "max_new_tokens": 0}, {}):
+        assert client.post("/api/explain", json=body).status_code == 422
+    assert client.post("/api/neurons", json={"samples": 0}).status_code == 422
+    text_only = client.post("/api/inputs", data={"prompt": "what colour is the circle ?"}).json()["id"]
+    assert client.post("/api/trace", json={"input": text_only}).status_code == 422
+
+
+def test_busy_queue_answers_429_with_retry_after(shipped):
+    app = create_app(shipped, Settings(max_waiting=0))
+    with TestClient(app) as test_client:
+        key = test_client.post("/api/inputs", data={"example": "colour_question"}).json()["id"]
+        app.state.server.queue.admit()  # a job holds the only slot
+        try:
+            refused = test_client.post("/api/explain", json={"input": key})
+            assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+            assert test_client.post("/api/trace", json={"input": key}).status_code == 429
+        finally:
+            app.state.server.queue.release()
+        assert test_client.post("/api/explain", json={"input": key}).status_code == 200
+
+
+def test_token_is_required_when_set(shipped):
+    app = create_app(shipped, Settings(token="s3cret-token"))
+    with TestClient(app) as test_client:
+        assert test_client.get("/api/model").status_code == 401
+        assert test_client.get("/ask").status_code == 401
+        assert test_client.get("/api/model", headers={"Authorization": "Bearer wrong-token"}).status_code == 401
+        assert test_client.get("/api/model", headers={"Authorization": "Bearer s3cret-token"}).status_code == 200
+        visit = test_client.get("/ask?token=s3cret-token")
+        assert visit.status_code == 200 and "mmlens_token" in visit.headers["set-cookie"]
+        assert test_client.get("/api/model").status_code == 200  # the cookie carries it now
