@@ -15,7 +15,8 @@ types. Types are the analogue of Hewitt and Liang's word types:
 - ``asked-row`` / ``asked-col``: the row / column (0-7 of the 8 x 8 grid) of
   the centre of the object the question asks about, at the last prompt token
   (the ``?`` that ends the question), for questions with one target object.
-  Type: the prompt text.
+  Type: the prompt text. ``asked-row-scalar`` / ``asked-col-scalar``: the
+  same, as a number of patches (ridge).
 
 Example:
     >>> from mmlens.store import Store
@@ -37,7 +38,8 @@ from mmlens.errors import MmlensError
 if TYPE_CHECKING:
     from mmlens.store import Store
 
-TASKS = ("patch-colour", "object-count", "object-count-scalar", "asked-row", "asked-col")
+TASKS = ("patch-colour", "object-count", "object-count-scalar", "asked-row", "asked-col", "asked-row-scalar",
+         "asked-col-scalar")
 _SHAPES_ID = re.compile(r"^shapes-(train|val|test)-(\d+)$")
 GRID, PATCH = 8, 8
 
@@ -147,7 +149,7 @@ def _last_token_task(name: str, tokens, made: dict, seed: int) -> ProbeTask:
             if len(s.target_objects) != 1:
                 continue
             x, y = s.objects[s.target_objects[0]].centre
-            label = int(min(y // PATCH, GRID - 1)) if name == "asked-row" else int(min(x // PATCH, GRID - 1))
+            label = int(min(y // PATCH, GRID - 1)) if name.startswith("asked-row") else int(min(x // PATCH, GRID - 1))
         rows.append(i)
         samples.append(sid)
         labels.append(label)
