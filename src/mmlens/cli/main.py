@@ -39,6 +39,7 @@ import typer
 
 from mmlens.cli import demo, explain, harvest, info, lens, neurons, serve, trace
 from mmlens.cli import fingerprint as fingerprint_command, probe as probe_command
+from mmlens.cli import sae as sae_command
 from mmlens.errors import MmlensError
 from mmlens.notices import show_on_stderr
 
@@ -73,6 +74,7 @@ app.command("harvest")(harvest.harvest)
 app.command("serve")(serve.serve)
 app.command("fingerprint")(fingerprint_command.fingerprint)
 app.command("probe")(probe_command.probe)
+app.add_typer(sae_command.app, name="sae")
 
 
 class Outcome(enum.Enum):
