@@ -65,7 +65,7 @@ def test_lens_layout_image(client, example_id):
     assert lens["answer"] == "purple"
     assert len(lens["layers"]) == len(lens["grid"]) and len(lens["grid"][0]["words"]) == 8
     assert lens["knockout"]["groups"] == ["image"]
-    assert set(lens["figures"]) >= {"lens_words", "knockout", "flow_heads"}
+    assert set(lens["figures"]) >= {"lens_emergence", "knockout", "flow_heads"}
     layout = client.get(f"/api/inputs/{example_id}/layout").json()
     kinds = [p["modality"] for p in layout["positions"]]
     assert kinds.count("image") == 64 and layout["family"] == "llava"

@@ -117,7 +117,8 @@ async def create_input(request: Request, image: Optional[UploadFile] = File(None
             raise WebError("give an image (or an example) and a prompt")
         images = [read_image(data, image.filename, limits.max_pixels, limits.max_upload_bytes)] if image else []
         given = Input(prompt or "<image> what colour is the circle ?", images)
-    given.prompt = server.model.place_images(given.prompt, len(given.images))  # slot errors now, not at explain
+    given.prompt = server.model.place_images(given.prompt, len(given.images))
+    server.model.prepare(given.prompt, given.images)  # slot and length errors now (422), not at explain time
     key = server.inputs.add(given)
     return {"id": key, "prompt": given.prompt, "example": given.example,
             "images": [{"width": im.width, "height": im.height, "url": f"/api/inputs/{key}/image/{i}"}

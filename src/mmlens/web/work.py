@@ -29,8 +29,7 @@ from mmlens.errors import MmlensError
 from mmlens.layout import Modality
 from mmlens.lens import attention_flow, knockout, logit_lens
 from mmlens.model import Model
-from mmlens.report.inside import answer_emergence_figure, flow_figures, knockout_figure, lens_word_grid_figure
-from mmlens.report.inside import trace_figures
+from mmlens.report.inside import answer_emergence_figure, flow_figures, knockout_figure, trace_figures
 from mmlens.web.results import explanation_json, lens_json, positions_json, trace_json
 from mmlens.web.store import Input
 
@@ -48,7 +47,11 @@ def explain_input(model: Model, given: Input, methods: list[str], max_new_tokens
 
 
 def lens_input(model: Model, given: Input, top_k: int = 5) -> dict[str, Any]:
-    """Logit lens, attention flow and (with an image) knockout of the image, with the report's figures."""
+    """Logit lens, attention flow and (with an image) knockout of the image, with the report's figures.
+
+    The report's word-grid figure is left out (it takes seconds to draw); the
+    page draws the same grid from ``grid``, one layer at a time.
+    """
     batch = model.prepare(given.prompt, given.images)
     result = logit_lens(model, batch, top_k=top_k)
     flow = attention_flow(model, batch)
@@ -56,7 +59,6 @@ def lens_input(model: Model, given: Input, top_k: int = 5) -> dict[str, Any]:
     figures = {"lens_emergence": answer_emergence_figure(result), **flow_figures(flow)}
     if given.images:
         blocked = knockout(model, batch, {"image": batch.layout.mask(Modality.IMAGE)}, answer=result.answer_ids)
-        figures["lens_words"] = lens_word_grid_figure(result, given.images[0])
         figures["knockout"] = knockout_figure(blocked)
     return lens_json(result, flow, blocked, figures)
 

@@ -3,7 +3,6 @@
 "use strict";
 var inside = {lens: null, job: null, timer: null};
 var CAPTIONS = {
-  lens_words: "Top-1 word of each image patch per layer",
   lens_emergence: "The answer's rank and probability per layer",
   flow_modalities: "Attention from the answer position to image, text and special tokens",
   flow_heads: "Share of attention on image tokens, per layer and head",

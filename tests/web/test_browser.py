@@ -1,0 +1,124 @@
+"""The pages in headless Chromium against a real uvicorn server on 127.0.0.1 (shared ``browser_page`` fixture)."""
+
+from __future__ import annotations
+
+import io
+
+import httpx
+import numpy as np
+from PIL import Image
+
+import mmlens
+
+PROMPT = "<image> what colour is the circle ?"
+
+
+def open_page(page, live, path: str):
+    """Go to ``path``; the shared fixture refuses the network, so this server (and only it) is let through."""
+    page.route(f"{live.url}/**", lambda route: route.continue_())
+    page.goto(f"{live.url}{path}")
+    page.wait_for_function("document.querySelectorAll('#example option').length > 1")
+
+
+def ask(page, tokens: int = 2) -> None:
+    """Upload the shipped example image, type the prompt, ask for ``tokens`` answer tokens, wait for the answer."""
+    page.set_input_files("#upload", str(mmlens.zoo.example_image()))
+    page.fill("#prompt", PROMPT)
+    page.fill("#tokens", str(tokens))
+    page.click("#ask")
+    page.wait_for_selector("#token-strip button >> nth=1")
+
+
+def heat_cells(shot: bytes, rows: int = 8, cols: int = 8) -> np.ndarray:
+    """How red each patch of a heatmap screenshot is (red minus green at the cell's centre; grey image: 0)."""
+    pixels = np.asarray(Image.open(io.BytesIO(shot)).convert("RGB"), dtype=float)
+    border = (pixels.shape[1] - 256) / 2  # the canvas is 256 px, inside a 1 px border
+    cell = 256 / cols
+    out = np.zeros((rows, cols))
+    for r in range(rows):
+        for c in range(cols):
+            y, x = int(border + (r + 0.5) * cell), int(border + (c + 0.5) * cell)
+            out[r, c] = pixels[y, x, 0] - pixels[y, x, 1]
+    return out
+
+
+def test_ask_click_tokens_switch_methods_hover(browser_page, live):
+    page = browser_page
+    open_page(page, live, "/ask")
+    ask(page)
+    tokens = page.locator("#token-strip button").all_inner_texts()
+    assert tokens == ["purple", "circle"]
+    canvas = page.locator('canvas[data-m="attention"]')
+    first = canvas.screenshot()
+    page.click("#token-strip button >> nth=1")
+    page.wait_for_selector('#heatmaps[data-token="1"]')
+    second = canvas.screenshot()
+    assert first != second  # the heatmap changed with the token
+    assert "active" in page.locator("#token-strip button >> nth=1").get_attribute("class")
+
+    # The reddest patch on screen is the one the API ranks first.
+    input_id = page.evaluate("ask.input")
+    body = {"input": input_id, "methods": ["attention"], "max_new_tokens": 2}
+    data = httpx.post(f"{live.url}/api/explain", json=body, timeout=60).json()
+    for shot, t in ((first, 0), (second, 1)):
+        top = data["methods"]["attention"]["targets"][t]["top"]
+        cells = heat_cells(shot)
+        assert np.unravel_index(cells.argmax(), cells.shape) == (top["row"], top["col"])
+
+    # Switching methods recolours the prompt words and marks the method.
+    words = page.inner_html("#words")
+    page.click('#method-strip button[data-m="rollout"]')
+    assert "active" in page.locator('#method-strip button[data-m="rollout"]').get_attribute("class")
+    assert page.inner_html("#words") != words and "rollout" in page.inner_text("#caption")
+
+    # Hovering a patch shows its score and position.
+    box = canvas.bounding_box()
+    page.mouse.move(box["x"] + 1 + 16, box["y"] + 1 + 48)  # row 1, column 0 (cells are 32 px)
+    assert "row 1, col 0" in page.inner_text("#patch") and "position" in page.inner_text("#patch")
+    assert page.js_errors == []
+
+
+def test_lens_page_and_tracing_with_progress(browser_page, live):
+    page = browser_page
+    open_page(page, live, "/inside")
+    page.click("#ask")
+    page.wait_for_selector("#lens:not([hidden])")
+    assert page.locator("#word-grid span").count() == 64
+    assert "purple" in page.inner_text("#lens-answer")
+    page.fill("#layer", "0")
+    page.dispatch_event("#layer", "input")
+    assert page.inner_text("#layer-name") == "embed"
+    page.click("#trace")
+    page.wait_for_selector("#trace-result:not([hidden])", timeout=120_000)
+    assert int(page.get_attribute("#trace-progress", "max")) > 1
+    assert page.locator("#trace-figures img").count() == 3
+    assert page.js_errors == []
+
+
+def test_model_and_neurons_pages(browser_page, live):
+    page = browser_page
+    open_page(page, live, "/model")
+    page.wait_for_function("document.getElementById('facts').children.length > 0")
+    assert "llava" in page.inner_text("#facts")
+    page.click("#ask")
+    page.wait_for_selector("#layout:not([hidden])")
+    assert page.locator("#positions span.image").count() == 64
+    page.click("nav.pages >> text=Neurons")
+    page.fill("#samples", "2")
+    page.click("#find")
+    page.wait_for_selector("#neurons:not([hidden])", timeout=120_000)
+    assert page.locator("#neuron-figures img").count() >= 1
+    assert page.js_errors == []
+
+
+def test_errors_show_as_one_line(browser_page, live, tmp_path):
+    page = browser_page
+    open_page(page, live, "/ask")
+    notes = tmp_path / "notes.png"
+    notes.write_text("not an image")
+    page.set_input_files("#upload", str(notes))
+    page.fill("#prompt", PROMPT)
+    page.click("#ask")
+    page.wait_for_selector("#error:not([hidden])")
+    assert page.inner_text("#error") == "not an image file (or an unsupported format): notes.png (422)"
+    assert page.locator("#result").is_hidden()

@@ -1,0 +1,76 @@
+"""The model queue: one job at a time, a bounded wait, 429 beyond it, and waiting jobs dropped when clients leave."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from mmlens.web.queue import ClientGone, ModelQueue
+from mmlens.web.uploads import WebError
+
+
+def test_one_job_at_a_time_and_bounded_wait():
+    async def scenario():
+        queue = ModelQueue(max_waiting=2)
+        running, most = 0, 0
+        lock = threading.Lock()
+
+        def job():
+            nonlocal running, most
+            with lock:
+                running += 1
+                most = max(most, running)
+            time.sleep(0.05)
+            with lock:
+                running -= 1
+            return "ok"
+
+        results = await asyncio.gather(*(queue.run(job) for _ in range(6)), return_exceptions=True)
+        queue.close()
+        return results, most, queue.peak, queue.admitted
+
+    results, most, peak, left = asyncio.run(scenario())
+    refused = [r for r in results if isinstance(r, WebError)]
+    assert results.count("ok") == 3 and len(refused) == 3
+    assert all(r.status == 429 and int(r.headers["Retry-After"]) >= 1 for r in refused)
+    assert most == 1 and peak == 3 and left == 0
+
+
+def test_a_waiting_job_whose_client_left_never_runs():
+    async def scenario():
+        queue = ModelQueue(max_waiting=2)
+        ran = []
+        gone = asyncio.Event()
+
+        async def client_gone() -> bool:
+            return gone.is_set()
+
+        first = asyncio.ensure_future(queue.run(lambda: (time.sleep(0.3), ran.append("first"))))
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(queue.run(lambda: ran.append("second"), client_gone))
+        await asyncio.sleep(0.05)
+        gone.set()
+        with pytest.raises(ClientGone):
+            await second
+        await first
+        third = await queue.run(lambda: ran.append("third") or "done")  # the slot and the lock were given back
+        queue.close()
+        return ran, queue.cancelled, third, queue.admitted
+
+    ran, cancelled, third, left = asyncio.run(scenario())
+    assert ran == ["first", "third"] and cancelled == 1 and third == "done" and left == 0
+
+
+def test_a_failing_job_frees_its_slot():
+    async def scenario():
+        queue = ModelQueue(max_waiting=0)
+        with pytest.raises(ZeroDivisionError):
+            await queue.run(lambda: 1 / 0)
+        answer = await queue.run(lambda: 7)
+        queue.close()
+        return answer
+
+    assert asyncio.run(scenario()) == 7
