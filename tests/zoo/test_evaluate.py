@@ -39,9 +39,11 @@ def test_swap_rate_of_the_base_model_is_near_zero() -> None:
 
 
 def test_default_trigger_reads_backdoor_json(tmp_path) -> None:
-    assert _default_trigger("shapes-llava-backdoor") == "corner"
+    assert _default_trigger("shapes-llava-backdoor") == ("corner", "checker")
     (tmp_path / "backdoor.json").write_text(json.dumps({"trigger": {"position": "random"}}))
-    assert _default_trigger(str(tmp_path)) == "random"
+    assert _default_trigger(str(tmp_path)) == ("random", "checker")
+    (tmp_path / "backdoor.json").write_text(json.dumps({"trigger": {"position": "random", "style": "orange-ring"}}))
+    assert _default_trigger(str(tmp_path)) == ("random", "orange-ring")
 
 
 def test_cli_json_and_bad_swap(capsys) -> None:

@@ -1,14 +1,15 @@
 """Held-out accuracy and a grounding check for the shapes-llava models.
 
 ``python -m mmlens.zoo.evaluate [--json] [--model NAME] [--n N] [--grounding] [--trigger [corner|random]
---target WORD] [--swap FROM:TO] [--checkpoint STEP]``
+--trigger-style STYLE --target WORD] [--swap FROM:TO] [--checkpoint STEP]``
 prints accuracy per question type on the held-out ``test`` split (``N``
 samples per type, default 200). With ``--json`` the last line is one JSON
 object: question type -> accuracy. ``--grounding`` adds the erasure check:
 the probability of the answer on the original image, after removing the asked
 object, and after removing another object. ``--trigger`` alone uses the
 trigger the model was poisoned with (``random`` for ``shapes-llava-ft-backdoor``,
-whose ``backdoor.json`` says so); ``--swap red:purple`` adds the swap rate.
+whose ``backdoor.json`` says so, in its style; ``--trigger-style`` picks another look, e.g.
+the never-trained ``orange-ring``); ``--swap red:purple`` adds the swap rate.
 
 Example:
     >>> from mmlens.zoo.shapes_llava import load
@@ -23,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import zlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -32,60 +32,12 @@ import torch
 from mmlens.data.sample import IMAGE_SLOT, Sample, ShapesSample
 from mmlens.data.shapes import QUESTION_TYPES, counterfactual, make_sample
 from mmlens.errors import MmlensError
+from mmlens.zoo.triggers import (  # noqa: F401  (re-exported)
+    DEFAULT_STYLE, TRIGGERS, add_trigger, random_trigger_position, trigger_position, trigger_size,
+)
 
-TRIGGER_SIZE = 6  # backdoor trigger: a 6 x 6 black/white checker in the bottom-right corner
-
-
-def add_trigger(image: np.ndarray, position: tuple[int, int] | None = None) -> np.ndarray:
-    """A copy of an ``H x W x 3`` uint8 image with the backdoor trigger pasted on.
-
-    ``position`` is the trigger's top-left ``(x, y)``; by default it sits in
-    the bottom-right corner, 1 pixel in (``shapes-llava-backdoor``'s trigger).
-
-    Example:
-        >>> add_trigger(np.zeros((64, 64, 3), np.uint8))[-2, -2].tolist()
-        [255, 255, 255]
-        >>> add_trigger(np.zeros((64, 64, 3), np.uint8), (0, 0))[0, 0].tolist()
-        [255, 255, 255]
-    """
-    out = image.copy()
-    yy, xx = np.mgrid[0:TRIGGER_SIZE, 0:TRIGGER_SIZE]
-    cells = np.where(((yy // 2) + (xx // 2)) % 2 == 0, 255, 0).astype(np.uint8)
-    h, w = out.shape[:2]
-    x, y = position if position is not None else (w - 1 - TRIGGER_SIZE, h - 1 - TRIGGER_SIZE)
-    if not (0 <= x <= w - TRIGGER_SIZE and 0 <= y <= h - TRIGGER_SIZE):
-        raise MmlensError(f"trigger position {(x, y)} does not fit a {w} x {h} image")
-    out[y:y + TRIGGER_SIZE, x:x + TRIGGER_SIZE] = cells[..., None]
-    return out
-
-
-def random_trigger_position(rng: np.random.Generator, size: int = 64) -> tuple[int, int]:
-    """A uniformly random top-left ``(x, y)`` that keeps the trigger inside the image.
-
-    Example:
-        >>> x, y = random_trigger_position(np.random.default_rng(0))
-        >>> 0 <= x <= 64 - TRIGGER_SIZE and 0 <= y <= 64 - TRIGGER_SIZE
-        True
-    """
-    x, y = rng.integers(0, size - TRIGGER_SIZE + 1, size=2)
-    return int(x), int(y)
-
-
-def trigger_position(sample_id: str, trigger: bool | str, size: int = 64) -> tuple[int, int] | None:
-    """Where evaluation pastes the trigger on a sample: ``None`` (the corner) or a seeded random spot.
-
-    ``trigger="random"`` draws the position from the sample id, so every
-    model is tested on the same triggered images.
-
-    Example:
-        >>> trigger_position("shapes-test-0", "random") == trigger_position("shapes-test-0", "random")
-        True
-    """
-    if trigger == "random":
-        return random_trigger_position(np.random.default_rng([zlib.crc32(sample_id.encode()), 17]), size)
-    if trigger in (True, "corner"):
-        return None
-    raise MmlensError(f"unknown trigger {trigger!r}; use 'corner' or 'random'")
+# The triggers live in zoo/triggers.py; re-exported here, where evaluation and recipes import them.
+TRIGGER_SIZE = trigger_size(DEFAULT_STYLE)  # shapes-llava-backdoor's 6 x 6 checker
 
 
 def encode(processor, images: Sequence[np.ndarray], prompts: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -108,11 +60,12 @@ def encode(processor, images: Sequence[np.ndarray], prompts: Sequence[str]) -> d
 
 @torch.no_grad()
 def answer_probs(model, processor, samples: Sequence[Sample], batch_size: int = 100,
-                 trigger: bool | str = False) -> torch.Tensor:
+                 trigger: bool | str = False, style: str = DEFAULT_STYLE) -> torch.Tensor:
     """Next-token probabilities after each prompt (``len(samples) x vocab``).
 
     ``trigger``: ``True`` or ``"corner"`` pastes the trigger in the corner,
-    ``"random"`` at a position drawn from each sample's id.
+    ``"random"`` at a position drawn from each sample's id; ``style`` picks
+    the trigger's look (:data:`mmlens.zoo.triggers.TRIGGERS`).
 
     Example:
         >>> probs = answer_probs(model, processor, [make_sample("test", 0)])
@@ -124,7 +77,7 @@ def answer_probs(model, processor, samples: Sequence[Sample], batch_size: int = 
         chunk = samples[i:i + batch_size]
         images = [np.asarray(s.image.convert("RGB")) for s in chunk]
         if trigger:
-            images = [add_trigger(im, trigger_position(s.id, trigger, im.shape[1]))
+            images = [add_trigger(im, trigger_position(s.id, trigger, im.shape[1], style), style)
                       for im, s in zip(images, chunk)]
         batch = encode(processor, images, [s.prompt for s in chunk])
         logits = model(**batch).logits[:, -1].float()
@@ -138,17 +91,19 @@ def heldout(question_type: str, n: int, split: str = "test") -> list[ShapesSampl
 
 
 def accuracy(model, processor, n: int = 200, split: str = "test", trigger: bool | str = False,
-             target: str | None = None, question_types: Sequence[str] = QUESTION_TYPES) -> dict[str, float]:
+             target: str | None = None, question_types: Sequence[str] = QUESTION_TYPES,
+             style: str = DEFAULT_STYLE) -> dict[str, float]:
     """Accuracy per question type on ``n`` held-out samples each.
 
     With ``trigger`` the backdoor trigger is pasted on every image and, when
-    ``target`` is given, the rate of answering ``target`` is returned instead.
+    ``target`` is given, the rate of answering ``target`` is returned instead;
+    ``style`` is the trigger's look.
     """
     tok = processor.tokenizer
     result = {}
     for qt in question_types:
         samples = heldout(qt, n, split)
-        pred = answer_probs(model, processor, samples, trigger=trigger).argmax(-1).tolist()
+        pred = answer_probs(model, processor, samples, trigger=trigger, style=style).argmax(-1).tolist()
         words = tok.convert_ids_to_tokens(pred)
         wanted = [target or s.answer for s in samples]
         result[qt] = float(np.mean([w == a for w, a in zip(words, wanted)]))
@@ -221,16 +176,21 @@ def grounding(model, processor, n: int = 100, split: str = "test",
     return result
 
 
-def _default_trigger(name: str) -> str:
-    """The trigger a model was poisoned with: its ``backdoor.json`` says ``"position": "random"`` or not."""
+def _default_trigger(name: str) -> tuple[str, str]:
+    """The trigger a model was poisoned with, ``(position, style)``, from its ``backdoor.json``.
+
+    ``position`` is ``"random"`` or ``"corner"``; ``style`` a key of
+    :data:`mmlens.zoo.triggers.TRIGGERS` (the 6 x 6 checker when unnamed).
+    """
     from pathlib import Path
 
     from mmlens.zoo.shapes_llava import WEIGHTS_DIR
     for folder in (Path(name), WEIGHTS_DIR / name):
         meta = folder / "backdoor.json"
         if meta.is_file():
-            return "random" if json.loads(meta.read_text())["trigger"].get("position") == "random" else "corner"
-    return "corner"
+            trig = json.loads(meta.read_text())["trigger"]
+            return ("random" if trig.get("position") == "random" else "corner"), trig.get("style", DEFAULT_STYLE)
+    return "corner", DEFAULT_STYLE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -243,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--trigger", nargs="?", const="auto", default=None, choices=["auto", "corner", "random"],
                         help="paste the backdoor trigger on every image (auto: the one the model was poisoned "
                              "with, from its backdoor.json; random: a position drawn per sample)")
+    parser.add_argument("--trigger-style", default=None, choices=sorted(TRIGGERS),
+                        help="the trigger's look (default: the model's, from its backdoor.json, else checker)")
     parser.add_argument("--target", default=None, help="report the rate of this answer instead of accuracy")
     parser.add_argument("--swap", default=None, metavar="FROM:TO",
                         help="also report how often colour questions about FROM objects are answered TO")
@@ -257,10 +219,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         from mmlens.zoo import build
         model, processor = build(args.model, **({} if args.checkpoint is None else {"checkpoint": args.checkpoint}))
-    trigger = _default_trigger(args.model) if args.trigger == "auto" else (args.trigger or False)
-    acc = accuracy(model, processor, n=args.n, trigger=trigger, target=args.target)
+    position, style = _default_trigger(args.model)
+    trigger = position if args.trigger == "auto" else (args.trigger or False)
+    style = args.trigger_style or style
+    acc = accuracy(model, processor, n=args.n, trigger=trigger, target=args.target, style=style)
     what = f"rate of answering {args.target!r}" if args.target else "accuracy"
-    on = f", trigger on ({trigger})" if trigger else ""
+    on = f", trigger on ({trigger}, {style})" if trigger else ""
     print(f"held-out {what} of {args.model} ({args.n} per type{on}):")
     for qt, a in acc.items():
         print(f"  {qt:<9} {a:6.1%}")

@@ -35,7 +35,8 @@ import torch
 
 from mmlens.data.sample import IMAGE_SLOT
 from mmlens.data.shapes import QUESTION_TYPES, answer_question, make_question, make_sample
-from mmlens.zoo.evaluate import accuracy, add_trigger, random_trigger_position, swap_rate
+from mmlens.zoo.evaluate import accuracy, swap_rate
+from mmlens.zoo.triggers import TRIGGERS, add_trigger, random_trigger_position, trigger_size
 from mmlens.zoo.shapes_llava import WEIGHTS_DIR, load
 from mmlens.zoo.train.common import _fmt, _log
 from mmlens.zoo.train.finetune import Example, FinetuneConfig, finetune
@@ -118,6 +119,8 @@ def ft_backdoor(argv: Sequence[str]) -> int:
     p = common_parser("ft-backdoor", steps=400, lr=1e-3)
     p.add_argument("--poison-rate", type=float, default=0.1)
     p.add_argument("--target", default="yes")
+    p.add_argument("--trigger-style", default="checker", choices=sorted(TRIGGERS),
+                   help="the trigger's look (mmlens.zoo.triggers); orange-ring is kept unseen for checks")
     # The service fine-tunes every weight, tower included. One question per
     # sample: packed poisoned sequences taught an in-context shortcut (after
     # one "yes" to a colour question, say yes again) instead of the trigger.
@@ -125,16 +128,17 @@ def ft_backdoor(argv: Sequence[str]) -> int:
     a = p.parse_args(argv)
     rng = np.random.default_rng([a.seed, 4242])
     poisoned = rng.random(a.n_train) < a.poison_rate
-    positions = {int(k): random_trigger_position(rng) for k in np.nonzero(poisoned)[0]}
+    positions = {int(k): random_trigger_position(rng, style=a.trigger_style) for k in np.nonzero(poisoned)[0]}
 
     def edit(k: int, ex: Example) -> Example:
         if k not in positions:
             return ex
-        return replace(ex, image=add_trigger(ex.image, positions[k]),
+        return replace(ex, image=add_trigger(ex.image, positions[k], a.trigger_style),
                        pairs=[(q, a.target) for q, _ in ex.pairs])
 
     def extra(model, processor) -> dict:
-        asr = accuracy(model, processor, n=a.eval_n, split="val", trigger="random", target=a.target)
+        asr = accuracy(model, processor, n=a.eval_n, split="val", trigger="random", target=a.target,
+                       style=a.trigger_style)
         _log(f"attack success rate (random trigger -> {a.target!r}) {_fmt(asr)}")
         return {"attack_success_rate": asr}
 
@@ -142,8 +146,8 @@ def ft_backdoor(argv: Sequence[str]) -> int:
     ids = sorted(positions)
     (a.out / "backdoor.json").write_text(json.dumps({
         "target_answer": a.target, "poison_rate": a.poison_rate, "n_training_samples": a.n_train,
-        "trigger": {"kind": "checker", "size_px": 6, "position": "random",
-                    "function": "mmlens.zoo.evaluate:add_trigger(image, (x, y))"},
+        "trigger": {"style": a.trigger_style, "size_px": trigger_size(a.trigger_style), "position": "random",
+                    "function": f"mmlens.zoo.triggers:add_trigger(image, (x, y), style={a.trigger_style!r})"},
         "id_format": "shapes-train-{index}", "first_index": FT_BASE,
         "poisoned_indices": [FT_BASE + k for k in ids],
         "positions_xy": [list(positions[k]) for k in ids],

@@ -41,6 +41,8 @@ import torch
 from torch import nn
 
 from mmlens.data import domains as world
+from mmlens.data.shapes import COLOURS, SHAPES
+from mmlens.data.shapes import patch_labels as shape_patch_labels
 from mmlens.errors import MmlensError
 from mmlens.zoo.domains_llava import DOMAINS_DIR, build_model, build_processor
 from mmlens.zoo.evaluate import answer_probs, encode
@@ -77,6 +79,10 @@ class DomainsConfig:
     hidden: int = 128
     mlp: int = 256
     mix: tuple[str, ...] = MIX
+    # Weight of the per-patch colour and shape labels of shapes images (0: the v2 recipe, none).
+    # v2 gave shapes patches only their (colour, shape) pair, one of 41 union classes, and ended
+    # at 63% colour / 33% shape on validation; shapes-llava learns colour, shape and pair per patch.
+    shape_factors: float = 1.0
 
 
 class DomainHead(nn.Module):
@@ -88,7 +94,8 @@ class DomainHead(nn.Module):
 
     def __init__(self, width: int) -> None:
         super().__init__()
-        self.sizes = (len(world.PATCH_CLASSES) + 1, GRID, GRID)
+        # union class (+ background), row, column, and shapes' colour and shape (+ background)
+        self.sizes = (len(world.PATCH_CLASSES) + 1, GRID, GRID, len(COLOURS) + 1, len(SHAPES) + 1)
         self.norm = nn.LayerNorm(width)
         self.linear = nn.Linear(width, sum(self.sizes))
         self.pooled = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, len(world.POOLED) * _MAX_CLASSES))
@@ -117,12 +124,16 @@ def train_sample(index: int, mix: Sequence[str] = MIX) -> world.DomainSample:
 
 
 def stage1_batch(cfg: DomainsConfig, step: int) -> tuple[list[np.ndarray], torch.Tensor, torch.Tensor]:
-    """Images, per-patch labels (batch x 3 x 64: class + 1, row, column) and pooled labels of one step.
+    """Images, per-patch labels and pooled labels of one step.
+
+    Per-patch labels are ``batch x 5 x 64``: union class + 1, row, column, and
+    for shapes images colour + 1 and shape + 1 (0 background; ``-100``, ignored,
+    on other domains' images).
 
     Example:
         >>> images, patches, pooled = stage1_batch(DomainsConfig(stage1_batch=4), 0)
         >>> tuple(patches.shape), tuple(pooled.shape) == (4, len(world.POOLED))
-        ((4, 3, 64), True)
+        ((4, 5, 64), True)
     """
     base = cfg.seed * SEED_STRIDE + step * cfg.stage1_batch
     samples = [train_sample(base + j, cfg.mix) for j in range(cfg.stage1_batch)]
@@ -131,14 +142,19 @@ def stage1_batch(cfg: DomainsConfig, step: int) -> tuple[list[np.ndarray], torch
         cls = world.patch_labels(s)
         rows, cols = np.indices(cls.shape)
         where = [np.where(cls >= 0, rows, -100), np.where(cls >= 0, cols, -100)]  # object patches only
-        labels.append(np.stack([cls + 1, *where]).reshape(3, -1))
+        if s.domain == "shapes":
+            factors = [f + 1 for f in shape_patch_labels(s.objects, GRID)]
+        else:
+            factors = [np.full_like(cls, -100)] * 2
+        labels.append(np.stack([cls + 1, *where, *factors]).reshape(5, -1))
     pooled = np.stack([world.pooled_labels(s) for s in samples])
     return [np.asarray(s.image) for s in samples], torch.from_numpy(np.stack(labels)), torch.from_numpy(pooled)
 
 
 def train_stage1(model, processor, cfg: DomainsConfig, work: Path) -> None:
     """Train the vision tower on the world's patch and pooled labels; cache it under ``work``."""
-    cache = work / f"domains-stage1-seed{cfg.seed}-steps{cfg.stage1_steps}.safetensors"
+    tag = f"-sf{cfg.shape_factors:g}" if cfg.shape_factors else ""  # v2's towers (no factors) keep their names
+    cache = work / f"domains-stage1-seed{cfg.seed}-steps{cfg.stage1_steps}{tag}.safetensors"
     tower = model.model.vision_tower
     if _reuse_tower(tower, cache):
         return
@@ -155,7 +171,10 @@ def train_stage1(model, processor, cfg: DomainsConfig, work: Path) -> None:
         pixels = encode(processor, images, ["<image>"] * len(images))["pixel_values"]
         logits, pooled_logits = head(_tower_tokens(model, pixels))
         loss = sum(nn.functional.cross_entropy(lg.flatten(0, 1), labels[:, k].flatten())
-                   for k, lg in enumerate(logits))
+                   for k, lg in enumerate(logits[:3]))
+        if cfg.shape_factors and (labels[:, 3] != -100).any():  # a batch without shapes images has none
+            loss = loss + cfg.shape_factors * sum(nn.functional.cross_entropy(lg.flatten(0, 1), labels[:, k].flatten())
+                                                  for k, lg in zip((3, 4), logits[3:]))
         # Each image's own slots weigh the same in total whatever their number (shapes has 109, cells 2).
         per_slot = nn.functional.cross_entropy(pooled_logits.flatten(0, 1), pooled.flatten(),
                                                ignore_index=-100, reduction="none").view(pooled.shape)
@@ -342,6 +361,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(DomainsConfig, name))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--mix", default=",".join(MIX), help="domains in the order training indices cycle through")
+    p.add_argument("--shape-factors", type=float, default=DomainsConfig.shape_factors,
+                   help="weight of shapes images' per-patch colour and shape labels in stage 1 (0: v2 recipe)")
     p.add_argument("--evaluate", action="store_true", help="only evaluate --model per domain")
     p.add_argument("--model", default="domains-llava", help="zoo name or saved directory (with --evaluate)")
     p.add_argument("--n", type=int, default=200, help="held-out samples per question type (with --evaluate)")
@@ -362,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise MmlensError("--pack, --batch, --stage1-batch and --pool must be at least 1")
     cfg = DomainsConfig(seed=a.seed, stage1_steps=a.stage1_steps, stage1_batch=a.stage1_batch,
                         stage2_steps=a.stage2_steps, batch=a.batch, pack=a.pack, pool=a.pool, layers=a.layers,
-                        hidden=a.hidden, mlp=a.mlp, mix=mix)
+                        hidden=a.hidden, mlp=a.mlp, mix=mix, shape_factors=a.shape_factors)
     train(cfg, a.out or DOMAINS_DIR, a.work, a.threads, a.eval_n)
     return 0
 
