@@ -11,7 +11,7 @@ from mmlens.represent.fingerprint import (
     ProbeSample, Representations, bootstrap_scores, collect_last_token, depth_pairs, fingerprint, probe_samples,
     standardise,
 )
-from mmlens.represent.cka import grams
+from mmlens.represent.cka import cka_from_grams, grams
 
 
 def test_probe_sets_are_fixed_and_off_task_cycles_domains():
@@ -75,3 +75,15 @@ def test_too_few_common_samples_is_one_line():
     b = Representations("b", ["x", "y", "q", "r"], [torch.randn(4, 3)])
     with pytest.raises(MmlensError, match="only 2 probe samples ran on both a and b"):
         fingerprint(a, b)
+
+
+def test_batched_bootstrap_equals_one_resample_at_a_time():
+    torch.manual_seed(2)
+    v = [torch.randn(20, 6), torch.randn(20, 5)]
+    s = [v[0] @ torch.randn(6, 4), torch.randn(20, 3)]
+    kv, ks = grams(v, "unbiased"), grams(s, "unbiased")
+    boot = bootstrap_scores(kv, ks, [(0, 0), (1, 1)], n_boot=7, seed=4, chunk=3)
+    index = torch.randint(0, 20, (7, 20), generator=torch.Generator().manual_seed(4))
+    for b in range(7):
+        m = cka_from_grams(kv, ks, "unbiased", index[b])
+        assert abs(float(m.diagonal().mean()) - float(boot[b])) < 1e-5

@@ -102,17 +102,81 @@ def _hsic_unbiased(k: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
     return (k * l).sum((-1, -2)) + ones_k * ones_l / ((n - 1) * (n - 2)) - 2.0 * cross / (n - 2)
 
 
-def _pick(g: torch.Tensor, index: torch.Tensor | None) -> torch.Tensor:
-    return g if index is None else g[..., index[:, None], index[None, :]]
+def resample(g: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """Kernel matrices ``(..., n, n)`` on resamples ``index`` (``(m,)`` or ``(b, m)``): ``(..., [b,] m, m)``.
+
+    Example:
+        >>> resample(torch.eye(3)[None], torch.tensor([[0, 0, 2]])).shape
+        torch.Size([1, 1, 3, 3])
+    """
+    return g[..., index[..., :, None], index[..., None, :]]
+
+
+def _same(index: torch.Tensor | None) -> torch.Tensor | None:
+    """Which entries pair copies of one sample (the diagonal of a resample); None without a resample."""
+    return None if index is None else index[..., :, None] == index[..., None, :]
+
+
+def paired_cka(kx: torch.Tensor, ky: torch.Tensor, kind: str = "linear",
+               index: torch.Tensor | None = None) -> torch.Tensor:
+    """CKA of ``kx[...]`` against ``ky[...]``, kernel matrices of the same shape ``(..., n, n)``: ``(...)``.
+
+    ``index`` says which samples a resampled matrix holds (``(n,)`` or
+    ``(b, n)`` matching a batch axis just before the matrices), so that copies
+    of one sample count as the diagonal in the debiased estimator.
+
+    Example:
+        >>> g = grams([torch.randn(10, 4), torch.randn(10, 2)])
+        >>> paired_cka(g, g).tolist()
+        [1.0, 1.0]
+    """
+    if kind == "unbiased":
+        same = _same(index)
+        kx, ky = _debias(kx, same), _debias(ky, same)
+        xy, xx, yy = _hsic_unbiased(kx, ky), _hsic_unbiased(kx, kx), _hsic_unbiased(ky, ky)
+    else:
+        kx, ky = _centre(kx), _centre(ky)
+        xy, xx, yy = (kx * ky).sum((-1, -2)), (kx * kx).sum((-1, -2)), (ky * ky).sum((-1, -2))
+    return _ratio(xy, xx, yy)
+
+
+def _ratio(xy: torch.Tensor, xx: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
+    denom = (xx.clamp_min(0) * yy.clamp_min(0)).sqrt()
+    return torch.where(denom > 0, xy / denom.clamp_min(1e-30), torch.zeros_like(xy))
+
+
+def unbiased_on_weights(kx: torch.Tensor, ky: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Debiased CKA of ``kx[p]`` against ``ky[p]`` (``(p, n, n)``) on resamples given as counts: ``(p, b)``.
+
+    ``weights`` (``(b, n)``) says how often each sample is drawn. It equals
+    :func:`paired_cka` on the gathered resample (copies of a sample kept apart),
+    but costs matrix products instead of ``b`` gathered ``n x n`` matrices.
+
+    Example:
+        >>> g = grams([torch.randn(10, 4)], "unbiased")
+        >>> unbiased_on_weights(g, g, torch.ones(1, 10)).tolist()
+        [[1.0]]
+    """
+    kx, ky = _debias(kx, None), _debias(ky, None)
+    w = weights.to(kx.dtype)
+    m = w.sum(-1)  # (b,): the resample's size
+
+    def hsic(k: torch.Tensor, l: torch.Tensor, kw: torch.Tensor, lw: torch.Tensor) -> torch.Tensor:
+        kl = ((k * l) @ w.T * w.T).sum(-2)  # sum over pairs of distinct samples, weighted: (p, b)
+        sk, sl = (kw * w).sum(-1), (lw * w).sum(-1)
+        cross = (kw * lw * w).sum(-1)
+        return kl + sk * sl / ((m - 1) * (m - 2)) - 2.0 * cross / (m - 2)
+
+    kw, lw = w @ kx, w @ ky  # (p, b, n): row sums of the resampled kernels, per drawn sample
+    return _ratio(hsic(kx, ky, kw, lw), hsic(kx, kx, kw, kw), hsic(ky, ky, lw, lw))
 
 
 def cka_from_grams(kx: torch.Tensor, ky: torch.Tensor, kind: str = "linear",
-                   index: torch.Tensor | None = None, paired: bool = False) -> torch.Tensor:
+                   index: torch.Tensor | None = None) -> torch.Tensor:
     """CKA between every pair of ``kx`` ``(a, n, n)`` and ``ky`` ``(b, n, n)``: an ``(a, b)`` matrix.
 
     ``index`` (``(m,)`` sample indices, repeats allowed) computes it on that
-    resample of the samples. ``paired=True`` (``a == b``) computes only
-    ``kx[i]`` against ``ky[i]``, an ``(a,)`` vector (the bootstrap's case).
+    resample of the samples.
 
     Example:
         >>> g = grams([torch.randn(10, 4)])
@@ -121,19 +185,18 @@ def cka_from_grams(kx: torch.Tensor, ky: torch.Tensor, kind: str = "linear",
     """
     if kx.shape[-1] != ky.shape[-1]:
         raise MmlensError(f"CKA compares the same samples: {kx.shape[-1]} against {ky.shape[-1]}")
-    kx, ky = _pick(kx, index), _pick(ky, index)
+    if index is not None:
+        kx, ky = resample(kx, index), resample(ky, index)
     if kind == "unbiased":
-        same = None if index is None else index[:, None] == index[None, :]
+        same = _same(index)
         kx, ky = _debias(kx, same), _debias(ky, same)
-        xy = _hsic_unbiased(kx, ky) if paired else _hsic_unbiased(kx[:, None], ky[None, :])
+        xy = torch.stack([_hsic_unbiased(k[None], ky) for k in kx])  # a rows of (b,): a x b x n x n never held
         xx, yy = _hsic_unbiased(kx, kx), _hsic_unbiased(ky, ky)
     else:
         kx, ky = _centre(kx), _centre(ky)
-        xy = (kx * ky).sum((-1, -2)) if paired else torch.einsum("aij,bij->ab", kx, ky)
+        xy = torch.einsum("aij,bij->ab", kx, ky)
         xx, yy = (kx * kx).sum((-1, -2)), (ky * ky).sum((-1, -2))
-    xx, yy = xx.clamp_min(0), yy.clamp_min(0)
-    denom = (xx * yy).sqrt() if paired else (xx[:, None] * yy[None, :]).sqrt()
-    return torch.where(denom > 0, xy / denom.clamp_min(1e-30), torch.zeros_like(xy))
+    return _ratio(xy, xx[:, None], yy[None, :])
 
 
 def cka(x: torch.Tensor, y: torch.Tensor, kind: str = "linear") -> float:

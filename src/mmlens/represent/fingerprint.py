@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 from mmlens.errors import MmlensError
-from mmlens.represent.cka import KINDS, cka_from_grams, grams
+from mmlens.represent.cka import KINDS, cka_from_grams, grams, paired_cka, resample, unbiased_on_weights
 
 if TYPE_CHECKING:
     from mmlens.model import Model
@@ -230,8 +230,11 @@ def _pair_mean(matrix: torch.Tensor, pairs: list[tuple[int, int]]) -> float:
 
 
 def bootstrap_scores(kv: torch.Tensor, ks: torch.Tensor, pairs: list[tuple[int, int]], *, n_boot: int = 1000,
-                     seed: int = 0, kind: str = SCORE_KIND) -> torch.Tensor:
+                     seed: int = 0, kind: str = SCORE_KIND, chunk: int = 250) -> torch.Tensor:
     """The score on ``n_boot`` resamples (with replacement) of the probe samples, ``(n_boot,)``.
+
+    Only the scored layer pairs are computed, ``chunk`` resamples at a time;
+    the debiased estimator works on resample counts (:func:`unbiased_on_weights`).
 
     Example:
         >>> g = grams([torch.randn(12, 4)], "unbiased")
@@ -240,11 +243,13 @@ def bootstrap_scores(kv: torch.Tensor, ks: torch.Tensor, pairs: list[tuple[int, 
     """
     gen = torch.Generator().manual_seed(seed)
     n = kv.shape[-1]
-    vi = torch.tensor([i for i, _ in pairs])
-    si = torch.tensor([j for _, j in pairs])
-    out = torch.empty(n_boot)
-    for b in range(n_boot):
-        index = torch.randint(0, n, (n,), generator=gen)
-        # only the scored pairs: one CKA per pair, not the whole matrix
-        out[b] = cka_from_grams(kv[vi], ks[si], kind, index, paired=True).mean()
-    return out
+    index = torch.randint(0, n, (n_boot, n), generator=gen)
+    kv, ks = kv[[i for i, _ in pairs]], ks[[j for _, j in pairs]]
+    scores = []
+    for part in index.split(chunk):
+        if kind == "unbiased":
+            counts = torch.zeros(len(part), n).scatter_add_(1, part, torch.ones_like(part, dtype=torch.float32))
+            scores.append(unbiased_on_weights(kv, ks, counts).mean(0))
+        else:
+            scores.append(paired_cka(resample(kv, part), resample(ks, part), kind, part).mean(0))
+    return torch.cat(scores)
