@@ -44,7 +44,7 @@ def cka_matrix_figure(matrices: Mapping[str, torch.Tensor], victim: str, suspect
         >>> cka_matrix_figure({"rbf": torch.rand(4, 2)}, "v", "s").axes[0].get_xlabel()
         's layer'
     """
-    figure = Figure(figsize=(3.4 * len(matrices) + 0.6, 3.2))
+    figure = Figure(figsize=(3.9 * len(matrices) + 0.6, 3.4), layout="constrained")
     for k, (kind, matrix) in enumerate(matrices.items()):
         ax = figure.add_subplot(1, len(matrices), k + 1)
         values = np.asarray(matrix, dtype=float)
@@ -53,6 +53,9 @@ def cka_matrix_figure(matrices: Mapping[str, torch.Tensor], victim: str, suspect
             if values.size <= 64:
                 ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
                         color="black" if value > 0.6 else "white")
+        step = max(1, values.shape[1] // 12), max(1, values.shape[0] // 12)  # at most ~12 labels an axis
+        ax.set_xticks(range(0, values.shape[1], step[0]))
+        ax.set_yticks(range(0, values.shape[0], step[1]))
         ax.set_title(KIND_TITLES.get(kind, kind), fontsize=9)
         ax.set_xlabel(f"{suspect} layer")
         ax.set_ylabel(f"{victim} layer")
