@@ -98,7 +98,7 @@ def probe_accuracy_figure(curves: Mapping[str, Mapping[str, Sequence[float]]], t
         >>> probe_accuracy_figure({"colour": {"accuracy": [0.5, 0.9], "control": [0.2, 0.3]}}).axes[0].get_ylabel()
         'held-out accuracy'
     """
-    figure = Figure(figsize=(6.4, 3.8))
+    figure = Figure(figsize=(8.4, 3.8), layout="constrained")
     ax = figure.add_subplot(1, 1, 1)
     for k, (name, curve) in enumerate(curves.items()):
         colour = f"C{k % 10}"
@@ -112,7 +112,7 @@ def probe_accuracy_figure(curves: Mapping[str, Mapping[str, Sequence[float]]], t
     ax.set_xlabel("site")
     ax.set_ylabel("held-out accuracy")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return figure
 
 
