@@ -45,3 +45,16 @@ def test_bad_options_are_one_line(shapes_store, concept_sae, tmp_path, given, me
     _, folder = concept_sae
     with pytest.raises(MmlensError, match=message):
         run_command(sae_filter, data=str(shapes_store), sae=folder, out=tmp_path, **given)
+
+
+def test_registered_under_mmlens_sae(shapes_store, concept_sae, tmp_path, capsys):
+    from mmlens.cli.main import main
+
+    _, folder = concept_sae
+    assert main(["sae", "filter", "--data", str(shapes_store), "--sae", str(folder), "--keep", "0.5",
+                 "--out", str(tmp_path / "m"), "--top-latents", "2", "--top-tokens", "10", "--min-per-modality", "1",
+                 "--pairs", "1"]) == 0
+    assert len((tmp_path / "m" / "kept.txt").read_text().split()) == 6
+    assert main(["sae", "filter", "--data", str(shapes_store), "--sae", str(folder), "--keep", "2"]) == 1
+    assert "mmlens: error: --keep is a fraction" in capsys.readouterr().err
+    assert main(["sae", "dashboard", "--help"]) == 0
