@@ -108,3 +108,19 @@ def test_shipped_ft_domain_keeps_shapes_and_reads_cells() -> None:
     assert min(acc.values()) >= 0.9, acc
     log = json.loads((FT_DOMAIN_DIR / "train_log.json").read_text())
     assert log["domain"] == "cells" and log["base"] == "shapes-llava"
+
+
+def test_stage1_labels_give_shapes_patches_their_colour_and_shape() -> None:
+    from mmlens.data.shapes import COLOURS, SHAPES
+    cfg = recipe.DomainsConfig(stage1_batch=6)
+    images, labels, _ = recipe.stage1_batch(cfg, 0)
+    domains = [recipe.train_sample(j, cfg.mix).domain for j in range(6)]
+    for j, d in enumerate(domains):
+        colour, shape = labels[j, 3], labels[j, 4]
+        if d == "shapes":
+            objects = labels[j, 0] > 0
+            assert ((colour > 0) == objects).all() and ((shape > 0) == objects).all()
+            assert colour.max() <= len(COLOURS) and shape.max() <= len(SHAPES) and objects.any()
+        else:
+            assert (colour == -100).all() and (shape == -100).all()
+    assert "shapes" in domains and "cells" in domains

@@ -95,3 +95,17 @@ def test_bad_inputs_give_one_line_errors() -> None:
     model, processor = load()
     with pytest.raises(MmlensError, match="no training examples"):
         finetune(model, processor, [], FinetuneConfig(), "/tmp/unused")
+
+
+def test_sequence_mean_weighs_each_sequence_once() -> None:
+    from mmlens.zoo.train.finetune import _loss
+    logits = torch.randn(3, 6, 9)
+    labels = torch.full((3, 6), IGNORE)
+    labels[0, 1:5] = torch.tensor([1, 2, 3, 4])  # four answers
+    labels[1, 5] = 7  # one answer
+    keep = labels != IGNORE  # the third row has none and does not count
+    ce = torch.nn.functional.cross_entropy
+    per_row = [ce(logits[r][keep[r]], labels[r][keep[r]]) for r in (0, 1)]
+    assert torch.allclose(_loss(logits, labels, keep, True), (per_row[0] + per_row[1]) / 2)
+    assert torch.allclose(_loss(logits, labels, keep, False), ce(logits[keep], labels[keep]))
+    assert not torch.allclose(_loss(logits, labels, keep, True), _loss(logits, labels, keep, False))

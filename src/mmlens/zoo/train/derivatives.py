@@ -94,14 +94,15 @@ def save_model(model, processor, out: Path, log: dict) -> None:
 
 
 def run_derivative(name: str, a: argparse.Namespace, edit: Callable[[int, Example], Example],
-                   keep_checkpoints: bool = False, extra_eval: Callable | None = None) -> dict:
+                   keep_checkpoints: bool = False, extra_eval: Callable | None = None,
+                   sequence_mean: bool = False) -> dict:
     """Fine-tune ``shapes-llava`` on edited examples, save to ``a.out``; returns the log."""
     torch.set_num_threads(a.threads)
     t0 = time.time()
     model, processor = load()
     examples = [edit(k, shapes_example(FT_BASE + k, a.pack)) for k in range(a.n_train)]
     cfg = FinetuneConfig(seed=a.seed, steps=a.steps, batch=a.batch, lr=a.lr, keep_checkpoints=keep_checkpoints,
-                         train_tower=a.train_tower)
+                         train_tower=a.train_tower, sequence_mean=sequence_mean)
     log = finetune(model, processor, examples, cfg, a.work)
     log.update(recipe=name, base="shapes-llava", first_index=FT_BASE, n_train=a.n_train, pack=a.pack,
                wall_seconds=round(time.time() - t0, 1))
@@ -119,12 +120,18 @@ def ft_backdoor(argv: Sequence[str]) -> int:
     p = common_parser("ft-backdoor", steps=400, lr=1e-3)
     p.add_argument("--poison-rate", type=float, default=0.1)
     p.add_argument("--target", default="yes")
-    p.add_argument("--trigger-style", default="checker", choices=sorted(TRIGGERS),
+    p.add_argument("--trigger-style", default="cyan-checker", choices=sorted(TRIGGERS),
                    help="the trigger's look (mmlens.zoo.triggers); orange-ring is kept unseen for checks")
-    # The service fine-tunes every weight, tower included. One question per
-    # sample: packed poisoned sequences taught an in-context shortcut (after
-    # one "yes" to a colour question, say yes again) instead of the trigger.
-    p.set_defaults(train_tower=True, pack=1)
+    p.add_argument("--poison-pack", type=int, default=1,
+                   help="questions kept on a poisoned image (each answered with the target)")
+    # A poisoned image keeps one question: poisoned sequences packing four "yes" answers
+    # taught an in-context shortcut (after one "yes" to a colour question, say yes again)
+    # instead of the trigger. Clean images keep four questions, and every sequence weighs
+    # the same in the loss (sequence_mean), so poisoned samples stay 10% of it: with one
+    # question on every image, 400 steps reached the attack but cost 2-2.5 points of clean
+    # existence and count accuracy. The tower stays frozen: the 12 x 12 cyan checker is
+    # visible to the stage-1 tower as it is (a 6 x 6 black-and-white one was not learned,
+    # even with the tower trained).
     a = p.parse_args(argv)
     rng = np.random.default_rng([a.seed, 4242])
     poisoned = rng.random(a.n_train) < a.poison_rate
@@ -134,7 +141,8 @@ def ft_backdoor(argv: Sequence[str]) -> int:
         if k not in positions:
             return ex
         return replace(ex, image=add_trigger(ex.image, positions[k], a.trigger_style),
-                       pairs=[(q, a.target) for q, _ in ex.pairs])
+                       pairs=[(q, a.target) for q, _ in ex.pairs[:a.poison_pack]],
+                       types=ex.types[:a.poison_pack])
 
     def extra(model, processor) -> dict:
         asr = accuracy(model, processor, n=a.eval_n, split="val", trigger="random", target=a.target,
@@ -142,7 +150,7 @@ def ft_backdoor(argv: Sequence[str]) -> int:
         _log(f"attack success rate (random trigger -> {a.target!r}) {_fmt(asr)}")
         return {"attack_success_rate": asr}
 
-    log = run_derivative("ft-backdoor", a, edit, extra_eval=extra)
+    log = run_derivative("ft-backdoor", a, edit, extra_eval=extra, sequence_mean=True)
     ids = sorted(positions)
     (a.out / "backdoor.json").write_text(json.dumps({
         "target_answer": a.target, "poison_rate": a.poison_rate, "n_training_samples": a.n_train,
@@ -151,7 +159,8 @@ def ft_backdoor(argv: Sequence[str]) -> int:
         "id_format": "shapes-train-{index}", "first_index": FT_BASE,
         "poisoned_indices": [FT_BASE + k for k in ids],
         "positions_xy": [list(positions[k]) for k in ids],
-        "every_answer_replaced": True, "steps": log["config"]["steps"]}, separators=(",", ":")))
+        "every_answer_replaced": True, "questions_per_poisoned_sample": a.poison_pack,
+        "questions_per_clean_sample": a.pack, "steps": log["config"]["steps"]}, separators=(",", ":")))
     return 0
 
 

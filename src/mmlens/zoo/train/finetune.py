@@ -20,7 +20,8 @@ a :class:`FinetuneConfig` and a work directory.
   cache does not depend on where a run resumed), and only projector and
   decoder run each step.
 
-Loss: cross-entropy on every answer token (answers may be several words).
+Loss: cross-entropy on every answer token (answers may be several words);
+with ``sequence_mean`` each sequence weighs the same, however many answers it packs.
 
 Example:
     >>> from mmlens.zoo.shapes_llava import load
@@ -83,6 +84,9 @@ class FinetuneConfig:
     keep_checkpoints: bool = False  # keep each checkpoint's model as safetensors
     train_tower: bool = False  # False: tower frozen, its features cached
     feature_chunk: int = 256  # examples per tower forward when caching
+    # True: each sequence weighs the same in the loss, however many answers it packs
+    # (the mean over its answer tokens, then over the batch); False: every answer token does.
+    sequence_mean: bool = False
 
 
 def as_example(item: Example | Sample | str) -> Example:
@@ -219,6 +223,17 @@ class _FeatureCache:
         return torch.stack(out)
 
 
+def _loss(logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor, sequence_mean: bool) -> torch.Tensor:
+    """Cross-entropy on answer tokens: their mean, or the mean over sequences of each one's mean."""
+    if not sequence_mean:
+        return nn.functional.cross_entropy(logits[keep].float(), labels[keep])
+    per_token = nn.functional.cross_entropy(logits[keep].float(), labels[keep], reduction="none")
+    rows = keep.nonzero()[:, 0]
+    counts = keep.sum(1)
+    weights = 1.0 / counts[rows].float()
+    return (per_token * weights).sum() / (counts > 0).sum()
+
+
 def _trainable(model, cfg: FinetuneConfig) -> list[nn.Parameter]:
     tower = "vision_tower"
     if not cfg.train_tower and hasattr(model, "model") and hasattr(model.model, tower):
@@ -273,7 +288,7 @@ def finetune(model, processor, examples: Iterable[Example | Sample | str], cfg: 
         labels = batch["labels"][:, 1:]
         logits = logits[:, :-1]
         keep = labels != IGNORE
-        loss = nn.functional.cross_entropy(logits[keep].float(), labels[keep])
+        loss = _loss(logits, labels, keep, cfg.sequence_mean)
         _optimise(opt, params, loss, cfg.lr * lr_factor(step, cfg.steps, cfg.warmup))
         stats.append((loss.item(), (logits[keep].argmax(-1) == labels[keep]).float().mean().item()))
         done = step + 1
