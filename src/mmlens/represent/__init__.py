@@ -15,12 +15,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-# Public name -> module; one line per export (other helpers add theirs here).
+# Public name -> module; one line per export (other helpers add theirs here). No export takes the
+# name of a submodule (cka, fingerprint): importing the submodule would replace it on the package.
 _EXPORTS = {
-    "cka": "mmlens.represent.cka",
     "cka_matrix": "mmlens.represent.cka",
-    "fingerprint": "mmlens.represent.fingerprint",
     "collect_last_token": "mmlens.represent.fingerprint",
+    "probe_samples": "mmlens.represent.fingerprint",
+    "shapes_tasks": "mmlens.represent.probe_tasks",
     "train_probes": "mmlens.represent.probes",
 }
 
