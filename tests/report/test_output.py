@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ import torch
 
 import mmlens
 from mmlens.errors import MmlensError
+from mmlens.models.weights import weights_sha256
 from mmlens.neurons import NeuronSet
 from mmlens.report.files import load_result, save_json, save_neuron_set, save_tensors
 from mmlens.report.output import (
@@ -21,7 +21,6 @@ from mmlens.report.output import (
     library_versions,
     manifest_mismatches,
     read_manifest,
-    weights_sha256,
 )
 
 
@@ -196,28 +195,7 @@ def test_a_resumable_job_picks_up_its_own_folder_only(tmp_path, tiny_llama):
     assert not can_resume(tmp_path / "nothing", wanted)
 
 
-# --- the weights hash, versions ----------------------------------------------------------------------------------
-
-def test_weights_hash_follows_every_weight_and_nothing_else():
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
-    first = weights_sha256(model)
-    assert weights_sha256(model) == first
-    assert weights_sha256(torch.nn.Sequential(*model)) == first  # same names, same tensors
-    with torch.no_grad():
-        model[1].bias[0] += 1e-6
-    assert weights_sha256(model) != first
-    assert weights_sha256(model.to(torch.bfloat16)) != weights_sha256(model.float())
-
-
-def test_weights_hash_of_the_shipped_model_is_fast():
-    model = mmlens.load()
-    start = time.perf_counter()
-    digest = weights_sha256(model.hf)
-    seconds = time.perf_counter() - start
-    print(f"weights_sha256 of {model.name}: {seconds * 1000:.1f} ms")
-    assert len(digest) == 64 and seconds < 2.0
-
+# --- versions ----------------------------------------------------------------------------------
 
 def test_library_versions_name_the_stack():
     versions = library_versions()

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-import hashlib
 import json
 import os
 import platform
@@ -33,15 +32,13 @@ import shutil
 import signal
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
-import torch
-
 from mmlens.errors import MmlensError
+from mmlens.models.weights import weights_sha256  # noqa: F401  (re-exported: manifests record it)
 
 if TYPE_CHECKING:
     from mmlens.model import Model
@@ -53,39 +50,6 @@ LIBRARIES = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "pil
              "typer", "rich", "accelerate")
 #: What must agree for a resumable job to pick up a folder: the same job on the same weights.
 MATCH_KEYS = ("mmlens_version", "command", "parameters", "seeds", "model")
-
-
-def weights_sha256(module: torch.nn.Module) -> str:
-    """sha256 over ``module.state_dict()``: every tensor's name, dtype, shape and bytes, in name order.
-
-    Works for models built in code as well as loaded ones; tensors are hashed in
-    parallel threads (hashlib releases the GIL), about 10 ms for the shipped model.
-
-    Example:
-        >>> len(weights_sha256(torch.nn.Linear(2, 2)))
-        64
-    """
-    tensors = module.state_dict()
-    names = sorted(tensors)
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        digests = list(pool.map(lambda name: _tensor_digest(tensors[name]), names))
-    whole = hashlib.sha256()
-    for name, digest in zip(names, digests):
-        whole.update(name.encode() + b"\0" + digest)
-    return whole.hexdigest()
-
-
-def _tensor_digest(tensor: torch.Tensor) -> bytes:
-    tensor = tensor.detach()
-    digest = hashlib.sha256(f"{tensor.dtype} {tuple(tensor.shape)}".encode())
-    if tensor.device.type != "meta" and tensor.numel():
-        flat = tensor.reshape(-1).contiguous()
-        try:
-            raw = flat.view(torch.uint8)
-        except (RuntimeError, TypeError):  # quantized and other exotic dtypes: hash their float values
-            raw = flat.dequantize().float() if flat.is_quantized else flat.float()
-        digest.update(memoryview(raw.cpu().numpy()).cast("B"))
-    return digest.digest()
 
 
 def library_versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str]:

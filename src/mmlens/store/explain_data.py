@@ -71,7 +71,7 @@ def explain_dataset(model: "Model", reader: Reader, out: str | Path, methods: Se
         {'total': 2, 'written': 2, 'skipped': 0}
     """
     from mmlens.attribution.api import METHODS
-    from mmlens.report.output import weights_sha256
+    from mmlens.models.weights import weights_sha256
 
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:

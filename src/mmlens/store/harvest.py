@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -133,7 +134,7 @@ def run_shard(model: "Model", job: HarvestJob, reader: Reader, plan: ShardPlan, 
     flush()
     arrays = {site: np.concatenate([p[0][site] for p in parts if p[0][site].size] or [_none(job)])
               for site in job.sites}
-    columns = {name: [v for p in parts for v in p[1][name]] for name in (parts[0][1] if parts else _empty())}
+    columns = {name: _concat([p[1][name] for p in parts]) for name in (parts[0][1] if parts else _empty())}
     errors.sort(key=lambda e: e["row"])
     data = ShardData(arrays, token_table(columns or _empty()), samples, errors)
     record = write_shard(folder, plan.id, data)
@@ -156,7 +157,7 @@ def harvest(model: "Model", reader: Reader, out: str | Path, sites: str | Sequen
         >>> harvest(model, open_reader("shapes:test[0:8]"), "store/", "lm.L0.resid", shard_size=4)["shards"]  # doctest: +SKIP
         {'total': 2, 'written': 2, 'skipped': 0}
     """
-    from mmlens.report.output import weights_sha256
+    from mmlens.models.weights import weights_sha256
 
     job = check_job(model, sites, modalities, dtype, shard_size, batch_size)
     out = Path(out)
@@ -201,6 +202,13 @@ def _none(job: HarvestJob) -> np.ndarray:
     return np.zeros((0, 0), dtype=numpy_dtype(job.dtype))
 
 
+def _concat(pieces: list) -> Any:
+    """Join one column's pieces from every batch (arrays or lists)."""
+    if not pieces:
+        return []
+    return list(itertools.chain.from_iterable(pieces)) if isinstance(pieces[0], list) else np.concatenate(pieces)
+
+
 def _empty() -> dict[str, list]:
     from mmlens.store.shard import COLUMNS
 
@@ -208,14 +216,17 @@ def _empty() -> dict[str, list]:
 
 
 def _run_batch(model: "Model", job: HarvestJob, shard_id: str, rows: list[tuple[int, Sample]],
-               bad: Callable[[int, BadRow], None], offset: int) -> tuple[dict[str, np.ndarray], dict[str, list], int]:
-    """One forward over ``rows``: the kept tokens' activations per site, their table columns, and how many rows were bad."""
+               bad: Callable[[int, BadRow], None], offset: int) -> tuple[dict[str, np.ndarray], dict[str, Any], int]:
+    """One forward over ``rows``: the kept tokens' activations per site, their table columns, and how many rows were bad.
+
+    The table is built with array indexing over all kept tokens at once; a
+    per-token Python loop cost more than the forward on small models.
+    """
     from mmlens.hooks import capture
 
     batch, rows, n_bad = _prepare(model, rows, bad)
-    columns = _empty()
     if batch is None:
-        return {site: _none(job) for site in job.sites}, columns, n_bad
+        return {site: _none(job) for site in job.sites}, _empty(), n_bad
     with torch.no_grad(), capture(model, list(job.sites)) as captured:
         model.forward(batch)
     layout = batch.layout
@@ -224,32 +235,48 @@ def _run_batch(model: "Model", job: HarvestJob, shard_id: str, rows: list[tuple[
     wanted = torch.zeros_like(real)
     for name in job.modalities:
         wanted |= modality == int(Modality[name.upper()])
-    keep = real & wanted
-    positions = real.long().cumsum(1) - 1
-    ids = batch.input_ids.cpu()
-    values = {site: [] for site in job.sites}
-    for b, (index, sample) in enumerate(rows):
-        at = keep[b].nonzero().flatten()
-        for site in job.sites:
-            values[site].append(captured[site][b, at.to(captured[site].device)])
-        token_ids = ids[b, at].tolist()
-        n = len(token_ids)
-        image, view = layout.image[b, at].tolist(), layout.view[b, at].tolist()
-        columns["shard"] += [shard_id] * n
-        columns["offset"] += range(offset + len(columns["offset"]), offset + len(columns["offset"]) + n)
-        columns["sample_id"] += [sample.id] * n
-        columns["sample"] += [index] * n
-        columns["position"] += positions[b, at].tolist()
-        columns["modality"] += [Modality(m).name.lower() for m in modality[b, at].tolist()]
-        columns["image"] += image
-        columns["view"] += view
-        columns["view_kind"] += [layout.images[b][i].views[v].kind if i >= 0 else "" for i, v in zip(image, view)]
-        columns["patch_row"] += layout.row[b, at].tolist()
-        columns["patch_col"] += layout.col[b, at].tolist()
-        columns["token_id"] += token_ids
-        columns["token"] += [t if isinstance(t, str) else "" for t in model.tokenizer.convert_ids_to_tokens(token_ids)]
-    arrays = {site: to_numpy(torch.cat(parts), job.dtype) for site, parts in values.items()}
+    # Row-major order: every kept token of row 0, then row 1, ... as before.
+    b, at = (real & wanted).nonzero(as_tuple=True)
+    arrays = {}
+    for site in job.sites:
+        values = captured[site]
+        arrays[site] = to_numpy(values[b.to(values.device), at.to(values.device)], job.dtype)
+    n = int(b.numel())
+    rows_of = b.numpy()
+    image, view = layout.image[b, at].numpy(), layout.view[b, at].numpy()
+    token_ids = batch.input_ids.cpu()[b, at].numpy()
+    names = np.array([m.name.lower() for m in sorted(Modality, key=int)], dtype=object)
+    columns: dict[str, Any] = {
+        "shard": [shard_id] * n,
+        "offset": np.arange(offset, offset + n),
+        "sample_id": np.array([sample.id for _, sample in rows], dtype=object)[rows_of],
+        "sample": np.array([index for index, _ in rows], dtype=np.int64)[rows_of],
+        "position": (real.long().cumsum(1) - 1)[b, at].numpy(),
+        "modality": names[modality[b, at].numpy() - int(min(Modality))],
+        "image": image,
+        "view": view,
+        "view_kind": _view_kinds(layout, rows_of, image, view),
+        "patch_row": layout.row[b, at].numpy(),
+        "patch_col": layout.col[b, at].numpy(),
+        "token_id": token_ids,
+        "token": [t if isinstance(t, str) else "" for t in model.tokenizer.convert_ids_to_tokens(token_ids.tolist())],
+    }
     return arrays, columns, n_bad
+
+
+def _view_kinds(layout: Any, rows_of: np.ndarray, image: np.ndarray, view: np.ndarray) -> np.ndarray:
+    """Each token's view kind ("" off images), looked up once per distinct (row, image, view)."""
+    kinds = np.full(len(image), "", dtype=object)
+    on_image = np.flatnonzero(image >= 0)
+    if on_image.size:
+        # One integer key per (row, image, view): np.unique on 1-D keys is far cheaper than on rows.
+        row, img, view = (a[on_image].astype(np.int64) for a in (rows_of, image, view))
+        span_img, span_view = int(img.max()) + 1, int(view.max()) + 1
+        distinct, inverse = np.unique((row * span_img + img) * span_view + view, return_inverse=True)
+        looked_up = np.array([layout.images[int(k) // (span_img * span_view)][int(k) // span_view % span_img]
+                              .views[int(k) % span_view].kind for k in distinct], dtype=object)
+        kinds[on_image] = looked_up[inverse.reshape(-1)]
+    return kinds
 
 
 def _prepare(model: "Model", rows: list[tuple[int, Sample]], bad: Callable[[int, BadRow], None]):

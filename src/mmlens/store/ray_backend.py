@@ -64,7 +64,7 @@ class ShardWorker:
 
         import mmlens
         from mmlens.data.readers import open_reader
-        from mmlens.report.output import weights_sha256 as digest
+        from mmlens.models.weights import weights_sha256 as digest
 
         if threads > 0:
             torch.set_num_threads(threads)  # the same kernels as the driver's run: the same bytes
@@ -120,7 +120,7 @@ def harvest_on_ray(model: "Model", data: str, out: str | Path, sites: str | Sequ
         {'total': 2, 'written': 2, 'skipped': 0}
     """
     from mmlens.data.readers import open_reader
-    from mmlens.report.output import weights_sha256
+    from mmlens.models.weights import weights_sha256
 
     ray = import_ray()
     reader_options = dict(reader_options or {})
