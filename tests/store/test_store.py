@@ -70,14 +70,29 @@ def test_memmap_reads_without_loading(reference):
 
 
 def test_duckdb_and_pandas_read_the_token_table(reference):
-    duckdb = pytest.importorskip("duckdb")
-    pandas = pytest.importorskip("pandas")
+    import duckdb
+    import pandas
+
     pattern = str(reference / "shards" / "*" / "tokens.parquet")
     counts = duckdb.sql(f"SELECT modality, count(*) AS n FROM '{pattern}' GROUP BY modality ORDER BY modality").fetchall()
     table = Store.open(reference).tokens.to_pandas()
     assert counts == sorted((m, int(n)) for m, n in table.modality.value_counts().items())
     first = pandas.read_parquet(sorted((reference / "shards").glob("*/tokens.parquet"))[0])
     assert list(first.columns[:3]) == ["shard", "offset", "sample_id"] and first.offset.tolist() == list(range(len(first)))
+
+
+def test_polars_finds_rows_whose_activations_the_shard_arrays_hold(reference):
+    import polars as pl
+
+    tokens = pl.scan_parquet(str(reference / "shards" / "*" / "tokens.parquet"))
+    image = (tokens.filter((pl.col("sample_id") == "shapes-test-4") & (pl.col("modality") == "image"))
+             .select("shard", "offset", "patch_row", "patch_col").collect())
+    assert image.height == 16 and image["patch_row"].max() == 3
+    store = Store.open(reference)
+    for shard, offset in image.select("shard", "offset").iter_rows():
+        array = np.load(reference / "shards" / shard / "lm.L1.resid.npy", mmap_mode="r")
+        row = store.select(shard=shard, offset=offset).column("index").to_numpy()
+        assert np.array_equal(array[offset], store.read("lm.L1.resid", row)[0].numpy())
 
 
 def test_bfloat16_and_modality_choice(tiny_llava, tmp_path):
