@@ -19,7 +19,7 @@ from mmlens.lens import knockout, logit_lens
 from mmlens.models import runtime
 from mmlens.neurons import modality_scores
 
-accelerate = pytest.importorskip("accelerate")
+import accelerate  # noqa: E402  (a dev dependency: a missing one fails, never skips)
 
 METHODS = ["attention", "rollout", "relevancy", "gradient_x_input", "integrated_gradients", "occlusion"]
 

@@ -5,7 +5,7 @@ import pytest
 from mmlens.data.readers import HFReader, open_reader
 from mmlens.errors import MmlensError
 
-datasets = pytest.importorskip("datasets")
+import datasets  # noqa: E402  (a dev dependency: a missing one fails, never skips)
 
 
 def _rows(tmp_path, image_file):
