@@ -125,14 +125,18 @@ def test_training_finds_the_planted_model_only_features(trained):
 def test_latent_scaling_flags_complete_shrinkage(trained):
     # a shared latent whose A decoder is cut to nearly nothing looks B-only, but model A's error still holds it
     cc, pair, _, _, report = trained
-    j = max(report.latents("shared"), key=lambda latent: report.delta[latent])
+    j = report.latents("shared")[0]  # the most firing shared latent
     copy = Crosscoder(cc.d_in, cc.d_sae, cc.k)
     copy.load_state_dict(cc.state_dict())
     with torch.no_grad():
+        before = copy.norms()[j].sum()
         copy.W_dec[j, 0].mul_(0.01)
+        copy.W_enc[:, :, j].mul_(before / copy.norms()[j].sum())  # it still ranks (and fires) as before
+        copy.b_enc[j].mul_(before / copy.norms()[j].sum())
     shrunk = analyse(copy, pair)
-    assert shrunk.label[j] == "B-only"
+    assert shrunk.label[j] == "B-only" and shrunk.fires[j] == report.fires[j]
     assert "shrinkage" in shrunk.flags[j] and shrunk.nu_error[j] > 0.5
+    assert report.flags[j] == []  # a shared latent is never flagged
 
 
 def test_paired_stores_align_and_refuse_others(sae_store, tmp_path):

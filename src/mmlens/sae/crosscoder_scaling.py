@@ -169,6 +169,40 @@ def analyse(cc: Crosscoder, pair: PairedActivations, *, low: float = 0.1, high: 
                              "tokens": n})
 
 
+@torch.no_grad()
+def latent_activations(cc: Crosscoder, pair: PairedActivations, latents: list[int], chunk: int = 8192) -> torch.Tensor:
+    """Dense activations ``[rows, len(latents)]`` of the chosen latents over every row of ``pair``.
+
+    Example:
+        >>> latent_activations(cc, pair, [3, 7]).shape  # doctest: +SKIP
+        torch.Size([28800, 2])
+    """
+    out = []
+    for first in range(0, len(pair), chunk):
+        xa, xb = pair.read(np.arange(first, min(first + chunk, len(pair))))
+        out.append(cc.encode(xa, xb)[:, latents])
+    return torch.cat(out) if out else torch.zeros(0, len(latents))
+
+
+def label_latents(cc: Crosscoder, pair: PairedActivations, latents: list[int]) -> list[Any]:
+    """The shapes-world concept that best predicts each latent (fit on half the samples, scored on the other half).
+
+    Uses :func:`mmlens.sae.labels.concept_table` over model A's store (both
+    stores hold the same samples); samples without shapes-world truth are skipped.
+
+    Example:
+        >>> label_latents(cc, pair, [3])[0].text()  # doctest: +SKIP
+        'answer:purple (precision 0.91, recall 0.85, held out)'
+    """
+    from mmlens.sae.codes import store_samples
+    from mmlens.sae.labels import concept_table, label_activations
+
+    if not latents:
+        return []
+    table = concept_table(pair.a.rows, store_samples(pair.a.store))
+    return label_activations(latent_activations(cc, pair, latents), table, latents)
+
+
 def _ratio(top: torch.Tensor, bottom: torch.Tensor) -> np.ndarray:
     """``top / bottom`` with NaN where the own model's beta is not positive (no scale to compare against)."""
     bottom = bottom.where(bottom > 1e-9, torch.tensor(float("nan"), dtype=bottom.dtype))
@@ -213,4 +247,5 @@ def best_latent(scores: torch.Tensor, positive: np.ndarray, validation: np.ndarr
             "positives": {"validation": int(positive[validation].sum()), "test": int(positive[~validation].sum())}}
 
 
-__all__ = ["CLASSES", "CrosscoderReport", "analyse", "auroc_columns", "best_latent", "classify", "relative_norms"]
+__all__ = ["CLASSES", "CrosscoderReport", "analyse", "auroc_columns", "best_latent", "classify", "label_latents",
+           "latent_activations", "relative_norms"]
