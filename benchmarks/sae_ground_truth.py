@@ -146,17 +146,17 @@ def main(argv: list[str] | None = None) -> dict:
     model = mmlens.load("shapes-llava")
     stores = {split: harvested(model, getattr(args, split), args.work / f"store-{split}", "lm.L*.resid")
               for split in ("train", "val", "test")}
-    started = time.perf_counter()
+    started, trained = time.perf_counter(), None
     if args.sae is None:
         config = TrainConfig(architecture=args.arch, k=args.k, expansion=args.expansion, steps=args.steps,
                              batch_size=args.batch_size)
         args.sae = args.work / f"sae-{args.site}-{args.arch}-k{args.k}-x{args.expansion}-s{args.steps}"
         train_sae(SiteActivations(stores["train"], args.site), config, args.sae)
+        trained = round(time.perf_counter() - started, 1)
     sae = load_sae(args.sae)
-    trained = time.perf_counter() - started
     test_acts = SiteActivations(stores["test"], args.site)
     figures = {"sae": str(args.sae), "site": args.site, "d_sae": sae.d_sae, "k": sae.k,
-               "training_seconds": round(trained, 1),
+               "training_seconds": trained,
                "reconstruction_test": reconstruction(sae, test_acts)}
     reader = open_reader(args.test)
     samples = [reader.load(i) for i in range(min(args.loss_samples, len(reader)))]
