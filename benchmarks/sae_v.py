@@ -19,8 +19,8 @@ a killed run continues with the same command):
    shapes-llava's projector and decoder from a fresh initialisation (tower
    frozen, as the zoo's stage 2) with the zoo's trainer for the same
    ``--steps``, per seed; held-out test accuracy (``--eval-n`` per question
-   type) with a Wilson 95% interval per run. ``train.json`` (one entry per
-   finished run; a rerun skips finished runs).
+   type) with a Wilson 95% interval per run, and over seeds a t interval.
+   ``train/<arm>-s<seed>-<steps>.json`` per finished run (a rerun skips it).
 
 Example:
     nice -n 10 python benchmarks/sae_v.py --out out/sae-v --stage all --seeds 0 1 2 --threads 1
@@ -38,10 +38,16 @@ import numpy as np
 import torch
 
 POOL_START = 96_000_000
+ARMS = ["top", "random", "all"]
 
 
-def make_pool(out: Path, n: int, misaligned: float, seed: int) -> Path:
-    """Write the pool's JSON Lines and images; returns the .jsonl path."""
+def make_pool(out: Path, n: int, misaligned: float, seed: int, with_answer: bool = False) -> Path:
+    """Write the pool's JSON Lines and images; returns the .jsonl path.
+
+    ``prompt`` is what is harvested: the question, or with ``with_answer`` the
+    whole training sequence (question, then answer); ``question`` and
+    ``answer`` are what the trainer reads.
+    """
     from mmlens.data.shapes import make_sample
 
     path = out / "pool" / "pool.jsonl"
@@ -57,7 +63,8 @@ def make_pool(out: Path, n: int, misaligned: float, seed: int) -> Path:
     for i, s in enumerate(samples):
         name = f"images/{i:05d}.png"
         samples[image_of[i]].image.save(out / "pool" / name)
-        rows.append({"id": f"pool-{i:05d}", "image": name, "prompt": s.prompt, "answer": s.answer,
+        prompt = f"{s.prompt} {s.answer}" if with_answer else s.prompt  # the answer is one word
+        rows.append({"id": f"pool-{i:05d}", "image": name, "prompt": prompt, "question": s.prompt, "answer": s.answer,
                      "type": s.question_type, "misaligned": bool(image_of[i] != i),
                      "image_from": samples[image_of[i]].id})
     tmp = path.with_suffix(".tmp")
@@ -153,7 +160,7 @@ def wilson(correct: int, n: int) -> list[float]:
 
 
 def train_arms(rows: list[dict], pool_dir: Path, scores: dict, out: Path, seeds: list[int], steps: int,
-               keep: float, eval_n: int, batch: int, lr: float) -> list[dict]:
+               keep: float, eval_n: int, batch: int, lr: float, arms: list[str] = ARMS) -> list[dict]:
     from PIL import Image
 
     from mmlens.sae.crossmodal import keep_top
@@ -162,17 +169,17 @@ def train_arms(rows: list[dict], pool_dir: Path, scores: dict, out: Path, seeds:
     from mmlens.zoo.train.common import init_for_training
     from mmlens.zoo.train.finetune import Example, FinetuneConfig, finetune
 
-    path = out / "train.json"
-    done = json.loads(path.read_text()) if path.exists() else []
+    (out / "train").mkdir(parents=True, exist_ok=True)
     examples = {r["id"]: Example(np.asarray(Image.open(pool_dir / r["image"]).convert("RGB")),
-                                 [(r["prompt"], r["answer"])], r["id"]) for r in rows}
+                                 [(r.get("question", r["prompt"]), r["answer"])], r["id"]) for r in rows}
     ids = [r["id"] for r in rows]
     top, _ = keep_top(ids, np.array([scores[i] for i in ids]), keep)
     bad = {r["id"] for r in rows if r["misaligned"]}
     for seed in seeds:
         rand = sorted(np.random.default_rng(1000 + seed).choice(ids, len(top), replace=False).tolist())
         for arm, chosen in (("top", top), ("random", rand), ("all", ids)):
-            if any(d["arm"] == arm and d["seed"] == seed and d["steps"] == steps for d in done):
+            path = out / "train" / f"{arm}-s{seed}-{steps}.json"  # one file per run: arms may run in parallel
+            if arm not in arms or path.exists():
                 continue
             torch.manual_seed(seed)
             model, processor = load()
@@ -185,10 +192,9 @@ def train_arms(rows: list[dict], pool_dir: Path, scores: dict, out: Path, seeds:
                      "misaligned_share": round(len(bad & set(chosen)) / len(chosen), 4),
                      "accuracy": round(correct / (eval_n * len(acc)), 4), "wilson95": wilson(correct, eval_n * len(acc)),
                      "per_type": acc, "train_seconds": log["seconds"]}
-            done.append(entry)
-            path.write_text(json.dumps(done, indent=1))
+            path.write_text(json.dumps(entry, indent=1))
             print(json.dumps(entry), flush=True)
-    return done
+    return [json.loads(p.read_text()) for p in sorted((out / "train").glob("*.json"))]
 
 
 def summarise(done: list[dict], steps: int) -> dict:
@@ -214,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stage", choices=["pool", "harvest", "sae", "score", "train", "all"], default="all")
     p.add_argument("--pool", type=int, default=2000)
     p.add_argument("--misaligned", type=float, default=0.2)
+    p.add_argument("--with-answer", action="store_true", help="harvest question and answer (the whole training "
+                   "sequence), not the question alone")
     p.add_argument("--sites", default="lm.L1.resid,lm.L2.resid,lm.L3.resid")
     p.add_argument("--sae-steps", type=int, default=600)
     p.add_argument("--k", type=int, default=32)
@@ -223,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--arms", nargs="+", choices=ARMS, default=ARMS, help="arms this process runs (several "
+                   "processes may share --out, one arm each)")
     p.add_argument("--eval-n", type=int, default=100)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
@@ -231,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     order = ["pool", "harvest", "sae", "score", "train"]
     last = order.index(args.stage) if args.stage != "all" else len(order) - 1
     args.out.mkdir(parents=True, exist_ok=True)
-    pool = make_pool(args.out, args.pool, args.misaligned, seed=0)
+    pool = make_pool(args.out, args.pool, args.misaligned, seed=0, with_answer=args.with_answer)
     rows = read_pool(pool)
     if last >= 1:
         import mmlens
@@ -244,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         print("chosen", result["chosen"], "test", result["test"], flush=True)
     if last >= 4:
         done = train_arms(rows, pool.parent, result["scores"], args.out, args.seeds, args.steps, args.keep,
-                          args.eval_n, args.batch, args.lr)
+                          args.eval_n, args.batch, args.lr, args.arms)
         print(json.dumps(summarise(done, args.steps), indent=1), flush=True)
     return 0
 
