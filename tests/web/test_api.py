@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -76,21 +76,38 @@ def test_trace_job_reports_progress_and_result(client, example_id):
     started = client.post("/api/trace", json={"input": example_id, "components": ["resid"]})
     assert started.status_code == 202
     job = started.json()["id"]
-    for _ in range(600):
-        state = client.get(f"/api/jobs/{job}").json()
-        if state["state"] not in ("waiting", "running"):
-            break
-        asyncio.run(asyncio.sleep(0.05))
+    state = wait_for(client, job)
     assert state["state"] == "done", state
     assert state["done"] == state["total"] > 0
     assert state["result"]["components"] == ["resid"] and "resid" in state["result"]["figures"]
     assert client.delete(f"/api/jobs/{job}").status_code == 200
 
 
-def test_neurons(client):
-    found = client.post("/api/neurons", json={"samples": 2}).json()
+def wait_for(client, job: str) -> dict:
+    """Poll a background job until it ends."""
+    for _ in range(2400):
+        state = client.get(f"/api/jobs/{job}").json()
+        if state["state"] not in ("waiting", "running"):
+            return state
+        time.sleep(0.05)
+    raise AssertionError(f"job {job} did not end: {state}")
+
+
+def test_neurons_job_and_its_cache(client):
+    started = client.post("/api/neurons", json={"samples": 2})
+    assert started.status_code == 202
+    found = wait_for(client, started.json()["id"])["result"]
     assert sum(found["selected"].values()) > 0 and "depth" in found["figures"]
     assert "files" not in found
+    again = client.post("/api/neurons", json={"samples": 2}).json()
+    assert again["state"] == "done" and client.get(again["url"]).json()["result"] == found
+
+
+def test_cancelled_job_stops_at_its_next_step(client, example_id):
+    job = client.post("/api/trace", json={"input": example_id}).json()["id"]
+    assert client.delete(f"/api/jobs/{job}").json()["state"] in ("waiting", "running")
+    ended = wait_for(client, job)
+    assert ended["state"] == "cancelled" and ended["result"] is None and ended["done"] < max(ended["total"], 1)
 
 
 @pytest.mark.parametrize("path, body", [("/api/explain", {"input": "nope"}), ("/api/lens", {"input": "nope"}),

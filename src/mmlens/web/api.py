@@ -10,7 +10,6 @@ Example:
 
 from __future__ import annotations
 
-import asyncio
 import io
 import time
 from typing import Any, Literal, Optional
@@ -23,23 +22,34 @@ from mmlens.attribution.api import DEFAULT_METHODS, METHODS
 from mmlens.causal.tracing import COMPONENTS
 from mmlens.cli.samples import read_prompt
 from mmlens.web.examples import example_input, example_path, examples
-from mmlens.web.queue import ClientGone
 from mmlens.web.server import Server
-from mmlens.web.store import Input, Job
+from mmlens.web.store import Input
 from mmlens.web.uploads import WebError, read_image
-from mmlens.web.work import Cancelled, describe_input, explain_input, lens_input, neurons_json, trace_input
+from mmlens.web.work import describe_input, explain_input, lens_input, neurons_json, trace_input
 
-router = APIRouter(prefix="/api")
+class Problem(BaseModel):
+    """Every refusal: one line saying what was wrong (a list of field errors for 422 validation errors)."""
+
+    detail: Any
+
+
+#: What any endpoint may answer besides success: every refusal is a :class:`Problem`.
+REFUSALS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "the server needs its token (--token) and the request had none"},
+    404: {"model": Problem, "description": "no such input, job or example"},
+    413: {"model": Problem, "description": "the upload is over the size limit"},
+    422: {"model": Problem, "description": "the request or the image is not usable (message says why)"},
+    429: {"model": Problem, "description": "the model's queue is full; see Retry-After",
+          "headers": {"Retry-After": {"schema": {"type": "integer"}, "description": "seconds to wait"}}},
+}
+
+router = APIRouter(prefix="/api", responses=REFUSALS)
 
 Method = Literal[tuple(METHODS)]  # type: ignore[valid-type]
 Component = Literal[tuple(COMPONENTS)]  # type: ignore[valid-type]
 InputId = Field(..., min_length=1, max_length=64, description="An id from POST /api/inputs.")
 Word = Field(None, min_length=1, max_length=200)
 
-#: A background job that nobody has polled for this long is cancelled (its client has left).
-ABANDONED_SECONDS = 60.0
-#: Neuron results kept (per option pair); each is a few figures.
-NEURON_RESULTS = 4
 
 
 class ExplainRequest(BaseModel):
@@ -157,16 +167,13 @@ async def lens(request: Request, body: LensRequest) -> dict[str, Any]:
     return await server.queue.run(lambda: lens_input(server.model, given, body.top_k), request.is_disconnected)
 
 
-@router.post("/neurons", summary="Modality-specific neurons of the loaded model and the top patches of the strongest")
-async def neurons(request: Request, body: NeuronsRequest) -> dict[str, Any]:
+@router.post("/neurons", status_code=202, summary="Start finding modality-specific neurons (and the top patches "
+             "of the strongest image neuron) in the background; poll GET /api/jobs/{id}")
+async def start_neurons(request: Request, body: NeuronsRequest) -> dict[str, Any]:
     server = server_of(request)
-    key = (body.samples, round(body.ratio, 6))
-    if key not in server.neurons:
-        while len(server.neurons) >= NEURON_RESULTS:
-            server.neurons.pop(next(iter(server.neurons)))
-        server.neurons[key] = await server.queue.run(lambda: neurons_json(server.model, body.samples, body.ratio),
-                                                     request.is_disconnected)
-    return server.neurons[key]
+    samples, ratio = body.samples, body.ratio
+    return server.start_job("neurons", lambda progress: neurons_json(server.model, samples, ratio),
+                            cache_key=("neurons", samples, round(ratio, 6)))
 
 
 @router.post("/trace", status_code=202, summary="Start causal tracing in the background; poll GET /api/jobs/{id}")
@@ -175,36 +182,8 @@ async def start_trace(request: Request, body: TraceRequest) -> dict[str, Any]:
     given = _input(server, body.input)
     if not given.images:
         raise WebError("causal tracing corrupts the image: this input has none")
-    server.queue.admit()  # 429 now, not later
-    job = Job("trace")
-    key = server.jobs.add(job)
-
-    def progress(done: int, total: int) -> None:
-        if job.abandoned(ABANDONED_SECONDS):
-            raise Cancelled()
-        job.done, job.total = done, total
-
-    def work() -> dict[str, Any]:
-        job.state = "running"
-        progress(0, 0)
-        return trace_input(server.model, given, body.noise, list(body.components), progress)
-
-    async def gone() -> bool:
-        return job.abandoned(ABANDONED_SECONDS)
-
-    async def run() -> None:
-        try:
-            job.result = await server.queue.run_admitted(work, gone)
-            job.state = "done"
-        except (Cancelled, ClientGone, asyncio.CancelledError):
-            job.state = "cancelled"
-        except Exception as error:  # noqa: BLE001 - a failed job reports its error through GET /api/jobs/{id}
-            job.state, job.error = "failed", str(error) or type(error).__name__
-
-    task = asyncio.create_task(run())
-    server.tasks.add(task)
-    task.add_done_callback(server.tasks.discard)
-    return {"id": key, "url": f"/api/jobs/{key}", "state": job.state}
+    return server.start_job("trace", lambda progress: trace_input(server.model, given, body.noise,
+                                                                  list(body.components), progress))
 
 
 @router.get("/jobs/{key}", summary="A background job's state, progress and (when done) result")

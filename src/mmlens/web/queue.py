@@ -39,7 +39,7 @@ class ModelQueue:
         self.max_waiting = max_waiting
         self._lock = asyncio.Lock()
         self._admitted = 0  # running + waiting
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmlens-model")
+        self._executor: ThreadPoolExecutor | None = None  # started with the first job, again after close()
         self._seconds = 1.0  # running mean of a job's duration, for Retry-After
         self.peak = 0  # most jobs ever admitted at once (tests check the bound)
         self.cancelled = 0  # waiting jobs dropped because their client left
@@ -80,6 +80,8 @@ class ModelQueue:
             await self._acquire(gone)
             try:
                 start = time.perf_counter()
+                if self._executor is None:
+                    self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmlens-model")
                 result = await asyncio.get_running_loop().run_in_executor(self._executor, job)
                 self._seconds = 0.8 * self._seconds + 0.2 * (time.perf_counter() - start)
                 return result
@@ -109,5 +111,7 @@ class ModelQueue:
                 raise ClientGone()
 
     def close(self) -> None:
-        """Stop the worker thread once its current job ends."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        """Stop the worker thread once its current job ends (a later job starts a new one)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None

@@ -72,6 +72,10 @@ class Input:
     box: list[float] | None = None  # the asked object's box, known for shipped examples
 
 
+class Cancelled(Exception):
+    """A background job was cancelled (its client asked, or stopped polling)."""
+
+
 @dataclass
 class Job:
     """A background run (causal tracing): its state, progress and result."""

@@ -34,10 +34,6 @@ from mmlens.web.results import explanation_json, lens_json, positions_json, trac
 from mmlens.web.store import Input
 
 
-class Cancelled(Exception):
-    """A background job was cancelled (its client asked, or stopped polling)."""
-
-
 def explain_input(model: Model, given: Input, methods: list[str], max_new_tokens: int | None = None,
                   target: str | None = None, foil: str | None = None) -> dict[str, Any]:
     """``mmlens.explain`` on the input, as :func:`~mmlens.web.results.explanation_json`."""
@@ -65,7 +61,7 @@ def lens_input(model: Model, given: Input, top_k: int = 5) -> dict[str, Any]:
 
 def trace_input(model: Model, given: Input, noise: float, components: list[str],
                 progress: Callable[[int, int], None]) -> dict[str, Any]:
-    """Causal tracing of the input; ``progress(done, total)`` may raise :class:`Cancelled` to stop it."""
+    """Causal tracing of the input; ``progress(done, total)`` may raise to stop it (a cancelled job)."""
     if not given.images:
         raise MmlensError("causal tracing corrupts the image: give an image and a prompt with an <image> slot")
     batch = model.prepare(given.prompt, given.images)

@@ -99,3 +99,18 @@ mm.inputForm = function (then) {
 };
 
 mm.currentInput = function () { return sessionStorage.getItem("mmlens-input"); };
+
+// Poll a background job every 300 ms until it ends; `onProgress(job)` sees each state. Resolves with the job.
+mm.poll = function (jobId, onProgress) {
+  return new Promise(function (resolve, reject) {
+    function step() {
+      mm.api("/api/jobs/" + jobId).then(function (job) {
+        if (onProgress) onProgress(job);
+        if (job.state === "waiting" || job.state === "running") { mm.pollTimer = setTimeout(step, 300); return; }
+        if (job.state === "failed") { reject(new Error(job.error)); return; }
+        resolve(job);
+      }, reject);
+    }
+    step();
+  });
+};

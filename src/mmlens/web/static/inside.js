@@ -1,7 +1,7 @@
 // Look inside: the logit lens (a word grid per layer over the image), attention flow, knockout; causal tracing
 // on request, as a background job whose progress is polled.
 "use strict";
-var inside = {lens: null, job: null, timer: null};
+var inside = {lens: null, job: null};
 var CAPTIONS = {
   lens_emergence: "The answer's rank and probability per layer",
   flow_modalities: "Attention from the answer position to image, text and special tokens",
@@ -54,26 +54,18 @@ inside.trace = function () {
   var inputId = mm.currentInput();
   if (!inputId) { mm.showError("choose an input first (Look inside)"); return; }
   mm.showError("");
-  mm.post("/api/trace", {input: inputId}).then(function (job) {
-    inside.job = job.id;
-    mm.$("trace-progress").hidden = false;
+  var bar = mm.$("trace-progress");
+  mm.post("/api/trace", {input: inputId}).then(function (started) {
+    inside.job = started.id;
+    bar.hidden = false;
     mm.$("trace-cancel").hidden = false;
-    inside.poll();
-  }).catch(mm.fail);
-};
-
-inside.poll = function () {
-  mm.api("/api/jobs/" + inside.job).then(function (job) {
-    var bar = mm.$("trace-progress");
-    bar.max = Math.max(1, job.total);
-    bar.value = job.done;
-    mm.$("trace-state").textContent = job.state + (job.total ? " · " + job.done + " / " + job.total : "");
-    if (job.state === "waiting" || job.state === "running") {
-      inside.timer = setTimeout(inside.poll, 300);
-      return;
-    }
+    return mm.poll(started.id, function (job) {
+      bar.max = Math.max(1, job.total);
+      bar.value = job.done;
+      mm.$("trace-state").textContent = job.state + (job.total ? " · " + job.done + " / " + job.total : "");
+    });
+  }).then(function (job) {
     mm.$("trace-cancel").hidden = true;
-    if (job.state === "failed") mm.showError(job.error);
     if (job.state !== "done") return;
     var result = job.result, rows = [];
     Object.keys(result.strongest).forEach(function (component) {
@@ -89,7 +81,6 @@ inside.poll = function () {
 
 mm.$("trace").addEventListener("click", inside.trace);
 mm.$("trace-cancel").addEventListener("click", function () {
-  clearTimeout(inside.timer);
-  mm.api("/api/jobs/" + inside.job, {method: "DELETE"}).then(inside.poll).catch(mm.fail);
+  mm.api("/api/jobs/" + inside.job, {method: "DELETE"}).catch(mm.fail);  // the poll sees "cancelled"
 });
 mm.inputForm(inside.run);

@@ -5,7 +5,11 @@ mm.$("neurons-form").addEventListener("submit", function (event) {
   mm.showError("");
   mm.busy(true);
   mm.post("/api/neurons", {samples: Number(mm.$("samples").value), ratio: Number(mm.$("ratio").value)})
-    .then(function (found) {
+    .then(function (started) {
+      return mm.poll(started.id, function (job) { mm.$("busy").textContent = job.state + "…"; });
+    })
+    .then(function (job) {
+      var found = job.result;
       mm.busy(false);
       mm.$("neurons").hidden = false;
       var labels = Object.keys(found.depth);
