@@ -52,6 +52,7 @@ def test_other_settings_in_out_are_refused(sae_store, tmp_path, capsys) -> None:
     (["--k", "500"], "larger than the number of latents"),
     (["--site", "lm.L9.resid"], "no site 'lm.L9.resid'"),
     (["--arch", "gated"], "unknown SAE architecture"),
+    (["--arch", "jumprelu"], "not trained, by mmlens"),
 ])
 def test_bad_training_input_is_one_line(sae_store, tmp_path, capsys, extra, message) -> None:  # noqa: F811
     code, _, err = _run(capsys, [*TRAIN, *extra, "--store", str(sae_store), "--out", str(tmp_path / "x")])

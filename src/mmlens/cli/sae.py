@@ -43,7 +43,7 @@ SaeOutOption = typer.Option(..., "--out", "-o", help="Folder for the SAE; the sa
 def train(
     store: Path = typer.Option(..., "--store", help="Activation store (mmlens harvest)."),
     site: str = typer.Option(..., "--site", "-s", help="Site of the store to train on, e.g. lm.L2.resid."),
-    arch: str = typer.Option("topk", "--arch", help="standard (ReLU + L1), topk, batchtopk or jumprelu."),
+    arch: str = typer.Option("topk", "--arch", help="standard (ReLU + L1), topk or batchtopk (saved as jumprelu)."),
     k: int = typer.Option(32, "--k", help="Latents per token (topk; batchtopk: on average)."),
     expansion: int = typer.Option(8, "--expansion", help="Latents per input dimension."),
     steps: int = typer.Option(2000, "--steps", help="Optimizer steps."),

@@ -103,6 +103,9 @@ class TrainConfig:
         """One clear line for a setting that cannot work."""
         if self.architecture not in ARCHITECTURES:
             raise MmlensError(f"unknown SAE architecture {self.architecture!r}: choose one of {', '.join(ARCHITECTURES)}")
+        if self.architecture == "jumprelu":  # no straight-through estimator here: it would train a plain ReLU
+            raise MmlensError("jumprelu SAEs are loaded and evaluated, not trained, by mmlens: train batchtopk, "
+                              "which is saved as a jumprelu SAE")
         if self.steps < 1 or self.batch_size < 1:
             raise MmlensError("steps and batch size must be at least 1")
         if self.b_dec_init not in ("geometric_median", "mean", "zeros"):
