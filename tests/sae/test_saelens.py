@@ -119,49 +119,37 @@ def _copy(name: str, tmp_path: Path) -> Path:
     return Path(shutil.copytree(FIXTURES / name, tmp_path / name))
 
 
-def _one_line(error: pytest.ExceptionInfo) -> str:
+def _refused(folder: Path, needle: str = "") -> None:
+    """Loading ``folder`` fails with one line that names ``needle``."""
+    with pytest.raises(MmlensError) as error:
+        load_saelens(folder)
     message = str(error.value)
-    assert "\n" not in message
-    return message
+    assert "\n" not in message and needle in message, message
 
 
 def test_unknown_architecture_is_one_line(tmp_path):
     folder = _copy("standard", tmp_path)
     cfg = json.loads((folder / "cfg.json").read_text())
     (folder / "cfg.json").write_text(json.dumps({**cfg, "architecture": "gated"}))
-    with pytest.raises(MmlensError) as error:
-        load_saelens(folder)
-    assert "'gated'" in _one_line(error)
+    _refused(folder, "'gated'")
 
 
 def test_bad_files_are_one_line(tmp_path):
-    with pytest.raises(MmlensError) as error:
-        load_saelens(tmp_path / "nothing")
-    assert "cfg.json" in _one_line(error)
+    _refused(tmp_path / "nothing", "cfg.json")
     folder = _copy("jumprelu", tmp_path)
     weights = load_file(str(folder / "sae_weights.safetensors"))
     save_file({k: v for k, v in weights.items() if k != "threshold"}, str(folder / "sae_weights.safetensors"))
-    with pytest.raises(MmlensError) as error:
-        load_saelens(folder)
-    assert "threshold" in _one_line(error)
+    _refused(folder, "threshold")
     save_file({**weights, "W_enc": torch.zeros(8, 16)}, str(folder / "sae_weights.safetensors"))
-    with pytest.raises(MmlensError) as error:
-        load_saelens(folder)
-    assert "W_enc" in _one_line(error)
+    _refused(folder, "W_enc")
     (folder / "cfg.json").write_text("{not json")
-    with pytest.raises(MmlensError) as error:
-        load_saelens(folder)
-    _one_line(error)
+    _refused(folder)
 
 
 def test_runtime_normalisation_and_big_k_are_refused(tmp_path):
     folder = _copy("topk", tmp_path)
     cfg = json.loads((folder / "cfg.json").read_text())
     (folder / "cfg.json").write_text(json.dumps({**cfg, "normalize_activations": "layer_norm"}))
-    with pytest.raises(MmlensError) as error:
-        load_saelens(folder)
-    assert "layer_norm" in _one_line(error)
+    _refused(folder, "layer_norm")
     (folder / "cfg.json").write_text(json.dumps({**cfg, "k": 64}))
-    with pytest.raises(MmlensError) as error:
-        load_saelens(folder)
-    assert "k=64" in _one_line(error)
+    _refused(folder, "k=64")
