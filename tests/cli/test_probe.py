@@ -4,13 +4,7 @@ from __future__ import annotations
 
 import json
 
-from mmlens.cli.main import main
-
-
-def run(capsys, *args):
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, [line for line in captured.err.splitlines() if line.strip()]
+from tests.cli.test_fingerprint import run
 
 
 def test_harvest_then_probe(capsys, tmp_path):
