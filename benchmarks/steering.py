@@ -202,11 +202,10 @@ def image_part(model: Any, n_val: int, n_test: int, scales: Sequence[float], qui
                 got = {k: float(np.mean(v)) for k, v in _image_eval(model, val, vector.only(ls), scale).items()}
                 row = {"layers": name, "min_cover": cover, "scale": scale, **got,
                        "others_drop": float(base_others - got["others"]) * 100}
-                row["worst_margin"] = min(got["colour->blue"] - 0.8, got["blue exists->yes"] - 0.7,
-                                          got["red exists->no"] - 0.7)
+                row["mean_target"] = (got["colour->blue"] + got["blue exists->yes"] + got["red exists->no"]) / 3
                 sweep.append(row)
                 print(f"image {name} cover {cover} x{scale}: {got}", file=sys.stderr, flush=True)
-    best = max([r for r in sweep if r["others_drop"] <= 5] or sweep, key=lambda r: (round(r["worst_margin"], 3), -r["scale"]))
+    best = max([r for r in sweep if r["others_drop"] <= 5] or sweep, key=lambda r: (round(r["mean_target"], 3), -r["scale"]))
     chosen = {"layers": best["layers"], "min_cover": best["min_cover"], "scale": best["scale"]}
     test = image_questions("test", n_test, chosen["min_cover"])
     base = _image_eval(model, test, None, 0)
@@ -252,10 +251,63 @@ def shift_part(model: Any, n_val: int, n_test: int, scales: Sequence[float]) -> 
             "vector_norms": {str(l): round(float(vector.vectors[l].norm()), 3) for l in layers}}
 
 
+def drift_part(model: Any, n_val: int, n_test: int, scales: Sequence[float]) -> dict[str, Any]:
+    """Concepts of answer-position states (k-means, k = 5) tracked along the dense ft-swap checkpoints."""
+    from mmlens.represent.drift import track
+    from mmlens.zoo.derivatives import load_ft_swap
+    from mmlens.models.loading import wrap
+
+    work = ROOT / "out" / "zoo-ft" / "shapes-llava-ft-swap-early"
+    steps = sorted(int(p.stem.split("-")[1]) for p in work.glob("step-*.safetensors"))
+    if not steps:
+        raise SystemExit(f"no checkpoints in {work}: python -c \"from mmlens.represent.drift import swap_checkpoints; "
+                         f"swap_checkpoints('{work}')\"")
+    samples = [make_sample("test", i, "colour") for i in range(n_test)]
+    layer = model.n_layers - 1
+    states = {0: activations(model, samples, [layer])[layer]}
+    swap = {0: float(np.mean([a == "purple" for a, s in zip(answers(model, samples), samples) if s.answer == "red"]))}
+    for step in steps:
+        tuned = wrap(*load_ft_swap(checkpoint=step, work=work), name=f"ft-swap@{step}")
+        states[step] = activations(tuned, samples, [layer])[layer]
+        got = answers(tuned, samples)
+        swap[step] = float(np.mean([a == "purple" for a, s in zip(got, samples) if s.answer == "red"]))
+    drift = track(states, [s.answer for s in samples], k=5)
+    return {"layer": layer, "swap_rate": swap, "drift": drift.summary([s.id for s in samples]),
+            "sweep_val": [{"scale": st, "layer": layer, "swap": swap[st]} for st in sorted(swap)]}
+
+
+def reliance_part(model: Any, n_val: int, n_test: int, scales: Sequence[float]) -> dict[str, Any]:
+    """P(answer) drop per layer when image / text token residuals are replaced by their mean (test, every type)."""
+    from mmlens.data.shapes import QUESTION_TYPES
+    from mmlens.represent.reliance import modality_reliance
+
+    per_type = max(1, n_test // len(QUESTION_TYPES))
+    samples = [make_sample("test", i, qt) for qt in QUESTION_TYPES for i in range(per_type)]
+    result = modality_reliance(model, samples).summary()
+    return {**result, "sweep_val": []}
+
+
+def _figure(name: str, result: dict) -> Any:
+    from mmlens.report.steer_pages import drift_figure, layer_figure, sweep_figure
+
+    if name == "reliance":
+        return layer_figure({"image tokens": result["image_drop"], "text tokens": result["text_drop"]},
+                            "P(answer) drop, residual replaced by its mean", "mean P(answer) drop",
+                            ["input"] + [str(l) for l in result["layers"][1:]])
+    if name == "drift":
+        d = result["drift"]
+        curves = {f"red -> {c}": d["toward"]["red"][c] for c in d["toward"]["red"]}
+        curves.update({f"{c} moved": d["moved"][c] for c in d["concepts"] if c != "red"})
+        curves["red moved"] = d["moved"]["red"]
+        return drift_figure(d["steps"], curves, "answer-position concepts along ft-swap (k-means, k=5)",
+                            "toward: 1 = arrived; moved: / typical gap")
+    return sweep_figure(result["sweep_val"], f"{name} (validation sweep)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="shapes-llava")
-    p.add_argument("--part", choices=("answer", "image", "shift", "all"), default="all")
+    p.add_argument("--part", choices=("answer", "image", "shift", "drift", "reliance", "all"), default="all")
     p.add_argument("--n-val", type=int, default=100)
     p.add_argument("--n-test", type=int, default=200)
     p.add_argument("--scales", default="0.25,0.5,0.75,1,1.5,2")
@@ -268,7 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     model = mmlens.load(a.model)
     scales = [float(s) for s in a.scales.split(",")]
-    parts = {"answer": answer_part, "image": image_part, "shift": shift_part}
+    parts = {"answer": answer_part, "image": image_part, "shift": shift_part, "drift": drift_part,
+             "reliance": reliance_part}
     figures = {}
     a.out.mkdir(parents=True, exist_ok=True)
     for name, part in parts.items():
@@ -278,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         figures[name] = part(model, a.n_val, a.n_test, scales)
         figures[name]["seconds"] = round(time.time() - t0, 1)
         (a.out / f"steering_{name}.json").write_text(json.dumps(figures[name], indent=1))
-        sweep_figure(figures[name]["sweep_val"], name).savefig(a.out / f"steering_{name}_sweep.png")
+        _figure(name, figures[name]).savefig(a.out / f"steering_{name}.png")
         print(json.dumps({k: v for k, v in figures[name].items() if k != "sweep_val"}), file=sys.stderr, flush=True)
     emit(figures, a.json)
     return 0

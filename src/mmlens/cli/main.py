@@ -41,6 +41,7 @@ from mmlens.cli import demo, explain, harvest, info, lens, neurons, serve, trace
 from mmlens.cli import fingerprint as fingerprint_command, probe as probe_command
 from mmlens.cli import sae as sae_command
 from mmlens.cli import crosscoder as crosscoder_command
+from mmlens.cli import steer as steer_command
 from mmlens.errors import MmlensError
 from mmlens.notices import show_on_stderr
 
@@ -72,6 +73,7 @@ app.command("lens")(lens.lens)
 app.command("trace")(trace.trace)
 app.command("neurons")(neurons.neurons)
 app.command("harvest")(harvest.harvest)
+app.command("steer")(steer_command.steer)
 app.command("serve")(serve.serve)
 app.command("fingerprint")(fingerprint_command.fingerprint)
 app.command("probe")(probe_command.probe)

@@ -41,7 +41,7 @@ def sweep_figure(rows: Sequence[Mapping[str, Any]], title: str, metrics: Sequenc
     if not rows:
         raise ValueError("no sweep rows to draw")
     measured = list(metrics or [k for k, v in rows[0].items()
-                                if k not in SETTING_KEYS and isinstance(v, (int, float)) and k != "worst_margin"])
+                                if k not in SETTING_KEYS and isinstance(v, (int, float)) and k != "mean_target"])
     figure = _figure(3.4 * len(measured), 3.0)
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:

@@ -57,30 +57,31 @@ class GlobalCav(nn.Module):
         self.query = nn.Parameter(torch.zeros(k))
         self.k = k
 
-    def embed(self, run: torch.Tensor) -> torch.Tensor:
-        """``(layers, width)`` CAVs of one run -> ``(layers, k)`` unit embeddings."""
-        return nn.functional.normalize(torch.stack([e(v) for e, v in zip(self.encoders, run)]), dim=-1)
+    def embed(self, runs: torch.Tensor) -> torch.Tensor:
+        """``(..., layers, width)`` CAVs -> ``(..., layers, k)`` unit embeddings."""
+        return nn.functional.normalize(
+            torch.stack([e(runs[..., l, :]) for l, e in enumerate(self.encoders)], dim=-2), dim=-1)
 
     def weights(self, z: torch.Tensor) -> torch.Tensor:
-        """Attention weights over layers for embeddings ``z`` (``(layers, k)``)."""
-        return torch.softmax(z @ self.query / self.k ** 0.5, dim=0)
+        """Attention weights over layers for embeddings ``z`` (``(..., layers, k)``)."""
+        return torch.softmax(z @ self.query / self.k ** 0.5, dim=-1)
 
     def fuse(self, run: torch.Tensor) -> torch.Tensor:
-        """One run of per-layer CAVs -> the GCAV at every layer, ``(layers, width)``, unit rows.
+        """Per-layer CAVs ``(..., layers, width)`` -> the GCAV at every layer, same shape, unit rows.
 
         Example:
             >>> model.fuse(cavs[0]).norm(dim=-1)  # doctest: +SKIP
             tensor([1., 1., 1.])
         """
         with torch.no_grad():
-            return self._decode(self._global(run))
+            return self._decode(self._global(run.float()))
 
-    def _global(self, run: torch.Tensor) -> torch.Tensor:
-        z = self.embed(run)
-        return (self.weights(z)[:, None] * z).sum(0)
+    def _global(self, runs: torch.Tensor) -> torch.Tensor:
+        z = self.embed(runs)
+        return (self.weights(z)[..., None] * z).sum(-2)
 
     def _decode(self, g: torch.Tensor) -> torch.Tensor:
-        return nn.functional.normalize(torch.stack([d(g) for d in self.decoders]), dim=-1)
+        return nn.functional.normalize(torch.stack([d(g) for d in self.decoders], dim=-2), dim=-1)
 
 
 @dataclass
@@ -114,20 +115,17 @@ def fit_gcav(cavs: Mapping[str, torch.Tensor], k: int = 32, steps: int = 400, lr
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     same = label[:, None] == label[None]
     for _ in range(steps):
-        z = torch.stack([model.embed(run) for run in data])  # (runs, layers, k)
-        loss_c = 0.0
+        z = model.embed(data)  # (runs, layers, k)
+        loss_c = z.new_zeros(())
         for a in range(n_layers):  # InfoNCE between every pair of layers
             for b in range(n_layers):
-                if a == b:
-                    continue
-                logits = z[:, a] @ z[:, b].T / temperature
-                log_p = logits.log_softmax(-1)
-                loss_c = loss_c - (log_p * same).sum(-1).div(same.sum(-1)).mean()
+                if a != b:
+                    log_p = (z[:, a] @ z[:, b].T / temperature).log_softmax(-1)
+                    loss_c = loss_c - (log_p * same).sum(-1).div(same.sum(-1)).mean()
         loss_c = loss_c / max(n_layers * (n_layers - 1), 1)
-        recon = torch.stack([torch.stack([d(z_l) for d, z_l in zip(model.decoders, run_z)]) for run_z in z])
+        recon = torch.stack([d(z[:, l]) for l, d in enumerate(model.decoders)], dim=1)
         loss_r = ((nn.functional.normalize(recon, dim=-1) - data) ** 2).sum(-1).mean()
-        g = torch.stack([model._global(run) for run in data])
-        decoded = torch.stack([model._decode(x) for x in g])  # (runs, layers, width)
+        decoded = model._decode(model._global(data))  # (runs, layers, width)
         loss_v = (1 - (decoded * means[label]).sum(-1)).mean()
         loss = loss_c + loss_r + loss_v
         optimiser.zero_grad()
