@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import io
-import socket
-import threading
-import time
 from typing import Iterator
 
 import pytest
@@ -14,6 +11,7 @@ from PIL import Image
 
 import mmlens
 from mmlens.web import Settings, create_app
+from mmlens.web.live import LiveServer
 
 
 @pytest.fixture(scope="session")
@@ -40,33 +38,6 @@ def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-class LiveServer:
-    """uvicorn serving ``app`` on 127.0.0.1 in a thread; ``url`` is its address."""
-
-    def __init__(self, app) -> None:
-        import uvicorn
-
-        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.socket.bind(("127.0.0.1", 0))  # a free port, held until uvicorn takes the socket over
-        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
-        self.app = app
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", limit_concurrency=200))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
-
-    def __enter__(self) -> "LiveServer":
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=15)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,129 @@
+"""The web app's cost: explain-endpoint latency against ``mmlens.explain``, and requests per second under load.
+
+    nice -n 10 python benchmarks/web.py [--model M] [--repeats 15] [--requests 100] [--json]
+
+A real uvicorn server on 127.0.0.1 (in this process, sharing the loaded
+model) answers over loopback HTTP.
+
+1. **Latency**, per method, one answer token of the shipped example:
+   ``POST /api/explain`` (HTTP, queue, worker thread, JSON of the grids and
+   words) against calling ``mmlens.explain`` directly; medians of interleaved
+   repeats and their ratio (goal: within 1.2x).
+2. **Load**: a burst of 50 concurrent requests (how many ran, how many got
+   429, wall time), then ``--requests`` requests from 5 clients (the queue's
+   capacity) that retry on 429: requests per second, against the rate of
+   direct ``mmlens.explain`` calls.
+
+With --json the last line is one JSON object of all figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import torch
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import emit, median_seconds  # noqa: E402
+
+import mmlens  # noqa: E402
+from mmlens.web import create_app  # noqa: E402
+from mmlens.web.examples import example_input  # noqa: E402
+from mmlens.web.live import LiveServer  # noqa: E402
+
+METHODS = ("attention", "rollout", "gradient_x_input", "integrated_gradients")
+LOAD_METHOD = "rollout"
+BURST = 50
+CLIENTS = 5
+
+
+async def burst(url: str, body: dict) -> dict:
+    """50 requests at once: status counts and wall time."""
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=httpx.Limits(max_connections=BURST)) as client:
+        start = time.perf_counter()
+        responses = await asyncio.gather(*(client.post("/api/explain", json=body) for _ in range(BURST)))
+        seconds = time.perf_counter() - start
+    codes = [r.status_code for r in responses]
+    return {"ok": codes.count(200), "refused_429": codes.count(429), "other": len(codes) - codes.count(200)
+            - codes.count(429), "seconds": round(seconds, 3)}
+
+
+async def sustained(url: str, body: dict, requests: int) -> dict:
+    """``requests`` answered requests from 5 clients that retry on 429: requests per second."""
+    done, refused = 0, 0
+    async with httpx.AsyncClient(base_url=url, timeout=300) as client:
+        async def worker() -> None:
+            nonlocal done, refused
+            while done < requests:
+                response = await client.post("/api/explain", json=body)
+                if response.status_code == 429:
+                    refused += 1
+                    await asyncio.sleep(0.05)
+                    continue
+                response.raise_for_status()
+                done += 1
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(CLIENTS)))
+        seconds = time.perf_counter() - start
+    return {"requests": done, "seconds": round(seconds, 3), "per_second": round(done / seconds, 3),
+            "refused_429": refused}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--requests", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    console = Console(stderr=True)
+    model = mmlens.load(args.model)
+    given = example_input("colour_question")
+    figures: dict = {"model": model.name, "threads": args.threads, "repeats": args.repeats, "latency": {}}
+    with LiveServer(create_app(model)) as live, httpx.Client(base_url=live.url, timeout=300) as client:
+        key = client.post("/api/inputs", data={"example": "colour_question"}).json()["id"]
+        table = Table(title=f"explain, one answer token ({model.name}, medians of {args.repeats})")
+        for column in ("method", "mmlens.explain ms", "POST /api/explain ms", "ratio"):
+            table.add_column(column)
+        for method in METHODS:
+            body = {"input": key, "methods": [method], "max_new_tokens": 1}
+
+            def endpoint() -> None:
+                client.post("/api/explain", json=body).raise_for_status()
+
+            def direct() -> None:
+                mmlens.explain(model, given.prompt, given.images, methods=[method], max_new_tokens=1)
+
+            times = median_seconds({"direct": direct, "endpoint": endpoint}, args.repeats, warmup=2)
+            ratio = times["endpoint"] / times["direct"]
+            figures["latency"][method] = {"direct_ms": round(times["direct"] * 1e3, 1),
+                                          "endpoint_ms": round(times["endpoint"] * 1e3, 1), "ratio": round(ratio, 3)}
+            table.add_row(method, f"{times['direct'] * 1e3:.0f}", f"{times['endpoint'] * 1e3:.0f}", f"{ratio:.2f}")
+        console.print(table)
+        body = {"input": key, "methods": [LOAD_METHOD]}
+        direct_rate = 1 / median_seconds({"direct": lambda: mmlens.explain(model, given.prompt, given.images,
+                                                                           methods=[LOAD_METHOD])},
+                                         args.repeats, warmup=1)["direct"]
+        figures["burst"] = asyncio.run(burst(live.url, body))
+        figures["sustained"] = {**asyncio.run(sustained(live.url, body, args.requests)),
+                                "direct_per_second": round(direct_rate, 3), "method": LOAD_METHOD}
+        figures["queue_peak"] = live.app.state.server.queue.peak
+    console.print(f"burst of {BURST}: {figures['burst']}; queue peak {figures['queue_peak']} "
+                  f"(bound {1 + live.app.state.server.queue.max_waiting})")
+    console.print(f"sustained ({CLIENTS} clients, {LOAD_METHOD}): {figures['sustained']['per_second']:.2f} requests/s, "
+                  f"direct mmlens.explain {direct_rate:.2f} calls/s")
+    emit(figures, args.json)
+
+
+if __name__ == "__main__":
+    main()
