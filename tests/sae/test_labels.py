@@ -91,3 +91,15 @@ def test_codes_and_table_must_match(shapes_store, concept_sae):
     table = concept_table(store.tokens, store_samples(store))
     with pytest.raises(MmlensError, match="rows of concepts"):
         label_latents(codes, table, [0])
+
+
+def test_cut_off_is_chosen_with_the_concept():
+    # the latent fires weakly everywhere and strongly on concept a: above a cut-off it is exactly a
+    truth = np.array([[True], [False], [False], [True], [False], [False]])
+    table = ConceptTable(["a"], truth, np.array(["s1"] * 3 + ["s2"] * 3), np.ones(6, bool))
+    acts = torch.tensor([[5.0], [0.5], [0.4], [6.0], [0.3], [0.6]])
+    label = label_activations(acts, table, [0], held_out={"s2"})[0]
+    assert label.concept == "a" and label.precision == 1.0 and label.recall == 1.0
+    assert 0.5 <= label.threshold < 5.0
+    loose = label_activations(acts, table, [0], held_out={"s2"}, fractions=[0.0])[0]
+    assert loose.threshold == 0.0 and loose.precision == pytest.approx(1 / 3, abs=1e-4)
