@@ -16,7 +16,7 @@ import pytest
 from mmlens.cli.main import main
 from mmlens.data.readers import open_reader
 from mmlens.errors import MmlensError
-from mmlens.store.explain_data import explain_dataset
+from mmlens.runner.explain_data import explain_dataset
 
 DATA = "shapes:test[0:6]"
 ARGS = ["--data", DATA, "--model", "tiny-llava", "--method", "attention", "--method", "gradient_x_input",

@@ -8,14 +8,10 @@ causal tracing ranks injection layers as one forward per condition does.
 
 from __future__ import annotations
 
-import inspect
 import os
-import random
-import string
 
 import pytest
 import torch
-from transformers.cache_utils import Cache
 
 import mmlens
 from mmlens.causal import plan_injection, record_layers, trace
@@ -115,64 +111,6 @@ def test_injection_plan_ranks_layers_as_one_forward_per_condition(family):
         assert list(plan.sources[component]) == list(reference.sources[component])
 
 
-def _renamed_cache_layer(keyword: str) -> type[torch.nn.Module]:
-    """A decoder-layer wrapper that takes its cache under ``keyword``, as a future transformers might."""
-    namespace: dict = {"Cache": Cache, "runtime": runtime}
-    source = f"""
-def forward(self, hidden_states, attention_mask=None, position_ids=None, {keyword}: "Cache | None" = None,
-            use_cache=False, position_embeddings=None, **kwargs):
-    kwargs.pop(runtime.cache_keyword(self.inner), None)  # the model's own (None) cache, under today's name
-    inner = {{runtime.cache_keyword(self.inner): {keyword}}}
-    return self.inner(hidden_states, attention_mask=attention_mask, position_ids=position_ids, use_cache=use_cache,
-                      position_embeddings=position_embeddings, **inner, **kwargs)
-"""
-    exec(source, namespace)
-
-    class Renamed(torch.nn.Module):
-        def __init__(self, inner: torch.nn.Module) -> None:
-            super().__init__()
-            self.inner = inner
-            self.self_attn, self.mlp = inner.self_attn, inner.mlp
-
-    Renamed.forward = namespace["forward"]
-    return Renamed
-
-
-def test_the_cache_keyword_is_read_from_the_signature_not_listed():
-    keyword = "kv_" + "".join(random.Random().choices(string.ascii_lowercase, k=10))
-    model = mmlens.load("tiny-llama", device=DEVICE)
-    layers = model.decoder_layers
-    wrapper = _renamed_cache_layer(keyword)
-    for index in range(len(layers)):
-        layers[index] = wrapper(layers[index])
-    assert runtime.cache_keyword(layers[0]) == keyword
-    assert keyword in inspect.signature(layers[0].forward).parameters
-    batch = model.prepare(["a red circle left of a blue square", "a green cross"])
-    with torch.no_grad():
-        full = model.forward(batch, use_cache=False).logits
-        replay = record_layers(model, batch)
-        assert replay.calls[0].cache_key == keyword
-        assert len(replay.keys_values()) == model.n_layers  # the recorder came in under the new name
-        seq = batch.input_ids.shape[1]
-        for start in range(model.n_layers + 1):
-            torch.testing.assert_close(replay.logits(start, replay.inputs[start], positions=range(seq)), full,
-                                       rtol=1e-4, atol=1e-5)
-        if replay.suffix_allowed(seq - 2):
-            suffix = replay.logits(0, replay.inputs[0][:, seq - 2:], offset=seq - 2)
-            torch.testing.assert_close(suffix, full[:, -1:], rtol=1e-4, atol=1e-5)
-
-
-def test_unannotated_layers_fall_back_to_the_parameter_name():
-    class Old(torch.nn.Module):
-        def forward(self, hidden_states, layer_past=None, attention_mask=None, use_cache=False):
-            return hidden_states
-
-    class NoCache(torch.nn.Module):
-        def forward(self, hidden_states, use_cache=False, cache_position=None):
-            return hidden_states
-
-    assert runtime.cache_keyword(Old()) == "layer_past"
-    assert runtime.cache_keyword(NoCache()) is None
 
 
 def test_attention_switch_restores_every_sub_model():

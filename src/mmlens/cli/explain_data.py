@@ -1,6 +1,6 @@
 """``mmlens explain --data D --out DIR``: explain every sample of a dataset, resumably, with an index page.
 
-The work is :func:`mmlens.store.explain_data.explain_dataset`; this module
+The work is :func:`mmlens.runner.explain_data.explain_dataset`; this module
 adds the command line's checks, progress bar and summary.
 
 Example:
@@ -33,7 +33,7 @@ def explain_data_command(data: str, out: Path, *, model: Optional[str], methods:
         ...                      strict=False, as_json=False, refused={})  # doctest: +SKIP
     """
     from mmlens.data.readers import open_reader
-    from mmlens.store.explain_data import explain_dataset
+    from mmlens.runner.explain_data import explain_dataset
 
     given = [name for name, value in refused.items() if value]
     if given:

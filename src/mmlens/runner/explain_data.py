@@ -277,7 +277,7 @@ def _save_manifest(out: Path, manifest: dict[str, Any]) -> None:
 
 def _write_views(out: Path, manifest: dict[str, Any]) -> None:
     """``samples.parquet`` and ``index.html`` from the manifest (each replaced in one step)."""
-    from mmlens.store.explain_index import write_index, write_table
+    from mmlens.report.dataset_index import write_index, write_table
 
     rows = rows_of(manifest)
     write_table(rows, out / TABLE)
