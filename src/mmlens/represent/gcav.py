@@ -131,7 +131,9 @@ def fit_gcav(cavs: Mapping[str, torch.Tensor], k: int = 32, steps: int = 400, lr
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-    model.fit_losses = GcavFit(float(loss_c), float(loss_r), float(loss_v))  # type: ignore[attr-defined]
+    with torch.no_grad():
+        loss_c, loss_r, loss_v = loss_c.detach(), loss_r.detach(), loss_v.detach()
+    model.fit_losses = GcavFit(loss_c.item(), loss_r.item(), loss_v.item())  # type: ignore[attr-defined]
     return model.eval()
 
 
