@@ -205,7 +205,7 @@ def label_activations(acts: torch.Tensor, table: ConceptTable, latents: Sequence
         cut = fraction * peak
         scores = _f1(acts[fit] > cut, table.truth[fit])  # (latents, concepts)
         concept, f1 = scores.argmax(1), scores.max(1)
-        better = f1 > best_f1
+        better = f1 >= best_f1  # a tie goes to the stricter cut-off
         best_f1, best_concept, best_cut = (np.where(better, f1, best_f1), np.where(better, concept, best_concept),
                                            np.where(better, cut, best_cut))
     fires = acts[test] > best_cut
