@@ -15,7 +15,8 @@ a killed run continues with the same command):
    setting with the best validation AUROC (aligned = positive) is scored on
    test with a bootstrap 95% interval. ``scores.json``.
 5. ``train``: with the chosen setting, three arms on the pool: the top
-   ``--keep`` by score, a random ``--keep`` (seeded), everything; each trains
+   ``--keep`` by score, a random ``--keep`` (seeded), everything (and a
+   control, ``clean``: a random ``--keep`` of the aligned pairs); each trains
    shapes-llava's projector and decoder from a fresh initialisation (tower
    frozen, as the zoo's stage 2) with the zoo's trainer for the same
    ``--steps``, per seed; held-out test accuracy (``--eval-n`` per question
@@ -38,7 +39,7 @@ import numpy as np
 import torch
 
 POOL_START = 96_000_000
-ARMS = ["top", "random", "all"]
+ARMS = ["top", "random", "all", "clean"]  # clean: a control, a random --keep of the aligned pairs only
 
 
 def make_pool(out: Path, n: int, misaligned: float, seed: int, with_answer: bool = False) -> Path:
@@ -177,7 +178,9 @@ def train_arms(rows: list[dict], pool_dir: Path, scores: dict, out: Path, seeds:
     bad = {r["id"] for r in rows if r["misaligned"]}
     for seed in seeds:
         rand = sorted(np.random.default_rng(1000 + seed).choice(ids, len(top), replace=False).tolist())
-        for arm, chosen in (("top", top), ("random", rand), ("all", ids)):
+        aligned = [i for i in ids if i not in bad]
+        clean = sorted(np.random.default_rng(2000 + seed).choice(aligned, len(top), replace=False).tolist())
+        for arm, chosen in (("top", top), ("random", rand), ("all", ids), ("clean", clean)):
             path = out / "train" / f"{arm}-s{seed}-{steps}.json"  # one file per run: arms may run in parallel
             if arm not in arms or path.exists():
                 continue
@@ -202,7 +205,7 @@ def summarise(done: list[dict], steps: int) -> dict:
     from scipy import stats
 
     out = {}
-    for arm in ("top", "random", "all"):
+    for arm in ARMS:
         acc = np.array([d["accuracy"] for d in done if d["arm"] == arm and d["steps"] == steps])
         if not len(acc):
             continue
