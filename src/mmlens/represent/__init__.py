@@ -23,6 +23,15 @@ _EXPORTS = {
     "probe_samples": "mmlens.represent.fingerprint",
     "shapes_tasks": "mmlens.represent.probe_tasks",
     "train_probes": "mmlens.represent.probes",
+    "train_cav": "mmlens.represent.concepts",
+    "tcav": "mmlens.represent.concepts",
+    "fit_gcav": "mmlens.represent.gcav",
+    "SteeringVector": "mmlens.represent.steering",
+    "mean_difference": "mmlens.represent.steering",
+    "shift_vectors": "mmlens.represent.steering",
+    "steer": "mmlens.represent.steering",
+    "track": "mmlens.represent.drift",
+    "modality_reliance": "mmlens.represent.reliance",
 }
 
 
