@@ -117,7 +117,7 @@ def geometric_median(x: torch.Tensor, iterations: int = 100, tol: float = 1e-6) 
 
     Example:
         >>> geometric_median(torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [100.0, 100.0]])).round(decimals=1).tolist()
-        [0.3, 0.3]
+        [0.5, 0.5]
     """
     median = x.mean(0)
     for _ in range(iterations):
