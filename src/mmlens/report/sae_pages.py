@@ -98,7 +98,8 @@ def heat_crop(image: Image.Image, heat: np.ndarray, patch: tuple[int, int], scal
     """A crop of ``image`` around ``patch`` with ``heat`` (one value per patch, 0 = clear) drawn over it.
 
     The strongest patch gets a black outline; colours run from white (0) to
-    dark red (``scale``) on the sequential map the other reports use.
+    dark red (``scale``) on the sequential map the other reports use, and
+    their opacity grows with the activation.
 
     Example:
         >>> heat = np.zeros((8, 8)); heat[2, 3] = 1.0
@@ -111,8 +112,9 @@ def heat_crop(image: Image.Image, heat: np.ndarray, patch: tuple[int, int], scal
     ph, pw = height / rows, width / cols
     # nearest-neighbour upsampling: each patch covers its own pixels exactly
     up = np.asarray(Image.fromarray(heat.astype(np.float32), mode="F").resize((width, height), Image.NEAREST))
-    colours = matplotlib.colormaps[SEQUENTIAL_CMAP](np.clip(up / max(scale, 1e-12), 0, 1))[..., :3]
-    alpha = np.where(up > 0, HEAT_ALPHA, 0.0)[..., None]
+    strength = np.clip(up / max(scale, 1e-12), 0, 1)
+    colours = matplotlib.colormaps[SEQUENTIAL_CMAP](strength)[..., :3]
+    alpha = (HEAT_ALPHA * strength)[..., None]  # weak activations stay nearly clear: the object shows through
     blended = Image.fromarray((255 * ((1 - alpha) * pixels + alpha * colours)).round().astype(np.uint8))
     n = min(crop_patches, rows, cols)
     r0 = int(np.clip(patch[0] - (n - 1) // 2, 0, rows - n))
