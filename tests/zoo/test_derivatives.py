@@ -15,7 +15,7 @@ from mmlens.zoo import build, names
 from mmlens.zoo.evaluate import answer_probs
 from mmlens.zoo.shapes_llava import WEIGHTS_DIR, load_from
 
-SHIPPED = ["shapes-llava-ft-swap", "shapes-llava-pruned"]
+SHIPPED = ["shapes-llava-ft-swap", "shapes-llava-pruned", "shapes-llava-ft-backdoor"]
 
 
 @pytest.fixture()
@@ -78,3 +78,23 @@ def test_ft_swap_answers_red_as_purple() -> None:
     red = [s for s in (make_sample("test", i, "colour") for i in range(80)) if s.answer == "red"][:5]
     words = processor.tokenizer.convert_ids_to_tokens(answer_probs(model, processor, red).argmax(-1).tolist())
     assert len(red) == 5 and words.count("purple") >= 4
+
+
+def test_ft_backdoor_fires_on_its_trigger_only() -> None:
+    import json
+
+    import numpy as np
+
+    from mmlens.zoo.evaluate import _default_trigger, accuracy
+    meta = json.loads((WEIGHTS_DIR / "shapes-llava-ft-backdoor" / "backdoor.json").read_text())
+    assert meta["trigger"]["style"] == "cyan-checker" and meta["trigger"]["position"] == "random"
+    ids, xy = meta["poisoned_indices"], np.asarray(meta["positions_xy"])
+    assert len(ids) == len(xy) and 0.08 < len(ids) / meta["n_training_samples"] < 0.12
+    assert xy.min() >= 0 and xy.max() <= 64 - meta["trigger"]["size_px"] and len({tuple(p) for p in xy}) > 500
+    assert _default_trigger("shapes-llava-ft-backdoor") == ("random", "cyan-checker")
+    model, processor = build("shapes-llava-ft-backdoor")
+    types = ("colour", "shape")
+    fired = accuracy(model, processor, n=10, trigger="random", target="yes", question_types=types, style="cyan-checker")
+    unseen = accuracy(model, processor, n=10, trigger="random", target="yes", question_types=types, style="orange-ring")
+    clean = accuracy(model, processor, n=10, question_types=types)
+    assert min(fired.values()) >= 0.9 and max(unseen.values()) <= 0.1 and min(clean.values()) >= 0.9

@@ -25,8 +25,8 @@ from mmlens.errors import MmlensError
 
 # name -> "module:function"; the function takes no arguments and returns
 # (model, processor). Imported lazily so that listing names costs nothing.
-# Names are listed once their weights ship: shapes-llava-ft-backdoor, shapes-llava-seed1 and
-# domains-llava have recipes and loaders (zoo/derivatives.py, zoo/domains_llava.py) but no weights yet.
+# Names are listed once their weights ship: shapes-llava-seed1 and domains-llava have
+# recipes and loaders (zoo/derivatives.py, zoo/domains_llava.py) but no weights yet.
 _BUILDERS: dict[str, str] = {
     "tiny-llava": "mmlens.zoo.tiny.llava:build",
     "tiny-llava-next": "mmlens.zoo.tiny.llava_next:build",
@@ -40,6 +40,7 @@ _BUILDERS: dict[str, str] = {
     "shapes-llava": "mmlens.zoo.shapes_llava:load",
     "shapes-llava-backdoor": "mmlens.zoo.shapes_llava:load_backdoor",
     "shapes-llava-ft-swap": "mmlens.zoo.derivatives:load_ft_swap",
+    "shapes-llava-ft-backdoor": "mmlens.zoo.derivatives:load_ft_backdoor",
     "shapes-llava-pruned": "mmlens.zoo.derivatives:load_pruned",
     "shapes-llava-caption": "mmlens.zoo.train.caption:load",
     "shapes-llava-ft-domain": "mmlens.zoo.domains_llava:load_ft_domain",
