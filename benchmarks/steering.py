@@ -316,8 +316,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    from mmlens.report.steer_pages import sweep_figure
-
     model = mmlens.load(a.model)
     scales = [float(s) for s in a.scales.split(",")]
     parts = {"answer": answer_part, "image": image_part, "shift": shift_part, "drift": drift_part,

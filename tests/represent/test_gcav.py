@@ -19,7 +19,7 @@ def _cavs(seed: int = 0, runs: int = 6, layers: int = 3, width: int = 8, noise: 
 
 def test_fused_vectors_stay_near_the_concept_and_vary_less_across_runs():
     cavs = _cavs()
-    model = fit_gcav(cavs, steps=300)
+    model = fit_gcav(cavs, steps=120)
     fused = torch.stack([model.fuse(run) for run in cavs["c0"]])  # (runs, layers, width)
     assert torch.allclose(fused.norm(dim=-1), torch.ones(fused.shape[:2]), atol=1e-5)
     mean = torch.nn.functional.normalize(cavs["c0"].mean(0), dim=-1)

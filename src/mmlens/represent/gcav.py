@@ -114,6 +114,19 @@ def fit_gcav(cavs: Mapping[str, torch.Tensor], k: int = 32, steps: int = 400, lr
     means = torch.stack([nn.functional.normalize(cavs[c].float().mean(0), dim=-1) for c in names])
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     same = label[:, None] == label[None]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # thousands of tiny ops: extra threads only spin against each other
+    try:
+        _fit(model, optimiser, data, label, means, same, steps, temperature)
+    finally:
+        torch.set_num_threads(threads)
+    return model.eval()
+
+
+def _fit(model: GlobalCav, optimiser: torch.optim.Optimizer, data: torch.Tensor, label: torch.Tensor,
+         means: torch.Tensor, same: torch.Tensor, steps: int, temperature: float) -> None:
+    """The training loop of :func:`fit_gcav`; the final losses go to ``model.fit_losses``."""
+    n_layers = data.shape[1]
     for _ in range(steps):
         z = model.embed(data)  # (runs, layers, k)
         loss_c = z.new_zeros(())
@@ -134,7 +147,6 @@ def fit_gcav(cavs: Mapping[str, torch.Tensor], k: int = 32, steps: int = 400, lr
     with torch.no_grad():
         loss_c, loss_r, loss_v = loss_c.detach(), loss_r.detach(), loss_v.detach()
     model.fit_losses = GcavFit(loss_c.item(), loss_r.item(), loss_v.item())  # type: ignore[attr-defined]
-    return model.eval()
 
 
 def direction_accuracy(concept: torch.Tensor, counter: torch.Tensor, vector: torch.Tensor, seed: int = 0,
