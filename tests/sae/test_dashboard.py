@@ -86,3 +86,28 @@ def test_bad_latent_is_one_line(shapes_store, concept_sae):
 def test_store_of_another_width_is_one_line(shapes_store):
     with pytest.raises(MmlensError, match="d_in=7"):
         encode_store(SparseAutoencoder(7, 8, "topk", k=2, site=SITE), Store.open(shapes_store))
+
+
+def test_store_samples_reopen_jsonl_and_folder_sources(tiny_llava, tmp_path):
+    import json
+
+    from PIL import Image
+
+    from mmlens.data.readers import open_reader
+    from mmlens.store.harvest import harvest
+
+    for i, colour in enumerate(["red", "blue"]):
+        Image.new("RGB", (32, 32), colour).save(tmp_path / f"{colour}.png")
+    rows = [{"id": f"row-{c}", "image": f"{c}.png", "prompt": "<image> what colour ?"} for c in ("red", "blue")]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    harvest(tiny_llava, open_reader(tmp_path / "d.jsonl"), tmp_path / "s1", ["lm.L0.resid"], shard_size=2)
+    harvest(tiny_llava, open_reader(tmp_path, prompt="<image> a {stem}"), tmp_path / "s2", ["lm.L0.resid"],
+            shard_size=2)
+    for folder, wanted in (("s1", {"row-red", "row-blue"}), ("s2", {"blue.png", "red.png"})):
+        store = Store.open(tmp_path / folder)
+        load = store_samples(store)
+        frame = store.tokens.to_pandas().drop_duplicates("sample_id")
+        got = {load(r.shard, r.sample).id for r in frame.itertuples()}
+        assert got == wanted and got == set(frame.sample_id)
+        sample = load(frame.shard.iloc[0], int(frame["sample"].iloc[0]))
+        assert sample.image.size == (32, 32)

@@ -124,15 +124,18 @@ def store_samples(store: "Store") -> Callable[[str, int], "Sample"]:
 
 
 def _reopen(options: dict[str, Any]) -> Any:
-    from mmlens.data.readers import JsonlReader, WorldReader, open_reader
+    """The reader a manifest's source options describe (each reader's own ``options()``)."""
+    from mmlens.data.readers import FolderReader, HFReader, JsonlReader, WorldReader
 
     kind = options.get("reader")
-    if kind == "world":
+    if kind == WorldReader.name:
         return WorldReader(options["world"], options["split"], options["start"], options["stop"])
-    if kind == "jsonl":
+    if kind == JsonlReader.name:
         return JsonlReader(options["path"])
-    if "path" in options:
-        return open_reader(options["path"], prompt=options.get("prompt"))
+    if kind == FolderReader.name:
+        return FolderReader(options["path"], prompt=options.get("prompt"))
+    if kind == HFReader.name:
+        return HFReader(list(options["path"]), columns=options.get("columns") or None, split=options.get("split"))
     raise MmlensError(f"cannot reopen a {kind!r} dataset from the store's manifest")
 
 
