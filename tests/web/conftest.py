@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
-from typing import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Coroutine, Iterator, TypeVar
 
 import pytest
 from fastapi.testclient import TestClient
@@ -12,6 +14,8 @@ from PIL import Image
 import mmlens
 from mmlens.web import Settings, create_app
 from mmlens.web.live import LiveServer
+
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +49,9 @@ def live(shipped) -> Iterator[LiveServer]:
     """A real uvicorn server over the shipped model (default limits, max 4 waiting)."""
     with LiveServer(create_app(shipped)) as server:
         yield server
+
+
+def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` in a thread of its own: Playwright's sync API keeps an event loop running in this one."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()

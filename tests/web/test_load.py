@@ -10,6 +10,8 @@ import httpx
 import psutil
 import pytest
 
+from tests.web.conftest import run_async
+
 BURST = 50
 
 
@@ -34,7 +36,7 @@ def test_fifty_concurrent_requests_respect_the_queue(live, body):
     queue = live.app.state.server.queue
     queue.peak = 0
     start = time.monotonic()
-    responses = asyncio.run(burst(live.url, body))
+    responses = run_async(burst(live.url, body))
     seconds = time.monotonic() - start
     codes = [r.status_code for r in responses]
     assert set(codes) <= {200, 429}, codes
@@ -49,11 +51,11 @@ def test_fifty_concurrent_requests_respect_the_queue(live, body):
 
 def test_memory_stays_flat_over_bursts(live, body):
     process = psutil.Process()
-    asyncio.run(burst(live.url, body))  # warm-up
+    run_async(burst(live.url, body))  # warm-up
     gc.collect()
     before = process.memory_info().rss
     for _ in range(5):
-        responses = asyncio.run(burst(live.url, body))
+        responses = run_async(burst(live.url, body))
         assert all(r.status_code in (200, 429) for r in responses)
     gc.collect()
     growth = process.memory_info().rss / before - 1
@@ -78,6 +80,6 @@ def test_soak_of_two_hundred_requests_gives_the_same_answer(live, body):
             await asyncio.gather(*(worker(50) for _ in range(4)))
         return answers
 
-    answers = asyncio.run(soak())
+    answers = run_async(soak())
     assert len(answers) == 200
     assert all(answer == single for answer in answers)

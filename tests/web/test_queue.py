@@ -10,6 +10,7 @@ import pytest
 
 from mmlens.web.queue import ClientGone, ModelQueue
 from mmlens.web.uploads import WebError
+from tests.web.conftest import run_async
 
 
 def test_one_job_at_a_time_and_bounded_wait():
@@ -32,7 +33,7 @@ def test_one_job_at_a_time_and_bounded_wait():
         queue.close()
         return results, most, queue.peak, queue.admitted
 
-    results, most, peak, left = asyncio.run(scenario())
+    results, most, peak, left = run_async(scenario())
     refused = [r for r in results if isinstance(r, WebError)]
     assert results.count("ok") == 3 and len(refused) == 3
     assert all(r.status == 429 and int(r.headers["Retry-After"]) >= 1 for r in refused)
@@ -60,7 +61,7 @@ def test_a_waiting_job_whose_client_left_never_runs():
         queue.close()
         return ran, queue.cancelled, third, queue.admitted
 
-    ran, cancelled, third, left = asyncio.run(scenario())
+    ran, cancelled, third, left = run_async(scenario())
     assert ran == ["first", "third"] and cancelled == 1 and third == "done" and left == 0
 
 
@@ -73,4 +74,4 @@ def test_a_failing_job_frees_its_slot():
         queue.close()
         return answer
 
-    assert asyncio.run(scenario()) == 7
+    assert run_async(scenario()) == 7

@@ -67,16 +67,9 @@ def position_grids(layout: TokenLayout) -> list[list[list[list[int | None]]]]:
         >>> position_grids(e.layout)[0][0][0][0]  # image 0, view 0, row 0, column 0
         1
     """
-    out = []
-    for i, info in enumerate(layout.images[0]):
-        views = []
-        for v, view in enumerate(info.views):
-            grid: list[list[int | None]] = [[None] * view.cols for _ in range(view.rows)]
-            for p in layout.image_positions(0, i, v).tolist():
-                grid[int(layout.row[0, p])][int(layout.col[0, p])] = p
-            views.append(grid)
-        out.append(views)
-    return out
+    positions = torch.arange(layout.seq_len, dtype=torch.float32)  # the layout lays any per-position value out
+    return [[[[None if np.isnan(v) else int(v) for v in row] for row in layout.grid(positions, 0, i, v)]
+             for v in range(len(info.views))] for i, info in enumerate(layout.images[0])]
 
 
 def top_patch(layout: TokenLayout, scores: torch.Tensor) -> dict[str, Any] | None:
