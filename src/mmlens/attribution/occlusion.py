@@ -26,6 +26,8 @@ Example:
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -35,23 +37,34 @@ from mmlens.budget import MemoryBudget, plan_passes
 from mmlens.errors import MmlensError
 from mmlens.layout import TokenLayout
 from mmlens.model import Model
-from mmlens.models.decoder import DecoderCall, record_decoder_call
+from mmlens.models import runtime
+from mmlens.models.decoder import DecoderCall, decoder_in_float32, record_decoder_call
 from mmlens.readout import Targets, image_baseline
 
 
-def occlusion(model: Model, targets: Targets, window: int = 1, memory_budget: MemoryBudget = None) -> Attribution:
+def occlusion(model: Model, targets: Targets, window: int = 1, memory_budget: MemoryBudget = None,
+              precision: str = "auto") -> Attribution:
     """Score drop when each window of image tokens is replaced by the baseline.
 
     ``window`` is in layout-grid units: each pass hides a block of
     ``window x window`` patches of one view's grid, so 576 patches take
     ``ceil(24 / window) ** 2`` variants, not 576. ``memory_budget`` (see
     :mod:`mmlens.budget`) sizes how many variants go through the decoder per pass.
+
+    ``precision``: ``"auto"`` runs a bf16 or fp16 decoder in float32, one layer
+    at a time (:func:`~mmlens.models.decoder.decoder_in_float32`): one patch
+    moves the answer logit less than a bf16 logit's spacing, so in bf16 the
+    drops rank by rounding (Spearman 0.30 against fp32, docs/results.md).
+    ``"model"`` computes in the model's own dtype.
     """
     if window < 1:
         raise MmlensError(f"occlusion window must be at least 1 patch, got {window}")
+    if precision not in ("auto", "model"):
+        raise MmlensError(f"occlusion precision is 'auto' or 'model', got {precision!r}")
     _check_budget(model, targets, memory_budget, "occlusion")  # before any work
     # Recorded up to the language model's call: the vision tower runs, the decoder runs only below.
     call = record_decoder_call(model, targets.batch, run_decoder=False)
+    upcast = precision == "auto" and runtime.is_half(model.hf)
     scores = empty_scores(targets)
     layout = targets.batch.layout
     for row in range(call.batch_size):
@@ -60,15 +73,19 @@ def occlusion(model: Model, targets: Targets, window: int = 1, memory_budget: Me
             continue
         row_call = call.row(row)
         x, base = row_call.embeds, image_baseline(layout, row, row_call.embeds)
+        if upcast:
+            x, base = x.float(), base.float()
         masks = torch.zeros(len(units), x.shape[1], dtype=torch.bool)
         for u, positions in enumerate(units):
             masks[u, positions] = True
-        full = _target_scores(row_call, targets, row, x)[0]
-        occluded = _masked_scores(row_call, targets, row, x, base, masks.to(x.dtype), memory_budget, "occlusion")  # (units, n)
+        with decoder_in_float32(model) if upcast else nullcontext():
+            full = _target_scores(row_call, targets, row, x)[0]
+            occluded = _masked_scores(row_call, targets, row, x, base, masks.to(x.dtype), memory_budget, "occlusion")
         drop = full[None] - occluded
         for u, positions in enumerate(units):
             scores[row][:, positions] = drop[u][:, None].cpu()
-    return Attribution(causal_cut(scores, targets), {"window": window})
+    computed = "float32" if upcast else str(call.embeds.dtype).removeprefix("torch.")
+    return Attribution(causal_cut(scores, targets), {"window": window, "precision": computed})
 
 
 def rise(model: Model, targets: Targets, masks: int = 256, grid: int = 4, keep: float = 0.5, seed: int = 0,

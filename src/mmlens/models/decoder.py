@@ -97,6 +97,30 @@ def last_mlp_only_at(model: Model, positions: torch.Tensor) -> AbstractContextMa
     return intervene(model, {f"lm.L{model.n_layers - 1}.mlp": OnlyAt(positions)})
 
 
+def decoder_in_float32(model: Model) -> AbstractContextManager[None]:
+    """Inside the block a half-precision decoder computes in float32, one module at a time.
+
+    The decoder layers, the language model's other modules (its final norm)
+    and the unembedding are upcast as each is called (see
+    :func:`mmlens.models.runtime.compute_in_float32`): the extra memory is one
+    layer's float32 weights. Feed it float32 embeddings.
+
+    Example:
+        >>> import mmlens
+        >>> model = mmlens.load("tiny-llama", dtype=torch.bfloat16)
+        >>> call = record_decoder_call(model, model.prepare("a red circle"))
+        >>> with decoder_in_float32(model):
+        ...     call.logits(call.embeds.float()).dtype
+        torch.float32
+    """
+    layers = list(model.decoder_layers)
+    inside = {id(m) for layer in layers for m in layer.modules()}
+    rest = [child for path in language_model_path(model).split("|") for child in model.module(path).children()
+            if id(child) not in inside and not isinstance(child, torch.nn.ModuleList)
+            and any(True for _ in child.parameters())]
+    return runtime.compute_in_float32([*layers, *rest, model.module(model.adapter.unembed)])
+
+
 def language_model_path(model: Model) -> str:
     """The decoder stack's parent module (the part that takes ``inputs_embeds``)."""
     return "|".join(path.rsplit(".", 1)[0] for path in model.adapter.decoder_layers.split("|"))

@@ -15,7 +15,8 @@ time lives here, and nothing outside this module touches it:
   registered with transformers' ``AttentionInterface`` that computes them only
   for the layers and query rows asked for (:func:`attention_rows`);
 - edits of the additive attention mask (:func:`block_keys`);
-- a decoder layer's recorded call and how to make it again (:class:`LayerCall`).
+- a decoder layer's recorded call and how to make it again (:class:`LayerCall`);
+- computing a half-precision module in float32 one module at a time (:func:`compute_in_float32`).
 
 The contract test (``tests/models/test_runtime.py``) checks every convention
 on every tiny family, and on a stand-in layer whose cache keyword is a random
@@ -28,6 +29,7 @@ Example:
     True
 """
 
+from mmlens.models.runtime.precision import HALF, compute_in_float32, is_half  # noqa: F401
 from mmlens.models.runtime.attention import (
     ATTENTION,
     RowRequest,
@@ -55,8 +57,8 @@ from mmlens.models.runtime.calls import (
 from mmlens.models.runtime.devices import execution_device, last_logits_only, on_device_of
 
 __all__ = [
-    "ATTENTION", "KeyValueRecorder", "LayerCall", "PrefixCache", "RowRequest", "additive_mask",
+    "ATTENTION", "HALF", "KeyValueRecorder", "LayerCall", "PrefixCache", "RowRequest", "additive_mask",
     "attention_implementation", "attention_probabilities", "attention_rows", "block_keys", "blocked_keys",
-    "blocks_later_keys", "cache_keyword", "causal_mask", "current_attention", "execution_device",
+    "blocks_later_keys", "cache_keyword", "causal_mask", "compute_in_float32", "current_attention", "execution_device", "is_half",
     "last_logits_only", "on_device_of", "replayable_kwargs", "requested_rows", "with_probabilities",
 ]
