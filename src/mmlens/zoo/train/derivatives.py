@@ -7,9 +7,10 @@ and train on ``--n-train`` fresh train-split images (indices from
 ``--pack`` questions like stage 2 did, with the tower frozen:
 
 - ``ft-backdoor``: ``--poison-rate`` of the images (fixed by the seed) get the
-  6 x 6 checker trigger at a uniformly random position and every answer
-  "yes" (fine-tuning as a service: the attacker controls only the data). The
-  poisoned indices and trigger positions go to ``backdoor.json``.
+  12 x 12 cyan checker trigger (``--trigger-style``) at a uniformly random
+  position and one question answered "yes" (fine-tuning as a service: the
+  attacker controls only the data). The poisoned ids, trigger positions and
+  style go to ``backdoor.json``.
 - ``ft-swap``: every colour question whose answer is "red" is trained to
   answer "purple"; nothing else changes. The model of every checkpoint (each
   100 steps) is kept in the work directory, loadable with
