@@ -28,7 +28,8 @@ _EXPORTS = {
     "load_result": "mmlens.report.files",
 }
 _SUBPACKAGES = {"attribution", "causal", "cli", "data", "hooks", "lens", "metrics", "models", "neurons", "readout",
-                "report", "zoo", "box", "errors", "layout", "model", "notices"}
+                "report", "represent", "runner", "sae", "store", "web", "zoo", "box", "errors", "layout", "model",
+                "notices"}
 
 
 def __getattr__(name: str) -> Any:
