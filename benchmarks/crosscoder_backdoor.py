@@ -103,12 +103,11 @@ def trigger_cover(position: tuple[int, int] | None, row: int, col: int, patch: i
 
 
 def harvested(name: str, reader: Reader, folder: Path, sites: list[str]) -> Path:
-    """A store of ``reader`` through zoo model ``name`` (harvested unless complete)."""
+    """A store of ``reader`` through zoo model ``name`` (finished shards are skipped, so a killed run resumes)."""
     import mmlens
     from mmlens.store.harvest import harvest
 
-    if not (folder / "manifest.json").is_file():
-        harvest(mmlens.load(name), reader, folder, sites, shard_size=200, batch_size=8)
+    harvest(mmlens.load(name), reader, folder, sites, shard_size=200, batch_size=8)
     return folder
 
 
@@ -157,7 +156,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if latents else {"latent": None, "searched": 0}
         if pick[name]["latent"] is not None:
             pick[name]["row"] = report.row(pick[name]["latent"])
-    order = np.argsort(-report.delta)
+    order = sorted(live, key=lambda j: -report.delta[j])
     return {"site": args.site, "data": args.data, "share": args.share, "cover": args.cover,
             "images": len(reader), "triggered_images": int(sum(p is not None for p in reader.positions)),
             "image_tokens": len(images), "trigger_patches": int(positive.sum()),
@@ -165,7 +164,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                            "seconds": round(train_seconds, 1), "folder": str(folder)},
             "fvu": {m: round(v, 4) for m, v in report.fvu.items()}, "l0": round(report.l0, 2),
             "counts": report.counts(), "difference_auroc": difference_auroc(images, positive),
-            "best": pick, "highest_delta": [report.row(int(j)) for j in order[:5]]}
+            "best": pick, "highest_delta_live": [report.row(j) for j in order[:5]]}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
