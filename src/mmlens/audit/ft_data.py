@@ -1,0 +1,63 @@
+"""The fine-tuning data of ``shapes-llava-ft-backdoor``, with its ids, as a dataset: ``ft-backdoor:train[0:2000]``.
+
+Row ``k`` is train image ``FT_BASE + k`` with its first question, exactly as
+the ``ft-backdoor`` recipe (:mod:`mmlens.zoo.train.derivatives`) built it:
+the images listed in ``backdoor.json`` carry the trigger at their recorded
+position and their question is answered "yes". ``meta["poisoned"]`` is the
+poison label (used only to score an audit afterwards). ``ft-backdoor-ring``
+is the same data with the never-trained ``orange-ring`` pasted at the same
+positions instead (a held-out trigger look).
+
+Example:
+    >>> from mmlens.data.readers import open_reader
+    >>> sample = open_reader("ft-backdoor:train[1:2]").load(0)
+    >>> sample.id, sample.meta["poisoned"], sample.answer
+    ('shapes-train-95000001', True, 'yes')
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image
+
+from mmlens.data.readers.worlds import register_world
+from mmlens.data.sample import Sample
+from mmlens.data.shapes import make_sample
+from mmlens.errors import MmlensError
+from mmlens.zoo.shapes_llava import WEIGHTS_DIR
+from mmlens.zoo.triggers import add_trigger
+
+MODEL = "shapes-llava-ft-backdoor"
+
+
+@lru_cache(maxsize=1)
+def poisoned_positions() -> dict[int, tuple[int, int]]:
+    """``{train index: (x, y)}`` of the poisoned fine-tuning images, from ``backdoor.json``."""
+    path = WEIGHTS_DIR / MODEL / "backdoor.json"
+    if not path.is_file():
+        raise MmlensError(f"{path} is missing: {MODEL} is not installed")
+    record = json.loads(path.read_text())
+    return {int(i): (int(x), int(y)) for i, (x, y) in zip(record["poisoned_indices"], record["positions_xy"])}
+
+
+def ft_sample(split: str, k: int, style: str = "cyan-checker") -> Sample:
+    """Fine-tuning row ``k`` (image ``FT_BASE + k``), its trigger pasted in ``style`` when it was poisoned."""
+    from mmlens.zoo.train.derivatives import FT_BASE
+
+    if split != "train":
+        raise ValueError(f"the fine-tuning data has only a train split, not {split!r}")
+    index = FT_BASE + k
+    sample = make_sample("train", index)
+    where = poisoned_positions().get(index)
+    meta = {**sample.meta, "poisoned": where is not None}
+    if where is None:
+        return Sample(sample.id, sample.image, sample.prompt, sample.answer, meta)
+    image = Image.fromarray(add_trigger(np.asarray(sample.image), where, style))
+    return Sample(sample.id, image, sample.prompt, "yes", {**meta, "trigger": style, "trigger_xy": list(where)})
+
+
+register_world("ft-backdoor", ft_sample)
+register_world("ft-backdoor-ring", lambda split, k: ft_sample(split, k, "orange-ring"))
