@@ -40,6 +40,7 @@ import typer
 from mmlens.cli import demo, explain, harvest, info, lens, neurons, serve, trace
 from mmlens.cli import fingerprint as fingerprint_command, probe as probe_command
 from mmlens.cli import sae as sae_command
+from mmlens.cli import audit as audit_command
 from mmlens.cli import crosscoder as crosscoder_command
 from mmlens.cli import steer as steer_command
 from mmlens.errors import MmlensError
@@ -78,6 +79,7 @@ app.command("serve")(serve.serve)
 app.command("fingerprint")(fingerprint_command.fingerprint)
 app.command("probe")(probe_command.probe)
 app.add_typer(sae_command.app, name="sae")
+app.add_typer(audit_command.app, name="audit")
 app.add_typer(crosscoder_command.app, name="crosscoder")
 
 
