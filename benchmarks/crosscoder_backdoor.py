@@ -134,13 +134,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     reader = TriggeredReader(open_reader(args.data), args.share, args.seed)
     stores = [harvested(name, reader, args.work / f"store-{name}", args.sites or [args.site]) for name in MODELS]
     pair = PairedActivations(*stores, args.site)
-    folder = args.work / f"cc-{args.site}-k{args.k}-x{args.expansion}-s{args.steps}"
+    folder = args.work / f"cc-{args.site}-k{args.k}-x{args.expansion}-s{args.steps}-d{args.dead_tokens}"
     started = time.perf_counter()
     if (folder / "crosscoder.safetensors").is_file():
         cc = load_crosscoder(folder)
     else:
         config = CrosscoderConfig(k=args.k, expansion=args.expansion, steps=args.steps, batch_size=args.batch_size,
-                                  seed=args.seed)
+                                  seed=args.seed, dead_tokens=args.dead_tokens)
         cc = train_crosscoder(pair, config, folder)
     train_seconds = time.perf_counter() - started
     report = analyse(cc, pair)
@@ -157,14 +157,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if pick[name]["latent"] is not None:
             pick[name]["row"] = report.row(pick[name]["latent"])
     order = sorted(live, key=lambda j: -report.delta[j])
+    fit = auroc_columns(scores[validation], positive[validation])
+    ranked = [i for i in np.argsort(-np.nan_to_num(fit, nan=-1.0))[:5]]
+    trigger_latents = [{"latent": live[i], "validation_auroc": round(float(fit[i]), 4),
+                        "test_auroc": round(float(auroc_columns(scores[~validation][:, [i]], positive[~validation])[0]),
+                                            4), "delta": round(float(report.delta[live[i]]), 4)} for i in ranked]
     return {"site": args.site, "data": args.data, "share": args.share, "cover": args.cover,
             "images": len(reader), "triggered_images": int(sum(p is not None for p in reader.positions)),
             "image_tokens": len(images), "trigger_patches": int(positive.sum()),
             "crosscoder": {"k": cc.k, "d_sae": cc.d_sae, "steps": args.steps, "batch_size": args.batch_size,
+                           "dead_tokens": args.dead_tokens,
                            "seconds": round(train_seconds, 1), "folder": str(folder)},
             "fvu": {m: round(v, 4) for m, v in report.fvu.items()}, "l0": round(report.l0, 2),
             "counts": report.counts(), "difference_auroc": difference_auroc(images, positive),
-            "best": pick, "highest_delta_live": [report.row(j) for j in order[:5]]}
+            "best": pick, "top_trigger_latents": trigger_latents,
+            "delta_quantiles_live": [round(float(q), 4) for q in np.quantile(report.delta[live], [0, 0.01, 0.5, 0.99, 1])],
+            "highest_delta_live": [report.row(j) for j in order[:5]]}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -179,6 +187,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--expansion", type=int, default=8)
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--dead-tokens", type=int, default=1_000_000, help="AuxK: a latent is dead after this many")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="print the summary as JSON (default: indented too)")
