@@ -142,7 +142,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         config = CrosscoderConfig(k=args.k, expansion=args.expansion, steps=args.steps, batch_size=args.batch_size,
                                   seed=args.seed, dead_tokens=args.dead_tokens)
         cc = train_crosscoder(pair, config, folder)
-    train_seconds = time.perf_counter() - started
+    train_seconds = json.loads((folder / "training.json").read_text())["seconds"] \
+        if (folder / "training.json").is_file() else time.perf_counter() - started
     report = analyse(cc, pair)
     images = PairedActivations(*stores, args.site, modality="image")
     positive, validation = image_labels(images, reader, args.cover, args.seed)
