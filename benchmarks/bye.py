@@ -55,6 +55,7 @@ def _apply(table, poisoned, units, separation):
     from mmlens.audit import bye_filter, label_scores
 
     result = bye_filter(table, units=units, separation=separation)
+    poisoned = set(poisoned) & set(table.ids)  # this subset's labels (the other half's are not "unknown")
     return {**result.summary(), **{"labels": label_scores(result.ids, result.removed, poisoned)}}
 
 

@@ -1,0 +1,107 @@
+"""BYE backdoor filtering: the entropies, the mixture rule, the label scores, and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mmlens.audit import EntropyTable, attention_entropies, bye_filter, fit_mixture, label_scores
+from mmlens.data import make_sample
+from mmlens.data.sample import Sample
+from mmlens.errors import MmlensError
+
+IDS = [f"s{i}" for i in range(300)]
+
+
+def _planted(seed: int = 0) -> np.ndarray:
+    """300 samples x 4 layers, all unimodal except layer 2, where 30 samples collapse to low entropy."""
+    rng = np.random.default_rng(seed)
+    h = rng.normal(3.0, 0.15, (300, 4))
+    h[:30, 2] = rng.normal(1.0, 0.15, 30)
+    return h
+
+
+def test_fit_mixture_recovers_two_components():
+    rng = np.random.default_rng(1)
+    fit = fit_mixture(np.r_[rng.normal(-2, 0.5, 700), rng.normal(3, 0.25, 300)])
+    assert fit.means == pytest.approx((-2, 3), abs=0.1)
+    assert fit.sigmas == pytest.approx((0.5, 0.25), abs=0.05)
+    assert fit.weights == pytest.approx((0.7, 0.3), abs=0.03)
+    assert fit.gap() > 2
+
+
+def test_a_planted_bimodal_layer_is_found_and_its_low_cluster_removed():
+    result = bye_filter(_planted(), IDS)
+    assert result.sensitive == [2]
+    assert sorted(result.removed) == sorted(IDS[:30])
+    assert len(result.kept) == 270
+    assert label_scores(result.ids, result.removed, IDS[:30])["f1"] == 1.0
+
+
+def test_no_sensitive_layer_removes_nothing_and_says_so():
+    h = np.random.default_rng(2).normal(3.0, 0.2, (300, 4))
+    result = bye_filter(h, IDS)
+    assert result.removed == [] and result.kept == IDS and result.scores is None
+    assert result.note.startswith("no sensitive layer")
+
+
+def test_the_separation_constant_decides_what_counts():
+    h = _planted()  # layer 2's gap is about (3 - 1) / 0.3 = 6.7
+    assert bye_filter(h, IDS, separation=8.0).sensitive == []
+    assert bye_filter(h, IDS, separation=5.0).sensitive == [2]
+
+
+def test_head_units_find_a_head_that_the_mean_hides():
+    rng = np.random.default_rng(4)
+    heads = rng.normal(3.0, 0.6, (300, 2, 4))
+    heads[:30, 1, 3] = rng.normal(0.8, 0.15, 30)  # one noisy head of four collapses: in the mean, 0.55 against a spread of 0.3
+    table = EntropyTable(IDS, heads.mean(2), heads)
+    assert bye_filter(table).sensitive == []
+    result = bye_filter(table, units="heads")
+    assert [result.names[j] for j in result.sensitive] == ["L1.H3"]
+    assert sorted(result.removed) == sorted(IDS[:30])
+
+
+def test_label_scores_report_labels_missing_from_the_data():
+    scores = label_scores(["a", "b", "c", "d"], ["a", "b"], ["a", "c", "zz"])
+    assert scores["unknown_labels"] == ["zz"]
+    assert scores["precision"] == 0.5 and scores["recall"] == 0.5
+    assert scores["poisoned"] == 2
+
+
+def test_bad_shapes_and_units_are_one_line_errors():
+    with pytest.raises(MmlensError, match="do not match"):
+        bye_filter(np.zeros((5, 2)), ["a"])
+    with pytest.raises(MmlensError, match="head-level"):
+        bye_filter(EntropyTable(IDS[:5], np.zeros((5, 2))), units="heads")
+
+
+def test_entropies_match_eager_attention_over_image_tokens(tiny_llava):
+    samples = [make_sample("val", i) for i in range(3)]
+    table = attention_entropies(tiny_llava, samples, batch_size=2, per_head=True)
+    assert table.layers.shape == (3, tiny_llava.n_layers) and table.ids == [s.id for s in samples]
+    # the reference: the full eager attention of one sample, on its own
+    batch = tiny_llava.prepare(samples[1].prompt, [samples[1].image])
+    where = batch.layout.image_positions(0)
+    from mmlens.hooks import eager_attention
+
+    with torch.no_grad(), eager_attention(tiny_llava):
+        out = tiny_llava.hf(**batch.inputs, output_attentions=True)
+    for layer, probs in enumerate(out.attentions):
+        row = probs[0, :, -1, where].float()
+        p = row.mean(0) / row.mean(0).sum()
+        assert table.layers[1, layer] == pytest.approx(float(-(p * p.log()).sum()), abs=1e-4)
+        ph = row / row.sum(-1, keepdim=True)
+        assert table.heads[1, layer] == pytest.approx((-(ph * ph.log()).sum(-1)).numpy(), abs=1e-4)
+    assert np.all(table.layers <= np.log(where.numel()) + 1e-5)
+
+
+def test_a_sample_without_an_image_is_one_line(tiny_llava):
+    with pytest.raises(MmlensError, match="has no image"):
+        attention_entropies(tiny_llava, [Sample("t0", None, "what colour is it?")])
+
+
+def test_a_text_only_model_is_one_line(tiny_llama):
+    with pytest.raises(MmlensError, match="text-only"):
+        attention_entropies(tiny_llama, [make_sample("val", 0)])
