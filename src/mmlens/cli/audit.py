@@ -102,17 +102,23 @@ def audit_backdoor(data: str, out: Path, *, model: str | None = None, labels: Pa
     if not loaded.adapter.multimodal:
         raise MmlensError(f"{loaded.name} is a text-only model: BYE needs a vision-language model")
     flags: dict[str, bool] = {}
+    bad: list = []
 
     def samples():
-        for _, sample in reader.read():
+        for _, sample in reader.read(on_bad=lambda _, row: bad.append(row)):
             if "poisoned" in sample.meta:
                 flags[sample.id] = bool(sample.meta["poisoned"])
             yield sample
 
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("scoring", total=len(reader))
-        table = attention_entropies(loaded, samples(), batch_size=batch_size, per_head=units == "heads",
-                                    progress=lambda n: progress.advance(task, n))
+        try:
+            table = attention_entropies(loaded, samples(), batch_size=batch_size, per_head=units == "heads",
+                                        progress=lambda n: progress.advance(task, n))
+        except MmlensError:
+            if bad:  # every row was unreadable: say why (the first one) instead of "no samples"
+                raise MmlensError(f"no sample of {data} could be scored ({len(bad)} bad rows; {bad[0]})") from None
+            raise
     result = bye_filter(table, separation=separation, units=units)
     poisoned = read_labels(labels) if labels is not None else [i for i, f in flags.items() if f]
     scored = label_scores(table.ids, result.removed, poisoned) if labels is not None or flags else None
@@ -122,7 +128,7 @@ def audit_backdoor(data: str, out: Path, *, model: str | None = None, labels: Pa
     matrix, _ = table.units(units)
     np.savez(out / "entropy.npz", ids=np.array(table.ids), layers=table.layers,
              **({"heads": table.heads} if table.heads is not None else {}))
-    summary = {**result.summary(), "model": loaded.name, "data": data,
+    summary = {**result.summary(), "model": loaded.name, "data": data, "bad_rows": [b.to_json() for b in bad],
                "fits": {n: f.to_json() for n, f in zip(result.names, result.fits)}}
     if scored is not None:
         summary["labels"] = scored
