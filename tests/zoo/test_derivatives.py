@@ -15,7 +15,7 @@ from mmlens.zoo import build, names
 from mmlens.zoo.evaluate import answer_probs
 from mmlens.zoo.shapes_llava import WEIGHTS_DIR, load_from
 
-SHIPPED = ["shapes-llava-ft-swap", "shapes-llava-pruned", "shapes-llava-ft-backdoor"]
+SHIPPED = ["shapes-llava-ft-swap", "shapes-llava-pruned", "shapes-llava-ft-backdoor", "shapes-llava-seed1"]
 
 
 @pytest.fixture()

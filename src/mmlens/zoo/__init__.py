@@ -25,7 +25,7 @@ from mmlens.errors import MmlensError
 
 # name -> "module:function"; the function takes no arguments and returns
 # (model, processor). Imported lazily so that listing names costs nothing.
-# Names are listed once their weights ship: shapes-llava-seed1 and domains-llava have
+# Names are listed once their weights ship: domains-llava has
 # recipes and loaders (zoo/derivatives.py, zoo/domains_llava.py) but no weights yet.
 _BUILDERS: dict[str, str] = {
     "tiny-llava": "mmlens.zoo.tiny.llava:build",
@@ -42,6 +42,7 @@ _BUILDERS: dict[str, str] = {
     "shapes-llava-ft-swap": "mmlens.zoo.derivatives:load_ft_swap",
     "shapes-llava-ft-backdoor": "mmlens.zoo.derivatives:load_ft_backdoor",
     "shapes-llava-pruned": "mmlens.zoo.derivatives:load_pruned",
+    "shapes-llava-seed1": "mmlens.zoo.derivatives:load_seed1",
     "shapes-llava-caption": "mmlens.zoo.train.caption:load",
     "shapes-llava-ft-domain": "mmlens.zoo.domains_llava:load_ft_domain",
 }
