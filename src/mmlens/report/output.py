@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from mmlens.errors import MmlensError
 from mmlens.models.weights import weights_sha256  # noqa: F401  (re-exported: manifests record it)
+from mmlens.provenance import mmlens_version
 
 if TYPE_CHECKING:
     from mmlens.model import Model
@@ -70,21 +71,6 @@ def library_versions(names: tuple[str, ...] = LIBRARIES) -> dict[str, str]:
 
         versions["torch"] = torch.__version__
     return versions
-
-
-def mmlens_version() -> str:
-    """The installed mmlens version.
-
-    Example:
-        >>> mmlens_version().count(".") >= 1
-        True
-    """
-    try:
-        return metadata.version("mmlens")
-    except metadata.PackageNotFoundError:
-        import mmlens
-
-        return mmlens.__version__
 
 
 def file_mode() -> int:

@@ -75,7 +75,7 @@ class StoreWriter:
                 raise MmlensError(f"{folder} is not empty and holds no store manifest: use a new or empty --out")
             manifest = {"format": FORMAT, "layout_version": LAYOUT_VERSION, **spec, "site_dims": {},
                         "sources": [], "shards": [], "created": _now()}
-            from mmlens.report.output import mmlens_version
+            from mmlens.provenance import mmlens_version
 
             manifest["mmlens_version"] = mmlens_version()
         else:

@@ -83,6 +83,6 @@ async def _bug(request: Request, error: Exception) -> JSONResponse:
 
 
 def _version() -> str:
-    from mmlens.report.output import mmlens_version
+    from mmlens.provenance import mmlens_version
 
     return mmlens_version()
