@@ -64,6 +64,12 @@ def test_debug_option_shows_the_traceback():
     assert result.stderr.strip().splitlines()[-1].startswith("mmlens.errors.MmlensError: unknown model"), result.stderr
 
 
+# What a shell sees as 130 either way. mmlens returns 130, but once in CI the interpreter still ended by
+# SIGINT (-2 here) after mmlens had caught the interrupt and printed "mmlens: interrupted" (neurons, Ctrl-C at
+# its first batch); CPython does so when it flags a KeyboardInterrupt as unhandled.
+CTRL_C_EXIT_CODES = (130, -signal.SIGINT)
+
+
 # The command line exactly as the ``mmlens`` entry point runs it, saying "ready" once the imports are done,
 # so that the signal lands in mmlens' own code and not in ``import torch``.
 READY_THEN_MAIN = ("import sys; from mmlens.cli.main import main; print('ready', file=sys.stderr, flush=True); "
@@ -83,7 +89,7 @@ def test_ctrl_c_says_interrupted_with_exit_code_130(tmp_path):
     finally:
         process.kill()
     stderr = stderr_bytes.decode(errors="replace")
-    assert process.returncode == 130, stderr
+    assert process.returncode in CTRL_C_EXIT_CODES, stderr
     assert "mmlens: interrupted" in stderr and "Traceback" not in stderr, stderr
 
 
@@ -247,5 +253,5 @@ def test_ctrl_c_while_the_command_line_loads_is_an_interrupt():
     time.sleep(0.2)  # inside the imports of torch and transformers
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=300)
-    assert process.returncode == 130, err
+    assert process.returncode in CTRL_C_EXIT_CODES, err
     assert err.strip().splitlines()[-1] == "mmlens: interrupted" and "Traceback" not in err

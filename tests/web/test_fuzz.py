@@ -14,13 +14,15 @@ from hypothesis import HealthCheck, given, settings
 
 from schemathesis.checks import positive_data_acceptance
 
+import mmlens
 from mmlens.web import Settings, create_app
 from tests.web.test_api import ENDPOINTS
 
 
 @pytest.fixture(scope="module")
-def api_schema(shipped):
-    app = create_app(shipped, Settings(max_upload_bytes=100_000, max_pixels=100_000, max_waiting=2))
+def api_schema():
+    # A model of its own: the background jobs fuzzing starts may outlive the test, and would hold the shared one.
+    app = create_app(mmlens.load("shapes-llava"), Settings(max_upload_bytes=100_000, max_pixels=100_000, max_waiting=2))
     return schemathesis.openapi.from_asgi("/api/openapi.json", app)
 
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from mmlens.web.queue import ClientGone, ModelQueue
+from mmlens.web.queue import ClientGone, ModelQueue, model_lock
 from mmlens.web.uploads import WebError
 from tests.web.conftest import run_async
 
@@ -38,6 +38,38 @@ def test_one_job_at_a_time_and_bounded_wait():
     assert results.count("ok") == 3 and len(refused) == 3
     assert all(r.status == 429 and int(r.headers["Retry-After"]) >= 1 for r in refused)
     assert most == 1 and peak == 3 and left == 0
+
+
+def test_two_queues_over_one_model_never_run_it_at_once():
+    """Two servers over one model (a notebook, the tests) share its lock; their queues alone would overlap."""
+    class Model:
+        pass
+
+    model, other = Model(), Model()
+    assert model_lock(model) is model_lock(model) and model_lock(model) is not model_lock(other)
+    running, most = 0, 0
+    count = threading.Lock()
+
+    def job():
+        nonlocal running, most
+        with count:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.2)  # long enough that unlocked jobs overlap even on a loaded machine
+        with count:
+            running -= 1
+        return "ok"
+
+    async def scenario(queues):
+        results = await asyncio.gather(*(queue.run(job) for queue in queues for _ in range(2)))
+        for queue in queues:
+            queue.close()
+        return results
+
+    shared = [ModelQueue(max_waiting=2, exclusive=model_lock(model)) for _ in range(2)]
+    assert run_async(scenario(shared)) == ["ok"] * 4 and most == 1
+    most = 0
+    assert run_async(scenario([ModelQueue(max_waiting=2) for _ in range(2)])) == ["ok"] * 4 and most == 2
 
 
 def test_a_waiting_job_whose_client_left_never_runs():

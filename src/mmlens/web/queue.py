@@ -4,6 +4,8 @@ A model's hooks and caches belong to one forward pass at a time, so every
 request that runs the model goes through :meth:`ModelQueue.run`. Jobs run on
 one worker thread (the event loop stays free to answer pages, job polls and
 429s). A job whose client goes away while it waits is dropped before it runs.
+Two servers over one model in one process (a notebook, the tests) share the
+model's lock (:func:`model_lock`), so their jobs never run on it at once.
 
 Example:
     >>> import asyncio
@@ -16,9 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
-from typing import Awaitable, Callable, TypeVar
+from typing import Any, Awaitable, Callable, TypeVar
 
 from mmlens.web.uploads import WebError
 
@@ -26,6 +30,22 @@ Result = TypeVar("Result")
 
 #: How often a waiting job checks whether its client is still there, in seconds.
 POLL_SECONDS = 0.05
+
+_MODEL_LOCKS: "weakref.WeakKeyDictionary[Any, threading.Lock]" = weakref.WeakKeyDictionary()
+_MODEL_LOCKS_GUARD = threading.Lock()
+
+
+def model_lock(model: Any) -> threading.Lock:
+    """The one lock of ``model`` in this process: whoever runs it from a server's worker thread holds it.
+
+    Example:
+        >>> class Model: ...
+        >>> model = Model()
+        >>> model_lock(model) is model_lock(model)
+        True
+    """
+    with _MODEL_LOCKS_GUARD:
+        return _MODEL_LOCKS.setdefault(model, threading.Lock())
 
 
 class ClientGone(Exception):
@@ -35,8 +55,9 @@ class ClientGone(Exception):
 class ModelQueue:
     """At most one running job and ``max_waiting`` waiting ones; beyond that, :class:`WebError` 429."""
 
-    def __init__(self, max_waiting: int = 4) -> None:
+    def __init__(self, max_waiting: int = 4, exclusive: threading.Lock | None = None) -> None:
         self.max_waiting = max_waiting
+        self._exclusive = exclusive or threading.Lock()  # held by the worker thread while a job runs
         self._lock = asyncio.Lock()
         self._admitted = 0  # running + waiting
         self._executor: ThreadPoolExecutor | None = None  # started with the first job, again after close()
@@ -82,13 +103,19 @@ class ModelQueue:
                 start = time.perf_counter()
                 if self._executor is None:
                     self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmlens-model")
-                result = await asyncio.get_running_loop().run_in_executor(self._executor, job)
+                result = await asyncio.get_running_loop().run_in_executor(self._executor, self._holding, job)
                 self._seconds = 0.8 * self._seconds + 0.2 * (time.perf_counter() - start)
                 return result
             finally:
                 self._lock.release()
         finally:
             self.release()
+
+    def _holding(self, job: Callable[[], Result]) -> Result:
+        # A job outlives its coroutine when that is cancelled, and close() starts a fresh worker
+        # thread: the lock, not the single thread, is what keeps two jobs off the model at once.
+        with self._exclusive:
+            return job()
 
     async def _acquire(self, gone: Callable[[], Awaitable[bool]] | None) -> None:
         if gone is None or not self._lock.locked():

@@ -13,7 +13,7 @@ import asyncio
 from typing import Any, Callable, Hashable
 
 from mmlens.model import Model
-from mmlens.web.queue import ClientGone, ModelQueue
+from mmlens.web.queue import ClientGone, ModelQueue, model_lock
 from mmlens.web.settings import Settings
 from mmlens.web.store import Cancelled, Input, Job, Recent
 
@@ -31,7 +31,7 @@ class Server:
     def __init__(self, model: Model, settings: Settings) -> None:
         self.model = model
         self.settings = settings
-        self.queue = ModelQueue(settings.max_waiting)
+        self.queue = ModelQueue(settings.max_waiting, exclusive=model_lock(model))
         self.inputs: Recent[Input] = Recent(settings.max_inputs)
         self.jobs: Recent[Job] = Recent(settings.max_jobs)
         self.cache: dict[Hashable, dict[str, Any]] = {}
@@ -76,6 +76,7 @@ class Server:
             job.state = "done"
         except (Cancelled, ClientGone, asyncio.CancelledError):
             job.state = "cancelled"
+            job.cancelled.set()  # a job already on the worker thread outlives this coroutine: stop it at its next step
             return
         except Exception as error:  # noqa: BLE001 - a failed job reports its error through GET /api/jobs/{id}
             job.state, job.error = "failed", " ".join(str(error).split()) or type(error).__name__
