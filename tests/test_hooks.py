@@ -249,3 +249,87 @@ def test_attention_rows_of_a_padded_batch_equal_eager_rows(tiny_llama, padding_s
         real = keep[:, [0, 2, -1]][:, None, :, None].expand_as(expected)  # padding queries: any distribution
         torch.testing.assert_close(rows[site][real], expected[real], rtol=1e-5, atol=1e-6)
 
+
+
+# ---- per-head sites: the output projection's input, cut into heads --------
+def _projection_input(model, batch, module):
+    """What ``module`` (an output projection) receives, read with a plain torch hook."""
+    seen = {}
+    handle = module.register_forward_pre_hook(lambda _, args: seen.setdefault("x", args[0].detach().clone()))
+    try:
+        run(model, batch)
+    finally:
+        handle.remove()
+    return seen["x"]
+
+
+@pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2-vl", "tiny-gpt2"])
+def test_head_sites_cut_the_output_projection_input(name):
+    from tests.conftest import noise_image
+
+    model = mmlens.load(name)
+    batch = (model.prepare("<image> what colour ?", [noise_image(64, 64)]) if model.adapter.multimodal
+             else model.prepare("a red circle"))
+    towers = ["lm", "vision"] if model.adapter.multimodal else ["lm"]
+    for tower in towers:
+        layout = mmlens.hooks.sites.heads_of(model, tower, 1)
+        names = expand(model, f"{tower}.L1.head*")
+        assert names == [f"{tower}.L1.head{j}" for j in range(layout.n_heads)] and layout.n_heads >= 2
+        with mmlens.capture(model, names) as captured, torch.no_grad():
+            model.forward(batch)
+        whole = _projection_input(model, batch, layout.out_proj)
+        torch.testing.assert_close(torch.cat([captured[n] for n in names], -1), whole)
+        assert captured[names[1]].shape[-1] == layout.head_dim
+
+
+def test_a_head_edit_replaces_only_its_slice(tiny_llava, images):
+    batch = tiny_llava.prepare(PROMPTS[:1], images[:1])
+    base = run(tiny_llava, batch)
+    layout = mmlens.hooks.sites.heads_of(tiny_llava, "lm", 0)
+
+    def zero_columns(args):  # the same edit, done by hand on the projection's input
+        x = args[0].clone()
+        x[..., layout.columns(1)] = 0
+        return (x,)
+
+    handle = layout.out_proj.register_forward_pre_hook(lambda _, args: zero_columns(args))
+    try:
+        expected = run(tiny_llava, batch)
+    finally:
+        handle.remove()
+    with mmlens.intervene(tiny_llava, {"lm.L0.head1": torch.zeros_like}):
+        edited = run(tiny_llava, batch)
+    torch.testing.assert_close(edited, expected)
+    assert (edited - base).abs().max() > 1e-4
+    with mmlens.intervene(tiny_llava, {"lm.L0.head1": lambda x: None}):  # a pure read changes nothing
+        assert torch.equal(run(tiny_llava, batch), base)
+
+
+def test_head_site_gradients_are_slices_of_the_projection_input_gradient(tiny_llava, images):
+    batch = tiny_llava.prepare(PROMPTS[:1], images[:1])
+    with mmlens.capture(tiny_llava, ["lm.L1.head0", "lm.L1.head3"], grads=True) as heads:
+        tiny_llava.forward(batch).logits[0, -1].max().backward()
+    layout = mmlens.hooks.sites.heads_of(tiny_llava, "lm", 1)
+    whole = mmlens.hooks.Site("o_proj input", layout.out_proj, "input")
+    captured = mmlens.hooks.Captured()
+    with mmlens.hooks.attach(whole, mmlens.hooks._recorder(captured, whole, True)):
+        tiny_llava.forward(batch).logits[0, -1].max().backward()
+    for j in (0, 3):
+        torch.testing.assert_close(heads.grad(f"lm.L1.head{j}"), captured.grad("o_proj input")[..., layout.columns(j)])
+
+
+def test_head_sites_bad_input_is_one_line(tiny_llava):
+    import dataclasses
+
+    with pytest.raises(mmlens.MmlensError, match=r"lm layer 0 has 4 heads") as error:
+        resolve(tiny_llava, "lm.L0.head4")
+    assert "\n" not in str(error.value)
+    with pytest.raises(mmlens.MmlensError, match="'vision.L9.head0' is out of range: the model has 2 vision"):
+        resolve(tiny_llava, "vision.L9.head0")
+    assert "lm.L0.head0" not in tiny_llava.sites() and "lm.L0.head0" in mmlens.hooks.site_names(tiny_llava, heads=True)
+    fused = mmlens.load("tiny-llava")
+    fused.adapter = dataclasses.replace(fused.adapter, vision_attn_out=None)
+    with pytest.raises(mmlens.MmlensError, match="fuses heads") as error:
+        resolve(fused, "vision.L0.head0")
+    assert "\n" not in str(error.value)
+    assert not any("head" in name for name in mmlens.hooks.site_names(fused, heads=True) if name.startswith("vision"))

@@ -42,6 +42,8 @@ def attach(site: Site, edit: Edit) -> Iterator[None]:
     """
     if site.transform is not None:
         edit = _read_through(site.transform, edit)
+    if site.columns is not None:
+        edit = _columns_edit(site.columns, edit)
     if site.reads == "input":
         with attach_call(site.module, _input_hook(edit)):
             yield
@@ -147,6 +149,20 @@ def _read_through(transform: Callable[[torch.Tensor], torch.Tensor], edit: Edit)
         return None
 
     return read
+
+
+def _columns_edit(columns: slice, edit: Edit) -> Edit:
+    """An edit of ``value[..., columns]`` (one head) lifted to the whole value; the other columns pass through."""
+
+    def apply(value: torch.Tensor) -> torch.Tensor | None:
+        part = value[..., columns]  # a view: in-place edits land in ``value``
+        new = edit(part)
+        if new is None and not part.requires_grad:
+            return None
+        # Rebuilt around the head's tensor, so that a gradient recorded on it flows through the projection.
+        return torch.cat([value[..., :columns.start], part if new is None else new, value[..., columns.stop:]], -1)
+
+    return apply
 
 
 def _input_hook(edit: Edit) -> CallEdit:

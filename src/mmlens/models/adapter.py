@@ -39,12 +39,14 @@ class Adapter:
     unembed: str = "lm_head"
     embed_tokens: str | None = None
     attn: str = "self_attn"  # relative to a decoder layer
+    attn_out: str | None = "o_proj"  # relative to ``attn``: its input is the heads' outputs, concatenated
     mlp: str = "mlp"
     neurons: str = "mlp.down_proj"  # the MLP activation is this module's input
     mlp_gate: str | None = "mlp.gate_proj"  # gated MLPs: act(gate(x)) * up(x); None where ungated
     mlp_act: str | None = "mlp.act_fn"
     vision_layers: str | None = None
     vision_attn: str = "self_attn"
+    vision_attn_out: str | None = "out_proj"  # relative to ``vision_attn``; None where heads are fused
     vision_mlp: str = "mlp"
     vision_neurons: str | None = "mlp.fc2"  # relative to a vision layer; its input is the MLP activation
     projector: str | None = None

@@ -22,6 +22,7 @@ GPT2_STYLE = Adapter(
     final_norm="transformer.ln_f",
     embed_tokens="transformer.wte",
     attn="attn",
+    attn_out="c_proj",
     mlp="mlp",
     neurons="mlp.c_proj",
     mlp_gate=None,

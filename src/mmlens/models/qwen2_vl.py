@@ -118,6 +118,7 @@ _COMMON: dict[str, Any] = dict(
     embed_tokens="model.language_model.embed_tokens|model.embed_tokens",
     vision_layers="model.visual.blocks|visual.blocks",
     vision_attn="attn",
+    vision_attn_out="proj",
     vision_mlp="mlp",
     # The merger's own output is in attention-window order (Qwen2.5-VL); the tower's
     # pooler_output is the merged features in the order the decoder sees them.
