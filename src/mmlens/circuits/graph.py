@@ -1,0 +1,250 @@
+"""The decoder as a graph of nodes: embeddings, attention heads, MLPs, read by the logits.
+
+Circuit methods need what a layer-level forward cannot give: every head's own
+output in the residual stream, an input per node (so that a gradient, or an
+ablation, reaches one node through one edge), frozen attention probabilities
+and norm scales. :class:`DecoderGraph` runs a LLaMA-style decoder (pre-norm
+RMSNorm, rotary attention, gated MLP, sequential attention then MLP) from the
+model's own modules and weights, node by node; it checks on every model that
+its logits match the model's own, and refuses other decoders in one line.
+
+Nodes, in order: ``embed``, then per layer ``L{i}.H{j}`` for each head and
+``L{i}.MLP``. Readers: each head, each MLP, and ``logits``. A reader reads
+every node before its own group (heads of one layer run in parallel).
+
+Example:
+    >>> import mmlens
+    >>> from mmlens.models.decoder import record_decoder_call
+    >>> model = mmlens.load("tiny-llama")
+    >>> graph = DecoderGraph(model)
+    >>> run = graph.run(record_decoder_call(model, model.prepare("a red circle")))
+    >>> graph.nodes[:2], run.outputs.shape[0] == len(graph.nodes)
+    (['embed', 'L0.H0'], True)
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from mmlens.errors import MmlensError
+from mmlens.model import Model
+from mmlens.models.decoder import DecoderCall, language_model_path, stack_copies
+
+#: An edit of node outputs: ``(node index, output (rows, seq, hidden)) -> output``.
+NodeEdit = Callable[[int, torch.Tensor], torch.Tensor]
+#: A reader's input from the stacked outputs so far ``(nodes, rows, seq, hidden)`` and the reader's index.
+InputRule = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+@dataclass
+class GraphRun:
+    """One pass of the graph: node outputs and what CD-T freezes (norm scales, attention probabilities)."""
+
+    outputs: torch.Tensor  # (nodes, rows, seq, hidden): each node's write into the residual stream
+    probs: list[torch.Tensor]  # per layer (rows, heads, seq, seq)
+    attn_scale: list[torch.Tensor]  # per layer (rows, seq, 1): 1 / rms of the attention's input
+    mlp_scale: list[torch.Tensor]  # per layer (rows, seq, 1): 1 / rms of the MLP's input
+    mlp_inputs: list[torch.Tensor]  # per layer (rows, seq, hidden): the normed input of the MLP
+    final: torch.Tensor  # (rows, seq, hidden): the residual stream the final norm reads
+    final_scale: torch.Tensor  # (rows, seq, 1)
+    logits: torch.Tensor  # (rows, vocab) at the last position
+
+
+class DecoderGraph:
+    """A LLaMA-style decoder of ``model`` as nodes and readers (see the module docstring)."""
+
+    def __init__(self, model: Model):
+        self.model = model
+        adapter = model.adapter
+        self.lm = model.module(language_model_path(model))
+        self.layers = list(model.decoder_layers)
+        self.final_norm = model.module(adapter.final_norm)
+        self.unembed = model.module(adapter.unembed)
+        first = self.layers[0]
+        attn = getattr(first, adapter.attn, None)
+        needed = ("q_proj", "k_proj", "v_proj", "o_proj")
+        norms = [getattr(first, "input_layernorm", None), getattr(first, "post_attention_layernorm", None),
+                 self.final_norm]
+        extra = [n for n in ("pre_feedforward_layernorm", "post_feedforward_layernorm") if hasattr(first, n)]
+        if (attn is None or not all(isinstance(getattr(attn, n, None), torch.nn.Linear) for n in needed)
+                or any(not _is_rms_norm(n) for n in norms) or extra or getattr(self.lm, "rotary_emb", None) is None):
+            raise MmlensError(f"{adapter.family}: circuits support LLaMA-style decoders only (RMSNorm before "
+                              "attention and MLP, q/k/v/o projections, rotary positions); this decoder is "
+                              f"{type(first).__name__}")
+        self.n_heads = int(attn.config.num_attention_heads)
+        self.head_dim = int(attn.head_dim)
+        self.groups = int(getattr(attn, "num_key_value_groups", 1))
+        self.scaling = float(attn.scaling)
+        self.rotate = getattr(sys.modules[type(attn).__module__], "apply_rotary_pos_emb", None)
+        if self.rotate is None:
+            raise MmlensError(f"{adapter.family}: circuits cannot find the rotary embedding of {type(attn).__name__}")
+        self.nodes = ["embed"] + [name for i in range(len(self.layers))
+                                  for name in [f"L{i}.H{j}" for j in range(self.n_heads)] + [f"L{i}.MLP"]]
+        self.readers = [n for n in self.nodes[1:]] + ["logits"]
+        # Reader r reads nodes [0, upstream[r]).
+        self.upstream = [self._first_of_group(i) for i in range(1, len(self.nodes))] + [len(self.nodes)]
+        self.edges = [(u, r) for r, stop in enumerate(self.upstream) for u in range(stop)]
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    def node_index(self, layer: int, head: int | None) -> int:
+        """Index of head ``head`` (or the MLP when None) of ``layer`` in :attr:`nodes`."""
+        return 1 + layer * (self.n_heads + 1) + (self.n_heads if head is None else head)
+
+    def _first_of_group(self, node: int) -> int:
+        layer, slot = divmod(node - 1, self.n_heads + 1)
+        return 1 + layer * (self.n_heads + 1) + (0 if slot < self.n_heads else self.n_heads)
+
+    def edge_names(self) -> list[str]:
+        """``"upstream -> reader"`` for every edge, in :attr:`edges` order."""
+        return [f"{self.nodes[u]} -> {self.readers[r]}" for u, r in self.edges]
+
+    # -- the forward pass -------------------------------------------------------------------------------------
+
+    def run(self, call: DecoderCall, embeds: torch.Tensor | None = None, *, edit: NodeEdit | None = None,
+            inputs: InputRule | None = None, keep_inputs: list[torch.Tensor] | None = None) -> GraphRun:
+        """Run the graph on ``embeds`` (default: the call's), a stack of copies of the call's rows.
+
+        ``edit`` changes node outputs as they are computed (patching);
+        ``inputs`` builds each reader's input from the outputs so far (edge
+        ablation; default: their sum, the residual stream); reader inputs are
+        appended to ``keep_inputs`` with ``retain_grad`` (edge gradients).
+        """
+        embeds = (call.embeds if embeds is None else embeds).float()
+        copies = embeds.shape[0] // call.batch_size
+        kwargs = stack_copies(call.kwargs, call.batch_size, copies)
+        cos, sin = self._rotary(embeds, kwargs)
+        mask = self._mask(embeds, kwargs)
+        outputs: list[torch.Tensor] = [edit(0, embeds) if edit else embeds]
+        probs, attn_scale, mlp_scale, mlp_inputs = [], [], [], []
+        reader = 0
+        for i, layer in enumerate(self.layers):
+            x = self._read(outputs, reader, inputs, keep_inputs, heads=True)  # (rows, heads, seq, hidden)
+            scale = _rms_scale(x, layer.input_layernorm)
+            attn_scale.append(scale[:, 0])
+            heads, p = self.heads(layer, x * scale * layer.input_layernorm.weight.float(), cos, sin, mask)
+            probs.append(p)
+            for j in range(self.n_heads):
+                node = len(outputs)
+                outputs.append(edit(node, heads[:, j]) if edit else heads[:, j])
+            reader += self.n_heads
+            x = self._read(outputs, reader, inputs, keep_inputs, heads=False)
+            scale = _rms_scale(x, layer.post_attention_layernorm)
+            normed = x * scale * layer.post_attention_layernorm.weight.float()
+            mlp_scale.append(scale)
+            mlp_inputs.append(normed)
+            out = layer.mlp(normed.to(_dtype(layer))).float()
+            outputs.append(edit(len(outputs), out) if edit else out)
+            reader += 1
+        final = self._read(outputs, reader, inputs, keep_inputs, heads=False)
+        final_scale = _rms_scale(final, self.final_norm)
+        last = final[:, -1] * final_scale[:, -1] * self.final_norm.weight.float()
+        logits = self.unembed(last.to(_dtype(self.unembed))).float()
+        return GraphRun(torch.stack(outputs), probs, attn_scale, mlp_scale, mlp_inputs, final, final_scale, logits)
+
+    def _read(self, outputs: list[torch.Tensor], reader: int, rule: InputRule | None,
+              keep: list[torch.Tensor] | None, heads: bool) -> torch.Tensor:
+        count = self.n_heads if heads else 1
+        stacked = torch.stack(outputs)
+        if rule is None:
+            x = stacked.sum(0) + self._biases(reader)
+            x = x.unsqueeze(1).repeat(1, count, 1, 1) if heads else x
+        else:
+            parts = [rule(stacked, reader + k) + self._biases(reader + k) for k in range(count)]
+            x = torch.stack(parts, 1) if heads else parts[0]
+        if keep is not None and x.requires_grad:
+            x.retain_grad()
+            keep.append(x)
+        return x
+
+    def _biases(self, reader: int) -> torch.Tensor | float:
+        """The output-projection biases written before reader ``reader`` (none in LLaMA): constants, not nodes."""
+        if reader == len(self.readers) - 1:
+            done = self.n_layers
+        else:
+            layer, slot = divmod(reader, self.n_heads + 1)
+            done = layer + (slot == self.n_heads)  # an MLP reads its own layer's attention
+        biases = [l.self_attn.o_proj.bias for l in self.layers[:done] if l.self_attn.o_proj.bias is not None]
+        return torch.stack(biases).float().sum(0) if biases else 0.0
+
+    def heads(self, layer: torch.nn.Module, normed: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+              mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each head's write into the residual stream ``(rows, heads, seq, hidden)`` and its probabilities.
+
+        ``normed`` is ``(rows, heads, seq, hidden)``: each head reads its own input.
+        """
+        attn = layer.self_attn
+        q = self._project(attn.q_proj, normed, False)
+        k = self._project(attn.k_proj, normed, True)
+        v = self._project(attn.v_proj, normed, True)
+        q, k = self.rotate(q, k, cos, sin)
+        scores = torch.einsum("bhqe,bhke->bhqk", q, k) * self.scaling + mask
+        probs = scores.softmax(-1)
+        return self.write(attn, torch.einsum("bhqk,bhke->bhqe", probs, v)), probs
+
+    def values(self, layer: torch.nn.Module, normed: torch.Tensor, bias: bool = True) -> torch.Tensor:
+        """Per-head values ``(rows, heads, seq, head_dim)`` of a shared input ``(rows, seq, hidden)``."""
+        return self._project(layer.self_attn.v_proj, normed.unsqueeze(1).expand(-1, self.n_heads, -1, -1), True,
+                             bias=bias)
+
+    def write(self, attn: torch.nn.Module, mixed: torch.Tensor) -> torch.Tensor:
+        """Per-head mixed values ``(rows, heads, seq, head_dim)`` through the head's slice of ``o_proj``."""
+        weight = attn.o_proj.weight.float().view(-1, self.n_heads, self.head_dim)  # (hidden, heads, head_dim)
+        return torch.einsum("bhse,dhe->bhsd", mixed, weight)
+
+    def _project(self, linear: torch.nn.Linear, normed: torch.Tensor, shared_kv: bool,
+                 bias: bool = True) -> torch.Tensor:
+        weight = linear.weight.float().view(-1, self.head_dim, linear.in_features)
+        if shared_kv:
+            weight = weight.repeat_interleave(self.groups, 0)
+        out = torch.einsum("bhsd,hed->bhse", normed, weight)
+        if bias and linear.bias is not None:
+            b = linear.bias.float().view(-1, self.head_dim)
+            out = out + (b.repeat_interleave(self.groups, 0) if shared_kv else b)[None, :, None]
+        return out
+
+    def _rotary(self, embeds: torch.Tensor, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        positions = kwargs.get("position_ids")
+        if not isinstance(positions, torch.Tensor):
+            positions = torch.arange(embeds.shape[1], device=embeds.device).expand(embeds.shape[0], -1)
+        cos, sin = self.lm.rotary_emb(embeds, positions)
+        return cos.float(), sin.float()
+
+    def _mask(self, embeds: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        rows, seq = embeds.shape[:2]
+        allowed = torch.ones(seq, seq, dtype=torch.bool, device=embeds.device).tril()[None].expand(rows, -1, -1)
+        padding = kwargs.get("attention_mask")
+        if isinstance(padding, torch.Tensor) and padding.ndim == 2:
+            allowed = allowed & padding.bool()[:, None, :]
+        allowed = allowed | torch.eye(seq, dtype=torch.bool, device=embeds.device)  # padded rows attend to themselves
+        return torch.where(allowed, 0.0, torch.finfo(torch.float32).min)[:, None]
+
+    def check(self, call: DecoderCall, run: GraphRun, tolerance: float = 1e-3) -> None:
+        """Raise one line unless the graph's last-position logits match the model's own."""
+        with torch.no_grad():
+            expected = call.logits(call.embeds, positions=[-1])[:, 0].float()
+        error = (run.logits - expected).abs().max() / expected.abs().max().clamp_min(1e-6)
+        if not torch.isfinite(error) or error > tolerance:
+            raise MmlensError(f"{self.model.adapter.family}: this decoder ({type(self.layers[0]).__name__}) does not "
+                              f"compute like a LLaMA-style decoder (relative logit error {float(error):.2g}); "
+                              "circuits cannot decompose it")
+
+
+def _is_rms_norm(module: torch.nn.Module | None) -> bool:
+    return (module is not None and hasattr(module, "variance_epsilon") and getattr(module, "bias", None) is None
+            and isinstance(getattr(module, "weight", None), torch.nn.Parameter) and "Gemma" not in type(module).__name__)
+
+
+def _rms_scale(x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
+    """``1 / rms(x)`` over the hidden axis, as the RMSNorm computes it."""
+    return torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+
+
+def _dtype(module: torch.nn.Module) -> torch.dtype:
+    return next(module.parameters()).dtype
