@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import re
 import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -106,6 +107,12 @@ def run_shard(model: "Model", job: HarvestJob, reader: Reader, plan: ShardPlan, 
     first one is an :class:`MmlensError`). The record's ``site_dims`` gives
     each site's width.
     """
+    return write_planned(folder, plan, compute_shard(model, job, reader, plan, strict=strict, progress=progress))
+
+
+def compute_shard(model: "Model", job: HarvestJob, reader: Reader, plan: ShardPlan, *,
+                  strict: bool = False, progress: Progress | None = None) -> ShardData:
+    """The plan's shard in memory (:func:`run_shard` without the writing): its arrays, tokens and bad rows."""
     errors: list[dict[str, Any]] = []
 
     def bad(index: int, row: BadRow) -> None:
@@ -136,10 +143,14 @@ def run_shard(model: "Model", job: HarvestJob, reader: Reader, plan: ShardPlan, 
               for site in job.sites}
     columns = {name: _concat([p[1][name] for p in parts]) for name in (parts[0][1] if parts else _empty())}
     errors.sort(key=lambda e: e["row"])
-    data = ShardData(arrays, token_table(columns or _empty()), samples, errors)
+    return ShardData(arrays, token_table(columns or _empty()), samples, errors)
+
+
+def write_planned(folder: Path, plan: ShardPlan, data: ShardData) -> dict[str, Any]:
+    """Write ``data`` as the plan's shard; its manifest record, with ``site_dims`` (each site's width)."""
     record = write_shard(folder, plan.id, data)
     record.update(source=plan.source, index=plan.index, rows=[plan.first, plan.stop],
-                  site_dims={site: int(a.shape[1]) for site, a in arrays.items() if a.size})
+                  site_dims={site: int(a.shape[1]) for site, a in data.arrays.items() if a.size})
     return record
 
 
@@ -171,12 +182,8 @@ def harvest(model: "Model", reader: Reader, out: str | Path, sites: str | Sequen
         if on_start is not None:
             on_start(sum(p.stop - p.first for p in todo), sum(p.stop - p.first for p in plans) -
                      sum(p.stop - p.first for p in todo))
-        tokens = 0
         try:
-            for plan in todo:
-                record = run_shard(model, job, reader, plan, out, strict=strict, progress=progress)
-                tokens += record["tokens"]
-                writer.commit(record, record.pop("site_dims"))
+            tokens = _compute_while_writing(model, job, reader, todo, out, writer, strict, progress)
         finally:
             writer.close()
     except OSError as error:
@@ -195,6 +202,38 @@ def harvest(model: "Model", reader: Reader, out: str | Path, sites: str | Sequen
             "store_tokens": sum(r["tokens"] for r in writer.manifest["shards"]),
             "seconds": round(seconds, 3), "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
             "errors_file": str(out / "errors.jsonl")}
+
+
+def _compute_while_writing(model: "Model", job: HarvestJob, reader: Reader, plans: list[ShardPlan], out: Path,
+                           writer: StoreWriter, strict: bool, progress: Progress | None) -> int:
+    """Run the plans' shards in order; each is written and committed on a second thread while the next computes.
+
+    Writing is file syncs and checksums, which wait on the disk, not the CPU. At most
+    one shard waits in memory; a write's error surfaces once the next shard is computed
+    (or at the end), and a shard still being written when the run stops is committed
+    first. Returns the tokens written.
+    """
+    def write_and_commit(plan: ShardPlan, data: ShardData) -> int:
+        record = write_planned(out, plan, data)
+        writer.commit(record, record.pop("site_dims"))
+        return record["tokens"]
+
+    tokens = 0
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmlens-store-writer") as pool:
+        writing: Future[int] | None = None
+        try:
+            for plan in plans:
+                data = compute_shard(model, job, reader, plan, strict=strict, progress=progress)
+                if writing is not None:
+                    tokens += writing.result()
+                writing = pool.submit(write_and_commit, plan, data)
+        except BaseException:
+            if writing is not None:
+                wait([writing])  # a shard being written is committed, not left half-way; the first error wins
+            raise
+        if writing is not None:
+            tokens += writing.result()
+    return tokens
 
 
 def _none(job: HarvestJob) -> np.ndarray:
