@@ -70,6 +70,12 @@ def test_debug_option_shows_the_traceback():
 CTRL_C_EXIT_CODES = (130, -signal.SIGINT)
 
 
+def ctrl_c_reaches_the_child() -> None:
+    """``preexec_fn`` for the Ctrl-C tests: a shell starts background jobs (``make test &``) with SIGINT
+    ignored, children inherit that, and Python then never installs its KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 # The command line exactly as the ``mmlens`` entry point runs it, saying "ready" once the imports are done,
 # so that the signal lands in mmlens' own code and not in ``import torch``.
 READY_THEN_MAIN = ("import sys; from mmlens.cli.main import main; print('ready', file=sys.stderr, flush=True); "
@@ -79,7 +85,8 @@ READY_THEN_MAIN = ("import sys; from mmlens.cli.main import main; print('ready',
 def test_ctrl_c_says_interrupted_with_exit_code_130(tmp_path):
     # explain on the shipped model takes tens of seconds: interrupt it while it loads the model.
     process = subprocess.Popen([sys.executable, "-c", READY_THEN_MAIN, "explain", "--out", str(tmp_path)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment())
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment(),
+                               preexec_fn=ctrl_c_reaches_the_child)
     try:
         assert process.stderr.readline() == b"ready\n"
         time.sleep(1.5)
@@ -248,7 +255,8 @@ def test_ctrl_c_while_the_command_line_loads_is_an_interrupt():
 
     script = ("import sys; print('ready', flush=True); from mmlens.cli.entry import main; "
               "sys.exit(main(['info', '--model', 'tiny-llama', '--json']))")
-    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=ctrl_c_reaches_the_child)
     assert process.stdout.readline().strip() == "ready"
     time.sleep(0.2)  # inside the imports of torch and transformers
     process.send_signal(signal.SIGINT)

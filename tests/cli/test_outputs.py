@@ -16,7 +16,7 @@ import pytest
 import mmlens
 from mmlens.cli.main import main
 from mmlens.report.output import MANIFEST, read_manifest
-from tests.cli.test_main import CTRL_C_EXIT_CODES
+from tests.cli.test_main import CTRL_C_EXIT_CODES, ctrl_c_reaches_the_child
 
 OUT_COMMANDS = ["explain", "lens", "trace", "neurons", "demo"]
 FAST = {  # small runs of every command on the tiny LLaVA
@@ -140,7 +140,7 @@ def test_ctrl_c_mid_run_leaves_no_folder(args, working, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1"}  # live progress
     env.pop("MMLENS_DEBUG", None)
     process = subprocess.Popen([sys.executable, "-m", "mmlens.cli.main", *args, "--out", str(out)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, preexec_fn=ctrl_c_reaches_the_child)
     seen = bytearray()
 
     def read() -> None:
