@@ -1,6 +1,7 @@
 """Neurons on the shipped model: do modality-, domain-specific and coupled units matter where they should?
 
     python benchmarks/neurons.py [--model shapes-llava] [--json]
+    python benchmarks/neurons.py --world domains [--model domains-llava] [--json]   # benchmarks/neurons_domains.py
 
 Neurons are scored on the ``val`` split and accuracy (greedy first answer
 token = ground truth) is measured on the held-out ``test`` split, ``--eval-n``
@@ -190,6 +191,18 @@ def bare_forward_seconds(model, samples, batch_size) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--world" in argv:  # the multi-domain world has its own claims and arguments
+        k = argv.index("--world")
+        world = argv[k + 1] if k + 1 < len(argv) else ""
+        rest = argv[:k] + argv[k + 2:]
+        if world == "domains":
+            from neurons_domains import main as domains_main
+            return domains_main(rest)
+        if world != "shapes":
+            print(f"error: --world is shapes or domains, not {world!r}", file=sys.stderr)
+            return 2
+        argv = rest
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=None, help="zoo name or folder (default: the shipped model)")
     parser.add_argument("--score-n", type=int, default=40, help="val samples per question type to score on")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from mmlens.data import domains as world
 from mmlens.errors import MmlensError
@@ -124,3 +125,29 @@ def test_stage1_labels_give_shapes_patches_their_colour_and_shape() -> None:
         else:
             assert (colour == -100).all() and (shape == -100).all()
     assert "shapes" in domains and "cells" in domains
+
+
+def test_stage1b_continues_the_tower_on_its_own_images(tmp_path: Path, capsys) -> None:
+    args = ["--stage1-steps", "1", "--stage1-batch", "4", "--stage1b-steps", "2", "--stage1b-mix", "shapes,cells",
+            "--stage2-steps", "1", "--batch", "2", "--layers", "1", "--eval-n", "1", "--pool", "3",
+            "--mix", "cells,maps", "--stage2-mix", "glyphs", "--out", str(tmp_path / "m"), "--work", str(tmp_path / "w")]
+    assert recipe.main(args) == 0
+    towers = sorted(p.name for p in (tmp_path / "w").glob("*.safetensors"))
+    assert len(towers) == 2 and any("-then2-sc-" in t for t in towers)  # both phases cached
+    first = load_file(tmp_path / "w" / next(t for t in towers if "-then" not in t))
+    second = load_file(tmp_path / "w" / next(t for t in towers if "-then" in t))
+    assert any(not torch.equal(first[k], second[k]) for k in first)  # stage 1b moved the tower
+    log = json.loads((tmp_path / "m" / "train_log.json").read_text())
+    assert log["config"]["stage1b_mix"] == ["shapes", "cells"] and log["config"]["stage2_mix"] == ["glyphs"]
+    capsys.readouterr()
+    assert recipe.main(args) == 0  # the second run reuses the continued tower, not the first
+    assert "-then2-sc-" in capsys.readouterr().out
+    # stage 1b's images are not stage 1's
+    _, a, _ = recipe.stage1_batch(recipe.DomainsConfig(stage1_batch=2), 0)
+    _, b, _ = recipe.stage1_batch(recipe.DomainsConfig(stage1_batch=2), 0, recipe.MIX, recipe.STAGE1B_OFFSET)
+    assert not torch.equal(a, b)
+
+
+def test_recipe_rejects_overlapping_stage1_phases() -> None:
+    with pytest.raises(MmlensError, match="overlap"):
+        recipe.main(["--stage1-steps", "100000", "--stage1-batch", "48"])

@@ -33,7 +33,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -41,157 +41,16 @@ import torch
 from torch import nn
 
 from mmlens.data import domains as world
-from mmlens.data.shapes import COLOURS, SHAPES
-from mmlens.data.shapes import patch_labels as shape_patch_labels
 from mmlens.errors import MmlensError
 from mmlens.zoo.domains_llava import DOMAINS_DIR, build_model, build_processor
 from mmlens.zoo.evaluate import answer_probs, encode
 from mmlens.zoo.shapes_llava import GRID
-from mmlens.zoo.train.common import (_cache_tower, _fmt, _log, _optimise, _resume, _reuse_tower, _run_stage, _save_state,
-                                     init_for_training, lr_factor)
+from mmlens.zoo.train.common import _fmt, _log, _optimise, _resume, _run_stage, _save_state, init_for_training, lr_factor
+from mmlens.zoo.train.domains_stage1 import (  # noqa: F401  (re-exported: the recipe's public names)
+    MIX, MIX_1B, SEED_STRIDE, STAGE1B_OFFSET, STAGE2_OFFSET, DomainHead, DomainsConfig, stage1_batch, train_sample,
+    train_stage1,
+)
 from mmlens.zoo.train.finetune import forward_on_features, tower_features
-
-STAGE2_OFFSET = 5_000_000  # stage-2 world indices start here (stage 1 below)
-SEED_STRIDE = 10_000_000
-# Training index i is a sample of domain mix[i % len(mix)]. By default shapes (five
-# question types, 20 pair classes) and glyphs (16 letter classes) get 2 of 6 each:
-# with 1 of 5 each (3,000 x 32 stage-1 steps) a probe read their object patches'
-# classes right only a third of the time, while cells and maps were learned.
-MIX: tuple[str, ...] = ("shapes", "glyphs", "shapes", "cells", "glyphs", "maps")
-_MAX_CLASSES = max(world.POOLED.values())
-
-
-@dataclass
-class DomainsConfig:
-    """Everything that determines the trained weights."""
-
-    seed: int = 0
-    stage1_steps: int = 6000
-    stage1_batch: int = 48
-    stage1_lr: float = 2e-3
-    stage2_steps: int = 4000
-    batch: int = 24
-    stage2_lr: float = 1e-3
-    warmup: int = 50
-    pack: int = 4
-    pool: int = 12000  # distinct stage-2 images (features cached), reused with new questions each epoch
-    layers: int = 4
-    hidden: int = 128
-    mlp: int = 256
-    mix: tuple[str, ...] = MIX
-    # Weight of the per-patch colour and shape labels of shapes images (0: the v2 recipe, none).
-    # v2 gave shapes patches only their (colour, shape) pair, one of 41 union classes, and ended
-    # at 63% colour / 33% shape on validation; shapes-llava learns colour, shape and pair per patch.
-    shape_factors: float = 1.0
-
-
-class DomainHead(nn.Module):
-    """Stage-1 throw-away heads: per patch (class, row, column); on the patch mean, every pooled slot.
-
-    Slots have up to :data:`_MAX_CLASSES` classes; the logits of classes a slot
-    does not have are masked out.
-    """
-
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        # union class (+ background), row, column, and shapes' colour and shape (+ background)
-        self.sizes = (len(world.PATCH_CLASSES) + 1, GRID, GRID, len(COLOURS) + 1, len(SHAPES) + 1)
-        self.norm = nn.LayerNorm(width)
-        self.linear = nn.Linear(width, sum(self.sizes))
-        self.pooled = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, len(world.POOLED) * _MAX_CLASSES))
-        valid = torch.arange(_MAX_CLASSES)[None] < torch.tensor(list(world.POOLED.values()))[:, None]
-        self.register_buffer("invalid", ~valid, persistent=False)
-
-    def forward(self, tokens: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        pooled = self.pooled(tokens.mean(dim=1)).unflatten(-1, (len(world.POOLED), _MAX_CLASSES))
-        return list(self.linear(self.norm(tokens)).split(self.sizes, dim=-1)), pooled.masked_fill(self.invalid, -1e4)
-
-
-def _tower_tokens(model, pixel_values: torch.Tensor) -> torch.Tensor:
-    """Patch tokens of the layer the projector reads (CLS dropped)."""
-    out = model.model.vision_tower(pixel_values, output_hidden_states=True)
-    return out.hidden_states[model.config.vision_feature_layer][:, 1:]
-
-
-def train_sample(index: int, mix: Sequence[str] = MIX) -> world.DomainSample:
-    """Training sample ``index``: sample ``index`` of the train split of domain ``mix[index % len(mix)]``.
-
-    Example:
-        >>> [train_sample(i).domain for i in range(6)] == list(MIX)
-        True
-    """
-    return world.make_sample(mix[index % len(mix)], "train", index)
-
-
-def stage1_batch(cfg: DomainsConfig, step: int) -> tuple[list[np.ndarray], torch.Tensor, torch.Tensor]:
-    """Images, per-patch labels and pooled labels of one step.
-
-    Per-patch labels are ``batch x 5 x 64``: union class + 1, row, column, and
-    for shapes images colour + 1 and shape + 1 (0 background; ``-100``, ignored,
-    on other domains' images).
-
-    Example:
-        >>> images, patches, pooled = stage1_batch(DomainsConfig(stage1_batch=4), 0)
-        >>> tuple(patches.shape), tuple(pooled.shape) == (4, len(world.POOLED))
-        ((4, 5, 64), True)
-    """
-    base = cfg.seed * SEED_STRIDE + step * cfg.stage1_batch
-    samples = [train_sample(base + j, cfg.mix) for j in range(cfg.stage1_batch)]
-    labels = []
-    for s in samples:
-        cls = world.patch_labels(s)
-        rows, cols = np.indices(cls.shape)
-        where = [np.where(cls >= 0, rows, -100), np.where(cls >= 0, cols, -100)]  # object patches only
-        if s.domain == "shapes":
-            factors = [f + 1 for f in shape_patch_labels(s.objects, GRID)]
-        else:
-            factors = [np.full_like(cls, -100)] * 2
-        labels.append(np.stack([cls + 1, *where, *factors]).reshape(5, -1))
-    pooled = np.stack([world.pooled_labels(s) for s in samples])
-    return [np.asarray(s.image) for s in samples], torch.from_numpy(np.stack(labels)), torch.from_numpy(pooled)
-
-
-def train_stage1(model, processor, cfg: DomainsConfig, work: Path) -> None:
-    """Train the vision tower on the world's patch and pooled labels; cache it under ``work``."""
-    tag = f"-sf{cfg.shape_factors:g}" if cfg.shape_factors else ""  # v2's towers (no factors) keep their names
-    cache = work / f"domains-stage1-seed{cfg.seed}-steps{cfg.stage1_steps}{tag}.safetensors"
-    tower = model.model.vision_tower
-    if _reuse_tower(tower, cache):
-        return
-    torch.manual_seed(cfg.seed)
-    head = DomainHead(tower.config.hidden_size)
-    params = list(tower.parameters()) + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.stage1_lr, weight_decay=0.01)
-    ckpt = work / f"domains-stage1-seed{cfg.seed}.pt"
-    start = _resume(ckpt, opt, "stage 1", tower=tower, head=head)
-    tower.train()
-
-    def step_fn(step: int) -> tuple[float, float]:
-        images, labels, pooled = stage1_batch(cfg, step)
-        pixels = encode(processor, images, ["<image>"] * len(images))["pixel_values"]
-        logits, pooled_logits = head(_tower_tokens(model, pixels))
-        loss = sum(nn.functional.cross_entropy(lg.flatten(0, 1), labels[:, k].flatten())
-                   for k, lg in enumerate(logits[:3]))
-        if cfg.shape_factors and (labels[:, 3] != -100).any():  # a batch without shapes images has none
-            loss = loss + cfg.shape_factors * sum(nn.functional.cross_entropy(lg.flatten(0, 1), labels[:, k].flatten())
-                                                  for k, lg in zip((3, 4), logits[3:]))
-        # Each image's own slots weigh the same in total whatever their number (shapes has 109, cells 2).
-        per_slot = nn.functional.cross_entropy(pooled_logits.flatten(0, 1), pooled.flatten(),
-                                               ignore_index=-100, reduction="none").view(pooled.shape)
-        known = (pooled != -100).float()
-        loss = loss + 3 * ((per_slot * known).sum(1) / known.sum(1).clamp(min=1)).mean()
-        _optimise(opt, params, loss, cfg.stage1_lr * lr_factor(step, cfg.stage1_steps, cfg.warmup))
-        patch_ok = (logits[0].argmax(-1) == labels[:, 0]).float().mean().item()
-        slot_ok = ((pooled_logits.argmax(-1) == pooled).float() * known).sum() / known.sum()
-        return loss.item(), (patch_ok + slot_ok.item()) / 2
-
-    def save_fn(step: int) -> None:
-        _save_state(ckpt, {"step": step, "tower": tower.state_dict(), "head": head.state_dict(),
-                           "opt": opt.state_dict()})
-
-    _run_stage("stage 1 (tower, patch + pooled labels)", cfg.stage1_steps, start, step_fn, save_fn)
-    _cache_tower(tower, cache, ckpt)
-
 
 class FeaturePool:
     """The stage-2 images: their frozen-tower features (float16, computed once) and their scenes.
@@ -207,7 +66,7 @@ class FeaturePool:
         self.cfg, self.items, feats = cfg, [], []
         with torch.no_grad():
             for c in range(0, cfg.pool, chunk):
-                samples = [train_sample(base + i, cfg.mix) for i in range(c, min(cfg.pool, c + chunk))]
+                samples = [train_sample(base + i, cfg.stage2_mix or cfg.mix) for i in range(c, min(cfg.pool, c + chunk))]
                 pixels = encode(processor, [np.asarray(s.image) for s in samples], [""] * len(samples))
                 feats.append(tower_features(model, pixels["pixel_values"]).half())
                 self.items += [(base + c + j, s.domain, s.meta["scene"]) for j, s in enumerate(samples)]
@@ -363,6 +222,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--mix", default=",".join(MIX), help="domains in the order training indices cycle through")
     p.add_argument("--shape-factors", type=float, default=DomainsConfig.shape_factors,
                    help="weight of shapes images' per-patch colour and shape labels in stage 1 (0: v2 recipe)")
+    p.add_argument("--stage1b-steps", type=int, default=DomainsConfig.stage1b_steps,
+                   help="continue the stage-1 tower this many steps (0: none, the v3 recipe)")
+    p.add_argument("--stage1b-mix", default=",".join(MIX_1B), help="domains of the stage-1b continuation")
+    p.add_argument("--stage1b-lr", type=float, default=DomainsConfig.stage1b_lr)
+    p.add_argument("--stage2-mix", default=None, help="domains of the stage-2 images (default: --mix)")
     p.add_argument("--evaluate", action="store_true", help="only evaluate --model per domain")
     p.add_argument("--model", default="domains-llava", help="zoo name or saved directory (with --evaluate)")
     p.add_argument("--n", type=int, default=200, help="held-out samples per question type (with --evaluate)")
@@ -376,14 +240,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         model, processor = load_from(a.model) if Path(a.model).is_dir() else build(a.model)
         _print_eval(a.model, evaluate(model, processor, n=a.n), a.n, a.json)
         return 0
-    mix = tuple(a.mix.split(","))
-    for d in mix:
+    mix, mix_1b = tuple(a.mix.split(",")), tuple(a.stage1b_mix.split(","))
+    mix_2 = tuple(a.stage2_mix.split(",")) if a.stage2_mix else None
+    for d in mix + mix_1b + (mix_2 or ()):
         world.domain_module(d)  # one-line error for an unknown domain
+    if a.stage1_steps * a.stage1_batch > STAGE1B_OFFSET or a.stage1b_steps * a.stage1_batch > STAGE2_OFFSET - STAGE1B_OFFSET:
+        raise MmlensError("too many stage-1 images: the phases' training indices would overlap")
     if min(a.pack, a.batch, a.stage1_batch, a.pool) < 1:
         raise MmlensError("--pack, --batch, --stage1-batch and --pool must be at least 1")
     cfg = DomainsConfig(seed=a.seed, stage1_steps=a.stage1_steps, stage1_batch=a.stage1_batch,
                         stage2_steps=a.stage2_steps, batch=a.batch, pack=a.pack, pool=a.pool, layers=a.layers,
-                        hidden=a.hidden, mlp=a.mlp, mix=mix, shape_factors=a.shape_factors)
+                        hidden=a.hidden, mlp=a.mlp, mix=mix, shape_factors=a.shape_factors,
+                        stage1b_steps=a.stage1b_steps, stage1b_mix=mix_1b, stage1b_lr=a.stage1b_lr, stage2_mix=mix_2)
     train(cfg, a.out or DOMAINS_DIR, a.work, a.threads, a.eval_n)
     return 0
 
