@@ -20,8 +20,10 @@ import torch
 from mmlens.attribution.attention import attention
 from mmlens.attribution.base import Attribution
 from mmlens.attribution.explanation import Explanation
+from mmlens.attribution.grad_eclip import grad_eclip
 from mmlens.attribution.gradients import gradient_x_input, integrated_gradients
 from mmlens.attribution.logit_lens_map import logit_lens_arc, logit_lens_map, logit_lens_msea
+from mmlens.attribution.mmel import mmel
 from mmlens.attribution.occlusion import occlusion, rise
 from mmlens.attribution.relevancy import relevancy
 from mmlens.attribution.rollout import rollout
@@ -42,6 +44,8 @@ METHODS: dict[str, Callable[..., Attribution]] = {
     "logit_lens": logit_lens_map,
     "logit_lens_arc": logit_lens_arc,
     "logit_lens_msea": logit_lens_msea,
+    "grad_eclip": grad_eclip,
+    "mmel": mmel,
 }
 DEFAULT_METHODS = ("attention", "rollout", "relevancy", "integrated_gradients", "occlusion", "logit_lens")
 

@@ -37,6 +37,7 @@ from mmlens.models.runtime.attention import (
     _implementations,  # noqa: F401
     additive_mask,
     attention_implementation,
+    attention_inputs,
     attention_probabilities,
     attention_rows,
     block_keys,
@@ -58,7 +59,7 @@ from mmlens.models.runtime.devices import execution_device, last_logits_only, on
 
 __all__ = [
     "ATTENTION", "HALF", "KeyValueRecorder", "LayerCall", "PrefixCache", "RowRequest", "additive_mask",
-    "attention_implementation", "attention_probabilities", "attention_rows", "block_keys", "blocked_keys",
+    "attention_implementation", "attention_inputs", "attention_probabilities", "attention_rows", "block_keys", "blocked_keys",
     "blocks_later_keys", "cache_keyword", "causal_mask", "compute_in_float32", "current_attention", "execution_device", "is_half",
     "last_logits_only", "on_device_of", "replayable_kwargs", "requested_rows", "with_probabilities",
 ]

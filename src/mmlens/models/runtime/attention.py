@@ -89,6 +89,7 @@ class _State:
     given: Any = None  # rows of the last call's probabilities (None: all), their means over heads or not
     given_mean: bool = False
     q_len: int = 0
+    taps: list = field(default_factory=list)  # readers of the attention function's inputs (see attention_inputs)
 
 
 def _register() -> None:
@@ -118,7 +119,7 @@ def _entry(hf: torch.nn.Module, module: torch.nn.Module, kind: str, entry: Any) 
     finally:
         entries.remove(entry)
         state = module.__dict__.get(_SLOT)
-        if state is not None and not state.reads and not state.blocks and not state.rows:
+        if state is not None and not state.reads and not state.blocks and not state.rows and not state.taps:
             del module.__dict__[_SLOT]
 
 
@@ -171,6 +172,23 @@ def relevance_rows(hf: torch.nn.Module, module: torch.nn.Module, row: Any) -> It
         yield
 
 
+@contextmanager
+def attention_inputs(hf: torch.nn.Module, module: torch.nn.Module, read: Any) -> Iterator[None]:
+    """Inside the block, ``read(query, key, value, mask, scale)`` sees each call of ``module``'s attention function.
+
+    Query and key come after any rotary embedding, ``(batch, heads, len, head_dim)``
+    and in the graph; towers that split their sequence (Qwen2-VL, one call per
+    image) call it once per piece. Nothing is computed that the module would not compute.
+
+    Example:
+        >>> seen = []
+        >>> with attention_inputs(model.hf, model.vision_layers[0].self_attn, lambda *a: seen.append(a[0].shape)):
+        ...     _ = model.forward(batch)
+    """
+    with _entry(hf, module, "taps", read):
+        yield
+
+
 def requested_rows(module: torch.nn.Module, probs: torch.Tensor, request: RowRequest) -> torch.Tensor:
     """The rows ``request`` asked for out of the probabilities ``module`` returned: ``(batch, heads, rows, keys)``.
 
@@ -217,6 +235,8 @@ def _attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, 
     if state is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
+    for tap in state.taps:
+        tap(query, key, value, attention_mask, scaling if scaling is not None else query.shape[-1] ** -0.5)
     q_len, k_len = query.shape[2], key.shape[2]
     causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", True))
     causal = causal and attention_mask is None and q_len > 1
