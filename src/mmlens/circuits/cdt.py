@@ -8,9 +8,12 @@ activation stays their exact sum:
 - linear maps (value and output projections, the unembedding) act on each part;
 - RMSNorms are linearised with the full input's scale (``w * part / rms(full)``);
 - attention probabilities are the full forward's (values are decomposed);
-- an MLP, the one nonlinearity left, splits by the two-player Shapley value
-  ``source = [f(s) - f(0) + f(s + r) - f(r)] / 2`` (Singh et al.'s linearisation,
-  as CD-T uses for its activations); biases go to the rest.
+- an MLP, the one nonlinearity left, gives the source its marginal share
+  ``f(s + r) - f(r)`` (``activation="marginal"``, what the CD-T authors' code
+  does for activations), or the two-player Shapley value
+  ``[f(s) - f(0) + f(s + r) - f(r)] / 2`` (``"shapley"``, Singh et al.'s
+  linearisation, symmetric: a source and its complement add up to the whole);
+  biases go to the rest.
 
 Each component's output then has a source part. Its *direct* share of the
 answer logit reads that part through the (linearised) final norm and the
@@ -41,6 +44,7 @@ from mmlens.models.decoder import DecoderCall, record_decoder_call
 from mmlens.readout.logits import answer_token_ids
 
 REFERENCES = ("mean", "zero")
+ACTIVATIONS = ("marginal", "shapley")
 
 
 @dataclass
@@ -107,19 +111,22 @@ def reference_embeds(call: DecoderCall, model: Model, batch: Batch, reference: s
 
 
 def decompose(model: Model, batch: Batch, source_positions: Sequence[int], *, answer: str | int | None = None,
-              foil: str | int | None = None, reference: str | torch.Tensor = "mean",
+              foil: str | int | None = None, reference: str | torch.Tensor = "mean", activation: str = "marginal",
               graph: DecoderGraph | None = None) -> Decomposition:
     """CD-T of the first row of ``batch``: each head's and MLP's share of the answer logit from the source.
 
     ``source_positions`` are decoder positions (for example the asked
     object's image tokens); ``answer`` defaults to the model's own top token;
-    with ``foil`` the target is answer logit minus foil logit.
+    with ``foil`` the target is answer logit minus foil logit; ``activation``
+    says how MLPs split (see the module docstring).
 
     Example:
         >>> result = decompose(model, batch, [1, 2, 3], answer="red")
         >>> abs(result.embed_source + float(result.direct_source.sum()) - result.source_logit) < 1e-3
         True
     """
+    if activation not in ACTIVATIONS:
+        raise MmlensError(f"unknown activation rule {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
     graph = graph or DecoderGraph(model)
     start = time.perf_counter()
     call = record_decoder_call(model, batch).row(0)
@@ -132,14 +139,16 @@ def decompose(model: Model, batch: Batch, source_positions: Sequence[int], *, an
         embeds = call.embeds.float()
         source = torch.zeros_like(embeds)
         source[0, positions] = embeds[0, positions] - reference_embeds(call, model, batch, reference)[0, positions]
-        decomposition = decompose_run(graph, run, source[0], direction)
+        decomposition = decompose_run(graph, run, source[0], direction, activation)
     decomposition.update(source_positions=positions, answer_id=answer_id, foil_id=foil_id,
                          seconds=time.perf_counter() - start,
-                         meta={"reference": reference if isinstance(reference, str) else "tensor"})
+                         meta={"reference": reference if isinstance(reference, str) else "tensor",
+                               "activation": activation})
     return Decomposition(components=graph.nodes[1:], **decomposition)
 
 
-def decompose_run(graph: DecoderGraph, run: GraphRun, source: torch.Tensor, direction: torch.Tensor) -> dict:
+def decompose_run(graph: DecoderGraph, run: GraphRun, source: torch.Tensor, direction: torch.Tensor,
+                  activation: str = "marginal") -> dict:
     """The decomposition itself, on a one-row clean ``run``: ``source`` ``(seq, hidden)`` is the source part.
 
     Row 0 of the propagated state carries the source; row ``c`` (one per
@@ -161,7 +170,7 @@ def decompose_run(graph: DecoderGraph, run: GraphRun, source: torch.Tensor, dire
         beta = beta + written
         node = graph.node_index(i, None)
         part = _mlp_share(layer.mlp, beta * run.mlp_scale[i][0] * layer.post_attention_layernorm.weight.float(),
-                          run.mlp_inputs[i][0], run.outputs[node, 0])
+                          run.mlp_inputs[i][0], run.outputs[node, 0], activation == "shapley")
         own[node - 1] = part[0]
         part[node] = part[node] + part[0]
         beta = beta + part
@@ -174,12 +183,15 @@ def decompose_run(graph: DecoderGraph, run: GraphRun, source: torch.Tensor, dire
             "direct_rest": full_direct - direct_source, "total_source": totals[1:]}
 
 
-def _mlp_share(mlp: torch.nn.Module, part: torch.Tensor, full_in: torch.Tensor, full_out: torch.Tensor) -> torch.Tensor:
-    """Two-player Shapley share of ``part`` (rows, seq, hidden) in ``mlp(full_in)``; the rest is ``full_in - part``."""
+def _mlp_share(mlp: torch.nn.Module, part: torch.Tensor, full_in: torch.Tensor, full_out: torch.Tensor,
+               shapley: bool) -> torch.Tensor:
+    """The share of ``part`` (rows, seq, hidden) in ``mlp(full_in)``, the rest being ``full_in - part``."""
     dtype = next(mlp.parameters()).dtype
     f = lambda x: mlp(x.to(dtype)).float()  # noqa: E731
-    zero = f(torch.zeros_like(full_in[None]))
-    return 0.5 * (f(part) - zero) + 0.5 * (full_out[None] - f(full_in[None] - part))
+    marginal = full_out[None] - f(full_in[None] - part)
+    if not shapley:
+        return marginal
+    return 0.5 * (f(part) - f(torch.zeros_like(full_in[None]))) + 0.5 * marginal
 
 
 def target_ids(model: Model, logits: torch.Tensor, answer: str | int | None,
