@@ -166,7 +166,7 @@ class Model:
         """
         prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
         for prompt in prompt_list:
-            _check_prompt(prompt)
+            check_prompt(prompt)
         per_row = _images_per_row(images, len(prompt_list))
         prompt_list, placed = self._placed(prompt_list, [len(row) for row in per_row])
         texts = [self.adapter.format_prompt(p, len(imgs)) for p, imgs in zip(prompt_list, per_row)]
@@ -285,8 +285,16 @@ class Model:
         return self.tokenizer.batch_decode(token_ids, skip_special_tokens=True)
 
 
-def _check_prompt(prompt: Any) -> None:
-    """Refuse what cannot be a prompt: a non-string, or an empty one."""
+def check_prompt(prompt: Any) -> None:
+    """Refuse what cannot be a prompt: a non-string, or an empty one (the command line and the web app use it too).
+
+    Example:
+        >>> check_prompt("<image> what colour ?")
+        >>> check_prompt("  ")
+        Traceback (most recent call last):
+        ...
+        mmlens.errors.MmlensError: the prompt is empty: write a question or an instruction
+    """
     if not isinstance(prompt, str):
         raise MmlensError(f"a prompt is a string, got {type(prompt).__name__}")
     if not prompt.strip():

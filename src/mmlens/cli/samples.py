@@ -16,7 +16,7 @@ from rich.console import Console
 
 from mmlens.data.images import open_image
 from mmlens.errors import MmlensError
-from mmlens.model import Model
+from mmlens.model import Model, check_prompt
 from mmlens.models.loading import load
 
 
@@ -53,8 +53,8 @@ def read_prompt(prompt: str | None, prompt_file: Path | None = None) -> str | No
             raise MmlensError(f"--prompt-file: {path} is not UTF-8 text") from None
         if not prompt.strip():
             raise MmlensError(f"--prompt-file: {path} is empty: write a question or an instruction in it")
-    if prompt is not None and not prompt.strip():
-        raise MmlensError("the prompt is empty: write a question or an instruction")
+    if prompt is not None:
+        check_prompt(prompt)
     return prompt
 
 

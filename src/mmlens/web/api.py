@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 
 from mmlens.attribution.api import DEFAULT_METHODS, METHODS
 from mmlens.causal.tracing import COMPONENTS
-from mmlens.cli.samples import read_prompt
+from mmlens.model import check_prompt
 from mmlens.web.examples import example_input, example_path, examples
 from mmlens.web.server import Server
 from mmlens.web.store import Input
@@ -116,7 +116,8 @@ async def create_input(request: Request, image: Optional[UploadFile] = File(None
     limits = server.settings
     if prompt is not None and len(prompt) > limits.max_prompt_chars:
         raise WebError(f"the prompt is {len(prompt):,} characters, over the limit of {limits.max_prompt_chars:,}")
-    prompt = read_prompt(prompt)
+    if prompt is not None:
+        check_prompt(prompt)
     if image is not None and example:
         raise WebError("give an image or an example, not both")
     if example:
