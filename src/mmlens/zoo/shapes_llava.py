@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
@@ -139,6 +140,16 @@ def build_model(seed: int = 0, processor: LlavaProcessor | None = None,
     tok = (processor or build_processor()).tokenizer
     config = build_config(len(tok), tok.convert_tokens_to_ids(IMAGE_TOKEN), tok.pad_token_id)
     torch.manual_seed(seed)
+    return model_from_config(config, attn_implementation)
+
+
+def model_from_config(config: Any, attn_implementation: str = "sdpa") -> LlavaForConditionalGeneration:
+    """A fresh shapes-llava-style model for ``config`` (a copy is kept), in eval mode, random weights.
+
+    Example:
+        >>> model_from_config(build_model().config).config.text_config.intermediate_size
+        256
+    """
     model = LlavaForConditionalGeneration._from_config(copy.deepcopy(config), attn_implementation=attn_implementation)
     return model.eval()
 

@@ -16,7 +16,7 @@
 of every layer, and the accuracy right after removal (before healing).
 
 Example:
-    >>> from mmlens.zoo.shapes_llava import load
+    >>> from mmlens.zoo.shapes_llava import load, model_from_config
     >>> model, _ = load()
     >>> keep = [torch.arange(0, 256, 2)] * 4
     >>> smaller = prune_mlp(model, keep)
@@ -36,17 +36,15 @@ import torch
 from transformers import LlavaForConditionalGeneration
 
 from mmlens.data.shapes import make_sample
+from mmlens.hooks import intervene
+from mmlens.models.loading import wrap
 from mmlens.zoo.evaluate import accuracy, encode
-from mmlens.zoo.shapes_llava import load
+from mmlens.zoo.shapes_llava import load, model_from_config
 from mmlens.zoo.train.common import _fmt, _log
 from mmlens.zoo.train.derivatives import FT_BASE, common_parser, save_model, shapes_example
 from mmlens.zoo.train.finetune import FinetuneConfig, finetune
 
 SCORE_BASE = FT_BASE + 1_000_000  # samples that score neurons (not in any fine-tuning set)
-
-
-def _layers(model) -> list:
-    return list(model.model.language_model.layers)
 
 
 @torch.no_grad()
@@ -60,28 +58,23 @@ def neuron_scores(model, processor, n: int = 512, batch: int = 64) -> torch.Tens
         >>> tuple(scores.shape)
         (4, 256)
     """
-    layers = _layers(model)
-    sums = torch.zeros(len(layers), model.config.text_config.intermediate_size, dtype=torch.float64)
+    wrapped = wrap(model, processor)
+    sums = torch.zeros(wrapped.n_layers, model.config.text_config.intermediate_size, dtype=torch.float64)
     count = 0
     mask: list[torch.Tensor] = []
 
-    def hook(i):
-        def fn(module, args):
-            act = args[0].abs() * mask[0].unsqueeze(-1)
-            sums[i] += act.sum((0, 1)).double()
-        return fn
+    def reader(i: int):
+        def read(neurons: torch.Tensor) -> None:  # the input of down_proj: act(gate(x)) * up(x)
+            sums[i] += (neurons.abs() * mask[0].unsqueeze(-1)).sum((0, 1)).double()
+        return read
 
-    handles = [layer.mlp.down_proj.register_forward_pre_hook(hook(i)) for i, layer in enumerate(layers)]
-    try:
+    with intervene(wrapped, {f"lm.L{i}.neurons": reader(i) for i in range(wrapped.n_layers)}):
         for start in range(0, n, batch):
             samples = [make_sample("train", SCORE_BASE + k) for k in range(start, min(n, start + batch))]
             enc = encode(processor, [np.asarray(s.image) for s in samples], [s.prompt for s in samples])
             mask[:] = [enc["attention_mask"].float()]
             model(**enc)
             count += int(enc["attention_mask"].sum())
-    finally:
-        for h in handles:
-            h.remove()
     return (sums / count).float()
 
 
@@ -106,7 +99,7 @@ def prune_mlp(model, keep: Sequence[torch.Tensor]) -> LlavaForConditionalGenerat
         raise ValueError(f"every layer must keep the same number of neurons, got {sorted(sizes)}")
     config = copy.deepcopy(model.config)
     config.text_config.intermediate_size = sizes.pop()
-    small = LlavaForConditionalGeneration._from_config(config, attn_implementation=model.config._attn_implementation)
+    small = model_from_config(config, model.config._attn_implementation)
     state = model.state_dict()
     for i, idx in enumerate(keep):
         pre = f"model.language_model.layers.{i}.mlp."
