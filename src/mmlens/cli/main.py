@@ -44,6 +44,7 @@ from mmlens.cli import audit as audit_command
 from mmlens.cli import crosscoder as crosscoder_command
 from mmlens.cli import steer as steer_command
 from mmlens.cli import circuit as circuit_command
+from mmlens.cli import heads as heads_command
 from mmlens.errors import MmlensError
 from mmlens.notices import show_on_stderr
 
@@ -74,6 +75,7 @@ app.command("explain")(explain.explain)
 app.command("lens")(lens.lens)
 app.command("trace")(trace.trace)
 app.command("circuit")(circuit_command.circuit)
+app.command("heads")(heads_command.heads)
 app.command("neurons")(neurons.neurons)
 app.command("harvest")(harvest.harvest)
 app.command("steer")(steer_command.steer)
