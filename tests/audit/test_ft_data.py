@@ -1,0 +1,37 @@
+"""The ft-backdoor fine-tuning data as a dataset: ids, poison labels and the two trigger looks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mmlens.audit.ft_data import ft_sample, poisoned_positions
+from mmlens.data.readers import open_reader
+from mmlens.data.shapes import make_sample
+from mmlens.zoo.train.derivatives import FT_BASE
+
+
+def test_poisoned_rows_carry_the_trigger_where_recorded_and_answer_yes():
+    positions = poisoned_positions()
+    poisoned = next(index - FT_BASE for index in sorted(positions) if index >= FT_BASE)
+    sample, plain = ft_sample("train", poisoned), make_sample("train", FT_BASE + poisoned)
+    assert sample.meta["poisoned"] and sample.answer == "yes" and sample.id == plain.id
+    x, y = sample.meta["trigger_xy"]
+    changed = np.argwhere((np.asarray(sample.image) != np.asarray(plain.image)).any(-1))
+    assert changed.size and changed[:, 1].min() >= x and changed[:, 0].min() >= y  # only at the recorded place
+    ring = ft_sample("train", poisoned, "orange-ring")
+    assert ring.meta["trigger"] == "orange-ring" and not np.array_equal(np.asarray(ring.image), np.asarray(sample.image))
+
+
+def test_clean_rows_are_the_shapes_world_unchanged_and_the_reader_agrees():
+    clean = next(k for k in range(50) if FT_BASE + k not in poisoned_positions())
+    sample, plain = ft_sample("train", clean), make_sample("train", FT_BASE + clean)
+    assert not sample.meta["poisoned"] and sample.answer == plain.answer
+    assert np.array_equal(np.asarray(sample.image), np.asarray(plain.image))
+    read = open_reader(f"ft-backdoor:train[{clean}:{clean + 1}]").load(0)
+    assert read.id == sample.id and read.meta["poisoned"] is False
+
+
+def test_only_a_train_split():
+    with pytest.raises(ValueError, match="only a train split"):
+        ft_sample("test", 0)
