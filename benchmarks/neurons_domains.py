@@ -44,6 +44,7 @@ from _common import emit  # noqa: E402
 
 import mmlens  # noqa: E402
 from mmlens.data import domains as world  # noqa: E402
+from mmlens.data import shapes as shapes_world  # noqa: E402
 from mmlens.neurons import (  # noqa: E402
     DomainScores, domain_scores, modality_scores, random_neurons, select_domain_neurons, select_modality_neurons,
 )
@@ -55,13 +56,19 @@ TOWER_SETS = {"full": ("lm", "vision", "projector"), "decoder": ("lm",)}
 Outcomes = dict[str, np.ndarray]  # domain -> 0/1 right answers, one per sample
 
 
-def world_sets(split: str, n: int, offset: int = 0) -> dict[str, list]:
+def world_sets(split: str, n: int, offset: int = 0, sets: str = "domains") -> dict[str, list]:
     """``n`` samples per question type of every domain, from index ``offset`` of ``split``.
+
+    ``sets="shapes"``: the shapes world alone, one set per question type (for
+    shapes-llava; the DAPE part then has question types as domains).
 
     Example:
         >>> {d: len(s) for d, s in world_sets("val", 2).items()}
         {'shapes': 10, 'glyphs': 4, 'cells': 4, 'maps': 6}
     """
+    if sets == "shapes":
+        return {qt: [shapes_world.make_sample(split, offset + i, qt) for i in range(n)]
+                for qt in shapes_world.QUESTION_TYPES}
     return {d: [world.make_sample(d, split, offset + i, qt) for qt in world.question_types(d) for i in range(n)]
             for d in world.NAMES}
 
@@ -121,7 +128,7 @@ def _subset(scores: DomainScores, towers: tuple[str, ...]) -> DomainScores:
 
 def _switch_each(model, chosen, tests, mode) -> dict[str, Outcomes]:
     return {d: outcomes(model, tests, chosen.where(label=d).deactivate(model, mode))
-            for d in world.NAMES if len(chosen.where(label=d))}
+            for d in tests if len(chosen.where(label=d))}
 
 
 def dape_claim(model, score, val, test, args) -> dict:
@@ -152,7 +159,7 @@ def dape_claim(model, score, val, test, args) -> dict:
                         "own_drop_ci": bootstrap(lambda b, a, d=d: b[d].mean() - a[d].mean(), [base_test, arm], args.boot)}
             claim[d]["holds"] = claim[d]["margin_ci"][0] > 0
         out[name] = {"towers": list(towers), "chosen_on_val": best, "val_grid": grid,
-                     "neurons": {d: {t: len(chosen.where(label=d).where(tower=t)) for t in towers} for d in world.NAMES},
+                     "neurons": {d: {t: len(chosen.where(label=d).where(tower=t)) for t in towers} for d in test},
                      "drop_matrix": drop_matrix(base_test, switched), "claim": claim,
                      "largest_drop": max((v for row in drop_matrix(base_test, switched).values() for v in row.values()),
                                          default=0.0)}
@@ -221,14 +228,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", default="zero", choices=["zero", "min"], help="MINER's switch-off")
     parser.add_argument("--boot", type=int, default=2000, help="bootstrap resamples")
     parser.add_argument("--parts", default="domain,modality", help="comma-separated checks to run")
+    parser.add_argument("--sets", default="domains", choices=["domains", "shapes"],
+                        help="domains: the four image domains; shapes: shapes-world question types (shapes-llava)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # shared cores; the model is tiny
     model = mmlens.load(args.model)
-    score = world_sets("val", args.score_n)
-    val, test = world_sets("val", args.val_n, VAL_OFFSET), world_sets("test", args.eval_n)
+    score = world_sets("val", args.score_n, sets=args.sets)
+    val, test = world_sets("val", args.val_n, VAL_OFFSET, args.sets), world_sets("test", args.eval_n, sets=args.sets)
     base = outcomes(model, test)
-    figures: dict = {"model": model.name, "score_n": args.score_n, "val_n": args.val_n, "eval_n_per_type": args.eval_n,
+    figures: dict = {"model": model.name, "sets": args.sets, "score_n": args.score_n, "val_n": args.val_n, "eval_n_per_type": args.eval_n,
                      "base_by_domain": {d: round(float(v.mean()), 4) for d, v in base.items()},
                      "eval_n_by_domain": {d: len(v) for d, v in base.items()}}
     parts = set(args.parts.split(","))
@@ -248,10 +257,11 @@ def report(figures: dict) -> None:
         print(f"\nDAPE 1% neurons, {name} ({'+'.join(dom['towers'])}), chosen on val: {dom['chosen_on_val']}; "
               f"neurons {dom['neurons']}")
         print("accuracy drop, rows: domain switched off, columns: domain evaluated")
-        print(" " * 8 + "".join(f"{d:>9}" for d in world.NAMES) + "   own-2x others [95% CI]   ratio [95% CI]")
+        names = list(figures["base_by_domain"])
+        print(" " * 8 + "".join(f"{d:>9}" for d in names) + "   own-2x others [95% CI]   ratio [95% CI]")
         for d, row in dom["drop_matrix"].items():
             c = dom["claim"][d]
-            print(f"{d:<8}" + "".join(f"{row[e]:>9.3f}" for e in world.NAMES)
+            print(f"{d:<8}" + "".join(f"{row[e]:>9.3f}" for e in names)
                   + f"   {c['margin']:.3f} {c['margin_ci']}   {c['ratio']} {c['ratio_ci']}")
     if "miner" in figures:
         m = figures["miner"]
