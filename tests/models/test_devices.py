@@ -118,3 +118,23 @@ def test_neuron_scores_equal_the_undispatched_model(pair):
     b = modality_scores(dispatched, samples, progress=False)
     for name in a.sums:
         torch.testing.assert_close(b.sums[name], a.sums[name], rtol=1e-4, atol=1e-5)
+
+
+def test_half_precision_occlusion_upcasts_offloaded_layers_too(tmp_path):
+    """``precision="auto"`` casts each layer to float32 as it runs; accelerate loads an offloaded layer's
+    weights inside that call, and they must arrive in float32 as well (equal to the undispatched model)."""
+    reference = mmlens.load("tiny-llava", dtype=torch.bfloat16)
+    dispatched = mmlens.load("tiny-llava", dtype=torch.bfloat16)
+    layers = next(path for path, module in dispatched.hf.named_modules() if module is dispatched.decoder_layers)
+    device_map = _device_map(dispatched, {f"{layers}.0": "disk", f"{layers}.1": "disk"})
+    accelerate.dispatch_model(dispatched.hf, device_map=device_map, main_device="cpu", offload_dir=str(tmp_path))
+    sample = make_sample("test", 0, "colour")
+    scores = {}
+    for label, model, precision in [("ref", reference, "auto"), ("disp", dispatched, "auto"),
+                                    ("bf16", reference, "model")]:
+        result = mmlens.explain(model, sample.prompt, [sample.image], methods=["occlusion"], max_new_tokens=1,
+                                options={"occlusion": {"precision": precision}})
+        scores[label] = result.scores["occlusion"].float()
+    assert next(dispatched.decoder_layers[0].parameters()).device.type == "meta"
+    torch.testing.assert_close(scores["disp"], scores["ref"], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(scores["bf16"], scores["ref"], rtol=1e-4, atol=1e-5)  # float32 made a difference
