@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import emit, median_seconds  # noqa: E402
 
 TYPES = ("colour", "shape", "exist", "position")
+MOVED = 1.0  # logits: the source "matters" when replacing it moves the answer logit at least this much
 
 
 def bootstrap(values: np.ndarray, draws: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -52,15 +53,23 @@ def cdt_check(model, graph, n: int, timing: int, reference: str = "mean", activa
         source = sorted({p for i in s.target_objects for p in object_positions(batch.layout, 0, s.objects[i].mask)})
         cd = decompose(model, batch, source, reference=reference, activation=activation, graph=graph)
         pp = path_patch(model, batch, source, reference=reference, graph=graph)
+        linear = path_patch(model, batch, source, reference=reference, frozen=True, graph=graph)
         rows.append({"id": s.id, "type": s.question_type, "source_tokens": len(source),
                      "spearman_total": float(spearmanr(cd.total_source, pp.effects).statistic),
                      "spearman_direct": float(spearmanr(cd.direct_source, pp.effects).statistic),
+                     "spearman_abs": float(spearmanr(cd.total_source.abs(), pp.effects.abs()).statistic),
+                     "spearman_frozen": float(spearmanr(cd.total_source, linear.effects).statistic),
+                     "spearman_frozen_vs_patching": float(spearmanr(linear.effects, pp.effects).statistic),
                      "source_logit": cd.source_logit, "patched_total": pp.total,
                      "top_cdt": cd.ranking()[0][0], "top_patching": cd.components[int(pp.effects.argmax())]})
         pooled[0].extend(cd.total_source.tolist())
         pooled[1].extend(pp.effects.tolist())
     total = np.array([r["spearman_total"] for r in rows])
     direct = np.array([r["spearman_direct"] for r in rows])
+    # Where replacing the source barely moves the target, patching effects are all near zero and their order is noise.
+    moved = np.array([abs(r["patched_total"]) >= MOVED for r in rows])
+    extra = {f"spearman_{key}_mean": float(np.mean([r[f"spearman_{key}"] for r in rows]))
+             for key in ("abs", "frozen", "frozen_vs_patching")}
     s = samples[0]
     batch = model.prepare(s.prompt, [s.image])
     source = object_positions(batch.layout, 0, s.objects[s.target_objects[0]].mask)
@@ -71,7 +80,11 @@ def cdt_check(model, graph, n: int, timing: int, reference: str = "mean", activa
             "spearman_total_mean": float(total.mean()), "spearman_total_ci95": bootstrap(total),
             "spearman_total_median": float(np.median(total)),
             "spearman_direct_mean": float(direct.mean()), "spearman_direct_ci95": bootstrap(direct),
-            "spearman_pooled": float(spearmanr(*pooled).statistic),
+            "spearman_pooled": float(spearmanr(*pooled).statistic), **extra,
+            "moved_samples": int(moved.sum()), "spearman_total_moved_mean": float(total[moved].mean()),
+            "spearman_total_moved_ci95": bootstrap(total[moved]),
+            "spearman_total_by_type": {t: float(np.mean([r["spearman_total"] for r in rows if r["type"] == t]))
+                                       for t in TYPES},
             "top_agree": float(np.mean([r["top_cdt"] == r["top_patching"] for r in rows])),
             "seconds_cdt": seconds["cdt"], "seconds_path_patching": seconds["path_patching"],
             "speed_ratio": seconds["path_patching"] / seconds["cdt"], "rows": rows}
@@ -139,7 +152,13 @@ def main() -> None:
           f"{cdt['spearman_total_mean']:.3f} [{cdt['spearman_total_ci95'][0]:.3f}, {cdt['spearman_total_ci95'][1]:.3f}]"
           f" (median {cdt['spearman_total_median']:.3f}), direct {cdt['spearman_direct_mean']:.3f} "
           f"[{cdt['spearman_direct_ci95'][0]:.3f}, {cdt['spearman_direct_ci95'][1]:.3f}], pooled "
-          f"{cdt['spearman_pooled']:.3f}, top component agrees {cdt['top_agree']:.0%}")
+          f"{cdt['spearman_pooled']:.3f}, |.| {cdt['spearman_abs_mean']:.3f}, top component agrees "
+          f"{cdt['top_agree']:.0%}")
+    print(f"  samples where the source moves the logit >= {MOVED:g} ({cdt['moved_samples']}): "
+          f"{cdt['spearman_total_moved_mean']:.3f} [{cdt['spearman_total_moved_ci95'][0]:.3f}, "
+          f"{cdt['spearman_total_moved_ci95'][1]:.3f}]; by type {cdt['spearman_total_by_type']}")
+    print(f"  against patching with frozen attention and norm scales {cdt['spearman_frozen_mean']:.3f}; "
+          f"frozen vs real patching {cdt['spearman_frozen_vs_patching_mean']:.3f}")
     print(f"time per sample: CD-T {cdt['seconds_cdt'] * 1000:.1f} ms, path patching "
           f"{cdt['seconds_path_patching'] * 1000:.1f} ms (ratio {cdt['speed_ratio']:.2f})")
     for name in ("mean", "corrupt"):

@@ -210,7 +210,7 @@ def _direction(graph: DecoderGraph, answer_id: int, foil_id: int | None) -> torc
 
 
 def _positions(positions: Sequence[int], seq: int) -> list[int]:
-    chosen = sorted({int(p) % seq for p in positions if -seq <= int(p) < seq})
-    if len(chosen) != len(set(int(p) for p in positions)) or not chosen:
-        raise MmlensError(f"source positions must be distinct decoder positions in [0, {seq}); got {list(positions)}")
-    return chosen
+    raw = [int(p) for p in positions]
+    if not raw or any(not -seq <= p < seq for p in raw) or len({p % seq for p in raw}) != len(raw):
+        raise MmlensError(f"source positions must be distinct decoder positions in [0, {seq}); got {raw}")
+    return sorted(p % seq for p in raw)

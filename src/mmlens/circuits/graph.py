@@ -108,13 +108,16 @@ class DecoderGraph:
     # -- the forward pass -------------------------------------------------------------------------------------
 
     def run(self, call: DecoderCall, embeds: torch.Tensor | None = None, *, edit: NodeEdit | None = None,
-            inputs: InputRule | None = None, keep_inputs: list[torch.Tensor] | None = None) -> GraphRun:
+            inputs: InputRule | None = None, keep_inputs: list[torch.Tensor] | None = None,
+            frozen: GraphRun | None = None) -> GraphRun:
         """Run the graph on ``embeds`` (default: the call's), a stack of copies of the call's rows.
 
         ``edit`` changes node outputs as they are computed (patching);
         ``inputs`` builds each reader's input from the outputs so far (edge
         ablation; default: their sum, the residual stream); reader inputs are
         appended to ``keep_inputs`` with ``retain_grad`` (edge gradients).
+        With ``frozen`` (a one-row run), attention probabilities and norm
+        scales are that run's instead of their own (what CD-T linearises).
         """
         embeds = (call.embeds if embeds is None else embeds).float()
         copies = embeds.shape[0] // call.batch_size
@@ -126,16 +129,17 @@ class DecoderGraph:
         reader = 0
         for i, layer in enumerate(self.layers):
             x = self._read(outputs, reader, inputs, keep_inputs, heads=True)  # (rows, heads, seq, hidden)
-            scale = _rms_scale(x, layer.input_layernorm)
+            scale = _rms_scale(x, layer.input_layernorm) if frozen is None else frozen.attn_scale[i][:, None]
             attn_scale.append(scale[:, 0])
-            heads, p = self.heads(layer, x * scale * layer.input_layernorm.weight.float(), cos, sin, mask)
+            heads, p = self.heads(layer, x * scale * layer.input_layernorm.weight.float(), cos, sin, mask,
+                                  None if frozen is None else frozen.probs[i].expand(x.shape[0], -1, -1, -1))
             probs.append(p)
             for j in range(self.n_heads):
                 node = len(outputs)
                 outputs.append(edit(node, heads[:, j]) if edit else heads[:, j])
             reader += self.n_heads
             x = self._read(outputs, reader, inputs, keep_inputs, heads=False)
-            scale = _rms_scale(x, layer.post_attention_layernorm)
+            scale = _rms_scale(x, layer.post_attention_layernorm) if frozen is None else frozen.mlp_scale[i]
             normed = x * scale * layer.post_attention_layernorm.weight.float()
             mlp_scale.append(scale)
             mlp_inputs.append(normed)
@@ -143,7 +147,7 @@ class DecoderGraph:
             outputs.append(edit(len(outputs), out) if edit else out)
             reader += 1
         final = self._read(outputs, reader, inputs, keep_inputs, heads=False)
-        final_scale = _rms_scale(final, self.final_norm)
+        final_scale = _rms_scale(final, self.final_norm) if frozen is None else frozen.final_scale
         last = final[:, -1] * final_scale[:, -1] * self.final_norm.weight.float()
         logits = self.unembed(last.to(_dtype(self.unembed))).float()
         return GraphRun(torch.stack(outputs), probs, attn_scale, mlp_scale, mlp_inputs, final, final_scale, logits)
@@ -174,18 +178,18 @@ class DecoderGraph:
         return torch.stack(biases).float().sum(0) if biases else 0.0
 
     def heads(self, layer: torch.nn.Module, normed: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-              mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+              mask: torch.Tensor, probs: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Each head's write into the residual stream ``(rows, heads, seq, hidden)`` and its probabilities.
 
-        ``normed`` is ``(rows, heads, seq, hidden)``: each head reads its own input.
+        ``normed`` is ``(rows, heads, seq, hidden)``: each head reads its own input; ``probs`` given are used as they are.
         """
         attn = layer.self_attn
-        q = self._project(attn.q_proj, normed, False)
-        k = self._project(attn.k_proj, normed, True)
         v = self._project(attn.v_proj, normed, True)
-        q, k = self.rotate(q, k, cos, sin)
-        scores = torch.einsum("bhqe,bhke->bhqk", q, k) * self.scaling + mask
-        probs = scores.softmax(-1)
+        if probs is None:
+            q = self._project(attn.q_proj, normed, False)
+            k = self._project(attn.k_proj, normed, True)
+            q, k = self.rotate(q, k, cos, sin)
+            probs = (torch.einsum("bhqe,bhke->bhqk", q, k) * self.scaling + mask).softmax(-1)
         return self.write(attn, torch.einsum("bhqk,bhke->bhqe", probs, v)), probs
 
     def values(self, layer: torch.nn.Module, normed: torch.Tensor, bias: bool = True) -> torch.Tensor:

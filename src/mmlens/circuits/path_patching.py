@@ -40,9 +40,13 @@ class PathPatching:
 
 
 def path_patch(model: Model, batch: Batch, source_positions: Sequence[int], *, answer: str | int | None = None,
-               foil: str | int | None = None, reference: str | torch.Tensor = "mean",
+               foil: str | int | None = None, reference: str | torch.Tensor = "mean", frozen: bool = False,
                graph: DecoderGraph | None = None) -> PathPatching:
     """Path patching from ``source_positions`` of row 0 through every head and MLP (same target as CD-T).
+
+    ``frozen=True`` keeps the clean run's attention probabilities and norm
+    scales in every run (the part of the model CD-T linearises): a diagnostic
+    of where CD-T and patching part ways.
 
     Example:
         >>> path_patch(model, batch, [1, 2], answer="red").total  # doctest: +SKIP
@@ -58,7 +62,8 @@ def path_patch(model: Model, batch: Batch, source_positions: Sequence[int], *, a
         answer_id, foil_id = target_ids(model, clean.logits, answer, foil)
         replaced = call.embeds.float().clone()
         replaced[0, positions] = reference_embeds(call, model, batch, reference)[0, positions]
-        corrupt = graph.run(call, replaced)
+        fixed = clean if frozen else None
+        corrupt = graph.run(call, replaced, frozen=fixed)
         components = len(graph.nodes) - 1
 
         def edit(node: int, output: torch.Tensor) -> torch.Tensor:
@@ -68,7 +73,7 @@ def path_patch(model: Model, batch: Batch, source_positions: Sequence[int], *, a
             output[node - 1] = corrupt.outputs[node, 0]  # row c patches component c
             return output
 
-        patched = graph.run(call, call.embeds.float().expand(components, -1, -1), edit=edit)
+        patched = graph.run(call, call.embeds.float().expand(components, -1, -1), edit=edit, frozen=fixed)
 
     def target(logits: torch.Tensor) -> torch.Tensor:
         return logits[:, answer_id] - (logits[:, foil_id] if foil_id is not None else 0.0)

@@ -1,0 +1,58 @@
+"""The decoder graph: same logits as the model, the right edges, one line for other decoders."""
+
+import pytest
+import torch
+
+import mmlens
+from mmlens.circuits import DecoderGraph
+from mmlens.errors import MmlensError
+from mmlens.models.decoder import record_decoder_call
+
+
+def test_graph_logits_match_the_model_with_left_padding(tiny_llama):
+    batch = tiny_llama.prepare(["a red circle", "a blue square is on the left"])
+    call = record_decoder_call(tiny_llama, batch)
+    graph = DecoderGraph(tiny_llama)
+    with torch.no_grad():
+        run = graph.run(call)
+        expected = call.logits(call.embeds, positions=[-1])[:, 0]
+    assert torch.allclose(run.logits, expected, atol=1e-4)
+    # The residual stream is the sum of the node outputs.
+    assert torch.allclose(run.outputs.sum(0), run.final, atol=1e-5)
+
+
+def test_graph_on_a_multimodal_model(tiny_llava, noise):
+    batch = tiny_llava.prepare("<image> what colour is the circle ?", [noise(32, 32)])
+    call = record_decoder_call(tiny_llava, batch)
+    graph = DecoderGraph(tiny_llava)
+    with torch.no_grad():
+        graph.check(call, graph.run(call))  # raises if the logits differ
+
+
+def test_nodes_readers_and_edges(tiny_llama):
+    graph = DecoderGraph(tiny_llama)
+    layers, heads = graph.n_layers, graph.n_heads
+    assert graph.nodes[0] == "embed" and graph.readers[-1] == "logits"
+    assert len(graph.nodes) == 1 + layers * (heads + 1)
+    names = graph.edge_names()
+    # A head reads the layers below, never a head of its own layer; an MLP reads its own layer's heads.
+    assert "L0.H0 -> L1.H0" in names and "L1.H0 -> L1.H1" not in names and "L1.H0 -> L1.MLP" in names
+    assert "L1.MLP -> logits" in names and "embed -> L0.H0" in names
+    expected = sum(heads * (1 + l * (heads + 1)) + 1 + l * (heads + 1) + heads for l in range(layers))
+    assert len(graph.edges) == expected + len(graph.nodes)
+
+
+def test_frozen_run_of_itself_is_the_same_run(tiny_llama):
+    call = record_decoder_call(tiny_llama, tiny_llama.prepare("a red circle"))
+    graph = DecoderGraph(tiny_llama)
+    with torch.no_grad():
+        run = graph.run(call)
+        again = graph.run(call, frozen=run)
+    assert torch.allclose(run.logits, again.logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-paligemma"])
+def test_other_decoders_get_one_line(name):
+    with pytest.raises(MmlensError) as error:
+        DecoderGraph(mmlens.load(name))
+    assert "LLaMA-style" in str(error.value) and "\n" not in str(error.value)
