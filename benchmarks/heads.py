@@ -98,7 +98,8 @@ def compare(model, pairs: list[tuple], direction: str, metric: str, draws: int) 
     ex = joined["exhaustive"]
     return {"direction": direction, "metric": metric, "samples": int(len(ex["clean"])),
             "gap": float((ex["clean"] - ex["corrupt"]).mean()), "spearman": rho, "ci95": [low, high],
-            "seconds_exhaustive": round(seconds["exhaustive"], 3), "seconds_attribution": round(seconds["attribution"], 3),
+            "seconds_exhaustive": round(seconds["exhaustive"], 3),
+            "seconds_attribution": round(seconds["attribution"], 3),
             "speed_ratio": round(seconds["exhaustive"] / seconds["attribution"], 2),
             "top_exhaustive": _top(grids["exhaustive"]), "top_attribution": _top(grids["attribution"])}
 

@@ -16,8 +16,9 @@ def test_a_tiny_corruption_makes_the_estimate_exact(tiny_llava, clean, direction
     kwargs = dict(direction=direction, corrupt="embeddings", noise=0.01, metric="logit")
     exhaustive = patch_heads(tiny_llava, clean, **kwargs)
     estimate = attribution_patching(tiny_llava, clean, **kwargs)
-    moved = exhaustive.edited - (exhaustive.corrupt if direction == "clean->corrupt" else exhaustive.clean)[:, None, None]
-    guessed = estimate.edited - (estimate.corrupt if direction == "clean->corrupt" else estimate.clean)[:, None, None]
+    base = "corrupt" if direction == "clean->corrupt" else "clean"  # the run being edited
+    moved = exhaustive.edited - getattr(exhaustive, base)[:, None, None]
+    guessed = estimate.edited - getattr(estimate, base)[:, None, None]
     assert moved.abs().max() > 1e-4
     torch.testing.assert_close(guessed, moved, rtol=0.05, atol=2e-3 * float(moved.abs().max()))
     torch.testing.assert_close(estimate.clean, exhaustive.clean)

@@ -34,10 +34,9 @@ from typing import Any, Sequence
 
 import torch
 
-from mmlens.causal.head_grid import DIRECTIONS, HeadGrid
-from mmlens.causal.heads import _check_metric, _grid, as_batch, metric_values, projection_sites
+from mmlens.causal.head_grid import DIRECTIONS, METRICS, HeadGrid
+from mmlens.causal.heads import _grid, check_choice, as_batch, metric_values, projection_sites
 from mmlens.causal.tracing import _corrupted
-from mmlens.errors import MmlensError
 from mmlens.hooks import attach, capture, intervene
 from mmlens.hooks.sites import heads_of
 from mmlens.model import Batch, Model
@@ -58,9 +57,8 @@ def attribution_patching(model: Model, inputs: Any, *, direction: str = "clean->
         >>> grid.top(1)  # doctest: +SKIP
         [(0, 3, 0.41)]
     """
-    if direction not in DIRECTIONS:
-        raise MmlensError(f"unknown direction {direction!r}; choose one of {', '.join(DIRECTIONS)}")
-    _check_metric(metric)
+    check_choice(direction, DIRECTIONS, "direction")
+    check_choice(metric, METRICS, "metric")
     start = time.perf_counter()
     batch = as_batch(model, inputs)
     rows = batch.input_ids.shape[0]

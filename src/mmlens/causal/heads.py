@@ -84,9 +84,8 @@ def knockout_heads(model: Model, inputs: Any, *, ablation: str = "zero", heads: 
         >>> grid.group_effect is not None
         True
     """
-    if ablation not in ABLATIONS:
-        raise MmlensError(f"unknown ablation {ablation!r}; choose one of {', '.join(ABLATIONS)}")
-    _check_metric(metric)
+    check_choice(ablation, ABLATIONS, "ablation")
+    check_choice(metric, METRICS, "metric")
     start = time.perf_counter()
     batch = as_batch(model, inputs)
     cells, group = _cells(model, heads), parse_heads(model, group)
@@ -119,9 +118,8 @@ def patch_heads(model: Model, inputs: Any, *, direction: str = "clean->corrupt",
         >>> grid.effect.shape == (model.n_layers, 4)
         True
     """
-    if direction not in DIRECTIONS:
-        raise MmlensError(f"unknown direction {direction!r}; choose one of {', '.join(DIRECTIONS)}")
-    _check_metric(metric)
+    check_choice(direction, DIRECTIONS, "direction")
+    check_choice(metric, METRICS, "metric")
     start = time.perf_counter()
     batch = as_batch(model, inputs)
     cells, group = _cells(model, heads), parse_heads(model, group)
@@ -163,8 +161,15 @@ def projection_sites(model: Model) -> list[Site]:
     return [Site(f"lm.L{i}.heads", heads_of(model, "lm", i).out_proj, "input") for i in range(model.n_layers)]
 
 
-def record_heads(model: Model, batch: Batch, edits: dict | None = None) -> tuple[LayerReplay, list[torch.Tensor], torch.Tensor]:
-    """One forward of ``batch``: its layer replay, every layer's heads ``(batch, seq, heads x head_dim)``, and ``lm.embed``."""
+def record_heads(model: Model, batch: Batch,
+                 edits: dict | None = None) -> tuple[LayerReplay, list[torch.Tensor], torch.Tensor]:
+    """One forward of ``batch``: its layer replay, each layer's heads ``(batch, seq, heads x head_dim)``, ``lm.embed``.
+
+    Example:
+        >>> replay, heads, embeds = record_heads(model, batch)
+        >>> len(heads) == model.n_layers
+        True
+    """
     values: list[list[torch.Tensor]] = [[] for _ in range(model.n_layers)]
 
     def keep(layer: int):
@@ -226,6 +231,12 @@ def run_conditions(model: Model, replay: LayerReplay, sources: Sequence[torch.Te
 
     ``sources[layer]`` broadcasts to ``(batch, seq, heads x head_dim)``.
     Conditions sharing a first layer run together, resumed there.
+
+    Example:
+        >>> replay, heads, _ = record_heads(model, batch)
+        >>> zeros = [torch.zeros(1, 1, h.shape[-1]) for h in heads]
+        >>> run_conditions(model, replay, zeros, [[(0, 1)], [(0, 1), (2, 3)]], answer_ids, "logit").shape
+        torch.Size([2, 1])
     """
     rows, seq = replay.batch_size, replay.output.shape[1]
     layouts = [heads_of(model, "lm", i) for i in range(model.n_layers)]
@@ -272,9 +283,14 @@ def _set_heads(layer: int, part: Sequence[Sequence[Head]], source: torch.Tensor,
 
 
 # ---- helpers --------------------------------------------------------------
-def _check_metric(metric: str) -> None:
-    if metric not in METRICS:
-        raise MmlensError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+def check_choice(value: str, known: Sequence[str], noun: str) -> None:
+    """One line naming the choices when ``value`` is not one of them.
+
+    Example:
+        >>> check_choice("zero", ABLATIONS, "ablation")
+    """
+    if value not in known:
+        raise MmlensError(f"unknown {noun} {value!r}; choose one of {', '.join(known)}")
 
 
 def _cells(model: Model, heads: Sequence[str | Head] | None) -> list[Head]:

@@ -46,7 +46,12 @@ def describe(grid: "HeadGrid") -> str:
 
 
 def head_figure(grid: "HeadGrid", dpi: int = 100) -> Figure:
-    """The grid as a layer (rows) x head (columns) heatmap; grey cells where nothing was computed or the corruption is weak."""
+    """The grid as a layer (rows) x head (columns) heatmap; grey cells: not computed, or a weak corruption.
+
+    Example:
+        >>> head_figure(grid).axes[0].get_ylabel() == ""
+        True
+    """
     effect = grid.effect.numpy()
     title = f"{grid.kind} · {describe(grid)}"
     if grid.weak:
@@ -58,9 +63,15 @@ def head_figure(grid: "HeadGrid", dpi: int = 100) -> Figure:
 
 
 def heads_section(grids: Mapping[str, "HeadGrid"], figures: Mapping[str, Figure]) -> str:
-    """The HTML section of one ``mmlens heads`` run: facts, one heatmap per grid, the top heads of each."""
+    """The HTML section of one ``mmlens heads`` run: facts, one heatmap per grid, the top heads of each.
+
+    Example:
+        >>> heads_section({"knockout": grid}, {"knockout": head_figure(grid)}).count("data:image/png")
+        1
+    """
     first = next(iter(grids.values()))
-    facts = {"model": first.model, "prompt": first.prompts[0], "answer followed": display_token(first.answers[0]).strip(),
+    facts = {"model": first.model, "prompt": first.prompts[0],
+             "answer followed": display_token(first.answers[0]).strip(),
              f"{first.metric} clean": f"{float(first.clean[0]):.3f}"}
     for name, grid in grids.items():
         if grid.corrupt is not None:
