@@ -85,10 +85,7 @@ def knockout_heads(model: Model, inputs: Any, *, ablation: str = "zero", heads: 
         True
     """
     check_choice(ablation, ABLATIONS, "ablation")
-    check_choice(metric, METRICS, "metric")
-    start = time.perf_counter()
-    batch = as_batch(model, inputs)
-    cells, group = _cells(model, heads), parse_heads(model, group)
+    start, batch, cells, group = _setup(model, inputs, metric, heads, group)
     replay, values, _ = record_heads(model, batch)
     answer_ids, clean = _baseline(model, replay, answer, metric)
     if ablation == "zero":
@@ -119,10 +116,7 @@ def patch_heads(model: Model, inputs: Any, *, direction: str = "clean->corrupt",
         True
     """
     check_choice(direction, DIRECTIONS, "direction")
-    check_choice(metric, METRICS, "metric")
-    start = time.perf_counter()
-    batch = as_batch(model, inputs)
-    cells, group = _cells(model, heads), parse_heads(model, group)
+    start, batch, cells, group = _setup(model, inputs, metric, heads, group)
     pair = record_pair(model, batch, corrupt, noise, seed)
     answer_ids, clean = _baseline(model, pair.clean, answer, metric)
     _, corrupted = _baseline(model, pair.corrupt, answer_ids, metric)
@@ -291,6 +285,13 @@ def check_choice(value: str, known: Sequence[str], noun: str) -> None:
     """
     if value not in known:
         raise MmlensError(f"unknown {noun} {value!r}; choose one of {', '.join(known)}")
+
+
+def _setup(model: Model, inputs: Any, metric: str, heads: Sequence[str | Head] | None,
+           group: Sequence[str | Head]) -> tuple[float, Batch, list[Head], list[Head]]:
+    """What every grid starts from: its start time, the batch, the single-head cells and the group, all checked."""
+    check_choice(metric, METRICS, "metric")
+    return time.perf_counter(), as_batch(model, inputs), _cells(model, heads), parse_heads(model, group)
 
 
 def _cells(model: Model, heads: Sequence[str | Head] | None) -> list[Head]:
