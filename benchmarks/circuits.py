@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import emit, median_seconds  # noqa: E402
 
 TYPES = ("colour", "shape", "exist", "position")
+HOOK_CHECKS = 4  # samples whose path patching is redone on the model itself through head and MLP sites
 MOVED = 1.0  # logits: the source "matters" when replacing it moves the answer logit at least this much
 
 
@@ -37,6 +38,30 @@ def bootstrap(values: np.ndarray, draws: int = 2000, seed: int = 0) -> tuple[flo
     rng = np.random.default_rng(seed)
     means = values[rng.integers(0, len(values), (draws, len(values)))].mean(1)
     return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+def hooks_path_patching(model, graph, batch, source: list[int]) -> torch.Tensor:
+    """Path patching on the model itself through mmlens' sites (``lm.L{i}.head{j}``, ``lm.L{i}.mlp``), not the graph."""
+    from mmlens.circuits.cdt import reference_embeds
+    from mmlens.hooks import capture, intervene
+    from mmlens.models.decoder import record_decoder_call
+
+    call = record_decoder_call(model, batch).row(0)
+    replaced = call.embeds.clone()
+    replaced[0, source] = reference_embeds(call, model, batch, "mean")[0, source].to(replaced.dtype)
+    sites = [f"lm.L{i}.head{j}" if j < graph.n_heads else f"lm.L{i}.mlp"
+             for i in range(graph.n_layers) for j in range(graph.n_heads + 1)]
+    with torch.no_grad():
+        with capture(model, sites) as captured:
+            call.logits(replaced)
+        values = {site: captured[site].clone() for site in sites}
+        clean = call.logits(call.embeds)[0, -1]
+        answer = int(clean.argmax())
+        effects = []
+        for site in sites:
+            with intervene(model, {site: lambda value, site=site: values[site]}):
+                effects.append(float(clean[answer] - call.logits(call.embeds)[0, -1, answer]))
+    return torch.tensor(effects)
 
 
 def cdt_check(model, graph, n: int, timing: int, reference: str = "mean", activation: str = "marginal") -> dict:
@@ -54,14 +79,21 @@ def cdt_check(model, graph, n: int, timing: int, reference: str = "mean", activa
         cd = decompose(model, batch, source, reference=reference, activation=activation, graph=graph)
         pp = path_patch(model, batch, source, reference=reference, graph=graph)
         linear = path_patch(model, batch, source, reference=reference, frozen=True, graph=graph)
+        probs = path_patch(model, batch, source, reference=reference, frozen="probs", graph=graph)
+        norms = path_patch(model, batch, source, reference=reference, frozen="norms", graph=graph)
         rows.append({"id": s.id, "type": s.question_type, "source_tokens": len(source),
                      "spearman_total": float(spearmanr(cd.total_source, pp.effects).statistic),
                      "spearman_direct": float(spearmanr(cd.direct_source, pp.effects).statistic),
                      "spearman_abs": float(spearmanr(cd.total_source.abs(), pp.effects.abs()).statistic),
                      "spearman_frozen": float(spearmanr(cd.total_source, linear.effects).statistic),
                      "spearman_frozen_vs_patching": float(spearmanr(linear.effects, pp.effects).statistic),
+                     "spearman_probs_frozen": float(spearmanr(cd.total_source, probs.effects).statistic),
+                     "spearman_norms_frozen": float(spearmanr(cd.total_source, norms.effects).statistic),
                      "source_logit": cd.source_logit, "patched_total": pp.total,
                      "top_cdt": cd.ranking()[0][0], "top_patching": cd.components[int(pp.effects.argmax())]})
+        if len(rows) <= HOOK_CHECKS:
+            rows[-1]["hooks_max_abs_diff"] = float((hooks_path_patching(model, graph, batch, source)
+                                                    - pp.effects).abs().max())
         pooled[0].extend(cd.total_source.tolist())
         pooled[1].extend(pp.effects.tolist())
     total = np.array([r["spearman_total"] for r in rows])
@@ -69,7 +101,7 @@ def cdt_check(model, graph, n: int, timing: int, reference: str = "mean", activa
     # Where replacing the source barely moves the target, patching effects are all near zero and their order is noise.
     moved = np.array([abs(r["patched_total"]) >= MOVED for r in rows])
     extra = {f"spearman_{key}_mean": float(np.mean([r[f"spearman_{key}"] for r in rows]))
-             for key in ("abs", "frozen", "frozen_vs_patching")}
+             for key in ("abs", "frozen", "frozen_vs_patching", "probs_frozen", "norms_frozen")}
     s = samples[0]
     batch = model.prepare(s.prompt, [s.image])
     source = object_positions(batch.layout, 0, s.objects[s.target_objects[0]].mask)
@@ -81,6 +113,7 @@ def cdt_check(model, graph, n: int, timing: int, reference: str = "mean", activa
             "spearman_total_median": float(np.median(total)),
             "spearman_direct_mean": float(direct.mean()), "spearman_direct_ci95": bootstrap(direct),
             "spearman_pooled": float(spearmanr(*pooled).statistic), **extra,
+            "hooks_max_abs_diff": max(r["hooks_max_abs_diff"] for r in rows if "hooks_max_abs_diff" in r),
             "moved_samples": int(moved.sum()), "spearman_total_moved_mean": float(total[moved].mean()),
             "spearman_total_moved_ci95": bootstrap(total[moved]),
             "spearman_total_by_type": {t: float(np.mean([r["spearman_total"] for r in rows if r["type"] == t]))
@@ -158,7 +191,10 @@ def main() -> None:
           f"{cdt['spearman_total_moved_mean']:.3f} [{cdt['spearman_total_moved_ci95'][0]:.3f}, "
           f"{cdt['spearman_total_moved_ci95'][1]:.3f}]; by type {cdt['spearman_total_by_type']}")
     print(f"  against patching with frozen attention and norm scales {cdt['spearman_frozen_mean']:.3f}; "
-          f"frozen vs real patching {cdt['spearman_frozen_vs_patching_mean']:.3f}")
+          f"frozen vs real patching {cdt['spearman_frozen_vs_patching_mean']:.3f}; against patching with only the "
+          f"attention frozen {cdt['spearman_probs_frozen_mean']:.3f}, only the norms {cdt['spearman_norms_frozen_mean']:.3f}")
+    print(f"  graph path patching vs the model's own sites (first {HOOK_CHECKS} samples): max |difference| "
+          f"{cdt['hooks_max_abs_diff']:.2g} logits")
     print(f"time per sample: CD-T {cdt['seconds_cdt'] * 1000:.1f} ms, path patching "
           f"{cdt['seconds_path_patching'] * 1000:.1f} ms (ratio {cdt['speed_ratio']:.2f})")
     for name in ("mean", "corrupt"):

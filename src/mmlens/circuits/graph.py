@@ -34,6 +34,8 @@ from mmlens.errors import MmlensError
 from mmlens.model import Model
 from mmlens.models.decoder import DecoderCall, language_model_path, stack_copies
 
+#: What a run can take from another run instead of computing it.
+FREEZABLE = ("probs", "norms")
 #: An edit of node outputs: ``(node index, output (rows, seq, hidden)) -> output``.
 NodeEdit = Callable[[int, torch.Tensor], torch.Tensor]
 #: A reader's input from the stacked outputs so far ``(nodes, rows, seq, hidden)`` and the reader's index.
@@ -109,16 +111,19 @@ class DecoderGraph:
 
     def run(self, call: DecoderCall, embeds: torch.Tensor | None = None, *, edit: NodeEdit | None = None,
             inputs: InputRule | None = None, keep_inputs: list[torch.Tensor] | None = None,
-            frozen: GraphRun | None = None) -> GraphRun:
+            frozen: GraphRun | None = None, freeze: tuple[str, ...] = FREEZABLE) -> GraphRun:
         """Run the graph on ``embeds`` (default: the call's), a stack of copies of the call's rows.
 
         ``edit`` changes node outputs as they are computed (patching);
         ``inputs`` builds each reader's input from the outputs so far (edge
         ablation; default: their sum, the residual stream); reader inputs are
         appended to ``keep_inputs`` with ``retain_grad`` (edge gradients).
-        With ``frozen`` (a one-row run), attention probabilities and norm
-        scales are that run's instead of their own (what CD-T linearises).
+        With ``frozen`` (a one-row run), what ``freeze`` names ("probs":
+        attention probabilities, "norms": norm scales) is that run's instead
+        of computed (what CD-T linearises).
         """
+        probs_from = frozen if "probs" in freeze else None
+        frozen = frozen if "norms" in freeze else None  # from here on: the run whose norm scales are used
         embeds = (call.embeds if embeds is None else embeds).float()
         copies = embeds.shape[0] // call.batch_size
         kwargs = stack_copies(call.kwargs, call.batch_size, copies)
@@ -132,7 +137,7 @@ class DecoderGraph:
             scale = _rms_scale(x, layer.input_layernorm) if frozen is None else frozen.attn_scale[i][:, None]
             attn_scale.append(scale[:, 0])
             heads, p = self.heads(layer, x * scale * layer.input_layernorm.weight.float(), cos, sin, mask,
-                                  None if frozen is None else frozen.probs[i].expand(x.shape[0], -1, -1, -1))
+                                  None if probs_from is None else probs_from.probs[i].expand(x.shape[0], -1, -1, -1))
             probs.append(p)
             for j in range(self.n_heads):
                 node = len(outputs)

@@ -24,7 +24,7 @@ from typing import Sequence
 import torch
 
 from mmlens.circuits.cdt import _positions, reference_embeds, target_ids
-from mmlens.circuits.graph import DecoderGraph
+from mmlens.circuits.graph import FREEZABLE, DecoderGraph
 from mmlens.model import Batch, Model
 from mmlens.models.decoder import record_decoder_call
 
@@ -40,13 +40,13 @@ class PathPatching:
 
 
 def path_patch(model: Model, batch: Batch, source_positions: Sequence[int], *, answer: str | int | None = None,
-               foil: str | int | None = None, reference: str | torch.Tensor = "mean", frozen: bool = False,
+               foil: str | int | None = None, reference: str | torch.Tensor = "mean", frozen: bool | str = False,
                graph: DecoderGraph | None = None) -> PathPatching:
     """Path patching from ``source_positions`` of row 0 through every head and MLP (same target as CD-T).
 
     ``frozen=True`` keeps the clean run's attention probabilities and norm
-    scales in every run (the part of the model CD-T linearises): a diagnostic
-    of where CD-T and patching part ways.
+    scales in every run (the part of the model CD-T linearises; "probs" or
+    "norms" keeps one of them): a diagnostic of where CD-T and patching part ways.
 
     Example:
         >>> path_patch(model, batch, [1, 2], answer="red").total  # doctest: +SKIP
@@ -63,7 +63,8 @@ def path_patch(model: Model, batch: Batch, source_positions: Sequence[int], *, a
         replaced = call.embeds.float().clone()
         replaced[0, positions] = reference_embeds(call, model, batch, reference)[0, positions]
         fixed = clean if frozen else None
-        corrupt = graph.run(call, replaced, frozen=fixed)
+        freeze = (frozen,) if isinstance(frozen, str) else FREEZABLE
+        corrupt = graph.run(call, replaced, frozen=fixed, freeze=freeze)
         components = len(graph.nodes) - 1
 
         def edit(node: int, output: torch.Tensor) -> torch.Tensor:
@@ -73,7 +74,8 @@ def path_patch(model: Model, batch: Batch, source_positions: Sequence[int], *, a
             output[node - 1] = corrupt.outputs[node, 0]  # row c patches component c
             return output
 
-        patched = graph.run(call, call.embeds.float().expand(components, -1, -1), edit=edit, frozen=fixed)
+        patched = graph.run(call, call.embeds.float().expand(components, -1, -1), edit=edit, frozen=fixed,
+                            freeze=freeze)
 
     def target(logits: torch.Tensor) -> torch.Tensor:
         return logits[:, answer_id] - (logits[:, foil_id] if foil_id is not None else 0.0)
