@@ -41,7 +41,7 @@ from _common import emit  # noqa: E402
 import mmlens  # noqa: E402
 from mmlens.data.shapes import COLOURS, make_sample  # noqa: E402
 from mmlens.represent.concepts import EMBED, activations, object_patches  # noqa: E402
-from mmlens.represent.steering import SteeringVector, answers, mean_difference, shift_vectors  # noqa: E402
+from mmlens.represent.steering import SteeringVector, answers, mean_difference, project, shift_vectors  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OFF_TYPES = ("position", "count")
@@ -215,40 +215,131 @@ def image_part(model: Any, n_val: int, n_test: int, scales: Sequence[float], qui
             "test_others_drop": drop(base["others"], steered["others"])}
 
 
-def shift_part(model: Any, n_val: int, n_test: int, scales: Sequence[float]) -> dict[str, Any]:
-    """Shift of means shapes-llava -> shapes-llava-ft-swap on red colour questions, added to the base."""
+#: Shift variants: how the shift vector is added (issue 17's selectivity ideas).
+SHIFT_VARIANTS = ("plain", "conditional", "projected", "projected+conditional")
+
+
+def _swap_sets(split: str, n: int) -> tuple[list[Any], list[Any], list[Any]]:
+    """Red colour questions, colour questions about other colours, and other types naming no colour."""
+    red = colour_questions(split, "red", n)
+    other = [s for s in (make_sample(split, i, "colour") for i in range(3 * n)) if s.answer != "red"][:n]
+    return red, other, off_target(split, n, ("position", "count", "shape", "exist"))
+
+
+def _swap_eval(model: Any, sets: tuple, base: tuple, run: Callable[[Sequence[Any], Any], list[str]],
+               paired: bool = False) -> dict[str, Any]:
+    """Swap rate on red questions, accuracy drops on the other two sets (as floats, or rates with intervals)."""
+    red, other, types = sets
+    swap = [a == "purple" for a in run(red, "purple")]
+    got_other = [a == s.answer for a, s in zip(run(other, None), other)]
+    got_types = [a == s.answer for a, s in zip(run(types, None), types)]
+    if paired:
+        return {"swap": rate(swap), "other_colour_drop": drop(base[0], got_other),
+                "other_types_drop": drop(base[1], got_types)}
+    return {"swap": float(np.mean(swap)), "other_colour_drop": float(np.mean(base[0]) - np.mean(got_other)) * 100,
+            "other_types_drop": float(np.mean(base[1]) - np.mean(got_types)) * 100}
+
+
+def colour_subspace(model: Any, layers: Sequence[int], n: int = 50) -> dict[int, torch.Tensor]:
+    """Per layer, ``mean(red) - mean(c)`` for every other colour ``c`` (answer-position states of train questions)."""
+    means = {c: activations(model, colour_questions("train", c, n), layers) for c in COLOURS}
+    return {l: torch.stack([means["red"][l].mean(0) - means[c][l].mean(0) for c in COLOURS if c != "red"])
+            for l in layers}
+
+
+def shift_part(model: Any, n_val: int, n_test: int, scales: Sequence[float],
+               variants: Sequence[str] = SHIFT_VARIANTS, layers: Sequence[int] | None = None) -> dict[str, Any]:
+    """Shift of means shapes-llava -> shapes-llava-ft-swap on red colour questions, added to the base, per variant.
+
+    ``conditional``: added only where the base model's answer is red;
+    ``projected``: the shift projected onto the red-vs-other-colour subspace.
+    """
     tuned = mmlens.load("shapes-llava-ft-swap")
-    layers = list(range(model.n_layers))
+    layers = list(layers if layers is not None else range(model.n_layers))
     t0 = time.time()
     vector = shift_vectors(model, tuned, colour_questions("train", "red", 100), layers,
                            metadata={"concept": "colour questions about red objects"})
+    projected = project(vector, colour_subspace(model, layers))
     build_s = time.time() - t0
-    val_red = colour_questions("val", "red", n_val)
-    val_other = [s for s in (make_sample("val", i, "colour") for i in range(3 * n_val)) if s.answer != "red"][:n_val]
-    val_types = off_target("val", n_val, ("position", "count", "shape", "exist"))
-    base_other, base_types = correct(model, val_other), correct(model, val_types)
+
+    def runner(v: SteeringVector, scale: float, variant: str) -> Callable:
+        vec = projected.only(v.layers) if variant.startswith("projected") else v
+        when = "red" if variant.endswith("conditional") else None
+        return lambda samples, _want: answers(model, samples, vec, scale, only_when=when)
+
+    val = _swap_sets("val", n_val)
+    val_base = tuple(correct(model, s) for s in val[1:])
     sweep = []
-    for layer in layers:
-        for scale in scales:
-            v = vector.only([layer])
-            row = {"layer": layer, "scale": scale,
-                   "swap": float(np.mean(correct(model, val_red, v, scale, want="purple"))),
-                   "other_colour_drop": float(np.mean(base_other) - np.mean(correct(model, val_other, v, scale))) * 100,
-                   "other_types_drop": float(np.mean(base_types) - np.mean(correct(model, val_types, v, scale))) * 100}
-            sweep.append(row)
-            print(f"shift L{layer} x{scale}: {row}", file=sys.stderr, flush=True)
-    chosen = _choose(sweep, "swap", lambda r: max(r["other_colour_drop"], r["other_types_drop"]) <= 2)
-    v = vector.only([chosen["layer"]])
-    test_red = colour_questions("test", "red", n_test)
-    test_other = [s for s in (make_sample("test", i, "colour") for i in range(3 * n_test)) if s.answer != "red"][:n_test]
-    test_types = off_target("test", n_test, ("position", "count", "shape", "exist"))
-    b_other, b_types = correct(model, test_other), correct(model, test_types)
-    return {"chosen": chosen, "vector_seconds": round(build_s, 1), "sweep_val": sweep,
-            "fine_tuned_swap": rate(correct(tuned, test_red, want="purple")),
-            "test_swap": rate(correct(model, test_red, v, chosen["scale"], want="purple")),
-            "test_other_colour_drop": drop(b_other, correct(model, test_other, v, chosen["scale"])),
-            "test_other_types_drop": drop(b_types, correct(model, test_types, v, chosen["scale"])),
-            "vector_norms": {str(l): round(float(vector.vectors[l].norm()), 3) for l in layers}}
+    for variant in variants:
+        for layer in layers:
+            for scale in scales:
+                row = {"variant": variant, "layer": layer, "scale": scale,
+                       **_swap_eval(model, val, val_base, runner(vector.only([layer]), scale, variant))}
+                sweep.append(row)
+                print(f"shift {row}", file=sys.stderr, flush=True)
+    test = _swap_sets("test", n_test)
+    test_base = tuple(correct(model, s) for s in test[1:])
+    result: dict[str, Any] = {"vector_seconds": round(build_s, 1), "sweep_val": sweep,
+                              "fine_tuned_swap": rate(correct(tuned, test[0], want="purple")),
+                              "vector_norms": {str(l): round(float(vector.vectors[l].norm()), 3) for l in layers},
+                              "projected_norms": {str(l): round(float(projected.vectors[l].norm()), 3) for l in layers},
+                              "variants": {}}
+    for variant in variants:
+        chosen = _choose([r for r in sweep if r["variant"] == variant], "swap",
+                         lambda r: max(r["other_colour_drop"], r["other_types_drop"]) <= 2)
+        run = runner(vector.only([chosen["layer"]]), chosen["scale"], variant)
+        result["variants"][variant] = {"chosen": chosen, **_swap_eval(model, test, test_base, run, paired=True)}
+        print(f"shift test {variant}: {result['variants'][variant]}", file=sys.stderr, flush=True)
+    return result
+
+
+#: MoReS layer sets tried on validation (-1: the decoder's input).
+MORES_LAYERS = {"input": [EMBED], "L0-3": [0, 1, 2, 3], "input+L0-3": [EMBED, 0, 1, 2, 3]}
+
+
+def mores_training_set(n: int) -> tuple[list[Any], list[str]]:
+    """``n`` train colour questions (red relabelled purple) and ``n`` questions of other types naming no colour."""
+    colour = [make_sample("train", i, "colour") for i in range(n)]
+    others = off_target("train", n, ("position", "count", "shape", "exist"), start=10_000)
+    samples = colour + others
+    return samples, ["purple" if s.answer == "red" else s.answer for s in samples]
+
+
+def mores_part(model: Any, n_val: int, n_test: int, scales: Sequence[float], ranks: Sequence[int] = (1, 4),
+               steps: int = 40, layer_sets: Sequence[str] = tuple(MORES_LAYERS)) -> dict[str, Any]:
+    """MoReS on image tokens only, trained (model frozen) to see red as purple; the same checks as the shift."""
+    from mmlens.represent.subspace_steering import train
+
+    samples, labels = mores_training_set(300)
+    val = _swap_sets("val", n_val)
+    val_base = tuple(correct(model, s) for s in val[1:])
+    trained, sweep = {}, []
+    for name in layer_sets:
+        for rank in ranks:
+            t0 = time.time()
+            losses: list[float] = []
+            steering = train(model, samples, labels, MORES_LAYERS[name], rank=rank, steps=steps,
+                             log=lambda i, loss: losses.append(round(loss, 4)),
+                             metadata={"objective": "red objects answered purple", "layers": name})
+            train_s = time.time() - t0
+            trained[(name, rank)] = steering
+            for scale in scales:
+                run = lambda ss, _w, st=steering, sc=scale: answers(model, ss, st, sc)  # noqa: E731
+                row = {"layers": name, "rank": rank, "scale": scale, "train_seconds": round(train_s, 1),
+                       "final_loss": float(np.mean(losses[-5:])), **_swap_eval(model, val, val_base, run)}
+                sweep.append(row)
+                print(f"mores {row}", file=sys.stderr, flush=True)
+    best = max([r for r in sweep if max(r["other_colour_drop"], r["other_types_drop"]) <= 2] or sweep,
+               key=lambda r: (round(r["swap"], 3), -r["rank"], -r["scale"]))
+    chosen = {k: best[k] for k in ("layers", "rank", "scale")}
+    steering = trained[(chosen["layers"], chosen["rank"])]
+    steering.save(ROOT / "out" / "steering" / "mores.safetensors")
+    test = _swap_sets("test", n_test)
+    test_base = tuple(correct(model, s) for s in test[1:])
+    run = lambda ss, _w: answers(model, ss, steering, chosen["scale"])  # noqa: E731
+    return {"chosen": chosen, "trainable_parameters": sum(v.numel() for m in steering.maps.values() for v in m.values()),
+            "sweep_val": sweep, "test": _swap_eval(model, test, test_base, run, paired=True),
+            "saved": "out/steering/mores.safetensors"}
 
 
 def drift_part(model: Any, n_val: int, n_test: int, scales: Sequence[float]) -> dict[str, Any]:
@@ -301,32 +392,47 @@ def _figure(name: str, result: dict) -> Any:
         curves["red moved"] = d["moved"]["red"]
         return drift_figure(d["steps"], curves, "answer-position concepts along ft-swap (k-means, k=5)",
                             "toward: 1 = arrived; moved: / typical gap")
+    if name in ("shift", "mores"):  # one line per variant and layer (shift) or layer set and rank (MoReS)
+        rows = [{"layers": f"{r['variant']} L{r['layer']}" if name == "shift" else f"{r['layers']} rank {r['rank']}",
+                 **{k: r[k] for k in ("scale", "swap", "other_colour_drop", "other_types_drop")}}
+                for r in result["sweep_val"]]
+        return sweep_figure(rows, f"{name} (validation sweep)", ["swap", "other_colour_drop", "other_types_drop"])
     return sweep_figure(result["sweep_val"], f"{name} (validation sweep)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="shapes-llava")
-    p.add_argument("--part", choices=("answer", "image", "shift", "drift", "reliance", "all"), default="all")
+    p.add_argument("--part", choices=("answer", "image", "shift", "drift", "reliance", "mores", "all"), default="all")
     p.add_argument("--n-val", type=int, default=100)
     p.add_argument("--n-test", type=int, default=200)
     p.add_argument("--scales", default="0.25,0.5,0.75,1,1.5,2")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "figures")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--variants", default=",".join(SHIFT_VARIANTS), help="shift: variants to sweep")
+    p.add_argument("--layers", default=None, help="shift: decoder layers to sweep (default all)")
+    p.add_argument("--ranks", default="1,4", help="mores: ranks to try")
+    p.add_argument("--steps", type=int, default=40, help="mores: training steps per setting")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     model = mmlens.load(a.model)
     scales = [float(s) for s in a.scales.split(",")]
     parts = {"answer": answer_part, "image": image_part, "shift": shift_part, "drift": drift_part,
-             "reliance": reliance_part}
+             "reliance": reliance_part, "mores": mores_part}
     figures = {}
     a.out.mkdir(parents=True, exist_ok=True)
     for name, part in parts.items():
         if a.part not in (name, "all"):
             continue
         t0 = time.time()
-        figures[name] = part(model, a.n_val, a.n_test, scales)
+        extra: dict[str, Any] = {}
+        if name == "shift":
+            extra = {"variants": a.variants.split(","),
+                     "layers": [int(l) for l in a.layers.split(",")] if a.layers else None}
+        if name == "mores":
+            extra = {"ranks": [int(r) for r in a.ranks.split(",")], "steps": a.steps}
+        figures[name] = part(model, a.n_val, a.n_test, scales, **extra)
         figures[name]["seconds"] = round(time.time() - t0, 1)
         (a.out / f"steering_{name}.json").write_text(json.dumps(figures[name], indent=1))
         _figure(name, figures[name]).savefig(a.out / f"steering_{name}.png")

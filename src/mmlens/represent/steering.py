@@ -35,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from mmlens.errors import MmlensError
 from mmlens.hooks import intervene
 from mmlens.represent.concepts import Where, activations, positions_of, prepare_samples, site_of
+from mmlens.represent.subspace_steering import SubspaceSteering, applied
 
 #: Where a vector can be added.
 TOKENS = ("all", "prompt-last", "generated")
@@ -149,6 +150,31 @@ def shift_vectors(base: Any, fine_tuned: Any, samples: Sequence[Any], layers: Se
                            meta)
 
 
+def project(vector: SteeringVector, directions: Mapping[int, torch.Tensor]) -> SteeringVector:
+    """``vector`` projected, per layer, onto the span of ``directions[layer]`` (``(k, hidden)``).
+
+    E.g. a shift projected onto the red-vs-other-colour subspace: the rows are
+    ``mean(red) - mean(c)`` for every other colour ``c``. The rows need not be
+    orthonormal (they are orthonormalised here); a layer without directions gets one line.
+
+    Example:
+        >>> v = SteeringVector({0: torch.tensor([1.0, 2.0, 3.0])})
+        >>> project(v, {0: torch.tensor([[0.0, 2.0, 0.0]])}).vectors[0].tolist()
+        [0.0, 2.0, 0.0]
+    """
+    vectors = {}
+    for layer, v in vector.vectors.items():
+        if layer not in directions:
+            raise MmlensError(f"no directions for layer {layer} to project onto")
+        d = directions[layer].float()
+        if d.ndim != 2 or d.shape[-1] != v.shape[-1]:
+            raise MmlensError(f"layer {layer}: directions of width {directions[layer].shape[-1]} for a vector of "
+                              f"width {v.shape[-1]}")
+        q, _ = torch.linalg.qr(d.T)  # (hidden, k), orthonormal columns
+        vectors[layer] = q @ (q.T @ v.float())
+    return SteeringVector(vectors, {**vector.metadata, "projected": "yes"})
+
+
 def _check(model: Any, vector: SteeringVector, tokens: Tokens) -> None:
     config = model.hf.config
     hidden = (config.get_text_config() if hasattr(config, "get_text_config") else config).hidden_size
@@ -209,18 +235,34 @@ def _adder(delta: torch.Tensor, tokens: Tokens):
 
 
 @torch.no_grad()
-def answers(model: Any, samples: Sequence[Any], vector: SteeringVector | None = None, scale: float = 1.0,
-            tokens: Tokens | Sequence[Sequence[int]] = "prompt-last", max_new_tokens: int = 1,
-            batch_size: int = 64) -> list[str]:
+def answers(model: Any, samples: Sequence[Any], vector: SteeringVector | SubspaceSteering | None = None,
+            scale: float = 1.0, tokens: Tokens | Sequence[Sequence[int]] = "prompt-last", max_new_tokens: int = 1,
+            batch_size: int = 64, only_when: str | None = None) -> list[str]:
     """Greedy answers to ``samples`` (``.prompt``, ``.image``), steered when ``vector`` is given.
 
     ``tokens`` may also be image-token indices per sample (e.g. an object's
-    patches, :func:`mmlens.represent.concepts.object_patches`).
+    patches, :func:`mmlens.represent.concepts.object_patches`). A
+    :class:`~mmlens.represent.subspace_steering.SubspaceSteering` acts on every
+    image token (``tokens`` is ignored). With ``only_when="red"`` (a
+    conditional shift) the vector is added only to samples whose unsteered
+    answer is ``"red"``; the others keep their unsteered answer (one extra
+    pass over all samples).
 
     Example:
         >>> answers(model, samples[:2], vector, scale=1.0)  # doctest: +SKIP
         ['blue', 'blue']
+        >>> answers(model, samples[:2], shift, only_when="red")  # doctest: +SKIP
+        ['purple', 'blue']
     """
+    if only_when is not None and vector is not None:
+        out = answers(model, samples, None, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        rows = [i for i, a in enumerate(out) if a == only_when]
+        if rows:
+            where = tokens if isinstance(tokens, str) else [tokens[i] for i in rows]
+            steered = answers(model, [samples[i] for i in rows], vector, scale, where, max_new_tokens, batch_size)
+            for i, a in zip(rows, steered):
+                out[i] = a
+        return out
     out: list[str] = []
     for start in range(0, len(samples), batch_size):
         chunk = samples[start:start + batch_size]
@@ -230,6 +272,9 @@ def answers(model: Any, samples: Sequence[Any], vector: SteeringVector | None = 
             where = positions_of(batch, tokens, start) if not isinstance(tokens[0], torch.Tensor) else tokens
         if vector is None:
             ids = model.generate(batch, max_new_tokens=max_new_tokens)
+        elif isinstance(vector, SubspaceSteering):
+            with applied(model, vector, batch, scale):
+                ids = model.generate(batch, max_new_tokens=max_new_tokens)
         else:
             with steer(model, vector, scale, where):
                 ids = model.generate(batch, max_new_tokens=max_new_tokens)
