@@ -1,6 +1,8 @@
 """Attribution quality and speed on held-out shapes-world samples, every method side by side.
 
     python benchmarks/attribution.py [--samples 300] [--steps 32] [--types colour,shape] [--json]
+    python benchmarks/attribution.py --methods grad_eclip,mmel --options '{"grad_eclip": {"spatial": "softmax"}}'
+    python benchmarks/attribution.py --model shapes-llava-ft-domain --domains shapes,cells
 
 For each method: pointing game and energy-in-box against the asked object's
 ground truth, deletion and insertion AUC (teacher-forced answer probability
@@ -15,6 +17,7 @@ With --json the last line is the table as one JSON object.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -53,15 +56,18 @@ def main() -> None:
     parser.add_argument("--captum-samples", type=int, default=50, help="samples for the Captum comparison")
     parser.add_argument("--tolerance", type=int, default=0, help="pointing-game tolerance in pixels")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--options", default="{}", help="per-method keyword arguments as JSON")
+    parser.add_argument("--domains", default=None,
+                        help="multi-domain world test samples of these domains, interleaved (e.g. shapes,cells)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     model = mmlens.load(args.model)
     types = args.types.split(",")
-    samples = [make_sample("test", i, types[i % len(types)]) for i in range(args.samples)]
+    samples = _samples(args.samples, types, args.domains)
     methods = args.methods.split(",")
-    options = {**DEFAULT_OPTIONS, "integrated_gradients": {"steps": args.steps}}
+    options = {**DEFAULT_OPTIONS, "integrated_gradients": {"steps": args.steps}, **json.loads(args.options)}
     rows = {name: _empty() for name in [*methods, "random"]}
     generator = torch.Generator().manual_seed(0)
     for start in track(range(0, len(samples), args.batch), description="explaining", console=Console(stderr=True)):
@@ -74,10 +80,21 @@ def main() -> None:
             _score(model, targets, chunk, scores, rows[name], args.tolerance)
         random_scores = torch.rand(targets.batch.input_ids.shape, generator=generator)[:, None]
         _score(model, targets, chunk, random_scores, rows["random"], args.tolerance)
-    captum = _captum_comparison(model, samples[: args.captum_samples], args.steps)
+    captum = _captum_comparison(model, samples[: args.captum_samples], args.steps) if args.captum_samples else {}
     table = {name: _summary(row) for name, row in rows.items()}
     _print(table, captum, model.name, len(samples), types)
-    emit({"model": model.name, "samples": len(samples), "types": types, "methods": table, "captum": captum}, args.json)
+    emit({"model": model.name, "samples": len(samples), "types": types, "domains": args.domains, "methods": table,
+          "captum": captum, "options": options}, args.json)
+
+
+def _samples(count: int, types: list[str], domains: str | None) -> list:
+    """Held-out test samples: the shapes world's asked types, or the multi-domain world's domains interleaved."""
+    if domains:
+        from mmlens.data.domains import make_sample as domain_sample
+
+        names = domains.split(",")
+        return [domain_sample(names[i % len(names)], "test", i) for i in range(count)]
+    return [make_sample("test", i, types[i % len(types)]) for i in range(count)]
 
 
 def _targets(model: mmlens.Model, chunk: list) -> Targets:
@@ -177,6 +194,8 @@ def _print(table: dict, captum: dict, model: str, samples: int, types: list[str]
     for name, row in table.items():
         out.add_row(name, *(f"{row[k]:.3f}" for k in ("pointing", "energy", "deletion", "insertion")), f"{row['ms']:.1f}")
     console.print(out)
+    if not captum:
+        return
     console.print(
         f"integrated gradients vs Captum LayerIntegratedGradients ({captum['samples']} samples, {captum['steps']} steps): "
         f"Spearman min {captum['spearman_min']:.4f}, median {captum['spearman_median']:.4f}; "

@@ -11,20 +11,15 @@ import mmlens
 from mmlens.attribution.grad_eclip import _contribution, _spatial, grad_eclip, patch_heatmaps, tower_maps
 from mmlens.layout import Modality
 from mmlens.models import runtime
-from mmlens.models.tower import fine_order, tower_views
+from mmlens.models.tower import fine_order, stream_order, tower_views
 from mmlens.readout import build_targets
 from tests.conftest import noise_image
 
 PATCH = 14  # Qwen2-VL's patch side in pixels
 
 
-@pytest.fixture(scope="module")
-def qwen():
-    return mmlens.load("tiny-qwen2-vl")
-
-
 def _first_layer_values(model: mmlens.Model, image: Image.Image) -> torch.Tensor:
-    """Layer 0's value vectors of every tower token, ``(tokens, heads * head_dim)``."""
+    """Layer 0's value vectors of every tower token, ``(tokens, heads * head_dim)``, in the tower's own order."""
     seen = []
     attention = model.vision_layers[0].get_submodule(model.adapter.vision_attn)
     with runtime.attention_inputs(model.hf, attention, lambda q, k, v, mask, scale: seen.append(v[0])), \
@@ -33,24 +28,33 @@ def _first_layer_values(model: mmlens.Model, image: Image.Image) -> torch.Tensor
     return torch.cat([v.transpose(0, 1).flatten(1) for v in seen])
 
 
-@pytest.mark.parametrize("patch", [(1, 2), (3, 5), (0, 3)])
-def test_qwen_patch_map_moves_only_where_the_perturbed_patch_is(qwen, patch):
-    # 56 x 84 pixels: no resize, a 4 x 6 patch grid folded 2 x 2 into 2 x 3 tokens. Inside the tower the
-    # patches are merge-block-major, so a row-major placement would put (1, 2) at (0, 5)'s pixels.
-    clean = noise_image(56, 84, seed=3)
+# Image sizes that need no resize: Qwen2-VL 4 x 6 patches folded 2 x 2 into 2 x 3 tokens; Qwen2.5-VL 6 x 8
+# patches whose 3 x 4 tokens its first layer sees as 2 x 2-token windows, permuted. Inside the tower the patches
+# are merge-block-major, so a row-major placement would put (1, 2) at (0, 5)'s pixels.
+@pytest.mark.parametrize("name, size, patch", [
+    ("tiny-qwen2-vl", (56, 84), (1, 2)), ("tiny-qwen2-vl", (56, 84), (3, 5)), ("tiny-qwen2-vl", (56, 84), (0, 3)),
+    ("tiny-qwen2.5-vl", (84, 112), (1, 2)), ("tiny-qwen2.5-vl", (84, 112), (4, 7)),
+])
+def test_qwen_patch_map_moves_only_where_the_perturbed_patch_is(name, size, patch):
+    model = mmlens.load(name)
+    clean = noise_image(*size, seed=3)
     pixels = np.array(clean)
     r, c = patch
-    pixels[r * PATCH:(r + 1) * PATCH, c * PATCH:(c + 1) * PATCH] = 255 - pixels[r * PATCH:(r + 1) * PATCH,
-                                                                                 c * PATCH:(c + 1) * PATCH]
-    moved = (_first_layer_values(qwen, Image.fromarray(pixels)) - _first_layer_values(qwen, clean)).norm(dim=-1)
+    rows, cols = slice(r * PATCH, (r + 1) * PATCH), slice(c * PATCH, (c + 1) * PATCH)
+    pixels[rows, cols] = 255 - pixels[rows, cols]
+    moved = (_first_layer_values(model, Image.fromarray(pixels)) - _first_layer_values(model, clean)).norm(dim=-1)
     assert int((moved > 1e-6).sum()) == 1  # one patch in, one tower token out
-    batch = qwen.prepare("<image> what colour ?", [clean])
-    (view,) = tower_views(qwen, batch)
-    grid = moved[view.tokens]  # the vision-patch map of the change, (4, 6)
-    assert grid.shape == (4, 6) and int(grid.argmax()) == r * 6 + c and int((grid > 1e-6).sum()) == 1
+    batch = model.prepare("<image> what colour ?", [clean])
+    order = stream_order(model, batch)
+    if order is not None:  # back to image order
+        moved = torch.empty_like(moved).index_copy_(0, order, moved)
+    (view,) = tower_views(model, batch)
+    grid = moved[view.tokens]  # the vision-patch map of the change
+    assert grid.shape == (size[0] // PATCH, size[1] // PATCH) and int((grid > 1e-6).sum()) == 1
+    assert divmod(int(grid.argmax()), grid.shape[1]) == patch
     painted = patch_heatmaps(batch.layout, grid[None], view.merge)[0]
-    expected = np.zeros((56, 84), dtype=bool)
-    expected[r * PATCH:(r + 1) * PATCH, c * PATCH:(c + 1) * PATCH] = True
+    expected = np.zeros(size, dtype=bool)
+    expected[rows, cols] = True
     np.testing.assert_array_equal(painted > 1e-6, expected)  # the map lands exactly on the perturbed pixels
 
 
@@ -75,7 +79,7 @@ def test_with_softmax_weights_the_map_before_relu_sums_to_the_first_order_effect
     assert float(cosine.amin()) == 0.0 and float(cosine.amax()) == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2-vl", "tiny-idefics3", "tiny-paligemma"])
+@pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2-vl", "tiny-qwen2.5-vl", "tiny-idefics3", "tiny-paligemma"])
 def test_every_family_scores_image_tokens_with_the_sum_of_their_patches(name):
     model = mmlens.load(name)
     batch = model.prepare(["<image> what colour ?", "<image> what ?"], [[noise_image(64, 64)], [noise_image(80, 48, 1)]])
@@ -126,7 +130,7 @@ def test_explain_runs_it_by_name(tiny_llava):
 
 @pytest.mark.parametrize("name, message", [
     ("tiny-llama", "has no vision tower"),
-    ("tiny-qwen2.5-vl", "cannot be placed on the image yet"),
+    ("tiny-llava-next", "cannot be placed on the image yet"),
 ])
 def test_families_without_a_mapped_tower_are_one_line(name, message):
     model = mmlens.load(name)

@@ -55,7 +55,7 @@ from mmlens.layout import ImageInfo, TokenLayout, View
 from mmlens.model import Batch, Model
 from mmlens.models import runtime
 from mmlens.models.heads import head_layout
-from mmlens.models.tower import TowerView, tower_views
+from mmlens.models.tower import TowerView, stream_order, tower_views
 from mmlens.readout import Targets
 
 SPATIAL = ("relu", "cosine", "softmax")
@@ -95,6 +95,7 @@ def tower_maps(model: Model, targets: Targets, layers: Sequence[int] | None = No
     if model.vision_layers is None:
         raise MmlensError(f"grad_eclip: {model.name} has no vision tower to explain")
     views = tower_views(model, targets.batch)
+    order = stream_order(model, targets.batch)
     if not views:
         raise MmlensError("grad_eclip: the batch has no images")
     count = model.n_vision_layers
@@ -119,7 +120,7 @@ def tower_maps(model: Model, targets: Targets, layers: Sequence[int] | None = No
         grads = [g[index] for g in per_target]
         if any(g is not None and bool(g.abs().sum() > 0) for g in grads):
             reached.append(i)
-        grids[i] = _layer_grids(records[i], grads, views, targets, spatial, queries)
+        grids[i] = _layer_grids(records[i], grads, views, targets, spatial, queries, order)
     return TowerMaps(grids, views, reached)
 
 
@@ -232,35 +233,50 @@ def _with_pixel_grads(batch: Batch) -> Batch:
 
 
 def _layer_grids(record: _Layer, grads: list, views: list[TowerView], targets: Targets, spatial: str,
-                 queries: str) -> torch.Tensor:
-    """``(batch, targets, views, R, C)`` maps of one layer, NaN where a row has fewer views or smaller grids."""
-    if len(record.sequences) != len(views):
-        raise MmlensError(f"grad_eclip: the tower attended over {len(record.sequences)} sequences, the layout has "
-                          f"{len(views)} image views")
+                 queries: str, order: torch.Tensor | None) -> torch.Tensor:
+    """``(batch, targets, views, R, C)`` maps of one layer, NaN where a row has fewer views or smaller grids.
+
+    Each attention sequence (an image, a frame, or a Qwen2.5-VL window) scores its own keys; the scores of
+    all sequences form the tower's token stream, put back in image order (``order``) and cut into views.
+    """
+    output = record.output[0]
+    heads = record.sequences[0][0].shape[0]
+    stream, lengths, offset = [], [], 0
+    for query, key, value, mask, scale in record.sequences:
+        n = key.shape[1]
+        weights = _spatial(query.float(), key.float(), mask, scale, spatial)  # (heads, n, n)
+        per_target = []
+        for grad in grads:
+            if grad is None:
+                per_target.append(torch.zeros(n))
+                continue
+            g = grad.reshape(-1, grad.shape[-1])[offset : offset + n].float().view(n, heads, -1).transpose(0, 1)
+            per_target.append(_contribution(weights, g, value.float(), queries).cpu())
+        stream.append(torch.stack(per_target))
+        lengths.append(n)
+        offset += n
+    if offset != output.reshape(-1, output.shape[-1]).shape[0]:
+        raise MmlensError(f"grad_eclip: {offset} tower tokens seen by the attention, {tuple(output.shape)} heads' outputs")
+    tokens = torch.relu(torch.cat(stream, 1))  # (targets, stream)
+    if order is not None:
+        tokens = torch.empty_like(tokens).index_copy_(1, order, tokens)
+    if len(lengths) != len(views):  # windows, not views: views take their patches in turn (no leading tokens)
+        lengths = [v.tokens.numel() for v in views]
+        if sum(lengths) != tokens.shape[1]:
+            raise MmlensError(f"grad_eclip: {tokens.shape[1]} tower tokens for {len(views)} image views of "
+                              f"{sum(lengths)} patches")
     slots = _view_slots(views)
     rows, height = targets.batch.input_ids.shape[0], max(v.tokens.shape[0] for v in views)
     width = max(v.tokens.shape[1] for v in views)
     grids = torch.full((rows, targets.count, max(slots) + 1, height, width), float("nan"))
-    output = record.output[0]
-    heads = record.sequences[0][0].shape[0]
-    offset = 0
-    for view, slot, (query, key, value, mask, scale) in zip(views, slots, record.sequences):
-        n = key.shape[1]
-        weights = _spatial(query.float(), key.float(), mask, scale, spatial)  # (heads, n, n)
-        for j, grad in enumerate(grads):
-            if grad is None:
-                g = torch.zeros(heads, n, value.shape[-1])
-            else:
-                g = grad.reshape(-1, grad.shape[-1])[offset : offset + n].float().view(n, heads, -1).transpose(0, 1)
-            contribution = _contribution(weights, g, value.float(), queries)  # (n,)
-            lead = n - view.tokens.numel()
-            if lead < 0:
-                raise MmlensError(f"grad_eclip: a tower sequence of {n} tokens for a grid of {view.tokens.numel()}")
-            grid = torch.relu(contribution)[view.tokens + lead].cpu()
-            grids[view.row, j, slot, : grid.shape[0], : grid.shape[1]] = grid
-        offset += n
-    if offset != output.reshape(-1, output.shape[-1]).shape[0]:
-        raise MmlensError(f"grad_eclip: {offset} tower tokens seen by the attention, {output.shape} heads' outputs")
+    start = 0
+    for view, slot, n in zip(views, slots, lengths):
+        lead = n - view.tokens.numel()
+        if lead < 0:
+            raise MmlensError(f"grad_eclip: a tower sequence of {n} tokens for a grid of {view.tokens.numel()}")
+        grid = tokens[:, start + lead + view.tokens]  # (targets, R, C)
+        grids[view.row, :, slot, : grid.shape[1], : grid.shape[2]] = grid
+        start += n
     return grids
 
 

@@ -10,8 +10,11 @@ the way the tower's attention sees them: one per image (LLaVA, PaliGemma,
 Qwen2-VL, which attends within each image) or per frame (Idefics3 tiles, then
 the global view), in batch-row and prompt order.
 
-Families whose tower reorders or crops tokens beyond this (Qwen2.5-VL's
-attention windows, LLaVA-NeXT's unpadded tiles) are not mapped yet and say so.
+Qwen2.5-VL runs most tower layers on attention windows, its tokens permuted
+merge block by merge block (``window_index``): :func:`stream_order` gives that
+permutation, so a method can read its tower tokens back in image order. Families
+whose tower crops tokens (LLaVA-NeXT's and OneVision's unpadded tiles) are not
+mapped yet and say so.
 
 Example:
     >>> import mmlens
@@ -33,7 +36,7 @@ from mmlens.errors import MmlensError
 from mmlens.model import Batch, Model
 
 #: family -> patch order inside the tower ("rows": row-major; "blocks": merge-block-major, each m x m block contiguous)
-_ORDER = {"llava": "rows", "paligemma": "rows", "idefics3": "rows", "qwen2_vl": "blocks"}
+_ORDER = {"llava": "rows", "paligemma": "rows", "idefics3": "rows", "qwen2_vl": "blocks", "qwen2_5_vl": "blocks"}
 
 
 @dataclass(frozen=True, eq=False)  # compared by identity: it holds a tensor
@@ -56,7 +59,7 @@ def merge_factor(model: Model) -> int:
         1
     """
     family = model.adapter.family
-    if family == "qwen2_vl":
+    if family in ("qwen2_vl", "qwen2_5_vl"):
         from mmlens.models.qwen2_vl import merge_size
 
         return merge_size(model.processor)
@@ -105,3 +108,26 @@ def fine_order(rows: int, cols: int, merge: int, order: str = "rows") -> torch.T
         return big_r * (cols * merge) + big_c
     block = (big_r // merge) * cols + big_c // merge
     return block * merge * merge + (big_r % merge) * merge + big_c % merge
+
+
+def stream_order(model: Model, batch: Batch) -> torch.Tensor | None:
+    """Where the tower's own token order differs from image order: ``order[p]`` is the image-order index of token ``p``.
+
+    None when the tower keeps image order (every family but Qwen2.5-VL). Qwen2.5-VL
+    permutes whole merge blocks into attention windows (transformers'
+    ``get_vision_window_index``) before its first layer and undoes it after the merger.
+
+    Example:
+        >>> stream_order(mmlens.load("tiny-llava"), batch) is None
+        True
+    """
+    if model.adapter.family != "qwen2_5_vl":
+        return None
+    from transformers.vision_utils import get_vision_window_index
+
+    config = model.hf.config.vision_config
+    unit = config.spatial_merge_size ** 2
+    window_index, _ = get_vision_window_index(torch.as_tensor(batch.inputs["image_grid_thw"]).cpu(),
+                                              spatial_merge_size=config.spatial_merge_size,
+                                              window_size=config.window_size, patch_size=config.patch_size)
+    return (window_index[:, None] * unit + torch.arange(unit)[None]).flatten()
