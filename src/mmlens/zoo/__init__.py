@@ -25,8 +25,7 @@ from mmlens.errors import MmlensError
 
 # name -> "module:function"; the function takes no arguments and returns
 # (model, processor). Imported lazily so that listing names costs nothing.
-# Names are listed once their weights ship: domains-llava has
-# recipes and loaders (zoo/derivatives.py, zoo/domains_llava.py) but no weights yet.
+# Names are listed once their weights ship.
 _BUILDERS: dict[str, str] = {
     "tiny-llava": "mmlens.zoo.tiny.llava:build",
     "tiny-llava-next": "mmlens.zoo.tiny.llava_next:build",
@@ -45,6 +44,7 @@ _BUILDERS: dict[str, str] = {
     "shapes-llava-seed1": "mmlens.zoo.derivatives:load_seed1",
     "shapes-llava-caption": "mmlens.zoo.train.caption:load",
     "shapes-llava-ft-domain": "mmlens.zoo.domains_llava:load_ft_domain",
+    "domains-llava": "mmlens.zoo.domains_llava:load",
 }
 
 DEFAULT_MODEL = "shapes-llava"
