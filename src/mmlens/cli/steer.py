@@ -10,6 +10,9 @@ Three ways in (the vector is always safetensors, see
   ``vector.safetensors``; then applied as above.
 - ``--fine-tuned M2 --shift-data SPEC --layer L``: the shift of means from
   ``M`` to ``M2`` on ``SPEC`` (Khayatan et al.), saved and applied likewise.
+- ``--subspace FILE``: a learned MoReS-style subspace steering
+  (:mod:`mmlens.represent.subspace_steering`), applied to every image token
+  (``--tokens`` does not apply; ``--scale`` multiplies its change).
 
 Writes ``steer.json`` (every answer before and after, the counts) and
 ``steer.html`` (the before/after page) into ``--out``.
@@ -37,6 +40,7 @@ from mmlens.report.output import OutputFolder
 from mmlens.report.steer_pages import steer_page
 from mmlens.represent.concepts import activations
 from mmlens.represent.steering import TOKENS, SteeringVector, answers, mean_difference, shift_vectors
+from mmlens.represent.subspace_steering import SubspaceSteering
 
 #: Most samples read from one --data / --from-data / --to-data / --shift-data spec.
 MAX_SAMPLES = 2000
@@ -56,14 +60,18 @@ def steer(
     shift_data: Optional[str] = typer.Option(None, "--shift-data", help="Samples the shift of means is taken on."),
     where: str = typer.Option("last", "--where", help="Read states at 'last' (answer position) or 'image' (mean)."),
     max_new_tokens: int = typer.Option(1, "--max-new-tokens", help="Tokens to generate per answer."),
+    subspace: Optional[Path] = typer.Option(None, "--subspace",
+                                            help="A MoReS-style subspace steering (.safetensors + .json) to apply "
+                                                 "to image tokens."),
     out: Path = OutOption,
     overwrite: bool = OverwriteOption,
     as_json: bool = JsonOption,
 ) -> None:
     """Steer a model with a vector (or build one from two datasets or two models); write JSON and a page."""
     building = [from_data is not None or to_data is not None, fine_tuned is not None]
-    if sum(building) + (vector is not None) != 1:
-        raise MmlensError("give one of --vector FILE, --from-data A --to-data B, or --fine-tuned M --shift-data S")
+    if sum(building) + (vector is not None) + (subspace is not None) != 1:
+        raise MmlensError("give one of --vector FILE, --subspace FILE, --from-data A --to-data B, "
+                          "or --fine-tuned M --shift-data S")
     if building[0] and (from_data is None or to_data is None):
         raise MmlensError("building a vector needs both --from-data and --to-data")
     if building[1] and shift_data is None:
@@ -75,7 +83,9 @@ def steer(
         raise MmlensError(f"unknown --tokens {tokens!r}; choose one of {', '.join(TOKENS)}")
     if where not in ("last", "image"):
         raise MmlensError(f"unknown --where {where!r}; choose last or image")
-    loaded_vector = SteeringVector.load(vector) if vector is not None else None
+    loaded_vector: SteeringVector | SubspaceSteering | None = SteeringVector.load(vector) if vector is not None else None
+    if subspace is not None:
+        loaded_vector = SubspaceSteering.load(subspace)
     folder = OutputFolder(out, "steer", locals(), overwrite=overwrite, result="steer")
     console = Console(stderr=True)
     with stdout_for_json(as_json):
@@ -119,14 +129,15 @@ def _build(loaded: Model, console: Console, from_data: str | None, to_data: str 
                             "model": loaded.name})
 
 
-def run_steer(loaded: Model, vector: SteeringVector, samples: list[Any], scale: float, tokens: str,
+def run_steer(loaded: Model, vector: SteeringVector | SubspaceSteering, samples: list[Any], scale: float, tokens: str,
               max_new_tokens: int, folder: Path) -> dict[str, Any]:
     """Answer ``samples`` before and after steering; write ``steer.json`` and ``steer.html``; return the summary."""
     before = answers(loaded, samples, max_new_tokens=max_new_tokens)
     after = answers(loaded, samples, vector, scale, tokens, max_new_tokens=max_new_tokens)
     rows = [{"id": getattr(s, "id", str(i)), "prompt": s.prompt, "answer": getattr(s, "answer", None),
              "before": b, "after": a} for i, (s, b, a) in enumerate(zip(samples, before, after))]
-    summary = {"model": loaded.name, "layers": vector.layers, "scale": scale, "tokens": tokens,
+    summary = {"model": loaded.name, "layers": vector.layers, "scale": scale,
+               "tokens": tokens if isinstance(vector, SteeringVector) else "image",
                "vector_metadata": vector.metadata, "n": len(rows),
                "changed": sum(r["before"] != r["after"] for r in rows),
                "after_counts": _counts([r["after"] for r in rows]), "before_counts": _counts([r["before"] for r in rows]),

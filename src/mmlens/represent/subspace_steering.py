@@ -70,6 +70,18 @@ class SubspaceSteering:
     def width(self) -> int:
         return int(next(iter(self.maps.values()))["R"].shape[1])
 
+    def only(self, layers: Sequence[int]) -> "SubspaceSteering":
+        """The same steering restricted to ``layers`` (each must be present).
+
+        Example:
+            >>> SubspaceSteering({0: {"R": torch.eye(1, 2), "W": torch.eye(1, 2), "b": torch.zeros(1)}}).only([0]).layers
+            [0]
+        """
+        missing = [layer for layer in layers if layer not in self.maps]
+        if missing:
+            raise MmlensError(f"the steering has no layer {missing[0]}; it has layers {self.layers}")
+        return SubspaceSteering({layer: self.maps[layer] for layer in layers}, dict(self.metadata))
+
     def delta(self, layer: int, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
         """``scale * R^T (W x + b - R x)`` for hidden states ``x`` (``(..., hidden)``).
 
@@ -91,7 +103,7 @@ class SubspaceSteering:
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {f"L{layer}.{k}": v.detach().float().contiguous().cpu()
+        tensors = {f"L{layer}.{k}": v.detach().float().cpu().clone()  # clone: R and W may share storage
                    for layer, m in self.maps.items() for k, v in m.items()}
         save_file(tensors, str(path), metadata={"mmlens": "subspace-steering"})
         facts = {"mmlens": "subspace-steering", "layers": self.layers, "rank": self.rank, "width": self.width,
