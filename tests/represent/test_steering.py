@@ -8,7 +8,7 @@ from mmlens.data.shapes import make_sample
 from mmlens.errors import MmlensError
 from mmlens.hooks import capture
 from mmlens.represent.concepts import EMBED, activations, object_patches
-from mmlens.represent.steering import SteeringVector, answers, mean_difference, shift_vectors, steer
+from mmlens.represent.steering import SteeringVector, answers, mean_difference, project, shift_vectors, steer
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +118,29 @@ def test_shift_vectors_between_identical_models_are_zero(shapes_llava):
     assert shift.metadata["kind"] == "shift" and all(v.abs().max() < 1e-5 for v in shift.vectors.values())
     with pytest.raises(MmlensError, match="no samples"):
         shift_vectors(shapes_llava, shapes_llava, [], [1])
+
+
+def test_project_keeps_the_part_inside_the_span():
+    v = SteeringVector({0: torch.tensor([1.0, 2.0, 3.0, 4.0])}, {"kind": "shift"})
+    rows = torch.tensor([[1.0, 1.0, 0.0, 0.0], [1.0, -1.0, 0.0, 0.0]])  # span: the first two axes, not orthonormal
+    p = project(v, {0: rows})
+    assert torch.allclose(p.vectors[0], torch.tensor([1.0, 2.0, 0.0, 0.0]), atol=1e-5)
+    assert p.metadata == {"kind": "shift", "projected": "yes"}
+    with pytest.raises(MmlensError, match="width 3 for a vector of width 4"):
+        project(v, {0: torch.ones(2, 3)})
+    with pytest.raises(MmlensError, match="no directions for layer 0"):
+        project(v, {1: rows})
+
+
+def test_conditional_steering_touches_only_rows_answered_red(shapes_llava):
+    width = shapes_llava.hf.config.get_text_config().hidden_size
+    red, blue = _colour("red", 3), _colour("blue", 3)
+    mixed = [red[0], blue[0], red[1], blue[1], red[2], blue[2]]
+    green = _colour("green", 3)
+    away = mean_difference(activations(shapes_llava, blue + red, [2]), activations(shapes_llava, green, [2]))
+    plain = answers(shapes_llava, mixed, away, 1.5)
+    gated = answers(shapes_llava, mixed, away, 1.5, only_when="red")
+    assert plain.count("green") >= 5  # ungated, the vector moves red and blue answers alike ...
+    assert gated[::2] == plain[::2] and gated[1::2] == ["blue"] * 3  # ... gated, only the rows answered red
+    zero = SteeringVector({2: torch.zeros(width)})
+    assert answers(shapes_llava, mixed, zero, only_when="purple") == answers(shapes_llava, mixed)
