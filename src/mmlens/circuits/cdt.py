@@ -129,12 +129,8 @@ def decompose(model: Model, batch: Batch, source_positions: Sequence[int], *, an
         raise MmlensError(f"unknown activation rule {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
     graph = graph or DecoderGraph(model)
     start = time.perf_counter()
-    call = record_decoder_call(model, batch).row(0)
-    positions = _positions(source_positions, call.embeds.shape[1])
+    call, positions, run, answer_id, foil_id = clean_run(model, batch, source_positions, answer, foil, graph)
     with torch.no_grad():
-        run = graph.run(call)
-        graph.check(call, run)
-        answer_id, foil_id = target_ids(model, run.logits, answer, foil)
         direction = _direction(graph, answer_id, foil_id)
         embeds = call.embeds.float()
         source = torch.zeros_like(embeds)
@@ -145,6 +141,22 @@ def decompose(model: Model, batch: Batch, source_positions: Sequence[int], *, an
                          meta={"reference": reference if isinstance(reference, str) else "tensor",
                                "activation": activation})
     return Decomposition(components=graph.nodes[1:], **decomposition)
+
+
+def clean_run(model: Model, batch: Batch, source_positions: Sequence[int], answer: str | int | None,
+              foil: str | int | None, graph: DecoderGraph) -> tuple[DecoderCall, list[int], GraphRun, int, int | None]:
+    """Row 0's recorded call, the checked source positions, the checked clean graph run and the target's token ids.
+
+    Example:
+        >>> call, positions, run, answer_id, foil_id = clean_run(model, batch, [2], None, None, DecoderGraph(model))
+    """
+    call = record_decoder_call(model, batch).row(0)
+    positions = _positions(source_positions, call.embeds.shape[1])
+    with torch.no_grad():
+        run = graph.run(call)
+    graph.check(call, run)
+    answer_id, foil_id = target_ids(model, run.logits, answer, foil)
+    return call, positions, run, answer_id, foil_id
 
 
 def decompose_run(graph: DecoderGraph, run: GraphRun, source: torch.Tensor, direction: torch.Tensor,

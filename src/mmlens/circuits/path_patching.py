@@ -23,10 +23,9 @@ from typing import Sequence
 
 import torch
 
-from mmlens.circuits.cdt import _positions, reference_embeds, target_ids
+from mmlens.circuits.cdt import clean_run, reference_embeds
 from mmlens.circuits.graph import FREEZABLE, DecoderGraph
 from mmlens.model import Batch, Model
-from mmlens.models.decoder import record_decoder_call
 
 
 @dataclass
@@ -54,12 +53,8 @@ def path_patch(model: Model, batch: Batch, source_positions: Sequence[int], *, a
     """
     graph = graph or DecoderGraph(model)
     start = time.perf_counter()
-    call = record_decoder_call(model, batch).row(0)
-    positions = _positions(source_positions, call.embeds.shape[1])
+    call, positions, clean, answer_id, foil_id = clean_run(model, batch, source_positions, answer, foil, graph)
     with torch.no_grad():
-        clean = graph.run(call)
-        graph.check(call, clean)
-        answer_id, foil_id = target_ids(model, clean.logits, answer, foil)
         replaced = call.embeds.float().clone()
         replaced[0, positions] = reference_embeds(call, model, batch, reference)[0, positions]
         fixed = clean if frozen else None
