@@ -211,10 +211,11 @@ def print_summary(summary: dict) -> None:
     console.print(f"[bold]prompt[/bold]  {summary['prompt']}")
     if "cdt" in summary:
         cdt = summary["cdt"]
-        table = Table(title=f"CD-T: source share of the logit of {cdt['answer']!r} "
-                      f"({cdt['source_logit']:.3f} of {cdt['logit']:.3f})")
+        console.print(f"[bold]CD-T[/bold]    the source's share of the logit of {cdt['answer']!r}: "
+                      f"{cdt['source_logit']:.3f} of {cdt['logit']:.3f}")
+        table = Table(title="top components (source share, total)")
         table.add_column("component")
-        table.add_column("total")
+        table.add_column("logit")
         for row in cdt["ranking"][:8]:
             table.add_row(row["component"], f"{row['total']:.3f}")
         console.print(table)
