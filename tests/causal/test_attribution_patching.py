@@ -13,7 +13,7 @@ from mmlens.data.shapes import make_sample
 @pytest.mark.parametrize("direction", ["clean->corrupt", "corrupt->clean"])
 def test_a_tiny_corruption_makes_the_estimate_exact(tiny_llava, clean, direction):
     # First order is exact as the step goes to zero: with 1% noise the estimate and the runs agree closely.
-    kwargs = dict(direction=direction, corrupt="embeddings", noise=0.01, metric="logit")
+    kwargs = dict(direction=direction, corrupt="embeddings", noise=0.01, metric="logit", group=["L1.H0", "L1.H3"])
     exhaustive = patch_heads(tiny_llava, clean, **kwargs)
     estimate = attribution_patching(tiny_llava, clean, **kwargs)
     base = "corrupt" if direction == "clean->corrupt" else "clean"  # the run being edited
@@ -21,6 +21,11 @@ def test_a_tiny_corruption_makes_the_estimate_exact(tiny_llava, clean, direction
     guessed = estimate.edited - getattr(estimate, base)[:, None, None]
     assert moved.abs().max() > 1e-4
     torch.testing.assert_close(guessed, moved, rtol=0.05, atol=2e-3 * float(moved.abs().max()))
+    # A group's estimate is the sum of its heads' steps: first-order exact for heads of one layer.
+    torch.testing.assert_close(estimate.group_edited - getattr(estimate, base), guessed[:, 1, 0] + guessed[:, 1, 3])
+    group_moved = exhaustive.group_edited - getattr(exhaustive, base)
+    torch.testing.assert_close(estimate.group_edited - getattr(estimate, base), group_moved, rtol=0.05,
+                               atol=2e-3 * float(moved.abs().max()))
     torch.testing.assert_close(estimate.clean, exhaustive.clean)
     torch.testing.assert_close(estimate.corrupt, exhaustive.corrupt)
 

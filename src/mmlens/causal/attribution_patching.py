@@ -35,7 +35,7 @@ from typing import Any, Sequence
 import torch
 
 from mmlens.causal.head_grid import DIRECTIONS, METRICS, HeadGrid
-from mmlens.causal.heads import _grid, check_choice, as_batch, metric_values, projection_sites
+from mmlens.causal.heads import Head, _grid, as_batch, check_choice, metric_values, parse_heads, projection_sites
 from mmlens.causal.tracing import _corrupted
 from mmlens.hooks import attach, capture, intervene
 from mmlens.hooks.sites import heads_of
@@ -47,48 +47,48 @@ from mmlens.readout import answer_token_ids
 def attribution_patching(model: Model, inputs: Any, *, direction: str = "clean->corrupt",
                          corrupt: str | Batch = "noise", noise: float = 3.0, seed: int = 0,
                          answer: str | Sequence[str] | torch.Tensor | None = None,
-                         metric: str = "probability") -> HeadGrid:
+                         metric: str = "probability", group: Sequence[str | Head] = ()) -> HeadGrid:
     """Estimate every head's patching effect (see the module docstring) for ``inputs`` under ``corrupt``.
 
-    Arguments mean what they mean in :func:`~mmlens.causal.heads.patch_heads`.
+    Arguments mean what they mean in :func:`~mmlens.causal.heads.patch_heads`;
+    the ``group`` estimate is the sum of its heads' steps: first-order exact for
+    heads of one layer; across layers it also counts an earlier head's effect
+    through a later one, which patching them together blocks.
 
     Example:
-        >>> grid = attribution_patching(model, batch, corrupt="embeddings")
-        >>> grid.top(1)  # doctest: +SKIP
-        [(0, 3, 0.41)]
+        >>> grid = attribution_patching(model, batch, corrupt="embeddings", group=["L0.H1", "L2.H3"])
+        >>> grid.group_effect is not None
+        True
     """
     check_choice(direction, DIRECTIONS, "direction")
     check_choice(metric, METRICS, "metric")
     start = time.perf_counter()
     batch = as_batch(model, inputs)
+    group = parse_heads(model, group)
     rows = batch.input_ids.shape[0]
-    if direction == "corrupt->clean":
-        clean = _run(model, batch, {}, grads=True)
-        answer_ids = answer_token_ids(model, answer, clean["logits"], rows).cpu()
-        corrupted, corruption, embed_edit = _corrupted(batch, clean["embed"], corrupt, noise, seed)
-        other = _run(model, corrupted, {"lm.embed": embed_edit} if embed_edit else {}, grads=False)
-        base, source = clean, other
-    else:
-        clean = _run(model, batch, {}, grads=False)
-        answer_ids = answer_token_ids(model, answer, clean["logits"], rows).cpu()
-        corrupted, corruption, embed_edit = _corrupted(batch, clean["embed"], corrupt, noise, seed)
-        other = _run(model, corrupted, {"lm.embed": embed_edit} if embed_edit else {}, grads=True)
-        base, source = other, clean
+    at_clean = direction == "corrupt->clean"  # which run is differentiated: the one being edited
+    clean = _run(model, batch, {}, grads=at_clean)
+    answer_ids = answer_token_ids(model, answer, clean["logits"], rows).cpu()
+    corrupted, corruption, embed_edit = _corrupted(batch, clean["embed"], corrupt, noise, seed)
+    other = _run(model, corrupted, {"lm.embed": embed_edit} if embed_edit else {}, grads=not at_clean)
+    base, source = (clean, other) if at_clean else (other, clean)
     base_metric = metric_values(base["logits"], answer_ids, metric)
-    grads = torch.autograd.grad(metric_values(base["logits"], answer_ids, metric).sum(), base["heads"])
-    estimates = []
+    grads = torch.autograd.grad(base_metric.sum(), base["heads"])
+    steps = []
     for layer, (grad, value, src) in enumerate(zip(grads, base["heads"], source["heads"])):
         layout = heads_of(model, "lm", layer)
         step = ((src.to(value.device) - value.detach()) * grad).float()  # (batch, seq, heads x head_dim)
-        per_head = step.view(*step.shape[:2], layout.n_heads, layout.head_dim).sum((1, 3))  # (batch, heads)
-        estimates.append(base_metric[:, None] + per_head.cpu())
-    cells = [(layer, head) for layer, estimate in enumerate(estimates) for head in range(estimate.shape[1])]
-    edited = torch.cat(estimates, 1).T  # (conditions, batch), as the exhaustive runs return them
-    metric_clean = metric_values(clean["logits"], answer_ids, metric)
-    metric_corrupt = metric_values(other["logits"], answer_ids, metric)
+        steps.append(step.view(*step.shape[:2], layout.n_heads, layout.head_dim).sum((1, 3)).cpu())  # (batch, heads)
+    cells = [(layer, head) for layer, step in enumerate(steps) for head in range(step.shape[1])]
+    conditions = [steps[layer][:, head] for layer, head in cells]
+    if group:
+        conditions.append(sum(steps[layer][:, head] for layer, head in group))
+    edited = base_metric.detach()[None] + torch.stack(conditions)  # (conditions, batch), as exhaustive runs return
     settings = {"direction": direction, "corruption": corruption}
-    return _grid(model, batch, answer_ids, "attribution", settings, metric, metric_clean.detach(),
-                 metric_corrupt.detach(), cells, [], edited.detach(), time.perf_counter() - start)
+    return _grid(model, batch, answer_ids, "attribution", settings, metric,
+                 metric_values(clean["logits"], answer_ids, metric).detach(),
+                 metric_values(other["logits"], answer_ids, metric).detach(), cells, group, edited.detach(),
+                 time.perf_counter() - start)
 
 
 def _run(model: Model, batch: Batch, edits: dict, grads: bool) -> dict[str, Any]:

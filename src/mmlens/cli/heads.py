@@ -108,7 +108,8 @@ def heads(
                                                   memory_budget=budget, progress=progress)
                     else:
                         grids[name] = attribution_patching(loaded, batch, direction=direction, corrupt=corruption,
-                                                           noise=noise, seed=seed, answer=answer, metric=metric)
+                                                           noise=noise, seed=seed, answer=answer, metric=metric,
+                                                           group=group)
             with console.status("writing figures and report"):
                 write_heads_page(grids, folder.path, title=f"mmlens heads · {loaded.name}")
             warning = next((g.warning for g in grids.values() if g.warning), None)
