@@ -15,7 +15,9 @@ Example:
 """
 
 from mmlens.circuits.cdt import Decomposition, decompose
+from mmlens.circuits.eap import EdgeScores, FaithfulnessCurve, edge_scores, faithfulness_curve
 from mmlens.circuits.graph import DecoderGraph
 from mmlens.circuits.path_patching import PathPatching, path_patch
 
-__all__ = ["DecoderGraph", "Decomposition", "PathPatching", "decompose", "path_patch"]
+__all__ = ["DecoderGraph", "Decomposition", "EdgeScores", "FaithfulnessCurve", "PathPatching", "decompose",
+           "edge_scores", "faithfulness_curve", "path_patch"]
