@@ -296,7 +296,8 @@ def perturbations(model: Any, word: str, fit_n: int = 64, layers: Sequence[int] 
     return out
 
 
-def variants(model: Any, word: str, audits: Sequence[str] = AUDITS, fit_n: int = 64) -> dict[str, list[Variant]]:
+def variants(model: Any, word: str, audits: Sequence[str] = AUDITS, fit_n: int = 64,
+             layers: Sequence[int] | None = None) -> dict[str, list[Variant]]:
     """Every audit's variants, by audit name.
 
     Example:
@@ -309,7 +310,7 @@ def variants(model: Any, word: str, audits: Sequence[str] = AUDITS, fit_n: int =
     table: dict[str, list[Variant]] = {"direct": [direct(word)], "paraphrase": paraphrases(word),
                                        "another-way": another_way(word), "few-shot": few_shot(word)}
     if any(a in PERTURBATION_AUDITS for a in audits):
-        for v in perturbations(model, word, fit_n):
+        for v in perturbations(model, word, fit_n, layers):
             table.setdefault(v.audit, []).append(v)
     return {a: table[a] for a in audits}
 
@@ -334,9 +335,9 @@ def run_audit(model: Any, candidates: Sequence[Variant], val: AuditSets, test: A
 
 
 def audit_model(model: Any, word: str, n_val: int = 40, n_test: int = 100, audits: Sequence[str] = AUDITS,
-                fit_n: int = 64, batch_size: int = 64,
+                fit_n: int = 64, batch_size: int = 64, layers: Sequence[int] | None = None,
                 progress: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
-    """Every audit on one model: ``{audit: row}`` (see :func:`run_audit`).
+    """Every audit on one model: ``{audit: row}`` (see :func:`run_audit`); ``layers``: the perturbed ones (default all).
 
     Example:
         >>> rows = audit_model(mmlens.load("shapes-llava"), "purple", n_val=8, n_test=8, audits=["direct"])  # doctest: +SKIP
@@ -345,7 +346,7 @@ def audit_model(model: Any, word: str, n_val: int = 40, n_test: int = 100, audit
     """
     val, test = AuditSets.draw("val", n_val, word), AuditSets.draw("test", n_test, word)
     out = {}
-    for audit, candidates in variants(model, word, audits, fit_n).items():
+    for audit, candidates in variants(model, word, audits, fit_n, layers).items():
         out[audit] = run_audit(model, candidates, val, test, batch_size)
         if progress is not None:
             progress(audit)

@@ -27,7 +27,7 @@ import typer
 from rich.console import Console
 
 from mmlens.cli.audit import app
-from mmlens.cli.options import JsonOption, print_json, stdout_for_json
+from mmlens.cli.options import JsonOption, check_choices, print_json, stdout_for_json
 from mmlens.errors import MmlensError
 
 
@@ -42,13 +42,19 @@ def unlearning(
     steps: int = typer.Option(40, "--steps", help="Unlearning steps per method."),
     n_val: int = typer.Option(40, "--n-val", help="Correct and wrong validation samples each (variant choice)."),
     n_test: int = typer.Option(100, "--n-test", help="Correct and wrong test samples each (the reported figures)."),
+    audits: str = typer.Option("direct,paraphrase,another-way,few-shot,steering,noise", "--audits", help="Audits to run, comma-separated."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="Decoder layers the perturbation audits try, "
+                                         "comma-separated (-1: the decoder's input; default: all)."),
+    fit_n: int = typer.Option(64, "--fit-n", help="Samples of each kind the concept vector and the noise scale "
+                              "are fitted on (train split)."),
     as_json: bool = JsonOption,
 ) -> None:
     """Audit unlearned models: recovery rate of the forgotten answer per method by audit."""
     console = Console(stderr=True)
     with stdout_for_json(as_json):
         summary = audit_unlearning(models or [], base, forget, out, methods=methods.split(","), steps=steps,
-                                   n_val=n_val, n_test=n_test, console=console)
+                                   n_val=n_val, n_test=n_test, audits=audits.split(","),
+                                   fit_n=fit_n, layers=_layers(layers), console=console)
         console.print(f"recovery table in {out / 'table.md'}", highlight=False)
         if not as_json:
             console.print((out / "table.md").read_text(encoding="utf-8"), highlight=False, markup=False)
@@ -85,6 +91,16 @@ def train_methods(base: str, word: str, methods: list[str], folder: Path, steps:
     return out
 
 
+def _layers(text: str | None) -> list[int] | None:
+    """``--layers 0,2`` as ints; anything else is one line."""
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise MmlensError(f"--layers takes comma-separated layer numbers, got {text!r}") from None
+
+
 def _label(name: str) -> str:
     record = Path(name) / "unlearning.json"
     if record.is_file():
@@ -94,7 +110,8 @@ def _label(name: str) -> str:
 
 def audit_unlearning(models: list[str], base: str, word: str, out: Path, *, methods: list[str] | None = None,
                      steps: int = 40, n_val: int = 40, n_test: int = 100, fit_n: int = 64,
-                     audits: list[str] | None = None, console: Console | None = None) -> dict[str, Any]:
+                     audits: list[str] | None = None, layers: list[int] | None = None,
+                     console: Console | None = None) -> dict[str, Any]:
     """What the command does, callable from Python; returns its --json summary.
 
     Example:
@@ -105,9 +122,9 @@ def audit_unlearning(models: list[str], base: str, word: str, out: Path, *, meth
     from mmlens.audit.unlearning_audits import AUDITS, audit_model
 
     check_word(word)
-    audits = list(audits or AUDITS)
-    if n_val < 2 or n_test < 2:
-        raise MmlensError("--n-val and --n-test must be at least 2")
+    audits = check_choices(list(audits or AUDITS), AUDITS, "audit")
+    if n_val < 2 or n_test < 2 or fit_n < 2:
+        raise MmlensError("--n-val, --n-test and --fit-n must be at least 2")
     console = console or Console(stderr=True)
     if not models:
         models = [str(p) for p in train_methods(base, word, methods or ["ga", "gd", "npo", "npo-rt"],
@@ -117,20 +134,25 @@ def audit_unlearning(models: list[str], base: str, word: str, out: Path, *, meth
         raise MmlensError("two --model entries have the same label (method or folder name); give distinct folders")
     (out / "rows").mkdir(parents=True, exist_ok=True)
     rows: dict[str, dict[str, Any]] = {}
-    for label, name in labels.items():
+    todo: dict[str, Any] = {}
+    for label, name in labels.items():  # load (and check) every model still to audit before auditing any
         path = out / "rows" / f"{label}.json"
-        wanted = {"model": name, "forget": word, "n_val": n_val, "n_test": n_test, "audits": audits}
+        wanted = {"model": name, "forget": word, "n_val": n_val, "n_test": n_test, "audits": audits,
+                  **({"layers": layers} if layers is not None else {}), **({"fit_n": fit_n} if fit_n != 64 else {})}
         if path.is_file() and json.loads(path.read_text(encoding="utf-8")).get("args") == wanted:
             rows[label] = json.loads(path.read_text(encoding="utf-8"))
             continue
         model = mmlens.load(name)
         if not model.adapter.multimodal:
             raise MmlensError(f"{model.name} is a text-only model: the unlearning audits ask about images")
-        console.print(f"auditing {label} ({name})", highlight=False)
+        todo[label] = (model, wanted, path)
+    for label, (model, wanted, path) in todo.items():
+        console.print(f"auditing {label} ({wanted['model']})", highlight=False)
         record = {"args": wanted, "accuracy": forget_report(model, word, n=n_test),
-                  "audits": audit_model(model, word, n_val, n_test, audits, fit_n)}
+                  "audits": audit_model(model, word, n_val, n_test, audits, fit_n, layers=layers)}
         path.write_text(json.dumps(record, indent=1), encoding="utf-8")
         rows[label] = record
+    rows = {label: rows[label] for label in labels}  # the table in the order given
     summary = {"forget": word, "base": base, "models": labels, "audits": audits,
                "table": {label: {a: r["audits"][a]["recovery"] for a in audits} for label, r in rows.items()},
                "accuracy": {label: r["accuracy"] for label, r in rows.items()}}
