@@ -67,7 +67,6 @@ def score(a: argparse.Namespace, rows: list) -> dict:
     """PRISM on the pool, timed from model load to the kept ids; diagnostics against the pool's known copies."""
     import mmlens
     from mmlens.audit.prism import pooled_image_states, prism_select
-    from mmlens.metrics.sanity import bootstrap_mean  # noqa: F401  (import cost outside the timing)
 
     t0 = time.perf_counter()
     model = mmlens.load("shapes-llava")
@@ -188,7 +187,7 @@ def main(argv=None) -> int:
               f"{scoring['auroc_copies_over_unique']:.3f}; kept {scoring['kept_unique']} unique, "
               f"{scoring['kept_distinct_scenes']} distinct scenes", flush=True)
     if a.stage in ("train", "all"):
-        scoring = json.loads(score_path.read_text())
+        scoring = json.loads(score_path.read_text()) if score_path.exists() else {}  # only the prism arm needs it
         runs = [r.split(":") for r in a.runs] if a.runs else [(arm, s) for s in a.seeds for arm in ARMS]
         for arm, seed in runs:
             path = a.out / f"run-{arm}-{seed}.json"

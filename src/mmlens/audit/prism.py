@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from itertools import islice
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -78,7 +79,6 @@ def pooled_image_states(model: Model, samples: Iterable[Sample], *, layer: int |
     ids: list[str] = []
     rows: list[np.ndarray] = []
     text_only: list[str] = []
-    chunk: list[Sample] = []
 
     def run(batch_samples: list[Sample]) -> None:
         batch = model.prepare([s.prompt for s in batch_samples], [[s.image] for s in batch_samples])
@@ -105,22 +105,33 @@ def pooled_image_states(model: Model, samples: Iterable[Sample], *, layer: int |
         if progress is not None:
             progress(len(batch_samples))
 
-    for sample in samples:
-        if getattr(sample, "image", None) is None:
+    def with_images() -> Iterator[Sample]:
+        for sample in samples:
+            if getattr(sample, "image", None) is not None:
+                yield sample
+                continue
             text_only.append(sample.id)
             if progress is not None:
                 progress(1)
-            continue
-        chunk.append(sample)
-        if len(chunk) == batch_size:
-            run(chunk)
-            chunk = []
-    if chunk:
-        run(chunk)
+
+    for chunk in batched(with_images(), batch_size):
+        run(list(chunk))
     if not ids:
         what = f"its {len(text_only)} samples are all text-only" if text_only else "it has no samples"
         raise MmlensError(f"the data has no images to score ({what}): PRISM ranks samples by their image")
     return PooledTable(ids, np.stack(rows), layer, text_only)
+
+
+def batched(items: Iterable, size: int) -> Iterator[tuple]:
+    """Consecutive tuples of ``size`` items, the last one shorter (``itertools.batched`` before Python 3.12).
+
+    Example:
+        >>> list(batched(range(5), 2))
+        [(0, 1), (2, 3), (4,)]
+    """
+    it = iter(items)
+    while chunk := tuple(islice(it, size)):
+        yield chunk
 
 
 def redundancy(vectors: np.ndarray) -> np.ndarray:

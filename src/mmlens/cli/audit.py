@@ -135,7 +135,7 @@ def audit_backdoor(data: str, out: Path, *, model: str | None = None, labels: Pa
     (out / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     write_audit_page(out, result, matrix, scored)
     return summary
+
+
 import mmlens.cli.audit_select  # noqa: E402,F401  (registers `mmlens audit select`)
-
-
 import mmlens.cli.audit_unlearning  # noqa: E402,F401  (registers `mmlens audit unlearning`)
