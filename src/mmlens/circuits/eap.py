@@ -37,6 +37,9 @@ from mmlens.model import Model
 from mmlens.models.decoder import DecoderCall
 
 
+MAX_ROWS = 256  # rows per pass of the faithfulness curve
+
+
 @dataclass
 class EdgeScores:
     """EAP scores of every edge, with the clean and corrupt metric per row."""
@@ -143,28 +146,39 @@ def faithfulness_curve(model: Model, clean: DecoderCall, ablation: torch.Tensor,
     """
     graph = graph or DecoderGraph(model)
     answer, foil = torch.as_tensor(answer).long(), torch.as_tensor(foil).long()
-    rows, copies = clean.batch_size, len(kept)
+    rows = clean.batch_size
     if ablation.ndim == 3:
         ablation = ablation.unsqueeze(1).expand(-1, rows, -1, -1)
-    ablation = ablation.float().repeat(1, copies, 1, 1)  # (nodes, copies * rows, seq, hidden)
+    ablation = ablation.float()
     order = torch.argsort(scores.scores.abs(), descending=True)
+    per_pass = max(1, MAX_ROWS // rows)  # bounds memory: every reader stacks all node outputs of all rows
+    metric = torch.cat([_kept_metric(graph, clean, ablation, order, list(kept[i : i + per_pass]), answer, foil)
+                        for i in range(0, len(kept), per_pass)])
+    with torch.no_grad():
+        full = graph.run(clean)
+        empty = graph.run(clean, inputs=lambda s, r: ablation[: graph.upstream[r]].sum(0))
+        other = empty if corrupt is None else graph.run(corrupt)
+    mean = lambda run: float(metric_of(run.logits, answer, foil).mean())  # noqa: E731
+    return FaithfulnessCurve(list(kept), metric, mean(full), mean(other), mean(empty), len(graph.edges))
+
+
+def _kept_metric(graph: DecoderGraph, clean: DecoderCall, ablation: torch.Tensor, order: torch.Tensor,
+                 kept: list[int], answer: torch.Tensor, foil: torch.Tensor) -> torch.Tensor:
+    """Mean metric over rows with only the first ``k`` edges of ``order`` clean, for each ``k`` in ``kept``."""
+    rows, copies = clean.batch_size, len(kept)
     keep = torch.zeros(copies, len(graph.nodes), len(graph.readers))
     for c, k in enumerate(kept):
         for e in order[:k].tolist():
             u, r = graph.edges[e]
             keep[c, u, r] = 1.0
     keep = keep.repeat_interleave(rows, 0).to(ablation.device)  # (copies * rows, nodes, readers)
+    alt_all = ablation.repeat(1, copies, 1, 1)  # (nodes, copies * rows, seq, hidden)
 
     def rule(stacked: torch.Tensor, reader: int) -> torch.Tensor:
         n = graph.upstream[reader]
-        alt = ablation[:n]
+        alt = alt_all[:n]
         return alt.sum(0) + torch.einsum("nbsd,bn->bsd", stacked[:n] - alt, keep[:, :n, reader])
 
     with torch.no_grad():
         run = graph.run(clean, clean.embeds.float().repeat(copies, 1, 1), inputs=rule)
-        full = graph.run(clean)
-        empty = graph.run(clean, inputs=lambda s, r: ablation[: graph.upstream[r], :rows].sum(0))
-        other = empty if corrupt is None else graph.run(corrupt)
-    mean = lambda run: float(metric_of(run.logits, answer, foil).mean())  # noqa: E731
-    metric = metric_of(run.logits, answer.repeat(copies), foil.repeat(copies)).view(copies, rows).mean(1)
-    return FaithfulnessCurve(list(kept), metric, mean(full), mean(other), mean(empty), len(graph.edges))
+    return metric_of(run.logits, answer.repeat(copies), foil.repeat(copies)).view(copies, rows).mean(1)
