@@ -167,6 +167,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=40, help="samples for CD-T vs path patching")
     parser.add_argument("--eap-n", type=int, default=32, help="colour samples for EAP")
     parser.add_argument("--timing", type=int, default=5, help="interleaved timing repeats")
+    parser.add_argument("--reference", default="mean", help="CD-T and patching reference: mean or zero")
+    parser.add_argument("--activation", default="marginal", help="CD-T's MLP split: marginal or shapley")
+    parser.add_argument("--no-eap", action="store_true", help="CD-T against patching only")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--figures", type=Path, default=None, help="write the EAP figures here")
     parser.add_argument("--out", type=Path, default=None)
@@ -178,8 +181,9 @@ def main() -> None:
 
     model = mmlens.load(args.model)
     graph = DecoderGraph(model)
-    figures = {"model": args.model, "cdt": cdt_check(model, graph, args.n, args.timing),
-               "eap": eap_check(model, graph, args.eap_n, args.figures)}
+    figures = {"model": args.model, "reference": args.reference, "activation": args.activation,
+               "cdt": cdt_check(model, graph, args.n, args.timing, args.reference, args.activation),
+               "eap": None if args.no_eap else eap_check(model, graph, args.eap_n, args.figures)}
     cdt, eap = figures["cdt"], figures["eap"]
     print(f"CD-T vs path patching ({cdt['samples']} samples, {cdt['components']} components): Spearman total "
           f"{cdt['spearman_total_mean']:.3f} [{cdt['spearman_total_ci95'][0]:.3f}, {cdt['spearman_total_ci95'][1]:.3f}]"
@@ -197,7 +201,7 @@ def main() -> None:
           f"{cdt['hooks_max_abs_diff']:.2g} logits")
     print(f"time per sample: CD-T {cdt['seconds_cdt'] * 1000:.1f} ms, path patching "
           f"{cdt['seconds_path_patching'] * 1000:.1f} ms (ratio {cdt['speed_ratio']:.2f})")
-    for name in ("mean", "corrupt"):
+    for name in () if eap is None else ("mean", "corrupt"):
         c = eap[name]
         print(f"EAP, {name}-ablated ({eap['samples']} samples, {eap['edges']} edges): clean {c['clean']:.2f}, "
               f"corrupt {c['corrupt']:.2f}, empty circuit {c['empty']:.2f}; 80% at {c['edges_for_80']} edges, "
