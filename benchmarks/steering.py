@@ -1,6 +1,7 @@
 """Steering shapes-llava: red -> blue at the answer position, on image tokens, and base -> ft-swap shift vectors.
 
-    python benchmarks/steering.py [--part answer|image|shift|all] [--n-val 100] [--n-test 200] [--out DIR] [--json]
+    python benchmarks/steering.py [--part answer|image|shift|drift|reliance|mores|all] [--n-val 100] [--n-test 200]
+        [--out DIR] [--json] [--variants plain,conditional,...] [--layers 1,2,3] [--ranks 1,4] [--steps 40]
 
 Vectors are built on ``train`` samples, the layer and scale (and, on image
 tokens, which patches) are chosen on ``val``, and the figures are measured on
@@ -17,7 +18,14 @@ sweep as JSON and a figure into ``--out`` (default ``docs/figures``):
   questions about the other objects of the scene.
 - ``shift``: the shift of means ``shapes-llava`` -> ``shapes-llava-ft-swap``
   on red colour questions (answer position), added to the base at the last
-  prompt position. Swap rate (red answered purple), other colours, other types.
+  prompt position. Swap rate (red answered purple), other colours, other types;
+  per variant: ``plain``, ``conditional`` (added only where the base model
+  answers red), ``projected`` (onto the red-vs-other-colour subspace) and both.
+- ``mores``: a MoReS-style subspace steering on image tokens only
+  (:mod:`mmlens.represent.subspace_steering`), trained with the model frozen
+  to answer red objects purple and everything else as before; the same three
+  checks as ``shift``, and exist questions ("is there a purple <shape>?")
+  it was never trained on, beside ``-ft-swap``.
 
 With ``--json`` the last line is one JSON object of the figures.
 """
@@ -337,9 +345,29 @@ def mores_part(model: Any, n_val: int, n_test: int, scales: Sequence[float], ran
     test = _swap_sets("test", n_test)
     test_base = tuple(correct(model, s) for s in test[1:])
     run = lambda ss, _w: answers(model, ss, steering, chosen["scale"])  # noqa: E731
+    # Beyond the trained question type: does the model now "see" purple? (never trained on these questions)
+    tuned = mmlens.load("shapes-llava-ft-swap")
+    exist = exist_questions("test", n_test)
+    seen = {}
+    for key, (qs, want) in exist.items():
+        seen[key] = {"base": rate([a == want for a in answers(model, qs)]),
+                     "mores": rate([a == want for a in answers(model, qs, steering, chosen["scale"])]),
+                     "ft_swap": rate([a == want for a in answers(tuned, qs)])}
     return {"chosen": chosen, "trainable_parameters": sum(v.numel() for m in steering.maps.values() for v in m.values()),
             "sweep_val": sweep, "test": _swap_eval(model, test, test_base, run, paired=True),
+            "fine_tuned_swap": rate(correct(tuned, test[0], want="purple")), "exist_questions": seen,
             "saved": "out/steering/mores.safetensors"}
+
+
+def exist_questions(split: str, n: int) -> dict[str, tuple[list[Any], str]]:
+    """About the red object of ``n`` red colour questions (its shape unique in the scene): purple? red?"""
+    purple, red = [], []
+    for s in colour_questions(split, "red", 2 * n):
+        o = s.objects[s.target_objects[0]]
+        if sum(x.shape == o.shape for x in s.objects) == 1 and len(purple) < n:
+            for into, text in ((purple, f"is there a purple {o.shape} ?"), (red, f"is there a red {o.shape} ?")):
+                into.append(SimpleNamespace(prompt=f"<image> {text}", image=s.image, answer=None, meta={}))
+    return {"purple exists->yes": (purple, "yes"), "red exists->no": (red, "no")}
 
 
 def drift_part(model: Any, n_val: int, n_test: int, scales: Sequence[float]) -> dict[str, Any]:

@@ -5,28 +5,13 @@ import json
 import pytest
 import torch
 
-import mmlens
 from mmlens.data.shapes import make_sample
 from mmlens.errors import MmlensError
 from mmlens.hooks import capture
 from mmlens.represent.concepts import prepare_samples
 from mmlens.represent.steering import answers
 from mmlens.represent.subspace_steering import SubspaceSteering, applied, image_mask, train
-
-
-@pytest.fixture(scope="module")
-def shapes_llava() -> mmlens.Model:
-    return mmlens.load("shapes-llava")
-
-
-def _colour(answer: str, n: int, split: str = "val") -> list:
-    out, i = [], 0
-    while len(out) < n:
-        s = make_sample(split, i, "colour")
-        i += 1
-        if s.answer == answer:
-            out.append(s)
-    return out
+from tests.represent.test_steering import _colour, shapes_llava  # noqa: F401  (the shared model fixture)
 
 
 def _steering(width: int, layer: int = 0, rank: int = 2, shift: float = 5.0) -> SubspaceSteering:

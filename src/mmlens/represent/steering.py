@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 from mmlens.errors import MmlensError
 from mmlens.hooks import intervene
 from mmlens.represent.concepts import Where, activations, positions_of, prepare_samples, site_of
-from mmlens.represent.subspace_steering import SubspaceSteering, applied
+from mmlens.represent.subspace_steering import SubspaceSteering, applied, check_layers, hidden_size
 
 #: Where a vector can be added.
 TOKENS = ("all", "prompt-last", "generated")
@@ -176,11 +176,9 @@ def project(vector: SteeringVector, directions: Mapping[int, torch.Tensor]) -> S
 
 
 def _check(model: Any, vector: SteeringVector, tokens: Tokens) -> None:
-    config = model.hf.config
-    hidden = (config.get_text_config() if hasattr(config, "get_text_config") else config).hidden_size
+    hidden = hidden_size(model)
+    check_layers(model, vector.layers)
     for layer, v in vector.vectors.items():
-        if not -1 <= layer < model.n_layers:
-            raise MmlensError(f"the vector has layer {layer}; {model.name} has layers -1 (input) .. {model.n_layers - 1}")
         if v.ndim != 1 or v.shape[0] != hidden:
             raise MmlensError(f"a vector of width {v.shape[-1]} cannot steer lm.L{layer}.resid of width {hidden}")
     if isinstance(tokens, str) and tokens not in TOKENS:

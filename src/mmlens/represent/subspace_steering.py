@@ -142,16 +142,36 @@ class SubspaceSteering:
         return cls(maps, dict(facts.get("metadata", {})))
 
 
-def _check(model: Any, steering: SubspaceSteering) -> None:
+def hidden_size(model: Any) -> int:
+    """The width of ``model``'s decoder residual stream.
+
+    Example:
+        >>> hidden_size(mmlens.load("shapes-llava"))  # doctest: +SKIP
+        128
+    """
     config = model.hf.config
-    hidden = (config.get_text_config() if hasattr(config, "get_text_config") else config).hidden_size
+    return (config.get_text_config() if hasattr(config, "get_text_config") else config).hidden_size
+
+
+def check_layers(model: Any, layers: Sequence[int], what: str = "vector") -> None:
+    """One line if a layer is outside ``-1`` (the input) .. ``n_layers - 1``.
+
+    Example:
+        >>> check_layers(model, [9])  # doctest: +SKIP
+        MmlensError: the vector has layer 9; shapes-llava has layers -1 (input) .. 3
+    """
+    for layer in layers:
+        if not -1 <= layer < model.n_layers:
+            raise MmlensError(f"the {what} has layer {layer}; {model.name} has layers -1 (input) .. "
+                              f"{model.n_layers - 1}")
+
+
+def _check(model: Any, steering: SubspaceSteering) -> None:
+    hidden = hidden_size(model)
     if steering.width != hidden:
         raise MmlensError(f"a subspace steering of width {steering.width} cannot steer {model.name}'s "
                           f"residual of width {hidden}")
-    for layer in steering.layers:
-        if not -1 <= layer < model.n_layers:
-            raise MmlensError(f"the steering has layer {layer}; {model.name} has layers -1 (input) .. "
-                              f"{model.n_layers - 1}")
+    check_layers(model, steering.layers, "steering")
 
 
 def image_mask(batch: Any) -> torch.Tensor:
@@ -242,10 +262,8 @@ def train(model: Any, samples: Sequence[Any], labels: Sequence[str], layers: Seq
         raise MmlensError(f"{len(samples)} samples and {len(labels)} labels: give one label per sample")
     if rank < 1 or steps < 1:
         raise MmlensError(f"rank {rank} and steps {steps} must be at least 1")
-    config = model.hf.config
-    hidden = (config.get_text_config() if hasattr(config, "get_text_config") else config).hidden_size
     torch.manual_seed(seed)
-    maps = _Maps(layers, hidden, rank)
+    maps = _Maps(layers, hidden_size(model), rank)
     _check(model, maps.steering())
     target = _first_tokens(model, labels)
     optimiser = torch.optim.Adam(maps.parameters(), lr=lr)
