@@ -187,12 +187,15 @@ def main(argv=None) -> int:
               f"{scoring['auroc_copies_over_unique']:.3f}; kept {scoring['kept_unique']} unique, "
               f"{scoring['kept_distinct_scenes']} distinct scenes", flush=True)
     if a.stage in ("train", "all"):
-        scoring = json.loads(score_path.read_text()) if score_path.exists() else {}  # only the prism arm needs it
         runs = [r.split(":") for r in a.runs] if a.runs else [(arm, s) for s in a.seeds for arm in ARMS]
         for arm, seed in runs:
             path = a.out / f"run-{arm}-{seed}.json"
             if path.exists():
                 continue
+            if arm == "prism" and not score_path.exists():
+                raise SystemExit(f"{score_path} is missing: run --stage score first")
+            # read per run: a process started before the scoring finished sees it once it is there
+            scoring = json.loads(score_path.read_text()) if arm == "prism" else {}
             result = train_run(a, arm, int(seed), rows, scoring)
             path.write_text(json.dumps(result))
             print(f"{arm} seed {seed}: accuracy {result['accuracy']:.3f} {result['per_type']} "
