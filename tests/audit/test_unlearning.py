@@ -137,6 +137,9 @@ def test_run_audit_chooses_on_validation_and_reports_test(base, sets):
 def test_perturbation_variants_cover_layers_scales_and_tokens(base, sets):
     found = perturbations(base, WORD, fit_n=12, layers=[1, 2], steering_scales=[1.0], noise_scales=[0.5])
     assert sorted({v.audit for v in found}) == ["noise", "steering"] and len(found) == 2 * 2 * 2
+    with_base = perturbations(base, WORD, fit_n=12, layers=[1], steering_scales=[1.0], noise_scales=[0.5],
+                              reference=base)
+    assert sum(v.name.startswith("base-vector") for v in with_base) == 2
     noise = [v for v in found if v.audit == "noise"][0]
     a, b = score(base, noise, sets), score(base, noise, sets)
     assert np.array_equal(a.correct, b.correct)  # seeded: the same noise every time

@@ -32,7 +32,7 @@ def test_audit_unlearning_writes_table_figure_and_rows(saved, tmp_path, capsys):
     assert list(summary["table"]["gd"]) == ["direct", "few-shot", "steering"]
     assert summary["table"]["base"]["direct"] == 1.0  # the fact is known before unlearning
     row = json.loads((out / "rows" / "gd.json").read_text())
-    assert row["audits"]["steering"]["n_variants"] == 2 * 3 and row["audits"]["steering"]["n_test"] == [3, 3]
+    assert row["audits"]["steering"]["n_variants"] == 2 * 2 * 4 and row["audits"]["steering"]["n_test"] == [3, 3]
     table = (out / "table.md").read_text().splitlines()
     assert table[0].startswith("| model | forget acc %") and len(table) == 4
     assert (out / "recovery.png").stat().st_size > 1000 and "recovery" in (out / "index.html").read_text()

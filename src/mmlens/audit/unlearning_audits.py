@@ -21,8 +21,9 @@ Audits (:data:`AUDITS`):
   ``how many purple objects are there ?`` -> not ``zero``);
 - ``few-shot``: true question/answer pairs about the same image before the question;
 - ``steering``: the forgotten concept's mean-difference vector (answer position,
-  the audited model's own activations on a separate fit set,
-  :func:`mmlens.represent.steering.mean_difference`) added to the residual stream;
+  on a separate fit set, :func:`mmlens.represent.steering.mean_difference`),
+  from the audited model's own activations or from the model before
+  unlearning (``reference``), added to the residual stream;
 - ``noise``: Gaussian noise scaled to the residual stream's RMS at that layer.
 
 Example:
@@ -56,8 +57,8 @@ PARAPHRASES = ("what colour is the {shape}", "the {shape} is what colour ?", "wh
                "is the {shape} what colour ?", "colour of the {shape} ?")
 NUMBERS_ABOVE_ZERO = frozenset({"one", "two", "three", "four"})
 TOKENS = ("prompt-last", "all")
-STEERING_SCALES = (1.0, 2.0, 4.0)
-NOISE_SCALES = (0.5, 1.0, 2.0)
+STEERING_SCALES = (1.0, 2.0, 4.0, 16.0)
+NOISE_SCALES = (0.5, 1.0, 2.0, 8.0)
 #: Where the audit sets start in each split, apart from the unlearning sets.
 AUDIT_START, FIT_START = 42_000_000, 43_000_000
 
@@ -272,22 +273,29 @@ def _seed(layer: int, k: int, tokens: str, start: int) -> int:
 
 def perturbations(model: Any, word: str, fit_n: int = 64, layers: Sequence[int] | None = None,
                   steering_scales: Sequence[float] = STEERING_SCALES,
-                  noise_scales: Sequence[float] = NOISE_SCALES) -> list[Variant]:
-    """Steering and noise variants: every layer x scale x :data:`TOKENS`.
+                  noise_scales: Sequence[float] = NOISE_SCALES, reference: Any = None) -> list[Variant]:
+    """Steering and noise variants: every layer x scale x :data:`TOKENS` (x vector source, with ``reference``).
+
+    ``reference`` (the model before unlearning) adds steering variants whose
+    vector is fitted on it instead of on the audited model.
 
     Example:
         >>> len(perturbations(model, "purple", layers=[1], steering_scales=[1], noise_scales=[1]))  # doctest: +SKIP
         4
     """
     vector, rms = concept_vector(model, word, fit_n, layers)
+    sources = {"": vector}
+    if reference is not None:
+        sources["base-vector "] = concept_vector(reference, word, fit_n, layers)[0]
     out, hits = [], frozenset({word})
     for layer in vector.layers:
         site = site_of(layer)
         for tokens in TOKENS:
-            for scale in steering_scales:
-                delta = vector.vectors[layer] * scale
-                out.append(Variant("steering", f"L{layer} x{scale:g} {tokens}", hits,
-                                   edits=lambda start, s=site, d=delta, t=tokens: {s: _adder(d, t)}))
+            for prefix, source in sources.items():
+                for scale in steering_scales:
+                    delta = source.vectors[layer] * scale
+                    out.append(Variant("steering", f"{prefix}L{layer} x{scale:g} {tokens}", hits,
+                                       edits=lambda start, s=site, d=delta, t=tokens: {s: _adder(d, t)}))
             for k, scale in enumerate(noise_scales):
                 std = scale * rms[layer]
                 out.append(Variant("noise", f"L{layer} x{scale:g} {tokens}", hits,
@@ -297,7 +305,7 @@ def perturbations(model: Any, word: str, fit_n: int = 64, layers: Sequence[int] 
 
 
 def variants(model: Any, word: str, audits: Sequence[str] = AUDITS, fit_n: int = 64,
-             layers: Sequence[int] | None = None) -> dict[str, list[Variant]]:
+             layers: Sequence[int] | None = None, reference: Any = None) -> dict[str, list[Variant]]:
     """Every audit's variants, by audit name.
 
     Example:
@@ -310,7 +318,7 @@ def variants(model: Any, word: str, audits: Sequence[str] = AUDITS, fit_n: int =
     table: dict[str, list[Variant]] = {"direct": [direct(word)], "paraphrase": paraphrases(word),
                                        "another-way": another_way(word), "few-shot": few_shot(word)}
     if any(a in PERTURBATION_AUDITS for a in audits):
-        for v in perturbations(model, word, fit_n, layers):
+        for v in perturbations(model, word, fit_n, layers, reference=reference):
             table.setdefault(v.audit, []).append(v)
     return {a: table[a] for a in audits}
 
@@ -335,9 +343,12 @@ def run_audit(model: Any, candidates: Sequence[Variant], val: AuditSets, test: A
 
 
 def audit_model(model: Any, word: str, n_val: int = 40, n_test: int = 100, audits: Sequence[str] = AUDITS,
-                fit_n: int = 64, batch_size: int = 64, layers: Sequence[int] | None = None,
+                fit_n: int = 64, batch_size: int = 64, layers: Sequence[int] | None = None, reference: Any = None,
                 progress: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
-    """Every audit on one model: ``{audit: row}`` (see :func:`run_audit`); ``layers``: the perturbed ones (default all).
+    """Every audit on one model: ``{audit: row}`` (see :func:`run_audit`).
+
+    ``layers``: the perturbed ones (default all); ``reference``: the model
+    before unlearning, whose concept vector the steering audit also tries.
 
     Example:
         >>> rows = audit_model(mmlens.load("shapes-llava"), "purple", n_val=8, n_test=8, audits=["direct"])  # doctest: +SKIP
@@ -346,7 +357,7 @@ def audit_model(model: Any, word: str, n_val: int = 40, n_test: int = 100, audit
     """
     val, test = AuditSets.draw("val", n_val, word), AuditSets.draw("test", n_test, word)
     out = {}
-    for audit, candidates in variants(model, word, audits, fit_n, layers).items():
+    for audit, candidates in variants(model, word, audits, fit_n, layers, reference).items():
         out[audit] = run_audit(model, candidates, val, test, batch_size)
         if progress is not None:
             progress(audit)

@@ -31,6 +31,10 @@ from mmlens.cli.options import JsonOption, check_choices, print_json, stdout_for
 from mmlens.errors import MmlensError
 
 
+#: Bumped when the audits change, so that rows written before are not reused.
+ROWS_VERSION = 2
+
+
 @app.command("unlearning")
 def unlearning(
     models: Optional[list[str]] = typer.Option(None, "--model", "-m", help="An unlearned model (repeat for several); "
@@ -137,7 +141,8 @@ def audit_unlearning(models: list[str], base: str, word: str, out: Path, *, meth
     todo: dict[str, Any] = {}
     for label, name in labels.items():  # load (and check) every model still to audit before auditing any
         path = out / "rows" / f"{label}.json"
-        wanted = {"model": name, "forget": word, "n_val": n_val, "n_test": n_test, "audits": audits,
+        wanted = {"version": ROWS_VERSION, "model": name, "forget": word, "n_val": n_val, "n_test": n_test,
+                  "audits": audits,
                   **({"layers": layers} if layers is not None else {}), **({"fit_n": fit_n} if fit_n != 64 else {})}
         if path.is_file() and json.loads(path.read_text(encoding="utf-8")).get("args") == wanted:
             rows[label] = json.loads(path.read_text(encoding="utf-8"))
@@ -146,10 +151,12 @@ def audit_unlearning(models: list[str], base: str, word: str, out: Path, *, meth
         if not model.adapter.multimodal:
             raise MmlensError(f"{model.name} is a text-only model: the unlearning audits ask about images")
         todo[label] = (model, wanted, path)
+    reference = todo["base"][0] if "base" in todo else (mmlens.load(base) if todo else None)
     for label, (model, wanted, path) in todo.items():
         console.print(f"auditing {label} ({wanted['model']})", highlight=False)
         record = {"args": wanted, "accuracy": forget_report(model, word, n=n_test),
-                  "audits": audit_model(model, word, n_val, n_test, audits, fit_n, layers=layers)}
+                  "audits": audit_model(model, word, n_val, n_test, audits, fit_n, layers=layers,
+                                        reference=None if label == "base" else reference)}
         path.write_text(json.dumps(record, indent=1), encoding="utf-8")
         rows[label] = record
     rows = {label: rows[label] for label in labels}  # the table in the order given
