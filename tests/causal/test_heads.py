@@ -99,3 +99,12 @@ def test_bad_input_is_one_line(tiny_llava, clean):
         with pytest.raises(mmlens.MmlensError, match=match):
             call()
     assert parse_heads(tiny_llava, ["lm.L1.head2", (0, 3), "L1.H2"]) == [(1, 2), (0, 3)]
+
+
+@pytest.mark.parametrize("name", ["tiny-qwen2-vl", "tiny-paligemma"])
+def test_grids_hold_for_m_rope_and_a_bidirectional_prefix(name, noise):
+    model = mmlens.load(name)
+    batch = model.prepare(["<image> what colour ?", "<image> shape ?"], [[noise(64, 64, 1)], [noise(64, 64, 2)]])
+    grid = knockout_heads(model, batch, heads=["L1.H2"])
+    expected = _answer_probability(model, batch, {"lm.L1.head2": torch.zeros_like}, grid.answer_ids)
+    torch.testing.assert_close(grid.edited[:, 1, 2], expected, rtol=1e-4, atol=1e-6)
