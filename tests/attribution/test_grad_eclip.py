@@ -11,7 +11,7 @@ import mmlens
 from mmlens.attribution.grad_eclip import _contribution, _spatial, grad_eclip, patch_heatmaps, tower_maps
 from mmlens.layout import Modality
 from mmlens.models import runtime
-from mmlens.models.tower import fine_order, stream_order, tower_views
+from mmlens.models.tower import stream_order, tower_views
 from mmlens.readout import build_targets
 from tests.conftest import noise_image
 
@@ -56,12 +56,6 @@ def test_qwen_patch_map_moves_only_where_the_perturbed_patch_is(name, size, patc
     expected = np.zeros(size, dtype=bool)
     expected[rows, cols] = True
     np.testing.assert_array_equal(painted > 1e-6, expected)  # the map lands exactly on the perturbed pixels
-
-
-def test_fine_order_folds_merge_blocks_the_way_the_merger_reads_them():
-    assert fine_order(2, 3, 2, "blocks")[:2, :2].flatten().tolist() == [0, 1, 2, 3]  # one merged token
-    assert fine_order(2, 3, 2, "blocks")[2, 0].item() == 12  # first patch of the second token row
-    assert fine_order(2, 3, 1, "rows").flatten().tolist() == list(range(6))
 
 
 def test_with_softmax_weights_the_map_before_relu_sums_to_the_first_order_effect():
