@@ -38,7 +38,7 @@ import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -47,73 +47,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit  # noqa: E402
 
 import mmlens  # noqa: E402
-from mmlens.data.shapes import COLOURS, make_sample  # noqa: E402
+from mmlens.data.shapes import make_sample  # noqa: E402
 from mmlens.represent.concepts import EMBED, activations, object_patches  # noqa: E402
-from mmlens.represent.steering import SteeringVector, answers, mean_difference, project, shift_vectors  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-OFF_TYPES = ("position", "count")
-
-
-def colour_questions(split: str, answer: str, n: int) -> list[Any]:
-    """The first ``n`` colour questions of ``split`` whose answer is ``answer``."""
-    out, i = [], 0
-    while len(out) < n:
-        s = make_sample(split, i, "colour")
-        i += 1
-        if s.answer == answer:
-            out.append(s)
-    return out
-
-
-def off_target(split: str, n: int, types: Sequence[str] = OFF_TYPES, start: int = 0) -> list[Any]:
-    """``n`` questions of ``types`` (alternating) that name no colour."""
-    out, i = [], start
-    while len(out) < n:
-        s = make_sample(split, i, types[i % len(types)])
-        i += 1
-        if not set(s.prompt.split()) & set(COLOURS):
-            out.append(s)
-    return out
-
-
-def object_sets(split: str, n: int, colour: str, min_cover: float = 0.25) -> tuple[list[Any], list[list[int]]]:
-    """``n`` scenes with a ``colour`` object, and that object's patches (the first one per scene)."""
-    samples, where, i = [], [], 0
-    while len(samples) < n:
-        s = make_sample(split, i)
-        i += 1
-        for o in s.objects:
-            if o.colour == colour:
-                samples.append(s)
-                where.append(object_patches(o, min_cover=min_cover))
-                break
-    return samples, where
-
-
-def rate(hits: Sequence[bool], seed: int = 0, resamples: int = 1000) -> dict[str, float]:
-    """A rate with its bootstrap 95% interval."""
-    h = np.asarray(hits, float)
-    boots = np.random.default_rng(seed).choice(h, (resamples, len(h))).mean(1)
-    return {"rate": round(float(h.mean()), 4), "lo": round(float(np.quantile(boots, 0.025)), 4),
-            "hi": round(float(np.quantile(boots, 0.975)), 4), "n": len(h)}
-
-
-def drop(before: Sequence[bool], after: Sequence[bool], seed: int = 0, resamples: int = 1000) -> dict[str, float]:
-    """Accuracy before minus after (points), paired bootstrap 95% interval."""
-    d = np.asarray(before, float) - np.asarray(after, float)
-    boots = np.random.default_rng(seed).choice(d, (resamples, len(d))).mean(1) * 100
-    return {"points": round(float(d.mean() * 100), 2), "lo": round(float(np.quantile(boots, 0.025)), 2),
-            "hi": round(float(np.quantile(boots, 0.975)), 2), "n": len(d)}
-
-
-def correct(model: Any, samples: Sequence[Any], vector: SteeringVector | None = None, scale: float = 1.0,
-            tokens: Any = "prompt-last", want: str | Callable[[Any], str] | None = None) -> list[bool]:
-    """Per sample, whether the (steered) answer is ``want`` (a word, or per sample; default its answer)."""
-    got = answers(model, samples, vector, scale, tokens)
-    wanted = [want(s) if callable(want) else (want or s.answer) for s in samples]
-    return [g == w for g, w in zip(got, wanted)]
-
+from mmlens.represent.steering import SteeringVector, answers, mean_difference  # noqa: E402
+from steering_common import (ROOT, _choose, colour_questions, correct, drop, object_sets,  # noqa: E402
+                             off_target, rate)
+from steering_swap import SHIFT_VARIANTS, mores_part, shift_part  # noqa: E402
 
 def answer_part(model: Any, n_val: int, n_test: int, scales: Sequence[float]) -> dict[str, Any]:
     """Red -> blue at the answer position."""
@@ -143,13 +82,6 @@ def answer_part(model: Any, n_val: int, n_test: int, scales: Sequence[float]) ->
               "test_off_target_before": rate(before),
               "test_off_target_drop": drop(before, correct(model, test_off, v, chosen["scale"]))}
     return result
-
-
-def _choose(sweep: list[dict], key: str, allowed: Callable[[dict], bool]) -> dict:
-    """The allowed setting with the highest ``key`` (ties: the smaller scale); else the highest ``key``."""
-    pool = [r for r in sweep if allowed(r)] or sweep
-    best = max(pool, key=lambda r: (round(r[key], 3), -r["scale"]))
-    return {k: best[k] for k in ("layer", "scale") if k in best} | {k: best[k] for k in best if k.startswith("min_")}
 
 
 def image_questions(split: str, n: int, min_cover: float) -> dict[str, Any]:
@@ -221,153 +153,6 @@ def image_part(model: Any, n_val: int, n_test: int, scales: Sequence[float], qui
     return {"chosen": chosen, "vector_seconds": round(build_s, 1), "sweep_val": sweep,
             "test": {k: rate(v) for k, v in steered.items()}, "test_base": {k: rate(v) for k, v in base.items()},
             "test_others_drop": drop(base["others"], steered["others"])}
-
-
-#: Shift variants: how the shift vector is added (issue 17's selectivity ideas).
-SHIFT_VARIANTS = ("plain", "conditional", "projected", "projected+conditional")
-
-
-def _swap_sets(split: str, n: int) -> tuple[list[Any], list[Any], list[Any]]:
-    """Red colour questions, colour questions about other colours, and other types naming no colour."""
-    red = colour_questions(split, "red", n)
-    other = [s for s in (make_sample(split, i, "colour") for i in range(3 * n)) if s.answer != "red"][:n]
-    return red, other, off_target(split, n, ("position", "count", "shape", "exist"))
-
-
-def _swap_eval(model: Any, sets: tuple, base: tuple, run: Callable[[Sequence[Any], Any], list[str]],
-               paired: bool = False) -> dict[str, Any]:
-    """Swap rate on red questions, accuracy drops on the other two sets (as floats, or rates with intervals)."""
-    red, other, types = sets
-    swap = [a == "purple" for a in run(red, "purple")]
-    got_other = [a == s.answer for a, s in zip(run(other, None), other)]
-    got_types = [a == s.answer for a, s in zip(run(types, None), types)]
-    if paired:
-        return {"swap": rate(swap), "other_colour_drop": drop(base[0], got_other),
-                "other_types_drop": drop(base[1], got_types)}
-    return {"swap": float(np.mean(swap)), "other_colour_drop": float(np.mean(base[0]) - np.mean(got_other)) * 100,
-            "other_types_drop": float(np.mean(base[1]) - np.mean(got_types)) * 100}
-
-
-def colour_subspace(model: Any, layers: Sequence[int], n: int = 50) -> dict[int, torch.Tensor]:
-    """Per layer, ``mean(red) - mean(c)`` for every other colour ``c`` (answer-position states of train questions)."""
-    means = {c: activations(model, colour_questions("train", c, n), layers) for c in COLOURS}
-    return {l: torch.stack([means["red"][l].mean(0) - means[c][l].mean(0) for c in COLOURS if c != "red"])
-            for l in layers}
-
-
-def shift_part(model: Any, n_val: int, n_test: int, scales: Sequence[float],
-               variants: Sequence[str] = SHIFT_VARIANTS, layers: Sequence[int] | None = None) -> dict[str, Any]:
-    """Shift of means shapes-llava -> shapes-llava-ft-swap on red colour questions, added to the base, per variant.
-
-    ``conditional``: added only where the base model's answer is red;
-    ``projected``: the shift projected onto the red-vs-other-colour subspace.
-    """
-    tuned = mmlens.load("shapes-llava-ft-swap")
-    layers = list(layers if layers is not None else range(model.n_layers))
-    t0 = time.time()
-    vector = shift_vectors(model, tuned, colour_questions("train", "red", 100), layers,
-                           metadata={"concept": "colour questions about red objects"})
-    projected = project(vector, colour_subspace(model, layers))
-    build_s = time.time() - t0
-
-    def runner(v: SteeringVector, scale: float, variant: str) -> Callable:
-        vec = projected.only(v.layers) if variant.startswith("projected") else v
-        when = "red" if variant.endswith("conditional") else None
-        return lambda samples, _want: answers(model, samples, vec, scale, only_when=when)
-
-    val = _swap_sets("val", n_val)
-    val_base = tuple(correct(model, s) for s in val[1:])
-    sweep = []
-    for variant in variants:
-        for layer in layers:
-            for scale in scales:
-                row = {"variant": variant, "layer": layer, "scale": scale,
-                       **_swap_eval(model, val, val_base, runner(vector.only([layer]), scale, variant))}
-                sweep.append(row)
-                print(f"shift {row}", file=sys.stderr, flush=True)
-    test = _swap_sets("test", n_test)
-    test_base = tuple(correct(model, s) for s in test[1:])
-    result: dict[str, Any] = {"vector_seconds": round(build_s, 1), "sweep_val": sweep,
-                              "fine_tuned_swap": rate(correct(tuned, test[0], want="purple")),
-                              "vector_norms": {str(l): round(float(vector.vectors[l].norm()), 3) for l in layers},
-                              "projected_norms": {str(l): round(float(projected.vectors[l].norm()), 3) for l in layers},
-                              "variants": {}}
-    for variant in variants:
-        chosen = _choose([r for r in sweep if r["variant"] == variant], "swap",
-                         lambda r: max(r["other_colour_drop"], r["other_types_drop"]) <= 2)
-        run = runner(vector.only([chosen["layer"]]), chosen["scale"], variant)
-        result["variants"][variant] = {"chosen": chosen, **_swap_eval(model, test, test_base, run, paired=True)}
-        print(f"shift test {variant}: {result['variants'][variant]}", file=sys.stderr, flush=True)
-    return result
-
-
-#: MoReS layer sets tried on validation (-1: the decoder's input).
-MORES_LAYERS = {"input": [EMBED], "L0-3": [0, 1, 2, 3], "input+L0-3": [EMBED, 0, 1, 2, 3]}
-
-
-def mores_training_set(n: int) -> tuple[list[Any], list[str]]:
-    """``n`` train colour questions (red relabelled purple) and ``n`` questions of other types naming no colour."""
-    colour = [make_sample("train", i, "colour") for i in range(n)]
-    others = off_target("train", n, ("position", "count", "shape", "exist"), start=10_000)
-    samples = colour + others
-    return samples, ["purple" if s.answer == "red" else s.answer for s in samples]
-
-
-def mores_part(model: Any, n_val: int, n_test: int, scales: Sequence[float], ranks: Sequence[int] = (1, 4),
-               steps: int = 40, layer_sets: Sequence[str] = tuple(MORES_LAYERS)) -> dict[str, Any]:
-    """MoReS on image tokens only, trained (model frozen) to see red as purple; the same checks as the shift."""
-    from mmlens.represent.subspace_steering import train
-
-    samples, labels = mores_training_set(300)
-    val = _swap_sets("val", n_val)
-    val_base = tuple(correct(model, s) for s in val[1:])
-    trained, sweep = {}, []
-    for name in layer_sets:
-        for rank in ranks:
-            t0 = time.time()
-            losses: list[float] = []
-            steering = train(model, samples, labels, MORES_LAYERS[name], rank=rank, steps=steps,
-                             log=lambda i, loss: losses.append(round(loss, 4)),
-                             metadata={"objective": "red objects answered purple", "layers": name})
-            train_s = time.time() - t0
-            trained[(name, rank)] = steering
-            for scale in scales:
-                run = lambda ss, _w, st=steering, sc=scale: answers(model, ss, st, sc)  # noqa: E731
-                row = {"layers": name, "rank": rank, "scale": scale, "train_seconds": round(train_s, 1),
-                       "final_loss": float(np.mean(losses[-5:])), **_swap_eval(model, val, val_base, run)}
-                sweep.append(row)
-                print(f"mores {row}", file=sys.stderr, flush=True)
-    best = max([r for r in sweep if max(r["other_colour_drop"], r["other_types_drop"]) <= 2] or sweep,
-               key=lambda r: (round(r["swap"], 3), -r["rank"], -r["scale"]))
-    chosen = {k: best[k] for k in ("layers", "rank", "scale")}
-    steering = trained[(chosen["layers"], chosen["rank"])]
-    steering.save(ROOT / "out" / "steering" / "mores.safetensors")
-    test = _swap_sets("test", n_test)
-    test_base = tuple(correct(model, s) for s in test[1:])
-    run = lambda ss, _w: answers(model, ss, steering, chosen["scale"])  # noqa: E731
-    # Beyond the trained question type: does the model now "see" purple? (never trained on these questions)
-    tuned = mmlens.load("shapes-llava-ft-swap")
-    exist = exist_questions("test", n_test)
-    seen = {}
-    for key, (qs, want) in exist.items():
-        seen[key] = {"base": rate([a == want for a in answers(model, qs)]),
-                     "mores": rate([a == want for a in answers(model, qs, steering, chosen["scale"])]),
-                     "ft_swap": rate([a == want for a in answers(tuned, qs)])}
-    return {"chosen": chosen, "trainable_parameters": sum(v.numel() for m in steering.maps.values() for v in m.values()),
-            "sweep_val": sweep, "test": _swap_eval(model, test, test_base, run, paired=True),
-            "fine_tuned_swap": rate(correct(tuned, test[0], want="purple")), "exist_questions": seen,
-            "saved": "out/steering/mores.safetensors"}
-
-
-def exist_questions(split: str, n: int) -> dict[str, tuple[list[Any], str]]:
-    """About the red object of ``n`` red colour questions (its shape unique in the scene): purple? red?"""
-    purple, red = [], []
-    for s in colour_questions(split, "red", 2 * n):
-        o = s.objects[s.target_objects[0]]
-        if sum(x.shape == o.shape for x in s.objects) == 1 and len(purple) < n:
-            for into, text in ((purple, f"is there a purple {o.shape} ?"), (red, f"is there a red {o.shape} ?")):
-                into.append(SimpleNamespace(prompt=f"<image> {text}", image=s.image, answer=None, meta={}))
-    return {"purple exists->yes": (purple, "yes"), "red exists->no": (red, "no")}
 
 
 def drift_part(model: Any, n_val: int, n_test: int, scales: Sequence[float]) -> dict[str, Any]:
