@@ -80,8 +80,11 @@ class TowerMaps:
 
 
 def tower_maps(model: Model, targets: Targets, layers: Sequence[int] | None = None, spatial: str = "relu",
-               queries: str = "all") -> TowerMaps:
+               queries: str = "all", last_reached: bool = False) -> TowerMaps:
     """Grad-ECLIP patch grids of tower ``layers`` (all when None), from one forward and one backward per target.
+
+    ``last_reached`` maps only the last of those layers whose attention the
+    answer depends on (every layer's gradient is needed to know which).
 
     Example:
         >>> maps = tower_maps(model, targets, layers=[0, 1])
@@ -115,12 +118,11 @@ def tower_maps(model: Model, targets: Targets, layers: Sequence[int] | None = No
             score = (score * targets.real[:, j].to(score)).sum()
             per_target.append(torch.autograd.grad(score, [o[0] for o in outputs], retain_graph=j + 1 < targets.count,
                                                   allow_unused=True))
-    grids, reached = {}, []
-    for index, i in enumerate(chosen):
-        grads = [g[index] for g in per_target]
-        if any(g is not None and bool(g.abs().sum() > 0) for g in grads):
-            reached.append(i)
-        grids[i] = _layer_grids(records[i], grads, views, targets, spatial, queries, order)
+    reached = [i for index, i in enumerate(chosen)
+               if any(g[index] is not None and bool(g[index].abs().sum() > 0) for g in per_target)]
+    mapped = reached[-1:] if last_reached else chosen
+    grids = {i: _layer_grids(records[i], [g[chosen.index(i)] for g in per_target], views, targets, spatial, queries,
+                             order) for i in mapped}
     return TowerMaps(grids, views, reached)
 
 
@@ -136,13 +138,10 @@ def grad_eclip(model: Model, targets: Targets, layer: int | None = None, spatial
         >>> grad_eclip(model, targets, spatial="cosine").extras["layer"]
         1
     """
-    maps = tower_maps(model, targets, None if layer is None else [layer], spatial, queries)
-    if layer is None:
-        if not maps.reached:
-            raise MmlensError("grad_eclip: the answer does not depend on any tower layer's attention")
-        chosen = maps.reached[-1]
-    else:
-        chosen = next(iter(maps.grids))
+    maps = tower_maps(model, targets, None if layer is None else [layer], spatial, queries, last_reached=layer is None)
+    if not maps.grids:
+        raise MmlensError("grad_eclip: the answer does not depend on any tower layer's attention")
+    chosen = next(iter(maps.grids))
     grids = maps.grids[chosen]
     return Attribution(decoder_scores(grids, maps.views, targets),
                        {"patch_grids": grids, "merge": maps.views[0].merge, "layer": chosen, "spatial": spatial,
