@@ -18,7 +18,7 @@ from mmlens.cli.main import main
 from mmlens.report.output import MANIFEST, read_manifest
 from tests.cli.test_main import CTRL_C_EXIT_CODES, ctrl_c_reaches_the_child
 
-OUT_COMMANDS = ["explain", "lens", "trace", "neurons", "demo"]
+OUT_COMMANDS = ["explain", "lens", "trace", "neurons", "demo", "heads", "circuit"]
 FAST = {  # small runs of every command on the tiny LLaVA
     "info": ["info", "-m", "tiny-llava"],
     "explain": ["explain", "-m", "tiny-llava", "--method", "rollout"],
