@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from mmlens.cli.inside_options import AnswerOption, ObjectBoxOption, object_box
+from mmlens.cli.inside_options import AnswerOption, ObjectBoxOption, counterfactual_images, object_box
 from mmlens.cli.options import (
     ImageOption,
     JsonOption,
@@ -152,13 +152,12 @@ def _eap(model: Any, batch: Any, images: list, graph: Any, answer: str | None, c
     from mmlens.causal import noisy_pixels
     from mmlens.circuits.cdt import target_ids
     from mmlens.circuits.eap import edge_scores, faithfulness_curve
-    from mmlens.data.images import open_image, resized_to
     from mmlens.models.decoder import record_decoder_call
 
     if not images:
         raise MmlensError("EAP corrupts the image: give an image and a prompt with an <image> slot (or --method cdt)")
     if counterfactual is not None:
-        other = [resized_to(open_image(counterfactual), images[0].size, "--counterfactual")] + list(images[1:])
+        other = counterfactual_images(counterfactual, images)
         corrupted, corruption = model.prepare(batch.prompts[0], other), f"counterfactual {counterfactual.name}"
     else:
         corrupted, corruption = noisy_pixels(batch, noise, seed)[0], f"pixel noise {noise:g}"

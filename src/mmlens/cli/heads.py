@@ -19,7 +19,8 @@ from rich.table import Table
 from mmlens.causal.attribution_patching import attribution_patching
 from mmlens.causal.head_grid import DIRECTIONS, METRICS, HeadGrid
 from mmlens.causal.heads import ABLATIONS, knockout_heads, parse_heads, patch_heads
-from mmlens.cli.inside_options import AnswerOption
+from mmlens.cli.inside_options import (AnswerOption, CorruptOption, CounterfactualOption, NoiseOption,
+                                      counterfactual_images)
 from mmlens.cli.options import (
     ImageOption,
     JsonOption,
@@ -35,7 +36,6 @@ from mmlens.cli.options import (
     stdout_for_json,
 )
 from mmlens.cli.samples import load_with_input, read_prompt
-from mmlens.data.images import open_image, resized_to
 from mmlens.errors import MmlensError
 from mmlens.report.figures import display_token
 from mmlens.report.heads_pages import describe, write_heads_page
@@ -56,10 +56,9 @@ def heads(
     direction: str = typer.Option("clean->corrupt", "--direction", help="Patching: clean->corrupt (restore) "
                                   "or corrupt->clean (damage)."),
     metric: str = typer.Option("probability", "--metric", help="probability or logit of the answer."),
-    corrupt: str = typer.Option("noise", "--corrupt", help="noise (on pixels) or embeddings (on image-token inputs)."),
-    counterfactual: Optional[Path] = typer.Option(None, "--counterfactual", help="Corrupt with this image instead "
-                                                  "(same size as the first image)."),
-    noise: float = typer.Option(3.0, "--noise", help="Noise standard deviation, in units of the input's own."),
+    corrupt: str = CorruptOption,
+    counterfactual: Optional[Path] = CounterfactualOption,
+    noise: float = NoiseOption,
     head: Optional[list[str]] = typer.Option(None, "--head", help="Repeatable, e.g. L1.H2: these heads are also "
                                              "knocked out or patched together."),
     seed: int = typer.Option(0, "--seed", help="Seed of the noise."),
@@ -89,7 +88,7 @@ def heads(
             batch = loaded.prepare(prompt_text, images or None)
             corruption = corrupt
             if counterfactual is not None:
-                other = [resized_to(open_image(counterfactual), images[0].size, "--counterfactual")] + list(images[1:])
+                other = counterfactual_images(counterfactual, images)
                 corruption = loaded.prepare(prompt_text, other)
             grids: dict[str, HeadGrid] = {}
             with Progress(console=console, transient=True) as bar:

@@ -1,4 +1,4 @@
-"""Options and defaults shared by ``mmlens lens`` and ``mmlens trace``: where the asked-about object is.
+"""Options and defaults shared by ``mmlens lens``, ``trace``, ``heads`` and ``circuit``: the asked-about object, the corruption.
 
 Example:
     >>> parse_box("10,20,51,61")
@@ -28,6 +28,10 @@ ObjectWordOption = typer.Option(
     None, "--object-word", help="A prompt word naming the object; repeatable (default: colour and shape words).")
 AnswerOption = typer.Option(None, "--answer",
                             help="Follow this answer's first token (default: the model's own answer).")
+CorruptOption = typer.Option("noise", "--corrupt", help="noise (on pixels) or embeddings (on image-token inputs).")
+CounterfactualOption = typer.Option(None, "--counterfactual", help="Corrupt with this image instead "
+                                    "(same size as the first image).")
+NoiseOption = typer.Option(3.0, "--noise", help="Noise standard deviation, in units of the input's own.")
 
 #: The circle of :func:`mmlens.cli.samples.drawn_example` (PIL's ellipse box is inclusive: +1 on the far edges).
 DRAWN_CIRCLE_BOX = Box(10.0, 20.0, 51.0, 61.0)
@@ -97,3 +101,10 @@ def _shipped_object(model_name: str) -> ObjectRegion:
     # Examples drawn from the shapes world name their source: regenerate it for the ground-truth mask.
     sample = sample_from_source(entry.get("source", ""))
     return object_region(sample) if sample is not None else None
+
+
+def counterfactual_images(counterfactual: Path, images: list[Image.Image]) -> list[Image.Image]:
+    """``images`` with the first replaced by the ``--counterfactual`` image, resized to its size (one line if it cannot be)."""
+    from mmlens.data.images import open_image, resized_to
+
+    return [resized_to(open_image(counterfactual), images[0].size, "--counterfactual")] + list(images[1:])

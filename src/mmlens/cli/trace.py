@@ -19,7 +19,8 @@ from rich.table import Table
 from mmlens.causal import COMPONENTS, CausalTrace, token_groups
 from mmlens.causal import trace as run_trace
 from mmlens.causal.trace_result import MIN_RECOVERY
-from mmlens.cli.inside_options import AnswerOption, ObjectBoxOption, ObjectWordOption, object_box
+from mmlens.cli.inside_options import (AnswerOption, CorruptOption, CounterfactualOption, NoiseOption,
+                                      ObjectBoxOption, ObjectWordOption, counterfactual_images, object_box)
 from mmlens.cli.options import (
     ImageOption,
     JsonOption,
@@ -35,7 +36,6 @@ from mmlens.cli.options import (
     stdout_for_json,
 )
 from mmlens.cli.samples import load_with_input, read_prompt
-from mmlens.data.images import open_image, resized_to
 from mmlens.data.shapes_questions import prompt_object_words
 from mmlens.errors import MmlensError
 from mmlens.report.figures import display_token
@@ -51,10 +51,9 @@ def trace(
     prompt_file: Optional[Path] = PromptFileOption,
     model: Optional[str] = ModelOption,
     answer: Optional[str] = AnswerOption,
-    corrupt: str = typer.Option("noise", "--corrupt", help="noise (on pixels) or embeddings (on image-token inputs)."),
-    counterfactual: Optional[Path] = typer.Option(None, "--counterfactual", help="Corrupt with this image instead "
-                                                  "(same size as the first image)."),
-    noise: float = typer.Option(3.0, "--noise", help="Noise standard deviation, in units of the input's own."),
+    corrupt: str = CorruptOption,
+    counterfactual: Optional[Path] = CounterfactualOption,
+    noise: float = NoiseOption,
     window: int = typer.Option(1, "--window", help="Layers restored together around each layer."),
     component: Optional[list[str]] = typer.Option(None, "--component", help="Repeatable; resid, attn or mlp."),
     box: Optional[str] = ObjectBoxOption,
@@ -83,7 +82,7 @@ def trace(
             groups = token_groups(loaded, batch, [region], [words], seed=seed)
             corruption = corrupt
             if counterfactual is not None:
-                other = [resized_to(open_image(counterfactual), images[0].size, "--counterfactual")] + list(images[1:])
+                other = counterfactual_images(counterfactual, images)
                 corruption = loaded.prepare(prompt_text, other)
             with Progress(console=console, transient=True) as bar:
                 task = bar.add_task("tracing", total=None)
