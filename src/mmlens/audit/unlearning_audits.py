@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmlens.audit.unlearning import Edits, answer_words, colour_questions, forget_set, scene_colours
+from mmlens.audit.unlearning import Edits, answer_words, colour_questions, forget_set
 from mmlens.data.sample import IMAGE_SLOT, ShapesSample
 from mmlens.data.shapes import PLURALS, SHAPES
 from mmlens.errors import MmlensError
@@ -184,7 +184,8 @@ def another_way(word: str) -> list[Variant]:
     return [
         Variant("another-way", f"is there a {word} X ?", yes,
                 lambda s: f"{IMAGE_SLOT} is there a {word} {_other_shape(s)} ?"),
-        Variant("another-way", f"is there a {word} object ?", yes, lambda s: f"{IMAGE_SLOT} is there a {word} object ?"),
+        Variant("another-way", f"is there a {word} object ?", yes,
+                lambda s: f"{IMAGE_SLOT} is there a {word} object ?"),
         Variant("another-way", f"how many {word} objects are there ?", some,
                 lambda s: f"{IMAGE_SLOT} how many {word} objects are there ?"),
         Variant("another-way", f"how many {word} Xs are there ?", some,
@@ -351,7 +352,7 @@ def audit_model(model: Any, word: str, n_val: int = 40, n_test: int = 100, audit
     before unlearning, whose concept vector the steering audit also tries.
 
     Example:
-        >>> rows = audit_model(mmlens.load("shapes-llava"), "purple", n_val=8, n_test=8, audits=["direct"])  # doctest: +SKIP
+        >>> rows = audit_model(base, "purple", n_val=8, n_test=8, audits=["direct"])  # doctest: +SKIP
         >>> rows["direct"]["recovery"]
         1.0
     """

@@ -42,11 +42,13 @@ def unlearning(
     base: str = typer.Option("shapes-llava", "--base", "-b", help="The model before unlearning (the reference row)."),
     forget: str = typer.Option("purple", "--forget", "-f", help="The forgotten fact: a colour of the shapes world."),
     out: Path = typer.Option(Path("audit-unlearning"), "--out", "-o", help="Folder for the table, figures and rows."),
-    methods: str = typer.Option("ga,gd,npo,npo-rt", "--methods", help="Unlearning methods run when no --model is given."),
+    methods: str = typer.Option("ga,gd,npo,npo-rt", "--methods",
+                                help="Unlearning methods run when no --model is given."),
     steps: int = typer.Option(40, "--steps", help="Unlearning steps per method."),
     n_val: int = typer.Option(40, "--n-val", help="Correct and wrong validation samples each (variant choice)."),
     n_test: int = typer.Option(100, "--n-test", help="Correct and wrong test samples each (the reported figures)."),
-    audits: str = typer.Option("direct,paraphrase,another-way,few-shot,steering,noise", "--audits", help="Audits to run, comma-separated."),
+    audits: str = typer.Option("direct,paraphrase,another-way,few-shot,steering,noise", "--audits",
+                               help="Audits to run, comma-separated."),
     layers: Optional[str] = typer.Option(None, "--layers", help="Decoder layers the perturbation audits try, "
                                          "comma-separated (-1: the decoder's input; default: all)."),
     fit_n: int = typer.Option(64, "--fit-n", help="Samples of each kind the concept vector and the noise scale "
@@ -119,7 +121,7 @@ def audit_unlearning(models: list[str], base: str, word: str, out: Path, *, meth
     """What the command does, callable from Python; returns its --json summary.
 
     Example:
-        >>> audit_unlearning(["out/unlearning/gd"], "shapes-llava", "purple", Path("u"))["table"]["gd"]  # doctest: +SKIP
+        >>> summary = audit_unlearning(["out/unlearning/gd"], "shapes-llava", "purple", Path("u"))  # doctest: +SKIP
     """
     import mmlens
     from mmlens.audit.unlearning import check_word, forget_report
