@@ -26,8 +26,11 @@ FAST = {  # small runs of every command on the tiny LLaVA
     "lens": ["lens", "-m", "tiny-llava"],
     "trace": ["trace", "-m", "tiny-llava", "--component", "resid"],
     "neurons": ["neurons", "-m", "tiny-llava", "-n", "1", "--top", "2", "--domains"],
+    "heads": ["heads", "-m", "tiny-llava", "--method", "knockout"],
+    "circuit": ["circuit", "-m", "tiny-llava"],
 }
-KINDS = {"explain": "explanation", "demo": "explanation", "lens": "lens", "trace": "trace", "neurons": "neurons"}
+KINDS = {"explain": "explanation", "demo": "explanation", "lens": "lens", "trace": "trace", "neurons": "neurons",
+         "heads": "heads", "circuit": "circuit"}
 
 
 def run(capfd, *args: str) -> tuple[int, str, str]:

@@ -8,7 +8,6 @@ figures ``circuit_cdt.png`` (the source's share per head and MLP),
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Optional
 
@@ -33,6 +32,7 @@ from mmlens.cli.options import (
 )
 from mmlens.cli.samples import load_with_input, read_prompt
 from mmlens.errors import MmlensError
+from mmlens.report.files import save_json
 from mmlens.report.output import OutputFolder
 
 METHODS = ("cdt", "eap")
@@ -140,7 +140,7 @@ def run_circuit(model: Any, batch: Any, images: list, methods: list[str], region
     if scores is not None:
         payload["edge_scores"] = dict(zip(scores.edge_names(), [round(float(s), 6) for s in scores.scores]))
         payload["curve"] = {"kept": curve.kept, "recovered": [round(float(r), 6) for r in curve.recovered]}
-    (folder / "circuit.json").write_text(json.dumps(payload, indent=1), encoding="utf-8")
+    save_json(payload, folder / "circuit.json", "mmlens.Circuit", indent=1)
     write_sections([circuit_section(facts, result, scores, curve, figures)], folder / "circuit.html",
                    title=f"mmlens circuit · {model.name}")
     return summary

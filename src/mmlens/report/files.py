@@ -191,11 +191,11 @@ class StoredResult:
 
 #: The JSON file that names each kind of result folder.
 RESULT_FILES = {"explanation": "explanation.json", "trace": "trace.json", "lens": "lens.json",
-                "neurons": "neurons.json"}
+                "neurons": "neurons.json", "heads": "heads.json", "circuit": "circuit.json"}
 
 
 def load_result(folder: str | Path) -> StoredResult:
-    """Read any mmlens result folder (``mmlens explain``, ``trace``, ``lens``, ``neurons``) back.
+    """Read any mmlens result folder (``mmlens explain``, ``trace``, ``lens``, ``neurons``, ``heads``, ``circuit``) back.
 
     ``folder`` may also be the result's JSON file itself.
 
