@@ -13,27 +13,34 @@ from mmlens.web.uploads import WebError
 from tests.web.conftest import run_async
 
 
+class CountingJob:
+    """A job that sleeps ``seconds`` and records the most copies of itself that ever ran at once."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.running, self.most = seconds, 0, 0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> str:
+        with self._lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        time.sleep(self.seconds)
+        with self._lock:
+            self.running -= 1
+        return "ok"
+
+
 def test_one_job_at_a_time_and_bounded_wait():
+    job = CountingJob(0.05)
+
     async def scenario():
         queue = ModelQueue(max_waiting=2)
-        running, most = 0, 0
-        lock = threading.Lock()
-
-        def job():
-            nonlocal running, most
-            with lock:
-                running += 1
-                most = max(most, running)
-            time.sleep(0.05)
-            with lock:
-                running -= 1
-            return "ok"
-
         results = await asyncio.gather(*(queue.run(job) for _ in range(6)), return_exceptions=True)
         queue.close()
-        return results, most, queue.peak, queue.admitted
+        return results, queue.peak, queue.admitted
 
-    results, most, peak, left = run_async(scenario())
+    results, peak, left = run_async(scenario())
+    most = job.most
     refused = [r for r in results if isinstance(r, WebError)]
     assert results.count("ok") == 3 and len(refused) == 3
     assert all(r.status == 429 and int(r.headers["Retry-After"]) >= 1 for r in refused)
@@ -47,29 +54,17 @@ def test_two_queues_over_one_model_never_run_it_at_once():
 
     model, other = Model(), Model()
     assert model_lock(model) is model_lock(model) and model_lock(model) is not model_lock(other)
-    running, most = 0, 0
-    count = threading.Lock()
 
-    def job():
-        nonlocal running, most
-        with count:
-            running += 1
-            most = max(most, running)
-        time.sleep(0.2)  # long enough that unlocked jobs overlap even on a loaded machine
-        with count:
-            running -= 1
-        return "ok"
-
-    async def scenario(queues):
+    async def scenario(queues, job):
         results = await asyncio.gather(*(queue.run(job) for queue in queues for _ in range(2)))
         for queue in queues:
             queue.close()
         return results
 
-    shared = [ModelQueue(max_waiting=2, exclusive=model_lock(model)) for _ in range(2)]
-    assert run_async(scenario(shared)) == ["ok"] * 4 and most == 1
-    most = 0
-    assert run_async(scenario([ModelQueue(max_waiting=2) for _ in range(2)])) == ["ok"] * 4 and most == 2
+    shared, alone = CountingJob(0.2), CountingJob(0.2)  # long enough that unlocked jobs overlap on a loaded machine
+    assert run_async(scenario([ModelQueue(2, exclusive=model_lock(model)) for _ in range(2)], shared)) == ["ok"] * 4
+    assert run_async(scenario([ModelQueue(2) for _ in range(2)], alone)) == ["ok"] * 4
+    assert shared.most == 1 and alone.most == 2
 
 
 def test_a_waiting_job_whose_client_left_never_runs():
