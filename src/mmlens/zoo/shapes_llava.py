@@ -143,15 +143,17 @@ def build_model(seed: int = 0, processor: LlavaProcessor | None = None,
     return model_from_config(config, attn_implementation)
 
 
-def model_from_config(config: Any, attn_implementation: str = "sdpa") -> LlavaForConditionalGeneration:
+def model_from_config(config: Any, attn_implementation: str | None = None) -> LlavaForConditionalGeneration:
     """A fresh shapes-llava-style model for ``config`` (a copy is kept), in eval mode, random weights.
+
+    ``attn_implementation`` None keeps the one ``config`` carries (a copied model's config: the model's own).
 
     Example:
         >>> model_from_config(build_model().config).config.text_config.intermediate_size
         256
     """
-    model = LlavaForConditionalGeneration._from_config(copy.deepcopy(config), attn_implementation=attn_implementation)
-    return model.eval()
+    extra = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
+    return LlavaForConditionalGeneration._from_config(copy.deepcopy(config), **extra).eval()
 
 
 def load_from(path: str | Path, attn_implementation: str = "sdpa", dtype: torch.dtype = torch.float32,

@@ -99,7 +99,7 @@ def prune_mlp(model, keep: Sequence[torch.Tensor]) -> LlavaForConditionalGenerat
         raise ValueError(f"every layer must keep the same number of neurons, got {sorted(sizes)}")
     config = copy.deepcopy(model.config)
     config.text_config.intermediate_size = sizes.pop()
-    small = model_from_config(config, model.config._attn_implementation)
+    small = model_from_config(config)  # the copied config keeps the model's attention implementation
     state = model.state_dict()
     for i, idx in enumerate(keep):
         pre = f"model.language_model.layers.{i}.mlp."
