@@ -16,6 +16,7 @@ from PIL import Image
 from mmlens.box import Box
 from mmlens.causal.groups import ObjectRegion
 from mmlens.cli.samples import shipped_example
+from mmlens.data.images import open_image, resized_to
 from mmlens.data.shapes_questions import object_region, sample_from_source
 from mmlens.errors import MmlensError
 from mmlens.notices import notice
@@ -105,6 +106,4 @@ def _shipped_object(model_name: str) -> ObjectRegion:
 
 def counterfactual_images(counterfactual: Path, images: list[Image.Image]) -> list[Image.Image]:
     """``images`` with the first replaced by the ``--counterfactual`` image, resized to its size (one line if it cannot be)."""
-    from mmlens.data.images import open_image, resized_to
-
     return [resized_to(open_image(counterfactual), images[0].size, "--counterfactual")] + list(images[1:])
