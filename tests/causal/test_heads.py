@@ -36,7 +36,7 @@ def test_knockout_grid_equals_one_forward_per_head(tiny_llava, clean, knocked):
 
 def test_mean_ablation_writes_the_mean_over_real_tokens(tiny_llava, clean):
     grid = knockout_heads(tiny_llava, clean, ablation="mean", heads=["L1.H3"])
-    _, values, _ = record_heads(tiny_llava, clean)
+    values = record_heads(tiny_llava, clean)
     real = clean.inputs["attention_mask"].bool()
     mean = values[1][real].mean(0)[48:64]  # head 3 of four 16-wide heads
     expected = _answer_probability(tiny_llava, clean, {"lm.L1.head3": lambda x: mean.expand_as(x).clone()},
@@ -49,8 +49,8 @@ def test_mean_ablation_writes_the_mean_over_real_tokens(tiny_llava, clean):
 def test_patching_equals_one_forward_per_head(tiny_llava, clean, direction):
     grid = patch_heads(tiny_llava, clean, direction=direction, corrupt="noise", heads=["L0.H2", "L1.H0"])
     noisy = mmlens.causal.noisy_pixels(clean, 3.0, 0)[0]
-    _, clean_values, _ = record_heads(tiny_llava, clean)
-    _, noisy_values, _ = record_heads(tiny_llava, noisy)
+    clean_values = record_heads(tiny_llava, clean)
+    noisy_values = record_heads(tiny_llava, noisy)
     target, source = (noisy, clean_values) if direction == "clean->corrupt" else (clean, noisy_values)
     for layer, head in [(0, 2), (1, 0)]:
         value = source[layer][..., head * 16:(head + 1) * 16]

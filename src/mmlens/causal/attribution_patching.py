@@ -17,6 +17,11 @@ near zero (figures in ``docs/heads.md``). The result is a :class:`HeadGrid` of k
 ``"attribution"`` whose ``edited`` values are the estimated metrics, so its
 ``effect`` compares cell for cell with exhaustive patching's.
 
+``tower="vision"`` estimates the vision tower's heads (the gradient reaches
+them through the projector; a head whose layer the language model never reads
+gets zero), ``positions`` limits each step to chosen positions, as
+:func:`~mmlens.causal.heads.patch_heads` does.
+
 Example:
     >>> import mmlens
     >>> from mmlens.data.shapes import make_sample
@@ -28,17 +33,17 @@ Example:
 
 from __future__ import annotations
 
-import time
 from contextlib import ExitStack
 from typing import Any, Sequence
 
 import torch
 
-from mmlens.causal.head_grid import DIRECTIONS, METRICS, HeadGrid
-from mmlens.causal.heads import Head, _grid, as_batch, check_choice, metric_values, parse_heads, projection_sites
+from mmlens.causal.head_grid import DIRECTIONS, HeadGrid
+from mmlens.causal.head_positions import Where, element_rows
+from mmlens.causal.head_runs import layouts, metric_values, projection_sites
+from mmlens.causal.heads import Head, _setup, check_choice, check_corruption
 from mmlens.causal.tracing import _corrupted
 from mmlens.hooks import attach, capture, intervene
-from mmlens.hooks.sites import heads_of
 from mmlens.model import Batch, Model
 from mmlens.models.runtime import last_logits_only
 from mmlens.readout import answer_token_ids
@@ -47,7 +52,8 @@ from mmlens.readout import answer_token_ids
 def attribution_patching(model: Model, inputs: Any, *, direction: str = "clean->corrupt",
                          corrupt: str | Batch = "noise", noise: float = 3.0, seed: int = 0,
                          answer: str | Sequence[str] | torch.Tensor | None = None,
-                         metric: str = "probability", group: Sequence[str | Head] = ()) -> HeadGrid:
+                         metric: str = "probability", group: Sequence[str | Head] = (), tower: str = "lm",
+                         positions: Where = None) -> HeadGrid:
     """Estimate every head's patching effect (see the module docstring) for ``inputs`` under ``corrupt``.
 
     Arguments mean what they mean in :func:`~mmlens.causal.heads.patch_heads`;
@@ -59,41 +65,48 @@ def attribution_patching(model: Model, inputs: Any, *, direction: str = "clean->
         >>> grid = attribution_patching(model, batch, corrupt="embeddings", group=["L0.H1", "L2.H3"])
         >>> grid.group_effect is not None
         True
+        >>> attribution_patching(model, batch, tower="vision", positions="patches").effect.shape
+        torch.Size([3, 4])
     """
     check_choice(direction, DIRECTIONS, "direction")
-    check_choice(metric, METRICS, "metric")
-    start = time.perf_counter()
-    batch = as_batch(model, inputs)
-    group = parse_heads(model, group)
-    rows = batch.input_ids.shape[0]
+    setup = _setup(model, inputs, metric, None, group, tower, positions)
+    check_corruption(tower, corrupt)
+    batch, rows = setup.batch, setup.batch.input_ids.shape[0]
     at_clean = direction == "corrupt->clean"  # which run is differentiated: the one being edited
-    clean = _run(model, batch, {}, grads=at_clean)
+    clean = _run(model, batch, {}, at_clean, tower)
     answer_ids = answer_token_ids(model, answer, clean["logits"], rows).cpu()
     corrupted, corruption, embed_edit = _corrupted(batch, clean["embed"], corrupt, noise, seed)
-    other = _run(model, corrupted, {"lm.embed": embed_edit} if embed_edit else {}, grads=not at_clean)
+    other = _run(model, corrupted, {"lm.embed": embed_edit} if embed_edit else {}, not at_clean, tower)
     base, source = (clean, other) if at_clean else (other, clean)
     base_metric = metric_values(base["logits"], answer_ids, metric)
-    grads = torch.autograd.grad(base_metric.sum(), base["heads"])
+    # allow_unused: a tower layer after the one the projector reads never reaches the answer
+    grads = torch.autograd.grad(base_metric.sum(), base["heads"], allow_unused=True)
+    shape = base["heads"][0].shape[:-1]
+    owner = element_rows(model, batch, tower, shape).reshape(-1)
+    keep = setup.mask(model, shape)
     steps = []
-    for layer, (grad, value, src) in enumerate(zip(grads, base["heads"], source["heads"])):
-        layout = heads_of(model, "lm", layer)
-        step = ((src.to(value.device) - value.detach()) * grad).float()  # (batch, seq, heads x head_dim)
-        steps.append(step.view(*step.shape[:2], layout.n_heads, layout.head_dim).sum((1, 3)).cpu())  # (batch, heads)
-    cells = [(layer, head) for layer, step in enumerate(steps) for head in range(step.shape[1])]
-    conditions = [steps[layer][:, head] for layer, head in cells]
-    if group:
-        conditions.append(sum(steps[layer][:, head] for layer, head in group))
+    for grad, value, src, layout in zip(grads, base["heads"], source["heads"], layouts(model, tower)):
+        if grad is None:
+            steps.append(torch.zeros(rows, layout.n_heads))
+            continue
+        step = ((src.to(value.device) - value.detach()) * grad).float()  # (..., positions, heads x head_dim)
+        if keep is not None:
+            step = step * keep.to(step.device)[..., None]
+        per_head = step.view(*step.shape[:-1], layout.n_heads, layout.head_dim).sum(-1).reshape(-1, layout.n_heads)
+        steps.append(torch.zeros(rows, layout.n_heads).index_add_(0, owner, per_head.cpu()))  # (rows, heads)
+    conditions = [steps[layer][:, head] for layer, head in setup.cells]
+    if setup.group:
+        conditions.append(sum(steps[layer][:, head] for layer, head in setup.group))
     edited = base_metric.detach()[None] + torch.stack(conditions)  # (conditions, batch), as exhaustive runs return
-    settings = {"direction": direction, "corruption": corruption}
-    return _grid(model, batch, answer_ids, "attribution", settings, metric,
-                 metric_values(clean["logits"], answer_ids, metric).detach(),
-                 metric_values(other["logits"], answer_ids, metric).detach(), cells, group, edited.detach(),
-                 time.perf_counter() - start)
+    return setup.grid(model, answer_ids, "attribution", {"direction": direction, "corruption": corruption}, metric,
+                      metric_values(clean["logits"], answer_ids, metric).detach(),
+                      metric_values(other["logits"], answer_ids, metric).detach(), edited.detach())
 
 
-def _run(model: Model, batch: Batch, edits: dict, grads: bool) -> dict[str, Any]:
+def _run(model: Model, batch: Batch, edits: dict, grads: bool, tower: str) -> dict[str, Any]:
     """One forward: last-position logits, ``lm.embed`` and every layer's heads (in the graph when ``grads``)."""
-    heads: list[torch.Tensor | None] = [None] * model.n_layers
+    sites = projection_sites(model, tower)
+    heads: list[torch.Tensor | None] = [None] * len(sites)
 
     def keep(layer: int):
         def read(value: torch.Tensor) -> torch.Tensor | None:
@@ -110,7 +123,7 @@ def _run(model: Model, batch: Batch, edits: dict, grads: bool) -> dict[str, Any]
         stack.enter_context(torch.enable_grad() if grads else torch.no_grad())
         stack.enter_context(intervene(model, edits))
         embed = stack.enter_context(capture(model, "lm.embed"))
-        for layer, site in enumerate(projection_sites(model)):
+        for layer, site in enumerate(sites):
             stack.enter_context(attach(site, keep(layer)))
         logits = model.forward(batch, use_cache=False, **last_logits_only(model.hf)).logits[:, -1]
     return {"logits": logits if grads else logits.detach(), "heads": heads, "embed": embed["lm.embed"]}
