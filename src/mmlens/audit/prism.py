@@ -58,6 +58,19 @@ def shallow_layer(n_layers: int) -> int:
     return n_layers // 4
 
 
+def scoring_layer(model: Model, layer: int | None = None) -> int:
+    """``layer``, or the default :func:`shallow_layer`, checked against the model's decoder layers.
+
+    Example:
+        >>> scoring_layer(mmlens.load("tiny-llava"))  # doctest: +SKIP
+        0
+    """
+    layer = shallow_layer(model.n_layers) if layer is None else layer
+    if not 0 <= layer < model.n_layers:
+        raise MmlensError(f"layer {layer} is out of range: {model.name} has decoder layers 0-{model.n_layers - 1}")
+    return layer
+
+
 def pooled_image_states(model: Model, samples: Iterable[Sample], *, layer: int | None = None,
                         batch_size: int = 16, progress: Callable[[int], None] | None = None) -> PooledTable:
     """Mean of the image tokens' residual stream after decoder layer ``layer``, per sample with an image.
@@ -72,9 +85,7 @@ def pooled_image_states(model: Model, samples: Iterable[Sample], *, layer: int |
     """
     if not model.adapter.multimodal:
         raise MmlensError(f"{model.name} is a text-only model: PRISM scores image tokens")
-    layer = shallow_layer(model.n_layers) if layer is None else layer
-    if not 0 <= layer < model.n_layers:
-        raise MmlensError(f"layer {layer} is out of range: {model.name} has decoder layers 0-{model.n_layers - 1}")
+    layer = scoring_layer(model, layer)
     site = f"lm.L{layer}.resid"
     ids: list[str] = []
     rows: list[np.ndarray] = []
@@ -116,10 +127,19 @@ def pooled_image_states(model: Model, samples: Iterable[Sample], *, layer: int |
 
     for chunk in batched(with_images(), batch_size):
         run(list(chunk))
+    check_scored(ids, text_only)
+    return PooledTable(ids, np.stack(rows), layer, text_only)
+
+
+def check_scored(ids: Sequence[str], text_only: Sequence[str]) -> None:
+    """One line when no sample had an image to score (all text-only, or no samples at all).
+
+    Example:
+        >>> check_scored(["a"], [])
+    """
     if not ids:
         what = f"its {len(text_only)} samples are all text-only" if text_only else "it has no samples"
         raise MmlensError(f"the data has no images to score ({what}): PRISM ranks samples by their image")
-    return PooledTable(ids, np.stack(rows), layer, text_only)
 
 
 def batched(items: Iterable, size: int) -> Iterator[tuple]:

@@ -3,6 +3,8 @@
 Scores every sample of ``--data`` (image + question, one forward pass; see
 :mod:`mmlens.audit.backdoor`) and writes to ``--out``: ``kept.txt`` and
 ``removed.txt`` (one id a line), ``entropy.npz`` (the per-sample entropies),
+``scores/`` (the entropies shard by shard: a killed run, started again with
+the same command, continues and ends with the same ids),
 ``summary.json``, and ``index.html`` with ``entropy.png`` (per-layer
 histograms, the mixtures drawn). When the samples carry poison labels
 (``meta["poisoned"]``, as ``ft-backdoor:train[...]`` does) or ``--labels``
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import typer
@@ -42,6 +44,8 @@ def backdoor(
     separation: float = typer.Option(2.0, "--separation", help="A unit is sensitive when |mu1 - mu2| > "
                                      "separation * (sigma1 + sigma2); published: 2."),
     batch_size: int = typer.Option(8, "--batch-size", help="Samples per forward pass."),
+    shard_size: int = typer.Option(64, "--shard-size", help="Rows per saved shard of scores (a killed run "
+                                   "continues from the last one)."),
     model: Optional[str] = ModelOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -49,7 +53,7 @@ def backdoor(
     console = Console(stderr=True)
     with stdout_for_json(as_json):
         summary = audit_backdoor(data, out, model=model, labels=labels, units=units, separation=separation,
-                                 batch_size=batch_size, console=console)
+                                 batch_size=batch_size, shard_size=shard_size, console=console)
         console.print(f"{summary['note']}; kept {summary['kept']} of {summary['samples']}; ids in {out}",
                       highlight=False, soft_wrap=True)
     if as_json:
@@ -78,47 +82,57 @@ def read_labels(path: Path) -> list[str]:
 
 
 def audit_backdoor(data: str, out: Path, *, model: str | None = None, labels: Path | None = None,
-                   units: str = "layers", separation: float = 2.0, batch_size: int = 8,
-                   console: Console | None = None) -> dict:
+                   units: str = "layers", separation: float = 2.0, batch_size: int = 8, shard_size: int = 64,
+                   console: Console | None = None, on_shard: Callable[[str], None] | None = None) -> dict:
     """What the command does, callable from Python; returns its --json summary.
+
+    The entropies are kept in ``out/scores`` shard by shard (:mod:`mmlens.cli.audit_shards`):
+    the same call after a kill continues. ``on_shard`` gets each finished shard's id.
 
     Example:
         >>> audit_backdoor("ft-backdoor:train[0:400]", Path("bye"), model="shapes-llava-ft-backdoor")["samples"]  # doctest: +SKIP
         400
     """
     import mmlens.audit.ft_data  # noqa: F401  (registers the ft-backdoor worlds)
-    from mmlens.audit.backdoor import attention_entropies, bye_filter, label_scores
+    from mmlens.audit.backdoor import EntropyTable, attention_entropies, bye_filter, label_scores
+    from mmlens.cli.audit_shards import ShardScores, concat, model_spec, run_scores, unreadable
     from mmlens.cli.samples import load_model
-    from mmlens.data.readers import open_reader
+    from mmlens.data.readers import BadRow, open_reader
     from mmlens.report.audit_pages import write_audit_page
 
     if units not in ("layers", "heads"):
         raise MmlensError(f"--units is layers or heads, got {units!r}")
-    if separation <= 0 or batch_size < 1:
-        raise MmlensError("--separation must be positive and --batch-size at least 1")
+    if separation <= 0 or batch_size < 1 or shard_size < 1:
+        raise MmlensError("--separation must be positive, --batch-size and --shard-size at least 1")
     console = console or Console(stderr=True)
     reader = open_reader(data)
     loaded = load_model(console, model)
     if not loaded.adapter.multimodal:
         raise MmlensError(f"{loaded.name} is a text-only model: BYE needs a vision-language model")
-    flags: dict[str, bool] = {}
-    bad: list = []
+    spec = {"job": "bye", "model": model_spec(loaded), "per_head": units == "heads", "batch_size": batch_size}
 
-    def samples():
-        for _, sample in reader.read(on_bad=lambda _, row: bad.append(row)):
-            if "poisoned" in sample.meta:
-                flags[sample.id] = bool(sample.meta["poisoned"])
-            yield sample
+    def score(rows: list) -> ShardScores:
+        samples = [r for r in rows if not isinstance(r, BadRow)]
+        bad = [r for r in rows if isinstance(r, BadRow)]
+        flags = {s.id: bool(s.meta["poisoned"]) for s in samples if "poisoned" in s.meta}
+        found = ShardScores([], {}, {"poisoned": flags}, [b.to_json() for b in bad])
+        if samples:  # a shard of bad rows only has nothing to score
+            table = attention_entropies(loaded, samples, batch_size=batch_size, per_head=units == "heads")
+            found.ids, found.arrays["layers"] = table.ids, table.layers
+            if table.heads is not None:
+                found.arrays["heads"] = table.heads
+        return found
 
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("scoring", total=len(reader))
-        try:
-            table = attention_entropies(loaded, samples(), batch_size=batch_size, per_head=units == "heads",
-                                        progress=lambda n: progress.advance(task, n))
-        except MmlensError:
-            if bad:  # every row was unreadable: say why (the first one) instead of "no samples"
-                raise MmlensError(f"no sample of {data} could be scored ({len(bad)} bad rows; {bad[0]})") from None
-            raise
+        shards = run_scores(out / "scores", reader, spec, score, shard_size=shard_size,
+                            progress=lambda n: progress.advance(task, n), on_shard=on_shard)
+    bad = [row for s in shards for row in s.bad]
+    flags = {i: f for s in shards for i, f in s.extra["poisoned"].items()}
+    ids = [i for s in shards for i in s.ids]
+    if not ids:  # every row was unreadable: say why (the first one) instead of "no samples"
+        raise unreadable(data, bad) if bad else MmlensError("the data has no samples to score")
+    table = EntropyTable(ids, concat(shards, "layers"), concat(shards, "heads"))
     result = bye_filter(table, separation=separation, units=units)
     poisoned = read_labels(labels) if labels is not None else [i for i, f in flags.items() if f]
     scored = label_scores(table.ids, result.removed, poisoned) if labels is not None or flags else None
@@ -128,7 +142,7 @@ def audit_backdoor(data: str, out: Path, *, model: str | None = None, labels: Pa
     matrix, _ = table.units(units)
     np.savez(out / "entropy.npz", ids=np.array(table.ids), layers=table.layers,
              **({"heads": table.heads} if table.heads is not None else {}))
-    summary = {**result.summary(), "model": loaded.name, "data": data, "bad_rows": [b.to_json() for b in bad],
+    summary = {**result.summary(), "model": loaded.name, "data": data, "bad_rows": bad,
                "fits": {n: f.to_json() for n, f in zip(result.names, result.fits)}}
     if scored is not None:
         summary["labels"] = scored

@@ -5,8 +5,10 @@ a shallow decoder layer; see :mod:`mmlens.audit.prism`), keeps the least
 redundant ``--keep`` fraction of them plus every text-only sample (a row
 without an image), and writes
 to ``--out``: ``kept.txt`` and ``removed.txt`` (one id a line),
-``redundancy.npz`` (ids, scores, pooled vectors), ``summary.json``, and
-``redundancy.png`` (the histogram of scores, the cut drawn).
+``redundancy.npz`` (ids, scores, pooled vectors), ``summary.json``,
+``redundancy.png`` (the histogram of scores, the cut drawn), and ``scores/``
+(the pooled vectors shard by shard: a killed run, started again with the
+same command, continues and ends with the same ids).
 
 Example:
     mmlens audit select --data redundant-pool:train[0:2400] --keep 0.3 --out prism/
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import typer
@@ -36,6 +38,8 @@ def select(
     layer: Optional[int] = typer.Option(None, "--layer", help="Decoder layer to pool (default: a quarter of the "
                                         "way up, L1 of 4)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Samples per forward pass."),
+    shard_size: int = typer.Option(64, "--shard-size", help="Rows per saved shard of scores (a killed run "
+                                   "continues from the last one)."),
     model: Optional[str] = ModelOption,
     as_json: bool = JsonOption,
 ) -> None:
@@ -43,7 +47,7 @@ def select(
     console = Console(stderr=True)
     with stdout_for_json(as_json):
         summary = audit_select(data, out, keep=keep, model=model, layer=layer, batch_size=batch_size,
-                               console=console)
+                               shard_size=shard_size, console=console)
         console.print(f"kept {summary['kept']} of {summary['scored'] + summary['text_only']} "
                       f"({summary['text_only']} text-only, always kept); ids in {out}", highlight=False, soft_wrap=True)
     if as_json:
@@ -51,60 +55,66 @@ def select(
 
 
 def audit_select(data: str, out: Path, *, keep: float = 0.3, model: str | None = None, layer: int | None = None,
-                 batch_size: int = 16, console: Console | None = None) -> dict:
+                 batch_size: int = 16, shard_size: int = 64, console: Console | None = None,
+                 on_shard: Callable[[str], None] | None = None) -> dict:
     """What the command does, callable from Python; returns its --json summary.
+
+    The pooled vectors are kept in ``out/scores`` shard by shard (:mod:`mmlens.cli.audit_shards`):
+    the same call after a kill continues. ``on_shard`` gets each finished shard's id.
 
     Example:
         >>> audit_select("redundant-pool:train[0:2400]", Path("prism"), keep=0.3)["kept"]  # doctest: +SKIP
         720
     """
     import mmlens.audit.redundant_pool  # noqa: F401  (registers the redundant-pool world)
-    from mmlens.audit.prism import check_keep, pooled_image_states, prism_select
+    from mmlens.audit.prism import (PooledTable, check_keep, check_scored, pooled_image_states, prism_select,
+                                    scoring_layer)
+    from mmlens.cli.audit_shards import ShardScores, concat, model_spec, run_scores, unreadable
     from mmlens.cli.samples import load_model
-    from mmlens.data.readers import open_reader
-    from mmlens.data.sample import Sample
+    from mmlens.data.readers import BadRow, open_reader
 
     check_keep(keep)  # before anything loads
-    if batch_size < 1:
-        raise MmlensError("--batch-size must be at least 1")
+    if batch_size < 1 or shard_size < 1:
+        raise MmlensError("--batch-size and --shard-size must be at least 1")
     console = console or Console(stderr=True)
     reader = open_reader(data)
     loaded = load_model(console, model)
     if not loaded.adapter.multimodal:
         raise MmlensError(f"{loaded.name} is a text-only model: PRISM scores image tokens")
-    bad: list = []
+    layer = scoring_layer(loaded, layer)
+    spec = {"job": "prism", "model": model_spec(loaded), "layer": layer, "batch_size": batch_size}
 
-    def samples():
-        text_only: list[Sample] = []
-
-        def on_bad(_, row) -> None:  # a row without an image is a text-only sample (kept), not a bad one
-            if row.reason == "no image":
-                text_only.append(Sample(row.row_id, None, "", None, {}))
-            else:
-                bad.append(row)
-
-        for _, sample in reader.read(on_bad=on_bad):
-            yield from text_only
-            text_only.clear()
-            yield sample
-        yield from text_only
+    def score(rows: list) -> ShardScores:
+        found = ShardScores([], {}, {"text_only": []}, [])
+        for row in rows:  # a row without an image is a text-only sample (kept), not a bad one
+            if isinstance(row, BadRow) and row.reason != "no image":
+                found.bad.append(row.to_json())
+            elif isinstance(row, BadRow) or getattr(row, "image", None) is None:
+                found.extra["text_only"].append(row.row_id if isinstance(row, BadRow) else row.id)
+        images = [r for r in rows if not isinstance(r, BadRow) and getattr(r, "image", None) is not None]
+        if images:
+            table = pooled_image_states(loaded, images, layer=layer, batch_size=batch_size)
+            found.ids, found.arrays["vectors"] = table.ids, table.vectors
+        return found
 
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("scoring", total=len(reader))
-        try:
-            table = pooled_image_states(loaded, samples(), layer=layer, batch_size=batch_size,
-                                        progress=lambda n: progress.advance(task, n))
-        except MmlensError:
-            if bad:  # rows were unreadable: say why (the first one) instead of "no images"
-                raise MmlensError(f"no sample of {data} could be scored ({len(bad)} bad rows; {bad[0]})") from None
-            raise
+        shards = run_scores(out / "scores", reader, spec, score, shard_size=shard_size,
+                            progress=lambda n: progress.advance(task, n), on_shard=on_shard)
+    bad = [row for s in shards for row in s.bad]
+    ids = [i for s in shards for i in s.ids]
+    text_only = [i for s in shards for i in s.extra["text_only"]]
+    if not ids and bad:  # rows were unreadable: say why (the first one) instead of "no images"
+        raise unreadable(data, bad)
+    check_scored(ids, text_only)
+    table = PooledTable(ids, concat(shards, "vectors"), layer, text_only)
     result = prism_select(table, keep=keep)
     out.mkdir(parents=True, exist_ok=True)
     (out / "kept.txt").write_text("".join(f"{i}\n" for i in result.kept), encoding="utf-8")
     (out / "removed.txt").write_text("".join(f"{i}\n" for i in result.removed), encoding="utf-8")
     np.savez(out / "redundancy.npz", ids=np.array(table.ids), scores=result.scores, vectors=table.vectors)
     summary = {**result.summary(), "model": loaded.name, "data": data, "layer": table.layer,
-               "bad_rows": [b.to_json() for b in bad]}
+               "bad_rows": bad}
     (out / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     write_histogram(out / "redundancy.png", result.scores, summary["threshold"])
     return summary
