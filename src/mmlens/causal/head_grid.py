@@ -66,6 +66,25 @@ class HeadGrid:
         return self.settings.get("direction")
 
     @property
+    def tower(self) -> str:
+        """``"lm"`` (decoder heads) or ``"vision"`` (the vision tower's)."""
+        return self.settings.get("tower", "lm")
+
+    @property
+    def positions(self) -> str:
+        """Where each head was edited (``"all"``, ``"image"``, ``"box 0,0,8,8"``, ...)."""
+        return self.settings.get("positions", "all")
+
+    def head_name(self, layer: int, head: int) -> str:
+        """``L1.H2`` for a decoder head, ``vision.L1.H2`` for a tower head (what ``--head`` accepts).
+
+        Example:
+            >>> grid.head_name(1, 2)
+            'L1.H2'
+        """
+        return f"{'vision.' if self.tower == 'vision' else ''}L{layer}.H{head}"
+
+    @property
     def gap(self) -> float | None:
         """``mean(M_clean - M_corrupt)``; None for knockout."""
         return None if self.corrupt is None else float((self.clean - self.corrupt).mean())
@@ -137,6 +156,7 @@ class HeadGrid:
             "layers": self.edited.shape[1], "heads": self.edited.shape[2], "seconds": round(self.seconds, 4),
             "gap": None if self.gap is None else round(self.gap, 6), "weak_corruption": self.weak,
             "warning": self.warning, "effect": rounded(self.effect),
+            "tower": self.tower, "positions": self.positions,
             "top": [{"layer": layer, "head": head, "effect": round(value, 6)} for layer, head, value in self.top()],
             "group": [{"layer": layer, "head": head} for layer, head in self.group],
             "group_effect": _nan_to_none(self.group_effect),

@@ -2,7 +2,9 @@
 
 Writes ``heads.json``, ``heads.html`` (a self-contained page) and one layer x
 head heatmap per grid (``heads_knockout.png``, ``heads_patching.png``,
-``heads_attribution.png``) into ``--out``.
+``heads_attribution.png``) into ``--out``. ``--tower vision`` makes the grids
+of the vision tower's heads; ``--positions`` / ``--box`` edit each head only
+at chosen positions.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from rich.table import Table
 
 from mmlens.causal.attribution_patching import attribution_patching
 from mmlens.causal.head_grid import DIRECTIONS, METRICS, HeadGrid
+from mmlens.box import Box
+from mmlens.causal.head_positions import NAMED, Where
+from mmlens.causal.head_runs import TOWERS
 from mmlens.causal.heads import ABLATIONS, knockout_heads, parse_heads, patch_heads
 from mmlens.cli.inside_options import (AnswerOption, CorruptOption, CounterfactualOption, NoiseOption,
                                       counterfactual_images)
@@ -61,6 +66,13 @@ def heads(
     noise: float = NoiseOption,
     head: Optional[list[str]] = typer.Option(None, "--head", help="Repeatable, e.g. L1.H2: these heads are also "
                                              "knocked out or patched together."),
+    tower: str = typer.Option("lm", "--tower", help="lm (the language model's heads) or vision (the vision "
+                              "tower's)."),
+    positions: Optional[str] = typer.Option(None, "--positions", help="Edit each head only here: all, image, text "
+                                            "or last (lm heads), patches (vision heads: every patch but CLS), or "
+                                            "positions like 0,-1 (default: all)."),
+    box: Optional[str] = typer.Option(None, "--box", help="Edit each head only at the image patches overlapping "
+                                      "X0,Y0,X1,Y1 (pixels of the image; tower patches for --tower vision)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the noise."),
     memory_budget: Optional[str] = MemoryBudgetOption,
     out: Path = OutOption,
@@ -73,6 +85,8 @@ def heads(
     check_choices([ablation], ABLATIONS, "ablation")
     check_choices([direction], DIRECTIONS, "direction")
     check_choices([metric], METRICS, "metric")
+    check_choices([tower], TOWERS, "tower")
+    where = parse_where(positions, box, tower)
     budget = parse_memory_budget(memory_budget)
     console = Console(stderr=True)
     prompt = read_prompt(prompt, prompt_file)
@@ -80,8 +94,10 @@ def heads(
         with folder:
             loaded, prompt_text, images = load_with_input(console, model, prompt, image)
             folder.set_model(loaded)
-            group = parse_heads(loaded, head or [])
+            group = parse_heads(loaded, head or [], tower)
             corrupting = [m for m in methods if m != "knockout"]
+            if tower == "vision" and not images:
+                raise MmlensError("vision heads need an image: give one and a prompt with an <image> slot")
             if corrupting and not images:
                 raise MmlensError(f"{' and '.join(corrupting)} corrupt the image: give an image and a prompt with "
                                   "an <image> slot (or use --method knockout)")
@@ -100,15 +116,16 @@ def heads(
 
                     if name == "knockout":
                         grids[name] = knockout_heads(loaded, batch, ablation=ablation, group=group, answer=answer,
-                                                     metric=metric, memory_budget=budget, progress=progress)
+                                                     metric=metric, tower=tower, positions=where,
+                                                     memory_budget=budget, progress=progress)
                     elif name == "patching":
                         grids[name] = patch_heads(loaded, batch, direction=direction, corrupt=corruption, noise=noise,
-                                                  seed=seed, group=group, answer=answer, metric=metric,
-                                                  memory_budget=budget, progress=progress)
+                                                  seed=seed, group=group, answer=answer, metric=metric, tower=tower,
+                                                  positions=where, memory_budget=budget, progress=progress)
                     else:
                         grids[name] = attribution_patching(loaded, batch, direction=direction, corrupt=corruption,
                                                            noise=noise, seed=seed, answer=answer, metric=metric,
-                                                           group=group)
+                                                           group=group, tower=tower, positions=where)
             with console.status("writing figures and report"):
                 write_heads_page(grids, folder.path, title=f"mmlens heads · {loaded.name}")
             warning = next((g.warning for g in grids.values() if g.warning), None)
@@ -120,11 +137,35 @@ def heads(
         print_json(json_summary(grids, folder.out))
 
 
+def parse_where(positions: str | None, box: str | None, tower: str) -> Where:
+    """``--positions`` / ``--box`` as the ``positions`` of the grids; one line for anything else.
+
+    Example:
+        >>> parse_where("0,-1", None, "lm"), parse_where(None, "0,0,8,8", "vision")
+        ([0, -1], Box(x0=0.0, y0=0.0, x1=8.0, y1=8.0))
+    """
+    if positions is not None and box is not None:
+        raise MmlensError("give --positions or --box, not both")
+    if box is not None:
+        try:
+            return Box.parse(box)
+        except MmlensError as error:
+            raise MmlensError(f"--box: {error}") from None
+    if positions is None or positions.strip() in NAMED[tower]:
+        return None if positions is None else positions.strip()
+    try:
+        return [int(part) for part in positions.split(",")]
+    except ValueError:
+        raise MmlensError(f"--positions {positions!r}: choose {', '.join(NAMED[tower])} ({tower} heads) or "
+                          "positions like 0,-1") from None
+
+
 def json_summary(grids: dict[str, HeadGrid], out: Path) -> dict:
     """What ``--json`` prints: where the results are, the answer, and the top heads of each grid."""
     first = next(iter(grids.values()))
     return {"out": str(out), "report": str(out / "heads.html"), "model": first.model, "prompt": first.prompts[0],
-            "answer": display_token(first.answers[0]).strip(), "metric": first.metric,
+            "answer": display_token(first.answers[0]).strip(), "metric": first.metric, "tower": first.tower,
+            "positions": first.positions,
             "clean": float(first.clean[0]),
             "warning": next((g.warning for g in grids.values() if g.warning), None),
             "grids": {name: {"meaning": describe(grid), "seconds": round(grid.seconds, 4),
@@ -148,10 +189,10 @@ def print_summary(grids: dict[str, HeadGrid], report: Path) -> None:
     for name, grid in grids.items():
         top = grid.top(3) or [(None, None, float("nan"))]
         for k, (layer, h, value) in enumerate(top):
-            table.add_row(name if k == 0 else "", "—" if layer is None else f"L{layer}.H{h}",
+            table.add_row(name if k == 0 else "", "—" if layer is None else grid.head_name(layer, h),
                           "—" if value != value else f"{value:+.3f}", describe(grid) if k == 0 else "")
         if grid.group:
-            table.add_row(name, " + ".join(f"L{l}.H{k}" for l, k in grid.group), f"{grid.group_effect:+.3f}",
+            table.add_row(name, " + ".join(grid.head_name(l, k) for l, k in grid.group), f"{grid.group_effect:+.3f}",
                           "these heads together")
     console.print(table)
     console.print(f"report: {report}")

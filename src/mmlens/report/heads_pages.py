@@ -40,9 +40,11 @@ def describe(grid: "HeadGrid") -> str:
         "drop of the answer's probability when the head is ablated (zero)"
     """
     text = MEANINGS[grid.kind].format(metric=grid.metric, direction=grid.direction)
+    where = "" if grid.tower == "lm" else " (vision tower)"
+    where += "" if grid.positions == "all" else f" at {grid.positions}"
     if grid.kind == "knockout":
-        return f"{text} ({grid.settings['ablation']})"
-    return f"{text}; metric: {grid.metric}"
+        return f"{text} ({grid.settings['ablation']}){where}"
+    return f"{text}; metric: {grid.metric}{where}"
 
 
 def head_figure(grid: "HeadGrid", dpi: int = 100) -> Figure:
@@ -56,7 +58,7 @@ def head_figure(grid: "HeadGrid", dpi: int = 100) -> Figure:
     title = f"{grid.kind} · {describe(grid)}"
     if grid.weak:
         title += "\nno shares: the corruption barely moves the answer"
-    layers = [f"L{i}" for i in range(effect.shape[0])]
+    layers = [f"{'vision ' if grid.tower == 'vision' else ''}L{i}" for i in range(effect.shape[0])]
     heads = [f"H{j}" for j in range(effect.shape[1])]
     unit = "metric drop" if grid.kind == "knockout" else "share of the gap"
     return layer_grid_figure(effect, layers, heads, _wrapped(title), unit, dpi=dpi)
@@ -72,7 +74,9 @@ def heads_section(grids: Mapping[str, "HeadGrid"], figures: Mapping[str, Figure]
     first = next(iter(grids.values()))
     facts = {"model": first.model, "prompt": first.prompts[0],
              "answer followed": display_token(first.answers[0]).strip(),
-             f"{first.metric} clean": f"{float(first.clean[0]):.3f}"}
+             f"{first.metric} clean": f"{float(first.clean[0]):.3f}",
+             "heads": "vision tower" if first.tower == "vision" else "language model",
+             "edited at": first.positions}
     for name, grid in grids.items():
         if grid.corrupt is not None:
             facts[f"{first.metric} corrupted"] = f"{float(grid.corrupt[0]):.3f}"
@@ -82,9 +86,9 @@ def heads_section(grids: Mapping[str, "HeadGrid"], figures: Mapping[str, Figure]
             facts["warning"] = grid.warning
         facts[f"{name} seconds"] = f"{grid.seconds:.2f}"
     shown = [(describe(grid), figures[name]) for name, grid in grids.items()]
-    rows = [[name, f"L{layer}.H{head}", f"{value:+.3f}"] for name, grid in grids.items()
+    rows = [[name, grid.head_name(layer, head), f"{value:+.3f}"] for name, grid in grids.items()
             for layer, head, value in grid.top(5)]
-    rows += [[name, " + ".join(f"L{l}.H{h}" for l, h in grid.group), f"{grid.group_effect:+.3f}"]
+    rows += [[name, " + ".join(grid.head_name(l, h) for l, h in grid.group), f"{grid.group_effect:+.3f}"]
              for name, grid in grids.items() if grid.group]
     table = {"title": "strongest heads per grid (and the heads edited together, if any)",
              "columns": ["grid", "head", "effect"], "rows": rows}
