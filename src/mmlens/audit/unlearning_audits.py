@@ -34,7 +34,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -345,21 +345,33 @@ def run_audit(model: Any, candidates: Sequence[Variant], val: AuditSets, test: A
 
 def audit_model(model: Any, word: str, n_val: int = 40, n_test: int = 100, audits: Sequence[str] = AUDITS,
                 fit_n: int = 64, batch_size: int = 64, layers: Sequence[int] | None = None, reference: Any = None,
-                progress: Callable[[str], None] | None = None) -> dict[str, dict[str, Any]]:
+                progress: Callable[[str], None] | None = None, done: Mapping[str, dict[str, Any]] | None = None,
+                on_audit: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, dict[str, Any]]:
     """Every audit on one model: ``{audit: row}`` (see :func:`run_audit`).
 
     ``layers``: the perturbed ones (default all); ``reference``: the model
     before unlearning, whose concept vector the steering audit also tries.
+    ``done`` holds rows of audits finished before (kept, not rerun: every
+    audit is seeded, so a resumed run ends as an uninterrupted one);
+    ``on_audit(audit, row)`` sees each row as it is finished (to save it).
 
     Example:
         >>> rows = audit_model(base, "purple", n_val=8, n_test=8, audits=["direct"])  # doctest: +SKIP
         >>> rows["direct"]["recovery"]
         1.0
     """
+    done = dict(done or {})
+    remaining = [a for a in audits if a not in done]
     val, test = AuditSets.draw("val", n_val, word), AuditSets.draw("test", n_test, word)
+    table = variants(model, word, remaining, fit_n, layers, reference) if remaining else {}
     out = {}
-    for audit, candidates in variants(model, word, audits, fit_n, layers, reference).items():
-        out[audit] = run_audit(model, candidates, val, test, batch_size)
+    for audit in audits:
+        if audit in done:
+            out[audit] = done[audit]
+            continue
+        out[audit] = run_audit(model, table[audit], val, test, batch_size)
+        if on_audit is not None:
+            on_audit(audit, out[audit])
         if progress is not None:
             progress(audit)
     return out

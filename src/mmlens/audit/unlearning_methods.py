@@ -155,11 +155,11 @@ def save_unlearned(model: Any, folder: str | Path, record: dict[str, Any]) -> Pa
     Example:
         >>> save_unlearned(model, "out/unlearning/gd", log)  # doctest: +SKIP
     """
-    import json
+    from mmlens.store.files import write_json_atomic
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model.hf.save_pretrained(folder, safe_serialization=True)
     model.processor.save_pretrained(folder)
-    (folder / "unlearning.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
+    write_json_atomic(folder / "unlearning.json", record)  # last and whole: its presence marks a finished model
     return folder

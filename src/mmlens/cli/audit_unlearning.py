@@ -7,7 +7,9 @@ unlearns ``--forget`` from ``--base`` with each of ``--methods`` into
 ``DIR/models/<method>``. Each model, and ``--base`` as the reference, gets
 every audit of :mod:`mmlens.audit.unlearning_audits` (variants chosen on
 ``val``, scored on ``test``). ``--out`` gets ``rows/<label>.json`` (one per
-model, reused when the command is run again: a killed run resumes),
+model, saved after every audit and reused when the command is run again: a
+killed run resumes at the audit it was in; an unlearned model in
+``DIR/models/<method>`` counts once its ``unlearning.json`` is written),
 ``summary.json``, ``table.md`` (recovery per method by audit, with 95%
 intervals), ``recovery.png`` and ``index.html``.
 
@@ -21,7 +23,7 @@ from __future__ import annotations
 import html
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
@@ -29,6 +31,7 @@ from rich.console import Console
 from mmlens.cli.audit import app
 from mmlens.cli.options import JsonOption, check_choices, print_json, stdout_for_json
 from mmlens.errors import MmlensError
+from mmlens.store.files import write_json_atomic
 
 
 #: Bumped when the audits change, so that rows written before are not reused.
@@ -107,6 +110,15 @@ def _layers(text: str | None) -> list[int] | None:
         raise MmlensError(f"--layers takes comma-separated layer numbers, got {text!r}") from None
 
 
+def _saved_row(path: Path, wanted: dict[str, Any]) -> dict[str, Any] | None:
+    """The row saved at ``path`` by a run with the same arguments (finished or not), else None."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # none yet, or cut short by a kill while written by an older mmlens
+        return None
+    return record if isinstance(record, dict) and record.get("args") == wanted else None
+
+
 def _label(name: str) -> str:
     record = Path(name) / "unlearning.json"
     if record.is_file():
@@ -117,8 +129,13 @@ def _label(name: str) -> str:
 def audit_unlearning(models: list[str], base: str, word: str, out: Path, *, methods: list[str] | None = None,
                      steps: int = 40, n_val: int = 40, n_test: int = 100, fit_n: int = 64,
                      audits: list[str] | None = None, layers: list[int] | None = None,
-                     console: Console | None = None) -> dict[str, Any]:
+                     console: Console | None = None,
+                     on_audit: Callable[[str, str], None] | None = None) -> dict[str, Any]:
     """What the command does, callable from Python; returns its --json summary.
+
+    Every model's row is saved after each audit (``rows/<label>.json``): the
+    same call after a kill reuses the finished audits and ends with the same
+    table. ``on_audit(label, audit)`` is called after each audit is saved.
 
     Example:
         >>> summary = audit_unlearning(["out/unlearning/gd"], "shapes-llava", "purple", Path("u"))  # doctest: +SKIP
@@ -146,21 +163,31 @@ def audit_unlearning(models: list[str], base: str, word: str, out: Path, *, meth
         wanted = {"version": ROWS_VERSION, "model": name, "forget": word, "n_val": n_val, "n_test": n_test,
                   "audits": audits,
                   **({"layers": layers} if layers is not None else {}), **({"fit_n": fit_n} if fit_n != 64 else {})}
-        if path.is_file() and json.loads(path.read_text(encoding="utf-8")).get("args") == wanted:
-            rows[label] = json.loads(path.read_text(encoding="utf-8"))
+        record = _saved_row(path, wanted)
+        if record is not None and all(a in record["audits"] for a in audits):
+            rows[label] = record
             continue
         model = mmlens.load(name)
         if not model.adapter.multimodal:
             raise MmlensError(f"{model.name} is a text-only model: the unlearning audits ask about images")
-        todo[label] = (model, wanted, path)
+        todo[label] = (model, record or {"args": wanted, "audits": {}}, path)
     reference = todo["base"][0] if "base" in todo else (mmlens.load(base) if todo else None)
-    for label, (model, wanted, path) in todo.items():
-        console.print(f"auditing {label} ({wanted['model']})", highlight=False)
-        record = {"args": wanted, "accuracy": forget_report(model, word, n=n_test),
-                  "audits": audit_model(model, word, n_val, n_test, audits, fit_n, layers=layers,
-                                        reference=None if label == "base" else reference)}
-        path.write_text(json.dumps(record, indent=1), encoding="utf-8")
-        rows[label] = record
+    for label, (model, record, path) in todo.items():
+        console.print(f"auditing {label} ({record['args']['model']})", highlight=False)
+        if "accuracy" not in record:
+            record["accuracy"] = forget_report(model, word, n=n_test)
+            write_json_atomic(path, record)
+
+        def finished(audit: str, row: dict[str, Any], label: str = label, record: dict = record,
+                     path: Path = path) -> None:  # each audit is saved as it ends: a killed run redoes only its own
+            record["audits"][audit] = row
+            write_json_atomic(path, record)
+            if on_audit is not None:
+                on_audit(label, audit)
+
+        audit_model(model, word, n_val, n_test, audits, fit_n, layers=layers, done=record["audits"],
+                    reference=None if label == "base" else reference, on_audit=finished)
+        rows[label] = json.loads(path.read_text(encoding="utf-8"))  # as a rerun reads it: the same summary
     rows = {label: rows[label] for label in labels}  # the table in the order given
     summary = {"forget": word, "base": base, "models": labels, "audits": audits,
                "table": {label: {a: r["audits"][a]["recovery"] for a in audits} for label, r in rows.items()},
