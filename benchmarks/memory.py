@@ -211,40 +211,71 @@ def _rss_bytes(field: str) -> int | None:
     return None
 
 
-def measure(args) -> dict:
-    """Build, prepare, warm up with one bare run, then run one method once and measure it."""
+def setup(args, tokens: int):
+    """The model, a prepared prompt of about ``tokens`` tokens and its one-token answer targets."""
     from mmlens.readout import build_targets
 
     torch.set_num_threads(args.threads)
-    dtype = getattr(torch, args.dtype)
-    model = build(args.preset, args.device, args.layers, args.hidden, dtype)
-    batch = prepare(model, args.tokens)
-    targets = build_targets(model, batch, max_new_tokens=1)
-    function = runner(args.child, model, batch, targets, args.memory_budget)
-    bare(model, batch, targets)  # warm-up: one-time costs (kernels, allocator) are paid before the measurement
+    model = build(args.preset, args.device, args.layers, args.hidden, getattr(torch, args.dtype))
+    batch = prepare(model, tokens)
+    return model, batch, build_targets(model, batch, max_new_tokens=1)
+
+
+def measure_one(name: str, model, batch, targets, args) -> dict:
+    """Run ``name`` once after the model's warm-up; its time and peak memory over what was held before."""
+    function = runner(name, model, batch, targets, args.memory_budget)
     cuda = args.device.startswith("cuda")
+    import gc
+
+    gc.collect()
     if cuda:
         torch.cuda.synchronize()
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
     else:
-        import gc
-
-        gc.collect()
         reset = _peak_reset()
         before = _rss_bytes("VmRSS") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    start = time.perf_counter()
-    function()
-    if cuda:
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
+    times = []
+    for _ in range(getattr(args, "repeats", 1)):  # the fastest of a few runs: one GPU run is noisy at 0.1 s
+        start = time.perf_counter()
+        function()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    seconds = min(times)
     if cuda:
         peak = torch.cuda.max_memory_allocated() - before
     else:
         high = _rss_bytes("VmHWM") if reset else None
         peak = (high if high is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) - before
-    return {"method": args.child, "tokens": int(batch.input_ids.shape[1]), "peak_bytes": int(max(peak, 0)),
+    return {"method": name, "tokens": int(batch.input_ids.shape[1]), "peak_bytes": int(max(peak, 0)),
             "seconds": seconds, "model_bytes": sum(p.numel() * p.element_size() for p in model.hf.parameters())}
+
+
+def measure(args) -> dict:
+    """Build, prepare, warm up with one bare run, then run one method once and measure it (a child process)."""
+    model, batch, targets = setup(args, args.tokens)
+    bare(model, batch, targets)  # warm-up: one-time costs (kernels, allocator) are paid before the measurement
+    return measure_one(args.child, model, batch, targets, args)
+
+
+def in_process(args, names: list[str], tokens: int) -> list[dict]:
+    """Every method at one length in this process, one model (``--in-process``; exact on a GPU, whose
+    ``max_memory_allocated`` is reset before each run, but not on the CPU, whose peak resident set is not)."""
+    model, batch, targets = setup(args, tokens)
+    bare(model, batch, targets)
+    results = []
+    for name in names:
+        try:
+            results.append(measure_one(name, model, batch, targets, args))
+        except torch.OutOfMemoryError as error:
+            results.append({"method": name, "tokens": tokens, "error": f"out of memory: {str(error)[:160]}"})
+        print(json.dumps(results[-1]), file=sys.stderr, flush=True)  # progress, and what a cut-off run keeps
+    del model, batch, targets
+    if args.device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return results
 
 
 def child(args, name: str, tokens: int) -> dict:
@@ -279,8 +310,12 @@ def main() -> None:
     parser.add_argument("--memory-budget", default=None, help="passed to methods that take memory_budget")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--in-process", action="store_true",
+                        help="every method in one process per length (GPU: exact peaks, no model rebuild per method)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per method with --in-process; the fastest counts")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.repeats = args.repeats if args.in_process else 1
     args.device = args.device or ("cuda" if args.preset == "llava-1.5-7b" else "cpu")
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     if args.child:
@@ -298,12 +333,18 @@ def main() -> None:
     figures = {"preset": args.preset, "device": args.device, "card": card, "dtype": args.dtype,
                          "layers": args.layers, "threads": args.threads, "steps": STEPS, "runs": []}
     for tokens in lengths:
-        base = child(args, "bare", tokens)
+        chosen = ["bare"] + [name for name in names if name not in CAPTUM or tokens in captum_tokens]
+        if args.in_process:
+            results = in_process(args, chosen, tokens)
+        else:
+            results = []
+            for name in chosen:
+                results.append(child(args, name, tokens))
+                print(json.dumps(results[-1]), file=sys.stderr, flush=True)
+        base = results[0]
         figures["runs"].append(base)
-        for name in names:
-            if name in CAPTUM and tokens not in captum_tokens:
-                continue
-            result = child(args, name, tokens)
+        for result in results[1:]:
+            name = result["method"]
             if "error" not in result and "error" not in base:
                 result["peak_ratio"] = result["peak_bytes"] / max(1, base["peak_bytes"])
                 result["time_ratio"] = result["seconds"] / base["seconds"]

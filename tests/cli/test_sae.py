@@ -53,6 +53,7 @@ def test_other_settings_in_out_are_refused(sae_store, tmp_path, capsys) -> None:
     (["--site", "lm.L9.resid"], "no site 'lm.L9.resid'"),
     (["--arch", "gated"], "unknown SAE architecture"),
     (["--arch", "jumprelu"], "not trained, by mmlens"),
+    (["--device", "nonsense"], "cannot train on device 'nonsense'"),
 ])
 def test_bad_training_input_is_one_line(sae_store, tmp_path, capsys, extra, message) -> None:  # noqa: F811
     code, _, err = _run(capsys, [*TRAIN, *extra, "--store", str(sae_store), "--out", str(tmp_path / "x")])

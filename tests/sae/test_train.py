@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
 
 from mmlens.errors import MmlensError
-from mmlens.sae.activations import SiteActivations
+from mmlens.sae.activations import SiteActivations, TensorActivations
 from mmlens.sae.files import load_sae
 from mmlens.sae.train import TrainConfig, auxk_loss, geometric_median, train_sae
 
+# The same checks on an accelerator: MMLENS_TEST_DEVICE=cuda python -m pytest tests/sae/test_train.py
+DEVICE = os.environ.get("MMLENS_TEST_DEVICE", "cpu")
 FAST = dict(expansion=4, batch_size=64, lr=3e-3, checkpoint_every=5, log_every=5, dead_tokens=256)
 
 
@@ -45,18 +48,29 @@ def test_each_architecture_learns(acts, architecture, tmp_path) -> None:
 
 def test_killed_run_resumes_to_the_same_weights(acts, tmp_path) -> None:
     config = TrainConfig(steps=17, k=8, **FAST)
-    whole = train_sae(acts, config, tmp_path / "whole")
+    whole = train_sae(acts, config, tmp_path / "whole", device=DEVICE)
 
     def kill(step: int) -> None:
         if step == 12:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_sae(acts, config, tmp_path / "killed", on_step=kill)
+        train_sae(acts, config, tmp_path / "killed", on_step=kill, device=DEVICE)
     assert json.loads((tmp_path / "killed" / "checkpoint" / "state.json").read_text())["step"] == 10
-    resumed = train_sae(acts, config, tmp_path / "killed")
+    resumed = train_sae(acts, config, tmp_path / "killed", device=DEVICE)
+    assert resumed.W_dec.device.type == torch.device(DEVICE).type
     for name, value in whole.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[name]), name
+
+
+def test_a_tensor_in_memory_trains_like_the_store_it_came_from(acts) -> None:
+    config = TrainConfig(steps=12, k=8, **FAST)
+    from_store = train_sae(acts, config, device="cpu")
+    from_tensor = train_sae(TensorActivations(acts.read().to(DEVICE), acts.site), config, device=DEVICE)
+    for name, value in from_store.state_dict().items():  # same batches, same b_dec start
+        assert torch.allclose(value, from_tensor.state_dict()[name].cpu(), atol=1e-5 if DEVICE == "cpu" else 1e-3), name
+    with pytest.raises(MmlensError, match="non-empty"):
+        TensorActivations(torch.zeros(0, 4))
 
 
 def test_resume_with_other_settings_is_refused(acts, tmp_path) -> None:

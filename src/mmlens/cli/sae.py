@@ -53,6 +53,8 @@ def train(
     modality: str = typer.Option("all", "--modality", help="Tokens to train on: image, text, special or all."),
     seed: int = typer.Option(0, "--seed", help="Seed of the initialisation and of the batch order."),
     checkpoint_every: int = typer.Option(500, "--checkpoint-every", help="Steps between checkpoints."),
+    device: Optional[str] = typer.Option(None, "--device", help="Where to train, e.g. cuda or cpu (default: a GPU "
+                                         "when there is one); a killed run may resume on another device."),
     out: Path = SaeOutOption,
     overwrite: bool = OverwriteOption,
     as_json: bool = JsonOption,
@@ -65,6 +67,7 @@ def train(
     config = TrainConfig(architecture=arch, k=k, expansion=expansion, steps=steps, batch_size=batch_size, lr=lr,
                          l1_coefficient=l1, modality=modality, seed=seed, checkpoint_every=checkpoint_every)
     config.check()
+    device = _device(device)
     opened = Store.open(store)
     width = opened.width(site)
     if arch in ("topk", "batchtopk") and k > config.d_sae_for(width):  # before any row is read
@@ -80,7 +83,7 @@ def train(
             for stale in ("checkpoint", ".checkpoint-old", ".checkpoint-tmp"):
                 shutil.rmtree(folder.path / stale, ignore_errors=True)
         with _bar(console, "train", steps) as bar:
-            sae = train_sae(acts, config, folder.path, progress=bar)
+            sae = train_sae(acts, config, folder.path, progress=bar, device=device)
     summary = {"out": str(folder.out), "site": site, "architecture": arch, "d_in": sae.d_in, "d_sae": sae.d_sae,
                "k": sae.k, "steps": steps, "rows": len(acts), "last": (_history(folder.out) or [{}])[-1]}
     if as_json:
@@ -88,6 +91,19 @@ def train(
     else:
         console.print(f"SAE ({arch}, {sae.d_sae} latents) written to {folder.out}/; "
                       f"last batch: {summary['last']}")
+
+
+def _device(name: str | None) -> str | None:
+    """``name`` checked before any work: one line for a device torch does not know or this machine lacks."""
+    if name is None:
+        return None
+    import torch
+
+    try:
+        torch.empty(0, device=name)
+    except (RuntimeError, AssertionError) as error:
+        raise MmlensError(f"cannot train on device {name!r}: {str(error).splitlines()[0]}") from None
+    return name
 
 
 @app.command("eval")

@@ -34,7 +34,60 @@ FRAME_COLUMNS = {"index": "index", "sample_id": "sample_id", "sample": "sample",
 DEFAULT_CACHE_BYTES = 2 << 30  # read a site into memory when its float32 copy takes at most this
 
 
-class SiteActivations:
+def batch_order(rows: int, batch_size: int, seed: int = 0, start: int = 0, stop: int | None = None,
+                what: str = "the activations") -> Iterator[np.ndarray]:
+    """Row numbers of batches ``start, start + 1, ...`` of ``rows`` rows (endless unless ``stop``).
+
+    Epoch ``e`` is the permutation drawn from ``seed + e``, cut into full
+    batches (an epoch's remainder is skipped), so batch ``b`` is the same
+    whatever ``start`` was.
+
+    Example:
+        >>> [b.tolist() for b in batch_order(4, 2, seed=0, stop=2)]
+        [[2, 0], [1, 3]]
+    """
+    per_epoch = rows // batch_size if batch_size >= 1 else 0
+    if per_epoch == 0:
+        raise MmlensError(f"batch size {batch_size} does not fit the {rows} rows of {what}")
+    batch, order, epoch = start, None, -1
+    while stop is None or batch < stop:
+        if batch // per_epoch != epoch:
+            epoch = batch // per_epoch
+            order = np.random.default_rng(seed + epoch).permutation(rows)
+        offset = (batch % per_epoch) * batch_size
+        yield order[offset:offset + batch_size]
+        batch += 1
+
+
+class _Batches:
+    """Shuffled batches of whatever ``read`` returns for row numbers."""
+
+    site: str
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def read(self, rows: np.ndarray) -> torch.Tensor:
+        raise NotImplementedError
+
+    def stream(self, batch_size: int, seed: int = 0, start: int = 0,
+               stop: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """``(activations, row numbers)`` for batches ``start, start + 1, ...`` (endless unless ``stop``).
+
+        Each epoch is a fresh permutation (``seed + epoch``), cut into full
+        batches (the remainder of an epoch is skipped). Batch ``b`` is the same
+        whatever ``start`` was: resuming at ``start=b`` continues a run exactly.
+
+        Example:
+            >>> x, rows = next(acts.stream(256, seed=0))  # doctest: +SKIP
+            >>> x.shape  # doctest: +SKIP
+            torch.Size([256, 128])
+        """
+        for chosen in batch_order(len(self), batch_size, seed, start, stop, self.site):
+            yield self.read(chosen), torch.from_numpy(chosen)
+
+
+class SiteActivations(_Batches):
     """The rows of one site of a store, optionally one modality and other token-column filters.
 
     ``where`` filters on token columns like :meth:`Store.select` (e.g.
@@ -78,33 +131,6 @@ class SiteActivations:
             return self._cache[torch.from_numpy(chosen)]
         return self._read(chosen)
 
-    def stream(self, batch_size: int, seed: int = 0, start: int = 0,
-               stop: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """``(activations, row numbers)`` for batches ``start, start + 1, ...`` (endless unless ``stop``).
-
-        Each epoch is a fresh permutation (``seed + epoch``), cut into full
-        batches (the remainder of an epoch is skipped). Batch ``b`` is the same
-        whatever ``start`` was: resuming at ``start=b`` continues a run exactly.
-
-        Example:
-            >>> x, rows = next(acts.stream(256, seed=0))  # doctest: +SKIP
-            >>> x.shape  # doctest: +SKIP
-            torch.Size([256, 128])
-        """
-        per_epoch = len(self) // batch_size
-        if batch_size < 1 or per_epoch == 0:
-            raise MmlensError(f"batch size {batch_size} does not fit the {len(self)} rows of {self.site}")
-        batch = start
-        order, epoch = None, -1
-        while stop is None or batch < stop:
-            if batch // per_epoch != epoch:
-                epoch = batch // per_epoch
-                order = np.random.default_rng(seed + epoch).permutation(len(self))
-            offset = (batch % per_epoch) * batch_size
-            chosen = order[offset:offset + batch_size]
-            yield self.read(chosen), torch.from_numpy(chosen)
-            batch += 1
-
     def chunks(self, size: int = 8192) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Every row once, in order, ``size`` rows at a time: ``(activations, row numbers)``."""
         for first in range(0, len(self), size):
@@ -123,4 +149,36 @@ class SiteActivations:
         return self.store.read(self.site, self.index[chosen]).float()
 
 
-__all__ = ["MODALITIES", "SiteActivations"]
+class TensorActivations(_Batches):
+    """Activations already in memory (any device), with :class:`SiteActivations`' batches: train an SAE on a tensor.
+
+    Batches stay on ``rows``' device, so rows kept on a GPU train without a
+    host copy per step.
+
+    Example:
+        >>> acts = TensorActivations(torch.randn(1000, 16), site="lm.L2.resid")
+        >>> x, rows = next(acts.stream(256))
+        >>> tuple(x.shape), acts.width
+        ((256, 16), 16)
+    """
+
+    modality = "all"
+    store = None
+
+    def __init__(self, rows: torch.Tensor, site: str = "tensor") -> None:
+        if rows.ndim != 2 or rows.shape[0] == 0:
+            raise MmlensError(f"activations must be a non-empty (rows, width) tensor, not shape {tuple(rows.shape)}")
+        self.rows_tensor, self.site, self.width = rows, site, int(rows.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.rows_tensor.shape[0])
+
+    def read(self, rows: np.ndarray | torch.Tensor | list[int] | None = None) -> torch.Tensor:
+        """Float32 rows ``rows`` (all when None), on the tensor's device."""
+        if rows is None:
+            return self.rows_tensor.float()
+        chosen = torch.as_tensor(np.asarray(rows, dtype=np.int64).reshape(-1), device=self.rows_tensor.device)
+        return self.rows_tensor[chosen].float()
+
+
+__all__ = ["MODALITIES", "SiteActivations", "TensorActivations", "batch_order"]

@@ -42,7 +42,7 @@ def write_checkpoint(out: Path, sae: SparseAutoencoder, optimizer: torch.optim.O
     for index, param in enumerate(optimizer.param_groups[0]["params"]):
         for key, value in optimizer.state.get(param, {}).items():
             flat[f"adam.{index}.{key}"] = value.detach().reshape(value.shape).contiguous().cpu()
-    save_file({name: value.contiguous() for name, value in flat.items()}, str(tmp / OPTIMIZER))
+    save_file({name: value.contiguous().cpu() for name, value in flat.items()}, str(tmp / OPTIMIZER))
     (tmp / STATE).write_text(json.dumps(state, indent=1) + "\n")
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
@@ -72,11 +72,15 @@ def read_checkpoint(folder: Path, optimizer_params: list[torch.nn.Parameter] | N
 
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
-    """Put Adam's saved moments and step counts back into ``optimizer`` (same parameter order)."""
+    """Put Adam's saved moments and step counts back into ``optimizer`` (same parameter order).
+
+    Moments go to their parameter's device; step counts stay on the CPU, where Adam keeps them.
+    """
     for index, param in enumerate(optimizer.param_groups[0]["params"]):
         saved = {key.split(".", 2)[2]: value for key, value in tensors.items() if key.startswith(f"adam.{index}.")}
         if saved:
-            optimizer.state[param] = {key: value.clone() for key, value in saved.items()}
+            optimizer.state[param] = {key: value.clone() if key == "step" else value.to(param.device, copy=True)
+                                      for key, value in saved.items()}
 
 
 __all__ = ["find_checkpoint", "read_checkpoint", "restore_optimizer", "write_checkpoint"]

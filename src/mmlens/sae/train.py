@@ -39,7 +39,7 @@ from typing import Any, Callable
 import torch
 
 from mmlens.errors import MmlensError
-from mmlens.sae.activations import SiteActivations
+from mmlens.sae.activations import SiteActivations, TensorActivations
 from mmlens.sae.checkpoint import find_checkpoint, read_checkpoint, restore_optimizer, write_checkpoint
 from mmlens.sae.files import save_sae
 from mmlens.sae.model import ARCHITECTURES, SparseAutoencoder
@@ -147,10 +147,15 @@ def auxk_loss(sae: SparseAutoencoder, pre: torch.Tensor, residual: torch.Tensor,
     return (recon - residual).pow(2).sum() / (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-12)
 
 
-def train_sae(acts: SiteActivations, config: TrainConfig, out: str | Path | None = None, *,
+def train_sae(acts: SiteActivations | TensorActivations, config: TrainConfig, out: str | Path | None = None, *,
               progress: Callable[[int, dict[str, float]], None] | None = None,
-              on_step: Callable[[int], None] | None = None) -> SparseAutoencoder:
+              on_step: Callable[[int], None] | None = None,
+              device: str | torch.device | None = None) -> SparseAutoencoder:
     """Train an SAE on ``acts``; with ``out``, checkpoint there, resume from there, and save the result there.
+
+    ``device`` is where the SAE trains: by default a GPU when there is one,
+    else the CPU. Batches move there as they are read; checkpoints are written
+    from the CPU, so a run may resume on another device.
 
     ``progress(step, metrics)`` is called after each step, ``on_step(step)``
     too (tests stop a run with it). The finished SAE is saved in ``out``
@@ -162,10 +167,12 @@ def train_sae(acts: SiteActivations, config: TrainConfig, out: str | Path | None
     """
     config.check()
     out = Path(out) if out is not None else None
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     d_sae = config.d_sae_for(acts.width)
     sae = SparseAutoencoder(acts.width, d_sae, config.architecture, config.k, site=acts.site, **_provenance(acts))
+    sae.to(device)
     optimizer = torch.optim.Adam(sae.parameters(), lr=config.learning_rate(d_sae))
-    since_fired = torch.zeros(d_sae, dtype=torch.long)  # tokens since each latent last fired
+    since_fired = torch.zeros(d_sae, dtype=torch.long, device=device)  # tokens since each latent last fired
     state: dict[str, Any] = {"step": 0, "history": [], "threshold_set": False, "seconds": 0.0}
     saved = find_checkpoint(out) if out is not None else None
     if saved is not None:
@@ -179,7 +186,7 @@ def train_sae(acts: SiteActivations, config: TrainConfig, out: str | Path | None
                                   start=first):
         for group in optimizer.param_groups:
             group["lr"] = config.learning_rate(d_sae) * config.lr_factor(step)
-        metrics = _step(sae, optimizer, x, since_fired, config, state)
+        metrics = _step(sae, optimizer, x.to(device, non_blocking=True), since_fired, config, state)
         done = step + 1
         if not math.isfinite(metrics["loss"]):
             last = find_checkpoint(out) if out is not None else None
@@ -217,7 +224,7 @@ def _step(sae: SparseAutoencoder, optimizer: torch.optim.Optimizer, x: torch.Ten
     centred = (x - x.mean(0)).pow(2).sum().clamp_min(1e-12)
     fvu = (recon - x).pow(2).sum() / centred
     loss = fvu
-    aux = torch.zeros(())
+    aux = x.new_zeros(())
     if sae.architecture == "standard":
         rms = (centred / x.shape[0]).sqrt()
         aux = acts.sum(-1).mean() / rms
@@ -274,11 +281,14 @@ def _resume(folder: Path, config: TrainConfig, optimizer: torch.optim.Optimizer,
         for name, value in sae.state_dict().items():
             fresh.state_dict()[name].copy_(value)
     restore_optimizer(optimizer, tensors)
-    return fresh, tensors["since_fired"].clone(), {key: value for key, value in state.items() if key != "config"}
+    since_fired = tensors["since_fired"].to(fresh.W_dec.device)
+    return fresh, since_fired, {key: value for key, value in state.items() if key != "config"}
 
 
-def _provenance(acts: SiteActivations) -> dict[str, Any]:
-    """What the SAE was trained on, kept in its config."""
+def _provenance(acts: SiteActivations | TensorActivations) -> dict[str, Any]:
+    """What the SAE was trained on, kept in its config (nothing of a store for in-memory activations)."""
+    if acts.store is None:
+        return {"modality": acts.modality}
     return {"model": acts.store.model, "store": str(acts.store.folder), "modality": acts.modality}
 
 

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The GPU checks of issues 13 and 16 as one run, in order of priority, for a short lease on an accelerator
+# machine: each step has its own time limit and writes its whole output (JSON last line) to $OUT/<step>.txt,
+# so a step cut off keeps what it finished.
+#
+#   bash benchmarks/gpu_session.sh            # on the GPU machine, from the repository root
+#
+# mmlens runs from src/ (PYTHONPATH). Wheels of packages the machine lacks or has too old (transformers,
+# tokenizers, regex, captum) may sit in .whl/; they are installed to /tmp/site first.
+set -u
+OUT=${OUT:-out/gpu-session}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TQDM_DISABLE=1 TOKENIZERS_PARALLELISM=false
+if compgen -G ".whl/*.whl" > /dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+PY=python3
+
+step() {  # step NAME SECONDS COMMAND...: run with a limit, keep everything it prints, show its tail
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name, limit ${limit}s, $(date +%T)"
+    timeout "$limit" "$@" > "$OUT/$name.txt" 2>&1
+    echo "== $name: exit $?, $(date +%T)"
+    tail -n 4 "$OUT/$name.txt" | cut -c1-600
+}
+
+step env 30 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; $PY -c 'import torch, transformers, captum; print(torch.__version__, transformers.__version__, captum.__version__, torch.cuda.get_device_name())'"
+# The accelerator contract, and SAE training (resume included) on the device.
+step tests 90 env MMLENS_TEST_DEVICE=cuda $PY -m pytest -q -p no:cacheprovider -x tests/models/test_runtime.py tests/sae/test_train.py
+# Issue 13: LLaVA-1.5-7B's exact config in bf16, ~600 tokens, every method and Captum beside them.
+step memory-600 170 $PY benchmarks/memory.py --preset llava-1.5-7b --tokens 600 --captum-tokens all --in-process --repeats 3 --json
+# Issue 16: SAE training at d_in 4,096 and 65,536 latents.
+step sae 70 $PY benchmarks/sae_throughput.py --device cuda --steps 25 --warmup 5 --peak-tflops 989 --json
+# Issue 13: ~3,000 tokens (576 image tokens and a long prompt).
+step memory-3000 150 $PY benchmarks/memory.py --preset llava-1.5-7b --tokens 3000 --captum-tokens all --in-process --json
+# Issue 13: where stacking rows stops paying on this card (mmlens.budget.SATURATION_TOKENS).
+step saturation 80 $PY benchmarks/saturation.py --preset llava-1.5-7b --tokens 256,600,1200 --repeats 3 --json
+echo "done $(date +%T)"
