@@ -186,7 +186,8 @@ def _open(folder: Path, spec: dict[str, Any]) -> dict[str, Any]:
             differ = sorted(k for k in set(spec) | set(manifest.get("spec") or {})
                             if (manifest.get("spec") or {}).get(k) != spec.get(k))
             raise MmlensError(f"{folder} holds scores of another run (its {', '.join(differ) or 'layout'} "
-                              "differ from this one's): use another --out, or the same options to continue")
+                              f"{'differ' if len(differ) > 1 else 'differs'} from this one's): use another --out, "
+                              "or the same options to continue")
         manifest["shards"] = [r for r in manifest["shards"] if not damage(folder, r)]  # a damaged shard is redone
     write_json_atomic(path, manifest)
     listed = {r["id"] for r in manifest["shards"]}
