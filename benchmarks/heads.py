@@ -77,7 +77,8 @@ def batches(model, samples: list, corruption: str, size: int) -> list[tuple]:
     return out
 
 
-def compare(model, pairs: list[tuple], direction: str, metric: str, draws: int) -> dict:
+def compare(model, pairs: list[tuple], direction: str, metric: str, draws: int, **options) -> dict:
+    """Both grids over ``pairs``, their Spearman (bootstrap interval) and times; ``options`` go to both methods."""
     from mmlens.causal.attribution_patching import attribution_patching
     from mmlens.causal.heads import patch_heads
 
@@ -86,7 +87,7 @@ def compare(model, pairs: list[tuple], direction: str, metric: str, draws: int) 
     for batch, corrupt in pairs:
         for name, method in (("exhaustive", patch_heads), ("attribution", attribution_patching)):
             start = time.perf_counter()
-            grid = method(model, batch, direction=direction, corrupt=corrupt, metric=metric)
+            grid = method(model, batch, direction=direction, corrupt=corrupt, metric=metric, **options)
             seconds[name] += time.perf_counter() - start
             for key in ("clean", "corrupt", "edited"):
                 parts[name].setdefault(key, []).append(getattr(grid, key).numpy())
@@ -101,7 +102,9 @@ def compare(model, pairs: list[tuple], direction: str, metric: str, draws: int) 
             "seconds_exhaustive": round(seconds["exhaustive"], 3),
             "seconds_attribution": round(seconds["attribution"], 3),
             "speed_ratio": round(seconds["exhaustive"] / seconds["attribution"], 2),
-            "top_exhaustive": _top(grids["exhaustive"]), "top_attribution": _top(grids["attribution"])}
+            "top_exhaustive": _top(grids["exhaustive"]), "top_attribution": _top(grids["attribution"]),
+            "grid_exhaustive": grids["exhaustive"].round(4).tolist(),
+            "grid_attribution": grids["attribution"].round(4).tolist()}
 
 
 def _top(grid: np.ndarray, k: int = 3) -> list[str]:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +37,7 @@ from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import emit  # noqa: E402
-from heads import bootstrap_spearman, pooled_effect  # noqa: E402
+from heads import _top as top, compare  # noqa: E402
 
 TYPES = ("colour", "shape")
 
@@ -67,10 +66,6 @@ def object_masks(model, batch, samples: list) -> dict[str, torch.Tensor]:
     return {"object": obj, "other patches": patches & ~obj, "CLS": ~patches}
 
 
-def joined(grids: list) -> dict[str, np.ndarray]:
-    return {key: np.concatenate([getattr(g, key).numpy() for g in grids]) for key in ("clean", "corrupt", "edited")}
-
-
 def knockout(model, batches: list, ablation: str, masks: list | None = None) -> np.ndarray:
     """The pooled knockout grid (answer-logit drop) over all batches."""
     from mmlens.causal.heads import knockout_heads
@@ -84,32 +79,7 @@ def knockout(model, batches: list, ablation: str, masks: list | None = None) -> 
 
 def patching(model, batches: list, corrupt: list, draws: int) -> dict:
     """Exhaustive and attribution-patching grids (clean->corrupt, logit), their Spearman and times."""
-    from mmlens.causal.attribution_patching import attribution_patching
-    from mmlens.causal.heads import patch_heads
-
-    found: dict[str, list] = {"exhaustive": [], "attribution": []}
-    seconds = {"exhaustive": 0.0, "attribution": 0.0}
-    for batch, other in zip(batches, corrupt):
-        for name, method in (("exhaustive", patch_heads), ("attribution", attribution_patching)):
-            start = time.perf_counter()
-            found[name].append(method(model, batch, corrupt=other, metric="logit", tower="vision"))
-            seconds[name] += time.perf_counter() - start
-    rows = {name: joined(grids) for name, grids in found.items()}
-    grids = {name: pooled_effect(r["clean"], r["corrupt"], r["edited"], "clean->corrupt") for name, r in rows.items()}
-    low, high = bootstrap_spearman(rows["exhaustive"], rows["attribution"], "clean->corrupt", draws)
-    ex = rows["exhaustive"]
-    return {"gap": float((ex["clean"] - ex["corrupt"]).mean()),
-            "grid": grids["exhaustive"].round(4).tolist(), "attribution_grid": grids["attribution"].round(4).tolist(),
-            "spearman": float(spearmanr(grids["exhaustive"].ravel(), grids["attribution"].ravel()).statistic),
-            "ci95": [low, high], "seconds_exhaustive": round(seconds["exhaustive"], 3),
-            "seconds_attribution": round(seconds["attribution"], 3),
-            "speed_ratio": round(seconds["exhaustive"] / seconds["attribution"], 2),
-            "top": top(grids["exhaustive"]), "top_attribution": top(grids["attribution"])}
-
-
-def top(grid: np.ndarray, k: int = 3) -> list[str]:
-    order = np.argsort(-grid.ravel())[:k]
-    return [f"L{i // grid.shape[1]}.H{i % grid.shape[1]} {grid.ravel()[i]:+.3f}" for i in order]
+    return compare(model, list(zip(batches, corrupt)), "clean->corrupt", "logit", draws, tower="vision")
 
 
 def figure(results: dict, path: Path, columns: list[tuple[str, str]]) -> None:
@@ -125,7 +95,7 @@ def figure(results: dict, path: Path, columns: list[tuple[str, str]]) -> None:
             value = results[kind]
             for part in key.split("/"):
                 value = value[part]
-            grid = np.asarray(value["grid"] if isinstance(value, dict) else value)
+            grid = np.asarray(value["grid_exhaustive"] if isinstance(value, dict) else value)
             limit = max(float(np.abs(grid).max()), 1e-6)
             ax = axes[r, c]
             image = ax.imshow(grid, cmap="RdBu_r", vmin=-limit, vmax=limit)
@@ -191,7 +161,7 @@ def main() -> None:
         print(f"{kind}: knockout (mean) top {top(np.asarray(row['knockout_mean']))}", flush=True)
         for key in ("noise", "remove"):
             p = row[key]
-            print(f"  {key:6s} gap {p['gap']:+.2f} top {p['top']} attribution Spearman {p['spearman']:.3f} "
+            print(f"  {key:6s} gap {p['gap']:+.2f} top {p['top_exhaustive']} attribution Spearman {p['spearman']:.3f} "
                   f"[{p['ci95'][0]:.3f}, {p['ci95'][1]:.3f}] speed x{p['speed_ratio']}", flush=True)
         for where, grid in row["knockout_mean_at"].items():
             print(f"  knockout (mean) at {where}: top {top(np.asarray(grid))}", flush=True)

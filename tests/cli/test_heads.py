@@ -1,4 +1,5 @@
-"""``mmlens heads``: the three grids, their page and files, --json, and one-line errors (run in-process)."""
+"""``mmlens heads``: the three grids, their page and files, --json, --tower vision, --positions / --box, and one-line
+errors (run in-process)."""
 
 import json
 
@@ -63,6 +64,11 @@ def test_a_corruption_that_moves_nothing_warns(capsys, image, tmp_path):
     (["--head", "first"], "name heads like L1.H2"),
     (["--method", "everything"], "unknown method(s) everything"),
     (["--direction", "up"], "unknown direction(s) up"),
+    (["--positions", "0", "--box", "0,0,8,8"], "not both"),
+    (["--positions", "image", "--tower", "vision"], "--positions 'image'"),
+    (["--box", "8,8,0,0"], "--box"),
+    (["--tower", "retina"], "unknown tower(s) retina"),
+    (["--tower", "vision", "--head", "lm.L0.H1"], "is a lm head"),
 ])
 def test_bad_input_is_one_line(capsys, image, tmp_path, args, words):
     code, _, err = run(capsys, "heads", "-m", "tiny-llava", "-i", image, "-p", "<image> what colour ?", *args,
@@ -73,3 +79,26 @@ def test_bad_input_is_one_line(capsys, image, tmp_path, args, words):
 def test_patching_without_an_image_is_refused(capsys, tmp_path):
     code, _, err = run(capsys, "heads", "-m", "tiny-llama", "-p", "a red circle is", "--out", tmp_path / "x")
     assert code == 1 and len(err) == 1 and "corrupt the image" in err[0], err
+
+
+# ---- --tower vision, --positions and --box ----------------------------------
+def test_vision_grids_in_a_box(capsys, image, tmp_path):
+    out = tmp_path / "vision"
+    code, stdout, err = run(capsys, "heads", "-m", "tiny-llava", "-i", image, "-p", "<image> what colour ?",
+                            "--tower", "vision", "--box", "0,0,16,16", "--head", "vision.L0.H1", "--head", "L1.H0",
+                            "--metric", "logit", "--out", out, "--json")
+    assert code == 0, err
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["tower"] == "vision" and summary["positions"] == "box 0,0,16,16"
+    stored = json.loads((out / "heads.json").read_text())["grids"]
+    assert stored["patching"]["settings"]["tower"] == "vision" and len(stored["knockout"]["effect"]) == 2
+    assert all(v is not None for row in stored["attribution"]["effect"] for v in row)
+    page = (out / "heads.html").read_text()
+    assert "vision tower" in page and "vision.L0.H1 + vision.L1.H0" in page
+
+
+def test_lm_grids_at_the_image_tokens(capsys, image, tmp_path):
+    code, stdout, err = run(capsys, "heads", "-m", "tiny-llava", "-i", image, "-p", "<image> what colour ?",
+                            "--positions", "image", "--method", "knockout", "--out", tmp_path / "lm", "--json")
+    assert code == 0, err
+    assert json.loads(stdout.strip().splitlines()[-1])["positions"] == "image"
