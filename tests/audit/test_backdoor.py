@@ -105,3 +105,47 @@ def test_a_sample_without_an_image_is_one_line(tiny_llava):
 def test_a_text_only_model_is_one_line(tiny_llama):
     with pytest.raises(MmlensError, match="text-only"):
         attention_entropies(tiny_llama, [make_sample("val", 0)])
+
+
+def test_options_zscores_threshold_and_log_change_only_what_they_say():
+    h = _planted()
+    h[:, 2] *= 10  # layer 2 on a larger scale than the rest
+    h[:, 1] = np.r_[np.random.default_rng(5).normal(1.0, 0.15, 30), np.random.default_rng(6).normal(3.0, 0.15, 270)]
+    for combine in ("mean", "zmean", "min"):
+        result = bye_filter(h, IDS, combine=combine)
+        assert result.sensitive == [1, 2] and sorted(result.removed) == sorted(IDS[:30])
+        assert result.summary()["combine"] == combine
+    assert bye_filter(h, IDS, threshold=1e4).removed == []  # the clusters are far apart: the ratio is large, not endless
+    assert bye_filter(h, IDS, log=True).sensitive == [1, 2]
+    with pytest.raises(MmlensError, match="combine is one of"):
+        bye_filter(h, IDS, combine="max")
+
+
+def test_position_units_name_every_head_at_every_position():
+    positions = np.random.default_rng(7).normal(3.0, 0.1, (300, 3, 2, 2))
+    positions[:30, 1, 1, 0] = 0.5  # one head at the second-to-last prompt position collapses
+    table = EntropyTable(IDS, positions[:, -1].mean(2), positions[:, -1], positions)
+    result = bye_filter(table, units="positions")
+    assert [result.names[j] for j in result.sensitive] == ["q-2.L1.H0"]
+    assert sorted(result.removed) == sorted(IDS[:30])
+    with pytest.raises(MmlensError, match="several prompt positions"):
+        bye_filter(EntropyTable(IDS, positions[:, -1].mean(2)), units="positions")
+
+
+def test_position_rows_and_whole_rows_match_eager_attention(tiny_llava):
+    samples = [make_sample("val", i) for i in range(2)]
+    table = attention_entropies(tiny_llava, samples, positions=3, keys="all")
+    assert table.positions.shape[:2] == (2, 3) and table.heads is None
+    batch = tiny_llava.prepare(samples[1].prompt, [samples[1].image])
+    from mmlens.hooks import eager_attention
+
+    with torch.no_grad(), eager_attention(tiny_llava):
+        out = tiny_llava.hf(**batch.inputs, output_attentions=True)
+    for layer, probs in enumerate(out.attentions):
+        rows = probs[0, :, -3:].float()  # (heads, 3 rows, keys): the whole row, no renormalising
+        want = (-(rows * rows.clamp_min(1e-30).log()).sum(-1)).T.numpy()
+        assert table.positions[1, :, layer] == pytest.approx(want, abs=1e-4)
+    image = attention_entropies(tiny_llava, samples, positions=3)
+    assert np.allclose(image.layers, attention_entropies(tiny_llava, samples).layers, atol=1e-5)
+    with pytest.raises(MmlensError, match="keys is 'image' or 'all'"):
+        attention_entropies(tiny_llava, samples, keys="text")

@@ -32,6 +32,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from mmlens.audit.backdoor_mixture import MixtureFit, fit_mixture, fit_mixtures
 from mmlens.data.sample import Sample
 from mmlens.errors import MmlensError
 from mmlens.hooks import capture
@@ -43,14 +44,20 @@ SEPARATION = 2.0  # the published constant: |mu1 - mu2| > 2 (sigma1 + sigma2)
 
 @dataclass
 class EntropyTable:
-    """Attention entropies per sample: ``layers`` is ``(n, L)`` (head mean), ``heads`` ``(n, L, H)`` or None."""
+    """Attention entropies per sample.
+
+    ``layers`` is ``(n, L)`` (head mean), ``heads`` ``(n, L, H)`` or None, both
+    at the last prompt position; ``positions`` ``(n, P, L, H)`` or None: every
+    head at each of the last ``P`` prompt positions (the last one at ``[:, -1]``).
+    """
 
     ids: list[str]
     layers: np.ndarray
     heads: np.ndarray | None = None
+    positions: np.ndarray | None = None
 
     def units(self, units: str = "layers") -> tuple[np.ndarray, list[str]]:
-        """The ``(n, units)`` entropy matrix the rule runs on, and a name per column (``L3`` or ``L3.H1``)."""
+        """The ``(n, units)`` entropy matrix the rule runs on, and a name per column (``L3``, ``L3.H1``, ``q-2.L3.H1``)."""
         if units == "layers":
             return self.layers, [f"L{i}" for i in range(self.layers.shape[1])]
         if units == "heads":
@@ -58,7 +65,13 @@ class EntropyTable:
                 raise MmlensError("head-level entropies were not computed (score with per_head=True)")
             n, n_layers, n_heads = self.heads.shape
             return self.heads.reshape(n, -1), [f"L{i}.H{h}" for i in range(n_layers) for h in range(n_heads)]
-        raise MmlensError(f"units is 'layers' or 'heads', got {units!r}")
+        if units == "positions":
+            if self.positions is None:
+                raise MmlensError("entropies at several prompt positions were not computed (score with positions > 1)")
+            n, n_pos, n_layers, n_heads = self.positions.shape
+            return self.positions.reshape(n, -1), [f"q{q - n_pos}.L{i}.H{h}" for q in range(n_pos)
+                                                   for i in range(n_layers) for h in range(n_heads)]
+        raise MmlensError(f"units is 'layers', 'heads' or 'positions', got {units!r}")
 
 
 def _image_row(sample: Sample) -> list:
@@ -70,16 +83,21 @@ def _image_row(sample: Sample) -> list:
 
 def _entropy(p: torch.Tensor) -> torch.Tensor:
     p = p.float().clamp_min(0)
-    p = p / p.sum(-1, keepdim=True).clamp_min(1e-30)  # renormalised over the image tokens
+    p = p / p.sum(-1, keepdim=True).clamp_min(1e-30)  # renormalised over the keys read
     return -(p * torch.log(p.clamp_min(1e-30))).sum(-1)
 
 
 def attention_entropies(model: Model, samples: Iterable[Sample], *, batch_size: int = 8, per_head: bool = False,
-                        progress: Callable[[int], None] | None = None) -> EntropyTable:
+                        progress: Callable[[int], None] | None = None, positions: int = 1,
+                        keys: str = "image") -> EntropyTable:
     """Entropy of the last prompt position's attention over image tokens, per sample and decoder layer.
 
-    Only the last row of each layer's attention is computed. ``per_head``
-    also keeps every head's entropy. ``progress`` is called with the samples done per batch.
+    Only the last row (or the last ``positions`` rows) of each layer's
+    attention is computed. ``per_head`` also keeps every head's entropy;
+    ``positions > 1`` keeps every head at each of the last ``positions`` prompt
+    positions in ``table.positions``. ``keys="all"`` takes the entropy of the
+    whole row instead of the image tokens' share (published: ``"image"``).
+    ``progress`` is called with the samples done per batch.
 
     Example:
         >>> table = attention_entropies(mmlens.load("tiny-llava"), open_reader("shapes:val[0:4]"))  # doctest: +SKIP
@@ -88,26 +106,33 @@ def attention_entropies(model: Model, samples: Iterable[Sample], *, batch_size: 
     """
     if not model.adapter.multimodal:
         raise MmlensError(f"{model.name} is a text-only model: BYE needs a vision-language model")
+    if keys not in ("image", "all") or positions < 1:
+        raise MmlensError(f"keys is 'image' or 'all' and positions at least 1, got {keys!r} and {positions}")
     sites = [f"lm.L{i}.attn_probs" for i in range(model.n_layers)]
+    rows = list(range(-positions, 0)) if positions > 1 else -1
+    keep_heads = per_head or positions > 1
     ids: list[str] = []
-    layer_rows: list[np.ndarray] = []
-    head_rows: list[np.ndarray] = []
+    found: dict[str, list[np.ndarray]] = {"layers": [], "heads": [], "positions": []}
     chunk: list[Sample] = []
 
     def run(batch_samples: list[Sample]) -> None:
         batch = model.prepare([s.prompt for s in batch_samples], [_image_row(s) for s in batch_samples])
-        with torch.no_grad(), capture(model, sites, query=-1, mean_heads=not per_head) as captured:
+        with torch.no_grad(), capture(model, sites, query=rows, mean_heads=not keep_heads) as captured:
             model.forward(batch, use_cache=False, **last_logits_only(model.hf))
         for row, sample in enumerate(batch_samples):
             where = batch.layout.image_positions(row)
             if where.numel() == 0:
                 raise MmlensError(f"sample {sample.id!r}: the model placed no image tokens")
-            # (layers, [heads,] image tokens): the last prompt row of every layer
-            probs = torch.stack([captured[s][row][..., where.to(captured[s].device)].float().cpu() for s in sites])
-            if per_head:
-                head_rows.append(_entropy(probs).numpy())
+            # (layers, [heads,] [positions,] keys): the asked prompt rows of every layer
+            probs = torch.stack([captured[s][row].float().cpu() for s in sites])
+            probs = probs[..., where] if keys == "image" else probs
+            if positions > 1:  # (layers, heads, positions, keys) -> (positions, layers, heads)
+                found["positions"].append(_entropy(probs).permute(2, 0, 1).numpy())
+                probs = probs[:, :, -1]
+            if keep_heads:
+                found["heads"].append(_entropy(probs).numpy())
                 probs = probs.mean(1)
-            layer_rows.append(_entropy(probs).numpy())
+            found["layers"].append(_entropy(probs).numpy())
             ids.append(sample.id)
         if progress is not None:
             progress(len(batch_samples))
@@ -121,63 +146,8 @@ def attention_entropies(model: Model, samples: Iterable[Sample], *, batch_size: 
         run(chunk)
     if not ids:
         raise MmlensError("the data has no samples to score")
-    return EntropyTable(ids, np.stack(layer_rows), np.stack(head_rows) if per_head else None)
-
-
-@dataclass
-class MixtureFit:
-    """A 2-component 1-D Gaussian mixture, components sorted by mean (low first)."""
-
-    means: tuple[float, float]
-    sigmas: tuple[float, float]
-    weights: tuple[float, float]
-
-    def gap(self) -> float:
-        """``|mu1 - mu2| / (sigma1 + sigma2)``: the rule asks for more than ``separation``."""
-        return abs(self.means[1] - self.means[0]) / max(self.sigmas[0] + self.sigmas[1], 1e-12)
-
-    def low_cluster(self, x: np.ndarray) -> np.ndarray:
-        """Whether each value is more likely under the low-mean component (posterior > 0.5)."""
-        dens = [w * np.exp(-0.5 * ((x - m) / s) ** 2) / s
-                for m, s, w in zip(self.means, self.sigmas, self.weights)]
-        return dens[0] > dens[1]
-
-    def to_json(self) -> dict:
-        return {"means": list(self.means), "sigmas": list(self.sigmas), "weights": list(self.weights),
-                "gap": self.gap()}
-
-
-def fit_mixture(x: np.ndarray, iterations: int = 200) -> MixtureFit:
-    """EM for a 2-component 1-D Gaussian mixture (deterministic: started at the 25th and 75th percentiles).
-
-    Example:
-        >>> fit = fit_mixture(np.r_[np.zeros(50), np.ones(50)] + np.random.default_rng(0).normal(0, 0.1, 100))
-        >>> round(fit.means[0], 1), round(fit.means[1], 1)
-        (0.0, 1.0)
-    """
-    x = np.asarray(x, np.float64).ravel()
-    floor = max(1e-6, 1e-3 * float(x.std()))  # no component collapses onto one value
-    mu = np.percentile(x, [25, 75]).astype(np.float64)
-    if mu[0] == mu[1]:
-        mu = np.array([x.min(), x.max()], np.float64)
-    sd = np.full(2, max(float(x.std()), floor))
-    w = np.array([0.5, 0.5])
-    for _ in range(iterations):
-        log_d = np.log(w) - np.log(sd) - 0.5 * ((x[:, None] - mu) / sd) ** 2
-        log_d -= log_d.max(1, keepdims=True)
-        r = np.exp(log_d)
-        r /= r.sum(1, keepdims=True)
-        n_k = r.sum(0) + 1e-12
-        new_mu = (r * x[:, None]).sum(0) / n_k
-        sd = np.sqrt((r * (x[:, None] - new_mu) ** 2).sum(0) / n_k).clip(floor)
-        w = n_k / n_k.sum()
-        if np.allclose(new_mu, mu, rtol=0, atol=1e-10):
-            mu = new_mu
-            break
-        mu = new_mu
-    order = np.argsort(mu)
-    return MixtureFit(tuple(float(v) for v in mu[order]), tuple(float(v) for v in sd[order]),
-                      tuple(float(v) for v in w[order]))
+    return EntropyTable(ids, np.stack(found["layers"]), np.stack(found["heads"]) if per_head else None,
+                        np.stack(found["positions"]) if positions > 1 else None)
 
 
 @dataclass
@@ -203,12 +173,34 @@ class ByeResult:
                 "units": self.units, "separation": self.separation,
                 "sensitive": [self.names[i] for i in self.sensitive], "note": self.note,
                 "score_mixture": self.score_fit.to_json() if self.score_fit else None,
-                "max_gap": max((f.gap() for f in self.fits), default=0.0)}
+                "max_gap": max((f.gap() for f in self.fits), default=0.0), **self.extra}
+
+
+COMBINE = ("mean", "zmean", "min")
+
+
+def _combine(matrix: np.ndarray, sensitive: list[int], fits: list[MixtureFit], combine: str) -> np.ndarray:
+    """One score per sample from the sensitive units: their mean (published), or z-scores against each unit's high component."""
+    chosen = matrix[:, sensitive]
+    if combine == "mean":
+        return chosen.mean(1)
+    # "zmean"/"min": units on different scales weigh alike, measured against their clean (high) component
+    mu = np.array([fits[j].means[1] for j in sensitive])
+    sd = np.array([fits[j].sigmas[1] for j in sensitive])
+    z = (chosen - mu) / sd
+    return z.mean(1) if combine == "zmean" else z.min(1)
 
 
 def bye_filter(entropy: np.ndarray | EntropyTable, ids: Sequence[str] | None = None, *,
-               separation: float = SEPARATION, units: str = "layers") -> ByeResult:
+               separation: float = SEPARATION, units: str = "layers", combine: str = "mean",
+               threshold: float = 0.0, log: bool = False) -> ByeResult:
     """BYE's decision on an ``(n, units)`` entropy matrix (or an :class:`EntropyTable`); no labels involved.
+
+    The defaults are the published rule. mmlens' options: ``combine`` the
+    sensitive units by ``"zmean"`` or ``"min"`` of their z-scores instead of the
+    mean; ``threshold`` on the score mixture's log likelihood ratio (low
+    component against high; 0 is posterior 0.5); ``log`` fits every mixture to
+    log-entropies.
 
     Example:
         >>> bye_filter(np.full((10, 3), 2.0), [str(i) for i in range(10)]).note
@@ -225,20 +217,27 @@ def bye_filter(entropy: np.ndarray | EntropyTable, ids: Sequence[str] | None = N
         raise MmlensError(f"entropies of shape {matrix.shape} do not match {len(ids)} sample ids")
     if len(ids) < 4:
         raise MmlensError(f"BYE fits mixtures over samples: {len(ids)} are too few (at least 4)")
-    fits = [fit_mixture(matrix[:, j]) for j in range(matrix.shape[1])]
+    if combine not in COMBINE:
+        raise MmlensError(f"combine is one of {', '.join(COMBINE)}, got {combine!r}")
+    if log:
+        matrix = np.log(np.clip(matrix, 1e-6, None))  # entropies are >= 0; a one-token row has 0
+    fits = fit_mixtures(matrix)
     sensitive = [j for j, f in enumerate(fits) if f.gap() > separation]
     unit_word = "layer" if units == "layers" else "head"
+    settings = {"combine": combine, "threshold": threshold, "log": log}
     if not sensitive:
         gap = max(f.gap() for f in fits)
         return ByeResult(ids, list(ids), [], None, fits, names, [], None, separation, units,
-                         note=f"no sensitive {unit_word} (largest gap {gap:.2f} <= {separation}): nothing removed")
-    scores = matrix[:, sensitive].mean(1)
+                         note=f"no sensitive {unit_word} (largest gap {gap:.2f} <= {separation}): nothing removed",
+                         extra=settings)
+    scores = _combine(matrix, sensitive, fits, combine)
     score_fit = fit_mixture(scores)
-    low = score_fit.low_cluster(scores)
+    low = score_fit.low_cluster(scores, threshold)
     removed = [i for i, flag in zip(ids, low) if flag]
     kept = [i for i, flag in zip(ids, low) if not flag]
     note = f"{len(sensitive)} sensitive {unit_word}{'s' if len(sensitive) > 1 else ''}; removed {len(removed)}"
-    return ByeResult(ids, kept, removed, scores, fits, names, sensitive, score_fit, separation, units, note=note)
+    return ByeResult(ids, kept, removed, scores, fits, names, sensitive, score_fit, separation, units, note=note,
+                     extra=settings)
 
 
 def label_scores(ids: Sequence[str], removed: Iterable[str], poisoned: Iterable[str]) -> dict:
