@@ -66,11 +66,11 @@ def object_masks(model, batch, samples: list) -> dict[str, torch.Tensor]:
     return {"object": obj, "other patches": patches & ~obj, "CLS": ~patches}
 
 
-def knockout(model, batches: list, ablation: str, masks: list | None = None) -> np.ndarray:
-    """The pooled knockout grid (answer-logit drop) over all batches."""
+def knockout(model, batches: list, ablation: str, masks: list | None = None, tower: str = "vision") -> np.ndarray:
+    """The pooled knockout grid (answer-logit drop) over all batches; ``masks``: each batch's positions."""
     from mmlens.causal.heads import knockout_heads
 
-    grids = [knockout_heads(model, b, ablation=ablation, metric="logit", tower="vision",
+    grids = [knockout_heads(model, b, ablation=ablation, metric="logit", tower=tower,
                             positions=None if masks is None else masks[i]) for i, b in enumerate(batches)]
     clean = np.concatenate([g.clean.numpy() for g in grids])
     edited = np.concatenate([g.edited.numpy() for g in grids])
