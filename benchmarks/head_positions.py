@@ -17,12 +17,11 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import emit  # noqa: E402
-from heads import _top as top  # noqa: E402
+from heads import top  # noqa: E402
 from vision_heads import TYPES, knockout, prepared  # noqa: E402
 
 PLACES = ("all", "image", "text", "last")

@@ -102,12 +102,12 @@ def compare(model, pairs: list[tuple], direction: str, metric: str, draws: int, 
             "seconds_exhaustive": round(seconds["exhaustive"], 3),
             "seconds_attribution": round(seconds["attribution"], 3),
             "speed_ratio": round(seconds["exhaustive"] / seconds["attribution"], 2),
-            "top_exhaustive": _top(grids["exhaustive"]), "top_attribution": _top(grids["attribution"]),
+            "top_exhaustive": top(grids["exhaustive"]), "top_attribution": top(grids["attribution"]),
             "grid_exhaustive": grids["exhaustive"].round(4).tolist(),
             "grid_attribution": grids["attribution"].round(4).tolist()}
 
 
-def _top(grid: np.ndarray, k: int = 3) -> list[str]:
+def top(grid: np.ndarray, k: int = 3) -> list[str]:
     order = np.argsort(-grid.ravel())[:k]
     return [f"L{i // grid.shape[1]}.H{i % grid.shape[1]} {grid.ravel()[i]:+.3f}" for i in order]
 

@@ -37,7 +37,7 @@ from scipy.stats import spearmanr
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import emit  # noqa: E402
-from heads import _top as top, compare  # noqa: E402
+from heads import compare, top  # noqa: E402
 
 TYPES = ("colour", "shape")
 
