@@ -1,13 +1,19 @@
 """BYE backdoor filtering checks on ``shapes-llava-ft-backdoor`` (docs/audit.md has the figures).
 
-    nice -n 10 python benchmarks/bye.py --n 2000 --out out/bench/bye.json
+    nice -n 10 python benchmarks/bye.py --n 2000 --extra-test 8000 --out out/bench/bye.json
 
 1. The published rule (head mean, separation 2) on the model's own
    fine-tuning data (``ft-backdoor:train[0:n]``), and per-layer AUROC of the
    entropies against the poison labels (a diagnostic, labels used afterwards).
-2. mmlens' variant: the unit (layers or heads) and the separation constant
-   chosen on the first half (validation, labels used only to pick the two
-   constants), then applied unchanged to the second half.
+2. mmlens' variants, every setting chosen on the first half (validation;
+   labels used only to score each setting): the keys (image tokens or the
+   whole row), the units (layers, heads, heads at the last 2 or 4 prompt
+   positions), log-entropies or not, the separation, how sensitive units
+   combine (mean, z-score mean, minimum) and the split (log likelihood ratio
+   threshold). The winner is applied once, unchanged, to the second half (the
+   test) and to rows ``n:extra_test`` (a fresh, larger test, fitted on its own),
+   with bootstrap 95% intervals of F1: resampling the rows and refitting the
+   whole rule ("refit"), and resampling the fixed decisions ("fixed").
 3. The held-out trigger: the same rows with ``orange-ring`` at the same
    positions (``ft-backdoor-ring``), scored by the same model and rules.
 4. Clean ``shapes-llava`` on clean ``shapes:val`` rows: the share removed.
@@ -18,6 +24,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import resource
 import subprocess
@@ -29,9 +36,12 @@ import numpy as np
 import torch
 
 SEPARATIONS = [round(0.8 + 0.1 * k, 1) for k in range(13)]
+THRESHOLDS = [0.0, 1.0, 2.0, 3.0, 4.0]
+VIEWS = ("layers", "heads", "positions2", "positions4")  # positionsP: every head at the last P prompt positions
+PUBLISHED = {"keys": "image", "view": "layers", "log": False, "separation": 2.0, "combine": "mean", "threshold": 0.0}
 
 
-def _table(model_name: str, data: str, per_head: bool = True):
+def _table(model_name: str, data: str, keys: str = "image"):
     import mmlens
     import mmlens.audit.ft_data  # noqa: F401
     from mmlens.audit import attention_entropies
@@ -40,23 +50,109 @@ def _table(model_name: str, data: str, per_head: bool = True):
     samples = list(open_reader(data))
     poisoned = [s.id for s in samples if s.meta.get("poisoned")]
     t0 = time.time()
-    table = attention_entropies(mmlens.load(model_name), samples, batch_size=16, per_head=per_head)
+    table = attention_entropies(mmlens.load(model_name), samples, batch_size=16, per_head=True, positions=4,
+                                keys=keys)
     return table, poisoned, time.time() - t0
+
+
+def _view(table, view: str):
+    """The table and ``units`` argument of a view (``positions2`` keeps the last two positions)."""
+    from mmlens.audit import EntropyTable
+
+    if not view.startswith("positions"):
+        return table, view
+    return EntropyTable(table.ids, table.layers, table.heads, table.positions[:, -int(view[9:]):]), "positions"
 
 
 def _subset(table, rows):
     from mmlens.audit import EntropyTable
 
-    return EntropyTable([table.ids[i] for i in rows], table.layers[rows],
-                        None if table.heads is None else table.heads[rows])
+    def pick(a):
+        return None if a is None else a[rows]
+
+    return EntropyTable([table.ids[i] for i in rows], table.layers[rows], pick(table.heads), pick(table.positions))
 
 
-def _apply(table, poisoned, units, separation):
-    from mmlens.audit import bye_filter, label_scores
+def _filter(table, settings: dict, fits=None):
+    from mmlens.audit import bye_filter
 
-    result = bye_filter(table, units=units, separation=separation)
+    view, units = _view(table, settings["view"])
+    return bye_filter(view, units=units, separation=settings["separation"], combine=settings["combine"],
+                      threshold=settings["threshold"], log=settings["log"], fits=fits)
+
+
+def _f1(removed: np.ndarray, y: np.ndarray) -> float:
+    tp = int((removed & y).sum())
+    return 2 * tp / (int(removed.sum()) + int(y.sum())) if tp else 0.0
+
+
+def _apply(table, poisoned, settings: dict) -> dict:
+    from mmlens.audit import label_scores
+
+    result = _filter(table, settings)
     poisoned = set(poisoned) & set(table.ids)  # this subset's labels (the other half's are not "unknown")
-    return {**result.summary(), **{"labels": label_scores(result.ids, result.removed, poisoned)}}
+    return {**result.summary(), "settings": settings, "labels": label_scores(result.ids, result.removed, poisoned)}
+
+
+def _name(s: dict) -> str:
+    return f"{s['keys']}/{s['view']}/log={s['log']}/sep={s['separation']}/{s['combine']}/lr>{s['threshold']}"
+
+
+def sweep(tables: dict, poisoned) -> dict[str, tuple[float, dict]]:
+    """Validation F1 of every setting; the per-unit mixtures are fitted once per (keys, view, log)."""
+    from mmlens.audit import bye_filter
+
+    scores: dict[str, tuple[float, dict]] = {}
+    for keys, view_name, log in itertools.product(tables, VIEWS, (False, True)):
+        table = tables[keys]
+        y = np.isin(table.ids, list(poisoned))
+        view, units = _view(table, view_name)
+        fits = bye_filter(view, units=units, log=log, separation=1e9).fits  # no unit passes: fits only
+        for combine in ("mean", "zmean", "min"):
+            done: dict[tuple, object] = {}
+            for sep in SEPARATIONS:
+                sensitive = tuple(j for j, f in enumerate(fits) if f.gap() > sep)
+                if sensitive not in done:  # separations that pick the same units decide the same
+                    done[sensitive] = bye_filter(view, units=units, log=log, separation=sep, combine=combine, fits=fits)
+                result = done[sensitive]
+                for t in THRESHOLDS:
+                    s = {"keys": keys, "view": view_name, "log": log, "separation": sep, "combine": combine,
+                         "threshold": t}
+                    low = (np.zeros(len(y), bool) if result.score_fit is None
+                           else result.score_fit.low_cluster(result.scores, t))  # what bye_filter(threshold=t) removes
+                    scores[_name(s)] = (_f1(low, y), s)
+    return scores
+
+
+def choose(scores: dict[str, tuple[float, dict]]) -> dict:
+    """Best validation F1; ties go to the setting nearest the published rule (then the larger separation)."""
+    def near(s):
+        return sum(s[k] == PUBLISHED[k] for k in ("keys", "view", "log", "combine", "threshold"))
+    return max(scores.values(), key=lambda v: (round(v[0], 6), near(v[1]), v[1]["separation"]))[1]
+
+
+def bootstrap(table, poisoned, settings: dict, *, refits: int, resamples: int, seed: int = 0) -> dict:
+    """95% percentile intervals of F1: rows resampled and the whole rule refitted, and fixed decisions resampled."""
+    from mmlens.audit import EntropyTable
+
+    y = np.isin(table.ids, list(poisoned))
+    removed = np.isin(table.ids, _filter(table, settings).removed)
+    rng = np.random.default_rng(seed)
+    n = len(y)
+    fixed = [_f1(removed[i], y[i]) for i in (rng.integers(0, n, n) for _ in range(resamples))]
+    refit = []
+    for _ in range(refits):
+        i = rng.integers(0, n, n)
+        ids = [f"{k}" for k in range(n)]  # resampled rows repeat: ids by position
+        pick = EntropyTable(ids, table.layers[i], None if table.heads is None else table.heads[i],
+                            None if table.positions is None else table.positions[i])
+        refit.append(_f1(np.isin(ids, _filter(pick, settings).removed), y[i]))
+
+    def interval(v):
+        return [round(float(np.percentile(v, 2.5)), 3), round(float(np.percentile(v, 97.5)), 3)] if v else None
+
+    return {"f1": round(_f1(removed, y), 3), "fixed_95": interval(fixed), "fixed_resamples": resamples,
+            "refit_95": interval(refit), "refit_resamples": refits}
 
 
 def _auroc(table, poisoned) -> list[float]:
@@ -66,30 +162,50 @@ def _auroc(table, poisoned) -> list[float]:
     return [round(float(roc_auc_score(y, -table.layers[:, j])), 3) for j in range(table.layers.shape[1])]
 
 
-def checks(n: int) -> dict:
-    table, poisoned, seconds = _table("shapes-llava-ft-backdoor", f"ft-backdoor:train[0:{n}]")
-    out = {"n": n, "scoring_seconds": round(seconds, 1), "auroc_per_layer_head_mean": _auroc(table, poisoned),
-           "published_all": _apply(table, poisoned, "layers", 2.0),
-           "heads_sep2_all": _apply(table, poisoned, "heads", 2.0)}
+def checks(n: int, extra_test: int, refits: int) -> dict:
+    model = "shapes-llava-ft-backdoor"
+    tables, poisoned = {}, []
+    for keys in ("image", "all"):
+        tables[keys], poisoned, seconds = _table(model, f"ft-backdoor:train[0:{n}]", keys)
+    image = tables["image"]
+    out = {"n": n, "scoring_seconds": round(seconds, 1), "auroc_per_layer_head_mean": _auroc(image, poisoned),
+           "published_all": _apply(image, poisoned, PUBLISHED)}
     half = n // 2
-    val, test = _subset(table, list(range(half))), _subset(table, list(range(half, n)))
-    sweep = {f"{u}@{s}": _apply(val, poisoned, u, s)["labels"]["f1"] for u in ("layers", "heads") for s in SEPARATIONS}
-    best = max(sweep, key=lambda k: (sweep[k], k.startswith("layers"), float(k.split("@")[1])))
-    units, separation = best.split("@")[0], float(best.split("@")[1])
-    out["validation_sweep_f1"] = sweep
-    out["chosen"] = {"units": units, "separation": separation, "validation_f1": sweep[best]}
-    out["published_test"] = _apply(test, poisoned, "layers", 2.0)
-    out["chosen_test"] = _apply(test, poisoned, units, separation)
-    ring, ring_poisoned, _ = _table("shapes-llava-ft-backdoor", f"ft-backdoor-ring:train[{half}:{n}]")
+    val = {k: _subset(t, list(range(half))) for k, t in tables.items()}
+    test = {k: _subset(t, list(range(half, n))) for k, t in tables.items()}
+    scores = sweep(val, poisoned)
+    chosen = choose(scores)
+    out["validation_top"] = sorted(([round(f, 3), _name(s)] for f, s in scores.values()), reverse=True)[:25]
+    out["validation_best_per_family"] = _families(scores)
+    out["chosen"] = {**chosen, "validation_f1": round(scores[_name(chosen)][0], 3)}
+    out["published_test"] = _apply(test["image"], poisoned, PUBLISHED)
+    out["chosen_test"] = _apply(test[chosen["keys"]], poisoned, chosen)
+    out["chosen_test_bootstrap"] = bootstrap(test[chosen["keys"]], poisoned, chosen, refits=refits, resamples=2000)
+    out["published_test_bootstrap"] = bootstrap(test["image"], poisoned, PUBLISHED, refits=0, resamples=2000)
+    if extra_test > n:
+        fresh, fresh_poisoned, _ = _table(model, f"ft-backdoor:train[{n}:{extra_test}]", chosen["keys"])
+        out["fresh_test"] = {"rows": [n, extra_test], "published": _apply(fresh, fresh_poisoned, PUBLISHED),
+                             "chosen": _apply(fresh, fresh_poisoned, chosen),
+                             "chosen_bootstrap": bootstrap(fresh, fresh_poisoned, chosen, refits=0, resamples=2000)}
+    ring, ring_poisoned, _ = _table(model, f"ft-backdoor-ring:train[{half}:{n}]", chosen["keys"])
     out["ring_auroc_per_layer"] = _auroc(ring, ring_poisoned)
-    out["ring_published"] = _apply(ring, ring_poisoned, "layers", 2.0)
-    out["ring_chosen"] = _apply(ring, ring_poisoned, units, separation)
-    clean, _, _ = _table("shapes-llava", f"shapes:val[0:{half}]")
-    out["clean_published"] = _apply(clean, [], "layers", 2.0)
-    out["clean_chosen"] = _apply(clean, [], units, separation)
+    out["ring_published"] = _apply(ring, ring_poisoned, PUBLISHED)
+    out["ring_chosen"] = _apply(ring, ring_poisoned, chosen)
+    clean, _, _ = _table("shapes-llava", f"shapes:val[0:{half}]", chosen["keys"])
+    out["clean_published"] = _apply(clean, [], PUBLISHED)
+    out["clean_chosen"] = _apply(clean, [], chosen)
     return out
 
 
+def _families(scores: dict[str, tuple[float, dict]]) -> dict[str, list]:
+    """The best validation F1 within each family of one idea (keys, view, log, combine, threshold)."""
+    best: dict[str, list] = {}
+    for f, s in scores.values():
+        for k in ("keys", "view", "log", "combine", "threshold"):
+            name = f"{k}={s[k]}"
+            if f > best.get(name, [-1.0])[0]:
+                best[name] = [round(f, 3), _name(s)]
+    return best
 def cost_child(mode: str, n: int) -> None:
     """One measurement in this process: ``bare`` forwards or BYE ``score``; prints seconds and peak RSS."""
     import mmlens
@@ -130,17 +246,21 @@ def main() -> None:
     p.add_argument("--cost-n", type=int, default=400)
     p.add_argument("--out", type=Path, default=Path("out/bench/bye.json"))
     p.add_argument("--cost-child")
+    p.add_argument("--extra-test", type=int, default=0, help="also test on rows n:extra_test (fitted on their own)")
+    p.add_argument("--refits", type=int, default=200, help="bootstrap resamples that refit the whole rule")
     p.add_argument("--skip-checks", action="store_true")
+    p.add_argument("--skip-cost", action="store_true")
     a = p.parse_args()
     torch.set_num_threads(1)
     if a.cost_child:
         cost_child(a.cost_child, a.n)
         return
-    result = {} if a.skip_checks else checks(a.n)
-    result["cost"] = cost(a.cost_n)
+    result = {} if a.skip_checks else checks(a.n, a.extra_test, a.refits)
+    if not a.skip_cost:
+        result["cost"] = cost(a.cost_n)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=1))
-    print(json.dumps({k: v for k, v in result.items() if k != "validation_sweep_f1"}, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k != "validation_top"}, indent=1))
 
 
 if __name__ == "__main__":

@@ -149,3 +149,12 @@ def test_position_rows_and_whole_rows_match_eager_attention(tiny_llava):
     assert np.allclose(image.layers, attention_entropies(tiny_llava, samples).layers, atol=1e-5)
     with pytest.raises(MmlensError, match="keys is 'image' or 'all'"):
         attention_entropies(tiny_llava, samples, keys="text")
+
+
+def test_reused_fits_give_the_same_decision_and_must_match_the_units():
+    h = _planted()
+    first = bye_filter(h, IDS)
+    again = bye_filter(h, IDS, fits=first.fits)
+    assert again.removed == first.removed and again.sensitive == first.sensitive
+    with pytest.raises(MmlensError, match="3 mixtures given for 4 units"):
+        bye_filter(h, IDS, fits=first.fits[:3])

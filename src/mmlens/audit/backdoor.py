@@ -193,14 +193,15 @@ def _combine(matrix: np.ndarray, sensitive: list[int], fits: list[MixtureFit], c
 
 def bye_filter(entropy: np.ndarray | EntropyTable, ids: Sequence[str] | None = None, *,
                separation: float = SEPARATION, units: str = "layers", combine: str = "mean",
-               threshold: float = 0.0, log: bool = False) -> ByeResult:
+               threshold: float = 0.0, log: bool = False, fits: list[MixtureFit] | None = None) -> ByeResult:
     """BYE's decision on an ``(n, units)`` entropy matrix (or an :class:`EntropyTable`); no labels involved.
 
     The defaults are the published rule. mmlens' options: ``combine`` the
     sensitive units by ``"zmean"`` or ``"min"`` of their z-scores instead of the
     mean; ``threshold`` on the score mixture's log likelihood ratio (low
     component against high; 0 is posterior 0.5); ``log`` fits every mixture to
-    log-entropies.
+    log-entropies. ``fits`` reuses the per-unit mixtures of an earlier call on
+    the same matrix (and ``log``), so that a sweep over the other settings fits them once.
 
     Example:
         >>> bye_filter(np.full((10, 3), 2.0), [str(i) for i in range(10)]).note
@@ -221,7 +222,10 @@ def bye_filter(entropy: np.ndarray | EntropyTable, ids: Sequence[str] | None = N
         raise MmlensError(f"combine is one of {', '.join(COMBINE)}, got {combine!r}")
     if log:
         matrix = np.log(np.clip(matrix, 1e-6, None))  # entropies are >= 0; a one-token row has 0
-    fits = fit_mixtures(matrix)
+    if fits is None:
+        fits = fit_mixtures(matrix)
+    elif len(fits) != matrix.shape[1]:
+        raise MmlensError(f"{len(fits)} mixtures given for {matrix.shape[1]} units")
     sensitive = [j for j, f in enumerate(fits) if f.gap() > separation]
     unit_word = "layer" if units == "layers" else "head"
     settings = {"combine": combine, "threshold": threshold, "log": log}
