@@ -263,14 +263,16 @@ def measure(args) -> dict:
 def in_process(args, names: list[str], tokens: int) -> list[dict]:
     """Every method at one length in this process, one model (``--in-process``; exact on a GPU, whose
     ``max_memory_allocated`` is reset before each run, but not on the CPU, whose peak resident set is not)."""
+    from mmlens.errors import MmlensError
+
     model, batch, targets = setup(args, tokens)
     bare(model, batch, targets)
     results = []
     for name in names:
         try:
             results.append(measure_one(name, model, batch, targets, args))
-        except torch.OutOfMemoryError as error:
-            results.append({"method": name, "tokens": tokens, "error": f"out of memory: {str(error)[:160]}"})
+        except (torch.OutOfMemoryError, MmlensError) as error:  # one method's failure is a result, not the end
+            results.append({"method": name, "tokens": tokens, "error": str(error)[:200]})
         print(json.dumps(results[-1]), file=sys.stderr, flush=True)  # progress, and what a cut-off run keeps
     del model, batch, targets
     if args.device.startswith("cuda"):

@@ -18,7 +18,8 @@ fixed row count. This module owns that name and its meaning:
 - The cost of one row is estimated from the language model's config before any
   work (:func:`row_bytes`), conservatively: activations per token and layer of
   about ``16 x width + 4 x intermediate`` elements plus ``3 x heads x seq``
-  attention probabilities (fp32) when gradients flow through every layer; one
+  attention probabilities (fp32; a log-sum-exp per head instead where a fused
+  attention kernel runs on a GPU) when gradients flow through every layer; one
   layer's worth of those (``8 x width + 3 x intermediate + 2 x heads x seq``)
   without gradients; plus a few fp32 vocabulary rows of logits. On a CUDA
   device the first pass runs one row and ``torch.cuda.max_memory_allocated``
@@ -55,11 +56,17 @@ MemoryBudget = Union[int, str, None]
 T = TypeVar("T")
 
 #: Tokens per pass past which stacking more rows stops paying, per device type: passes stack the fewest rows
-#: that reach it, never more than the budget holds. CPU (one thread, measured with
-#: ``benchmarks/saturation.py``): per-row time still fell 14-40% per doubling below 512 tokens a pass and
-#: by at most ~6% above it (594-token rows: no gain from 2, 4 or 8 rows). CUDA: not measured; 512 keeps
-#: one row a pass from ~600 tokens, as issue 13's 2x-of-bare-peak goal needs.
+#: that reach it, never more than the budget holds. Measured with ``benchmarks/saturation.py``. CPU (one
+#: thread): per-row time still fell 14-40% per doubling below 512 tokens a pass and by at most ~6% above it
+#: (594-token rows: no gain from 2, 4 or 8 rows). CUDA (one H100, LLaVA-1.5-7B's config in bf16): forward +
+#: backward keeps paying up to ~2,048 tokens (594-token rows: 0.52x the time per row at 2 rows, 0.41x at 4),
+#: but gradient passes keep 512, one row a pass from ~600 tokens, so integrated gradients stays within issue
+#: 13's 2x-of-bare-peak memory goal; its time already meets the 1.3x-of-34-bare-passes goal at one row.
 SATURATION_TOKENS = {"cpu": 512, "cuda": 512, "mps": 512}
+#: The same for passes without gradients (occlusion, RISE, tracing, knockout), whose rows cost one layer's
+#: activations, not all of them. CUDA: 594-token rows ran at 0.74x the time per row at 2 rows, 0.69x at 4
+#: and 0.68x at 8; 256-token rows kept gaining to 8 rows (2,048 tokens).
+FORWARD_SATURATION_TOKENS = {"cpu": 512, "cuda": 1024, "mps": 512}
 GPU_SHARE = 0.8  # of the free device memory
 CPU_SHARE = 0.25  # of the available RAM
 UNLIMITED = sys.maxsize
@@ -153,12 +160,16 @@ def row_bytes(model: "Model", seq: int, *, grad: bool = False, positions: int = 
     vocab = int(getattr(text, "vocab_size", 0) or 0)
     size = next(model.hf.parameters()).element_size()
     keys = seq if keys is None else max(keys, seq)
+    # Per query and head: eager attention keeps keys x probabilities; fused kernels (SDPA, flash) on a GPU keep
+    # one log-sum-exp. Off CUDA, SDPA may fall back to the math path, so it is counted as eager there.
+    fused = getattr(text, "_attn_implementation", None) not in (None, "eager") and model.device.type == "cuda"
+    probabilities = 2 * heads * 4 if fused else heads * keys * 4
     prefix = 4 * (keys - seq) * width * size  # recorded keys and values repeated per row, then joined with the suffix's
     if grad:
-        per_layer = seq * ((16 * width + 4 * intermediate) * size + 3 * heads * keys * 4) + prefix
+        per_layer = seq * ((16 * width + 4 * intermediate) * size + 3 * probabilities) + prefix
         activations = model.n_layers * per_layer + 4 * seq * width * size  # + the input and its gradient
     else:
-        activations = seq * ((8 * width + 3 * intermediate) * size + 2 * heads * keys * 4) + prefix
+        activations = seq * ((8 * width + 3 * intermediate) * size + 2 * probabilities) + prefix
     logits = 3 * positions * vocab * 4  # logits, their fp32 softmax and its gradient
     return int(activations + logits)
 
@@ -180,18 +191,20 @@ def rows_per_pass(budget: int, item_bytes: int, total: int, what: str) -> int:
     return max(1, min(max(total, 1), budget // max(item_bytes, 1)))
 
 
-def saturation_items(tokens: int, device: torch.device | str) -> int:
-    """How many items of ``tokens`` tokens each one pass needs to reach :data:`SATURATION_TOKENS` of ``device``.
+def saturation_items(tokens: int, device: torch.device | str, grad: bool = True) -> int:
+    """How many items of ``tokens`` tokens each one pass needs to reach the saturation count of ``device``.
 
     Past that many tokens per pass, stacking more rows buys too little
-    throughput to pay for their memory (see :data:`SATURATION_TOKENS`).
+    throughput to pay for their memory (:data:`SATURATION_TOKENS` for passes
+    with gradients, :data:`FORWARD_SATURATION_TOKENS` without).
 
     Example:
         >>> saturation_items(16, "cpu"), saturation_items(300, "cpu"), saturation_items(600, "cpu")
         (32, 2, 1)
     """
     kind = torch.device(device).type
-    saturation = SATURATION_TOKENS.get(kind, SATURATION_TOKENS["cpu"])
+    table = SATURATION_TOKENS if grad else FORWARD_SATURATION_TOKENS
+    saturation = table.get(kind, table["cpu"])
     return max(1, -(-saturation // max(tokens, 1)))
 
 
@@ -215,7 +228,7 @@ def plan_passes(model: "Model", total: int, seq: int, memory_budget: MemoryBudge
     """
     item = row_bytes(model, seq, grad=grad, positions=positions, keys=keys) * max(rows, 1)
     budget = budget_bytes(memory_budget, model.device)
-    size = min(rows_per_pass(budget, item, total, what), saturation_items(seq * max(rows, 1), model.device))
+    size = min(rows_per_pass(budget, item, total, what), saturation_items(seq * max(rows, 1), model.device, grad))
     return Passes(total, size, item, budget, what, torch.device(model.device))
 
 

@@ -76,7 +76,7 @@ class SparseAutoencoder(torch.nn.Module):
         """``(x - b_dec) @ W_enc + b_enc``, the input every architecture thresholds."""
         if x.shape[-1] != self.d_in:
             raise MmlensError(f"activations of width {x.shape[-1]} do not match the SAE's d_in={self.d_in}")
-        return (x.to(self.W_enc.dtype) - self.b_dec) @ self.W_enc + self.b_enc
+        return (x.to(self.W_enc.device, self.W_enc.dtype) - self.b_dec) @ self.W_enc + self.b_enc  # any device in
 
     def activate(self, pre: torch.Tensor, batch: bool = False) -> torch.Tensor:
         """The architecture's nonlinearity over pre-activations ``[..., d_sae]``.
