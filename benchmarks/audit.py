@@ -1,7 +1,7 @@
 """Cost of BYE backdoor scoring against a bare forward over the same data, and against ``output_attentions=True``.
 
     python benchmarks/audit.py [--tokens 600,3000] [--n 8] [--json]          # CPU default, random weights
-    python benchmarks/audit.py --device cuda --preset llava-1.5-7b --json      # LLaVA-1.5-7B's config, bf16
+    python benchmarks/audit.py --device cuda --preset llava-1.5-7b --json      # LLaVA-1.5-7B's config, bf16, batch 1
 
 Issue 18's goal: scoring (:func:`mmlens.audit.backdoor.attention_entropies`,
 which computes only the last prompt row of each layer's attention) costs at
@@ -194,7 +194,9 @@ def main() -> None:
     parser.add_argument("--tokens", default="600,3000", help="approximate sequence lengths")
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--n", type=int, default=8, help="samples scored per run")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="samples per forward: 4 (small) or 1 (7B: every layer's full maps at 3,000 tokens "
+                             "take 18 GB a sample in bf16)")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds of bare and the mode per process")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", action="store_true")
@@ -202,6 +204,7 @@ def main() -> None:
     args = parser.parse_args()
     args.device = args.device or ("cuda" if args.preset == "llava-1.5-7b" else "cpu")
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
+    args.batch_size = args.batch_size or (1 if args.preset == "llava-1.5-7b" else 4)
     if args.child:
         args.tokens = int(args.tokens)
         print(json.dumps(measure(args)))
