@@ -136,23 +136,27 @@ def bootstrap(table, poisoned, settings: dict, *, refits: int, resamples: int, s
     from mmlens.audit import EntropyTable
 
     y = np.isin(table.ids, list(poisoned))
-    removed = np.isin(table.ids, _filter(table, settings).removed)
+    whole = _filter(table, settings)
+    removed = np.isin(table.ids, whole.removed)
     rng = np.random.default_rng(seed)
     n = len(y)
     fixed = [_f1(removed[i], y[i]) for i in (rng.integers(0, n, n) for _ in range(resamples))]
-    refit = []
+    refit, same_units = [], 0
     for _ in range(refits):
         i = rng.integers(0, n, n)
         ids = [f"{k}" for k in range(n)]  # resampled rows repeat: ids by position
         pick = EntropyTable(ids, table.layers[i], None if table.heads is None else table.heads[i],
                             None if table.positions is None else table.positions[i])
-        refit.append(_f1(np.isin(ids, _filter(pick, settings).removed), y[i]))
+        result = _filter(pick, settings)
+        refit.append(_f1(np.isin(ids, result.removed), y[i]))
+        same_units += result.sensitive == whole.sensitive
 
     def interval(v):
         return [round(float(np.percentile(v, 2.5)), 3), round(float(np.percentile(v, 97.5)), 3)] if v else None
 
     return {"f1": round(_f1(removed, y), 3), "fixed_95": interval(fixed), "fixed_resamples": resamples,
-            "refit_95": interval(refit), "refit_resamples": refits}
+            "refit_95": interval(refit), "refit_resamples": refits,
+            "refit_same_units": same_units / refits if refits else None}
 
 
 def _auroc(table, poisoned) -> list[float]:
@@ -180,6 +184,8 @@ def checks(n: int, extra_test: int, refits: int) -> dict:
     out["chosen"] = {**chosen, "validation_f1": round(scores[_name(chosen)][0], 3)}
     out["published_test"] = _apply(test["image"], poisoned, PUBLISHED)
     out["chosen_test"] = _apply(test[chosen["keys"]], poisoned, chosen)
+    previous = {**PUBLISHED, "view": "heads", "separation": 1.3}  # the variant before the split threshold
+    out["previous_variant_test"] = _apply(test["image"], poisoned, previous)
     out["chosen_test_bootstrap"] = bootstrap(test[chosen["keys"]], poisoned, chosen, refits=refits, resamples=2000)
     out["published_test_bootstrap"] = bootstrap(test["image"], poisoned, PUBLISHED, refits=0, resamples=2000)
     if extra_test > n:
@@ -206,6 +212,42 @@ def _families(scores: dict[str, tuple[float, dict]]) -> dict[str, list]:
             if f > best.get(name, [-1.0])[0]:
                 best[name] = [round(f, 3), _name(s)]
     return best
+def _best_f1(score: np.ndarray, y: np.ndarray) -> float:
+    """The best F1 of any cut "remove score <= c" (labels choose the cut: a ceiling, not a method)."""
+    tp = np.cumsum(y[np.argsort(score, kind="stable")])
+    return round(float((2 * tp / (np.arange(1, len(y) + 1) + y.sum())).max()), 3)
+
+
+def ceiling(n: int) -> dict:
+    """Validation rows ``0:n``: each head's best-cut F1 for its image-token entropy and its image attention share."""
+    import mmlens
+    import mmlens.audit.ft_data  # noqa: F401
+    from mmlens.audit.backdoor_mixture import fit_mixtures
+    from mmlens.data.readers import open_reader
+    from mmlens.hooks import capture
+    from mmlens.models.runtime import last_logits_only
+
+    model = mmlens.load("shapes-llava-ft-backdoor")
+    samples = list(open_reader(f"ft-backdoor:train[0:{n}]"))
+    table, poisoned, _ = _table("shapes-llava-ft-backdoor", f"ft-backdoor:train[0:{n}]")
+    y = np.isin(table.ids, poisoned)
+    sites = [f"lm.L{i}.attn_probs" for i in range(model.n_layers)]
+    share = []
+    for k in range(0, n, 16):  # the image tokens' share of the last row, before BYE renormalises it away
+        chunk = samples[k:k + 16]
+        batch = model.prepare([s.prompt for s in chunk], [[s.image] for s in chunk])
+        with torch.no_grad(), capture(model, sites, query=-1) as captured:
+            model.forward(batch, use_cache=False, **last_logits_only(model.hf))
+        share += [torch.stack([captured[s][r][..., batch.layout.image_positions(r)].sum(-1) for s in sites]).numpy()
+                  for r in range(len(chunk))]
+    heads, names = table.units("heads")
+    share = np.stack(share).reshape(n, -1)
+    return {"rows": [0, n],
+            "entropy_best_cut_f1": dict(zip(names, (_best_f1(heads[:, j], y) for j in range(len(names))))),
+            "share_best_cut_f1": dict(zip(names, (_best_f1(-share[:, j], y) for j in range(len(names))))),
+            "share_gap": dict(zip(names, (round(f.gap(), 2) for f in fit_mixtures(share))))}
+
+
 def cost_child(mode: str, n: int) -> None:
     """One measurement in this process: ``bare`` forwards or BYE ``score``; prints seconds and peak RSS."""
     import mmlens
@@ -250,10 +292,16 @@ def main() -> None:
     p.add_argument("--refits", type=int, default=200, help="bootstrap resamples that refit the whole rule")
     p.add_argument("--skip-checks", action="store_true")
     p.add_argument("--skip-cost", action="store_true")
+    p.add_argument("--ceiling", type=int, default=0, help="only the best-cut diagnostic on rows 0:N")
     a = p.parse_args()
     torch.set_num_threads(1)
     if a.cost_child:
         cost_child(a.cost_child, a.n)
+        return
+    if a.ceiling:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(ceiling(a.ceiling), indent=1))
+        print(a.out.read_text())
         return
     result = {} if a.skip_checks else checks(a.n, a.extra_test, a.refits)
     if not a.skip_cost:

@@ -115,7 +115,7 @@ def test_options_zscores_threshold_and_log_change_only_what_they_say():
         result = bye_filter(h, IDS, combine=combine)
         assert result.sensitive == [1, 2] and sorted(result.removed) == sorted(IDS[:30])
         assert result.summary()["combine"] == combine
-    assert bye_filter(h, IDS, threshold=1e4).removed == []  # the clusters are far apart: the ratio is large, not endless
+    assert bye_filter(h, IDS, threshold=1e4).removed == []  # far-apart clusters: a large ratio, not an endless one
     assert bye_filter(h, IDS, log=True).sensitive == [1, 2]
     with pytest.raises(MmlensError, match="combine is one of"):
         bye_filter(h, IDS, combine="max")

@@ -57,7 +57,7 @@ class EntropyTable:
     positions: np.ndarray | None = None
 
     def units(self, units: str = "layers") -> tuple[np.ndarray, list[str]]:
-        """The ``(n, units)`` entropy matrix the rule runs on, and a name per column (``L3``, ``L3.H1``, ``q-2.L3.H1``)."""
+        """The ``(n, units)`` matrix the rule runs on, and a name per column (``L3``, ``L3.H1``, ``q-2.L3.H1``)."""
         if units == "layers":
             return self.layers, [f"L{i}" for i in range(self.layers.shape[1])]
         if units == "heads":
@@ -180,7 +180,8 @@ COMBINE = ("mean", "zmean", "min")
 
 
 def _combine(matrix: np.ndarray, sensitive: list[int], fits: list[MixtureFit], combine: str) -> np.ndarray:
-    """One score per sample from the sensitive units: their mean (published), or z-scores against each unit's high component."""
+    """One score per sample from the sensitive units: their mean (published), or z-scores against each unit's
+    high (clean) component."""
     chosen = matrix[:, sensitive]
     if combine == "mean":
         return chosen.mean(1)
