@@ -158,3 +158,11 @@ def test_reused_fits_give_the_same_decision_and_must_match_the_units():
     assert again.removed == first.removed and again.sensitive == first.sensitive
     with pytest.raises(MmlensError, match="3 mixtures given for 4 units"):
         bye_filter(h, IDS, fits=first.fits[:3])
+
+
+def test_the_command_passes_the_split_threshold_on(tmp_path):
+    from mmlens.cli.audit import audit_backdoor
+
+    summary = audit_backdoor("shapes:val[0:8]", tmp_path / "bye", model="tiny-llava", units="heads",
+                             separation=0.1, threshold=2.5)
+    assert summary["threshold"] == 2.5 and summary["combine"] == "mean" and summary["log"] is False
