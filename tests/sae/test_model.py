@@ -61,6 +61,25 @@ def test_decoder_rows_start_at_unit_norm_and_config_round_trips() -> None:
     assert again.extra == {"model": "shapes-llava"}
 
 
+def test_rescaled_decoder_codes_are_unit_direction_coefficients_and_fold_exactly() -> None:
+    torch.manual_seed(0)
+    sae = SparseAutoencoder(8, 32, "topk", k=4, rescale_acts_by_decoder_norm=True)
+    sae.reset_parameters(0.1)
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.rand(32, 1) + 0.5)  # rows of unequal norms, as training leaves them
+        sae.b_enc.normal_()
+        sae.b_dec.normal_()
+    assert SparseAutoencoder.from_config(sae.config()).rescale
+    x = torch.randn(16, 8)
+    codes, recon = sae.encode(x), sae(x)
+    unit = sae.W_dec / sae.W_dec.norm(dim=-1, keepdim=True)
+    assert torch.allclose(codes @ unit + sae.b_dec, recon, atol=1e-5)
+    sae.fold_decoder_norm()
+    assert not sae.rescale and "rescale_acts_by_decoder_norm" not in sae.config()
+    assert torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(32), atol=1e-6)
+    assert torch.allclose(sae.encode(x), codes, atol=1e-5) and torch.allclose(sae(x), recon, atol=1e-5)
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"architecture": "gated"}, "unknown SAE architecture"),
     ({"architecture": "topk", "k": 33}, "larger than the number of latents"),

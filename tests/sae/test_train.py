@@ -46,9 +46,17 @@ def test_each_architecture_learns(acts, architecture, tmp_path) -> None:
     assert summary["steps"] == 60 and summary["history"][-1]["step"] == 60
 
 
-def test_killed_run_resumes_to_the_same_weights(acts, tmp_path) -> None:
-    config = TrainConfig(steps=17, k=8, **FAST)
+@pytest.mark.parametrize("decoder_init_norm", [None, 0.1])
+def test_killed_run_resumes_to_the_same_weights(acts, tmp_path, decoder_init_norm) -> None:
+    config = TrainConfig(steps=17, k=8, decoder_init_norm=decoder_init_norm, **FAST)
     whole = train_sae(acts, config, tmp_path / "whole", device=DEVICE)
+    assert torch.allclose(whole.W_dec.norm(dim=-1).cpu(), torch.ones(whole.d_sae), atol=1e-5)  # files: unit rows
+    kept = load_sae(tmp_path / "whole" / "checkpoint")
+    assert kept.rescale == (decoder_init_norm is not None)  # the checkpoint keeps SAELens-style free rows as they are
+    if kept.rescale:
+        assert float(kept.W_dec.detach().norm(dim=-1).max()) < 0.5
+        x = acts.read([0, 1, 2])
+        assert torch.allclose(kept(x), whole.cpu()(x), atol=1e-4)  # folding kept the function
 
     def kill(step: int) -> None:
         if step == 12:

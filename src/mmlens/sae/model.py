@@ -12,6 +12,13 @@ subtracts ``b_dec`` from the input first (SAELens ``apply_b_dec_to_input``):
 - ``jumprelu``: ``relu(pre) * (pre > threshold)``.
 
 where ``pre = (x - b_dec) @ W_enc + b_enc``.
+
+With ``rescale_acts_by_decoder_norm`` (SAELens' option of that name; the
+trainer uses it) the decoder rows are free parameters of any norm: ``pre`` is
+multiplied by each row's norm and decoding divides by it, so activations are
+coefficients on unit directions whatever the norms. :meth:`fold_decoder_norm`
+turns such an SAE into the same function with unit-norm rows and no rescaling,
+the form every file holds.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ class SparseAutoencoder(torch.nn.Module):
     """
 
     def __init__(self, d_in: int, d_sae: int, architecture: str = "topk", k: int | None = 32,
-                 site: str | None = None, **extra: Any) -> None:
+                 site: str | None = None, rescale_acts_by_decoder_norm: bool = False, **extra: Any) -> None:
         super().__init__()
         if architecture not in ARCHITECTURES:
             raise MmlensError(f"unknown SAE architecture {architecture!r}: choose one of {', '.join(ARCHITECTURES)}")
@@ -49,6 +56,7 @@ class SparseAutoencoder(torch.nn.Module):
         self.d_in, self.d_sae, self.architecture = int(d_in), int(d_sae), architecture
         self.k = int(k) if k is not None and architecture in ("topk", "batchtopk") else None
         self.site = site
+        self.rescale = bool(rescale_acts_by_decoder_norm)
         self.extra = dict(extra)  # carried into config(): e.g. the model name, the store, the harvest sites
         self.W_enc = torch.nn.Parameter(torch.empty(d_in, d_sae))
         self.W_dec = torch.nn.Parameter(torch.empty(d_sae, d_in))
@@ -58,10 +66,17 @@ class SparseAutoencoder(torch.nn.Module):
         self.reset_parameters()
 
     @torch.no_grad()
-    def reset_parameters(self) -> None:
-        """Unit-norm decoder rows and the encoder as their transpose (Gao et al.'s tied init)."""
+    def reset_parameters(self, decoder_norm: float = 1.0) -> None:
+        """Decoder rows of norm ``decoder_norm`` and the encoder as their transpose (Gao et al.'s tied init).
+
+        Example:
+            >>> sae = SparseAutoencoder(8, 32, rescale_acts_by_decoder_norm=True)
+            >>> sae.reset_parameters(0.1); round(float(sae.W_dec.detach().norm(dim=-1).mean()), 3)
+            0.1
+        """
         torch.nn.init.kaiming_uniform_(self.W_dec)
         self.normalize_decoder()
+        self.W_dec.mul_(decoder_norm)
         self.W_enc.copy_(self.W_dec.T)
         self.b_enc.zero_()
         self.b_dec.zero_()
@@ -72,11 +87,30 @@ class SparseAutoencoder(torch.nn.Module):
         """Rescale each decoder row to unit norm (the sparsity penalty would otherwise shrink it)."""
         self.W_dec.div_(self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8))
 
+    @torch.no_grad()
+    def fold_decoder_norm(self) -> None:
+        """The same function with unit-norm decoder rows and no rescaling (norms moved into the encoder).
+
+        Example:
+            >>> sae = SparseAutoencoder(8, 32, "topk", k=4, rescale_acts_by_decoder_norm=True)
+            >>> sae.reset_parameters(0.1); x = torch.randn(3, 8); before = sae(x)
+            >>> sae.fold_decoder_norm(); torch.allclose(sae(x), before, atol=1e-5), sae.rescale
+            (True, False)
+        """
+        if not self.rescale:
+            return
+        norms = self.W_dec.norm(dim=-1).clamp_min(1e-8)
+        self.W_enc.mul_(norms)
+        self.b_enc.mul_(norms)
+        self.W_dec.div_(norms[:, None])
+        self.rescale = False
+
     def pre_activations(self, x: torch.Tensor) -> torch.Tensor:
-        """``(x - b_dec) @ W_enc + b_enc``, the input every architecture thresholds."""
+        """``(x - b_dec) @ W_enc + b_enc`` (times the decoder rows' norms when rescaled): what every architecture thresholds."""
         if x.shape[-1] != self.d_in:
             raise MmlensError(f"activations of width {x.shape[-1]} do not match the SAE's d_in={self.d_in}")
-        return (x.to(self.W_enc.device, self.W_enc.dtype) - self.b_dec) @ self.W_enc + self.b_enc  # any device in
+        pre = (x.to(self.W_enc.device, self.W_enc.dtype) - self.b_dec) @ self.W_enc + self.b_enc  # any device in
+        return pre * self.W_dec.norm(dim=-1) if self.rescale else pre
 
     def activate(self, pre: torch.Tensor, batch: bool = False) -> torch.Tensor:
         """The architecture's nonlinearity over pre-activations ``[..., d_sae]``.
@@ -117,7 +151,13 @@ class SparseAutoencoder(torch.nn.Module):
             >>> torch.equal(sae.decode(torch.zeros(32)), sae.b_dec.detach())
             True
         """
-        return acts @ self.W_dec + self.b_dec
+        return self.decode_directions(acts) + self.b_dec
+
+    def decode_directions(self, acts: torch.Tensor) -> torch.Tensor:
+        """``decode`` without ``b_dec``: the latents' sum of (unit) directions (AuxK reconstructs errors with it)."""
+        if self.rescale:
+            return (acts / self.W_dec.norm(dim=-1).clamp_min(1e-8)) @ self.W_dec
+        return acts @ self.W_dec
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``decode(encode(x))``: the reconstruction of ``x``."""
@@ -130,8 +170,9 @@ class SparseAutoencoder(torch.nn.Module):
             >>> SparseAutoencoder(8, 32, "topk", k=4, site="lm.L2.resid").config()["site"]
             'lm.L2.resid'
         """
+        rescale = {"rescale_acts_by_decoder_norm": True} if self.rescale else {}  # only mid-training
         return {"architecture": self.architecture, "d_in": self.d_in, "d_sae": self.d_sae, "k": self.k,
-                "site": self.site, "apply_b_dec_to_input": True, **self.extra}
+                "site": self.site, "apply_b_dec_to_input": True, **rescale, **self.extra}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "SparseAutoencoder":

@@ -12,8 +12,13 @@ The loop (:func:`train_sae`):
 - Adam, linear warm-up then constant then linear decay to 0 over the last
   ``decay_fraction`` of the steps; gradients clipped to norm 1;
 - decoder rows at unit norm: the gradient's component along each row is
-  removed before the step and the rows renormalised after (as SAELens and
-  ``dictionary_learning`` do);
+  removed before the step and the rows renormalised after (Gao et al.).
+  ``decoder_init_norm=0.1`` instead starts free rows at that norm with
+  activations rescaled by the rows' norms (SAELens' TopK default,
+  :class:`~mmlens.sae.model.SparseAutoencoder`'s ``rescale_acts_by_decoder_norm``);
+  small rows make Adam's fixed-size steps larger relative to the weights, so
+  the same ``lr`` trains faster early on. The finished SAE is folded to
+  unit-norm rows either way;
 - ``b_dec`` starts at the geometric median (or mean) of a sample of rows;
 - BatchTopK learns its inference threshold as a running average (rate
   ``threshold_lr``) of the smallest activation each batch keeps;
@@ -71,6 +76,7 @@ class TrainConfig:
     k_aux: int | None = None  # None: d_in // 2
     dead_tokens: int = 1_000_000
     threshold_lr: float = 0.01
+    decoder_init_norm: float | None = None  # None: unit-norm rows throughout; 0.1: SAELens' free rows
     b_dec_init: str = "geometric_median"
     modality: str = "all"
     seed: int = 0
@@ -108,6 +114,8 @@ class TrainConfig:
                               "which is saved as a jumprelu SAE")
         if self.steps < 1 or self.batch_size < 1:
             raise MmlensError("steps and batch size must be at least 1")
+        if self.decoder_init_norm is not None and not self.decoder_init_norm > 0:
+            raise MmlensError(f"decoder_init_norm must be positive (or None for unit norm), got {self.decoder_init_norm}")
         if self.b_dec_init not in ("geometric_median", "mean", "zeros"):
             raise MmlensError(f"unknown b_dec init {self.b_dec_init!r}: geometric_median, mean or zeros")
 
@@ -143,7 +151,7 @@ def auxk_loss(sae: SparseAutoencoder, pre: torch.Tensor, residual: torch.Tensor,
     masked = pre.masked_fill(~dead, float("-inf"))
     top = masked.topk(min(k_aux, n_dead), dim=-1)
     acts = torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
-    recon = acts @ sae.W_dec  # no b_dec: it reconstructs an error, not an activation
+    recon = sae.decode_directions(acts)  # no b_dec: it reconstructs an error, not an activation
     return (recon - residual).pow(2).sum() / (residual - residual.mean(0)).pow(2).sum().clamp_min(1e-12)
 
 
@@ -169,7 +177,8 @@ def train_sae(acts: SiteActivations | TensorActivations, config: TrainConfig, ou
     out = Path(out) if out is not None else None
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     d_sae = config.d_sae_for(acts.width)
-    sae = SparseAutoencoder(acts.width, d_sae, config.architecture, config.k, site=acts.site, **_provenance(acts))
+    sae = SparseAutoencoder(acts.width, d_sae, config.architecture, config.k, site=acts.site,
+                            rescale_acts_by_decoder_norm=config.decoder_init_norm is not None, **_provenance(acts))
     sae.to(device)
     optimizer = torch.optim.Adam(sae.parameters(), lr=config.learning_rate(d_sae))
     since_fired = torch.zeros(d_sae, dtype=torch.long, device=device)  # tokens since each latent last fired
@@ -179,7 +188,7 @@ def train_sae(acts: SiteActivations | TensorActivations, config: TrainConfig, ou
         sae, since_fired, state = _resume(saved, config, optimizer, sae)
     else:
         torch.manual_seed(config.seed)
-        sae.reset_parameters()
+        sae.reset_parameters(config.decoder_init_norm or 1.0)
         _init_b_dec(sae, acts, config)
     started, first = time.perf_counter() - state["seconds"], state["step"]
     for step, (x, _) in enumerate(acts.stream(config.batch_size, config.seed, start=first, stop=config.steps),
@@ -204,6 +213,7 @@ def train_sae(acts: SiteActivations | TensorActivations, config: TrainConfig, ou
         if on_step is not None:
             on_step(done)
     state["seconds"] = time.perf_counter() - started
+    sae.fold_decoder_norm()  # the checkpoint keeps the free rows (a rerun resumes from them); files hold unit rows
     if out is not None:
         save_sae(sae, out)
         summary = {"config": asdict(config), "site": acts.site, "d_in": acts.width, "d_sae": d_sae,
@@ -238,11 +248,12 @@ def _step(sae: SparseAutoencoder, optimizer: torch.optim.Optimizer, x: torch.Ten
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     with torch.no_grad():
-        if sae.W_dec.grad is not None:  # no step along the rows: their norm is fixed at 1
+        if not sae.rescale and sae.W_dec.grad is not None:  # no step along the rows: their norm is fixed at 1
             sae.W_dec.grad -= (sae.W_dec.grad * sae.W_dec).sum(-1, keepdim=True) * sae.W_dec
         torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
     optimizer.step()
-    sae.normalize_decoder()
+    if not sae.rescale:
+        sae.normalize_decoder()
     with torch.no_grad():
         fired = (acts > 0).any(0)
         since_fired += x.shape[0]
