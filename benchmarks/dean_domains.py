@@ -20,6 +20,7 @@ With ``--json`` the last line is one JSON object of the figures.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 from pathlib import Path
 
@@ -38,6 +39,20 @@ from mmlens.zoo.train.ft_domain import domain_example  # noqa: E402
 
 FT_BASE = 96_000_000  # train-split indices of the fine-tuning images (no recipe uses them)
 P_GRID = (0.001, 0.003, 0.01, 0.03)
+
+
+def weights_tag(model) -> str:
+    """First 8 hex digits of a hash of the model's weights, so a work directory never resumes another base's fine-tune.
+
+    Example:
+        >>> weights_tag(mmlens.load("domains-llava"))  # doctest: +SKIP
+        'fb0e6469'
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.hf.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:8]
 
 
 def groups(arm: dict[str, np.ndarray], a: str, b: str) -> dict[str, float]:
@@ -77,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     base_val, base_test = outcomes(model, val), outcomes(model, test)
     cfg = FinetuneConfig(steps=args.steps, batch=args.batch, lr=args.lr)
     examples = [domain_example(args.a, FT_BASE + k, 4) for k in range(args.n_train)]
-    work = args.work / f"{Path(args.model).name}-{args.a}-{args.steps}x{args.batch}-lr{args.lr:g}"
+    # the weights' hash in the name: a replaced zoo model keeps its name, and resuming would reuse the old base's fine-tune
+    work = args.work / f"{Path(args.model).name}-{weights_tag(model)}-{args.a}-{args.steps}x{args.batch}-lr{args.lr:g}"
     ft_log = finetune(model.hf, model.processor, examples, cfg, work)
     model.hf.eval()
     tuned_val, tuned_test = outcomes(model, val), outcomes(model, test)

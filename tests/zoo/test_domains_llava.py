@@ -162,6 +162,8 @@ def test_shipped_domains_llava_loads_and_reads_every_domain() -> None:
     assert "domains-llava" in names()
     model, processor = build("domains-llava")
     acc = recipe.evaluate(model, processor, n=10)
-    # measured on these 10 per type: shapes 0.68 (chance about 0.3), glyphs 0.95, cells and maps 1.0
-    assert acc["shapes"]["all"] >= 0.6 and acc["glyphs"]["all"] >= 0.9
+    # measured on these 10 per type (the v5 weights of commit 2c3b912): shapes 0.90 (position 0.5,
+    # every other type 1.0; chance about 0.3), glyphs 0.95, cells and maps 1.0. The v3 weights before
+    # them scored shapes 0.68 here, so a shapes bar of 0.85 tells the two apart.
+    assert acc["shapes"]["all"] >= 0.85 and acc["glyphs"]["all"] >= 0.9
     assert acc["cells"]["all"] >= 0.95 and acc["maps"]["all"] >= 0.95
