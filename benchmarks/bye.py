@@ -219,7 +219,8 @@ def _best_f1(score: np.ndarray, y: np.ndarray) -> float:
 
 
 def ceiling(n: int) -> dict:
-    """Validation rows ``0:n``: each head's best-cut F1 for its image-token entropy and its image attention share."""
+    """Validation rows ``0:n``: each head's best-cut F1 and mixture gap, for its image-token entropy and its
+    image attention share."""
     import mmlens
     import mmlens.audit.ft_data  # noqa: F401
     from mmlens.audit.backdoor_mixture import fit_mixtures
@@ -245,7 +246,8 @@ def ceiling(n: int) -> dict:
     return {"rows": [0, n],
             "entropy_best_cut_f1": dict(zip(names, (_best_f1(heads[:, j], y) for j in range(len(names))))),
             "share_best_cut_f1": dict(zip(names, (_best_f1(-share[:, j], y) for j in range(len(names))))),
-            "share_gap": dict(zip(names, (round(f.gap(), 2) for f in fit_mixtures(share))))}
+            "share_gap": dict(zip(names, (round(f.gap(), 2) for f in fit_mixtures(share)))),
+            "entropy_gap": dict(zip(names, (round(f.gap(), 2) for f in fit_mixtures(heads))))}
 
 
 def cost_child(mode: str, n: int) -> None:
