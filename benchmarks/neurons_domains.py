@@ -119,7 +119,10 @@ def specificity(own: str, base: Outcomes, arm: Outcomes) -> tuple[float, float]:
     """(own drop - 2 x mean other drop, own drop / mean other drop) when ``own``'s neurons are off."""
     drops = {e: base[e].mean() - arm[e].mean() for e in base}
     others = float(np.mean([v for e, v in drops.items() if e != own]))
-    return float(drops[own] - 2 * others), float(drops[own] / others) if others > 0 else float("inf")
+    if others > 0:
+        return float(drops[own] - 2 * others), float(drops[own] / others)
+    # no other domain lost anything: x/0 is infinite, 0/0 (nothing moved at all) is undefined
+    return float(drops[own] - 2 * others), float("inf") if drops[own] > 0 else float("nan")
 
 
 def _subset(scores: DomainScores, towers: tuple[str, ...]) -> DomainScores:
