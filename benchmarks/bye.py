@@ -64,13 +64,15 @@ def _view(table, view: str):
     return EntropyTable(table.ids, table.layers, table.heads, table.positions[:, -int(view[9:]):]), "positions"
 
 
-def _subset(table, rows):
+def _subset(table, rows, ids: list[str] | None = None):
+    """The table's ``rows`` (under new ``ids`` when rows repeat, as in a bootstrap resample)."""
     from mmlens.audit import EntropyTable
 
     def pick(a):
         return None if a is None else a[rows]
 
-    return EntropyTable([table.ids[i] for i in rows], table.layers[rows], pick(table.heads), pick(table.positions))
+    return EntropyTable(ids or [table.ids[i] for i in rows], table.layers[rows], pick(table.heads),
+                        pick(table.positions))
 
 
 def _filter(table, settings: dict, fits=None):
@@ -133,8 +135,6 @@ def choose(scores: dict[str, tuple[float, dict]]) -> dict:
 
 def bootstrap(table, poisoned, settings: dict, *, refits: int, resamples: int, seed: int = 0) -> dict:
     """95% percentile intervals of F1: rows resampled and the whole rule refitted, and fixed decisions resampled."""
-    from mmlens.audit import EntropyTable
-
     y = np.isin(table.ids, list(poisoned))
     whole = _filter(table, settings)
     removed = np.isin(table.ids, whole.removed)
@@ -145,9 +145,7 @@ def bootstrap(table, poisoned, settings: dict, *, refits: int, resamples: int, s
     for _ in range(refits):
         i = rng.integers(0, n, n)
         ids = [f"{k}" for k in range(n)]  # resampled rows repeat: ids by position
-        pick = EntropyTable(ids, table.layers[i], None if table.heads is None else table.heads[i],
-                            None if table.positions is None else table.positions[i])
-        result = _filter(pick, settings)
+        result = _filter(_subset(table, i, ids), settings)
         refit.append(_f1(np.isin(ids, result.removed), y[i]))
         same_units += result.sensitive == whole.sensitive
 

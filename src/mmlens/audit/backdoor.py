@@ -12,7 +12,9 @@ samples' entropies has ``|mu1 - mu2| > separation * (sigma1 + sigma2)``
 layers; a 2-component mixture over the scores splits the data and the
 low-entropy cluster is removed. No sensitive layer: nothing is removed.
 ``units="heads"`` applies the same rule to every (layer, head) entropy instead
-of the head mean (mmlens' variant; see docs/audit.md). The scoring never
+of the head mean (mmlens' variant; see docs/audit.md); ``units="positions"``,
+``keys="all"``, ``combine``, ``threshold`` and ``log`` are the other options
+tried there (only ``threshold`` helped). The scoring never
 sees poison labels; :func:`label_scores` compares its output to them afterwards.
 
 Example:
