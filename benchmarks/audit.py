@@ -33,10 +33,8 @@ line is one JSON object of the figures.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -47,7 +45,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit  # noqa: E402
-from memory import WORDS, _peak_reset, _rss_bytes, build, prepare  # noqa: E402
+from memory import WORDS, build, prepare, run_measuring_peak  # noqa: E402
 
 MODES = ["score", "score-heads", "attentions"]
 GOAL = 1.3  # issue 18: time and peak memory of scoring over a bare forward
@@ -124,22 +122,7 @@ def measure(args) -> dict:
     function, bare = runner(args.child, model, rows, args.batch_size), runner("bare", model, rows, args.batch_size)
     runner("bare", model, rows[:args.batch_size], args.batch_size)()  # one-time costs before the measurement
     cuda = args.device.startswith("cuda")
-    gc.collect()
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-    else:
-        reset = _peak_reset()
-        before = _rss_bytes("VmRSS") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    entropies = function()
-    if cuda:
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - before
-    else:
-        high = _rss_bytes("VmHWM") if reset else None
-        peak = (high if high is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) - before
+    entropies, _, peak = run_measuring_peak(function, cuda)
     times: dict[str, list[float]] = {"bare": [], "mode": []}
     for _ in range(args.repeats):
         for key, run in (("bare", bare), ("mode", function)):

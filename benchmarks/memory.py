@@ -221,10 +221,13 @@ def setup(args, tokens: int):
     return model, batch, build_targets(model, batch, max_new_tokens=1)
 
 
-def measure_one(name: str, model, batch, targets, args) -> dict:
-    """Run ``name`` once after the model's warm-up; its time and peak memory over what was held before."""
-    function = runner(name, model, batch, targets, args.memory_budget)
-    cuda = args.device.startswith("cuda")
+def run_measuring_peak(function, cuda: bool) -> tuple[object, float, int]:
+    """Run ``function`` once: its result, seconds, and peak memory over what was held before.
+
+    On a GPU ``torch.cuda.max_memory_allocated`` (exact); on the CPU the growth
+    of the peak resident set (``VmHWM``, reset through ``/proc/self/clear_refs``;
+    ``ru_maxrss`` where that is unavailable) over the resident set before.
+    """
     import gc
 
     gc.collect()
@@ -236,20 +239,27 @@ def measure_one(name: str, model, batch, targets, args) -> dict:
     else:
         reset = _peak_reset()
         before = _rss_bytes("VmRSS") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    times = []
-    for _ in range(getattr(args, "repeats", 1)):  # the fastest of a few runs: one GPU run is noisy at 0.1 s
-        start = time.perf_counter()
-        function()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    seconds = min(times)
+    start = time.perf_counter()
+    result = function()
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
     if cuda:
         peak = torch.cuda.max_memory_allocated() - before
     else:
         high = _rss_bytes("VmHWM") if reset else None
         peak = (high if high is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) - before
-    return {"method": name, "tokens": int(batch.input_ids.shape[1]), "peak_bytes": int(max(peak, 0)),
+    return result, seconds, int(max(peak, 0))
+
+
+def measure_one(name: str, model, batch, targets, args) -> dict:
+    """Run ``name`` after the model's warm-up; its time (the fastest of ``--repeats``) and peak memory."""
+    function = runner(name, model, batch, targets, args.memory_budget)
+    cuda = args.device.startswith("cuda")
+    _, seconds, peak = run_measuring_peak(function, cuda)
+    for _ in range(getattr(args, "repeats", 1) - 1):  # the fastest of a few runs: one GPU run is noisy at 0.1 s
+        seconds = min(seconds, run_measuring_peak(function, cuda)[1])
+    return {"method": name, "tokens": int(batch.input_ids.shape[1]), "peak_bytes": peak,
             "seconds": seconds, "model_bytes": sum(p.numel() * p.element_size() for p in model.hf.parameters())}
 
 
