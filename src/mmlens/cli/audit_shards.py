@@ -27,7 +27,6 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,10 +37,10 @@ import numpy as np
 from mmlens.data.readers import BadRow, Reader
 from mmlens.data.sample import Sample
 from mmlens.errors import MmlensError
-from mmlens.store.files import MANIFEST, SHARDS, TMP_PREFIX, disk_full, publish, write_json_atomic
+from mmlens.store.files import MANIFEST, SHARDS, TMP_PREFIX, publish, write_json_atomic
 from mmlens.store.harvest import ShardPlan, plan_shards
 from mmlens.store.shard import damage
-from mmlens.store.writer import LOCK, _lock, source_key
+from mmlens.store.writer import LOCK, exclusive_writer, source_key
 
 FORMAT = "mmlens.AuditScores"
 LAYOUT_VERSION = 1
@@ -77,10 +76,7 @@ def run_scores(folder: Path, reader: Reader, spec: dict[str, Any], score: Score,
     if shard_size < 1:
         raise MmlensError("the shard size is at least 1")
     spec = json.loads(json.dumps({**spec, "data": reader.options(), "shard_size": shard_size}, sort_keys=True))
-    lock = None
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        lock = _lock(folder)  # one writing job at a time
+    with exclusive_writer(folder):  # one writing job at a time
         manifest = _open(folder, spec)
         finished = {r["id"] for r in manifest["shards"]}
         for plan in plan_shards(len(reader), shard_size, source_key(reader.options())):
@@ -96,14 +92,6 @@ def run_scores(folder: Path, reader: Reader, spec: dict[str, Any], score: Score,
             if on_shard is not None:
                 on_shard(plan.id)
         return [load_shard(folder, r["id"]) for r in sorted(manifest["shards"], key=lambda r: r["index"])]
-    except OSError as error:
-        if disk_full(error):
-            raise MmlensError(f"the disk is full at {folder}: free some space and run the same command again to "
-                              "continue") from None
-        raise
-    finally:
-        if lock is not None:
-            os.close(lock)
 
 
 def model_spec(model: Any) -> dict[str, str]:

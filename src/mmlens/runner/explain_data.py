@@ -28,7 +28,6 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -36,10 +35,10 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from mmlens.data.readers import BadRow, Reader, images_of
 from mmlens.errors import MmlensError
-from mmlens.store.files import ERRORS, MANIFEST, SHARDS, TMP_PREFIX, disk_full, publish, write_json_atomic
+from mmlens.store.files import ERRORS, MANIFEST, SHARDS, TMP_PREFIX, publish, write_json_atomic
 from mmlens.store.harvest import ShardPlan, plan_shards
 from mmlens.store.shard import damage
-from mmlens.store.writer import LOCK, _lock, source_key
+from mmlens.store.writer import LOCK, exclusive_writer, source_key
 
 if TYPE_CHECKING:
     from mmlens.attribution.explanation import Explanation
@@ -83,12 +82,7 @@ def explain_dataset(model: "Model", reader: Reader, out: str | Path, methods: Se
             "options": json.loads(json.dumps(options or {}, sort_keys=True)), "max_new_tokens": max_new_tokens,
             "shard_size": shard_size, "reports": reports}
     started = time.perf_counter()
-    lock = None
-    try:
-        if not out.exists():
-            out.mkdir(parents=True)
-        if out.is_dir():
-            lock = _lock(out)  # one writing job at a time, as for a store
+    with exclusive_writer(out):  # one writing job at a time, as for a store
         manifest, source = _open(out, spec, reader.options())
         plans = plan_shards(len(reader), shard_size, source)
         finished = {r["id"] for r in manifest["shards"]}
@@ -102,14 +96,6 @@ def explain_dataset(model: "Model", reader: Reader, out: str | Path, methods: Se
             commit(out, manifest, record)
         if not todo:
             _write_views(out, manifest)  # a folder from a run killed between its commit and its views
-    except OSError as error:
-        if disk_full(error):
-            raise MmlensError(f"the disk is full at {out}: free some space and run the same command again to "
-                              "continue") from None
-        raise
-    finally:
-        if lock is not None:
-            os.close(lock)
     mine = [r for r in manifest["shards"] if r["source"] == source]
     return {"out": str(out), "model": model.name, "methods": list(methods), "source": source,
             "samples": sum(len(r["samples"]) for r in mine), "bad_rows": sum(len(r["errors"]) for r in mine),

@@ -22,13 +22,14 @@ import json
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from mmlens.errors import MmlensError
 from mmlens.notices import notice
-from mmlens.store.files import ERRORS, FORMAT, LAYOUT_VERSION, MANIFEST, SHARDS, TMP_PREFIX, read_manifest, \
-    write_json_atomic
+from mmlens.store.files import ERRORS, FORMAT, LAYOUT_VERSION, MANIFEST, SHARDS, TMP_PREFIX, disk_full, \
+    read_manifest, write_json_atomic
 from mmlens.store.shard import damage
 
 LOCK = ".lock"
@@ -145,6 +146,31 @@ def _lock(folder: Path) -> int:
                               "--out") from None
         raise
     return handle
+
+
+@contextmanager
+def exclusive_writer(folder: Path) -> Iterator[None]:
+    """Inside the block this job alone writes to ``folder`` (created); a full disk is one line on how to go on.
+
+    Example:
+        >>> with exclusive_writer(Path("out/scores")):  # doctest: +SKIP
+        ...     write_shards()
+    """
+    lock = None
+    try:
+        if not folder.exists():
+            folder.mkdir(parents=True)
+        if folder.is_dir():  # else the caller's own check names the problem
+            lock = _lock(folder)
+        yield
+    except OSError as error:
+        if disk_full(error):
+            raise MmlensError(f"the disk is full at {folder}: free some space and run the same command again to "
+                              "continue") from None
+        raise
+    finally:
+        if lock is not None:
+            os.close(lock)
 
 
 def _check_spec(folder: Path, manifest: dict[str, Any], spec: dict[str, Any]) -> None:
