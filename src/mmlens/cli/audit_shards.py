@@ -37,7 +37,7 @@ import numpy as np
 from mmlens.data.readers import BadRow, Reader
 from mmlens.data.sample import Sample
 from mmlens.errors import MmlensError
-from mmlens.store.files import MANIFEST, SHARDS, TMP_PREFIX, publish, write_json_atomic
+from mmlens.store.files import MANIFEST, SHARDS, TMP_PREFIX, publish, remove_unlisted_shards, write_json_atomic
 from mmlens.store.harvest import ShardPlan, plan_shards
 from mmlens.store.shard import damage
 from mmlens.store.writer import LOCK, exclusive_writer, source_key
@@ -178,9 +178,5 @@ def _open(folder: Path, spec: dict[str, Any]) -> dict[str, Any]:
                               "or the same options to continue")
         manifest["shards"] = [r for r in manifest["shards"] if not damage(folder, r)]  # a damaged shard is redone
     write_json_atomic(path, manifest)
-    listed = {r["id"] for r in manifest["shards"]}
-    if (folder / SHARDS).is_dir():
-        for stale in (folder / SHARDS).iterdir():
-            if stale.name.startswith(TMP_PREFIX) or stale.name not in listed:
-                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    remove_unlisted_shards(folder, {r["id"] for r in manifest["shards"]})
     return manifest

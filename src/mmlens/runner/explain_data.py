@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from mmlens.data.readers import BadRow, Reader, images_of
 from mmlens.errors import MmlensError
-from mmlens.store.files import ERRORS, MANIFEST, SHARDS, TMP_PREFIX, publish, write_json_atomic
+from mmlens.store.files import ERRORS, MANIFEST, SHARDS, TMP_PREFIX, publish, remove_unlisted_shards, \
+    write_json_atomic
 from mmlens.store.harvest import ShardPlan, plan_shards
 from mmlens.store.shard import damage
 from mmlens.store.writer import LOCK, exclusive_writer, source_key
@@ -229,11 +230,7 @@ def _open(out: Path, spec: dict[str, Any], reader_options: dict[str, Any]) -> tu
     out.mkdir(parents=True, exist_ok=True)
     manifest["shards"] = [r for r in manifest["shards"] if not damage(out, r)]  # a damaged shard is redone
     _save_manifest(out, manifest)
-    listed = {r["id"] for r in manifest["shards"]}
-    if (out / SHARDS).is_dir():
-        for path in (out / SHARDS).iterdir():
-            if path.name.startswith(TMP_PREFIX) or path.name not in listed:
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    remove_unlisted_shards(out, {r["id"] for r in manifest["shards"]})
     return manifest, key
 
 

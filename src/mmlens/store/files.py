@@ -108,6 +108,19 @@ def publish(tmp: Path, final: Path) -> dict[str, dict[str, Any]]:
     return files
 
 
+def remove_unlisted_shards(folder: Path, listed: set[str] | list[str]) -> None:
+    """Delete what ``folder/shards`` holds beyond the shards ``listed`` (half-written or unlisted ones).
+
+    Example:
+        >>> remove_unlisted_shards(Path("store/"), {"a1b2"})  # doctest: +SKIP
+    """
+    shards = folder / SHARDS
+    if shards.is_dir():
+        for path in shards.iterdir():
+            if path.name.startswith(TMP_PREFIX) or path.name not in listed:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
 def disk_full(error: OSError) -> bool:
     return getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT)
 

@@ -20,7 +20,6 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,8 +27,8 @@ from typing import Any, Iterator
 
 from mmlens.errors import MmlensError
 from mmlens.notices import notice
-from mmlens.store.files import ERRORS, FORMAT, LAYOUT_VERSION, MANIFEST, SHARDS, TMP_PREFIX, disk_full, \
-    read_manifest, write_json_atomic
+from mmlens.store.files import ERRORS, FORMAT, LAYOUT_VERSION, MANIFEST, disk_full, read_manifest, \
+    remove_unlisted_shards, write_json_atomic
 from mmlens.store.shard import damage
 
 LOCK = ".lock"
@@ -126,12 +125,7 @@ class StoreWriter:
                 kept.append(record)
         self.manifest["shards"] = kept
         self._save()  # the manifest stops listing damaged shards before their files go
-        shards = self.folder / SHARDS
-        if shards.is_dir():
-            listed = self.finished
-            for path in shards.iterdir():
-                if path.name.startswith(TMP_PREFIX) or path.name not in listed:
-                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+        remove_unlisted_shards(self.folder, self.finished)
 
 
 def _lock(folder: Path) -> int:
