@@ -45,7 +45,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit  # noqa: E402
-from memory import WORDS, build, prepare, run_measuring_peak  # noqa: E402
+from memory import WORDS, add_model_options, build, prepare, run_measuring_peak  # noqa: E402
 
 MODES = ["score", "score-heads", "attentions"]
 GOAL = 1.3  # issue 18: time and peak memory of scoring over a bare forward
@@ -169,11 +169,7 @@ def compare(base: dict, result: dict, score: dict | None) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="small", choices=["small", "llava-1.5-7b"])
-    parser.add_argument("--device", default=None, help="cpu (default for small) or cuda (default for the 7B preset)")
-    parser.add_argument("--dtype", default=None, help="float32 (default on the CPU) or bfloat16 (default on cuda)")
-    parser.add_argument("--layers", type=int, default=None, help="decoder layers (and at most this many vision layers)")
-    parser.add_argument("--hidden", type=int, default=256, help="decoder width of the small preset")
+    add_model_options(parser)
     parser.add_argument("--tokens", default="600,3000", help="approximate sequence lengths")
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--n", type=int, default=8, help="samples scored per run")

@@ -308,13 +308,18 @@ def child(args, name: str, tokens: int) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """The options of :func:`build` every benchmark over these models takes: preset, device, dtype, size."""
     parser.add_argument("--preset", default="small", choices=["small", "llava-1.5-7b"])
     parser.add_argument("--device", default=None, help="cpu (default for small) or cuda (default for the 7B preset)")
     parser.add_argument("--dtype", default=None, help="float32 (default on the CPU) or bfloat16 (default on cuda)")
     parser.add_argument("--layers", type=int, default=None, help="decoder layers (and at most this many vision layers)")
     parser.add_argument("--hidden", type=int, default=256, help="decoder width of the small preset")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_options(parser)
     parser.add_argument("--tokens", default="600,3000", help="approximate sequence lengths")
     parser.add_argument("--methods", default=",".join(METHODS + CAPTUM))
     parser.add_argument("--captum-tokens", default="first",

@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit  # noqa: E402
-from memory import build, prepare  # noqa: E402
+from memory import add_model_options, build, prepare  # noqa: E402
 
 ROWS = (1, 2, 4, 8)
 
@@ -84,11 +84,7 @@ def saturation(seq: int, ratios: dict[int, float], gain: float) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="small", choices=["small", "llava-1.5-7b"])
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--dtype", default=None)
-    parser.add_argument("--layers", type=int, default=None)
-    parser.add_argument("--hidden", type=int, default=256)
+    add_model_options(parser)
     parser.add_argument("--tokens", default="64,128,256,600")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--gain", type=float, default=0.10)
