@@ -290,7 +290,7 @@ def _probability_rows(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor
                       rows: list[int] | None, mean_heads: bool) -> torch.Tensor:
     """fp32 ``softmax(q[rows] k^T * scale + mask[rows])``, ``(batch, heads or 1, rows, keys)``, a chunk of rows at a time."""
     q_len, k_len = query.shape[2], key.shape[2]
-    index = torch.arange(q_len, device=query.device) if rows is None else torch.tensor(rows, device=query.device)
+    index = row_index(rows, q_len, query.device)
     per_row = query.shape[0] * query.shape[1] * k_len
     step = max(1, _CHUNK_ELEMENTS // max(1, per_row)) if mean_heads else len(index)
     keys_t = key.float().transpose(2, 3)
@@ -300,6 +300,23 @@ def _probability_rows(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor
         probs = torch.softmax(masked_scores(query[:, :, part].float(), keys_t, mask, causal, part, scale), dim=-1)
         parts.append(probs.mean(1, keepdim=True) if mean_heads else probs)
     return torch.cat(parts, dim=2)
+
+
+def row_index(rows: list[int] | None, q_len: int, device: torch.device) -> torch.Tensor:
+    """``rows`` (every row when None) as an index tensor on ``device``, made there when they are a range.
+
+    A range is ``arange`` on the device; a list copied from the host would wait for the device's
+    queued work at every layer (a blocking copy), which on a launch-bound GPU pass serialises it.
+
+    Example:
+        >>> row_index([3, 4, 5], 8, torch.device("cpu")).tolist(), row_index(None, 2, torch.device("cpu")).tolist()
+        ([3, 4, 5], [0, 1])
+    """
+    if rows is None:
+        return torch.arange(q_len, device=device)
+    if rows and list(rows) == list(range(rows[0], rows[0] + len(rows))):
+        return torch.arange(rows[0], rows[0] + len(rows), device=device)
+    return torch.tensor(rows, dtype=torch.long).to(device, non_blocking=True)
 
 
 def masked_scores(query: torch.Tensor, keys_t: torch.Tensor, mask: torch.Tensor | None, causal: bool,
