@@ -113,10 +113,12 @@ def integrated_gradients(
             alphas, weights = path_points(steps, rule)
             alphas, weights = alphas[:, None].expand(-1, rows), weights[:, None].expand(-1, rows)
         grads = torch.zeros_like(x, dtype=torch.float32)  # the path runs in the model's dtype, sums in fp32
+        # Moved once: a host copy per pass would wait for the device's queued work every time.
+        alphas, weights = alphas.to(x), weights.to(x.device, torch.float32)
 
         def run_pass(start: int, stop: int) -> None:
-            chunk_alphas = alphas[start:stop].to(x)[..., None, None]
-            chunk_weights = weights[start:stop].to(x.device, torch.float32)[..., None, None]
+            chunk_alphas = alphas[start:stop][..., None, None]
+            chunk_weights = weights[start:stop][..., None, None]
             path = (x0[None] + chunk_alphas * (x - x0)[None]).flatten(0, 1).requires_grad_(True)
             with torch.enable_grad():
                 score = targets.scores(call.logits(path, positions=position)[:, 0], j)

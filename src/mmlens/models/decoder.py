@@ -74,11 +74,22 @@ class DecoderCall:
         if positions is None:
             hidden = self.hidden(embeds)
         else:
-            index = torch.as_tensor(positions, device=embeds.device)
+            index = _position_index(positions, embeds)
             with last_mlp_only_at(self.model, index):
                 hidden = self.hidden(embeds)[:, index]
         unembed = self.model.module(self.model.adapter.unembed)
         return unembed(runtime.on_device_of(unembed, hidden))
+
+
+def _position_index(positions: Sequence[int] | torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
+    """``positions`` as an index on ``embeds``' device, made there (no blocking host copy) when they are a range."""
+    if isinstance(positions, torch.Tensor) and (positions.device == embeds.device or positions.ndim != 1):
+        return positions.to(embeds.device)
+    if isinstance(positions, int):
+        return torch.as_tensor(positions, device=embeds.device)
+    seq = embeds.shape[1]
+    wanted = positions.tolist() if isinstance(positions, torch.Tensor) else list(positions)
+    return runtime.attention.row_index([int(p) % seq for p in wanted], seq, embeds.device)
 
 
 def last_mlp_only_at(model: Model, positions: torch.Tensor) -> AbstractContextManager[None]:
