@@ -36,7 +36,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,7 +44,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit  # noqa: E402
-from memory import WORDS, add_model_options, build, prepare, run_measuring_peak  # noqa: E402
+from memory import WORDS, add_model_options, build, prepare, run_child, run_measuring_peak  # noqa: E402
 
 MODES = ["score", "score-heads", "attentions"]
 GOAL = 1.3  # issue 18: time and peak memory of scoring over a bare forward
@@ -144,13 +143,7 @@ def child(args, mode: str, tokens: int) -> dict:
                "--batch-size", str(args.batch_size), "--repeats", str(args.repeats), "--threads", str(args.threads)]
     if args.layers is not None:
         command += ["--layers", str(args.layers)]
-    # as memory.py: large blocks straight from and back to the OS, so VmHWM sees each run's own peak
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["?"]
-        return {"mode": mode, "tokens": tokens, "error": tail[0][:200]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_child(command, {"mode": mode, "tokens": tokens})
 
 
 def compare(base: dict, result: dict, score: dict | None) -> dict:

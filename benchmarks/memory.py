@@ -298,13 +298,18 @@ def child(args, name: str, tokens: int) -> dict:
         command += ["--layers", str(args.layers)]
     if args.memory_budget is not None:
         command += ["--memory-budget", args.memory_budget]
+    return run_child(command, {"method": name, "tokens": tokens})
+
+
+def run_child(command: list[str], failed: dict) -> dict:
+    """Run a measuring child process: the JSON of its last line, or ``failed`` with its last error line."""
     # Large blocks straight from and back to the OS: glibc's default raises its mmap threshold after frees, so
     # memory freed by the warm-up would otherwise stay resident and hide the next run's peak from VmHWM.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["?"]
-        return {"method": name, "tokens": tokens, "error": tail[0][:200]}
+        return {**failed, "error": tail[0][:200]}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
