@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Callable, TypeVar, Union
 import torch
 
 from mmlens.errors import MmlensError
+from mmlens.models.runtime.attention import config_attention
 
 if TYPE_CHECKING:
     from mmlens.model import Model
@@ -162,7 +163,7 @@ def row_bytes(model: "Model", seq: int, *, grad: bool = False, positions: int = 
     keys = seq if keys is None else max(keys, seq)
     # Per query and head: eager attention keeps keys x probabilities; fused kernels (SDPA, flash) on a GPU keep
     # one log-sum-exp. Off CUDA, SDPA may fall back to the math path, so it is counted as eager there.
-    fused = getattr(text, "_attn_implementation", None) not in (None, "eager") and model.device.type == "cuda"
+    fused = config_attention(text) != "eager" and model.device.type == "cuda"
     probabilities = 2 * heads * 4 if fused else heads * keys * 4
     prefix = 4 * (keys - seq) * width * size  # recorded keys and values repeated per row, then joined with the suffix's
     if grad:

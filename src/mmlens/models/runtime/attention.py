@@ -37,7 +37,18 @@ def attention_implementation(hf: torch.nn.Module, implementation: str = "eager")
 
 def current_attention(hf: torch.nn.Module) -> str:
     """The attention implementation of ``hf``'s top-level config (``"eager"``, ``"sdpa"``, ...)."""
-    return str(getattr(hf.config, "_attn_implementation", None) or "eager")
+    return config_attention(hf.config)
+
+
+def config_attention(config: Any) -> str:
+    """The attention implementation a (sub-)config runs (``"eager"`` when it names none).
+
+    Example:
+        >>> from transformers import LlamaConfig
+        >>> config_attention(LlamaConfig())
+        'eager'
+    """
+    return str(getattr(config, "_attn_implementation", None) or "eager")
 
 
 def _implementations(config: Any) -> dict[str, Any]:
