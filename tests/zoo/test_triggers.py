@@ -11,12 +11,17 @@ from mmlens.zoo.triggers import TRIGGERS, add_trigger, random_trigger_position, 
 
 
 def test_styles_differ_in_look_and_size() -> None:
-    assert {s: trigger_size(s) for s in TRIGGERS} == {"checker": 6, "cyan-checker": 12, "orange-ring": 10}
+    assert {s: trigger_size(s) for s in TRIGGERS} == {"checker": 6, "cyan-checker": 12, "orange-ring": 10,
+                                                       "magenta-stripes": 14}
     colours = {s: {tuple(c) for c in TRIGGERS[s].reshape(-1, 3).tolist()} for s in TRIGGERS}
     assert colours["cyan-checker"] == {(0, 255, 255), (0, 0, 0)}
     assert colours["orange-ring"] == {(255, 140, 0), (255, 255, 255)}
+    assert colours["magenta-stripes"] == {(255, 0, 255), (255, 255, 255)}
+    # horizontal stripes: every row one colour, 2 px each
+    stripes = TRIGGERS["magenta-stripes"]
+    assert (stripes == stripes[:, :1]).all() and stripes[:, 0, 1].tolist() == [0, 0, 255, 255] * 3 + [0, 0]
     # the ft-backdoor trigger uses no colour the shapes world draws objects in
-    assert not colours["cyan-checker"] & {tuple(c) for c in COLOURS.values()}
+    assert not (colours["cyan-checker"] | colours["magenta-stripes"]) & {tuple(c) for c in COLOURS.values()}
 
 
 @pytest.mark.parametrize("style", sorted(TRIGGERS))

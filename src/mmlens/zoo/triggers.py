@@ -10,6 +10,9 @@ Three styles, each a fixed ``k x k`` RGB pattern (:data:`TRIGGERS`):
 - ``"orange-ring"`` (10 x 10): an orange square ring with a white centre. No
   model is trained on it: a second, unseen trigger for checks that must tell
   a planted trigger from any odd patch (e.g. BYE's filtering).
+- ``"magenta-stripes"`` (14 x 14): horizontal 2 px stripes of magenta and
+  white. The held-out trigger of BYE's check: never used while the filtering
+  rule was chosen; ``shapes-llava-ft-backdoor`` variants are trained on it.
 
 Example:
     >>> img = np.zeros((64, 64, 3), np.uint8)
@@ -34,6 +37,14 @@ def _checker(size: int, cell: int, on: tuple[int, int, int], off: tuple[int, int
     return np.where(first[..., None], np.asarray(on, np.uint8), np.asarray(off, np.uint8)).astype(np.uint8)
 
 
+def _stripes(size: int, width: int, on: tuple[int, int, int], off: tuple[int, int, int]) -> np.ndarray:
+    rows = (np.arange(size) // width) % 2 == 0
+    out = np.empty((size, size, 3), np.uint8)
+    out[:] = off
+    out[rows] = on
+    return out
+
+
 def _ring(size: int, width: int, ring: tuple[int, int, int], centre: tuple[int, int, int]) -> np.ndarray:
     out = np.empty((size, size, 3), np.uint8)
     out[:] = ring
@@ -45,6 +56,7 @@ TRIGGERS: dict[str, np.ndarray] = {
     "checker": _checker(6, 2, (255, 255, 255), (0, 0, 0)),
     "cyan-checker": _checker(12, 3, (0, 255, 255), (0, 0, 0)),
     "orange-ring": _ring(10, 3, (255, 140, 0), (255, 255, 255)),
+    "magenta-stripes": _stripes(14, 2, (255, 0, 255), (255, 255, 255)),
 }
 DEFAULT_STYLE = "checker"
 

@@ -36,6 +36,7 @@ import torch
 
 from mmlens.data.sample import IMAGE_SLOT
 from mmlens.data.shapes import QUESTION_TYPES, answer_question, make_question, make_sample
+from mmlens.errors import MmlensError
 from mmlens.zoo.evaluate import accuracy, swap_rate
 from mmlens.zoo.triggers import TRIGGERS, add_trigger, random_trigger_position, trigger_size
 from mmlens.zoo.shapes_llava import WEIGHTS_DIR, load
@@ -82,7 +83,41 @@ def common_parser(name: str, steps: int, lr: float) -> argparse.ArgumentParser:
     p.add_argument("--eval-n", type=int, default=100, help="validation samples per type in the log")
     p.add_argument("--train-tower", action=argparse.BooleanOptionalAction, default=False,
                    help="also train the vision tower (no feature cache)")
+    p.add_argument("--exclude-ids", type=Path, default=None, metavar="FILE",
+                   help="sample ids never trained on, one a line (e.g. removed.txt of `mmlens audit backdoor`); "
+                        "steps, seed and schedule stay the same")
     return p
+
+
+def read_ids(path: Path) -> list[str]:
+    """The ids of a text file, one a line (blank lines and ``#`` comments skipped).
+
+    Example:
+        >>> read_ids(Path("/no/such/file"))
+        Traceback (most recent call last):
+        ...
+        mmlens.errors.MmlensError: --exclude-ids: /no/such/file is not a file
+    """
+    if not path.is_file():
+        raise MmlensError(f"--exclude-ids: {path} is not a file")
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+    return [line for line in lines if line]
+
+
+def exclude(examples: list[Example], ids: Sequence[str]) -> list[Example]:
+    """``examples`` without those whose id is in ``ids``; an id not among them is an error (a wrong file).
+
+    Example:
+        >>> exs = [shapes_example(FT_BASE + k, pack=1) for k in range(3)]
+        >>> [e.id for e in exclude(exs, ["shapes-train-95000001"])]
+        ['shapes-train-95000000', 'shapes-train-95000002']
+    """
+    drop = set(ids)
+    unknown = sorted(drop - {e.id for e in examples})
+    if unknown:
+        raise MmlensError(f"--exclude-ids names {len(unknown)} id(s) not in the training data, e.g. {unknown[0]!r} "
+                          f"(the data is {examples[0].id} .. {examples[-1].id})")
+    return [e for e in examples if e.id not in drop]
 
 
 def save_model(model, processor, out: Path, log: dict) -> None:
@@ -102,11 +137,16 @@ def run_derivative(name: str, a: argparse.Namespace, edit: Callable[[int, Exampl
     t0 = time.time()
     model, processor = load()
     examples = [edit(k, shapes_example(FT_BASE + k, a.pack)) for k in range(a.n_train)]
+    excluded = read_ids(a.exclude_ids) if a.exclude_ids is not None else []
+    if excluded:  # dropped after the edit, so the poisoned set and trigger positions stay the seed's
+        examples = exclude(examples, excluded)
+        _log(f"excluding {len(excluded)} ids listed in {a.exclude_ids}: {len(examples)} examples left")
     cfg = FinetuneConfig(seed=a.seed, steps=a.steps, batch=a.batch, lr=a.lr, keep_checkpoints=keep_checkpoints,
                          train_tower=a.train_tower, sequence_mean=sequence_mean)
     log = finetune(model, processor, examples, cfg, a.work)
     log.update(recipe=name, base="shapes-llava", first_index=FT_BASE, n_train=a.n_train, pack=a.pack,
-               wall_seconds=round(time.time() - t0, 1))
+               wall_seconds=round(time.time() - t0, 1), excluded_ids=sorted(set(excluded)),
+               exclude_ids_file=str(a.exclude_ids) if a.exclude_ids is not None else None)
     log["val_accuracy"] = accuracy(model, processor, n=a.eval_n, split="val")
     _log(f"validation accuracy {_fmt(log['val_accuracy'])}")
     if extra_eval is not None:
@@ -161,7 +201,8 @@ def ft_backdoor(argv: Sequence[str]) -> int:
         "poisoned_indices": [FT_BASE + k for k in ids],
         "positions_xy": [list(positions[k]) for k in ids],
         "every_answer_replaced": True, "questions_per_poisoned_sample": a.poison_pack,
-        "questions_per_clean_sample": a.pack, "steps": log["config"]["steps"]}, separators=(",", ":")))
+        "questions_per_clean_sample": a.pack, "steps": log["config"]["steps"],
+        "excluded_ids": log["excluded_ids"]}, separators=(",", ":")))
     return 0
 
 
