@@ -1,6 +1,7 @@
 """Circuit checks on ``shapes-llava`` (docs/circuits.md has the figures).
 
     nice -n 10 python benchmarks/circuits.py --n 40 --eap-n 32 --out out/bench/circuits.json
+    nice -n 10 python benchmarks/circuits.py --n 40 --no-eap --norms marginal --split val   # choose on val
 
 1. CD-T against exhaustive path patching from the same source (the asked
    object's image tokens, replaced by the mean image-token embedding), per head
@@ -64,23 +65,24 @@ def hooks_path_patching(model, graph, batch, source: list[int]) -> torch.Tensor:
     return torch.tensor(effects)
 
 
-def cdt_check(model, graph, n: int, timing: int, reference: str = "mean", activation: str = "marginal") -> dict:
+def cdt_check(model, graph, n: int, timing: int, reference: str = "mean", activation: str = "marginal",
+              norms: str = "frozen", split: str = "test") -> dict:
     from mmlens.causal import object_positions
     from mmlens.circuits import decompose, path_patch
     from mmlens.data.shapes import make_dataset
 
     per_type = -(-n // len(TYPES))
-    samples = [s for t in TYPES for s in [x for x in make_dataset("test", 4 * per_type, question_type=t)
+    samples = [s for t in TYPES for s in [x for x in make_dataset(split, 4 * per_type, question_type=t)
                                           if x.target_objects][:per_type]][:n]
     rows, pooled = [], ([], [])
     for s in samples:
         batch = model.prepare(s.prompt, [s.image])
         source = sorted({p for i in s.target_objects for p in object_positions(batch.layout, 0, s.objects[i].mask)})
-        cd = decompose(model, batch, source, reference=reference, activation=activation, graph=graph)
+        cd = decompose(model, batch, source, reference=reference, activation=activation, norms=norms, graph=graph)
         pp = path_patch(model, batch, source, reference=reference, graph=graph)
         linear = path_patch(model, batch, source, reference=reference, frozen=True, graph=graph)
         probs = path_patch(model, batch, source, reference=reference, frozen="probs", graph=graph)
-        norms = path_patch(model, batch, source, reference=reference, frozen="norms", graph=graph)
+        scales = path_patch(model, batch, source, reference=reference, frozen="norms", graph=graph)
         rows.append({"id": s.id, "type": s.question_type, "source_tokens": len(source),
                      "spearman_total": float(spearmanr(cd.total_source, pp.effects).statistic),
                      "spearman_direct": float(spearmanr(cd.direct_source, pp.effects).statistic),
@@ -88,7 +90,8 @@ def cdt_check(model, graph, n: int, timing: int, reference: str = "mean", activa
                      "spearman_frozen": float(spearmanr(cd.total_source, linear.effects).statistic),
                      "spearman_frozen_vs_patching": float(spearmanr(linear.effects, pp.effects).statistic),
                      "spearman_probs_frozen": float(spearmanr(cd.total_source, probs.effects).statistic),
-                     "spearman_norms_frozen": float(spearmanr(cd.total_source, norms.effects).statistic),
+                     "spearman_norms_frozen": float(spearmanr(cd.total_source, scales.effects).statistic),
+                     "spearman_probs_frozen_vs_patching": float(spearmanr(probs.effects, pp.effects).statistic),
                      "source_logit": cd.source_logit, "patched_total": pp.total,
                      "top_cdt": cd.ranking()[0][0], "top_patching": cd.components[int(pp.effects.argmax())]})
         if len(rows) <= HOOK_CHECKS:
@@ -101,12 +104,15 @@ def cdt_check(model, graph, n: int, timing: int, reference: str = "mean", activa
     # Where replacing the source barely moves the target, patching effects are all near zero and their order is noise.
     moved = np.array([abs(r["patched_total"]) >= MOVED for r in rows])
     extra = {f"spearman_{key}_mean": float(np.mean([r[f"spearman_{key}"] for r in rows]))
-             for key in ("abs", "frozen", "frozen_vs_patching", "probs_frozen", "norms_frozen")}
+             for key in ("abs", "frozen", "frozen_vs_patching", "probs_frozen", "norms_frozen",
+                        "probs_frozen_vs_patching")}
     s = samples[0]
     batch = model.prepare(s.prompt, [s.image])
     source = object_positions(batch.layout, 0, s.objects[s.target_objects[0]].mask)
-    seconds = median_seconds({"cdt": lambda: decompose(model, batch, source, graph=graph),
-                              "path_patching": lambda: path_patch(model, batch, source, graph=graph)},
+    seconds = median_seconds({"cdt": lambda: decompose(model, batch, source, reference=reference,
+                                                       activation=activation, norms=norms, graph=graph),
+                              "path_patching": lambda: path_patch(model, batch, source, reference=reference,
+                                                                  graph=graph)},
                              repeats=timing, warmup=1)
     return {"samples": len(rows), "components": len(graph.nodes) - 1,
             "spearman_total_mean": float(total.mean()), "spearman_total_ci95": bootstrap(total),
@@ -169,6 +175,8 @@ def main() -> None:
     parser.add_argument("--timing", type=int, default=5, help="interleaved timing repeats")
     parser.add_argument("--reference", default="mean", help="CD-T and patching reference: mean or zero")
     parser.add_argument("--activation", default="marginal", help="CD-T's MLP split: marginal or shapley")
+    parser.add_argument("--norms", default="frozen", help="CD-T's RMSNorm split: frozen, marginal or shapley")
+    parser.add_argument("--split", default="test", help="shapes split of the CD-T samples: val (to choose) or test")
     parser.add_argument("--no-eap", action="store_true", help="CD-T against patching only")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--figures", type=Path, default=None, help="write the EAP figures here")
@@ -181,11 +189,13 @@ def main() -> None:
 
     model = mmlens.load(args.model)
     graph = DecoderGraph(model)
-    figures = {"model": args.model, "reference": args.reference, "activation": args.activation,
-               "cdt": cdt_check(model, graph, args.n, args.timing, args.reference, args.activation),
+    figures = {"model": args.model, "reference": args.reference, "activation": args.activation, "norms": args.norms,
+               "split": args.split, "cdt": cdt_check(model, graph, args.n, args.timing, args.reference,
+                                                     args.activation, args.norms, args.split),
                "eap": None if args.no_eap else eap_check(model, graph, args.eap_n, args.figures)}
     cdt, eap = figures["cdt"], figures["eap"]
-    print(f"CD-T vs path patching ({cdt['samples']} samples, {cdt['components']} components): Spearman total "
+    print(f"CD-T ({args.norms} norms, {args.activation} MLPs, {args.reference} reference, {args.split}) "
+          f"vs path patching ({cdt['samples']} samples, {cdt['components']} components): Spearman total "
           f"{cdt['spearman_total_mean']:.3f} [{cdt['spearman_total_ci95'][0]:.3f}, {cdt['spearman_total_ci95'][1]:.3f}]"
           f" (median {cdt['spearman_total_median']:.3f}), direct {cdt['spearman_direct_mean']:.3f} "
           f"[{cdt['spearman_direct_ci95'][0]:.3f}, {cdt['spearman_direct_ci95'][1]:.3f}], pooled "
@@ -196,7 +206,8 @@ def main() -> None:
           f"{cdt['spearman_total_moved_ci95'][1]:.3f}]; by type {cdt['spearman_total_by_type']}")
     print(f"  against patching with frozen attention and norm scales {cdt['spearman_frozen_mean']:.3f}; "
           f"frozen vs real patching {cdt['spearman_frozen_vs_patching_mean']:.3f}; against patching with only the "
-          f"attention frozen {cdt['spearman_probs_frozen_mean']:.3f}, only the norms {cdt['spearman_norms_frozen_mean']:.3f}")
+          f"attention frozen {cdt['spearman_probs_frozen_mean']:.3f}, only the norms {cdt['spearman_norms_frozen_mean']:.3f}; "
+          f"attention-frozen vs real patching {cdt['spearman_probs_frozen_vs_patching_mean']:.3f}")
     print(f"  graph path patching vs the model's own sites (first {HOOK_CHECKS} samples): max |difference| "
           f"{cdt['hooks_max_abs_diff']:.2g} logits")
     print(f"time per sample: CD-T {cdt['seconds_cdt'] * 1000:.1f} ms, path patching "

@@ -25,3 +25,14 @@ def linear_llama() -> mmlens.Model:
             norm.variance_epsilon = 1e8
             norm.weight.mul_(1e4)
     return model
+
+
+@pytest.fixture(scope="module")
+def uniform_llama() -> mmlens.Model:
+    """tiny-llama whose attention is uniform whatever the input (zero queries and keys); norms and MLPs untouched."""
+    model = mmlens.load("tiny-llama")
+    with torch.no_grad():
+        for layer in model.decoder_layers:
+            layer.self_attn.q_proj.weight.zero_()
+            layer.self_attn.k_proj.weight.zero_()
+    return model

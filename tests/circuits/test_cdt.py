@@ -65,6 +65,34 @@ def test_cdt_is_path_patching_with_frozen_attention_and_norms(tiny_llama, batch)
     assert not torch.allclose(frozen.effects, real.effects, atol=1e-4)  # freezing is an approximation
 
 
+def test_marginal_norms_are_path_patching_with_frozen_attention_only(tiny_llama, batch):
+    graph = DecoderGraph(tiny_llama)
+    result = decompose(tiny_llama, batch, [2, 3], norms="marginal", graph=graph)
+    probs = path_patch(tiny_llama, batch, [2, 3], frozen="probs", graph=graph)
+    frozen = decompose(tiny_llama, batch, [2, 3], graph=graph)
+    assert torch.allclose(result.total_source, probs.effects, atol=1e-4)
+    assert result.source_logit == pytest.approx(probs.total, abs=1e-4)
+    assert not torch.allclose(result.total_source, frozen.total_source, atol=1e-3)  # the norms do react
+    assert result.to_json()["norms"] == "marginal"
+
+
+@pytest.mark.parametrize("activation", ["marginal", "shapley"])
+def test_marginal_norms_keep_source_plus_rest_equal_to_the_full_run(uniform_llama, activation):
+    """With input-independent attention, the rest is the model's own run with the source replaced: s + r = full."""
+    batch = uniform_llama.prepare(PROMPT)
+    result = decompose(uniform_llama, batch, [5, 6], reference="zero", norms="marginal", activation=activation)
+    call = record_decoder_call(uniform_llama, batch)
+    zeroed = call.embeds.clone()
+    zeroed[0, [5, 6]] = 0
+    with torch.no_grad():
+        logits = call.logits(torch.cat([call.embeds, zeroed]), positions=[-1])[:, 0]
+    rest = result.logit - result.source_logit
+    assert result.logit == pytest.approx(float(logits[0, result.answer_id]), abs=1e-4)
+    if activation == "marginal":  # the rest is exactly the replaced run
+        assert rest == pytest.approx(float(logits[1, result.answer_id]), abs=1e-4)
+    assert abs(result.source_logit) > 1e-3
+
+
 def test_image_tokens_as_source_and_the_ranking(tiny_llava, noise):
     batch = tiny_llava.prepare("<image> what colour is the circle ?", [noise(32, 32)])
     images = batch.layout.image_positions(0).tolist()
@@ -78,7 +106,8 @@ def test_image_tokens_as_source_and_the_ranking(tiny_llava, noise):
 @pytest.mark.parametrize("kwargs, words", [({"source_positions": [99]}, "source positions"),
                                            ({"source_positions": [1, 1]}, "distinct"),
                                            ({"source_positions": [1], "reference": "noise"}, "reference"),
-                                           ({"source_positions": [1], "activation": "relu"}, "activation")])
+                                           ({"source_positions": [1], "activation": "relu"}, "activation"),
+                                           ({"source_positions": [1], "norms": "layer"}, "norm rule")])
 def test_bad_input_is_one_line(tiny_llama, batch, kwargs, words):
     with pytest.raises(MmlensError) as error:
         decompose(tiny_llama, batch, **kwargs)

@@ -6,7 +6,11 @@ included). Both parts travel through the decoder side by side, and every
 activation stays their exact sum:
 
 - linear maps (value and output projections, the unembedding) act on each part;
-- RMSNorms are linearised with the full input's scale (``w * part / rms(full)``);
+- RMSNorms are linearised with the full input's scale (``w * part / rms(full)``,
+  ``norms="frozen"``, as published), or split like a nonlinearity:
+  ``norm(full) - norm(full - part)`` (``"marginal"``: the rest is normed with
+  its own RMS, so a source that changes a position's RMS shows downstream),
+  or the two-player Shapley value over the norm (``"shapley"``);
 - attention probabilities are the full forward's (values are decomposed);
 - an MLP, the one nonlinearity left, gives the source its marginal share
   ``f(s + r) - f(r)`` (``activation="marginal"``, what the CD-T authors' code
@@ -19,7 +23,10 @@ Each component's output then has a source part. Its *direct* share of the
 answer logit reads that part through the (linearised) final norm and the
 unembedding; its *total* share propagates the part through every later layer
 (one more decomposition per component, all in one batched pass), the analogue
-of path patching the source through that component.
+of path patching the source through that component. With frozen norms and
+marginal MLPs it is exactly path patching with the clean run's attention
+probabilities and norm scales; with marginal norms, exactly path patching
+with the clean attention probabilities only.
 
 Example:
     >>> import mmlens
@@ -37,7 +44,7 @@ from typing import Any, Sequence
 
 import torch
 
-from mmlens.circuits.graph import DecoderGraph, GraphRun
+from mmlens.circuits.graph import DecoderGraph, GraphRun, rms_scale
 from mmlens.errors import MmlensError
 from mmlens.model import Batch, Model
 from mmlens.models.decoder import DecoderCall, record_decoder_call
@@ -45,6 +52,7 @@ from mmlens.readout.logits import answer_token_ids
 
 REFERENCES = ("mean", "zero")
 ACTIVATIONS = ("marginal", "shapley")
+NORMS = ("frozen", "marginal", "shapley")
 
 
 @dataclass
@@ -112,13 +120,14 @@ def reference_embeds(call: DecoderCall, model: Model, batch: Batch, reference: s
 
 def decompose(model: Model, batch: Batch, source_positions: Sequence[int], *, answer: str | int | None = None,
               foil: str | int | None = None, reference: str | torch.Tensor = "mean", activation: str = "marginal",
-              graph: DecoderGraph | None = None) -> Decomposition:
+              norms: str = "frozen", graph: DecoderGraph | None = None) -> Decomposition:
     """CD-T of the first row of ``batch``: each head's and MLP's share of the answer logit from the source.
 
     ``source_positions`` are decoder positions (for example the asked
     object's image tokens); ``answer`` defaults to the model's own top token;
     with ``foil`` the target is answer logit minus foil logit; ``activation``
-    says how MLPs split (see the module docstring).
+    says how MLPs split and ``norms`` how RMSNorms split (see the module
+    docstring).
 
     Example:
         >>> result = decompose(model, batch, [1, 2, 3], answer="red")
@@ -127,6 +136,8 @@ def decompose(model: Model, batch: Batch, source_positions: Sequence[int], *, an
     """
     if activation not in ACTIVATIONS:
         raise MmlensError(f"unknown activation rule {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+    if norms not in NORMS:
+        raise MmlensError(f"unknown norm rule {norms!r}; choose one of {', '.join(NORMS)}")
     graph = graph or DecoderGraph(model)
     start = time.perf_counter()
     call, positions, run, answer_id, foil_id = clean_run(model, batch, source_positions, answer, foil, graph)
@@ -135,11 +146,11 @@ def decompose(model: Model, batch: Batch, source_positions: Sequence[int], *, an
         embeds = call.embeds.float()
         source = torch.zeros_like(embeds)
         source[0, positions] = embeds[0, positions] - reference_embeds(call, model, batch, reference)[0, positions]
-        decomposition = decompose_run(graph, run, source[0], direction, activation)
+        decomposition = decompose_run(graph, run, source[0], direction, activation, norms)
     decomposition.update(source_positions=positions, answer_id=answer_id, foil_id=foil_id,
                          seconds=time.perf_counter() - start,
                          meta={"reference": reference if isinstance(reference, str) else "tensor",
-                               "activation": activation})
+                               "activation": activation, "norms": norms})
     return Decomposition(components=graph.nodes[1:], **decomposition)
 
 
@@ -160,39 +171,63 @@ def clean_run(model: Model, batch: Batch, source_positions: Sequence[int], answe
 
 
 def decompose_run(graph: DecoderGraph, run: GraphRun, source: torch.Tensor, direction: torch.Tensor,
-                  activation: str = "marginal") -> dict:
+                  activation: str = "marginal", norms: str = "frozen") -> dict:
     """The decomposition itself, on a one-row clean ``run``: ``source`` ``(seq, hidden)`` is the source part.
 
     Row 0 of the propagated state carries the source; row ``c`` (one per
     component) carries component ``c``'s source part from where it is written.
+    Direct shares read through the final norm at the full run's scale (so
+    that they add up to the linearised source logit); the source and total
+    shares read through it by ``norms``.
     """
     components = len(graph.nodes) - 1
     beta = source.new_zeros(1 + components, *source.shape)
     beta[0] = source
     own = source.new_zeros(components, *source.shape)  # each component's source part (row 0's view)
     for i, layer in enumerate(graph.layers):
-        normed = beta * run.attn_scale[i][0] * layer.input_layernorm.weight.float()
+        first = graph.node_index(i, 0)
+        normed = _norm_share(graph, run, first - 1, beta, run.attn_scale[i][0], layer.input_layernorm, norms)
         values = graph.values(layer, normed, bias=False)  # biases belong to the rest
         heads = graph.write(layer.self_attn, torch.einsum("hqk,rhke->rhqe", run.probs[i][0], values))
         written = heads.sum(1)
         for j in range(graph.n_heads):
-            node = graph.node_index(i, j)
-            own[node - 1] = heads[0, j]
-            written[node] = written[node] + heads[0, j]
+            own[first + j - 1] = heads[0, j]
+            written[first + j] = written[first + j] + heads[0, j]
         beta = beta + written
         node = graph.node_index(i, None)
-        part = _mlp_share(layer.mlp, beta * run.mlp_scale[i][0] * layer.post_attention_layernorm.weight.float(),
-                          run.mlp_inputs[i][0], run.outputs[node, 0], activation == "shapley")
+        normed = _norm_share(graph, run, node - 1, beta, run.mlp_scale[i][0], layer.post_attention_layernorm, norms)
+        part = _mlp_share(layer.mlp, normed, run.mlp_inputs[i][0], run.outputs[node, 0], activation == "shapley")
         own[node - 1] = part[0]
         part[node] = part[node] + part[0]
         beta = beta + part
-    read = run.final_scale[0, -1] * graph.final_norm.weight.float() * direction  # the last position's read-out
+    weight = graph.final_norm.weight.float()
+    read = run.final_scale[0, -1] * weight * direction  # the last position's linearised read-out
     full_direct = run.outputs[1:, 0, -1] @ read
     direct_source = own[:, -1] @ read
-    totals = beta[:, -1] @ read
+    totals = _norm_share(graph, run, len(graph.readers) - 1, beta[:, -1:], run.final_scale[0, -1:], graph.final_norm,
+                         norms)[:, 0] @ direction
     return {"logit": float(run.final[0, -1] @ read), "source_logit": float(totals[0]),
             "embed_source": float(source[-1] @ read), "direct_source": direct_source,
             "direct_rest": full_direct - direct_source, "total_source": totals[1:]}
+
+
+def _norm_share(graph: DecoderGraph, run: GraphRun, reader: int, part: torch.Tensor, scale: torch.Tensor,
+                norm: torch.nn.Module, rule: str) -> torch.Tensor:
+    """The share of ``part`` ``(rows, seq, hidden)`` in the RMSNorm of reader ``reader``'s input, the rest being full - part.
+
+    ``scale`` is the full input's ``1 / rms`` ``(seq, 1)``; "frozen" uses it
+    for every part, "marginal" gives ``norm(full) - norm(full - part)``,
+    "shapley" the mean of that and ``norm(part) - norm(0)``.
+    """
+    weight = norm.weight.float()
+    if rule == "frozen":
+        return part * scale * weight
+    full = graph.residual(run, reader)[0, -part.shape[1]:]
+    rest = full - part
+    marginal = weight * (full * scale - rest * rms_scale(rest, norm))
+    if rule == "marginal":
+        return marginal
+    return 0.5 * marginal + 0.5 * weight * part * rms_scale(part, norm)
 
 
 def _mlp_share(mlp: torch.nn.Module, part: torch.Tensor, full_in: torch.Tensor, full_out: torch.Tensor,

@@ -134,7 +134,7 @@ class DecoderGraph:
         reader = 0
         for i, layer in enumerate(self.layers):
             x = self._read(outputs, reader, inputs, keep_inputs, heads=True)  # (rows, heads, seq, hidden)
-            scale = _rms_scale(x, layer.input_layernorm) if frozen is None else frozen.attn_scale[i][:, None]
+            scale = rms_scale(x, layer.input_layernorm) if frozen is None else frozen.attn_scale[i][:, None]
             attn_scale.append(scale[:, 0])
             heads, p = self.heads(layer, x * scale * layer.input_layernorm.weight.float(), cos, sin, mask,
                                   None if probs_from is None else probs_from.probs[i].expand(x.shape[0], -1, -1, -1))
@@ -144,7 +144,7 @@ class DecoderGraph:
                 outputs.append(edit(node, heads[:, j]) if edit else heads[:, j])
             reader += self.n_heads
             x = self._read(outputs, reader, inputs, keep_inputs, heads=False)
-            scale = _rms_scale(x, layer.post_attention_layernorm) if frozen is None else frozen.mlp_scale[i]
+            scale = rms_scale(x, layer.post_attention_layernorm) if frozen is None else frozen.mlp_scale[i]
             normed = x * scale * layer.post_attention_layernorm.weight.float()
             mlp_scale.append(scale)
             mlp_inputs.append(normed)
@@ -152,10 +152,19 @@ class DecoderGraph:
             outputs.append(edit(len(outputs), out) if edit else out)
             reader += 1
         final = self._read(outputs, reader, inputs, keep_inputs, heads=False)
-        final_scale = _rms_scale(final, self.final_norm) if frozen is None else frozen.final_scale
+        final_scale = rms_scale(final, self.final_norm) if frozen is None else frozen.final_scale
         last = final[:, -1] * final_scale[:, -1] * self.final_norm.weight.float()
         logits = self.unembed(last.to(_dtype(self.unembed))).float()
         return GraphRun(torch.stack(outputs), probs, attn_scale, mlp_scale, mlp_inputs, final, final_scale, logits)
+
+    def residual(self, run: GraphRun, reader: int) -> torch.Tensor:
+        """The residual stream reader ``reader`` reads in ``run`` ``(rows, seq, hidden)``: its upstream nodes plus biases.
+
+        Example:
+            >>> graph.residual(run, len(graph.readers) - 1).shape == run.final.shape  # doctest: +SKIP
+            True
+        """
+        return run.outputs[:self.upstream[reader]].sum(0) + self._biases(reader)
 
     def _read(self, outputs: list[torch.Tensor], reader: int, rule: InputRule | None,
               keep: list[torch.Tensor] | None, heads: bool) -> torch.Tensor:
@@ -250,7 +259,7 @@ def _is_rms_norm(module: torch.nn.Module | None) -> bool:
             and isinstance(getattr(module, "weight", None), torch.nn.Parameter) and "Gemma" not in type(module).__name__)
 
 
-def _rms_scale(x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
+def rms_scale(x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
     """``1 / rms(x)`` over the hidden axis, as the RMSNorm computes it."""
     return torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
 
