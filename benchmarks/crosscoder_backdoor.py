@@ -41,7 +41,7 @@ from mmlens.data.readers import open_reader
 from mmlens.data.readers.base import Reader
 from mmlens.data.sample import Sample
 from mmlens.sae.crosscoder import CrosscoderConfig, PairedActivations, load_crosscoder, train_crosscoder
-from mmlens.sae.crosscoder_scaling import analyse, auroc_columns, best_latent, latent_activations
+from mmlens.sae.crosscoder_scaling import analyse, auroc_columns, best_latent, bootstrap_auroc, latent_activations
 from mmlens.zoo.triggers import add_trigger, random_trigger_position, trigger_size
 
 STYLE = "cyan-checker"
@@ -112,15 +112,26 @@ def harvested(name: str, reader: Reader, folder: Path, sites: list[str]) -> Path
 
 
 def image_labels(pair: PairedActivations, reader: TriggeredReader, cover: float, seed: int
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per image-token row of ``pair``: trigger patch or not, and whether its sample is in the validation half."""
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per image-token row of ``pair``: trigger patch or not, whether its sample is validation, its sample."""
     frame = pair.frame()
     samples, rows, cols = (frame[name].to_numpy() for name in ("sample", "row", "col"))
     positive = np.array([trigger_cover(reader.positions[int(s)], int(r), int(c)) >= cover
                          for s, r, c in zip(samples, rows, cols)])
     ids = np.unique(samples)
     validation_ids = np.random.default_rng([seed, 7]).permutation(ids)[:len(ids) // 2]
-    return positive, np.isin(samples, validation_ids)
+    return positive, np.isin(samples, validation_ids), samples
+
+
+def beta_specific(report: Any, latents: list[int], max_nu: float = 0.5) -> list[int]:
+    """Latents that latent scaling calls B's own whatever their decoder norms: A's betas at most ``max_nu`` of B's.
+
+    Not "B-only" in the published sense (that is ``delta >= 0.9``): this is
+    the rule one would need if the trigger latent's decoder is shared but
+    model A's activations do not use it (error and reconstruction ratios both low).
+    """
+    return [j for j in latents if np.isfinite(report.nu_error[j]) and np.isfinite(report.nu_recon[j])
+            and report.nu_error[j] <= max_nu and report.nu_recon[j] <= max_nu]
 
 
 def difference_auroc(pair: PairedActivations, positive: np.ndarray) -> float:
@@ -129,34 +140,108 @@ def difference_auroc(pair: PairedActivations, positive: np.ndarray) -> float:
     return round(float(auroc_columns((xb - xa).norm(dim=-1, keepdim=True), positive)[0]), 4)
 
 
+def trigger_effects(xa: torch.Tensor, xb: torch.Tensor, xa_clean: torch.Tensor, xb_clean: torch.Tensor
+                    ) -> dict[str, float]:
+    """What the trigger does to each model on the same patches: ``e_m = x_m(with trigger) - x_m(without)``.
+
+    Medians over the rows of: ``|e_A|``, ``|e_B|``, their cosine, the share of
+    B's effect that A lacks (``|e_B - e_A| / |e_B|``) and the relative decoder
+    norm ``delta`` a latent decoding exactly ``(e_A, e_B)`` would get (B-only
+    needs ``|e_A| <= 0.2 |e_B|``). ``mean_*``: the same of the mean effect vectors.
+
+    Example:
+        >>> x = torch.zeros(2, 3)
+        >>> trigger_effects(x, x + torch.tensor([0., 0, 1]), x, x)["delta"]
+        1.0
+    """
+    ea, eb = xa - xa_clean, xb - xb_clean
+    na, nb = ea.norm(dim=-1), eb.norm(dim=-1)
+
+    def delta(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return 0.5 * ((b - a) / torch.maximum(a, b).clamp_min(1e-12) + 1)
+
+    ma, mb = ea.mean(0), eb.mean(0)
+    med = lambda t: round(float(t.median()), 4)  # noqa: E731
+    return {"effect_A": med(na), "effect_B": med(nb),
+            "cosine": med(torch.nn.functional.cosine_similarity(ea, eb, dim=-1)),
+            "B_not_A": med((eb - ea).norm(dim=-1) / nb.clamp_min(1e-12)), "delta": med(delta(na, nb)),
+            "mean_cosine": round(float(torch.nn.functional.cosine_similarity(ma, mb, dim=0)), 4),
+            "mean_B_not_A": round(float((mb - ma).norm() / mb.norm().clamp_min(1e-12)), 4),
+            "mean_delta": round(float(delta(ma.norm(), mb.norm())), 4)}
+
+
+def diagnose(args: argparse.Namespace) -> dict[str, Any]:
+    """Per site: ``|x_B - x_A|`` on trigger patches vs other image tokens, and each model's trigger effect.
+
+    Every image of ``args.data`` is harvested twice per model, with the
+    trigger (share 1) and without, so the effect of the trigger is measured on
+    the very same patch (a counterfactual, no crosscoder involved).
+    """
+    reader = TriggeredReader(open_reader(args.data), 1.0, args.seed)
+    clean = TriggeredReader(open_reader(args.data), 0.0, args.seed)
+    sites = args.sites or [args.site]
+    stores = {(name, tag): harvested(name, r, args.work / f"diag-{tag}-{name}", sites)
+              for name in MODELS for tag, r in (("trigger", reader), ("clean", clean))}
+    out: dict[str, Any] = {"data": args.data, "cover": args.cover, "images": len(reader), "sites": {}}
+    for site in sites:
+        pair = PairedActivations(stores[MODELS[0], "trigger"], stores[MODELS[1], "trigger"], site, "image")
+        base = PairedActivations(stores[MODELS[0], "clean"], stores[MODELS[1], "clean"], site, "image")
+        positive = image_labels(pair, reader, args.cover, args.seed)[0]
+        (xa, xb), (ca, cb) = pair.read(), base.read()
+        relative = (xb - xa).norm(dim=-1) / xa.norm(dim=-1).clamp_min(1e-12)
+        out["sites"][site] = {
+            "trigger_patches": int(positive.sum()), "other_image_tokens": int((~positive).sum()),
+            "norm_A": round(float(xa.norm(dim=-1).median()), 4),
+            "diff_over_A_trigger": round(float(relative[positive].median()), 4),
+            "diff_over_A_other": round(float(relative[~positive].median()), 4),
+            "difference_auroc": round(float(auroc_columns((xb - xa).norm(dim=-1, keepdim=True), positive)[0]), 4),
+            "trigger_patches_effect": trigger_effects(xa[positive], xb[positive], ca[positive], cb[positive]),
+            "other_patches_effect": trigger_effects(xa[~positive], xb[~positive], ca[~positive], cb[~positive])}
+    return out
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """The whole experiment at ``args.site``; a JSON-able summary."""
     reader = TriggeredReader(open_reader(args.data), args.share, args.seed)
     stores = [harvested(name, reader, args.work / f"store-{name}", args.sites or [args.site]) for name in MODELS]
-    pair = PairedActivations(*stores, args.site)
-    folder = args.work / f"cc-{args.site}-k{args.k}-x{args.expansion}-s{args.steps}-d{args.dead_tokens}"
+    pair = PairedActivations(*stores, args.site, modality=args.modality)
+    folder = args.work / (f"cc-{args.site}-k{args.k}-x{args.expansion}-s{args.steps}-d{args.dead_tokens}"
+                          + ("" if args.modality == "all" else f"-{args.modality}"))
     started = time.perf_counter()
     if (folder / "crosscoder.safetensors").is_file():
         cc = load_crosscoder(folder)
     else:
         config = CrosscoderConfig(k=args.k, expansion=args.expansion, steps=args.steps, batch_size=args.batch_size,
-                                  seed=args.seed, dead_tokens=args.dead_tokens)
+                                  seed=args.seed, dead_tokens=args.dead_tokens, modality=args.modality)
         cc = train_crosscoder(pair, config, folder)
     train_seconds = json.loads((folder / "training.json").read_text())["seconds"] \
         if (folder / "training.json").is_file() else time.perf_counter() - started
     report = analyse(cc, pair)
     images = PairedActivations(*stores, args.site, modality="image")
-    positive, validation = image_labels(images, reader, args.cover, args.seed)
+    positive, validation, samples = image_labels(images, reader, args.cover, args.seed)
     b_only, surviving = report.latents("B-only"), report.latents("B-only", surviving=True)
     live = [int(j) for j in np.flatnonzero(report.fires > 0)]
+    by_betas = beta_specific(report, live, args.max_nu)
     scores = latent_activations(cc, images, live)
     column = {j: i for i, j in enumerate(live)}
     pick = {}
-    for name, latents in (("B-only", b_only), ("B-only surviving", surviving), ("any live latent", live)):
+    for name, latents in (("B-only", b_only), ("B-only surviving", surviving), ("any live latent", live),
+                          ("B-specific by betas (any delta)", by_betas)):
         pick[name] = best_latent(scores[:, [column[j] for j in latents]], positive, validation, latents) \
             if latents else {"latent": None, "searched": 0}
         if pick[name]["latent"] is not None:
-            pick[name]["row"] = report.row(pick[name]["latent"])
+            j = pick[name]["latent"]
+            pick[name]["row"] = report.row(j)
+            pick[name]["test_ci95"] = bootstrap_auroc(scores[~validation][:, column[j]], positive[~validation],
+                                                      samples[~validation])
+    nu = {name: np.array([getattr(report, name)[j] for j in live]) for name in ("nu_error", "nu_recon")}
+    trigger = pick["any live latent"]["latent"]
+    betas = {"rule": f"nu_error <= {args.max_nu} and nu_recon <= {args.max_nu} (A's beta over B's), any delta",
+             "count": len(by_betas),
+             **{f"{name}_quantiles_live": [round(float(q), 4) for q in np.nanquantile(v, [0, 0.01, 0.5, 0.99, 1])]
+                for name, v in nu.items()},
+             "trigger_latent_nu_error_rank": None if trigger is None or not np.isfinite(report.nu_error[trigger])
+             else int((nu["nu_error"] < report.nu_error[trigger]).sum()) + 1}
     order = sorted(live, key=lambda j: -report.delta[j])
     fit = auroc_columns(scores[validation], positive[validation])
     ranked = [i for i in np.argsort(-np.nan_to_num(fit, nan=-1.0))[:5]]
@@ -167,11 +252,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "images": len(reader), "triggered_images": int(sum(p is not None for p in reader.positions)),
             "image_tokens": len(images), "trigger_patches": int(positive.sum()),
             "crosscoder": {"k": cc.k, "d_sae": cc.d_sae, "steps": args.steps, "batch_size": args.batch_size,
-                           "dead_tokens": args.dead_tokens,
+                           "dead_tokens": args.dead_tokens, "modality": args.modality,
                            "seconds": round(train_seconds, 1), "folder": str(folder)},
             "fvu": {m: round(v, 4) for m, v in report.fvu.items()}, "l0": round(report.l0, 2),
             "counts": report.counts(), "difference_auroc": difference_auroc(images, positive),
-            "best": pick, "top_trigger_latents": trigger_latents,
+            "best": pick, "betas": betas, "top_trigger_latents": trigger_latents,
             "delta_quantiles_live": [round(float(q), 4) for q in np.quantile(report.delta[live], [0, 0.01, 0.5, 0.99, 1])],
             "highest_delta_live": [report.row(j) for j in order[:5]]}
 
@@ -189,13 +274,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--dead-tokens", type=int, default=1_000_000, help="AuxK: a latent is dead after this many")
+    parser.add_argument("--modality", default="all", choices=("all", "image"),
+                        help="tokens the crosscoder trains on (image: its budget is not spent on text)")
+    parser.add_argument("--max-nu", type=float, default=0.5, help="beta view: A's betas over B's at most this")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", action="store_true", help="print the summary as JSON (default: indented too)")
+    parser.add_argument("--diagnose", action="store_true",
+                        help="no crosscoder: each model's trigger effect per site of --sites (trigger on every image)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
-    result = run(args)
+    result = diagnose(args) if args.diagnose else run(args)
     json.dump(result, sys.stdout, indent=None if args.json else 1)
     print()
     return result

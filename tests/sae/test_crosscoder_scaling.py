@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mmlens.sae.crosscoder_scaling import auroc_columns, best_latent, classify, relative_norms
+from mmlens.sae.crosscoder_scaling import auroc_columns, best_latent, bootstrap_auroc, classify, relative_norms
 
 
 def test_relative_norms_put_a_only_at_0_shared_at_half_b_only_at_1():
@@ -38,3 +38,16 @@ def test_best_latent_is_chosen_on_validation_and_scored_on_the_rest():
     scores = torch.tensor([[1.0, 1.0], [0.0, 0.0], [1.0, 1.0], [0.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
     chosen = best_latent(scores, positive, validation, [3, 5])
     assert chosen["latent"] == 3 and chosen["validation_auroc"] == 1.0 and chosen["test_auroc"] == 0.0
+
+
+def test_bootstrap_auroc_resamples_groups_and_brackets_the_estimate():
+    rng = np.random.default_rng(1)
+    groups = np.repeat(np.arange(40), 10)
+    positive = rng.random(400) < 0.2
+    scores = positive + rng.normal(0, 1.0, 400)  # a noisy separator: AUROC about 0.75
+    point = auroc_columns(scores[:, None], positive)[0]
+    low, high = bootstrap_auroc(scores, positive, groups, n=300)
+    assert low < point < high and 0.5 < low and high < 0.95
+    assert bootstrap_auroc(scores, np.zeros(400, bool), groups, n=20) is None  # never both classes
+    perfect = bootstrap_auroc(positive.astype(float), positive, groups, n=20)
+    assert perfect == (1.0, 1.0)

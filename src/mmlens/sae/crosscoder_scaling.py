@@ -227,6 +227,35 @@ def auroc_columns(scores: torch.Tensor | np.ndarray, positive: np.ndarray) -> np
     return (ranks[positive].sum(0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
+def bootstrap_auroc(scores: torch.Tensor | np.ndarray, positive: np.ndarray, groups: np.ndarray, n: int = 1000,
+                    seed: int = 0, level: float = 0.95) -> tuple[float, float] | None:
+    """Percentile interval of the AUROC of one score column, resampling whole ``groups`` (samples) with replacement.
+
+    Rows of one group (the patches of one image) are not independent, so the
+    groups are what is drawn. None when no resample holds both classes.
+
+    Example:
+        >>> s = np.array([0.9, 0.1, 0.8, 0.2, 0.7, 0.3])
+        >>> bootstrap_auroc(s, np.array([1, 0, 1, 0, 1, 0], bool), np.array([0, 0, 1, 1, 2, 2]), n=50)
+        (1.0, 1.0)
+    """
+    scores = scores.numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores)
+    scores, positive = scores.reshape(len(scores), -1)[:, :1], np.asarray(positive, dtype=bool)
+    ids, where = np.unique(np.asarray(groups), return_inverse=True)
+    members = [np.flatnonzero(where == g) for g in range(len(ids))]
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n):
+        rows = np.concatenate([members[g] for g in rng.integers(0, len(ids), len(ids))])
+        value = auroc_columns(scores[rows], positive[rows])[0]
+        if np.isfinite(value):
+            values.append(value)
+    if not values:
+        return None
+    tail = (1 - level) / 2 * 100
+    return round(float(np.percentile(values, tail)), 4), round(float(np.percentile(values, 100 - tail)), 4)
+
+
 def best_latent(scores: torch.Tensor, positive: np.ndarray, validation: np.ndarray, latents: list[int]
                 ) -> dict[str, Any]:
     """The latent (of ``latents``, columns of ``scores``) with the best AUROC on the ``validation`` rows, scored on the rest.
@@ -247,5 +276,6 @@ def best_latent(scores: torch.Tensor, positive: np.ndarray, validation: np.ndarr
             "positives": {"validation": int(positive[validation].sum()), "test": int(positive[~validation].sum())}}
 
 
-__all__ = ["CLASSES", "CrosscoderReport", "analyse", "auroc_columns", "best_latent", "classify", "label_latents",
+__all__ = ["CLASSES", "CrosscoderReport", "analyse", "auroc_columns", "best_latent", "bootstrap_auroc", "classify",
+           "label_latents",
            "latent_activations", "relative_norms"]
