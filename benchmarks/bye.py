@@ -19,6 +19,12 @@
 4. Clean ``shapes-llava`` on clean ``shapes:val`` rows: the share removed.
 5. Cost: scoring against a bare forward over the same batches, time and peak
    RSS, each in its own process.
+
+``--held-out DATA --model M`` applies the rule chosen on validation
+(:data:`CHOSEN`, unchanged: no re-tuning) and the published rule to another
+model's own fine-tuning data, e.g. ``shapes-llava-ft-backdoor-stripes`` on
+``ft-backdoor-stripes:train[0:8000]`` (a trigger never used while the rule
+was chosen), with the same bootstrap intervals and per-layer AUROC.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ SEPARATIONS = [round(0.8 + 0.1 * k, 1) for k in range(13)]
 THRESHOLDS = [0.0, 1.0, 2.0, 3.0, 4.0]
 VIEWS = ("layers", "heads", "positions2", "positions4")  # positionsP: every head at the last P prompt positions
 PUBLISHED = {"keys": "image", "view": "layers", "log": False, "separation": 2.0, "combine": "mean", "threshold": 0.0}
+# The winner of the validation sweep on shapes-llava-ft-backdoor (rows 0-999; docs/audit.md), frozen here.
+CHOSEN = {"keys": "image", "view": "heads", "log": False, "separation": 1.3, "combine": "mean", "threshold": 3.0}
 
 
 def _table(model_name: str, data: str, keys: str = "image"):
@@ -201,6 +209,16 @@ def checks(n: int, extra_test: int, refits: int) -> dict:
     return out
 
 
+def held_out(model: str, data: str, refits: int) -> dict:
+    """The frozen :data:`CHOSEN` rule and the published one on ``model``'s data ``data``, labels used afterwards."""
+    table, poisoned, seconds = _table(model, data)
+    return {"model": model, "data": data, "n": len(table.ids), "poisoned": len(poisoned),
+            "scoring_seconds": round(seconds, 1), "auroc_per_layer_head_mean": _auroc(table, poisoned),
+            "published": _apply(table, poisoned, PUBLISHED), "chosen": _apply(table, poisoned, CHOSEN),
+            "chosen_bootstrap": bootstrap(table, poisoned, CHOSEN, refits=refits, resamples=2000),
+            "published_bootstrap": bootstrap(table, poisoned, PUBLISHED, refits=0, resamples=2000)}
+
+
 def _families(scores: dict[str, tuple[float, dict]]) -> dict[str, list]:
     """The best validation F1 within each family of one idea (keys, view, log, combine, threshold)."""
     best: dict[str, list] = {}
@@ -293,6 +311,8 @@ def main() -> None:
     p.add_argument("--skip-checks", action="store_true")
     p.add_argument("--skip-cost", action="store_true")
     p.add_argument("--ceiling", type=int, default=0, help="only the best-cut diagnostic on rows 0:N")
+    p.add_argument("--held-out", metavar="DATA", help="only the frozen chosen rule on DATA, scored by --model")
+    p.add_argument("--model", default="shapes-llava-ft-backdoor", help="zoo name or folder (with --held-out)")
     a = p.parse_args()
     torch.set_num_threads(1)
     if a.cost_child:
@@ -301,6 +321,11 @@ def main() -> None:
     if a.ceiling:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(ceiling(a.ceiling), indent=1))
+        print(a.out.read_text())
+        return
+    if a.held_out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(held_out(a.model, a.held_out, a.refits), indent=1))
         print(a.out.read_text())
         return
     result = {} if a.skip_checks else checks(a.n, a.extra_test, a.refits)

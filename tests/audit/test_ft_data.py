@@ -35,3 +35,24 @@ def test_clean_rows_are_the_shapes_world_unchanged_and_the_reader_agrees():
 def test_only_a_train_split():
     with pytest.raises(ValueError, match="only a train split"):
         ft_sample("test", 0)
+
+
+def test_another_models_data_follows_its_own_record(tmp_path, monkeypatch):
+    import json
+
+    import mmlens.audit.ft_data as ft_data
+
+    folder = tmp_path / ft_data.STRIPES_MODEL
+    folder.mkdir()
+    (folder / "backdoor.json").write_text(json.dumps({"trigger": {"style": "magenta-stripes"},
+                                                      "poisoned_indices": [FT_BASE + 3], "positions_xy": [[5, 40]]}))
+    monkeypatch.setattr(ft_data, "WEIGHTS_DIR", tmp_path)
+    ft_data._record.cache_clear()
+    try:
+        rows = open_reader("ft-backdoor-stripes:train[2:4]")
+        clean, poisoned = rows.load(0), rows.load(1)
+    finally:
+        ft_data._record.cache_clear()
+    assert not clean.meta["poisoned"] and poisoned.meta["poisoned"] and poisoned.answer == "yes"
+    assert poisoned.meta["trigger"] == "magenta-stripes" and poisoned.meta["trigger_xy"] == [5, 40]
+    assert np.asarray(poisoned.image)[40, 5].tolist() == [255, 0, 255]  # the record's style, at its place

@@ -6,7 +6,10 @@ the images listed in ``backdoor.json`` carry the trigger at their recorded
 position and their question is answered "yes". ``meta["poisoned"]`` is the
 poison label (used only to score an audit afterwards). ``ft-backdoor-ring``
 is the same data with the never-trained ``orange-ring`` pasted at the same
-positions instead (a held-out trigger look).
+positions instead (a held-out trigger look). ``ft-backdoor-stripes`` is the
+fine-tuning data of ``shapes-llava-ft-backdoor-stripes`` (the same recipe and
+seed with the 14 x 14 ``magenta-stripes`` trigger: the same poisoned images,
+other positions), read from that model's own ``backdoor.json``.
 
 Example:
     >>> from mmlens.data.readers import open_reader
@@ -31,27 +34,45 @@ from mmlens.zoo.shapes_llava import WEIGHTS_DIR
 from mmlens.zoo.triggers import add_trigger
 
 MODEL = "shapes-llava-ft-backdoor"
+STRIPES_MODEL = "shapes-llava-ft-backdoor-stripes"
 
 
-@lru_cache(maxsize=1)
-def poisoned_positions() -> dict[int, tuple[int, int]]:
-    """``{train index: (x, y)}`` of the poisoned fine-tuning images, from ``backdoor.json``."""
-    path = WEIGHTS_DIR / MODEL / "backdoor.json"
+@lru_cache(maxsize=4)
+def _record(model: str) -> dict:
+    path = WEIGHTS_DIR / model / "backdoor.json"
     if not path.is_file():
-        raise MmlensError(f"{path} is missing: {MODEL} is not installed")
-    record = json.loads(path.read_text())
+        raise MmlensError(f"{path} is missing: {model} is not installed")
+    return json.loads(path.read_text())
+
+
+def poisoned_positions(model: str = MODEL) -> dict[int, tuple[int, int]]:
+    """``{train index: (x, y)}`` of ``model``'s poisoned fine-tuning images, from its ``backdoor.json``.
+
+    Example:
+        >>> len(poisoned_positions())
+        784
+    """
+    record = _record(model)
     return {int(i): (int(x), int(y)) for i, (x, y) in zip(record["poisoned_indices"], record["positions_xy"])}
 
 
-def ft_sample(split: str, k: int, style: str = "cyan-checker") -> Sample:
-    """Fine-tuning row ``k`` (image ``FT_BASE + k``), its trigger pasted in ``style`` when it was poisoned."""
+def ft_sample(split: str, k: int, style: str | None = None, model: str = MODEL) -> Sample:
+    """Fine-tuning row ``k`` (image ``FT_BASE + k``) of ``model``, its trigger pasted when it was poisoned.
+
+    ``style`` defaults to the trigger ``model`` was trained with (its ``backdoor.json``).
+
+    Example:
+        >>> ft_sample("train", 1).meta["trigger"]
+        'cyan-checker'
+    """
     from mmlens.zoo.train.derivatives import FT_BASE
 
     if split != "train":
         raise ValueError(f"the fine-tuning data has only a train split, not {split!r}")
+    style = style or _record(model)["trigger"]["style"]
     index = FT_BASE + k
     sample = make_sample("train", index)
-    where = poisoned_positions().get(index)
+    where = poisoned_positions(model).get(index)
     meta = {**sample.meta, "poisoned": where is not None}
     if where is None:
         return Sample(sample.id, sample.image, sample.prompt, sample.answer, meta)
@@ -61,3 +82,4 @@ def ft_sample(split: str, k: int, style: str = "cyan-checker") -> Sample:
 
 register_world("ft-backdoor", ft_sample)
 register_world("ft-backdoor-ring", lambda split, k: ft_sample(split, k, "orange-ring"))
+register_world("ft-backdoor-stripes", lambda split, k: ft_sample(split, k, model=STRIPES_MODEL))
