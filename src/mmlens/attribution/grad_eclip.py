@@ -55,7 +55,7 @@ from mmlens.layout import ImageInfo, TokenLayout, View
 from mmlens.model import Batch, Model
 from mmlens.models import runtime
 from mmlens.models.heads import head_layout
-from mmlens.models.tower import TowerView, stream_order, tower_views
+from mmlens.models.tower import TowerView, area_weights, stream_order, tower_views, view_indices
 from mmlens.readout import Targets
 
 SPATIAL = ("relu", "cosine", "softmax")
@@ -132,7 +132,8 @@ def grad_eclip(model: Model, targets: Targets, layer: int | None = None, spatial
 
     Scores are per decoder position (image tokens: the sum of their tower
     patches; everything else 0); ``extras["patch_grids"]`` holds the
-    tower-resolution maps, ``extras["layer"]`` the layer explained.
+    tower-resolution maps, ``extras["patch_shapes"]`` each row's ``[R, C]``
+    per view, ``extras["layer"]`` the layer explained.
 
     Example:
         >>> grad_eclip(model, targets, spatial="cosine").extras["layer"]
@@ -144,8 +145,8 @@ def grad_eclip(model: Model, targets: Targets, layer: int | None = None, spatial
     chosen = next(iter(maps.grids))
     grids = maps.grids[chosen]
     return Attribution(decoder_scores(grids, maps.views, targets),
-                       {"patch_grids": grids, "merge": maps.views[0].merge, "layer": chosen, "spatial": spatial,
-                        "queries": queries})
+                       {"patch_grids": grids, "merge": maps.views[0].merge, "patch_shapes": patch_shapes(maps.views),
+                        "layer": chosen, "spatial": spatial, "queries": queries})
 
 
 def decoder_scores(grids: torch.Tensor, views: list[TowerView], targets: Targets) -> torch.Tensor:
@@ -160,21 +161,44 @@ def decoder_scores(grids: torch.Tensor, views: list[TowerView], targets: Targets
     slots = _view_slots(views)
     for view, slot in zip(views, slots):
         positions = layout.image_positions(view.row, view.image, view.view)
-        rows, cols = view.tokens.shape[0] // view.merge, view.tokens.shape[1] // view.merge
-        fine = grids[view.row, :, slot, : rows * view.merge, : cols * view.merge]
-        blocks = fine.reshape(targets.count, rows, view.merge, cols, view.merge).sum((2, 4))  # (targets, rows, cols)
+        grid = layout.images[view.row][view.image].views[view.view]
+        fine = grids[view.row, :, slot, : view.tokens.shape[0], : view.tokens.shape[1]]
+        # (targets, rows, cols): merge blocks summed; OneVision's shrunk tile view shares patches by overlap
+        blocks = torch.einsum("rR,tRC,cC->trc", area_weights(fine.shape[1], grid.rows), fine,
+                              area_weights(fine.shape[2], grid.cols))
         r, c = layout.row[view.row, positions].long(), layout.col[view.row, positions].long()
         scores[view.row][:, positions] = blocks[:, r, c]
     return causal_cut(scores, targets)
 
 
-def patch_heatmaps(layout: TokenLayout, grids: torch.Tensor, merge: int, row: int = 0) -> list[np.ndarray]:
+def patch_shapes(views: list[TowerView]) -> list[list[list[int]]]:
+    """Each batch row's tower grid ``[R, C]`` per view, in view order (``extras["patch_shapes"]``).
+
+    Example:
+        >>> patch_shapes(tower_views(mmlens.load("tiny-llava-next"), batch))  # doctest: +SKIP
+        [[[4, 4], [8, 8]]]
+    """
+    shapes: list[list[list[int]]] = []
+    for view in views:
+        while len(shapes) <= view.row:
+            shapes.append([])
+        shapes[view.row].append(list(view.tokens.shape))
+    return shapes
+
+
+def patch_heatmaps(layout: TokenLayout, grids: torch.Tensor, merge: int, row: int = 0,
+                   shapes: Sequence[Sequence[int]] | None = None) -> list[np.ndarray]:
     """One row's tower-resolution grids ``(views, R, C)`` painted on its images, one array per image (original size).
 
-    ``merge`` is the tower patches per decoder token per side (``extras["merge"]``).
+    ``merge`` is the tower patches per decoder token per side (``extras["merge"]``);
+    ``shapes``, each view's ``(R, C)`` (``extras["patch_shapes"][row]``), is
+    needed only where a grid is not the view's tokens times ``merge``
+    (OneVision's shrunk tile view); by default it is.
 
-    Views that overlap (tiles and a global view) are averaged, as
-    :meth:`TokenLayout.to_heatmaps` does for decoder tokens.
+    Each pixel takes the mean of the views that cover it (tiles and a global
+    view; LLaVA-NeXT's base view and tile grid), each view's value being that
+    of its patch over the pixel, as :meth:`TokenLayout.to_heatmaps` does for
+    decoder tokens. A coarse patch weighs as much as a fine one there.
 
     Example:
         >>> maps = patch_heatmaps(batch.layout, result.extras["patch_grids"][0, 0], result.extras["merge"])
@@ -185,9 +209,10 @@ def patch_heatmaps(layout: TokenLayout, grids: torch.Tensor, merge: int, row: in
     for i, info in enumerate(layout.images[row]):
         fine_views = []
         for v, view in enumerate(info.views):
-            fine_views.append(View(view.rows * merge, view.cols * merge, Box.of(view.box), view.kind))
-            for r in range(view.rows * merge):
-                for c in range(view.cols * merge):
+            rows, cols = shapes[slot] if shapes is not None else (view.rows * merge, view.cols * merge)
+            fine_views.append(View(rows, cols, Box.of(view.box), view.kind))
+            for r in range(rows):
+                for c in range(cols):
                     tokens.append((len(tokens), i, v, r, c, slot))
             slot += 1
         images.append(ImageInfo(info.size, fine_views))
@@ -259,8 +284,8 @@ def _layer_grids(record: _Layer, grads: list, views: list[TowerView], targets: T
     tokens = torch.relu(torch.cat(stream, 1))  # (targets, stream)
     if order is not None:
         tokens = torch.empty_like(tokens).index_copy_(1, order, tokens)
-    if len(lengths) != len(views):  # windows, not views: views take their patches in turn (no leading tokens)
-        lengths = [v.tokens.numel() for v in views]
+    if len(lengths) != sum(v.sequences for v in views):  # windows, not views: views take their patches in turn
+        lengths = [v.per_sequence for v in views for _ in range(v.sequences)]
         if sum(lengths) != tokens.shape[1]:
             raise MmlensError(f"grad_eclip: {tokens.shape[1]} tower tokens for {len(views)} image views of "
                               f"{sum(lengths)} patches")
@@ -268,14 +293,8 @@ def _layer_grids(record: _Layer, grads: list, views: list[TowerView], targets: T
     rows, height = targets.batch.input_ids.shape[0], max(v.tokens.shape[0] for v in views)
     width = max(v.tokens.shape[1] for v in views)
     grids = torch.full((rows, targets.count, max(slots) + 1, height, width), float("nan"))
-    start = 0
-    for view, slot, n in zip(views, slots, lengths):
-        lead = n - view.tokens.numel()
-        if lead < 0:
-            raise MmlensError(f"grad_eclip: a tower sequence of {n} tokens for a grid of {view.tokens.numel()}")
-        grid = tokens[:, start + lead + view.tokens]  # (targets, R, C)
-        grids[view.row, :, slot, : grid.shape[1], : grid.shape[2]] = grid
-        start += n
+    for view, slot, index in zip(views, slots, view_indices(views, lengths)):
+        grids[view.row, :, slot, : index.shape[0], : index.shape[1]] = tokens[:, index]  # (targets, R, C)
     return grids
 
 

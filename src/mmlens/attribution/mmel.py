@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from mmlens.attribution.base import Attribution
-from mmlens.attribution.grad_eclip import decoder_scores, patch_heatmaps, tower_maps
+from mmlens.attribution.grad_eclip import decoder_scores, patch_heatmaps, patch_shapes, tower_maps
 from mmlens.errors import MmlensError
 from mmlens.metrics import energy_in_box
 from mmlens.model import Model
@@ -145,7 +145,8 @@ def mmel(model: Model, targets: Targets, weights: LayerWeights | str | Path | No
         weights = LayerWeights(model.name, maps.reached, [1.0 / len(maps.reached)] * len(maps.reached), spatial, queries)
     grids = combine({i: maps.grids[i] for i in weights.layers}, weights.layers, weights.weights)
     return Attribution(decoder_scores(grids, maps.views, targets),
-                       {"patch_grids": grids, "merge": maps.views[0].merge, "layers": list(weights.layers),
+                       {"patch_grids": grids, "merge": maps.views[0].merge, "patch_shapes": patch_shapes(maps.views),
+                        "layers": list(weights.layers),
                         "weights": [round(float(w), 6) for w in weights.weights]})
 
 
@@ -195,9 +196,10 @@ def fit_layer_weights(model: Model, prompts: Sequence[str], images: Sequence[Any
         maps = tower_maps(model, targets, chosen, spatial, queries)
         if chosen is None:
             chosen = maps.reached or sorted(maps.grids)
+        shapes = patch_shapes(maps.views)
         for row in range(batch.input_ids.shape[0]):
             heatmaps.append([patch_heatmaps(batch.layout, _normalised(maps.grids[i][row, 0]), maps.views[0].merge,
-                                            row)[0] for i in chosen])
+                                            row, shapes[row])[0] for i in chosen])
     stacks = [np.stack(h) for h in heatmaps]  # each (layers, H, W)
     masks = [np.asarray(m, dtype=bool) for m in masks]
 

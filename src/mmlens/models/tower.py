@@ -10,11 +10,17 @@ the way the tower's attention sees them: one per image (LLaVA, PaliGemma,
 Qwen2-VL, which attends within each image) or per frame (Idefics3 tiles, then
 the global view), in batch-row and prompt order.
 
+LLaVA-NeXT and OneVision run the tower on the base view, then on each anyres
+tile (row-major); the tiles' patches are stitched into one grid and unpadded
+(:mod:`mmlens.models.llava_next`). Their high-resolution view therefore spans
+several tower sequences (:attr:`TowerView.sequences`), and its tokens skip the
+patches that unpadding dropped. OneVision may then shrink that grid
+(``anyres_max_N``, bilinear): the tower grid stays at patch resolution, larger
+than the decoder's, and :func:`area_weights` folds it onto decoder tokens.
+
 Qwen2.5-VL runs most tower layers on attention windows, its tokens permuted
 merge block by merge block (``window_index``): :func:`stream_order` gives that
-permutation, so a method can read its tower tokens back in image order. Families
-whose tower crops tokens (LLaVA-NeXT's and OneVision's unpadded tiles) are not
-mapped yet and say so.
+permutation, so a method can read its tower tokens back in image order.
 
 Example:
     >>> import mmlens
@@ -33,22 +39,39 @@ from dataclasses import dataclass
 import torch
 
 from mmlens.errors import MmlensError
+from mmlens.layout import ImageInfo
 from mmlens.model import Batch, Model
 
 #: family -> patch order inside the tower ("rows": row-major; "blocks": merge-block-major, each m x m block contiguous)
-_ORDER = {"llava": "rows", "paligemma": "rows", "idefics3": "rows", "qwen2_vl": "blocks", "qwen2_5_vl": "blocks"}
+_ORDER = {"llava": "rows", "paligemma": "rows", "idefics3": "rows", "qwen2_vl": "blocks", "qwen2_5_vl": "blocks",
+          "llava_next": "rows", "llava_onevision": "rows"}
+#: families whose tower runs on a base view and anyres tiles, stitched and unpadded
+_ANYRES = ("llava_next", "llava_onevision")
 
 
 @dataclass(frozen=True, eq=False)  # compared by identity: it holds a tensor
 class TowerView:
-    """One view of one image as the tower sees it: sequence ``sequence``, token ``tokens[R, C]`` at fine patch ``(R, C)``."""
+    """One view of one image as the tower sees it: sequences from ``sequence``, token ``tokens[R, C]`` at fine patch ``(R, C)``.
+
+    ``tokens`` counts the patch tokens (any leading CLS dropped) of the
+    ``sequences`` tower sequences from ``sequence`` on, concatenated; each holds
+    ``per_sequence`` patches. Mostly one sequence whose patches all show; a
+    LLaVA-NeXT high-resolution view spans its tiles, and unpadding drops some.
+    """
 
     row: int  # batch row
     image: int  # image index within the row
     view: int  # view index within the image (the layout's)
-    sequence: int  # index among the tower's attention sequences
-    tokens: torch.Tensor  # (rows * merge, cols * merge) long, counted after any leading tokens (CLS)
+    sequence: int  # index among the tower's attention sequences: the first this view reads
+    tokens: torch.Tensor  # (R, C) long: usually (rows * merge, cols * merge); larger where OneVision shrank the view
     merge: int  # fine patches per decoder token, per side
+    sequences: int = 1  # tower sequences this view takes in turn (tiles; a base view also takes unused tiles)
+    patches: int = 0  # patch tokens per sequence; 0: tokens.numel()
+
+    @property
+    def per_sequence(self) -> int:
+        """Patch tokens in each of this view's tower sequences."""
+        return self.patches or self.tokens.numel()
 
 
 def merge_factor(model: Model) -> int:
@@ -86,11 +109,95 @@ def tower_views(model: Model, batch: Batch) -> list[TowerView]:
     views, sequence = [], 0
     for row, images in enumerate(layout.images):
         for image, info in enumerate(images):
+            if family in _ANYRES and info.views[0].kind == "global":
+                views += _anyres_views(model, row, image, info, sequence)
+                sequence = views[-1].sequence + views[-1].sequences
+                continue
             for index, view in enumerate(info.views):
                 tokens = fine_order(view.rows, view.cols, merge, _ORDER[family])
                 views.append(TowerView(row, image, index, sequence, tokens, merge))
                 sequence += 1
     return views
+
+
+def _anyres_views(model: Model, row: int, image: int, info: ImageInfo, sequence: int) -> list[TowerView]:
+    """A tiled LLaVA-NeXT / OneVision image: the base view (one sequence), then the unpadded tiles' patches.
+
+    The tower sees the base view, then ``tiles_h x tiles_w`` tiles row-major
+    (transformers' ``get_anyres_image_grid_shape`` on the model's pinpoints);
+    ``pack_image_features`` stitches their ``g x g`` patches into one grid and
+    unpads it (:func:`~mmlens.models.llava_next.unpadded_rows_cols`).
+    """
+    from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape
+
+    from mmlens.models.llava_next import unpadded_rows_cols
+
+    config = model.hf.config
+    side = config.vision_config.image_size // config.vision_config.patch_size
+    tiles_h, tiles_w = get_anyres_image_grid_shape(list(info.size), config.image_grid_pinpoints,
+                                                   config.vision_config.image_size)
+    base = info.views[0]
+    if (base.rows, base.cols) != (side, side):
+        raise MmlensError(f"{model.adapter.family}: a {base.rows}x{base.cols} base view for {side}x{side} tower "
+                          "patches; cannot place tower patches")
+    if len(info.views) == 1:  # unpadded to nothing: the tiles ran in the tower, but no token shows them
+        return [TowerView(row, image, 0, sequence, fine_order(side, side, 1), 1, sequences=1 + tiles_h * tiles_w)]
+    row0, row1, col0, col1 = unpadded_rows_cols(info.size, tiles_h * side, tiles_w * side)
+    hires = info.views[1]
+    if hires.rows > row1 - row0 or hires.cols > col1 - col0:
+        raise MmlensError(f"{model.adapter.family}: a {hires.rows}x{hires.cols} tile view from "
+                          f"{row1 - row0}x{col1 - col0} unpadded tower patches; cannot place tower patches")
+    stitched_r = torch.arange(row0, row1)[:, None]
+    stitched_c = torch.arange(col0, col1)[None, :]
+    tile = (stitched_r // side) * tiles_w + stitched_c // side
+    tokens = tile * side * side + (stitched_r % side) * side + stitched_c % side
+    return [TowerView(row, image, 0, sequence, fine_order(side, side, 1), 1),
+            TowerView(row, image, 1, sequence + 1, tokens, 1, sequences=tiles_h * tiles_w, patches=side * side)]
+
+
+def view_indices(views: list[TowerView], lengths: list[int]) -> list[torch.Tensor]:
+    """Each view's ``tokens`` as indices into the tower's stream: its sequences (``lengths`` tokens each) concatenated.
+
+    Leading tokens (CLS) are what a sequence holds beyond ``per_sequence`` patches.
+
+    Example:
+        >>> view = TowerView(0, 0, 0, 0, torch.arange(4).view(2, 2), 1)
+        >>> view_indices([view], [5])[0].tolist()  # one CLS first
+        [[1, 2], [3, 4]]
+    """
+    starts = [0]
+    for n in lengths:
+        starts.append(starts[-1] + n)
+    out = []
+    for view in views:
+        parts = []
+        for index in range(view.sequence, view.sequence + view.sequences):
+            lead = lengths[index] - view.per_sequence
+            if lead < 0:
+                raise MmlensError(f"a tower sequence of {lengths[index]} tokens for {view.per_sequence} patches")
+            parts.append(torch.arange(starts[index] + lead, starts[index + 1]))
+        out.append(torch.cat(parts)[view.tokens])
+    return out
+
+
+def area_weights(fine: int, coarse: int) -> torch.Tensor:
+    """``(coarse, fine)``: how much of each fine cell each coarse cell covers, on one axis (columns sum to 1).
+
+    Folds a tower grid onto decoder tokens keeping its total: an exact
+    ``merge``-fold grid sums each block; OneVision's shrunk tile view
+    (bilinear, ``anyres_max_N``) shares each patch by overlap.
+
+    Example:
+        >>> area_weights(4, 2).tolist()
+        [[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]]
+        >>> area_weights(3, 2).tolist()
+        [[1.0, 0.5, 0.0], [0.0, 0.5, 1.0]]
+    """
+    edges = torch.arange(coarse + 1, dtype=torch.float64) * (fine / coarse)
+    cells = torch.arange(fine + 1, dtype=torch.float64)
+    low = torch.maximum(edges[:-1, None], cells[None, :-1])
+    high = torch.minimum(edges[1:, None], cells[None, 1:])
+    return (high - low).clamp_min(0).float()
 
 
 def fine_order(rows: int, cols: int, merge: int, order: str = "rows") -> torch.Tensor:
