@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+import mmlens
+
 from mmlens.circuits import DecoderGraph, decompose, path_patch
 from mmlens.errors import MmlensError
 from mmlens.models.decoder import record_decoder_call
@@ -91,6 +93,20 @@ def test_marginal_norms_keep_source_plus_rest_equal_to_the_full_run(uniform_llam
     if activation == "marginal":  # the rest is exactly the replaced run
         assert rest == pytest.approx(float(logits[1, result.answer_id]), abs=1e-4)
     assert abs(result.source_logit) > 1e-3
+
+
+@pytest.mark.parametrize("name", ["tiny-idefics3", "tiny-qwen2-vl", "tiny-qwen2.5-vl"])
+def test_cdt_is_frozen_path_patching_on_other_families(name, noise):
+    model = mmlens.load(name)
+    batch = model.prepare("<image> what colour is the circle ?", [noise(64, 64)])
+    images = batch.layout.image_positions(0).tolist()
+    graph = DecoderGraph(model)
+    for norms, frozen in (("frozen", True), ("marginal", "probs")):
+        result = decompose(model, batch, images, norms=norms, graph=graph)
+        patched = path_patch(model, batch, images, frozen=frozen, graph=graph)
+        scale = float(patched.effects.abs().max())
+        assert scale > 1e-4
+        assert torch.allclose(result.total_source, patched.effects, atol=1e-4 * scale)
 
 
 def test_image_tokens_as_source_and_the_ranking(tiny_llava, noise):

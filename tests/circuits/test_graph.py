@@ -1,5 +1,7 @@
 """The decoder graph: same logits as the model, the right edges, one line for other decoders."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -27,6 +29,29 @@ def test_graph_on_a_multimodal_model(tiny_llava, noise):
     graph = DecoderGraph(tiny_llava)
     with torch.no_grad():
         graph.check(call, graph.run(call))  # raises if the logits differ
+
+
+@pytest.mark.parametrize("name", ["tiny-idefics3", "tiny-qwen2-vl", "tiny-qwen2.5-vl"])
+def test_graph_logits_match_other_families(name, noise):
+    """Idefics3 (a LLaMA text model), Qwen2-VL and Qwen2.5-VL (q/k/v biases, M-RoPE positions), left-padded."""
+    model = mmlens.load(name)
+    batch = model.prepare(["<image> what colour is the circle ?", "<image> a big red circle is left of a blue square"],
+                          [[noise(64, 64)], [noise(64, 64, seed=1)]])
+    call = record_decoder_call(model, batch)
+    graph = DecoderGraph(model)
+    with torch.no_grad():
+        run = graph.run(call)
+        expected = call.logits(call.embeds, positions=[-1])[:, 0]
+    error = float((run.logits - expected).abs().max() / expected.abs().max())
+    assert error < 1e-5
+    positions = call.kwargs.get("position_ids")
+    if name.startswith("tiny-qwen"):
+        # M-RoPE: three position rows that differ over the image; the text positions alone would be measurably wrong.
+        assert positions.ndim == 3 and bool((positions[0] != positions[1]).any())
+        text_only = dataclasses.replace(call, kwargs={**call.kwargs, "position_ids": positions[:1].expand(3, -1, -1)})
+        with torch.no_grad():
+            wrong = graph.run(text_only).logits
+        assert float((wrong - expected).abs().max() / expected.abs().max()) > 10 * error
 
 
 def test_nodes_readers_and_edges(tiny_llama):
