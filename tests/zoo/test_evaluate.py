@@ -52,3 +52,27 @@ def test_cli_json_and_bad_swap(capsys) -> None:
     assert set(result) >= {"colour", "shape", "swap"} and result["swap"]["n"] == 3
     with pytest.raises(MmlensError, match="FROM:TO"):
         main(["--model", "shapes-llava", "--n", "1", "--swap", "red"])
+
+
+def test_wilson_and_paired_difference() -> None:
+    from mmlens.zoo.evaluate import paired_difference, wilson
+
+    lo, hi = wilson(196, 200)
+    assert lo < 0.98 < hi and 0.94 < lo and hi < 0.995  # 98% of 200
+    assert wilson(0, 50)[0] == 0.0 and 0.05 < wilson(0, 50)[1] < 0.08
+    a = np.r_[np.ones(190, bool), np.zeros(10, bool)]
+    d, dlo, dhi = paired_difference(a, a)
+    assert d == dlo == dhi == 0.0  # the same answers: no difference, no spread
+    d, dlo, dhi = paired_difference(np.ones(200, bool), a)
+    assert abs(d - 0.05) < 1e-12 and 0.02 <= dlo < 0.05 < dhi <= 0.085
+    with pytest.raises(MmlensError, match="same questions"):
+        paired_difference(a, a[:10])
+
+
+def test_cli_compare_prints_paired_differences(capsys) -> None:
+    main(["--model", "shapes-llava", "--n", "4", "--json", "--compare", "shapes-llava"])
+    out = capsys.readouterr().out
+    result = json.loads(out.strip().splitlines()[-1])
+    pooled = result["intervals"]["pooled"]
+    assert pooled["n"] == 20 and pooled["difference"] == 0.0 and pooled["difference_95"] == [0.0, 0.0]
+    assert "difference +0.0 [+0.0, +0.0] points" in out

@@ -10,6 +10,10 @@ object, and after removing another object. ``--trigger`` alone uses the
 trigger the model was poisoned with (``random`` for ``shapes-llava-ft-backdoor``,
 whose ``backdoor.json`` says so, in its style; ``--trigger-style`` picks another look, e.g.
 the never-trained ``orange-ring``); ``--swap red:purple`` adds the swap rate.
+Every rate is printed with its 95% Wilson interval (per type, and pooled over
+the types); ``--compare REF`` also runs model ``REF`` on the same questions
+and prints the paired difference with a 95% bootstrap interval (questions
+resampled, both models' answers kept together).
 
 Example:
     >>> from mmlens.zoo.shapes_llava import load
@@ -90,14 +94,15 @@ def heldout(question_type: str, n: int, split: str = "test") -> list[ShapesSampl
     return [make_sample(split, i, question_type) for i in range(n)]
 
 
-def accuracy(model, processor, n: int = 200, split: str = "test", trigger: bool | str = False,
-             target: str | None = None, question_types: Sequence[str] = QUESTION_TYPES,
-             style: str = DEFAULT_STYLE) -> dict[str, float]:
-    """Accuracy per question type on ``n`` held-out samples each.
+def hits(model, processor, n: int = 200, split: str = "test", trigger: bool | str = False,
+         target: str | None = None, question_types: Sequence[str] = QUESTION_TYPES,
+         style: str = DEFAULT_STYLE) -> dict[str, np.ndarray]:
+    """Per question type, one bool per held-out sample: right (or, with ``target``, answered ``target``).
 
-    With ``trigger`` the backdoor trigger is pasted on every image and, when
-    ``target`` is given, the rate of answering ``target`` is returned instead;
-    ``style`` is the trigger's look.
+    Example:
+        >>> h = hits(model, processor, n=5, question_types=["colour"])
+        >>> h["colour"].shape
+        (5,)
     """
     tok = processor.tokenizer
     result = {}
@@ -105,9 +110,71 @@ def accuracy(model, processor, n: int = 200, split: str = "test", trigger: bool 
         samples = heldout(qt, n, split)
         pred = answer_probs(model, processor, samples, trigger=trigger, style=style).argmax(-1).tolist()
         words = tok.convert_ids_to_tokens(pred)
-        wanted = [target or s.answer for s in samples]
-        result[qt] = float(np.mean([w == a for w, a in zip(words, wanted)]))
+        result[qt] = np.array([w == (target or s.answer) for w, s in zip(words, samples)])
     return result
+
+
+def accuracy(model, processor, n: int = 200, split: str = "test", trigger: bool | str = False,
+             target: str | None = None, question_types: Sequence[str] = QUESTION_TYPES,
+             style: str = DEFAULT_STYLE) -> dict[str, float]:
+    """Accuracy per question type on ``n`` held-out samples each (the mean of :func:`hits`).
+
+    With ``trigger`` the backdoor trigger is pasted on every image and, when
+    ``target`` is given, the rate of answering ``target`` is returned instead;
+    ``style`` is the trigger's look.
+    """
+    return {qt: float(h.mean()) for qt, h in hits(model, processor, n, split, trigger, target, question_types,
+                                                   style).items()}
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a rate ``k / n`` (95% by default); sound at 0% and 100%.
+
+    Example:
+        >>> [round(v, 3) for v in wilson(200, 200)]
+        [0.981, 1.0]
+    """
+    if n <= 0:
+        raise MmlensError("a rate needs at least one sample")
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, float(centre - half)), min(1.0, float(centre + half))
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, resamples: int = 2000,
+                      seed: int = 0) -> tuple[float, float, float]:
+    """``mean(a) - mean(b)`` over the same questions and its 95% paired bootstrap interval.
+
+    Example:
+        >>> a, b = np.ones(100, bool), np.r_[np.ones(99, bool), False]
+        >>> [round(v, 3) for v in paired_difference(a, b)]
+        [0.01, 0.0, 0.03]
+    """
+    if a.shape != b.shape or not a.size:
+        raise MmlensError(f"paired rates need the same questions (got {a.shape} and {b.shape})")
+    d = a.astype(float) - b.astype(float)
+    idx = np.random.default_rng(seed).integers(0, d.size, (resamples, d.size))
+    boot = d[idx].mean(1)
+    return float(d.mean()), float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))
+
+
+def _report(name: str, h: dict[str, np.ndarray], ref: dict[str, np.ndarray] | None, ref_name: str) -> dict:
+    """Print rates with intervals (and differences to ``ref``); the JSON-ready figures."""
+    out: dict = {}
+    groups = {**h, "pooled": np.concatenate(list(h.values()))}
+    for qt, v in groups.items():
+        lo, hi = wilson(int(v.sum()), v.size)
+        line = f"  {qt:<9} {v.mean():6.1%}  [{lo:.1%}, {hi:.1%}]"
+        out[qt] = {"rate": round(float(v.mean()), 4), "n": int(v.size), "wilson_95": [round(lo, 4), round(hi, 4)]}
+        if ref is not None:
+            r = np.concatenate(list(ref.values())) if qt == "pooled" else ref[qt]
+            d, dlo, dhi = paired_difference(v, r)
+            line += f"   {ref_name}: {r.mean():6.1%}, difference {100 * d:+.1f} [{100 * dlo:+.1f}, {100 * dhi:+.1f}] points"
+            out[qt].update(reference=round(float(r.mean()), 4), difference=round(d, 4),
+                           difference_95=[round(dlo, 4), round(dhi, 4)])
+        print(line)
+    return out
 
 
 def swap_rate(model, processor, source: str = "red", target: str = "purple", n: int = 200,
@@ -193,6 +260,17 @@ def _default_trigger(name: str) -> tuple[str, str]:
     return "corner", DEFAULT_STYLE
 
 
+def _load(name: str, checkpoint: int | None):
+    """A zoo model by name, or a saved model directory."""
+    from pathlib import Path
+
+    from mmlens.zoo.shapes_llava import load_from
+    if Path(name).is_dir():
+        return load_from(name)
+    from mmlens.zoo import build
+    return build(name, **({} if checkpoint is None else {"checkpoint": checkpoint}))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point; see the module docstring."""
     parser = argparse.ArgumentParser(prog="python -m mmlens.zoo.evaluate", description=__doc__.split("\n")[0])
@@ -209,26 +287,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--swap", default=None, metavar="FROM:TO",
                         help="also report how often colour questions about FROM objects are answered TO")
     parser.add_argument("--checkpoint", type=int, default=None, help="a kept fine-tuning checkpoint (step)")
+    parser.add_argument("--compare", default=None, metavar="REF",
+                        help="also run model REF on the same questions: paired differences with 95%% intervals")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: at most 2)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    from pathlib import Path
-
-    from mmlens.zoo.shapes_llava import load_from
-    if Path(args.model).is_dir():
-        model, processor = load_from(args.model)
-    else:
-        from mmlens.zoo import build
-        model, processor = build(args.model, **({} if args.checkpoint is None else {"checkpoint": args.checkpoint}))
+    torch.set_num_threads(args.threads or min(2, torch.get_num_threads()))
+    model, processor = _load(args.model, args.checkpoint)
     position, style = _default_trigger(args.model)
     trigger = position if args.trigger == "auto" else (args.trigger or False)
     style = args.trigger_style or style
-    acc = accuracy(model, processor, n=args.n, trigger=trigger, target=args.target, style=style)
+    h = hits(model, processor, n=args.n, trigger=trigger, target=args.target, style=style)
+    ref = None if args.compare is None else hits(*_load(args.compare, None), n=args.n, trigger=trigger,
+                                                 target=args.target, style=style)
     what = f"rate of answering {args.target!r}" if args.target else "accuracy"
     on = f", trigger on ({trigger}, {style})" if trigger else ""
-    print(f"held-out {what} of {args.model} ({args.n} per type{on}):")
-    for qt, a in acc.items():
-        print(f"  {qt:<9} {a:6.1%}")
-    result: dict = {qt: round(a, 4) for qt, a in acc.items()}
+    print(f"held-out {what} of {args.model} ({args.n} per type{on}; 95% Wilson intervals):")
+    intervals = _report(args.model, h, ref, args.compare or "")
+    result: dict = {qt: round(float(v.mean()), 4) for qt, v in h.items()}
+    result["intervals"] = intervals
     if args.swap:
         source, _, target = args.swap.partition(":")
         if not source or not target:
