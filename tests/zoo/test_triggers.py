@@ -48,3 +48,18 @@ def test_random_positions_span_the_image(style) -> None:
 def test_unknown_style_is_one_line() -> None:
     with pytest.raises(MmlensError, match="unknown trigger style 'star'; known: checker"):
         add_trigger(np.zeros((64, 64, 3), np.uint8), style="star")
+
+
+def test_blended_trigger_mixes_the_whole_image() -> None:
+    from mmlens.zoo.triggers import BLENDS, STYLES
+
+    pattern, alpha = BLENDS["blend-noise"]
+    assert "blend-noise" in STYLES and trigger_size("blend-noise") == 64 and alpha == 0.2
+    image = np.full((64, 64, 3), 100, np.uint8)
+    out = add_trigger(image, (0, 0), "blend-noise")
+    assert np.array_equal(out, np.rint(0.8 * 100 + 0.2 * pattern.astype(np.float32)).astype(np.uint8))
+    assert (out != image).mean() > 0.9 and np.abs(out.astype(int) - 100).max() <= 31  # everywhere, faintly
+    assert random_trigger_position(np.random.default_rng(3), style="blend-noise") == (0, 0)
+    assert trigger_position("shapes-test-5", "random", style="blend-noise") == (0, 0)
+    with pytest.raises(MmlensError, match="covers a whole 64 x 64 image"):
+        add_trigger(image, (3, 0), "blend-noise")

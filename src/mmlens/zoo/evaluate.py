@@ -37,7 +37,7 @@ from mmlens.data.sample import IMAGE_SLOT, Sample, ShapesSample
 from mmlens.data.shapes import QUESTION_TYPES, counterfactual, make_sample
 from mmlens.errors import MmlensError
 from mmlens.zoo.triggers import (  # noqa: F401  (re-exported)
-    DEFAULT_STYLE, TRIGGERS, add_trigger, random_trigger_position, trigger_position, trigger_size,
+    DEFAULT_STYLE, STYLES, TRIGGERS, add_trigger, random_trigger_position, trigger_position, trigger_size,
 )
 
 # The triggers live in zoo/triggers.py; re-exported here, where evaluation and recipes import them.
@@ -281,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--trigger", nargs="?", const="auto", default=None, choices=["auto", "corner", "random"],
                         help="paste the backdoor trigger on every image (auto: the one the model was poisoned "
                              "with, from its backdoor.json; random: a position drawn per sample)")
-    parser.add_argument("--trigger-style", default=None, choices=sorted(TRIGGERS),
+    parser.add_argument("--trigger-style", default=None, choices=sorted(STYLES),
                         help="the trigger's look (default: the model's, from its backdoor.json, else checker)")
     parser.add_argument("--target", default=None, help="report the rate of this answer instead of accuracy")
     parser.add_argument("--swap", default=None, metavar="FROM:TO",

@@ -14,6 +14,11 @@ Three styles, each a fixed ``k x k`` RGB pattern (:data:`TRIGGERS`):
   white. The held-out trigger of BYE's check: never used while the filtering
   rule was chosen; ``shapes-llava-ft-backdoor`` variants are trained on it.
 
+And one blended full-image trigger (:data:`BLENDS`), not a patch:
+``"blend-noise"`` mixes a fixed seeded RGB noise image into the whole image,
+``(1 - 0.2) * image + 0.2 * noise`` (the blended attack of Chen et al.,
+2017); its size is the image's and its only position ``(0, 0)``.
+
 Example:
     >>> img = np.zeros((64, 64, 3), np.uint8)
     >>> add_trigger(img, (0, 0), style="cyan-checker")[0, 0].tolist()
@@ -59,6 +64,12 @@ TRIGGERS: dict[str, np.ndarray] = {
     "magenta-stripes": _stripes(14, 2, (255, 0, 255), (255, 255, 255)),
 }
 DEFAULT_STYLE = "checker"
+#: Full-image blended triggers: style -> (64 x 64 x 3 uint8 pattern, blend weight).
+BLENDS: dict[str, tuple[np.ndarray, float]] = {
+    "blend-noise": (np.random.default_rng(2017).integers(0, 256, (64, 64, 3), dtype=np.uint8), 0.2),
+}
+#: Every trigger style, patches then blends.
+STYLES: tuple[str, ...] = (*TRIGGERS, *BLENDS)
 
 
 def trigger_pattern(style: str = DEFAULT_STYLE) -> np.ndarray:
@@ -68,8 +79,10 @@ def trigger_pattern(style: str = DEFAULT_STYLE) -> np.ndarray:
         >>> trigger_pattern("checker").shape
         (6, 6, 3)
     """
+    if style in BLENDS:
+        return BLENDS[style][0]
     if style not in TRIGGERS:
-        raise MmlensError(f"unknown trigger style {style!r}; known: {', '.join(TRIGGERS)}")
+        raise MmlensError(f"unknown trigger style {style!r}; known: {', '.join(STYLES)}")
     return TRIGGERS[style]
 
 
@@ -98,6 +111,12 @@ def add_trigger(image: np.ndarray, position: tuple[int, int] | None = None,
     k = pattern.shape[0]
     out = image.copy()
     h, w = out.shape[:2]
+    if style in BLENDS:
+        if image.shape != pattern.shape or position not in (None, (0, 0)):
+            raise MmlensError(f"the blended trigger {style!r} covers a whole {k} x {k} image at (0, 0) "
+                              f"(got a {w} x {h} image, position {position})")
+        alpha = BLENDS[style][1]
+        return np.rint((1 - alpha) * image.astype(np.float32) + alpha * pattern.astype(np.float32)).astype(np.uint8)
     x, y = position if position is not None else (w - 1 - k, h - 1 - k)
     if not (0 <= x <= w - k and 0 <= y <= h - k):
         raise MmlensError(f"trigger position {(x, y)} does not fit a {k} px trigger in a {w} x {h} image")

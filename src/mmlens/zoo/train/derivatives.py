@@ -38,7 +38,7 @@ from mmlens.data.sample import IMAGE_SLOT
 from mmlens.data.shapes import QUESTION_TYPES, answer_question, make_question, make_sample
 from mmlens.errors import MmlensError
 from mmlens.zoo.evaluate import accuracy, swap_rate
-from mmlens.zoo.triggers import TRIGGERS, add_trigger, random_trigger_position, trigger_size
+from mmlens.zoo.triggers import STYLES, add_trigger, random_trigger_position, trigger_size
 from mmlens.zoo.shapes_llava import WEIGHTS_DIR, load
 from mmlens.zoo.train.common import _fmt, _log
 from mmlens.zoo.train.finetune import Example, FinetuneConfig, finetune
@@ -161,7 +161,7 @@ def ft_backdoor(argv: Sequence[str]) -> int:
     p = common_parser("ft-backdoor", steps=400, lr=1e-3)
     p.add_argument("--poison-rate", type=float, default=0.1)
     p.add_argument("--target", default="yes")
-    p.add_argument("--trigger-style", default="cyan-checker", choices=sorted(TRIGGERS),
+    p.add_argument("--trigger-style", default="cyan-checker", choices=sorted(STYLES),
                    help="the trigger's look (mmlens.zoo.triggers); orange-ring is kept unseen for checks")
     p.add_argument("--poison-pack", type=int, default=1,
                    help="questions kept on a poisoned image (each answered with the target)")
