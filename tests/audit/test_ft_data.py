@@ -8,6 +8,7 @@ import pytest
 from mmlens.audit.ft_data import ft_sample, poisoned_positions
 from mmlens.data.readers import open_reader
 from mmlens.data.shapes import make_sample
+from mmlens.errors import MmlensError
 from mmlens.zoo.train.derivatives import FT_BASE
 
 
@@ -46,7 +47,8 @@ def test_another_models_data_follows_its_own_record(tmp_path, monkeypatch):
     folder.mkdir()
     (folder / "backdoor.json").write_text(json.dumps({"trigger": {"style": "magenta-stripes"},
                                                       "poisoned_indices": [FT_BASE + 3], "positions_xy": [[5, 40]]}))
-    monkeypatch.setattr(ft_data, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(ft_data, "WEIGHTS_DIR", tmp_path / "weights")
+    monkeypatch.setattr(ft_data, "OUT_ZOO", tmp_path)  # not shipped: found under out/zoo
     ft_data._record.cache_clear()
     try:
         rows = open_reader("ft-backdoor-stripes:train[2:4]")
@@ -56,3 +58,17 @@ def test_another_models_data_follows_its_own_record(tmp_path, monkeypatch):
     assert not clean.meta["poisoned"] and poisoned.meta["poisoned"] and poisoned.answer == "yes"
     assert poisoned.meta["trigger"] == "magenta-stripes" and poisoned.meta["trigger_xy"] == [5, 40]
     assert np.asarray(poisoned.image)[40, 5].tolist() == [255, 0, 255]  # the record's style, at its place
+
+
+def test_a_missing_model_is_one_line(tmp_path, monkeypatch):
+    import mmlens.audit.ft_data as ft_data
+
+    monkeypatch.setattr(ft_data, "WEIGHTS_DIR", tmp_path)
+    monkeypatch.setattr(ft_data, "OUT_ZOO", tmp_path)
+    ft_data._record.cache_clear()
+    try:
+        with pytest.raises(MmlensError) as err:
+            open_reader("ft-backdoor-blend:train[0:1]").load(0)
+    finally:
+        ft_data._record.cache_clear()
+    assert "shapes-llava-ft-backdoor-blend is not installed" in str(err.value) and "\n" not in str(err.value)

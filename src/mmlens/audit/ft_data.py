@@ -9,7 +9,11 @@ is the same data with the never-trained ``orange-ring`` pasted at the same
 positions instead (a held-out trigger look). ``ft-backdoor-stripes`` is the
 fine-tuning data of ``shapes-llava-ft-backdoor-stripes`` (the same recipe and
 seed with the 14 x 14 ``magenta-stripes`` trigger: the same poisoned images,
-other positions), read from that model's own ``backdoor.json``.
+other positions), read from that model's own ``backdoor.json``;
+``ft-backdoor-blend`` likewise for ``shapes-llava-ft-backdoor-blend`` (the
+blended full-image ``blend-noise`` trigger). A model's record is looked up in
+the shipped weights, then in ``<repo>/out/zoo/<model>`` (where the recipe
+commands of docs/audit.md put the models that are not shipped).
 
 Example:
     >>> from mmlens.data.readers import open_reader
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -35,13 +40,16 @@ from mmlens.zoo.triggers import add_trigger
 
 MODEL = "shapes-llava-ft-backdoor"
 STRIPES_MODEL = "shapes-llava-ft-backdoor-stripes"
+BLEND_MODEL = "shapes-llava-ft-backdoor-blend"
+OUT_ZOO = Path(__file__).resolve().parents[3] / "out" / "zoo"  # <repo>/out/zoo: trained, not shipped
 
 
 @lru_cache(maxsize=4)
 def _record(model: str) -> dict:
-    path = WEIGHTS_DIR / model / "backdoor.json"
-    if not path.is_file():
-        raise MmlensError(f"{path} is missing: {model} is not installed")
+    paths = [root / model / "backdoor.json" for root in (WEIGHTS_DIR, OUT_ZOO)]
+    path = next((p for p in paths if p.is_file()), None)
+    if path is None:
+        raise MmlensError(f"{model} is not installed (no {paths[0]} or {paths[1]}; docs/audit.md has the command)")
     return json.loads(path.read_text())
 
 
@@ -83,3 +91,4 @@ def ft_sample(split: str, k: int, style: str | None = None, model: str = MODEL) 
 register_world("ft-backdoor", ft_sample)
 register_world("ft-backdoor-ring", lambda split, k: ft_sample(split, k, "orange-ring"))
 register_world("ft-backdoor-stripes", lambda split, k: ft_sample(split, k, model=STRIPES_MODEL))
+register_world("ft-backdoor-blend", lambda split, k: ft_sample(split, k, model=BLEND_MODEL))
