@@ -66,7 +66,7 @@ def hooks_path_patching(model, graph, batch, source: list[int]) -> torch.Tensor:
 
 
 def cdt_check(model, graph, n: int, timing: int, reference: str = "mean", activation: str = "marginal",
-              norms: str = "frozen", split: str = "test") -> dict:
+              norms: str = "frozen", split: str = "test", rest: str = "propagated") -> dict:
     from mmlens.causal import object_positions
     from mmlens.circuits import decompose, path_patch
     from mmlens.data.shapes import make_dataset
@@ -78,7 +78,8 @@ def cdt_check(model, graph, n: int, timing: int, reference: str = "mean", activa
     for s in samples:
         batch = model.prepare(s.prompt, [s.image])
         source = sorted({p for i in s.target_objects for p in object_positions(batch.layout, 0, s.objects[i].mask)})
-        cd = decompose(model, batch, source, reference=reference, activation=activation, norms=norms, graph=graph)
+        cd = decompose(model, batch, source, reference=reference, activation=activation, norms=norms, rest=rest,
+                       graph=graph)
         pp = path_patch(model, batch, source, reference=reference, graph=graph)
         linear = path_patch(model, batch, source, reference=reference, frozen=True, graph=graph)
         probs = path_patch(model, batch, source, reference=reference, frozen="probs", graph=graph)
@@ -110,7 +111,8 @@ def cdt_check(model, graph, n: int, timing: int, reference: str = "mean", activa
     batch = model.prepare(s.prompt, [s.image])
     source = object_positions(batch.layout, 0, s.objects[s.target_objects[0]].mask)
     seconds = median_seconds({"cdt": lambda: decompose(model, batch, source, reference=reference,
-                                                       activation=activation, norms=norms, graph=graph),
+                                                       activation=activation, norms=norms, rest=rest,
+                                                       graph=graph),
                               "path_patching": lambda: path_patch(model, batch, source, reference=reference,
                                                                   graph=graph)},
                              repeats=timing, warmup=1)
@@ -176,6 +178,8 @@ def main() -> None:
     parser.add_argument("--reference", default="mean", help="CD-T and patching reference: mean or zero")
     parser.add_argument("--activation", default="marginal", help="CD-T's MLP split: marginal or shapley")
     parser.add_argument("--norms", default="frozen", help="CD-T's RMSNorm split: frozen, marginal or shapley")
+    parser.add_argument("--rest", default="propagated", help="CD-T's rest: propagated or replaced (the run with "
+                        "the source replaced)")
     parser.add_argument("--split", default="test", help="shapes split of the CD-T samples: val (to choose) or test")
     parser.add_argument("--no-eap", action="store_true", help="CD-T against patching only")
     parser.add_argument("--threads", type=int, default=1)
@@ -190,11 +194,13 @@ def main() -> None:
     model = mmlens.load(args.model)
     graph = DecoderGraph(model)
     figures = {"model": args.model, "reference": args.reference, "activation": args.activation, "norms": args.norms,
-               "split": args.split, "cdt": cdt_check(model, graph, args.n, args.timing, args.reference,
-                                                     args.activation, args.norms, args.split),
+               "rest": args.rest, "split": args.split,
+               "cdt": cdt_check(model, graph, args.n, args.timing, args.reference, args.activation, args.norms,
+                                args.split, args.rest),
                "eap": None if args.no_eap else eap_check(model, graph, args.eap_n, args.figures)}
     cdt, eap = figures["cdt"], figures["eap"]
-    print(f"CD-T ({args.norms} norms, {args.activation} MLPs, {args.reference} reference, {args.split}) "
+    print(f"CD-T ({args.norms} norms, {args.activation} MLPs, {args.rest} rest, {args.reference} reference, "
+          f"{args.split}) "
           f"vs path patching ({cdt['samples']} samples, {cdt['components']} components): Spearman total "
           f"{cdt['spearman_total_mean']:.3f} [{cdt['spearman_total_ci95'][0]:.3f}, {cdt['spearman_total_ci95'][1]:.3f}]"
           f" (median {cdt['spearman_total_median']:.3f}), direct {cdt['spearman_direct_mean']:.3f} "

@@ -95,6 +95,20 @@ def test_marginal_norms_keep_source_plus_rest_equal_to_the_full_run(uniform_llam
     assert abs(result.source_logit) > 1e-3
 
 
+def test_replaced_rest_is_exact_where_no_attention_is_downstream(tiny_llama, batch):
+    """With the rest = the run with the source replaced, source + rest = full at every node; the components with
+    no attention downstream (the last layer) get exactly their path-patching effect."""
+    graph = DecoderGraph(tiny_llama)
+    result = decompose(tiny_llama, batch, [2, 3], norms="marginal", rest="replaced", graph=graph)
+    real = path_patch(tiny_llama, batch, [2, 3], graph=graph)
+    propagated = decompose(tiny_llama, batch, [2, 3], norms="marginal", graph=graph)
+    assert result.source_logit == pytest.approx(real.total, abs=1e-5)
+    last = graph.n_heads + 1  # the last layer's heads and MLP
+    assert torch.allclose(result.total_source[-last:], real.effects[-last:], atol=1e-5)
+    assert not torch.allclose(propagated.total_source[-last:], real.effects[-last:], atol=1e-5)
+    assert result.to_json()["rest"] == "replaced"
+
+
 @pytest.mark.parametrize("name", ["tiny-idefics3", "tiny-qwen2-vl", "tiny-qwen2.5-vl"])
 def test_cdt_is_frozen_path_patching_on_other_families(name, noise):
     model = mmlens.load(name)
@@ -123,7 +137,8 @@ def test_image_tokens_as_source_and_the_ranking(tiny_llava, noise):
                                            ({"source_positions": [1, 1]}, "distinct"),
                                            ({"source_positions": [1], "reference": "noise"}, "reference"),
                                            ({"source_positions": [1], "activation": "relu"}, "activation"),
-                                           ({"source_positions": [1], "norms": "layer"}, "norm rule")])
+                                           ({"source_positions": [1], "norms": "layer"}, "norm rule"),
+                                           ({"source_positions": [1], "rest": "zero"}, "rest")])
 def test_bad_input_is_one_line(tiny_llama, batch, kwargs, words):
     with pytest.raises(MmlensError) as error:
         decompose(tiny_llama, batch, **kwargs)

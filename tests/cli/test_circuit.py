@@ -35,15 +35,15 @@ def test_cdt_alone_from_positions_on_a_text_model(tmp_path, capsys):
     assert summary["cdt"]["source_positions"] == [2, 3] and "eap" not in summary
 
 
-def test_cdt_with_marginal_norms(tmp_path, capsys, tiny_llama):
+def test_cdt_with_marginal_norms_and_the_replaced_rest(tmp_path, capsys, tiny_llama):
     from mmlens.circuits import decompose
 
     prompt = "a red circle is on the left"
     code = main(["circuit", "--model", "tiny-llama", "--prompt", prompt, "--method", "cdt", "--positions", "2,3",
-                 "--norms", "marginal", "--out", str(tmp_path / "c"), "--json"])
+                 "--norms", "marginal", "--rest", "replaced", "--out", str(tmp_path / "c"), "--json"])
     assert code == 0
     summary = json.loads(capsys.readouterr().out)["cdt"]
-    expected = decompose(tiny_llama, tiny_llama.prepare(prompt), [2, 3], norms="marginal")
+    expected = decompose(tiny_llama, tiny_llama.prepare(prompt), [2, 3], norms="marginal", rest="replaced")
     frozen = decompose(tiny_llama, tiny_llama.prepare(prompt), [2, 3])
     assert summary["source_logit"] == pytest.approx(expected.source_logit, abs=1e-5)
     assert abs(summary["source_logit"] - frozen.source_logit) > 1e-3  # the option reached CD-T
@@ -56,6 +56,7 @@ def test_cdt_with_marginal_norms(tmp_path, capsys, tiny_llama):
     (["--model", "tiny-llava", "--method", "acdc"], "unknown method"),
     (["--model", "tiny-llava", "--target", "1.5"], "--target"),
     (["--model", "tiny-llava", "--norms", "layer"], "norms"),
+    (["--model", "tiny-llava", "--rest", "zero"], "rest"),
     (["--model", "tiny-paligemma"], "LLaMA-style"),
 ])
 def test_bad_input_is_one_line(tmp_path, capsys, args, words):

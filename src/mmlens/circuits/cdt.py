@@ -19,6 +19,12 @@ activation stays their exact sum:
   linearisation, symmetric: a source and its complement add up to the whole);
   biases go to the rest.
 
+The rest is what propagates by these rules (``rest="propagated"``), or the
+model's own run with the source replaced by the reference
+(``rest="replaced"``): each component's source part is then exactly its
+clean output minus its output in that run (what path patching patches in),
+and only its way downstream is decomposed.
+
 Each component's output then has a source part. Its *direct* share of the
 answer logit reads that part through the (linearised) final norm and the
 unembedding; its *total* share propagates the part through every later layer
@@ -53,6 +59,7 @@ from mmlens.readout.logits import answer_token_ids
 REFERENCES = ("mean", "zero")
 ACTIVATIONS = ("marginal", "shapley")
 NORMS = ("frozen", "marginal", "shapley")
+RESTS = ("propagated", "replaced")
 
 
 @dataclass
@@ -120,14 +127,14 @@ def reference_embeds(call: DecoderCall, model: Model, batch: Batch, reference: s
 
 def decompose(model: Model, batch: Batch, source_positions: Sequence[int], *, answer: str | int | None = None,
               foil: str | int | None = None, reference: str | torch.Tensor = "mean", activation: str = "marginal",
-              norms: str = "frozen", graph: DecoderGraph | None = None) -> Decomposition:
+              norms: str = "frozen", rest: str = "propagated", graph: DecoderGraph | None = None) -> Decomposition:
     """CD-T of the first row of ``batch``: each head's and MLP's share of the answer logit from the source.
 
     ``source_positions`` are decoder positions (for example the asked
     object's image tokens); ``answer`` defaults to the model's own top token;
     with ``foil`` the target is answer logit minus foil logit; ``activation``
-    says how MLPs split and ``norms`` how RMSNorms split (see the module
-    docstring).
+    says how MLPs split, ``norms`` how RMSNorms split and ``rest`` what the
+    rest is (see the module docstring).
 
     Example:
         >>> result = decompose(model, batch, [1, 2, 3], answer="red")
@@ -138,6 +145,8 @@ def decompose(model: Model, batch: Batch, source_positions: Sequence[int], *, an
         raise MmlensError(f"unknown activation rule {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
     if norms not in NORMS:
         raise MmlensError(f"unknown norm rule {norms!r}; choose one of {', '.join(NORMS)}")
+    if rest not in RESTS:
+        raise MmlensError(f"unknown rest {rest!r}; choose one of {', '.join(RESTS)}")
     graph = graph or DecoderGraph(model)
     start = time.perf_counter()
     call, positions, run, answer_id, foil_id = clean_run(model, batch, source_positions, answer, foil, graph)
@@ -146,11 +155,12 @@ def decompose(model: Model, batch: Batch, source_positions: Sequence[int], *, an
         embeds = call.embeds.float()
         source = torch.zeros_like(embeds)
         source[0, positions] = embeds[0, positions] - reference_embeds(call, model, batch, reference)[0, positions]
-        decomposition = decompose_run(graph, run, source[0], direction, activation, norms)
+        replaced = graph.run(call, embeds - source) if rest == "replaced" else None
+        decomposition = decompose_run(graph, run, source[0], direction, activation, norms, replaced)
     decomposition.update(source_positions=positions, answer_id=answer_id, foil_id=foil_id,
                          seconds=time.perf_counter() - start,
                          meta={"reference": reference if isinstance(reference, str) else "tensor",
-                               "activation": activation, "norms": norms})
+                               "activation": activation, "norms": norms, "rest": rest})
     return Decomposition(components=graph.nodes[1:], **decomposition)
 
 
@@ -171,14 +181,15 @@ def clean_run(model: Model, batch: Batch, source_positions: Sequence[int], answe
 
 
 def decompose_run(graph: DecoderGraph, run: GraphRun, source: torch.Tensor, direction: torch.Tensor,
-                  activation: str = "marginal", norms: str = "frozen") -> dict:
+                  activation: str = "marginal", norms: str = "frozen", replaced: GraphRun | None = None) -> dict:
     """The decomposition itself, on a one-row clean ``run``: ``source`` ``(seq, hidden)`` is the source part.
 
     Row 0 of the propagated state carries the source; row ``c`` (one per
     component) carries component ``c``'s source part from where it is written.
     Direct shares read through the final norm at the full run's scale (so
     that they add up to the linearised source logit); the source and total
-    shares read through it by ``norms``.
+    shares read through it by ``norms``. With ``replaced`` (the run with the
+    source replaced), row 0 is the clean run minus that run, node by node.
     """
     components = len(graph.nodes) - 1
     beta = source.new_zeros(1 + components, *source.shape)
@@ -189,6 +200,8 @@ def decompose_run(graph: DecoderGraph, run: GraphRun, source: torch.Tensor, dire
         normed = _norm_share(graph, run, first - 1, beta, run.attn_scale[i][0], layer.input_layernorm, norms)
         values = graph.values(layer, normed, bias=False)  # biases belong to the rest
         heads = graph.write(layer.self_attn, torch.einsum("hqk,rhke->rhqe", run.probs[i][0], values))
+        if replaced is not None:
+            heads[0] = run.outputs[first:first + graph.n_heads, 0] - replaced.outputs[first:first + graph.n_heads, 0]
         written = heads.sum(1)
         for j in range(graph.n_heads):
             own[first + j - 1] = heads[0, j]
@@ -197,6 +210,8 @@ def decompose_run(graph: DecoderGraph, run: GraphRun, source: torch.Tensor, dire
         node = graph.node_index(i, None)
         normed = _norm_share(graph, run, node - 1, beta, run.mlp_scale[i][0], layer.post_attention_layernorm, norms)
         part = _mlp_share(layer.mlp, normed, run.mlp_inputs[i][0], run.outputs[node, 0], activation == "shapley")
+        if replaced is not None:
+            part[0] = run.outputs[node, 0] - replaced.outputs[node, 0]
         own[node - 1] = part[0]
         part[node] = part[node] + part[0]
         beta = beta + part

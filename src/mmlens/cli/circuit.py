@@ -55,6 +55,8 @@ def circuit(
     activation: str = typer.Option("marginal", "--activation", help="How CD-T splits MLPs: marginal or shapley."),
     norms: str = typer.Option("frozen", "--norms", help="How CD-T splits RMSNorms: frozen (the full run's "
                               "scale), marginal or shapley."),
+    rest: str = typer.Option("propagated", "--rest", help="CD-T's rest: propagated, or replaced (the model's run "
+                             "with the source replaced by the reference)."),
     counterfactual: Optional[Path] = typer.Option(None, "--counterfactual", help="EAP: corrupt with this image "
                                                   "(same size as the first image) instead of pixel noise."),
     noise: float = typer.Option(3.0, "--noise", help="EAP: pixel-noise standard deviation, in units of the input's own."),
@@ -65,13 +67,14 @@ def circuit(
     as_json: bool = JsonOption,
 ) -> None:
     """CD-T shares per head and MLP, and the EAP circuit; write circuit.json, circuit.html and three figures."""
-    from mmlens.circuits.cdt import ACTIVATIONS, NORMS, REFERENCES
+    from mmlens.circuits.cdt import ACTIVATIONS, NORMS, REFERENCES, RESTS
 
     methods = check_choices(list(dict.fromkeys(method or METHODS)), METHODS, "method")
     check_choices([source], ("object", "image"), "source")
     check_choices([reference], REFERENCES, "reference")
     check_choices([activation], ACTIVATIONS, "activation")
     check_choices([norms], NORMS, "norms")
+    check_choices([rest], RESTS, "rest")
     if not 0.0 < target <= 1.0:
         raise MmlensError(f"--target {target} must be in (0, 1]")
     wanted = _parse_positions(positions)
@@ -86,7 +89,7 @@ def circuit(
             region = object_box(box, image, prompt, loaded.name, first_image=images[0] if images else None)
             with console.status("finding the circuit"):
                 summary = run_circuit(loaded, batch, images, methods, region if source == "object" else None,
-                                      wanted, answer, reference, (activation, norms), counterfactual, noise,
+                                      wanted, answer, reference, (activation, norms, rest), counterfactual, noise,
                                       target, seed, folder.path)
             for line in summary["warnings"]:
                 console.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False, soft_wrap=True)
@@ -97,11 +100,11 @@ def circuit(
 
 
 def run_circuit(model: Any, batch: Any, images: list, methods: list[str], region: Any, positions: list[int] | None,
-                answer: str | None, reference: str, split: tuple[str, str], counterfactual: Path | None, noise: float,
+                answer: str | None, reference: str, split: tuple[str, str, str], counterfactual: Path | None, noise: float,
                 target: float, seed: int, folder: Path) -> dict:
     """Run the chosen methods, write the figures, ``circuit.json`` and ``circuit.html``; return the summary.
 
-    ``split`` is CD-T's (MLP activation rule, norm rule).
+    ``split`` is CD-T's (MLP activation rule, norm rule, rest).
     """
     from mmlens.causal import object_positions
     from mmlens.circuits import DecoderGraph, decompose
@@ -119,13 +122,13 @@ def run_circuit(model: Any, batch: Any, images: list, methods: list[str], region
             positions = object_positions(batch.layout, 0, region) if region is not None else []
             if not positions:
                 positions = batch.layout.image_positions(0).tolist()
-        activation, norms = split
+        activation, norms, rest = split
         result = decompose(model, batch, positions, answer=answer, reference=reference, activation=activation,
-                           norms=norms, graph=graph)
+                           norms=norms, rest=rest, graph=graph)
         figures["cdt"] = cdt_figure(result, graph.n_layers, graph.n_heads)
         answer_text = token_text(model, result.answer_id)
         facts.update({"answer followed": answer_text, "CD-T source": f"{len(result.source_positions)} positions "
-                      f"({reference} reference, {activation} MLP split, {norms} norms)",
+                      f"({reference} reference, {activation} MLP split, {norms} norms, {rest} rest)",
                       "answer logit / source's part": f"{result.logit:.3f} / {result.source_logit:.3f}"})
         summary["cdt"] = {"answer": answer_text, "source_positions": result.source_positions,
                           "logit": result.logit, "source_logit": result.source_logit,
