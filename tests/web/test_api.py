@@ -16,7 +16,7 @@ from tests.web.conftest import png_bytes
 ENDPOINTS = {("get", "/api/model"), ("get", "/api/examples"), ("get", "/api/examples/{name}/image"),
              ("post", "/api/inputs"), ("get", "/api/inputs/{key}/image/{index}"), ("get", "/api/inputs/{key}/layout"),
              ("post", "/api/explain"), ("post", "/api/lens"), ("post", "/api/neurons"), ("post", "/api/trace"),
-             ("get", "/api/jobs/{key}"), ("delete", "/api/jobs/{key}")}
+             ("post", "/api/circuit"), ("get", "/api/jobs/{key}"), ("delete", "/api/jobs/{key}")}
 
 
 def test_schema_lists_every_endpoint_and_no_page(client):
@@ -34,7 +34,7 @@ def test_model_examples_and_pages(client):
     assert names == ["colour_question", "shape_question"]
     image = client.get("/api/examples/colour_question/image")
     assert image.headers["content-type"] == "image/png" and image.content[:4] == b"\x89PNG"
-    for path in ("/ask", "/inside", "/neurons", "/model"):
+    for path in ("/ask", "/inside", "/circuit", "/neurons", "/model"):
         page = client.get(path)
         assert page.status_code == 200 and all(p in page.text for p in ("/ask", "/inside", "/neurons", "/model"))
     assert client.get("/", follow_redirects=False).headers["location"] == "/ask"

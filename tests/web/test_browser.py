@@ -122,3 +122,21 @@ def test_errors_show_as_one_line(browser_page, live, tmp_path):
     page.wait_for_selector("#error:not([hidden])")
     assert page.inner_text("#error") == "not an image file (or an unsupported format): notes.png (422)"
     assert page.locator("#result").is_hidden()
+
+
+def test_circuit_page_runs_and_shows_the_graph(browser_page, live, tmp_path):
+    page = browser_page
+    open_page(page, live, "/circuit")
+    page.click("#ask")
+    page.wait_for_selector("#circuit:not([hidden])", timeout=120_000)
+    assert int(page.get_attribute("#circuit-progress", "max")) == 3
+    graph = page.locator("#circuit-graph img")
+    assert graph.count() == 1 and page.evaluate("document.querySelector('#circuit-graph img').naturalWidth") > 300
+    shot = graph.screenshot(path=str(tmp_path / "circuit_graph.png"))
+    pixels = np.asarray(Image.open(io.BytesIO(shot)).convert("RGB"), dtype=float)
+    assert pixels.shape[0] > 300 and (pixels.std(axis=(0, 1)) > 10).all()  # a drawn figure, not a blank box
+    assert page.locator("#components tr").count() == 1 + 20  # header, 4 layers x (4 heads + MLP)
+    assert page.locator("#components td").nth(1).inner_text() in {f"L{i}.{p}" for i in range(4)
+                                                                   for p in ("H0", "H1", "H2", "H3", "MLP")}
+    assert "edges recover" in page.inner_text("#circuit-facts")
+    assert page.js_errors == []

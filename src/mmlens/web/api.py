@@ -22,6 +22,7 @@ from mmlens.attribution.api import DEFAULT_METHODS, METHODS
 from mmlens.causal.tracing import COMPONENTS
 from mmlens.model import check_prompt
 from mmlens.web.examples import example_input, example_path, examples
+from mmlens.web.circuit import SOURCES, CircuitOptions, check_circuit_input, circuit_input
 from mmlens.web.server import Server
 from mmlens.web.store import Input
 from mmlens.web.uploads import WebError, read_image
@@ -71,6 +72,22 @@ class TraceRequest(BaseModel):
     noise: float = Field(3.0, gt=0, le=20)
     components: list[Component] = Field(default_factory=lambda: list(COMPONENTS), min_length=1,  # type: ignore
                                         max_length=len(COMPONENTS))
+
+
+class CircuitRequest(BaseModel):
+    input: str = InputId
+    methods: list[Literal["cdt", "eap"]] = Field(default_factory=lambda: ["cdt", "eap"], min_length=1, max_length=2)
+    source: Literal[tuple(SOURCES)] = Field("object", description="CD-T's source: the asked object's image "  # type: ignore
+                                           "tokens (all image tokens when no box is known), or all image tokens.")
+    box: Optional[list[float]] = Field(None, min_length=4, max_length=4, description="The object's box in the "
+                                       "first image's pixels, x0 y0 x1 y1 (default: a shipped example's own).")
+    target: Optional[str] = Word
+    foil: Optional[str] = Field(None, min_length=1, max_length=200, description="CD-T follows logit(target) - "
+                                "logit(foil); EAP contrasts with the corrupted image's answer.")
+    reference: Literal["mean", "zero"] = "mean"
+    activation: Literal["marginal", "shapley"] = "marginal"
+    noise: float = Field(3.0, gt=0, le=20, description="EAP: pixel-noise standard deviation.")
+    keep: float = Field(0.8, gt=0, le=1, description="EAP: the share of the clean-corrupt gap the circuit keeps.")
 
 
 class NeuronsRequest(BaseModel):
@@ -185,6 +202,17 @@ async def start_trace(request: Request, body: TraceRequest) -> dict[str, Any]:
         raise WebError("causal tracing corrupts the image: this input has none")
     return server.start_job("trace", lambda progress: trace_input(server.model, given, body.noise,
                                                                   list(body.components), progress))
+
+
+@router.post("/circuit", status_code=202, summary="Start CD-T and edge attribution patching in the background "
+             "(a decoder circuits cannot split: 422 now); poll GET /api/jobs/{id}")
+async def start_circuit(request: Request, body: CircuitRequest) -> dict[str, Any]:
+    server = server_of(request)
+    given = _input(server, body.input)
+    options = CircuitOptions(tuple(body.methods), body.source, None if body.box is None else tuple(body.box),
+                             body.target, body.foil, body.reference, body.activation, body.noise, body.keep)
+    check_circuit_input(server.model, given, options)
+    return server.start_job("circuit", lambda progress: circuit_input(server.model, given, options, progress))
 
 
 @router.get("/jobs/{key}", summary="A background job's state, progress and (when done) result")

@@ -8,7 +8,7 @@ JSON API; the templates extend the HTML report's own head and style
 
 Example:
     >>> [page.path for page in PAGES]
-    ['/ask', '/inside', '/neurons', '/model']
+    ['/ask', '/inside', '/circuit', '/neurons', '/model']
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ class Page:
 PAGES: list[Page] = [
     Page("/ask", "Ask and explain", "ask.html", "ask.js"),
     Page("/inside", "Look inside", "inside.html", "inside.js"),
+    Page("/circuit", "Circuit", "circuit.html", "circuit.js"),
     Page("/neurons", "Neurons", "neurons.html", "neurons.js"),
     Page("/model", "Model", "model.html", "model.js"),
 ]
@@ -46,7 +47,7 @@ def register_page(page: Page) -> None:
     Example:
         >>> register_page(PAGES[0])  # already there: nothing changes
         >>> len(PAGES)
-        4
+        5
     """
     if page.path not in {p.path for p in PAGES}:
         PAGES.append(page)
