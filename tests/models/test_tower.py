@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import mmlens
-from mmlens.models.tower import TowerView, area_weights, fine_order, merge_factor, stream_order, tower_views, view_indices
+from mmlens.models.tower import (TowerView, area_weights, fine_order, merge_factor, stream_order, tower_views,
+                                 view_indices)
 from tests.conftest import noise_image
 
 

@@ -186,8 +186,7 @@ def fit_layer_weights(model: Model, prompts: Sequence[str], images: Sequence[Any
     """
     if not (len(prompts) == len(images) == len(answers) == len(masks)) or not prompts:
         raise MmlensError("fit_layer_weights: give as many prompts, images, answers and masks, at least one")
-    per_layer: list[np.ndarray] = []  # (samples, layers) energies cannot be combined linearly: keep the maps
-    heatmaps: list[list[np.ndarray]] = []
+    heatmaps: list[list[np.ndarray]] = []  # per sample and layer: energies do not combine linearly, maps do
     chosen = list(layers) if layers is not None else None
     for start in range(0, len(prompts), batch_size):
         stop = start + batch_size

@@ -51,7 +51,7 @@ _ANYRES = ("llava_next", "llava_onevision")
 
 @dataclass(frozen=True, eq=False)  # compared by identity: it holds a tensor
 class TowerView:
-    """One view of one image as the tower sees it: sequences from ``sequence``, token ``tokens[R, C]`` at fine patch ``(R, C)``.
+    """One view of one image as the tower sees it: token ``tokens[R, C]`` at fine patch ``(R, C)``.
 
     ``tokens`` counts the patch tokens (any leading CLS dropped) of the
     ``sequences`` tower sequences from ``sequence`` on, concatenated; each holds
