@@ -134,6 +134,24 @@ def beta_specific(report: Any, latents: list[int], max_nu: float = 0.5) -> list[
             and report.nu_error[j] <= max_nu and report.nu_recon[j] <= max_nu]
 
 
+def chance_of_pick(scores: torch.Tensor, positive: np.ndarray, validation: np.ndarray, size: int, bar: float = 0.95,
+                   draws: int = 2000, seed: int = 0) -> float | None:
+    """How often the validation-best of ``size`` live latents drawn at random scores test AUROC >= ``bar``.
+
+    The baseline for a rule that picks ``size`` latents: is its pick better than any ``size`` latents would give?
+    """
+    if size == 0:
+        return None
+    fit = np.nan_to_num(auroc_columns(scores[validation], positive[validation]), nan=-1.0)
+    test = np.nan_to_num(auroc_columns(scores[~validation], positive[~validation]), nan=0.0)
+    rng = np.random.default_rng([seed, 5])
+    hits = 0
+    for _ in range(draws):
+        chosen = rng.choice(len(fit), size, replace=False)
+        hits += test[chosen[np.argmax(fit[chosen])]] >= bar
+    return round(hits / draws, 4)
+
+
 def difference_auroc(pair: PairedActivations, positive: np.ndarray) -> float:
     """AUROC of ``|x_B - x_A|`` for trigger patches: how visible the backdoor is at the site itself."""
     xa, xb = pair.read()
@@ -170,6 +188,29 @@ def trigger_effects(xa: torch.Tensor, xb: torch.Tensor, xa_clean: torch.Tensor, 
             "mean_delta": round(float(delta(ma.norm(), mb.norm())), 4)}
 
 
+def weight_changes(names: tuple[str, str] = MODELS) -> dict[str, float]:
+    """``|W_B - W_A| / |W_A|`` per module (vision tower, projector, each LM layer, ...) of two zoo models' weights.
+
+    Example:
+        >>> weight_changes()["vision_tower"]  # doctest: +SKIP
+        0.0
+    """
+    from safetensors.torch import load_file
+
+    from mmlens.zoo.shapes_llava import WEIGHTS_DIR
+
+    a, b = (load_file(str(WEIGHTS_DIR / name / "model.safetensors")) for name in names)
+    change: dict[str, list[float]] = {}
+    for key, value in a.items():
+        parts = key.split(".")
+        group = ".".join(parts[:parts.index("layers") + 2]) if "layers" in parts and "language_model" in key \
+            else ".".join(parts[:2] if parts[0] in ("vision_tower", "multi_modal_projector") else parts[:3])
+        sums = change.setdefault(group, [0.0, 0.0])
+        sums[0] += float((b[key].float() - value.float()).pow(2).sum())
+        sums[1] += float(value.float().pow(2).sum())
+    return {group: round((d / max(n, 1e-12)) ** 0.5, 4) for group, (d, n) in change.items()}
+
+
 def diagnose(args: argparse.Namespace) -> dict[str, Any]:
     """Per site: ``|x_B - x_A|`` on trigger patches vs other image tokens, and each model's trigger effect.
 
@@ -182,7 +223,8 @@ def diagnose(args: argparse.Namespace) -> dict[str, Any]:
     sites = args.sites or [args.site]
     stores = {(name, tag): harvested(name, r, args.work / f"diag-{tag}-{name}", sites)
               for name in MODELS for tag, r in (("trigger", reader), ("clean", clean))}
-    out: dict[str, Any] = {"data": args.data, "cover": args.cover, "images": len(reader), "sites": {}}
+    out: dict[str, Any] = {"data": args.data, "cover": args.cover, "images": len(reader),
+                           "weight_change": weight_changes(), "sites": {}}
     for site in sites:
         pair = PairedActivations(stores[MODELS[0], "trigger"], stores[MODELS[1], "trigger"], site, "image")
         base = PairedActivations(stores[MODELS[0], "clean"], stores[MODELS[1], "clean"], site, "image")
@@ -241,7 +283,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
              **{f"{name}_quantiles_live": [round(float(q), 4) for q in np.nanquantile(v, [0, 0.01, 0.5, 0.99, 1])]
                 for name, v in nu.items()},
              "trigger_latent_nu_error_rank": None if trigger is None or not np.isfinite(report.nu_error[trigger])
-             else int((nu["nu_error"] < report.nu_error[trigger]).sum()) + 1}
+             else int((nu["nu_error"] < report.nu_error[trigger]).sum()) + 1,
+             "chance_test_auroc_0.95": chance_of_pick(scores, positive, validation, len(by_betas), seed=args.seed)}
     order = sorted(live, key=lambda j: -report.delta[j])
     fit = auroc_columns(scores[validation], positive[validation])
     ranked = [i for i in np.argsort(-np.nan_to_num(fit, nan=-1.0))[:5]]
@@ -257,7 +300,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "fvu": {m: round(v, 4) for m, v in report.fvu.items()}, "l0": round(report.l0, 2),
             "counts": report.counts(), "difference_auroc": difference_auroc(images, positive),
             "best": pick, "betas": betas, "top_trigger_latents": trigger_latents,
-            "delta_quantiles_live": [round(float(q), 4) for q in np.quantile(report.delta[live], [0, 0.01, 0.5, 0.99, 1])],
+            "delta_quantiles_live": [round(float(q), 4)
+                                     for q in np.quantile(report.delta[live], [0, 0.01, 0.5, 0.99, 1])],
             "highest_delta_live": [report.row(j) for j in order[:5]]}
 
 
