@@ -89,3 +89,19 @@ def test_bad_weights_are_one_line(tmp_path, shapes, colour):
         with pytest.raises(mmlens.MmlensError, match=message) as error:
             call()
         assert "\n" not in str(error.value)
+
+
+def test_anyres_towers_combine_and_fit_like_any_other():
+    # LLaVA-OneVision: base view plus unpadded tiles; both layers reach the answer (it reads the last one).
+    model = mmlens.load("tiny-llava-onevision")
+    images = [noise_image(16, 64), noise_image(64, 48, 1)]
+    batch = model.prepare(["<image> what ?"] * 2, [[image] for image in images])
+    result = mmel(model, build_targets(model, batch, answer=["red", "blue"]))
+    assert result.extras["layers"] == [0, 1] and result.extras["patch_shapes"][0] == [[4, 4], [2, 8]]
+    total = float(torch.nansum(result.extras["patch_grids"]))
+    assert total > 0 and float(result.scores.sum()) == pytest.approx(total, rel=1e-5)
+    masks = [np.zeros(image.size[::-1], dtype=bool) for image in images]
+    for mask in masks:
+        mask[:8, :16] = True
+    fitted = fit_layer_weights(model, ["<image> what ?"] * 2, images, ["red", "blue"], masks)
+    assert fitted.layers == [0, 1] and sum(fitted.weights) == pytest.approx(1.0, abs=1e-5)
