@@ -21,9 +21,12 @@ any tower layer can be explained. Per head ``h``, query ``j`` and key ``i``:
   as CLIP's CLS.
 
 The map is ``ReLU(M)`` on the tower's patches (CLS dropped), placed on the
-image through :func:`mmlens.models.tower.tower_views`; each decoder image token
-scores the sum of the patches folded into it, and ``extras["patch_grids"]``
-keeps the tower-resolution grids (:func:`patch_heatmaps` paints them). The
+image through :func:`mmlens.models.tower.tower_views` (LLaVA-NeXT and
+OneVision: the base view and the unpadded anyres tiles); each decoder image
+token scores the sum of the patches folded into it (OneVision's shrunk tile
+grid: shared by overlap), and ``extras["patch_grids"]`` keeps the
+tower-resolution grids (:func:`patch_heatmaps` paints them, views averaged
+per pixel). The
 authors recompute CLIP's last layer as one head; here every head is the
 model's own. One forward and one backward pass per target.
 
