@@ -83,3 +83,14 @@ def test_terminal_report_and_json_share_one_image_share(tiny_llava, noise):
         assert math.isclose(share, float(scores[image].sum() / scores[image | text].sum()), rel_tol=1e-5)
     assert "special tokens left out" in payload["image_share"] == explanation.IMAGE_SHARE
     assert not explanation.signed("rollout") and explanation.signed("gradient_x_input")
+
+
+def test_json_is_strict_even_where_patch_grids_are_padded_with_nan(tiny_llava, noise):
+    # LLaVA-NeXT's base and tile grids differ in size, so extras pad them with NaN; JSON has no NaN.
+    explanation = mmlens.explain(tiny_llava, prompt="<image> what colour ?", images=[noise(48, 64)],
+                                 methods=["rollout"], max_new_tokens=1)
+    explanation.extras["rollout"] = {"patch_grids": torch.tensor([[1.0, float("nan")], [float("inf"), 2.0]])}
+    explanation.milliseconds.pop("rollout", None)
+    payload = json.loads(json.dumps(explanation.to_json(), allow_nan=False))
+    assert payload["methods"]["rollout"]["extras"]["patch_grids"] == [[1.0, None], [None, 2.0]]
+    assert payload["methods"]["rollout"]["milliseconds"] is None

@@ -33,7 +33,7 @@ def test_writes_json_figures_and_page(capsys, tmp_path):
 def test_bad_options_are_one_line(capsys, tmp_path):
     code, _, err = run(capsys, "fingerprint", "--victim", "tiny-llava", "--suspect", "tiny-llava",
                        "--probe-set", "sideways", "--out", tmp_path / "a")
-    assert code == 1 and err == ["mmlens: error: unknown --probe-set 'sideways'; known: off-task, on-task"]
+    assert code == 1 and err == ["mmlens: error: unknown --probe-set 'sideways'; choose one of off-task, on-task"]
     code, _, err = run(capsys, "fingerprint", "--victim", "tiny-llava", "--suspect", "tiny-llava", "--n", "2",
                        "--out", tmp_path / "b")
     assert code == 1 and err == ["mmlens: error: a fingerprint needs at least 4 probe samples, got 2"]

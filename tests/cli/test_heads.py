@@ -62,12 +62,12 @@ def test_a_corruption_that_moves_nothing_warns(capsys, image, tmp_path):
     (["--head", "L0.H7"], "lm layer 0 has 4 heads"),
     (["--head", "L5.H0"], "the model has 2 lm layers"),
     (["--head", "first"], "name heads like L1.H2"),
-    (["--method", "everything"], "unknown method(s) everything"),
-    (["--direction", "up"], "unknown direction(s) up"),
+    (["--method", "everything"], "unknown method(s) 'everything'"),
+    (["--direction", "up"], "unknown direction 'up'"),
     (["--positions", "0", "--box", "0,0,8,8"], "not both"),
     (["--positions", "image", "--tower", "vision"], "--positions 'image'"),
     (["--box", "8,8,0,0"], "--box"),
-    (["--tower", "retina"], "unknown tower(s) retina"),
+    (["--tower", "retina"], "unknown tower 'retina'"),
     (["--tower", "vision", "--head", "lm.L0.H1"], "is a lm head"),
 ])
 def test_bad_input_is_one_line(capsys, image, tmp_path, args, words):

@@ -144,7 +144,7 @@ def test_shard_ids_fix_their_rows():
 def test_sites_that_are_not_per_token_are_refused(tiny_llava, tmp_path):
     with pytest.raises(MmlensError, match="one row per token"):
         run_harvest(tiny_llava, tmp_path / "s", sites="vision.L0.resid")
-    with pytest.raises(MmlensError, match="unknown modalities"):
+    with pytest.raises(MmlensError, match="unknown modality"):
         run_harvest(tiny_llava, tmp_path / "s", modalities=["audio"])
 
 

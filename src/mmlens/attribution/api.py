@@ -27,7 +27,7 @@ from mmlens.attribution.mmel import mmel
 from mmlens.attribution.occlusion import occlusion, rise
 from mmlens.attribution.relevancy import relevancy
 from mmlens.attribution.rollout import rollout
-from mmlens.errors import MmlensError
+from mmlens.errors import MmlensError, check_choices
 from mmlens.layout import TokenLayout
 from mmlens.model import Model
 from mmlens.readout import Targets, build_targets
@@ -101,9 +101,7 @@ def explain_batch(
     if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
         raise MmlensError("explain_batch takes (model, prompts, images): a list of prompt strings, then one list "
                           "of images per prompt")
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise MmlensError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
+    check_choices(methods, METHODS, "method")
     rows = [[] for _ in prompts] if images is None else [list(row) for row in images]
     batch = model.prepare(list(prompts), rows, padding_side="left")
     targets = build_targets(model, batch, None if answers is None else list(answers),

@@ -135,7 +135,7 @@ class Explanation:
                 })
             methods[method] = {
                 "targets": per_target,
-                "milliseconds": round(self.milliseconds.get(method, float("nan")), 3),
+                "milliseconds": _round_or_none(self.milliseconds.get(method, float("nan")), 3),
                 "extras": _jsonable(self.extras.get(method, {})),
             }
         return {
@@ -154,8 +154,8 @@ class Explanation:
         }
 
 
-def _round_or_none(value: float) -> float | None:
-    return None if not np.isfinite(value) else round(float(value), 6)
+def _round_or_none(value: float, digits: int = 6) -> float | None:
+    return None if not np.isfinite(value) else round(float(value), digits)
 
 
 def _nan_to_none(grid: np.ndarray) -> list[list[float | None]]:
@@ -163,10 +163,13 @@ def _nan_to_none(grid: np.ndarray) -> list[list[float | None]]:
 
 
 def _jsonable(value: Any) -> Any:
+    """``value`` as strict JSON: NaN and infinities become null (padded patch grids hold NaN)."""
     if isinstance(value, torch.Tensor):
-        return value.tolist() if value.numel() <= 4096 else f"tensor{tuple(value.shape)}"
+        return _jsonable(value.tolist()) if value.numel() <= 4096 else f"tensor{tuple(value.shape)}"
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
-    return value if isinstance(value, (int, float, str, bool, type(None))) else str(value)
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    return value if isinstance(value, (int, str, bool, type(None))) else str(value)

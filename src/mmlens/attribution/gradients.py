@@ -27,7 +27,7 @@ import torch
 
 from mmlens.attribution.base import Attribution, causal_cut, empty_scores
 from mmlens.budget import MemoryBudget, plan_passes
-from mmlens.errors import MmlensError
+from mmlens.errors import MmlensError, check_choice
 from mmlens.layout import Modality, TokenLayout
 from mmlens.model import Model
 from mmlens.models.decoder import DecoderCall, record_decoder_call
@@ -253,12 +253,11 @@ def _baseline(model: Model, call: DecoderCall, kind: str | torch.Tensor, prompt_
         if kind.shape != call.embeds.shape:
             raise MmlensError(f"baseline of shape {tuple(kind.shape)} for embeddings {tuple(call.embeds.shape)}")
         return kind.to(call.embeds)
+    check_choice(kind, BASELINES, "baseline")
     if kind == "mean":
         return _modality_mean(call, layout, prompt_end)
     if kind == "zeros":
         return torch.zeros_like(call.embeds)
-    if kind == "pad":
-        pad = model.tokenizer.pad_token_id or 0
-        vector = model.hf.get_input_embeddings().weight[pad].detach()
-        return vector.expand_as(call.embeds).clone()
-    raise MmlensError(f"unknown baseline {kind!r}; choose one of {', '.join(BASELINES)}")
+    pad = model.tokenizer.pad_token_id or 0  # "pad", the last of BASELINES
+    vector = model.hf.get_input_embeddings().weight[pad].detach()
+    return vector.expand_as(call.embeds).clone()

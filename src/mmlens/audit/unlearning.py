@@ -33,7 +33,7 @@ import torch
 
 from mmlens.data.sample import ShapesSample
 from mmlens.data.shapes import COLOURS, QUESTION_TYPES, make_sample
-from mmlens.errors import MmlensError
+from mmlens.errors import MmlensError, check_choice
 from mmlens.represent.concepts import prepare_samples
 
 #: The fact forgotten unless told otherwise.
@@ -50,9 +50,7 @@ def check_word(word: str) -> str:
         >>> check_word("purple")
         'purple'
     """
-    if word not in COLOURS:
-        raise MmlensError(f"--forget {word!r}: the shapes world forgets a colour: {', '.join(COLOURS)}")
-    return word
+    return check_choice(word, COLOURS, "colour to forget (the shapes world forgets a colour)")
 
 
 def _draw(split: str, start: int, n: int, keep: Callable[[ShapesSample], bool],

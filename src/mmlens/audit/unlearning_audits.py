@@ -44,7 +44,7 @@ import torch
 from mmlens.audit.unlearning import Edits, answer_words, colour_questions, forget_set
 from mmlens.data.sample import IMAGE_SLOT, ShapesSample
 from mmlens.data.shapes import PLURALS, SHAPES
-from mmlens.errors import MmlensError
+from mmlens.errors import MmlensError, check_choices
 from mmlens.represent.concepts import activations, site_of
 from mmlens.represent.steering import _adder, mean_difference
 
@@ -313,9 +313,7 @@ def variants(model: Any, word: str, audits: Sequence[str] = AUDITS, fit_n: int =
         >>> sorted(variants(model, "purple", ["paraphrase"]))  # doctest: +SKIP
         ['paraphrase']
     """
-    unknown = [a for a in audits if a not in AUDITS]
-    if unknown:
-        raise MmlensError(f"unknown audit {unknown[0]!r}; choose from {', '.join(AUDITS)}")
+    check_choices(audits, AUDITS, "audit")
     table: dict[str, list[Variant]] = {"direct": [direct(word)], "paraphrase": paraphrases(word),
                                        "another-way": another_way(word), "few-shot": few_shot(word)}
     if any(a in PERTURBATION_AUDITS for a in audits):

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmlens.errors import MmlensError
+from mmlens.errors import MmlensError, check_choice
 from mmlens.zoo.train.common import _optimise
 from mmlens.zoo.train.finetune import (IGNORE, FinetuneConfig, _FeatureCache, _trainable, as_example, encode_examples,
                                        forward_on_features, order)
@@ -62,9 +62,7 @@ def check_method(method: str) -> str:
         >>> check_method("npo")
         'npo'
     """
-    if method not in METHODS:
-        raise MmlensError(f"unknown unlearning method {method!r}; choose from {', '.join(METHODS)}")
-    return method
+    return check_choice(method, METHODS, "unlearning method")
 
 
 class _Stream:

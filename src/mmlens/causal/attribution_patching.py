@@ -41,7 +41,8 @@ import torch
 from mmlens.causal.head_grid import DIRECTIONS, HeadGrid
 from mmlens.causal.head_positions import Where, element_rows
 from mmlens.causal.head_runs import layouts, metric_values, projection_sites
-from mmlens.causal.heads import Head, _setup, check_choice, check_corruption
+from mmlens.causal.heads import Head, _setup, check_corruption
+from mmlens.errors import check_choice
 from mmlens.causal.tracing import _corrupted
 from mmlens.hooks import attach, capture, intervene
 from mmlens.model import Batch, Model

@@ -41,7 +41,7 @@ import torch
 
 from mmlens.box import Box
 from mmlens.causal.groups import object_positions
-from mmlens.errors import MmlensError
+from mmlens.errors import MmlensError, check_choice
 from mmlens.hooks import Edit, capture
 from mmlens.layout import Modality
 from mmlens.model import Batch, Model
@@ -99,8 +99,7 @@ def head_mask(model: Model, batch: Batch, where: Where, tower: str = "lm",
         >>> head_mask(model, batch, "patches", tower="vision").shape  # CLIP: one sequence of CLS + 64 patches
         torch.Size([1, 65])
     """
-    if tower not in NAMED:
-        raise MmlensError(f"unknown tower {tower!r}; choose lm or vision")
+    check_choice(tower, tuple(NAMED), "tower")
     if tower == "lm":
         return _lm_mask(model, batch, where)
     shape = tuple(shape) if shape is not None else vision_shape(model, batch)

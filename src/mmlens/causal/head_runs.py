@@ -34,7 +34,7 @@ import torch
 from mmlens.budget import MemoryBudget, plan_passes
 from mmlens.causal.head_positions import fit_mask
 from mmlens.causal.replay import record_layers
-from mmlens.errors import MmlensError
+from mmlens.errors import MmlensError, check_choice
 from mmlens.hooks import Site, attach, capture, intervene
 from mmlens.hooks.sites import heads_of
 from mmlens.model import Batch, Model
@@ -54,8 +54,7 @@ def layer_count(model: Model, tower: str) -> int:
         >>> layer_count(model, "vision")
         3
     """
-    if tower not in TOWERS:
-        raise MmlensError(f"unknown tower {tower!r}; choose {' or '.join(TOWERS)}")
+    check_choice(tower, TOWERS, "tower")
     if tower == "vision" and not (model.adapter.multimodal and model.vision_layers is not None):
         raise MmlensError(f"{model.name} has no vision tower: its heads are lm heads (tower='lm')")
     return model.n_layers if tower == "lm" else model.n_vision_layers

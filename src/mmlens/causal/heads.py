@@ -48,7 +48,7 @@ from mmlens.causal.head_grid import DIRECTIONS, METRICS, HeadGrid
 from mmlens.causal.head_positions import Where, describe_where, head_mask
 from mmlens.causal.head_runs import Head, HeadRun, layer_count, layouts, metric_values, record_run
 from mmlens.causal.tracing import _corrupted
-from mmlens.errors import MmlensError
+from mmlens.errors import MmlensError, check_choice
 from mmlens.hooks.sites import resolve
 from mmlens.model import Batch, Model
 from mmlens.readout import answer_token_ids
@@ -186,16 +186,6 @@ def record_heads(model: Model, batch: Batch, tower: str = "lm") -> list[torch.Te
 
 
 # ---- helpers --------------------------------------------------------------
-def check_choice(value: str, known: Sequence[str], noun: str) -> None:
-    """One line naming the choices when ``value`` is not one of them.
-
-    Example:
-        >>> check_choice("zero", ABLATIONS, "ablation")
-    """
-    if value not in known:
-        raise MmlensError(f"unknown {noun} {value!r}; choose one of {', '.join(known)}")
-
-
 def check_corruption(tower: str, corrupt: str | Batch) -> None:
     """One line when ``corrupt`` cannot move ``tower``'s heads: embedding noise lands after the vision tower.
 

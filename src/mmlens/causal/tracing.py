@@ -42,7 +42,7 @@ from mmlens.causal.groups import token_groups
 from mmlens.causal.replay import LayerReplay, record_layers
 from mmlens.causal.trace_result import CausalTrace
 from mmlens.data.shapes_questions import object_region, object_words
-from mmlens.errors import MmlensError
+from mmlens.errors import MmlensError, check_choices
 from mmlens.hooks import Edit, capture, intervene
 from mmlens.layout import Modality
 from mmlens.model import Batch, Model
@@ -86,9 +86,7 @@ def trace(
         ['resid']
     """
     batch, groups = _batch_and_groups(model, inputs, groups, seed)
-    unknown = [c for c in components if c not in COMPONENTS]
-    if unknown:
-        raise MmlensError(f"unknown component(s) {unknown}; choose from {', '.join(COMPONENTS)}")
+    check_choices(components, COMPONENTS, "component")
     start = time.perf_counter()
     names = list(groups)
     n = model.n_layers

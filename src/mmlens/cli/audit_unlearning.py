@@ -29,8 +29,8 @@ import typer
 from rich.console import Console
 
 from mmlens.cli.audit import app
-from mmlens.cli.options import JsonOption, check_choices, print_json, stdout_for_json
-from mmlens.errors import MmlensError
+from mmlens.cli.options import JsonOption, print_json, stdout_for_json
+from mmlens.errors import MmlensError, check_choices
 from mmlens.store.files import write_json_atomic
 
 

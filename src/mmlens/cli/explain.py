@@ -22,12 +22,12 @@ from mmlens.cli.options import (
     OverwriteOption,
     PromptFileOption,
     PromptOption,
-    check_choices,
     memory_budget as parse_memory_budget,
     print_json,
     stdout_for_json,
 )
 from mmlens.cli.samples import load_with_input, read_prompt
+from mmlens.errors import check_choices
 from mmlens.report.files import save_explanation
 from mmlens.report.html import what_was_explained, write_html_report
 from mmlens.report.output import OutputFolder

@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 
 from mmlens.cli.options import JsonOption, OutOption, OverwriteOption, print_json, stdout_for_json
-from mmlens.errors import MmlensError
+from mmlens.errors import MmlensError, check_choice
 from mmlens.represent.cka import KINDS
 from mmlens.represent.fingerprint import PROBE_SETS, collect_last_token, fingerprint as compare, probe_samples
 
@@ -42,8 +42,7 @@ def fingerprint(
     from mmlens.report.output import OutputFolder
 
     for name in probe_set:
-        if name not in PROBE_SETS:
-            raise MmlensError(f"unknown --probe-set {name!r}; known: {', '.join(PROBE_SETS)}")
+        check_choice(name, PROBE_SETS, "--probe-set")
     if boot < 10:
         raise MmlensError(f"--boot must be at least 10, got {boot}")
     groups = _groups(group)

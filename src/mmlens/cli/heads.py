@@ -35,13 +35,12 @@ from mmlens.cli.options import (
     OverwriteOption,
     PromptFileOption,
     PromptOption,
-    check_choices,
     memory_budget as parse_memory_budget,
     print_json,
     stdout_for_json,
 )
 from mmlens.cli.samples import load_with_input, read_prompt
-from mmlens.errors import MmlensError
+from mmlens.errors import MmlensError, check_choice, check_choices
 from mmlens.report.figures import display_token
 from mmlens.report.heads_pages import describe, write_heads_page
 from mmlens.report.output import OutputFolder
@@ -82,10 +81,10 @@ def heads(
     """Head knockout, head patching and attribution patching; write heads.json, heads.html and one heatmap per grid."""
     folder = OutputFolder(out, "heads", locals(), overwrite=overwrite, seeds={"seed": seed}, result="heads")
     methods = check_choices(list(dict.fromkeys(method or METHODS)), METHODS, "method")
-    check_choices([ablation], ABLATIONS, "ablation")
-    check_choices([direction], DIRECTIONS, "direction")
-    check_choices([metric], METRICS, "metric")
-    check_choices([tower], TOWERS, "tower")
+    check_choice(ablation, ABLATIONS, "ablation")
+    check_choice(direction, DIRECTIONS, "direction")
+    check_choice(metric, METRICS, "metric")
+    check_choice(tower, TOWERS, "tower")
     where = parse_where(positions, box, tower)
     budget = parse_memory_budget(memory_budget)
     console = Console(stderr=True)

@@ -32,7 +32,7 @@ from mmlens.cli.options import (
 )
 from mmlens.cli.samples import load_model
 from mmlens.data.shapes import QUESTION_TYPES, make_sample
-from mmlens.errors import MmlensError
+from mmlens.errors import MmlensError, check_choice
 from mmlens.model import Model
 from mmlens.neurons.domain import domain_scores, select_domain_neurons
 from mmlens.neurons.modality import BUDGETS, modality_scores, parse_weights, select_modality_neurons
@@ -63,8 +63,7 @@ def neurons(
     """Find modality-specific neurons (and with --domains, domain-specific ones); write sets, figures, JSON, HTML."""
     folder = OutputFolder(out, "neurons", locals(), overwrite=overwrite, result="neurons",
                           seeds={"shapes_world_split": "val", "shapes_world_samples": samples})
-    if budget not in BUDGETS:
-        raise MmlensError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
+    check_choice(budget, BUDGETS, "budget")
     if samples < 1 or not 0 < ratio < 1:
         raise MmlensError("--samples must be at least 1 and --ratio between 0 and 1")
     weights = parse_weights(score)

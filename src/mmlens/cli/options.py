@@ -10,7 +10,7 @@ from typing import Any, Iterator, Optional
 
 import typer
 
-from mmlens.errors import MmlensError
+from mmlens.errors import check_choices  # noqa: F401 (the commands import it from here)
 
 ModelOption = typer.Option(None, "--model", "-m", help="Zoo name, local folder or hub id (default: the shipped model).")
 ImageOption = typer.Option(None, "--image", "-i", help="Image file; repeat for several images.")
@@ -30,19 +30,6 @@ MemoryBudgetOption = typer.Option(
 
 ModelArg = Optional[str]
 ImagesArg = Optional[list[Path]]
-
-
-def check_choices(chosen: list[str], known, noun: str) -> list[str]:
-    """``chosen`` if every entry is in ``known``, else one clear error naming the strays.
-
-    Example:
-        >>> check_choices(["resid"], ("resid", "attn"), "component")
-        ['resid']
-    """
-    unknown = [c for c in chosen if c not in known]
-    if unknown:
-        raise MmlensError(f"unknown {noun}(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    return chosen
 
 
 @contextlib.contextmanager

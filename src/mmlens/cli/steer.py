@@ -33,7 +33,7 @@ from rich.console import Console
 from mmlens.cli.options import JsonOption, ModelOption, OutOption, OverwriteOption, print_json, stdout_for_json
 from mmlens.cli.samples import load_model
 from mmlens.data.readers import open_reader
-from mmlens.errors import MmlensError
+from mmlens.errors import MmlensError, check_choice
 from mmlens.model import Model
 from mmlens.report.files import save_json
 from mmlens.report.output import OutputFolder
@@ -79,10 +79,8 @@ def steer(
     if building[0] or building[1]:
         if not layers:
             raise MmlensError("building a vector needs --layer (one or more)")
-    if tokens not in TOKENS:
-        raise MmlensError(f"unknown --tokens {tokens!r}; choose one of {', '.join(TOKENS)}")
-    if where not in ("last", "image"):
-        raise MmlensError(f"unknown --where {where!r}; choose last or image")
+    check_choice(tokens, TOKENS, "--tokens")
+    check_choice(where, ("last", "image"), "--where")
     loaded_vector: SteeringVector | SubspaceSteering | None = SteeringVector.load(vector) if vector is not None else None
     if subspace is not None:
         loaded_vector = SubspaceSteering.load(subspace)

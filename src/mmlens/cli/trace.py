@@ -30,14 +30,13 @@ from mmlens.cli.options import (
     OverwriteOption,
     PromptFileOption,
     PromptOption,
-    check_choices,
     memory_budget as parse_memory_budget,
     print_json,
     stdout_for_json,
 )
 from mmlens.cli.samples import load_with_input, read_prompt
 from mmlens.data.shapes_questions import prompt_object_words
-from mmlens.errors import MmlensError
+from mmlens.errors import MmlensError, check_choices
 from mmlens.report.figures import display_token
 from mmlens.report.inside import COMPONENT_TITLES, trace_figures
 from mmlens.report.files import save_trace

@@ -34,7 +34,7 @@ import numpy as np
 
 from mmlens.data.sample import IMAGE_SLOT, ShapeObject, ShapesSample
 from mmlens.data.shapes import COLOURS, SHAPES, SPLIT_OFFSETS, render, make_scene
-from mmlens.errors import MmlensError
+from mmlens.errors import MmlensError, check_choice
 
 CAPTION_PROMPT = f"{IMAGE_SLOT} describe the scene ?"
 RELATIONS: dict[str, tuple[str, ...]] = {"left": ("left", "of"), "above": ("above",), "below": ("below",)}
@@ -117,8 +117,7 @@ def make_caption_sample(split: str, index: int) -> ShapesSample:
         >>> s.meta["caption"].text == s.answer and s.question_type
         'caption'
     """
-    if split not in SPLIT_OFFSETS:
-        raise MmlensError(f"unknown split {split!r}; known: {sorted(SPLIT_OFFSETS)}")
+    check_choice(split, sorted(SPLIT_OFFSETS), "split")
     if not 0 <= index < 100_000_000:
         raise MmlensError("index must be in [0, 1e8)")
     scene = make_scene(np.random.default_rng(SPLIT_OFFSETS[split] + index))

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
-from mmlens.errors import MmlensError
+from mmlens.errors import MmlensError, check_choice
 from mmlens.models.heads import HeadLayout, head_layout
 
 if TYPE_CHECKING:
@@ -106,8 +106,7 @@ def resolve(model: "Model", name: str, neuron_value: str = "input") -> Site:
         >>> resolve(model, "lm.L0.mlp").module is model.decoder_layers[0].mlp
         True
     """
-    if neuron_value not in NEURON_VALUES:
-        raise MmlensError(f"unknown neuron value {neuron_value!r}; choose one of {', '.join(NEURON_VALUES)}")
+    check_choice(neuron_value, NEURON_VALUES, "neuron value")
     adapter = model.adapter
     if name == "projector" and adapter.projector:
         return Site(name, model.module(adapter.projector), "output", adapter.projector_output)

@@ -43,7 +43,7 @@ import torch
 
 from mmlens import hooks
 from mmlens.data.sample import Sample
-from mmlens.errors import MmlensError
+from mmlens.errors import MmlensError, check_choice, check_choices
 from mmlens.layout import Modality
 from mmlens.models import runtime
 from mmlens.budget import MemoryBudget
@@ -136,9 +136,7 @@ def parse_weights(weights: Mapping[str, float] | str | None) -> dict[str, float]
                 raise MmlensError(f"cannot read score term {term!r}; write e.g. 0.5*mean+0.5*max")
             parsed[match.group(2)] = float(match.group(1)) if match.group(1) else 1.0 / len(terms)
         weights = parsed
-    unknown = [name for name in weights if name not in STATISTICS]
-    if unknown or not weights:
-        raise MmlensError(f"unknown statistic(s) {', '.join(unknown) or '(none)'}; known: {', '.join(STATISTICS)}")
+    check_choices(weights, STATISTICS, "statistic", at_least_one=True)
     return {name: float(value) for name, value in weights.items()}
 
 
@@ -165,9 +163,7 @@ def modality_scores(
         >>> scores.counts.tolist()
         [[2, 2, 2], [2, 2, 2]]
     """
-    unknown = [s for s in statistics if s not in STATISTICS]
-    if unknown:
-        raise MmlensError(f"unknown statistic(s) {', '.join(unknown)}; known: {', '.join(STATISTICS)}")
+    check_choices(statistics, STATISTICS, "statistic")
     datasets = as_datasets(samples)
     sites = neuron_sites(model, ("lm",))
     width = neuron_width(model, sites[0])
@@ -272,8 +268,7 @@ def select_modality_neurons(
         >>> chosen.metadata["budget"], len(chosen.where(label="image")) == round(0.05 * 2 * 128)
         ('layer', True)
     """
-    if budget not in BUDGETS:
-        raise MmlensError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGETS)}")
+    check_choice(budget, BUDGETS, "budget")
     combined = scores.combined(weights)  # (M, L, N)
     present = [scores.modalities.index(m) for m in scores.present]
     if not present:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 import torch
 
-from mmlens.errors import MmlensError
+from mmlens.errors import MmlensError, check_choice
 from mmlens.hooks import intervene
 from mmlens.neurons.sites import layer_of, neuron_width, tower_of
 
@@ -165,8 +165,7 @@ class NeuronSet:
             >>> with chosen.deactivate(model, mode="min"):
             ...     new_tokens = model.generate(batch, max_new_tokens=2)
         """
-        if mode not in MODES:
-            raise MmlensError(f"unknown deactivation mode {mode!r}; choose one of {', '.join(MODES)}")
+        check_choice(mode, MODES, "deactivation mode")
         edits = {}
         for site, indices in self.by_site().items():
             width = neuron_width(model, site)

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Sequence
 
 
 from mmlens import hooks
-from mmlens.errors import MmlensError
+from mmlens.errors import MmlensError, check_choices
 
 if TYPE_CHECKING:
     from mmlens.model import Model
@@ -58,9 +58,7 @@ def neuron_sites(model: "Model", towers: Sequence[str] = ("lm",)) -> list[str]:
         >>> neuron_sites(mmlens.load("tiny-llama"), TOWERS)
         ['lm.L0.neurons', 'lm.L1.neurons']
     """
-    unknown = [t for t in towers if t not in TOWERS]
-    if unknown:
-        raise MmlensError(f"unknown tower(s) {', '.join(unknown)}; choose from {', '.join(TOWERS)}")
+    check_choices(towers, TOWERS, "tower")
     names: list[str] = []
     if "lm" in towers:
         names += [f"lm.L{i}.neurons" for i in range(model.n_layers)]

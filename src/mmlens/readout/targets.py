@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mmlens.errors import MmlensError
+from mmlens.errors import MmlensError, check_choice
 from mmlens.model import Batch, Model
 from mmlens.readout.vocabulary import token_ids
 
@@ -115,8 +115,7 @@ def build_targets(
     Generation stops at an end token or after ``max_new_tokens`` (default:
     the model's :func:`answer_length`).
     """
-    if score not in SCORES:
-        raise MmlensError(f"unknown score {score!r}; choose one of {', '.join(SCORES)}")
+    check_choice(score, SCORES, "score")
     rows = batch.input_ids.shape[0]
     if answer is None:
         tokens, real = _generated(model, batch, max_new_tokens)

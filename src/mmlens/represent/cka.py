@@ -29,7 +29,7 @@ from typing import Sequence
 
 import torch
 
-from mmlens.errors import MmlensError
+from mmlens.errors import MmlensError, check_choice
 
 KINDS = ("linear", "rbf", "unbiased")
 
@@ -56,8 +56,7 @@ def gram(x: torch.Tensor, kind: str = "linear") -> torch.Tensor:
         >>> gram(torch.eye(4), "rbf").shape
         torch.Size([4, 4])
     """
-    if kind not in KINDS:
-        raise MmlensError(f"unknown CKA kind {kind!r}; known: {', '.join(KINDS)}")
+    check_choice(kind, KINDS, "CKA kind")
     x = _check(x)
     x = x - x.mean(0, keepdim=True)
     if kind != "rbf":

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import torch
 from PIL import Image
 
-from mmlens.errors import MmlensError
+from mmlens.errors import MmlensError, check_choice
 from mmlens.represent.cka import KINDS, cka_from_grams, grams, paired_cka, resample, unbiased_on_weights
 
 if TYPE_CHECKING:
@@ -65,8 +65,7 @@ def probe_samples(kind: str, n: int, first: int = FIRST_INDEX) -> list[ProbeSamp
         >>> [s.id for s in probe_samples("off-task", 4)]
         ['glyphs-test-5000', 'cells-test-5001', 'maps-test-5002', 'glyphs-test-5003']
     """
-    if kind not in PROBE_SETS:
-        raise MmlensError(f"unknown probe set {kind!r}; known: {', '.join(PROBE_SETS)}")
+    check_choice(kind, PROBE_SETS, "probe set")
     if n < 4:
         raise MmlensError(f"a fingerprint needs at least 4 probe samples, got {n}")
     if kind == "on-task":

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Hashable, Sequence
 
 import numpy as np
 
-from mmlens.errors import MmlensError
+from mmlens.errors import MmlensError, check_choices
 
 if TYPE_CHECKING:
     from mmlens.store import Store
@@ -98,9 +98,7 @@ def shapes_tasks(store: "Store", names: Sequence[str] = TASKS, seed: int = 0) ->
         >>> [t.name for t in shapes_tasks(store, ["asked-row"])]  # doctest: +SKIP
         ['asked-row']
     """
-    unknown = [n for n in names if n not in TASKS]
-    if unknown:
-        raise MmlensError(f"unknown probe task(s) {', '.join(unknown)}; known: {', '.join(TASKS)}")
+    check_choices(names, TASKS, "probe task")
     tokens = store.tokens
     ids = list(dict.fromkeys(tokens.column("sample_id").to_pylist()))
     if not ids:

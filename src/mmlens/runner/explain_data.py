@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from mmlens.data.readers import BadRow, Reader, images_of
-from mmlens.errors import MmlensError
+from mmlens.errors import MmlensError, check_choices
 from mmlens.store.files import ERRORS, MANIFEST, SHARDS, TMP_PREFIX, publish, remove_unlisted_shards, \
     write_json_atomic
 from mmlens.store.harvest import ShardPlan, plan_shards
@@ -73,9 +73,7 @@ def explain_dataset(model: "Model", reader: Reader, out: str | Path, methods: Se
     from mmlens.attribution.api import METHODS
     from mmlens.models.weights import weights_sha256
 
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
-        raise MmlensError(f"unknown method(s) {', '.join(unknown) or '(none)'}; known: {', '.join(METHODS)}")
+    check_choices(methods, METHODS, "method", at_least_one=True)
     if shard_size < 1:
         raise MmlensError("the shard size is at least 1")
     out = Path(out)

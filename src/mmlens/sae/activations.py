@@ -25,7 +25,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from mmlens.errors import MmlensError
+from mmlens.errors import MmlensError, check_choice
 from mmlens.store import Store
 
 MODALITIES = ("image", "text", "special", "all")
@@ -103,8 +103,7 @@ class SiteActivations(_Batches):
     def __init__(self, store: Store | str | Path, site: str, modality: str = "all",
                  cache_bytes: int = DEFAULT_CACHE_BYTES, **where: Any) -> None:
         self.store = store if isinstance(store, Store) else Store.open(store)
-        if modality not in MODALITIES:
-            raise MmlensError(f"unknown modality {modality!r}: choose one of {', '.join(MODALITIES)}")
+        check_choice(modality, MODALITIES, "modality")
         self.width = self.store.width(site)  # also a one-line error for a site the store lacks
         self.site, self.modality = site, modality
         if modality != "all":

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from mmlens.errors import MmlensError
+from mmlens.errors import MmlensError, check_choice
 
 ARCHITECTURES = ("standard", "topk", "batchtopk", "jumprelu")
 
@@ -44,8 +44,7 @@ class SparseAutoencoder(torch.nn.Module):
     def __init__(self, d_in: int, d_sae: int, architecture: str = "topk", k: int | None = 32,
                  site: str | None = None, rescale_acts_by_decoder_norm: bool = False, **extra: Any) -> None:
         super().__init__()
-        if architecture not in ARCHITECTURES:
-            raise MmlensError(f"unknown SAE architecture {architecture!r}: choose one of {', '.join(ARCHITECTURES)}")
+        check_choice(architecture, ARCHITECTURES, "SAE architecture")
         if d_in < 1 or d_sae < 1:
             raise MmlensError(f"SAE sizes must be positive, got d_in={d_in}, d_sae={d_sae}")
         if architecture in ("topk", "batchtopk"):

@@ -43,7 +43,7 @@ from typing import Any, Callable
 
 import torch
 
-from mmlens.errors import MmlensError
+from mmlens.errors import MmlensError, check_choice
 from mmlens.sae.activations import SiteActivations, TensorActivations
 from mmlens.sae.checkpoint import find_checkpoint, read_checkpoint, restore_optimizer, write_checkpoint
 from mmlens.sae.files import save_sae
@@ -107,8 +107,7 @@ class TrainConfig:
 
     def check(self) -> None:
         """One clear line for a setting that cannot work."""
-        if self.architecture not in ARCHITECTURES:
-            raise MmlensError(f"unknown SAE architecture {self.architecture!r}: choose one of {', '.join(ARCHITECTURES)}")
+        check_choice(self.architecture, ARCHITECTURES, "SAE architecture")
         if self.architecture == "jumprelu":  # no straight-through estimator here: it would train a plain ReLU
             raise MmlensError("jumprelu SAEs are loaded and evaluated, not trained, by mmlens: train batchtopk, "
                               "which is saved as a jumprelu SAE")
@@ -116,8 +115,7 @@ class TrainConfig:
             raise MmlensError("steps and batch size must be at least 1")
         if self.decoder_init_norm is not None and not self.decoder_init_norm > 0:
             raise MmlensError(f"decoder_init_norm must be positive (or None for unit norm), got {self.decoder_init_norm}")
-        if self.b_dec_init not in ("geometric_median", "mean", "zeros"):
-            raise MmlensError(f"unknown b_dec init {self.b_dec_init!r}: geometric_median, mean or zeros")
+        check_choice(self.b_dec_init, ("geometric_median", "mean", "zeros"), "b_dec init")
 
 
 def geometric_median(x: torch.Tensor, iterations: int = 100, tol: float = 1e-6) -> torch.Tensor:

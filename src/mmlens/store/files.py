@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmlens.errors import MmlensError
+from mmlens.errors import MmlensError, check_choice
 
 FORMAT = "mmlens.ActivationStore"
 LAYOUT_VERSION = 1
@@ -57,8 +57,7 @@ def torch_dtype(dtype: str) -> torch.dtype:
 
 
 def check_dtype(dtype: str) -> str:
-    if dtype not in DTYPES:
-        raise MmlensError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    check_choice(dtype, DTYPES, "dtype")
     return dtype
 
 

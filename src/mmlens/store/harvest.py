@@ -32,7 +32,7 @@ import torch
 
 from mmlens.data.readers import BadRow, Reader, images_of
 from mmlens.data.sample import Sample
-from mmlens.errors import MmlensError
+from mmlens.errors import MmlensError, check_choices
 from mmlens.layout import Modality
 from mmlens.store.files import check_dtype, disk_full, numpy_dtype, to_numpy
 from mmlens.store.shard import ShardData, token_table, write_shard
@@ -90,9 +90,7 @@ def check_job(model: "Model", sites: str | Sequence[str], modalities: Sequence[s
     if other:
         raise MmlensError(f"{', '.join(other)}: a store keeps one row per token of the language model; harvest "
                           "lm.L<i>.resid/attn/mlp/neurons or lm.embed")
-    unknown = [m for m in modalities if m not in MODALITIES]
-    if unknown or not modalities:
-        raise MmlensError(f"unknown modalities {', '.join(unknown) or '(none)'}; choose from {', '.join(MODALITIES)}")
+    check_choices(modalities, MODALITIES, "modality", at_least_one=True)
     if shard_size < 1 or batch_size < 1:
         raise MmlensError("shard and batch sizes are at least 1")
     ordered = tuple(m for m in MODALITIES if m in modalities)

@@ -33,7 +33,7 @@ import numpy as np
 
 from mmlens.data.domains import cells, glyphs, maps, shapes
 from mmlens.data.domains.common import GRID, IGNORE, DomainSample, build_sample, cover_labels
-from mmlens.errors import MmlensError
+from mmlens.errors import check_choice
 
 DOMAINS: dict[str, ModuleType] = {m.NAME: m for m in (shapes, glyphs, cells, maps)}
 NAMES: tuple[str, ...] = tuple(DOMAINS)
@@ -53,8 +53,7 @@ def domain_module(name: str) -> ModuleType:
         >>> domain_module("cells").QUESTION_TYPES
         ('count', 'stained')
     """
-    if name not in DOMAINS:
-        raise MmlensError(f"unknown domain {name!r}; known: {', '.join(NAMES)}")
+    check_choice(name, NAMES, "domain")
     return DOMAINS[name]
 
 

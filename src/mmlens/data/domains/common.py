@@ -32,7 +32,7 @@ import numpy as np
 from mmlens.box import Box
 from mmlens.data.sample import ShapeObject, ShapesSample
 from mmlens.data.shapes import IMAGE_SIZE, SPLIT_OFFSETS
-from mmlens.errors import MmlensError
+from mmlens.errors import MmlensError, check_choice
 
 GRID = 8  # 8 x 8 patches of 8 x 8 pixels
 IGNORE = -100  # cross_entropy's ignore_index: "no label here"
@@ -62,8 +62,7 @@ def check_split(split: str, index: int) -> int:
         >>> check_split("val", 3)
         100000003
     """
-    if split not in SPLIT_OFFSETS:
-        raise MmlensError(f"unknown split {split!r}; known: {', '.join(sorted(SPLIT_OFFSETS))}")
+    check_choice(split, sorted(SPLIT_OFFSETS), "split")
     if not 0 <= index < 100_000_000:
         raise MmlensError(f"sample index must be in [0, 1e8); got {index}")
     return SPLIT_OFFSETS[split] + index
@@ -79,8 +78,8 @@ def build_sample(module: ModuleType, split: str, index: int, question_type: str 
     """
     rng = np.random.default_rng(check_split(split, index))
     types = module.QUESTION_TYPES
-    if question_type is not None and question_type not in types:
-        raise MmlensError(f"unknown question type {question_type!r} for {module.NAME}; known: {', '.join(types)}")
+    if question_type is not None:
+        check_choice(question_type, types, f"question type (for {module.NAME})")
     qtype = question_type or types[int(rng.integers(0, len(types)))]
     for _ in range(1000):  # a few scenes admit no question of a type
         scene = module.make_scene(rng)
