@@ -136,3 +136,19 @@ def test_bad_positions_are_one_line(tiny_llava, clean):
         assert "\n" not in str(error.value)
     assert describe_where(Box(1, 2, 3, 4)) == "box 1,2,3,4"
     assert head_mask(tiny_llava, clean, "text").sum() == clean.layout.mask(Modality.TEXT).sum()
+
+
+def test_llava_next_tiles_are_tower_sequences_of_their_row_and_a_box_lands_in_each_view(noise):
+    # 64x64: a base view (4x4 patches of 16 px) and 2x2 tiles (4x4 patches of 8 px each), CLS first in each sequence.
+    model = mmlens.load("tiny-llava-next")
+    batch = model.prepare(["<image> a ?", "<image> b ?"], [[noise(64, 64, 3)], [noise(16, 64, 1)]])
+    shape = (5 + 3, 17)  # row 0: base + 4 tiles; row 1: base + 2 tiles
+    assert element_rows(model, batch, "vision", shape)[:, 0].tolist() == [0] * 5 + [1] * 3
+    one = model.prepare("<image> a ?", [noise(64, 64, 3)])
+    mask = head_mask(model, one, Box(40, 8, 48, 16), tower="vision", shape=(5, 17))
+    expected = torch.zeros(5, 17, dtype=torch.bool)
+    expected[0, 1 + 0 * 4 + 2] = True  # base view: patch (0, 2) covers pixels 32-48 x 0-16
+    expected[2, 1 + 1 * 4 + 1] = True  # the top-right tile (sequence 2), its patch (1, 1)
+    assert torch.equal(mask, expected)
+    patches = head_mask(model, one, "patches", tower="vision", shape=(5, 17))
+    assert patches.sum() == 5 * 16 and not patches[:, 0].any()

@@ -45,7 +45,7 @@ from mmlens.errors import MmlensError, check_choice
 from mmlens.hooks import Edit, capture
 from mmlens.layout import Modality
 from mmlens.model import Batch, Model
-from mmlens.models.tower import stream_order, tower_views
+from mmlens.models.tower import stream_order, tower_views, view_indices
 
 Where = str | Box | Sequence[int] | torch.Tensor | None
 NAMED = {"lm": ("all", "image", "text", "last"), "vision": ("all", "patches")}
@@ -155,8 +155,8 @@ def element_rows(model: Model, batch: Batch, tower: str, shape: Sequence[int]) -
         views = []
     if len(shape) == 1:
         owner = torch.cat([torch.full((v.tokens.numel(),), v.row) for v in views]) if views else torch.empty(0)
-    else:
-        owner = torch.tensor([v.row for v in views], dtype=torch.long)
+    else:  # a view may span several tower sequences (LLaVA-NeXT's tiles)
+        owner = torch.tensor([v.row for v in views for _ in range(v.sequences)], dtype=torch.long)
     if owner.numel() != shape[0]:  # no view map: equal shares, the tower in batch-row order
         if shape[0] % rows:
             raise MmlensError(f"{model.adapter.family}: {shape[0]} tower sequences do not split over {rows} rows; "
@@ -201,18 +201,18 @@ def _vision_mask(model: Model, batch: Batch, where: Where, shape: tuple[int, ...
 def _tower_patches(model: Model, batch: Batch, shape: tuple[int, ...], box: Box | None) -> torch.Tensor:
     """Tower tokens that are image patches (no CLS), those overlapping ``box`` if given, on the site's grid."""
     views = tower_views(model, batch)
-    if len(shape) == 2 and len(views) != shape[0]:
-        raise MmlensError(f"{model.adapter.family}: {shape[0]} tower sequences for {len(views)} image views; "
-                          "cannot place tower patches")
+    if len(shape) == 2:  # (sequences, tokens): leading CLS tokens and unpadded-away tile patches are left out
+        if sum(v.sequences for v in views) != shape[0]:
+            raise MmlensError(f"{model.adapter.family}: {shape[0]} tower sequences for {len(views)} image views; "
+                              "cannot place tower patches")
+        indices = [i.flatten() for i in view_indices(views, [shape[1]] * shape[0])]
+    else:  # Qwen2-VL's packed patches: the views' tokens one after another
+        starts = np.cumsum([0] + [v.tokens.numel() for v in views])
+        indices = [int(start) + v.tokens.flatten() for start, v in zip(starts, views)]
     flat = torch.zeros(int(np.prod(shape)), dtype=torch.bool)
-    start = 0
-    for view in views:
-        tokens = view.tokens.flatten()
-        lead = shape[1] - tokens.numel() if len(shape) == 2 else 0  # CLS tokens come first
-        base = view.sequence * shape[1] + lead if len(shape) == 2 else start
-        keep = torch.ones(tokens.numel(), dtype=torch.bool) if box is None else _cells_in_box(batch, view, box)
-        flat[base + tokens[keep]] = True
-        start += tokens.numel()
+    for view, index in zip(views, indices):
+        keep = torch.ones(index.numel(), dtype=torch.bool) if box is None else _cells_in_box(batch, view, box)
+        flat[index[keep]] = True
     order = stream_order(model, batch) if len(shape) == 1 else None
     if order is not None:  # the tower holds its tokens in attention-window order
         flat = flat[order]
