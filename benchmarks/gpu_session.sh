@@ -30,12 +30,15 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, keep everything it p
 step env 30 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; $PY -c 'import torch, transformers, captum; print(torch.__version__, transformers.__version__, captum.__version__, torch.cuda.get_device_name())'"
 # The accelerator contract, and SAE training (resume included) on the device.
 step tests 90 env MMLENS_TEST_DEVICE=cuda $PY -m pytest -q -p no:cacheprovider -x tests/models/test_runtime.py tests/sae/test_train.py
-# Issue 13: LLaVA-1.5-7B's exact config in bf16, ~600 tokens, every method and Captum beside them.
-step memory-600 170 $PY benchmarks/memory.py --preset llava-1.5-7b --tokens 600 --captum-tokens all --in-process --repeats 3 --json
-# Issue 16: SAE training at d_in 4,096 and 65,536 latents.
+# Still open after the fifth session (re-measure after the blocking host->device copies were removed):
+# issue 13, gradient x input at ~3,000 tokens within 1.2x of one forward + backward (was 1.29x, one run) ...
+step memory-3000 200 $PY benchmarks/memory.py --preset llava-1.5-7b --tokens 3000 --methods gradient_x_input,integrated_gradients --in-process --repeats 3 --json
+# ... and at ~600 tokens (1.23x min of 3, 0.90x best of 5), every method and Captum beside them;
+step memory-600 170 $PY benchmarks/memory.py --preset llava-1.5-7b --tokens 600 --captum-tokens all --in-process --repeats 5 --json
+# issue 18, BYE scoring time within 1.3x of a bare forward (was 1.50x and 1.32x).
+step audit 150 $PY benchmarks/audit.py --device cuda --preset llava-1.5-7b --tokens 600,3000 --modes score,attentions --n 2 --repeats 3 --json
+# Done on an H100 in the fifth session (docs/results.md), kept for another card:
+# SAE training at d_in 4,096 and 65,536 latents (issue 16), and where stacking rows stops paying (budget.SATURATION_TOKENS).
 step sae 70 $PY benchmarks/sae_throughput.py --device cuda --steps 25 --warmup 5 --peak-tflops 989 --json
-# Issue 13: ~3,000 tokens (576 image tokens and a long prompt).
-step memory-3000 150 $PY benchmarks/memory.py --preset llava-1.5-7b --tokens 3000 --captum-tokens all --in-process --json
-# Issue 13: where stacking rows stops paying on this card (mmlens.budget.SATURATION_TOKENS).
 step saturation 80 $PY benchmarks/saturation.py --preset llava-1.5-7b --tokens 256,600,1200 --repeats 3 --json
 echo "done $(date +%T)"
