@@ -1,7 +1,7 @@
 // Circuit: CD-T shares and the EAP circuit of the current input, found as a background job whose progress is
 // polled; the circuit as a graph (the report's figure), the ranked components and the top edges.
 "use strict";
-var circuit = {job: null};
+var circuit = {};
 var CIRCUIT_CAPTIONS = {
   graph: "The circuit: layers in rows, heads and MLPs as nodes (coloured by CD-T's share); red edges carry the answer",
   cdt: "CD-T: the source's share of the answer logit per head and MLP",
@@ -19,23 +19,9 @@ circuit.options = function (inputId) {
 };
 
 circuit.run = function (inputId) {
-  var bar = mm.$("circuit-progress");
   mm.$("circuit").hidden = true;
-  return mm.post("/api/circuit", circuit.options(inputId)).then(function (started) {
-    circuit.job = started.id;
-    bar.hidden = false;
-    mm.$("circuit-cancel").hidden = false;
-    return mm.poll(started.id, function (job) {
-      bar.max = Math.max(1, job.total);
-      bar.value = job.done;
-      mm.$("circuit-state").textContent = job.state + (job.total ? " · step " + job.done + " / " + job.total : "");
-    });
-  }).then(function (job) {
-    mm.$("circuit-cancel").hidden = true;
+  return mm.job("circuit", "/api/circuit", circuit.options(inputId)).then(function (job) {
     if (job.state === "done") circuit.show(job.result);
-  }, function (error) {
-    mm.$("circuit-cancel").hidden = true;
-    throw error;
   });
 };
 
@@ -56,14 +42,11 @@ circuit.show = function (found) {
           found.cdt ? found.cdt.components.map(function (c) {
             return [c.rank, c.component, c.total, c.direct, c.direct_rest];
           }) : []);
-  mm.rows(mm.$("edges"), ["edge", "score"], found.eap ? found.eap.top_edges.map(function (e) {
-    return [e.edge, e.score];
-  }) : []);
+  var edges = found.eap ? found.eap.top_edges : [];  // the circuit's edges, strongest first
+  mm.rows(mm.$("edges"), ["edge (" + Math.min(20, edges.length) + " of the circuit's " + edges.length + ")", "score"],
+          edges.slice(0, 20).map(function (e) { return [e.edge, e.score]; }));
   found.warnings.forEach(function (w) { mm.showError("warning: " + w); });
   mm.$("circuit").hidden = false;
 };
 
-mm.$("circuit-cancel").addEventListener("click", function () {
-  mm.api("/api/jobs/" + circuit.job, {method: "DELETE"}).catch(mm.fail);  // the poll sees "cancelled"
-});
 mm.inputForm(circuit.run);

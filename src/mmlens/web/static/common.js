@@ -114,3 +114,26 @@ mm.poll = function (jobId, onProgress) {
     step();
   });
 };
+
+// Start a background job (POST `path` with `body`) and follow it: the progress bar `#<name>-progress`, the state
+// line `#<name>-state` and the Cancel button `#<name>-cancel` (DELETE; the poll then sees "cancelled").
+// Resolves with the ended job; rejects with a failed job's one-line error.
+mm.job = function (name, path, body) {
+  var bar = mm.$(name + "-progress"), cancel = mm.$(name + "-cancel");
+  return mm.post(path, body).then(function (started) {
+    bar.hidden = false;
+    cancel.hidden = false;
+    cancel.onclick = function () { mm.api("/api/jobs/" + started.id, {method: "DELETE"}).catch(mm.fail); };
+    return mm.poll(started.id, function (job) {
+      bar.max = Math.max(1, job.total);
+      bar.value = job.done;
+      mm.$(name + "-state").textContent = job.state + (job.total ? " · " + job.done + " / " + job.total : "");
+    });
+  }).then(function (job) {
+    cancel.hidden = true;
+    return job;
+  }, function (error) {
+    cancel.hidden = true;
+    throw error;
+  });
+};

@@ -1,7 +1,7 @@
 // Look inside: the logit lens (a word grid per layer over the image), attention flow, knockout; causal tracing
 // on request, as a background job whose progress is polled.
 "use strict";
-var inside = {lens: null, job: null};
+var inside = {lens: null};
 var CAPTIONS = {
   lens_emergence: "The answer's rank and probability per layer",
   flow_modalities: "Attention from the answer position to image, text and special tokens",
@@ -54,18 +54,7 @@ inside.trace = function () {
   var inputId = mm.currentInput();
   if (!inputId) { mm.showError("choose an input first (Look inside)"); return; }
   mm.showError("");
-  var bar = mm.$("trace-progress");
-  mm.post("/api/trace", {input: inputId}).then(function (started) {
-    inside.job = started.id;
-    bar.hidden = false;
-    mm.$("trace-cancel").hidden = false;
-    return mm.poll(started.id, function (job) {
-      bar.max = Math.max(1, job.total);
-      bar.value = job.done;
-      mm.$("trace-state").textContent = job.state + (job.total ? " · " + job.done + " / " + job.total : "");
-    });
-  }).then(function (job) {
-    mm.$("trace-cancel").hidden = true;
+  mm.job("trace", "/api/trace", {input: inputId}).then(function (job) {
     if (job.state !== "done") return;
     var result = job.result, rows = [];
     Object.keys(result.strongest).forEach(function (component) {
@@ -80,7 +69,4 @@ inside.trace = function () {
 };
 
 mm.$("trace").addEventListener("click", inside.trace);
-mm.$("trace-cancel").addEventListener("click", function () {
-  mm.api("/api/jobs/" + inside.job, {method: "DELETE"}).catch(mm.fail);  // the poll sees "cancelled"
-});
 mm.inputForm(inside.run);
