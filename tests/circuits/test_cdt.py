@@ -109,7 +109,7 @@ def test_replaced_rest_is_exact_where_no_attention_is_downstream(tiny_llama, bat
     assert result.to_json()["rest"] == "replaced"
 
 
-@pytest.mark.parametrize("name", ["tiny-idefics3", "tiny-qwen2-vl", "tiny-qwen2.5-vl"])
+@pytest.mark.parametrize("name", ["tiny-idefics3", "tiny-qwen2-vl", "tiny-qwen2.5-vl", "tiny-paligemma"])
 def test_cdt_is_frozen_path_patching_on_other_families(name, noise):
     model = mmlens.load(name)
     batch = model.prepare("<image> what colour is the circle ?", [noise(64, 64)])
@@ -120,7 +120,7 @@ def test_cdt_is_frozen_path_patching_on_other_families(name, noise):
         patched = path_patch(model, batch, images, frozen=frozen, graph=graph)
         scale = float(patched.effects.abs().max())
         assert scale > 1e-4
-        assert torch.allclose(result.total_source, patched.effects, atol=1e-4 * scale)
+        assert torch.allclose(result.total_source, patched.effects, atol=1e-4 * scale + 1e-6)
 
 
 def test_image_tokens_as_source_and_the_ranking(tiny_llava, noise):

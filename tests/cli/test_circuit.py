@@ -57,7 +57,7 @@ def test_cdt_with_marginal_norms_and_the_replaced_rest(tmp_path, capsys, tiny_ll
     (["--model", "tiny-llava", "--target", "1.5"], "--target"),
     (["--model", "tiny-llava", "--norms", "layer"], "norms"),
     (["--model", "tiny-llava", "--rest", "zero"], "rest"),
-    (["--model", "tiny-paligemma"], "LLaMA-style"),
+    (["--model", "tiny-gpt2"], "LLaMA-style"),
 ])
 def test_bad_input_is_one_line(tmp_path, capsys, args, words):
     code = main(["circuit", *args, "--out", str(tmp_path / "o")])

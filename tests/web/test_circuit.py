@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
 import mmlens
@@ -67,9 +68,13 @@ def test_bad_circuit_requests_are_one_line_4xx(client, example_id):
 
 
 def test_a_decoder_circuits_cannot_split_is_422():
-    with TestClient(create_app(mmlens.load("tiny-paligemma"))) as client:
+    # Every tiny multimodal family's decoder is now split (docs/circuits.md); a LayerNorm makes one that is not.
+    model = mmlens.load("tiny-llava")
+    for layer in model.decoder_layers:
+        layer.input_layernorm = torch.nn.LayerNorm(layer.input_layernorm.weight.shape[0])
+    with TestClient(create_app(model)) as client:
         key = client.post("/api/inputs", data={"example": "colour_question"}).json()["id"]
         refused = client.post("/api/circuit", json={"input": key})
         assert refused.status_code == 422
-        assert refused.json()["detail"].startswith("paligemma: circuits support LLaMA-style decoders only")
+        assert refused.json()["detail"].startswith("llava: circuits support LLaMA-style decoders only")
         assert client.app.state.server.queue.admitted == 0  # refused before a job was queued

@@ -50,7 +50,7 @@ from typing import Any, Sequence
 
 import torch
 
-from mmlens.circuits.graph import DecoderGraph, GraphRun, rms_scale
+from mmlens.circuits.graph import DecoderGraph, GraphRun, norm_weight, rms_scale
 from mmlens.errors import MmlensError
 from mmlens.model import Batch, Model
 from mmlens.models.decoder import DecoderCall, record_decoder_call
@@ -215,7 +215,7 @@ def decompose_run(graph: DecoderGraph, run: GraphRun, source: torch.Tensor, dire
         own[node - 1] = part[0]
         part[node] = part[node] + part[0]
         beta = beta + part
-    weight = graph.final_norm.weight.float()
+    weight = norm_weight(graph.final_norm)
     read = run.final_scale[0, -1] * weight * direction  # the last position's linearised read-out
     full_direct = run.outputs[1:, 0, -1] @ read
     direct_source = own[:, -1] @ read
@@ -234,7 +234,7 @@ def _norm_share(graph: DecoderGraph, run: GraphRun, reader: int, part: torch.Ten
     for every part, "marginal" gives ``norm(full) - norm(full - part)``,
     "shapley" the mean of that and ``norm(part) - norm(0)``.
     """
-    weight = norm.weight.float()
+    weight = norm_weight(norm)
     if rule == "frozen":
         return part * scale * weight
     full = graph.residual(run, reader)[0, -part.shape[1]:]

@@ -139,7 +139,7 @@ class DecoderGraph:
             x = self._read(outputs, reader, inputs, keep_inputs, heads=True)  # (rows, heads, seq, hidden)
             scale = rms_scale(x, layer.input_layernorm) if frozen is None else frozen.attn_scale[i][:, None]
             attn_scale.append(scale[:, 0])
-            heads, p = self.heads(layer, x * scale * layer.input_layernorm.weight.float(), cos, sin, mask,
+            heads, p = self.heads(layer, x * scale * norm_weight(layer.input_layernorm), cos, sin, mask,
                                   None if probs_from is None else probs_from.probs[i].expand(x.shape[0], -1, -1, -1))
             probs.append(p)
             for j in range(self.n_heads):
@@ -148,7 +148,7 @@ class DecoderGraph:
             reader += self.n_heads
             x = self._read(outputs, reader, inputs, keep_inputs, heads=False)
             scale = rms_scale(x, layer.post_attention_layernorm) if frozen is None else frozen.mlp_scale[i]
-            normed = x * scale * layer.post_attention_layernorm.weight.float()
+            normed = x * scale * norm_weight(layer.post_attention_layernorm)
             mlp_scale.append(scale)
             mlp_inputs.append(normed)
             out = layer.mlp(normed.to(_dtype(layer))).float()
@@ -156,7 +156,7 @@ class DecoderGraph:
             reader += 1
         final = self._read(outputs, reader, inputs, keep_inputs, heads=False)
         final_scale = rms_scale(final, self.final_norm) if frozen is None else frozen.final_scale
-        last = final[:, -1] * final_scale[:, -1] * self.final_norm.weight.float()
+        last = final[:, -1] * final_scale[:, -1] * norm_weight(self.final_norm)
         logits = self.unembed(last.to(_dtype(self.unembed))).float()
         return GraphRun(torch.stack(outputs), probs, attn_scale, mlp_scale, mlp_inputs, final, final_scale, logits)
 
@@ -243,6 +243,9 @@ class DecoderGraph:
         padding = kwargs.get("attention_mask")
         if isinstance(padding, torch.Tensor) and padding.ndim == 2:
             allowed = allowed & padding.bool()[:, None, :]
+        elif isinstance(padding, torch.Tensor) and padding.ndim == 4:  # the model's own mask (PaliGemma's prefix)
+            full = padding if padding.dtype == torch.bool else padding == 0
+            allowed = full[:, 0, -seq:, -seq:].expand(rows, -1, -1)
         allowed = allowed | torch.eye(seq, dtype=torch.bool, device=embeds.device)  # padded rows attend to themselves
         return torch.where(allowed, 0.0, torch.finfo(torch.float32).min)[:, None]
 
@@ -258,13 +261,30 @@ class DecoderGraph:
 
 
 def _is_rms_norm(module: torch.nn.Module | None) -> bool:
-    return (module is not None and hasattr(module, "variance_epsilon") and getattr(module, "bias", None) is None
-            and isinstance(getattr(module, "weight", None), torch.nn.Parameter) and "Gemma" not in type(module).__name__)
+    return (module is not None and (hasattr(module, "variance_epsilon") or hasattr(module, "eps"))
+            and getattr(module, "bias", None) is None and isinstance(getattr(module, "weight", None), torch.nn.Parameter))
+
+
+def _gemma_norm(norm: torch.nn.Module) -> bool:
+    """Gemma's RMSNorm multiplies by ``1 + weight`` (its weight is stored as an offset from one)."""
+    return "Gemma" in type(norm).__name__
+
+
+def norm_weight(norm: torch.nn.Module) -> torch.Tensor:
+    """What an RMSNorm multiplies the normalised input by: ``weight``, or ``1 + weight`` for Gemma's.
+
+    Example:
+        >>> norm_weight(model.decoder_layers[0].input_layernorm).shape  # doctest: +SKIP
+        torch.Size([64])
+    """
+    weight = norm.weight.float()
+    return 1.0 + weight if _gemma_norm(norm) else weight
 
 
 def rms_scale(x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
     """``1 / rms(x)`` over the hidden axis, as the RMSNorm computes it."""
-    return torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+    eps = getattr(norm, "variance_epsilon", None)
+    return torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + (norm.eps if eps is None else eps))
 
 
 def _dtype(module: torch.nn.Module) -> torch.dtype:

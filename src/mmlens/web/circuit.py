@@ -52,9 +52,9 @@ def check_circuit_input(model: Model, given: Input, options: CircuitOptions) -> 
     """Refuse at once (one line) what the run would refuse later: a decoder circuits cannot split, no image, a bad box.
 
     Example:
-        >>> check_circuit_input(mmlens.load("tiny-paligemma"), given, CircuitOptions())  # doctest: +SKIP
+        >>> check_circuit_input(mmlens.load("tiny-gpt2"), given, CircuitOptions())  # doctest: +SKIP
         Traceback (most recent call last):
-        mmlens.errors.MmlensError: paligemma: circuits support LLaMA-style decoders only ...
+        mmlens.errors.MmlensError: gpt2: circuits support LLaMA-style decoders only ...
     """
     from mmlens.circuits import DecoderGraph
 
