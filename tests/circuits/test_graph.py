@@ -31,7 +31,8 @@ def test_graph_on_a_multimodal_model(tiny_llava, noise):
         graph.check(call, graph.run(call))  # raises if the logits differ
 
 
-@pytest.mark.parametrize("name", ["tiny-idefics3", "tiny-qwen2-vl", "tiny-qwen2.5-vl", "tiny-paligemma"])
+@pytest.mark.parametrize("name", ["tiny-idefics3", "tiny-qwen2-vl", "tiny-qwen2.5-vl", "tiny-paligemma",
+                                  "tiny-llava-next", "tiny-llava-onevision"])
 def test_graph_logits_match_other_families(name, noise):
     """Idefics3 (a LLaMA text model), Qwen2-VL and Qwen2.5-VL (q/k/v biases, M-RoPE positions), PaliGemma
     (``1 + w`` norms, a bidirectional image and prompt prefix), left-padded."""

@@ -8,8 +8,10 @@ RMSNorm, rotary attention, gated MLP, sequential attention then MLP) from the
 model's own modules and weights, node by node; it checks on every model that
 its logits match the model's own, and refuses other decoders in one line.
 Tested on LLaMA (LLaVA, shapes-llava), Idefics3/SmolVLM's LLaMA text model,
-and Qwen2-VL / Qwen2.5-VL (q/k/v biases; M-RoPE positions, which the model's
-own rotary embedding turns into cos/sin from the recorded 3-row position ids).
+Qwen2-VL / Qwen2.5-VL (q/k/v biases; M-RoPE positions, which the model's own
+rotary embedding turns into cos/sin from the recorded 3-row position ids) and
+PaliGemma (Gemma's ``1 + w`` norms; the recorded 4-D mask, bidirectional over
+the prefix).
 
 Nodes, in order: ``embed``, then per layer ``L{i}.H{j}`` for each head and
 ``L{i}.MLP``. Readers: each head, each MLP, and ``logits``. A reader reads
