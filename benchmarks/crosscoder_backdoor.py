@@ -14,7 +14,16 @@ checker pasted at a random position (drawn per image) on a share of them
   samples and scores it on the **test** half (bar: >= 0.95);
 - for reference, the same pick over *every* live latent, and the AUROC of
   the raw model difference ``|x_B - x_A|`` (how visible the backdoor is at
-  the site, no crosscoder involved).
+  the site, no crosscoder involved);
+- the beta view: the same pick over latents whose latent-scaling ratios
+  (A's beta over B's) are both at most ``--max-nu`` whatever their ``delta``
+  (not "B-only" in the published sense), with a chance baseline;
+- 95% bootstrap intervals of each test AUROC (whole test images resampled).
+
+``--modality image`` trains the crosscoder on image tokens only.
+``--diagnose`` trains nothing: it harvests every image with and without the
+trigger and reports, per site of ``--sites``, each model's trigger effect on
+the same patches (:func:`trigger_effects`) and the weight change per module.
 
 Stores and crosscoders are reused when their folders are complete.
 
