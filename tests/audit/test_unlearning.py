@@ -38,7 +38,7 @@ def test_sets_hold_the_fact_and_keep_it_out_of_retain():
 
 
 def test_bad_word_is_one_line():
-    with pytest.raises(MmlensError, match="unknown colour to forget .* choose one of red"):
+    with pytest.raises(MmlensError, match="unknown --forget colour .pink.; choose one of red"):
         check_word("pink")
 
 

@@ -50,7 +50,7 @@ def check_word(word: str) -> str:
         >>> check_word("purple")
         'purple'
     """
-    return check_choice(word, COLOURS, "colour to forget (the shapes world forgets a colour)")
+    return check_choice(word, COLOURS, "--forget colour")
 
 
 def _draw(split: str, start: int, n: int, keep: Callable[[ShapesSample], bool],
