@@ -16,6 +16,13 @@ model) answers over loopback HTTP.
    capacity) that retry on 429: requests per second, against the rate of
    direct ``mmlens.explain`` calls.
 
+3. With ``--parts``: where the endpoint's fixed cost goes, for ``--parts-method``
+   (rollout): the medians of five segments of one request timed inside the
+   server (client to app, app to the worker thread, the job with its JSON,
+   worker back to the response, response to the client), and the CPU time of
+   the server's process per request (client in its own process) against a
+   direct call's: the extra CPU is work, the rest of the extra wall time is waiting.
+
 With --json the last line is one JSON object of all figures.
 """
 
@@ -24,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -38,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, median_seconds  # noqa: E402
 
 import mmlens  # noqa: E402
+import mmlens.web.api as web_api  # noqa: E402
 from mmlens.web import create_app  # noqa: E402
 from mmlens.web.examples import example_input  # noqa: E402
 from mmlens.web.live import LiveServer  # noqa: E402
@@ -107,6 +116,69 @@ async def sustained(url: str, body: dict, requests: int) -> dict:
             "refused_429": refused}
 
 
+class Stamped:
+    """ASGI wrapper that stamps when a request reaches the app and when its answer is sent, and when its job runs."""
+
+    def __init__(self, app) -> None:
+        self.app, self.marks = app, {}
+        self.state = app.state
+        explain_input = web_api.explain_input
+
+        def stamped(*args, **kwargs):
+            self.marks["work"] = time.perf_counter()
+            result = explain_input(*args, **kwargs)
+            self.marks["worked"] = time.perf_counter()
+            return result
+
+        web_api.explain_input = stamped
+
+    async def __call__(self, scope, receive, send) -> None:
+        self.marks["app"] = time.perf_counter()
+
+        async def stamping(message) -> None:
+            if message["type"] == "http.response.start":
+                self.marks["answer"] = time.perf_counter()
+            await send(message)
+
+        await self.app(scope, receive, stamping)
+        self.marks["sent"] = time.perf_counter()
+
+
+def parts(model, url: str, stamped: Stamped, key: str, method: str, repeats: int) -> dict:
+    """Medians of the segments of one request (ms), and CPU per request of the server's process against a direct call."""
+    given = example_input("colour_question")
+    body = {"input": key, "methods": [method], "max_new_tokens": 1}
+    segments: dict[str, list[float]] = {name: [] for name in ("client_to_app", "app_to_worker", "job_with_json",
+                                                             "worker_to_answer", "answer_to_client", "request")}
+    cpu: dict[str, list[float]] = {"direct": [], "server": []}
+    other = OtherProcessClient(url, body)
+    try:
+        with httpx.Client(base_url=url, timeout=300) as client:
+            for i in range(repeats + 2):
+                start = time.perf_counter()
+                client.post("/api/explain", json=body).raise_for_status()
+                done, m = time.perf_counter(), dict(stamped.marks)  # copied: the next requests stamp again
+                spent = {"direct": time.process_time()}
+                mmlens.explain(model, given.prompt, given.images, methods=[method], max_new_tokens=1)
+                spent["server"] = time.process_time()
+                other()  # only the server works in this process meanwhile
+                spent["end"] = time.process_time()
+                if i < 2:
+                    continue
+                cpu["direct"].append(spent["server"] - spent["direct"])
+                cpu["server"].append(spent["end"] - spent["server"])
+                for name, value in (("client_to_app", m["app"] - start), ("app_to_worker", m["work"] - m["app"]),
+                                    ("job_with_json", m["worked"] - m["work"]),
+                                    ("worker_to_answer", m["answer"] - m["worked"]),
+                                    ("answer_to_client", done - m["answer"]), ("request", done - start)):
+                    segments[name].append(value)
+    finally:
+        other.close()
+    out = {name: round(statistics.median(values) * 1e3, 2) for name, values in segments.items()}
+    out.update({f"cpu_{name}_ms": round(statistics.median(values) * 1e3, 2) for name, values in cpu.items()})
+    return {"method": method, **out}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None)
@@ -114,14 +186,24 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--parts", action="store_true", help="Also time where the endpoint's fixed cost goes.")
+    parser.add_argument("--parts-method", default="rollout")
+    parser.add_argument("--parts-only", action="store_true", help="Only --parts: no latency table, no load.")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     console = Console(stderr=True)
     model = mmlens.load(args.model)
     given = example_input("colour_question")
     figures: dict = {"model": model.name, "threads": args.threads, "repeats": args.repeats, "latency": {}}
-    with LiveServer(create_app(model)) as live, httpx.Client(base_url=live.url, timeout=300) as client:
+    stamped = Stamped(create_app(model))
+    with LiveServer(stamped) as live, httpx.Client(base_url=live.url, timeout=300) as client:
         key = client.post("/api/inputs", data={"example": "colour_question"}).json()["id"]
+        if args.parts or args.parts_only:
+            figures["parts"] = parts(model, live.url, stamped, key, args.parts_method, max(args.repeats, 30))
+            console.print(f"where a request's time goes (ms, medians): {figures['parts']}")
+            if args.parts_only:
+                emit(figures, args.json)
+                return
         table = Table(title=f"explain, one answer token ({model.name}, medians of {args.repeats})")
         for column in ("method", "mmlens.explain ms", "POST ms (client in process)", "ratio",
                        "POST ms (client process)", "ratio"):
@@ -156,9 +238,9 @@ def main() -> None:
         figures["burst"] = asyncio.run(burst(live.url, body))
         figures["sustained"] = {**asyncio.run(sustained(live.url, body, args.requests)),
                                 "direct_per_second": round(direct_rate, 3), "method": LOAD_METHOD}
-        figures["queue_peak"] = live.app.state.server.queue.peak
+        figures["queue_peak"] = stamped.state.server.queue.peak
     console.print(f"burst of {BURST}: {figures['burst']}; queue peak {figures['queue_peak']} "
-                  f"(bound {1 + live.app.state.server.queue.max_waiting})")
+                  f"(bound {1 + stamped.state.server.queue.max_waiting})")
     console.print(f"sustained ({CLIENTS} clients, {LOAD_METHOD}): {figures['sustained']['per_second']:.2f} requests/s, "
                   f"direct mmlens.explain {direct_rate:.2f} calls/s")
     emit(figures, args.json)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from mmlens.web.queue import ClientGone, ModelQueue, model_lock
+from mmlens.web.queue import ClientGone, ModelQueue, Worker, model_lock
 from mmlens.web.uploads import WebError
 from tests.web.conftest import run_async
 
@@ -102,3 +102,23 @@ def test_a_failing_job_frees_its_slot():
         return answer
 
     assert run_async(scenario()) == 7
+
+
+def test_worker_runs_in_order_on_one_thread_and_skips_jobs_nobody_awaits():
+    async def scenario():
+        worker, ran = Worker(), []
+        gate = threading.Event()
+        busy = worker.run(gate.wait)  # holds the thread while the next jobs queue up
+        skipped = worker.run(ran.append, "skipped")
+        kept = worker.run(lambda: ran.append(threading.current_thread().name) or "kept")
+        skipped.cancel()  # its caller left before it started
+        gate.set()
+        await busy
+        failing = worker.run(lambda: 1 / 0)
+        worker.stop()
+        with pytest.raises(ZeroDivisionError):
+            await failing
+        return await kept, ran
+
+    kept, ran = run_async(scenario())
+    assert kept == "kept" and ran == ["mmlens-model"]

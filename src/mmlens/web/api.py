@@ -15,7 +15,7 @@ import time
 from typing import Any, Literal, Optional
 
 from fastapi import APIRouter, File, Form, Request, Response, UploadFile
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 
 from mmlens.attribution.api import DEFAULT_METHODS, METHODS
@@ -170,12 +170,16 @@ def input_layout(request: Request, key: str) -> dict[str, Any]:
     return describe_input(server.model, _input(server, key))
 
 
-@router.post("/explain", summary="Explain each answer token with the chosen methods")
-async def explain(request: Request, body: ExplainRequest) -> dict[str, Any]:
+@router.post("/explain", summary="Explain each answer token with the chosen methods", response_model=dict[str, Any])
+async def explain(request: Request, body: ExplainRequest) -> Response:
     server = server_of(request)
     given = _input(server, body.input)
-    return await server.queue.run(lambda: explain_input(server.model, given, list(body.methods), body.max_new_tokens,
-                                                        body.target, body.foil), request.is_disconnected)
+    methods = list(body.methods)
+
+    def work() -> Response:  # the JSON is written on the worker thread: the event loop only sends it
+        return JSONResponse(explain_input(server.model, given, methods, body.max_new_tokens, body.target, body.foil))
+
+    return await server.queue.run(work, request.is_disconnected)
 
 
 @router.post("/lens", summary="Logit lens per layer, attention flow between modalities, knockout of the image")

@@ -68,7 +68,8 @@ def position_grids(layout: TokenLayout) -> list[list[list[list[int | None]]]]:
         1
     """
     positions = torch.arange(layout.seq_len, dtype=torch.float32)  # the layout lays any per-position value out
-    return [[[[None if np.isnan(v) else int(v) for v in row] for row in layout.grid(positions, 0, i, v)]
+    # Python floats from tolist(): checking numpy scalars one by one costs more than the rest of the grid.
+    return [[[[None if v != v else int(v) for v in row] for row in layout.grid(positions, 0, i, v).tolist()]
              for v in range(len(info.views))] for i, info in enumerate(layout.images[0])]
 
 
