@@ -21,7 +21,9 @@ model) answers over loopback HTTP.
    server (client to app, app to the worker thread, the job with its JSON,
    worker back to the response, response to the client), and the CPU time of
    the server's process per request (client in its own process) against a
-   direct call's: the extra CPU is work, the rest of the extra wall time is waiting.
+   direct call's: the extra CPU is work, the rest of the extra wall time is waiting;
+   the CPU of the result's JSON alone; the round trip of an empty job to the
+   queue's worker thread and back, against a one-thread executor.
 
 With --json the last line is one JSON object of all figures.
 """
@@ -35,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -50,6 +53,8 @@ import mmlens.web.api as web_api  # noqa: E402
 from mmlens.web import create_app  # noqa: E402
 from mmlens.web.examples import example_input  # noqa: E402
 from mmlens.web.live import LiveServer  # noqa: E402
+from mmlens.web.queue import Worker  # noqa: E402
+from mmlens.web.results import explanation_json  # noqa: E402
 
 METHODS = ("attention", "rollout", "gradient_x_input", "integrated_gradients")
 LOAD_METHOD = "rollout"
@@ -176,7 +181,33 @@ def parts(model, url: str, stamped: Stamped, key: str, method: str, repeats: int
         other.close()
     out = {name: round(statistics.median(values) * 1e3, 2) for name, values in segments.items()}
     out.update({f"cpu_{name}_ms": round(statistics.median(values) * 1e3, 2) for name, values in cpu.items()})
-    return {"method": method, **out}
+    explanation = mmlens.explain(model, given.prompt, given.images, methods=[method], max_new_tokens=1)
+    out["cpu_json_ms"] = round(median_cpu(lambda: explanation_json(explanation), 200) * 1e3, 3)
+    return {"method": method, **out, **asyncio.run(handoffs(3000))}
+
+
+def median_cpu(function, repeats: int) -> float:
+    """Median CPU seconds of ``function()`` in this thread."""
+    spent = []
+    for _ in range(repeats):
+        start = time.thread_time()
+        function()
+        spent.append(time.thread_time() - start)
+    return statistics.median(spent)
+
+
+async def handoffs(repeats: int) -> dict:
+    """Round trip of an empty job from the event loop to a thread and back: the queue's Worker, a one-thread executor."""
+    loop, pool, worker = asyncio.get_running_loop(), ThreadPoolExecutor(1), Worker()
+    times: dict[str, list[float]] = {"worker": [], "executor": []}
+    for _ in range(repeats):
+        for name, call in (("worker", lambda: worker.run(int)), ("executor", lambda: loop.run_in_executor(pool, int))):
+            start = time.perf_counter()
+            await call()
+            times[name].append(time.perf_counter() - start)
+    worker.stop()
+    pool.shutdown()
+    return {f"handoff_{name}_us": round(statistics.median(values) * 1e6, 1) for name, values in times.items()}
 
 
 def main() -> None:
