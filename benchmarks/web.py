@@ -126,7 +126,6 @@ class Stamped:
 
     def __init__(self, app) -> None:
         self.app, self.marks = app, {}
-        self.state = app.state
         explain_input = web_api.explain_input
 
         def stamped(*args, **kwargs):
@@ -226,8 +225,9 @@ def main() -> None:
     model = mmlens.load(args.model)
     given = example_input("colour_question")
     figures: dict = {"model": model.name, "threads": args.threads, "repeats": args.repeats, "latency": {}}
-    stamped = Stamped(create_app(model))
-    with LiveServer(stamped) as live, httpx.Client(base_url=live.url, timeout=300) as client:
+    app = create_app(model)
+    stamped = Stamped(app) if args.parts or args.parts_only else None  # the plain app unless asked: no stamps timed
+    with LiveServer(stamped or app) as live, httpx.Client(base_url=live.url, timeout=300) as client:
         key = client.post("/api/inputs", data={"example": "colour_question"}).json()["id"]
         if args.parts or args.parts_only:
             figures["parts"] = parts(model, live.url, stamped, key, args.parts_method, max(args.repeats, 30))
@@ -269,9 +269,9 @@ def main() -> None:
         figures["burst"] = asyncio.run(burst(live.url, body))
         figures["sustained"] = {**asyncio.run(sustained(live.url, body, args.requests)),
                                 "direct_per_second": round(direct_rate, 3), "method": LOAD_METHOD}
-        figures["queue_peak"] = stamped.state.server.queue.peak
+        figures["queue_peak"] = app.state.server.queue.peak
     console.print(f"burst of {BURST}: {figures['burst']}; queue peak {figures['queue_peak']} "
-                  f"(bound {1 + stamped.state.server.queue.max_waiting})")
+                  f"(bound {1 + app.state.server.queue.max_waiting})")
     console.print(f"sustained ({CLIENTS} clients, {LOAD_METHOD}): {figures['sustained']['per_second']:.2f} requests/s, "
                   f"direct mmlens.explain {direct_rate:.2f} calls/s")
     emit(figures, args.json)
