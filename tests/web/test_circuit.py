@@ -38,6 +38,7 @@ def test_circuit_job_matches_cdt_and_draws_the_graph(found, shipped):
     assert len(graph["nodes"]) == 2 + 4 * 5 and {n["name"] for n in graph["nodes"] if n["in_circuit"]} >= {"logits"}
     rows = {n["name"]: n["y"] for n in graph["nodes"]}
     assert rows["embed"] < rows["L0.H0"] < rows["L1.H0"] < rows["L3.H3"] < rows["logits"]  # layers in rows
+    assert all("--" not in w for w in result["warnings"])  # no command-line option named on a web page
     assert set(result["figures"]) == {"cdt", "graph", "curve"}
     assert all(uri.startswith("data:image/png;base64,") for uri in result["figures"].values())
 

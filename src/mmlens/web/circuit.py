@@ -111,7 +111,9 @@ def circuit_input(model: Model, given: Input, options: CircuitOptions,
     if "eap" in options.methods:
         scores, curve, info = _eap(model, batch, given.images, graph, options.target, None, options.noise,
                                    options.keep, options.seed)
-        found["warnings"] += info.pop("warnings")
+        # The command's hint names its options; this API's equivalent is the noise field.
+        found["warnings"] += [w.replace("(try --noise or --counterfactual)", "(try a larger noise)")
+                              for w in info.pop("warnings")]
         found["eap"] = {**info, "curve": {"kept": curve.kept, "recovered": [round(float(r), 6) for r in curve.recovered]}}
         node_scores = None if result is None else dict(zip(result.components, result.total_source.tolist()))
         figures["graph"] = circuit_figure(graph.n_layers, graph.n_heads, scores, info["edges_kept"], node_scores)
