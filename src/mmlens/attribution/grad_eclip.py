@@ -52,7 +52,7 @@ import torch
 
 from mmlens.attribution.base import Attribution, causal_cut, empty_scores
 from mmlens.box import Box
-from mmlens.errors import MmlensError
+from mmlens.errors import MmlensError, check_choice
 from mmlens.hooks import Site, attach
 from mmlens.layout import ImageInfo, TokenLayout, View
 from mmlens.model import Batch, Model
@@ -94,10 +94,8 @@ def tower_maps(model: Model, targets: Targets, layers: Sequence[int] | None = No
         >>> sorted(maps.grids)
         [0, 1]
     """
-    if spatial not in SPATIAL:
-        raise MmlensError(f"unknown spatial weighting {spatial!r}; choose one of {', '.join(SPATIAL)}")
-    if queries not in QUERIES:
-        raise MmlensError(f"unknown query pooling {queries!r}; choose one of {', '.join(QUERIES)}")
+    check_choice(spatial, SPATIAL, "spatial weighting")
+    check_choice(queries, QUERIES, "query pooling")
     if model.vision_layers is None:
         raise MmlensError(f"grad_eclip: {model.name} has no vision tower to explain")
     views = tower_views(model, targets.batch)

@@ -51,7 +51,7 @@ from typing import Any, Sequence
 import torch
 
 from mmlens.circuits.graph import DecoderGraph, GraphRun, norm_weight, rms_scale
-from mmlens.errors import MmlensError
+from mmlens.errors import MmlensError, check_choice
 from mmlens.model import Batch, Model
 from mmlens.models.decoder import DecoderCall, record_decoder_call
 from mmlens.readout.logits import answer_token_ids
@@ -86,9 +86,8 @@ class Decomposition:
             >>> result.ranking()[0][0]  # doctest: +SKIP
             'L1.H2'
         """
-        scores = {"total": self.total_source, "direct": self.direct_source}.get(by)
-        if scores is None:
-            raise MmlensError(f"unknown ranking {by!r}; choose total or direct")
+        check_choice(by, ("total", "direct"), "ranking")
+        scores = self.total_source if by == "total" else self.direct_source
         order = torch.argsort(scores, descending=True)
         return [(self.components[i], float(scores[i])) for i in order]
 
@@ -118,8 +117,7 @@ def reference_embeds(call: DecoderCall, model: Model, batch: Batch, reference: s
         return reference.float().reshape(1, *embeds.shape[1:]).to(embeds.device)
     if reference == "zero":
         return torch.zeros_like(embeds)
-    if reference != "mean":
-        raise MmlensError(f"unknown reference {reference!r}; choose one of {', '.join(REFERENCES)}")
+    check_choice(reference, REFERENCES, "reference")
     images = batch.layout.image_positions(0) if batch.layout is not None else torch.tensor([], dtype=torch.long)
     rows = embeds[0, images] if len(images) else embeds[0]
     return rows.mean(0).expand_as(embeds[0]).unsqueeze(0).clone()
@@ -141,12 +139,9 @@ def decompose(model: Model, batch: Batch, source_positions: Sequence[int], *, an
         >>> abs(result.embed_source + float(result.direct_source.sum()) - result.source_logit) < 1e-3
         True
     """
-    if activation not in ACTIVATIONS:
-        raise MmlensError(f"unknown activation rule {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
-    if norms not in NORMS:
-        raise MmlensError(f"unknown norm rule {norms!r}; choose one of {', '.join(NORMS)}")
-    if rest not in RESTS:
-        raise MmlensError(f"unknown rest {rest!r}; choose one of {', '.join(RESTS)}")
+    check_choice(activation, ACTIVATIONS, "activation rule")
+    check_choice(norms, NORMS, "norm rule")
+    check_choice(rest, RESTS, "rest")
     graph = graph or DecoderGraph(model)
     start = time.perf_counter()
     call, positions, run, answer_id, foil_id = clean_run(model, batch, source_positions, answer, foil, graph)

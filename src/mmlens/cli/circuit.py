@@ -26,12 +26,11 @@ from mmlens.cli.options import (
     OverwriteOption,
     PromptFileOption,
     PromptOption,
-    check_choices,
     print_json,
     stdout_for_json,
 )
 from mmlens.cli.samples import load_with_input, read_prompt
-from mmlens.errors import MmlensError
+from mmlens.errors import MmlensError, check_choice, check_choices
 from mmlens.report.files import save_json
 from mmlens.report.output import OutputFolder
 
@@ -70,11 +69,11 @@ def circuit(
     from mmlens.circuits.cdt import ACTIVATIONS, NORMS, REFERENCES, RESTS
 
     methods = check_choices(list(dict.fromkeys(method or METHODS)), METHODS, "method")
-    check_choices([source], ("object", "image"), "source")
-    check_choices([reference], REFERENCES, "reference")
-    check_choices([activation], ACTIVATIONS, "activation")
-    check_choices([norms], NORMS, "norms")
-    check_choices([rest], RESTS, "rest")
+    check_choice(source, ("object", "image"), "source")
+    check_choice(reference, REFERENCES, "reference")
+    check_choice(activation, ACTIVATIONS, "activation")
+    check_choice(norms, NORMS, "norms")
+    check_choice(rest, RESTS, "rest")
     if not 0.0 < target <= 1.0:
         raise MmlensError(f"--target {target} must be in (0, 1]")
     wanted = _parse_positions(positions)

@@ -10,7 +10,6 @@ from typing import Any, Iterator, Optional
 
 import typer
 
-from mmlens.errors import check_choices  # noqa: F401 (the commands import it from here)
 
 ModelOption = typer.Option(None, "--model", "-m", help="Zoo name, local folder or hub id (default: the shipped model).")
 ImageOption = typer.Option(None, "--image", "-i", help="Image file; repeat for several images.")

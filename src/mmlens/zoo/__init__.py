@@ -21,7 +21,7 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any
 
-from mmlens.errors import MmlensError
+from mmlens.errors import MmlensError, check_choice
 
 # name -> "module:function"; the function takes no arguments and returns
 # (model, processor). Imported lazily so that listing names costs nothing.
@@ -62,8 +62,7 @@ def build(name: str, **kwargs: Any) -> tuple[Any, Any]:
     Example:
         >>> model, processor = build("tiny-llama")
     """
-    if name not in _BUILDERS:
-        raise MmlensError(f"unknown zoo model {name!r}; known: {', '.join(names())}")
+    check_choice(name, names(), "zoo model")
     module_name, function_name = _BUILDERS[name].split(":")
     return getattr(import_module(module_name), function_name)(**kwargs)
 
