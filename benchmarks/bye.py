@@ -266,6 +266,26 @@ def ceiling(n: int) -> dict:
             "entropy_gap": dict(zip(names, (round(f.gap(), 2) for f in fit_mixtures(heads))))}
 
 
+def head_ceiling(audit_dir: Path, data: str) -> dict:
+    """Each head of an ``mmlens audit backdoor --units heads`` run (its ``entropy.npz``) against ``data``'s
+    poison labels: AUROC, best-cut F1 (labels choose the cut: a ceiling for any one-head rule) and mixture gap."""
+    import mmlens.audit.ft_data  # noqa: F401
+    from sklearn.metrics import roc_auc_score
+
+    from mmlens.audit.backdoor_mixture import fit_mixtures
+    from mmlens.data.readers import open_reader
+
+    arrays = np.load(audit_dir / "entropy.npz", allow_pickle=False)
+    poisoned = [s.id for s in open_reader(data) if s.meta.get("poisoned")]
+    y = np.isin(arrays["ids"], poisoned)
+    n, n_layers, n_heads = arrays["heads"].shape
+    heads = arrays["heads"].reshape(n, -1)
+    rows = [{"head": f"L{j // n_heads}.H{j % n_heads}", "auroc": round(float(roc_auc_score(y, -heads[:, j])), 3),
+             "best_cut_f1": _best_f1(heads[:, j], y), "gap": round(fit.gap(), 2)}
+            for j, fit in enumerate(fit_mixtures(heads))]
+    return {"audit": str(audit_dir), "data": data, "heads": sorted(rows, key=lambda r: -r["best_cut_f1"])}
+
+
 def cost_child(mode: str, n: int) -> None:
     """One measurement in this process: ``bare`` forwards or BYE ``score``; prints seconds and peak RSS."""
     import mmlens
@@ -313,6 +333,8 @@ def main() -> None:
     p.add_argument("--ceiling", type=int, default=0, help="only the best-cut diagnostic on rows 0:N")
     p.add_argument("--held-out", metavar="DATA", help="only the frozen chosen rule on DATA, scored by --model")
     p.add_argument("--model", default="shapes-llava-ft-backdoor", help="zoo name or folder (with --held-out)")
+    p.add_argument("--head-ceiling", nargs=2, metavar=("AUDIT_DIR", "DATA"),
+                   help="only the per-head diagnosis of an `mmlens audit backdoor --units heads` folder")
     a = p.parse_args()
     torch.set_num_threads(1)
     if a.cost_child:
@@ -321,6 +343,11 @@ def main() -> None:
     if a.ceiling:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(ceiling(a.ceiling), indent=1))
+        print(a.out.read_text())
+        return
+    if a.head_ceiling:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(head_ceiling(Path(a.head_ceiling[0]), a.head_ceiling[1]), indent=1))
         print(a.out.read_text())
         return
     if a.held_out:
