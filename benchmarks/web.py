@@ -149,7 +149,7 @@ class Stamped:
 
 
 def parts(model, url: str, stamped: Stamped, key: str, method: str, repeats: int) -> dict:
-    """Medians of the segments of one request (ms), and CPU per request of the server's process against a direct call."""
+    """Medians of the segments of one request (ms); CPU per request of the server's process and of a direct call."""
     given = example_input("colour_question")
     body = {"input": key, "methods": [method], "max_new_tokens": 1}
     segments: dict[str, list[float]] = {name: [] for name in ("client_to_app", "app_to_worker", "job_with_json",
@@ -196,7 +196,7 @@ def median_cpu(function, repeats: int) -> float:
 
 
 async def handoffs(repeats: int) -> dict:
-    """Round trip of an empty job from the event loop to a thread and back: the queue's Worker, a one-thread executor."""
+    """Round trip of an empty job from the event loop to a thread and back: the queue's Worker, an executor."""
     loop, pool, worker = asyncio.get_running_loop(), ThreadPoolExecutor(1), Worker()
     times: dict[str, list[float]] = {"worker": [], "executor": []}
     for _ in range(repeats):

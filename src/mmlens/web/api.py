@@ -21,8 +21,8 @@ from pydantic import BaseModel, Field
 from mmlens.attribution.api import DEFAULT_METHODS, METHODS
 from mmlens.causal.tracing import COMPONENTS
 from mmlens.model import check_prompt
-from mmlens.web.examples import example_input, example_path, examples
 from mmlens.web.circuit import SOURCES, CircuitOptions, check_circuit_input, circuit_input
+from mmlens.web.examples import example_input, example_path, examples
 from mmlens.web.server import Server
 from mmlens.web.store import Input
 from mmlens.web.uploads import WebError, read_image
@@ -77,8 +77,9 @@ class TraceRequest(BaseModel):
 class CircuitRequest(BaseModel):
     input: str = InputId
     methods: list[Literal["cdt", "eap"]] = Field(default_factory=lambda: ["cdt", "eap"], min_length=1, max_length=2)
-    source: Literal[tuple(SOURCES)] = Field("object", description="CD-T's source: the asked object's image "  # type: ignore
-                                           "tokens (all image tokens when no box is known), or all image tokens.")
+    source: Literal[tuple(SOURCES)] = Field(  # type: ignore[valid-type]
+        "object", description="CD-T's source: the asked object's image tokens (all image tokens when no box is "
+                              "known), or all image tokens.")
     box: Optional[list[float]] = Field(None, min_length=4, max_length=4, description="The object's box in the "
                                        "first image's pixels, x0 y0 x1 y1 (default: a shipped example's own).")
     target: Optional[str] = Word
@@ -170,7 +171,8 @@ def input_layout(request: Request, key: str) -> dict[str, Any]:
     return describe_input(server.model, _input(server, key))
 
 
-@router.post("/explain", summary="Explain each answer token with the chosen methods", response_model=dict[str, Any])
+@router.post("/explain", summary="Explain each answer token with the chosen methods",
+             response_model=dict[str, Any])
 async def explain(request: Request, body: ExplainRequest) -> Response:
     server = server_of(request)
     given = _input(server, body.input)

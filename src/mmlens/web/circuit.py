@@ -82,7 +82,7 @@ def box_within(box: tuple[float, float, float, float], size: tuple[int, int]) ->
 
 def circuit_input(model: Model, given: Input, options: CircuitOptions,
                   progress: Callable[[int, int], None]) -> dict[str, Any]:
-    """CD-T and EAP on ``given`` with the report's figures; ``progress(done, total)`` may raise to stop between steps."""
+    """CD-T and EAP on ``given``, with the report's figures; ``progress(done, total)`` may raise between steps."""
     from mmlens.causal import object_positions
     from mmlens.circuits import DecoderGraph, decompose
     from mmlens.cli.circuit import _eap, token_text  # the command's own EAP step: corruption, foil, circuit size
@@ -114,7 +114,8 @@ def circuit_input(model: Model, given: Input, options: CircuitOptions,
         # The command's hint names its options; this API's equivalent is the noise field.
         found["warnings"] += [w.replace("(try --noise or --counterfactual)", "(try a larger noise)")
                               for w in info.pop("warnings")]
-        found["eap"] = {**info, "curve": {"kept": curve.kept, "recovered": [round(float(r), 6) for r in curve.recovered]}}
+        recovered = [round(float(r), 6) for r in curve.recovered]
+        found["eap"] = {**info, "curve": {"kept": curve.kept, "recovered": recovered}}
         node_scores = None if result is None else dict(zip(result.components, result.total_source.tolist()))
         figures["graph"] = circuit_figure(graph.n_layers, graph.n_heads, scores, info["edges_kept"], node_scores)
         figures["curve"] = curve_figure({"corrupt": curve}, len(graph.edges))
