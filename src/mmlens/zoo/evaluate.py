@@ -159,7 +159,7 @@ def paired_difference(a: np.ndarray, b: np.ndarray, resamples: int = 2000,
     return float(d.mean()), float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))
 
 
-def _report(name: str, h: dict[str, np.ndarray], ref: dict[str, np.ndarray] | None, ref_name: str) -> dict:
+def _report(h: dict[str, np.ndarray], ref: dict[str, np.ndarray] | None, ref_name: str) -> dict:
     """Print rates with intervals (and differences to ``ref``); the JSON-ready figures."""
     out: dict = {}
     groups = {**h, "pooled": np.concatenate(list(h.values()))}
@@ -302,7 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     what = f"rate of answering {args.target!r}" if args.target else "accuracy"
     on = f", trigger on ({trigger}, {style})" if trigger else ""
     print(f"held-out {what} of {args.model} ({args.n} per type{on}; 95% Wilson intervals):")
-    intervals = _report(args.model, h, ref, args.compare or "")
+    intervals = _report(h, ref, args.compare or "")
     result: dict = {qt: round(float(v.mean()), 4) for qt, v in h.items()}
     result["intervals"] = intervals
     if args.swap:
