@@ -55,6 +55,19 @@ def test_options_source_box_target_and_foil(client, example_id):
     assert image["source"]["kind"] == "image" and len(image["source"]["positions"]) == 64
 
 
+def test_the_cdt_variant_that_agrees_with_patching(client, example_id, shipped):
+    body = {"input": example_id, "methods": ["cdt"], "norms": "marginal", "rest": "replaced"}
+    result = wait_for(client, client.post("/api/circuit", json=body).json()["id"])["result"]
+    given = example_input("colour_question")
+    batch = shipped.prepare(given.prompt, given.images)
+    direct = decompose(shipped, batch, result["source"]["positions"], norms="marginal", rest="replaced")
+    published = decompose(shipped, batch, result["source"]["positions"])
+    ranked = [(c["component"], c["total"]) for c in result["cdt"]["components"]]
+    assert ranked == [(n, round(s, 6)) for n, s in direct.ranking()]
+    assert ranked != [(n, round(s, 6)) for n, s in published.ranking()]
+    assert client.post("/api/circuit", json={**body, "rest": "sideways"}).status_code == 422
+
+
 def test_bad_circuit_requests_are_one_line_4xx(client, example_id):
     assert client.post("/api/circuit", json={"input": "nope"}).status_code == 404
     outside = client.post("/api/circuit", json={"input": example_id, "box": [100, 100, 120, 120]})

@@ -87,6 +87,11 @@ class CircuitRequest(BaseModel):
                                 "logit(foil); EAP contrasts with the corrupted image's answer.")
     reference: Literal["mean", "zero"] = "mean"
     activation: Literal["marginal", "shapley"] = "marginal"
+    norms: Literal["frozen", "marginal", "shapley"] = Field("frozen", description="CD-T's RMSNorm split: frozen "
+                                                            "(published), or marginal (with rest 'replaced': the "
+                                                            "variant that agrees with path patching; docs/circuits.md)")
+    rest: Literal["propagated", "replaced"] = Field("propagated", description="CD-T's rest: propagated (published) "
+                                                    "or the model's own run with the source replaced")
     noise: float = Field(3.0, gt=0, le=20, description="EAP: pixel-noise standard deviation.")
     keep: float = Field(0.8, gt=0, le=1, description="EAP: the share of the clean-corrupt gap the circuit keeps.")
 
@@ -216,7 +221,8 @@ async def start_circuit(request: Request, body: CircuitRequest) -> dict[str, Any
     server = server_of(request)
     given = _input(server, body.input)
     options = CircuitOptions(tuple(body.methods), body.source, None if body.box is None else tuple(body.box),
-                             body.target, body.foil, body.reference, body.activation, body.noise, body.keep)
+                             body.target, body.foil, body.reference, body.activation, body.norms, body.rest,
+                             body.noise, body.keep)
     check_circuit_input(server.model, given, options)
     return server.start_job("circuit", lambda progress: circuit_input(server.model, given, options, progress))
 

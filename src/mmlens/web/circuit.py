@@ -43,6 +43,8 @@ class CircuitOptions:
     foil: str | None = None  # CD-T's target becomes logit(target) - logit(foil)
     reference: str = "mean"
     activation: str = "marginal"
+    norms: str = "frozen"  # "marginal" with rest "replaced": the variant that agrees with path patching
+    rest: str = "propagated"
     noise: float = 3.0
     keep: float = 0.8
     seed: int = 0
@@ -103,7 +105,8 @@ def circuit_input(model: Model, given: Input, options: CircuitOptions,
     progress(0, STEPS)
     if "cdt" in options.methods:
         result = decompose(model, batch, positions, answer=options.target, foil=options.foil,
-                           reference=options.reference, activation=options.activation, graph=graph)
+                           reference=options.reference, activation=options.activation, norms=options.norms,
+                           rest=options.rest, graph=graph)
         found["cdt"] = cdt_json(result, token_text(model, result.answer_id),
                                 None if result.foil_id is None else token_text(model, result.foil_id))
         figures["cdt"] = cdt_figure(result, graph.n_layers, graph.n_heads)

@@ -15,6 +15,7 @@ circuit.options = function (inputId) {
   if (box) body.box = box.split(",").map(Number);
   if (target) body.target = target;
   if (foil) body.foil = foil;
+  if (mm.$("variant").value === "patching") { body.norms = "marginal"; body.rest = "replaced"; }
   return body;
 };
 
