@@ -111,7 +111,7 @@ def test_a_full_disk_is_one_line(capsys, tmp_path, monkeypatch):
     (["--column", "prompt"], "--column takes FIELD=NAME"),
     (["--dtype", "int8"], "unknown dtype 'int8'"),
     (["--sites", "lm.L9.resid"], "out of range"),
-    (["--modalities", "audio"], "unknown modalities audio"),
+    (["--modalities", "audio"], "unknown modality(s) 'audio'"),
 ])
 def test_bad_options_are_one_line(capsys, tmp_path, extra, words):
     code, _, err = run(capsys, "harvest", *ARGS, "--out", tmp_path / "s", *extra)
