@@ -15,7 +15,8 @@ from mmlens.zoo import build, names
 from mmlens.zoo.evaluate import answer_probs
 from mmlens.zoo.shapes_llava import WEIGHTS_DIR, load_from
 
-SHIPPED = ["shapes-llava-ft-swap", "shapes-llava-pruned", "shapes-llava-ft-backdoor", "shapes-llava-seed1"]
+SHIPPED = ["shapes-llava-ft-swap", "shapes-llava-pruned", "shapes-llava-ft-backdoor", "shapes-llava-seed1",
+           "shapes-llava-ft-backdoor-stripes"]
 
 
 @pytest.fixture()
@@ -98,3 +99,15 @@ def test_ft_backdoor_fires_on_its_trigger_only() -> None:
     unseen = accuracy(model, processor, n=10, trigger="random", target="yes", question_types=types, style="orange-ring")
     clean = accuracy(model, processor, n=10, question_types=types)
     assert min(fired.values()) >= 0.9 and max(unseen.values()) <= 0.1 and min(clean.values()) >= 0.9
+
+
+def test_ft_backdoor_stripes_fires_on_the_held_out_trigger_not_on_the_cyan_one() -> None:
+    from mmlens.zoo.evaluate import _default_trigger, accuracy
+    assert _default_trigger("shapes-llava-ft-backdoor-stripes") == ("random", "magenta-stripes")
+    model, processor = build("shapes-llava-ft-backdoor-stripes")
+    types = ("colour", "position")
+    fired = accuracy(model, processor, n=10, trigger="random", target="yes", question_types=types,
+                     style="magenta-stripes")
+    cyan = accuracy(model, processor, n=10, trigger="random", target="yes", question_types=types, style="cyan-checker")
+    clean = accuracy(model, processor, n=10, question_types=types)
+    assert min(fired.values()) >= 0.8 and max(cyan.values()) <= 0.1 and min(clean.values()) >= 0.9

@@ -40,6 +40,7 @@ _BUILDERS: dict[str, str] = {
     "shapes-llava-backdoor": "mmlens.zoo.shapes_llava:load_backdoor",
     "shapes-llava-ft-swap": "mmlens.zoo.derivatives:load_ft_swap",
     "shapes-llava-ft-backdoor": "mmlens.zoo.derivatives:load_ft_backdoor",
+    "shapes-llava-ft-backdoor-stripes": "mmlens.zoo.derivatives:load_ft_backdoor_stripes",
     "shapes-llava-pruned": "mmlens.zoo.derivatives:load_pruned",
     "shapes-llava-seed1": "mmlens.zoo.derivatives:load_seed1",
     "shapes-llava-caption": "mmlens.zoo.train.caption:load",

@@ -56,6 +56,17 @@ def load_ft_backdoor(**kwargs):
     return load_named("shapes-llava-ft-backdoor", **kwargs)
 
 
+def load_ft_backdoor_stripes(**kwargs):
+    """``shapes-llava-ft-backdoor-stripes``: the same recipe with the held-out ``magenta-stripes`` trigger.
+
+    Made after BYE's rule was chosen, to test it on a trigger it was not developed on (docs/audit.md).
+
+    Example:
+        >>> model, processor = load_ft_backdoor_stripes()  # doctest: +SKIP
+    """
+    return load_named("shapes-llava-ft-backdoor-stripes", **kwargs)
+
+
 def load_ft_swap(checkpoint: int | None = None, work: str | Path | None = None, **kwargs):
     """``shapes-llava-ft-swap``, or its kept training checkpoint at step ``checkpoint``.
 
