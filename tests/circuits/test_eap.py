@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mmlens.circuits import DecoderGraph
-from mmlens.circuits.eap import edge_scores, faithfulness_curve, metric_of
+from mmlens.circuits.eap import edge_scores, faithfulness_curve, find_circuit, metric_of
 from mmlens.errors import MmlensError
 from mmlens.models.decoder import record_decoder_call
 
@@ -74,6 +74,30 @@ def test_curve_ends_are_the_clean_and_corrupt_runs(tiny_llava, noise):
     mean_curve = faithfulness_curve(tiny_llava, clean, ablation.mean(1), scores, [total], top[:1], top[1:], corrupt,
                                     graph)
     assert float(mean_curve.recovered[0]) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_the_circuit_is_the_fewest_edges_reaching_the_target(tiny_llava, noise):
+    prompt = "<image> what colour is the circle ?"
+    clean, corrupted = (tiny_llava.prepare(prompt, [noise(32, 32, seed)]) for seed in (0, 1))
+    circuit = find_circuit(tiny_llava, clean, corrupted, target=0.5)
+    kept, recovered = circuit.curve.kept, circuit.curve.recovered.tolist()
+    reaching = [k for k, r in zip(kept, recovered) if r >= 0.5]
+    assert circuit.edges_kept == min(reaching) and circuit.recovered == recovered[kept.index(circuit.edges_kept)]
+    summary = circuit.to_json()
+    assert summary["edges"] == len(circuit.scores.edges) and len(summary["top_edges"]) == circuit.edges_kept
+    # The scores are edge_scores' for the clean top token against the corrupted run's answer.
+    graph = DecoderGraph(tiny_llava)
+    calls = [record_decoder_call(tiny_llava, b) for b in (clean, corrupted)]
+    with torch.no_grad():
+        top, other = (graph.run(c).logits[0].argmax() for c in calls)
+    assert circuit.answer_id == int(top) and (circuit.runner_up or circuit.foil_id == int(other))
+    direct = edge_scores(tiny_llava, *calls, [circuit.answer_id], [circuit.foil_id], graph=graph)
+    torch.testing.assert_close(circuit.scores.scores, direct.scores)
+    # Corrupting nothing leaves the answer: the foil is then the clean runner-up, and the run says so.
+    same = find_circuit(tiny_llava, clean, clean)
+    with torch.no_grad():
+        second = int(graph.run(calls[0]).logits[0].topk(2).indices[1])
+    assert same.runner_up and same.foil_id == second
 
 
 def test_shapes_must_match(tiny_llama):

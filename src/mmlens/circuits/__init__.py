@@ -5,7 +5,8 @@
 - :func:`path_patch`: exhaustive path patching from the same source, the check.
 - :func:`edge_scores` / :func:`faithfulness_curve`: edge attribution patching
   (EAP) on the graph of embeddings, heads, MLPs and logits, and how much of the
-  clean-corrupt gap the top edges keep.
+  clean-corrupt gap the top edges keep; :func:`find_circuit`, the fewest top
+  edges that keep a target share of it, for one input and its corruption.
 
 Example:
     >>> import mmlens
@@ -15,9 +16,9 @@ Example:
 """
 
 from mmlens.circuits.cdt import Decomposition, decompose
-from mmlens.circuits.eap import EdgeScores, FaithfulnessCurve, edge_scores, faithfulness_curve
+from mmlens.circuits.eap import Circuit, EdgeScores, FaithfulnessCurve, edge_scores, faithfulness_curve, find_circuit
 from mmlens.circuits.graph import DecoderGraph
 from mmlens.circuits.path_patching import PathPatching, path_patch
 
-__all__ = ["DecoderGraph", "Decomposition", "EdgeScores", "FaithfulnessCurve", "PathPatching", "decompose",
-           "edge_scores", "faithfulness_curve", "path_patch"]
+__all__ = ["Circuit", "DecoderGraph", "Decomposition", "EdgeScores", "FaithfulnessCurve", "PathPatching",
+           "decompose", "edge_scores", "faithfulness_curve", "find_circuit", "path_patch"]

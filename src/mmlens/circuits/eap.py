@@ -31,10 +31,11 @@ from typing import Sequence
 
 import torch
 
+from mmlens.circuits.cdt import target_ids
 from mmlens.circuits.graph import DecoderGraph
 from mmlens.errors import MmlensError
-from mmlens.model import Model
-from mmlens.models.decoder import DecoderCall
+from mmlens.model import Batch, Model
+from mmlens.models.decoder import DecoderCall, record_decoder_call
 
 
 MAX_ROWS = 256  # rows per pass of the faithfulness curve
@@ -182,3 +183,63 @@ def _kept_metric(graph: DecoderGraph, clean: DecoderCall, ablation: torch.Tensor
     with torch.no_grad():
         run = graph.run(clean, clean.embeds.float().repeat(copies, 1, 1), inputs=rule)
     return metric_of(run.logits, answer.repeat(copies), foil.repeat(copies)).view(copies, rows).mean(1)
+
+
+@dataclass
+class Circuit:
+    """The EAP circuit of one input: the edge scores, the faithfulness curve, and the fewest edges reaching the target.
+
+    ``runner_up`` says the corruption left the answer unchanged, so the foil
+    is the clean run's second token instead of the corrupted run's answer.
+    """
+
+    scores: EdgeScores
+    curve: FaithfulnessCurve
+    answer_id: int
+    foil_id: int
+    runner_up: bool
+    edges_kept: int
+
+    @property
+    def recovered(self) -> float:
+        """The share of the clean-corrupt gap the kept edges recover."""
+        kept = self.curve.kept
+        return float(self.curve.recovered[kept.index(self.edges_kept)]) if self.edges_kept in kept else 1.0
+
+    def to_json(self) -> dict:
+        """The metric at both ends, the circuit's size and share, its edges by score, and EAP's time."""
+        return {"metric_clean": self.curve.clean, "metric_corrupt": self.curve.corrupt,
+                "edges": len(self.scores.edges), "edges_kept": self.edges_kept, "recovered": self.recovered,
+                "top_edges": [{"edge": self.scores.edge_names()[e], "score": round(float(self.scores.scores[e]), 6)}
+                              for e in self.scores.top(self.edges_kept)],
+                "seconds": round(self.scores.seconds, 4)}
+
+
+def find_circuit(model: Model, clean: Batch, corrupted: Batch, *, answer: str | int | None = None,
+                 target: float = 0.8, graph: DecoderGraph | None = None) -> Circuit:
+    """EAP of ``clean`` against ``corrupted`` (first rows); the circuit is the fewest top edges recovering ``target``.
+
+    The metric is the answer's logit (default: the clean run's top token)
+    minus the corrupted run's answer, or the clean runner-up when the
+    corruption does not change the answer.
+
+    Example:
+        >>> circuit = find_circuit(model, batch, noisy_pixels(batch, 3.0, 0)[0], target=0.8)  # doctest: +SKIP
+        >>> circuit.edges_kept <= len(circuit.scores.edges)
+        True
+    """
+    graph = graph or DecoderGraph(model)
+    clean_call, corrupt_call = record_decoder_call(model, clean).row(0), record_decoder_call(model, corrupted).row(0)
+    with torch.no_grad():
+        clean_logits, corrupt_run = graph.run(clean_call).logits, graph.run(corrupt_call)
+    answer_id, _ = target_ids(model, clean_logits, answer, None)
+    foil_id = int(corrupt_run.logits[0].argmax())
+    runner_up = foil_id == answer_id
+    if runner_up:
+        foil_id = int(clean_logits[0].topk(2).indices[1])
+    scores = edge_scores(model, clean_call, corrupt_call, [answer_id], [foil_id], graph=graph)
+    total = len(graph.edges)
+    kept = sorted({round(total * f / 100) for f in range(0, 101, 5)} | {1, 2, 5, 10})
+    curve = faithfulness_curve(model, clean_call, corrupt_run.outputs, scores, kept, [answer_id], [foil_id],
+                               corrupt_call, graph)
+    return Circuit(scores, curve, answer_id, foil_id, runner_up, curve.smallest(target) or total)

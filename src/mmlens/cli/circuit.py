@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-import torch
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -31,6 +30,7 @@ from mmlens.cli.options import (
 )
 from mmlens.cli.samples import load_with_input, read_prompt
 from mmlens.errors import MmlensError, check_choice, check_choices
+from mmlens.report.figures import token_text
 from mmlens.report.files import save_json
 from mmlens.report.output import OutputFolder
 
@@ -159,9 +159,7 @@ def _eap(model: Any, batch: Any, images: list, graph: Any, answer: str | None, c
          noise: float, target: float, seed: int) -> tuple[Any, Any, dict]:
     """EAP against a pixel-noise or counterfactual corruption; the circuit is the fewest top edges reaching ``target``."""
     from mmlens.causal import noisy_pixels
-    from mmlens.circuits.cdt import target_ids
-    from mmlens.circuits.eap import edge_scores, faithfulness_curve
-    from mmlens.models.decoder import record_decoder_call
+    from mmlens.circuits.eap import find_circuit
 
     if not images:
         raise MmlensError("EAP corrupts the image: give an image and a prompt with an <image> slot (or --method cdt)")
@@ -170,37 +168,12 @@ def _eap(model: Any, batch: Any, images: list, graph: Any, answer: str | None, c
         corrupted, corruption = model.prepare(batch.prompts[0], other), f"counterfactual {counterfactual.name}"
     else:
         corrupted, corruption = noisy_pixels(batch, noise, seed)[0], f"pixel noise {noise:g}"
-    clean, corrupt = record_decoder_call(model, batch).row(0), record_decoder_call(model, corrupted).row(0)
-    with torch.no_grad():
-        clean_logits, corrupt_logits = graph.run(clean).logits, graph.run(corrupt).logits
-    answer_id, _ = target_ids(model, clean_logits, answer, None)
-    foil_id = int(corrupt_logits[0].argmax())
-    warnings = []
-    if foil_id == answer_id:  # the corruption does not move the answer: contrast with the clean runner-up
-        foil_id = int(clean_logits[0].topk(2).indices[1])
-        warnings.append("the corruption does not change the answer; EAP contrasts it with the runner-up "
-                        f"{token_text(model, foil_id)!r} (try --noise or --counterfactual)")
-    scores = edge_scores(model, clean, corrupt, [answer_id], [foil_id], graph=graph)
-    total = len(graph.edges)
-    kept = sorted({round(total * f / 100) for f in range(0, 101, 5)} | {1, 2, 5, 10})
-    with torch.no_grad():
-        ablation = graph.run(corrupt).outputs
-    curve = faithfulness_curve(model, clean, ablation, scores, kept, [answer_id], [foil_id], corrupt, graph)
-    edges = curve.smallest(target) or total
-    return scores, curve, {
-        "corruption": corruption, "foil": token_text(model, foil_id),
-        "metric_clean": curve.clean, "metric_corrupt": curve.corrupt, "edges": total, "edges_kept": edges,
-        "recovered": float(curve.recovered[kept.index(edges)]) if edges in kept else 1.0,
-        "top_edges": [{"edge": scores.edge_names()[e], "score": round(float(scores.scores[e]), 6)}
-                      for e in scores.top(edges)],
-        "seconds": round(scores.seconds, 4), "warnings": warnings}
-
-
-def token_text(model: Any, token_id: int) -> str:
-    """One token as shown to a reader."""
-    from mmlens.report.figures import display_token
-
-    return display_token(model.tokenizer.decode([token_id])).strip()
+    circuit = find_circuit(model, batch, corrupted, answer=answer, target=target, graph=graph)
+    foil = token_text(model, circuit.foil_id)
+    warnings = [f"the corruption does not change the answer; EAP contrasts it with the runner-up {foil!r} "
+                "(try --noise or --counterfactual)"] if circuit.runner_up else []
+    return circuit.scores, circuit.curve, {"corruption": corruption, "foil": foil, **circuit.to_json(),
+                                           "warnings": warnings}
 
 
 def _parse_positions(text: str | None) -> list[int] | None:

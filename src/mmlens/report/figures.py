@@ -17,7 +17,7 @@ import base64
 import io
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import matplotlib
 import numpy as np
@@ -229,6 +229,16 @@ def display_token(token: str) -> str:
         (' colour', ' red')
     """
     return token.replace("▁", " ").replace("Ġ", " ").replace("Ċ", "\n")
+
+
+def token_text(model: Any, token_id: int) -> str:
+    """One token of ``model``'s vocabulary as a reader sees it, without surrounding spaces.
+
+    Example:
+        >>> token_text(mmlens.load("shapes-llava"), 5)  # doctest: +SKIP
+        'red'
+    """
+    return display_token(model.tokenizer.decode([token_id])).strip()
 
 
 def visible_token(token: str, strip: bool = True) -> str:

@@ -25,7 +25,7 @@ from typing import Any, Callable
 from mmlens.box import Box
 from mmlens.errors import MmlensError
 from mmlens.model import Model
-from mmlens.report.figures import png_data_uri
+from mmlens.report.figures import png_data_uri, token_text
 from mmlens.web.store import Input
 
 SOURCES = ("object", "image")
@@ -85,9 +85,8 @@ def box_within(box: tuple[float, float, float, float], size: tuple[int, int]) ->
 def circuit_input(model: Model, given: Input, options: CircuitOptions,
                   progress: Callable[[int, int], None]) -> dict[str, Any]:
     """CD-T and EAP on ``given``, with the report's figures; ``progress(done, total)`` may raise between steps."""
-    from mmlens.causal import object_positions
-    from mmlens.circuits import DecoderGraph, decompose
-    from mmlens.cli.circuit import _eap, token_text  # the command's own EAP step: corruption, foil, circuit size
+    from mmlens.causal import noisy_pixels, object_positions
+    from mmlens.circuits import DecoderGraph, decompose, find_circuit
     from mmlens.report.circuit_pages import cdt_figure, circuit_figure, curve_figure
 
     check_circuit_input(model, given, options)
@@ -112,12 +111,14 @@ def circuit_input(model: Model, given: Input, options: CircuitOptions,
         figures["cdt"] = cdt_figure(result, graph.n_layers, graph.n_heads)
     progress(1, STEPS)
     if "eap" in options.methods:
-        scores, curve, info = _eap(model, batch, given.images, graph, options.target, None, options.noise,
-                                   options.keep, options.seed)
-        # The command's hint names its options; this API's equivalent is the noise field.
-        found["warnings"] += [w.replace("(try --noise or --counterfactual)", "(try a larger noise)")
-                              for w in info.pop("warnings")]
+        circuit = find_circuit(model, batch, noisy_pixels(batch, options.noise, options.seed)[0],
+                               answer=options.target, target=options.keep, graph=graph)
+        scores, curve, foil = circuit.scores, circuit.curve, token_text(model, circuit.foil_id)
+        if circuit.runner_up:
+            found["warnings"].append("the corruption does not change the answer; EAP contrasts it with the runner-up "
+                                     f"{foil!r} (try a larger noise)")
         recovered = [round(float(r), 6) for r in curve.recovered]
+        info = {"corruption": f"pixel noise {options.noise:g}", "foil": foil, **circuit.to_json()}
         found["eap"] = {**info, "curve": {"kept": curve.kept, "recovered": recovered}}
         node_scores = None if result is None else dict(zip(result.components, result.total_source.tolist()))
         figures["graph"] = circuit_figure(graph.n_layers, graph.n_heads, scores, info["edges_kept"], node_scores)
