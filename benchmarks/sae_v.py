@@ -153,11 +153,9 @@ def score_pool(store_dir: Path, saes: dict[str, Path], rows: list[dict], out: Pa
 
 
 def wilson(correct: int, n: int) -> list[float]:
-    z = 1.96
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [round(float(centre - half), 4), round(float(centre + half), 4)]
+    from mmlens.zoo.evaluate import wilson as interval
+
+    return [round(bound, 4) for bound in interval(correct, n)]
 
 
 def train_arms(rows: list[dict], pool_dir: Path, scores: dict, out: Path, seeds: list[int], steps: int,

@@ -151,12 +151,11 @@ def paired_difference(a: np.ndarray, b: np.ndarray, resamples: int = 2000,
         >>> [round(v, 3) for v in paired_difference(a, b)]
         [0.01, 0.0, 0.03]
     """
+    from mmlens.metrics.sanity import bootstrap_mean
+
     if a.shape != b.shape or not a.size:
         raise MmlensError(f"paired rates need the same questions (got {a.shape} and {b.shape})")
-    d = a.astype(float) - b.astype(float)
-    idx = np.random.default_rng(seed).integers(0, d.size, (resamples, d.size))
-    boot = d[idx].mean(1)
-    return float(d.mean()), float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))
+    return bootstrap_mean(a.astype(float) - b.astype(float), resamples, seed)
 
 
 def _report(h: dict[str, np.ndarray], ref: dict[str, np.ndarray] | None, ref_name: str) -> dict:
