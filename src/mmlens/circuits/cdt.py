@@ -50,7 +50,8 @@ from typing import Any, Sequence
 
 import torch
 
-from mmlens.circuits.graph import DecoderGraph, GraphRun, norm_weight, rms_scale
+from mmlens.circuits.graph import DecoderGraph, GraphRun
+from mmlens.models.llama_parts import norm_weight, rms_scale
 from mmlens.errors import MmlensError, check_choice
 from mmlens.model import Batch, Model
 from mmlens.models.decoder import DecoderCall, record_decoder_call
@@ -192,9 +193,9 @@ def decompose_run(graph: DecoderGraph, run: GraphRun, source: torch.Tensor, dire
     own = source.new_zeros(components, *source.shape)  # each component's source part (row 0's view)
     for i, layer in enumerate(graph.layers):
         first = graph.node_index(i, 0)
-        normed = _norm_share(graph, run, first - 1, beta, run.attn_scale[i][0], layer.input_layernorm, norms)
+        normed = _norm_share(graph, run, first - 1, beta, run.attn_scale[i][0], layer.attn_norm, norms)
         values = graph.values(layer, normed, bias=False)  # biases belong to the rest
-        heads = graph.write(layer.self_attn, torch.einsum("hqk,rhke->rhqe", run.probs[i][0], values))
+        heads = graph.write(layer, torch.einsum("hqk,rhke->rhqe", run.probs[i][0], values))
         if replaced is not None:
             heads[0] = run.outputs[first:first + graph.n_heads, 0] - replaced.outputs[first:first + graph.n_heads, 0]
         written = heads.sum(1)
@@ -203,7 +204,7 @@ def decompose_run(graph: DecoderGraph, run: GraphRun, source: torch.Tensor, dire
             written[first + j] = written[first + j] + heads[0, j]
         beta = beta + written
         node = graph.node_index(i, None)
-        normed = _norm_share(graph, run, node - 1, beta, run.mlp_scale[i][0], layer.post_attention_layernorm, norms)
+        normed = _norm_share(graph, run, node - 1, beta, run.mlp_scale[i][0], layer.mlp_norm, norms)
         part = _mlp_share(layer.mlp, normed, run.mlp_inputs[i][0], run.outputs[node, 0], activation == "shapley")
         if replaced is not None:
             part[0] = run.outputs[node, 0] - replaced.outputs[node, 0]

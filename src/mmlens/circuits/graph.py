@@ -29,7 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import Callable
 
@@ -37,7 +36,8 @@ import torch
 
 from mmlens.errors import MmlensError
 from mmlens.model import Model
-from mmlens.models.decoder import DecoderCall, language_model_path, stack_copies
+from mmlens.models.decoder import DecoderCall, stack_copies
+from mmlens.models.llama_parts import LayerParts, additive_mask, decoder_parts, norm_weight, rms_scale
 
 #: What a run can take from another run instead of computing it.
 FREEZABLE = ("probs", "norms")
@@ -66,29 +66,12 @@ class DecoderGraph:
 
     def __init__(self, model: Model):
         self.model = model
-        adapter = model.adapter
-        self.lm = model.module(language_model_path(model))
-        self.layers = list(model.decoder_layers)
-        self.final_norm = model.module(adapter.final_norm)
-        self.unembed = model.module(adapter.unembed)
-        first = self.layers[0]
-        attn = getattr(first, adapter.attn, None)
-        needed = ("q_proj", "k_proj", "v_proj", "o_proj")
-        norms = [getattr(first, "input_layernorm", None), getattr(first, "post_attention_layernorm", None),
-                 self.final_norm]
-        extra = [n for n in ("pre_feedforward_layernorm", "post_feedforward_layernorm") if hasattr(first, n)]
-        if (attn is None or not all(isinstance(getattr(attn, n, None), torch.nn.Linear) for n in needed)
-                or any(not _is_rms_norm(n) for n in norms) or extra or getattr(self.lm, "rotary_emb", None) is None):
-            raise MmlensError(f"{adapter.family}: circuits support LLaMA-style decoders only (RMSNorm before "
-                              "attention and MLP, q/k/v/o projections, rotary positions); this decoder is "
-                              f"{type(first).__name__}")
-        self.n_heads = int(attn.config.num_attention_heads)
-        self.head_dim = int(attn.head_dim)
-        self.groups = int(getattr(attn, "num_key_value_groups", 1))
-        self.scaling = float(attn.scaling)
-        self.rotate = getattr(sys.modules[type(attn).__module__], "apply_rotary_pos_emb", None)
-        if self.rotate is None:
-            raise MmlensError(f"{adapter.family}: circuits cannot find the rotary embedding of {type(attn).__name__}")
+        parts = decoder_parts(model)  # refuses, in one line, a decoder that is not LLaMA-style
+        self.parts = parts
+        self.layers = parts.layers
+        self.final_norm, self.unembed = parts.final_norm, parts.unembed
+        self.n_heads, self.head_dim, self.groups = parts.n_heads, parts.head_dim, parts.groups
+        self.scaling = parts.scaling
         self.nodes = ["embed"] + [name for i in range(len(self.layers))
                                   for name in [f"L{i}.H{j}" for j in range(self.n_heads)] + [f"L{i}.MLP"]]
         self.readers = [n for n in self.nodes[1:]] + ["logits"]
@@ -132,16 +115,16 @@ class DecoderGraph:
         embeds = (call.embeds if embeds is None else embeds).float()
         copies = embeds.shape[0] // call.batch_size
         kwargs = stack_copies(call.kwargs, call.batch_size, copies)
-        cos, sin = self._rotary(embeds, kwargs)
-        mask = self._mask(embeds, kwargs)
+        cos, sin = self.parts.rotary(embeds, kwargs)
+        mask = additive_mask(embeds, kwargs)
         outputs: list[torch.Tensor] = [edit(0, embeds) if edit else embeds]
         probs, attn_scale, mlp_scale, mlp_inputs = [], [], [], []
         reader = 0
         for i, layer in enumerate(self.layers):
             x = self._read(outputs, reader, inputs, keep_inputs, heads=True)  # (rows, heads, seq, hidden)
-            scale = rms_scale(x, layer.input_layernorm) if frozen is None else frozen.attn_scale[i][:, None]
+            scale = rms_scale(x, layer.attn_norm) if frozen is None else frozen.attn_scale[i][:, None]
             attn_scale.append(scale[:, 0])
-            heads, p = self.heads(layer, x * scale * norm_weight(layer.input_layernorm), cos, sin, mask,
+            heads, p = self.heads(layer, x * scale * norm_weight(layer.attn_norm), cos, sin, mask,
                                   None if probs_from is None else probs_from.probs[i].expand(x.shape[0], -1, -1, -1))
             probs.append(p)
             for j in range(self.n_heads):
@@ -149,11 +132,11 @@ class DecoderGraph:
                 outputs.append(edit(node, heads[:, j]) if edit else heads[:, j])
             reader += self.n_heads
             x = self._read(outputs, reader, inputs, keep_inputs, heads=False)
-            scale = rms_scale(x, layer.post_attention_layernorm) if frozen is None else frozen.mlp_scale[i]
-            normed = x * scale * norm_weight(layer.post_attention_layernorm)
+            scale = rms_scale(x, layer.mlp_norm) if frozen is None else frozen.mlp_scale[i]
+            normed = x * scale * norm_weight(layer.mlp_norm)
             mlp_scale.append(scale)
             mlp_inputs.append(normed)
-            out = layer.mlp(normed.to(_dtype(layer))).float()
+            out = layer.mlp(normed.to(_dtype(layer.mlp))).float()
             outputs.append(edit(len(outputs), out) if edit else out)
             reader += 1
         final = self._read(outputs, reader, inputs, keep_inputs, heads=False)
@@ -193,32 +176,31 @@ class DecoderGraph:
         else:
             layer, slot = divmod(reader, self.n_heads + 1)
             done = layer + (slot == self.n_heads)  # an MLP reads its own layer's attention
-        biases = [l.self_attn.o_proj.bias for l in self.layers[:done] if l.self_attn.o_proj.bias is not None]
+        biases = [part.o.bias for part in self.layers[:done] if part.o.bias is not None]
         return torch.stack(biases).float().sum(0) if biases else 0.0
 
-    def heads(self, layer: torch.nn.Module, normed: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+    def heads(self, layer: LayerParts, normed: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
               mask: torch.Tensor, probs: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Each head's write into the residual stream ``(rows, heads, seq, hidden)`` and its probabilities.
 
         ``normed`` is ``(rows, heads, seq, hidden)``: each head reads its own input; ``probs`` given are used as they are.
         """
-        attn = layer.self_attn
-        v = self._project(attn.v_proj, normed, True)
+        v = self._project(layer.v, normed, True)
         if probs is None:
-            q = self._project(attn.q_proj, normed, False)
-            k = self._project(attn.k_proj, normed, True)
-            q, k = self.rotate(q, k, cos, sin)
+            q = self._project(layer.q, normed, False)
+            k = self._project(layer.k, normed, True)
+            q, k = self.parts.rotate(q, k, cos, sin)
             probs = (torch.einsum("bhqe,bhke->bhqk", q, k) * self.scaling + mask).softmax(-1)
-        return self.write(attn, torch.einsum("bhqk,bhke->bhqe", probs, v)), probs
+        return self.write(layer, torch.einsum("bhqk,bhke->bhqe", probs, v)), probs
 
-    def values(self, layer: torch.nn.Module, normed: torch.Tensor, bias: bool = True) -> torch.Tensor:
+    def values(self, layer: LayerParts, normed: torch.Tensor, bias: bool = True) -> torch.Tensor:
         """Per-head values ``(rows, heads, seq, head_dim)`` of a shared input ``(rows, seq, hidden)``."""
-        return self._project(layer.self_attn.v_proj, normed.unsqueeze(1).expand(-1, self.n_heads, -1, -1), True,
+        return self._project(layer.v, normed.unsqueeze(1).expand(-1, self.n_heads, -1, -1), True,
                              bias=bias)
 
-    def write(self, attn: torch.nn.Module, mixed: torch.Tensor) -> torch.Tensor:
+    def write(self, layer: LayerParts, mixed: torch.Tensor) -> torch.Tensor:
         """Per-head mixed values ``(rows, heads, seq, head_dim)`` through the head's slice of ``o_proj``."""
-        weight = attn.o_proj.weight.float().view(-1, self.n_heads, self.head_dim)  # (hidden, heads, head_dim)
+        weight = layer.o.weight.float().view(-1, self.n_heads, self.head_dim)  # (hidden, heads, head_dim)
         return torch.einsum("bhse,dhe->bhsd", mixed, weight)
 
     def _project(self, linear: torch.nn.Linear, normed: torch.Tensor, shared_kv: bool,
@@ -232,61 +214,15 @@ class DecoderGraph:
             out = out + (b.repeat_interleave(self.groups, 0) if shared_kv else b)[None, :, None]
         return out
 
-    def _rotary(self, embeds: torch.Tensor, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        positions = kwargs.get("position_ids")
-        if not isinstance(positions, torch.Tensor):
-            positions = torch.arange(embeds.shape[1], device=embeds.device).expand(embeds.shape[0], -1)
-        cos, sin = self.lm.rotary_emb(embeds, positions)
-        return cos.float(), sin.float()
-
-    def _mask(self, embeds: torch.Tensor, kwargs: dict) -> torch.Tensor:
-        rows, seq = embeds.shape[:2]
-        allowed = torch.ones(seq, seq, dtype=torch.bool, device=embeds.device).tril()[None].expand(rows, -1, -1)
-        padding = kwargs.get("attention_mask")
-        if isinstance(padding, torch.Tensor) and padding.ndim == 2:
-            allowed = allowed & padding.bool()[:, None, :]
-        elif isinstance(padding, torch.Tensor) and padding.ndim == 4:  # the model's own mask (PaliGemma's prefix)
-            full = padding if padding.dtype == torch.bool else padding == 0
-            allowed = full[:, 0, -seq:, -seq:].expand(rows, -1, -1)
-        allowed = allowed | torch.eye(seq, dtype=torch.bool, device=embeds.device)  # padded rows attend to themselves
-        return torch.where(allowed, 0.0, torch.finfo(torch.float32).min)[:, None]
-
     def check(self, call: DecoderCall, run: GraphRun, tolerance: float = 1e-3) -> None:
         """Raise one line unless the graph's last-position logits match the model's own."""
         with torch.no_grad():
             expected = call.logits(call.embeds, positions=[-1])[:, 0].float()
         error = (run.logits - expected).abs().max() / expected.abs().max().clamp_min(1e-6)
         if not torch.isfinite(error) or error > tolerance:
-            raise MmlensError(f"{self.model.adapter.family}: this decoder ({type(self.layers[0]).__name__}) does not "
+            raise MmlensError(f"{self.model.adapter.family}: this decoder ({type(self.model.decoder_layers[0]).__name__}) does not "
                               f"compute like a LLaMA-style decoder (relative logit error {float(error):.2g}); "
                               "circuits cannot decompose it")
-
-
-def _is_rms_norm(module: torch.nn.Module | None) -> bool:
-    return (module is not None and (hasattr(module, "variance_epsilon") or hasattr(module, "eps"))
-            and getattr(module, "bias", None) is None and isinstance(getattr(module, "weight", None), torch.nn.Parameter))
-
-
-def _gemma_norm(norm: torch.nn.Module) -> bool:
-    """Gemma's RMSNorm multiplies by ``1 + weight`` (its weight is stored as an offset from one)."""
-    return "Gemma" in type(norm).__name__
-
-
-def norm_weight(norm: torch.nn.Module) -> torch.Tensor:
-    """What an RMSNorm multiplies the normalised input by: ``weight``, or ``1 + weight`` for Gemma's.
-
-    Example:
-        >>> norm_weight(model.decoder_layers[0].input_layernorm).shape  # doctest: +SKIP
-        torch.Size([64])
-    """
-    weight = norm.weight.float()
-    return 1.0 + weight if _gemma_norm(norm) else weight
-
-
-def rms_scale(x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
-    """``1 / rms(x)`` over the hidden axis, as the RMSNorm computes it."""
-    eps = getattr(norm, "variance_epsilon", None)
-    return torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + (norm.eps if eps is None else eps))
 
 
 def _dtype(module: torch.nn.Module) -> torch.dtype:
