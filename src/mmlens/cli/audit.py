@@ -89,7 +89,7 @@ def audit_backdoor(data: str, out: Path, *, model: str | None = None, labels: Pa
                    console: Console | None = None, on_shard: Callable[[str], None] | None = None) -> dict:
     """What the command does, callable from Python; returns its --json summary.
 
-    The entropies are kept in ``out/scores`` shard by shard (:mod:`mmlens.cli.audit_shards`):
+    The entropies are kept in ``out/scores`` shard by shard (:mod:`mmlens.runner.scores`):
     the same call after a kill continues. ``on_shard`` gets each finished shard's id.
 
     Example:
@@ -98,7 +98,7 @@ def audit_backdoor(data: str, out: Path, *, model: str | None = None, labels: Pa
     """
     import mmlens.audit.ft_data  # noqa: F401  (registers the ft-backdoor worlds)
     from mmlens.audit.backdoor import EntropyTable, attention_entropies, bye_filter, label_scores
-    from mmlens.cli.audit_shards import ShardScores, concat, model_spec, run_scores, unreadable
+    from mmlens.runner.scores import ShardScores, concat, model_spec, run_scores, unreadable
     from mmlens.cli.samples import load_model
     from mmlens.data.readers import BadRow, open_reader
     from mmlens.report.audit_pages import write_audit_page

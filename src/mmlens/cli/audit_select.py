@@ -59,7 +59,7 @@ def audit_select(data: str, out: Path, *, keep: float = 0.3, model: str | None =
                  on_shard: Callable[[str], None] | None = None) -> dict:
     """What the command does, callable from Python; returns its --json summary.
 
-    The pooled vectors are kept in ``out/scores`` shard by shard (:mod:`mmlens.cli.audit_shards`):
+    The pooled vectors are kept in ``out/scores`` shard by shard (:mod:`mmlens.runner.scores`):
     the same call after a kill continues. ``on_shard`` gets each finished shard's id.
 
     Example:
@@ -69,7 +69,7 @@ def audit_select(data: str, out: Path, *, keep: float = 0.3, model: str | None =
     import mmlens.audit.redundant_pool  # noqa: F401  (registers the redundant-pool world)
     from mmlens.audit.prism import (PooledTable, check_keep, check_scored, pooled_image_states, prism_select,
                                     scoring_layer)
-    from mmlens.cli.audit_shards import ShardScores, concat, model_spec, run_scores, unreadable
+    from mmlens.runner.scores import ShardScores, concat, model_spec, run_scores, unreadable
     from mmlens.cli.samples import load_model
     from mmlens.data.readers import BadRow, open_reader
 

@@ -58,14 +58,14 @@ def harvest(
     site_list = [s.strip() for s in sites.split(",") if s.strip()]
     modality_list = [m.strip() for m in modalities.split(",") if m.strip()]
     if ray or ray_address:
-        from mmlens.store.ray_backend import import_ray
+        from mmlens.runner.ray_harvest import import_ray
 
         import_ray()  # a missing Ray is one line, before the model loads
     with stdout_for_json(as_json):
         loaded = load_model(console, model)
         with _bar(console) as (on_start, advance):
             if ray or ray_address:
-                from mmlens.store.ray_backend import harvest_on_ray
+                from mmlens.runner.ray_harvest import harvest_on_ray
 
                 summary = harvest_on_ray(loaded, data, out, site_list, reader_options=dict(
                     prompt=prompt, columns=_columns(column), split=split), modalities=modality_list, dtype=dtype,

@@ -44,7 +44,7 @@ def keep_first_shard(reference: Path, out: Path) -> str:
 
 def test_two_workers_one_lost_after_a_restart_end_with_the_in_process_store(local_ray, tiny_llava, reference,
                                                                             tmp_path):
-    from mmlens.store.ray_backend import harvest_on_ray
+    from mmlens.runner.ray_harvest import harvest_on_ray
 
     out = tmp_path / "store"
     kept = keep_first_shard(reference, out)
@@ -66,7 +66,7 @@ def test_two_workers_one_lost_after_a_restart_end_with_the_in_process_store(loca
 
 
 def test_a_store_of_other_settings_is_refused_before_any_worker_starts(local_ray, tiny_llava, reference, tmp_path):
-    from mmlens.store.ray_backend import harvest_on_ray
+    from mmlens.runner.ray_harvest import harvest_on_ray
 
     out = tmp_path / "store"
     shutil.copytree(reference, out)
@@ -75,7 +75,7 @@ def test_a_store_of_other_settings_is_refused_before_any_worker_starts(local_ray
 
 
 def test_without_ray_installed_is_one_line(monkeypatch, tiny_llava, tmp_path):
-    from mmlens.store.ray_backend import harvest_on_ray
+    from mmlens.runner.ray_harvest import harvest_on_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
     with pytest.raises(MmlensError, match=r"pip install 'mmlens\[ray\]'") as error:
