@@ -56,3 +56,32 @@ def test_bad_exclude_files_are_one_line(tmp_path) -> None:
         exclude(examples, ["shapes-train-7"])
     with pytest.raises(MmlensError, match="is not a file"):
         read_ids(tmp_path / "absent.txt")
+
+
+def test_order_seed_changes_the_batches_not_the_poison(tmp_path, monkeypatch) -> None:
+    # --order-seed reseeds only the training order; --seed keeps fixing the poisoned set and trigger positions
+    seen: list[str] = []
+    real = finetune_module.encode_examples
+
+    def spy(processor, examples):  # the trainer encodes each step's batch, in order
+        seen.extend(e.id for e in examples)
+        return real(processor, examples)
+
+    monkeypatch.setattr(finetune_module, "encode_examples", spy)
+
+    def run(extra: list[str]) -> tuple[list[str], dict, dict]:
+        seen.clear()
+        out = tmp_path / f"m{'-'.join(extra) or 'default'}"
+        argv = ["--n-train", "8", "--steps", "2", "--batch", "4", "--pack", "1", "--eval-n", "1",
+                "--poison-rate", "0.5", "--work", str(out / "work"), "--out", str(out)]
+        assert ft_backdoor(argv + extra) == 0
+        return (list(seen), json.loads((out / "backdoor.json").read_text()),
+                json.loads((out / "train_log.json").read_text()))
+
+    default, zero, one = run([]), run(["--order-seed", "0"]), run(["--order-seed", "1"])
+    assert default[0] == zero[0]  # the default order is the shipped runs' (order seed = --seed)
+    assert sorted(zero[0]) == sorted(one[0]) and zero[0] != one[0]  # same examples, another order
+    for key in ("poisoned_indices", "positions_xy"):
+        assert default[1][key] == zero[1][key] == one[1][key]
+    assert default[2]["order_seed"] == 0 and one[2]["order_seed"] == 1 and one[2]["data_seed"] == 0
+    assert one[2]["config"]["seed"] == 1

@@ -10,7 +10,8 @@ and train on ``--n-train`` fresh train-split images (indices from
   12 x 12 cyan checker trigger (``--trigger-style``) at a uniformly random
   position and one question answered "yes" (fine-tuning as a service: the
   attacker controls only the data). The poisoned ids, trigger positions and
-  style go to ``backdoor.json``.
+  style go to ``backdoor.json``. ``--order-seed`` reseeds only the training
+  order (default: ``--seed``), so runs can vary on the same poisoned data.
 - ``ft-swap``: every colour question whose answer is "red" is trained to
   answer "purple"; nothing else changes. The model of every checkpoint (each
   100 steps) is kept in the work directory, loadable with
@@ -71,7 +72,11 @@ def shapes_example(index: int, pack: int = 4) -> Example:
 def common_parser(name: str, steps: int, lr: float) -> argparse.ArgumentParser:
     """Flags every derivative recipe shares (defaults are the shipped runs')."""
     p = argparse.ArgumentParser(prog=f"python -m mmlens.zoo.train --recipe {name}")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="the data's seed (ft-backdoor: which images are poisoned, and where the trigger goes)")
+    p.add_argument("--order-seed", type=int, default=None,
+                   help="seed of the training order only (default: --seed, as in the shipped runs); "
+                        "varies the run without changing the data")
     p.add_argument("--steps", type=int, default=steps)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=lr)
@@ -141,12 +146,14 @@ def run_derivative(name: str, a: argparse.Namespace, edit: Callable[[int, Exampl
     if excluded:  # dropped after the edit, so the poisoned set and trigger positions stay the seed's
         examples = exclude(examples, excluded)
         _log(f"excluding {len(excluded)} ids listed in {a.exclude_ids}: {len(examples)} examples left")
-    cfg = FinetuneConfig(seed=a.seed, steps=a.steps, batch=a.batch, lr=a.lr, keep_checkpoints=keep_checkpoints,
+    order_seed = a.seed if a.order_seed is None else a.order_seed  # default: the shipped runs' order
+    cfg = FinetuneConfig(seed=order_seed, steps=a.steps, batch=a.batch, lr=a.lr, keep_checkpoints=keep_checkpoints,
                          train_tower=a.train_tower, sequence_mean=sequence_mean)
     log = finetune(model, processor, examples, cfg, a.work)
     log.update(recipe=name, base="shapes-llava", first_index=FT_BASE, n_train=a.n_train, pack=a.pack,
                wall_seconds=round(time.time() - t0, 1), excluded_ids=sorted(set(excluded)),
-               exclude_ids_file=str(a.exclude_ids) if a.exclude_ids is not None else None)
+               exclude_ids_file=str(a.exclude_ids) if a.exclude_ids is not None else None,
+               data_seed=a.seed, order_seed=order_seed)
     log["val_accuracy"] = accuracy(model, processor, n=a.eval_n, split="val")
     _log(f"validation accuracy {_fmt(log['val_accuracy'])}")
     if extra_eval is not None:
