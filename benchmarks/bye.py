@@ -286,6 +286,53 @@ def head_ceiling(audit_dir: Path, data: str) -> dict:
     return {"audit": str(audit_dir), "data": data, "heads": sorted(rows, key=lambda r: -r["best_cut_f1"])}
 
 
+RECALL_THRESHOLDS = [-4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0]
+
+
+def recall_split(audit_dir: Path, data: str, validation: int = 1000, goal: float = 0.99,
+                 removed_out: Path | None = None) -> dict:
+    """The split chosen for the retrain's goal (recall), on validation only, then fitted on every row.
+
+    The rule is :data:`CHOSEN`'s (heads, separation 1.3) with the split ``T`` left open, read from an
+    ``mmlens audit backdoor --units heads`` folder's ``entropy.npz``. Predeclared (docs/audit.md): fit
+    it without labels on the first ``validation`` rows for each ``T`` in :data:`RECALL_THRESHOLDS`; keep
+    the largest ``T`` whose validation recall is >= ``goal``, or, if none is, the largest ``T`` of the
+    highest recall. That ``T`` is then fitted (no labels) on all rows; its removed ids go to ``removed_out``.
+    """
+    import mmlens.audit.ft_data  # noqa: F401
+    from mmlens.audit import bye_filter, label_scores
+    from mmlens.data.readers import open_reader
+
+    arrays = np.load(audit_dir / "entropy.npz", allow_pickle=False)
+    ids = [str(i) for i in arrays["ids"]]
+    n_heads = arrays["heads"].shape[2]
+    heads = arrays["heads"].reshape(len(ids), -1)
+    names = [f"L{j // n_heads}.H{j % n_heads}" for j in range(heads.shape[1])]
+    poisoned = [s.id for s in open_reader(data) if s.meta.get("poisoned")]
+    options = {"units": "heads", "separation": CHOSEN["separation"], "combine": CHOSEN["combine"]}
+    held = set(ids[:validation])
+    rows, poisoned_validation = [], [i for i in poisoned if i in held]
+    for t in RECALL_THRESHOLDS:  # labels only score each decision, after it is made
+        r = bye_filter(heads[:validation], ids[:validation], threshold=t, **options)
+        rows.append({"threshold": t, "sensitive": [names[j] for j in r.sensitive],
+                     **label_scores(ids[:validation], r.removed, poisoned_validation)})
+    passing = [r for r in rows if r["recall"] >= goal]
+    if passing:
+        best = max(passing, key=lambda r: r["threshold"])
+    else:
+        best = max(rows, key=lambda r: (r["recall"], r["threshold"]))
+    full = bye_filter(heads, ids, threshold=best["threshold"], **options)
+    if removed_out is not None:
+        removed_out.parent.mkdir(parents=True, exist_ok=True)
+        removed_out.write_text("".join(f"{i}\n" for i in full.removed))
+    scores = label_scores(ids, full.removed, poisoned)
+    return {"audit": str(audit_dir), "data": data, "validation_rows": [0, validation], "goal_recall": goal,
+            "validation": rows, "chosen_threshold": best["threshold"], "goal_reached": bool(passing),
+            "all_rows": {"sensitive": [names[j] for j in full.sensitive], **scores,
+                         "poisoned_left": scores["poisoned"] - scores["true_positives"]},
+            "removed_file": str(removed_out) if removed_out is not None else None}
+
+
 def cost_child(mode: str, n: int) -> None:
     """One measurement in this process: ``bare`` forwards or BYE ``score``; prints seconds and peak RSS."""
     import mmlens
@@ -335,6 +382,10 @@ def main() -> None:
     p.add_argument("--model", default="shapes-llava-ft-backdoor", help="zoo name or folder (with --held-out)")
     p.add_argument("--head-ceiling", nargs=2, metavar=("AUDIT_DIR", "DATA"),
                    help="only the per-head diagnosis of an `mmlens audit backdoor --units heads` folder")
+    p.add_argument("--recall-split", nargs=2, metavar=("AUDIT_DIR", "DATA"),
+                   help="only the split chosen for recall on rows 0:1000 of an `--units heads` folder, "
+                        "then fitted on every row (writes --removed-out)")
+    p.add_argument("--removed-out", type=Path, default=None, help="removed ids of --recall-split, one a line")
     a = p.parse_args()
     torch.set_num_threads(1)
     if a.cost_child:
@@ -348,6 +399,12 @@ def main() -> None:
     if a.head_ceiling:
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(head_ceiling(Path(a.head_ceiling[0]), a.head_ceiling[1]), indent=1))
+        print(a.out.read_text())
+        return
+    if a.recall_split:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        result = recall_split(Path(a.recall_split[0]), a.recall_split[1], removed_out=a.removed_out)
+        a.out.write_text(json.dumps(result, indent=1))
         print(a.out.read_text())
         return
     if a.held_out:
