@@ -166,3 +166,37 @@ def test_the_command_passes_the_split_threshold_on(tmp_path):
     summary = audit_backdoor("shapes:val[0:8]", tmp_path / "bye", model="tiny-llava", units="heads",
                              separation=0.1, threshold=2.5)
     assert summary["threshold"] == 2.5 and summary["combine"] == "mean" and summary["log"] is False
+    assert summary["refine"] is False
+
+
+def test_refine_sharpens_the_split_with_units_that_are_not_sensitive_alone():
+    rng = np.random.default_rng(5)
+    h = rng.normal(3.0, 0.3, (600, 4))
+    poisoned = np.arange(600) < 60
+    h[poisoned, 0] -= 0.9  # the sensitive unit (gap about 1.7): its clusters overlap
+    h[poisoned, 1:] -= 0.6  # the others shift too, but no one of them is bimodal
+    ids = [f"s{i}" for i in range(600)]
+    plain = bye_filter(h, ids, separation=1.3)
+    refined = bye_filter(h, ids, separation=1.3, refine=True)
+    assert plain.sensitive == refined.sensitive == [0]
+    truth = [i for i, p in zip(ids, poisoned) if p]
+    assert label_scores(ids, refined.removed, truth)["f1"] > label_scores(ids, plain.removed, truth)["f1"] + 0.1
+    assert refined.refined is not None and refined.extra["refine"] is True and "refined over all 4" in refined.note
+
+
+def test_refine_keeps_nothing_removed_without_a_sensitive_unit():
+    h = np.random.default_rng(2).normal(3.0, 0.2, (300, 4))
+    result = bye_filter(h, IDS, refine=True, threshold=-5)
+    assert result.removed == [] and result.refined is None
+
+
+def test_the_refined_split_is_drawn_beside_the_scores():
+    from mmlens.report.audit_pages import entropy_figure
+
+    rng = np.random.default_rng(5)
+    h = rng.normal(3.0, 0.3, (300, 4))
+    h[:30, 0] -= 1.0
+    result = bye_filter(h, IDS, separation=1.3, refine=True, threshold=1.0)
+    titles = [ax.get_title() for ax in entropy_figure(result, h).axes]
+    assert titles[-1] == f"refined log ratio (removed {len(result.removed)})"
+    assert result.summary()["refine"] is True and result.summary()["threshold"] == 1.0

@@ -34,7 +34,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from mmlens.audit.backdoor_mixture import MixtureFit, fit_mixture, fit_mixtures
+from mmlens.audit.backdoor_mixture import MixtureFit, fit_mixture, fit_mixtures, refine_split
 from mmlens.data.sample import Sample
 from mmlens.errors import MmlensError
 from mmlens.hooks import capture
@@ -168,6 +168,7 @@ class ByeResult:
     units: str
     note: str = ""
     extra: dict = field(default_factory=dict)
+    refined: np.ndarray | None = None  # with refine: each row's log ratio over every unit (flagged against kept)
 
     def summary(self) -> dict:
         """JSON-ready summary (no per-sample arrays)."""
@@ -196,7 +197,8 @@ def _combine(matrix: np.ndarray, sensitive: list[int], fits: list[MixtureFit], c
 
 def bye_filter(entropy: np.ndarray | EntropyTable, ids: Sequence[str] | None = None, *,
                separation: float = SEPARATION, units: str = "layers", combine: str = "mean",
-               threshold: float = 0.0, log: bool = False, fits: list[MixtureFit] | None = None) -> ByeResult:
+               threshold: float = 0.0, log: bool = False, fits: list[MixtureFit] | None = None,
+               refine: bool = False) -> ByeResult:
     """BYE's decision on an ``(n, units)`` entropy matrix (or an :class:`EntropyTable`); no labels involved.
 
     The defaults are the published rule. mmlens' options: ``combine`` the
@@ -205,6 +207,10 @@ def bye_filter(entropy: np.ndarray | EntropyTable, ids: Sequence[str] | None = N
     component against high; 0 is posterior 0.5); ``log`` fits every mixture to
     log-entropies. ``fits`` reuses the per-unit mixtures of an earlier call on
     the same matrix (and ``log``), so that a sweep over the other settings fits them once.
+    ``refine`` starts from the published split (posterior 0.5) and refines it
+    over every unit at once (:func:`~mmlens.audit.backdoor_mixture.refine_split`,
+    a shared-covariance mixture); ``threshold`` then cuts the refined log ratio.
+    It runs only where BYE found a sensitive unit, so "no backdoor" stays "nothing removed".
 
     Example:
         >>> bye_filter(np.full((10, 3), 2.0), [str(i) for i in range(10)]).note
@@ -231,7 +237,7 @@ def bye_filter(entropy: np.ndarray | EntropyTable, ids: Sequence[str] | None = N
         raise MmlensError(f"{len(fits)} mixtures given for {matrix.shape[1]} units")
     sensitive = [j for j, f in enumerate(fits) if f.gap() > separation]
     unit_word = "layer" if units == "layers" else "head"
-    settings = {"combine": combine, "threshold": threshold, "log": log}
+    settings = {"combine": combine, "threshold": threshold, "log": log, "refine": refine}
     if not sensitive:
         gap = max(f.gap() for f in fits)
         return ByeResult(ids, list(ids), [], None, fits, names, [], None, separation, units,
@@ -239,12 +245,21 @@ def bye_filter(entropy: np.ndarray | EntropyTable, ids: Sequence[str] | None = N
                          extra=settings)
     scores = _combine(matrix, sensitive, fits, combine)
     score_fit = fit_mixture(scores)
-    low = score_fit.low_cluster(scores, threshold)
+    refined = None
+    if refine:
+        start = score_fit.low_cluster(scores, 0.0)
+        settings["refine_start"] = int(start.sum())
+        refined = refine_split(matrix, start) if 0 < start.sum() < len(start) else np.where(start, np.inf, -np.inf)
+        low = refined > threshold
+    else:
+        low = score_fit.low_cluster(scores, threshold)
     removed = [i for i, flag in zip(ids, low) if flag]
     kept = [i for i, flag in zip(ids, low) if not flag]
     note = f"{len(sensitive)} sensitive {unit_word}{'s' if len(sensitive) > 1 else ''}; removed {len(removed)}"
+    if refine:
+        note += f" (refined over all {matrix.shape[1]} {unit_word}s from {settings['refine_start']})"
     return ByeResult(ids, kept, removed, scores, fits, names, sensitive, score_fit, separation, units, note=note,
-                     extra=settings)
+                     extra=settings, refined=refined)
 
 
 def label_scores(ids: Sequence[str], removed: Iterable[str], poisoned: Iterable[str]) -> dict:

@@ -45,6 +45,9 @@ def backdoor(
                                      "separation * (sigma1 + sigma2); published: 2."),
     threshold: float = typer.Option(0.0, "--threshold", help="Remove a sample when the score mixture's log "
                                     "likelihood ratio (low against high) exceeds this; published: 0 (posterior 0.5)."),
+    refine: bool = typer.Option(False, "--refine", help="Refine BYE's split over every unit at once (a "
+                                "shared-covariance mixture started at the published split); --threshold then "
+                                "cuts the refined log ratio."),
     batch_size: int = typer.Option(8, "--batch-size", help="Samples per forward pass."),
     shard_size: int = typer.Option(64, "--shard-size", help="Rows per saved shard of scores (a killed run "
                                    "continues from the last one)."),
@@ -55,7 +58,8 @@ def backdoor(
     console = Console(stderr=True)
     with stdout_for_json(as_json):
         summary = audit_backdoor(data, out, model=model, labels=labels, units=units, separation=separation,
-                                 threshold=threshold, batch_size=batch_size, shard_size=shard_size, console=console)
+                                 threshold=threshold, refine=refine, batch_size=batch_size, shard_size=shard_size,
+                                 console=console)
         console.print(f"{summary['note']}; kept {summary['kept']} of {summary['samples']}; ids in {out}",
                       highlight=False, soft_wrap=True)
     if as_json:
@@ -84,8 +88,8 @@ def read_labels(path: Path) -> list[str]:
 
 
 def audit_backdoor(data: str, out: Path, *, model: str | None = None, labels: Path | None = None,
-                   units: str = "layers", separation: float = 2.0, threshold: float = 0.0, batch_size: int = 8,
-                   shard_size: int = 64,
+                   units: str = "layers", separation: float = 2.0, threshold: float = 0.0, refine: bool = False,
+                   batch_size: int = 8, shard_size: int = 64,
                    console: Console | None = None, on_shard: Callable[[str], None] | None = None) -> dict:
     """What the command does, callable from Python; returns its --json summary.
 
@@ -136,7 +140,7 @@ def audit_backdoor(data: str, out: Path, *, model: str | None = None, labels: Pa
     if not ids:  # every row was unreadable: say why (the first one) instead of "no samples"
         raise unreadable(data, bad) if bad else MmlensError("the data has no samples to score")
     table = EntropyTable(ids, concat(shards, "layers"), concat(shards, "heads"))
-    result = bye_filter(table, separation=separation, units=units, threshold=threshold)
+    result = bye_filter(table, separation=separation, units=units, threshold=threshold, refine=refine)
     poisoned = read_labels(labels) if labels is not None else [i for i, f in flags.items() if f]
     scored = label_scores(table.ids, result.removed, poisoned) if labels is not None or flags else None
     out.mkdir(parents=True, exist_ok=True)

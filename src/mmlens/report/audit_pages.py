@@ -43,7 +43,7 @@ def entropy_figure(result: "ByeResult", matrix: np.ndarray) -> Figure:
     order = list(range(len(result.fits)))
     if len(order) > MAX_PANELS:
         order = sorted(order, key=lambda j: -result.fits[j].gap())[:MAX_PANELS]
-    panels = len(order) + (1 if result.scores is not None else 0)
+    panels = len(order) + (1 if result.scores is not None else 0) + (1 if result.refined is not None else 0)
     cols = min(4, panels)
     rows = math.ceil(panels / cols)
     fig = Figure(figsize=(3 * cols, 2.2 * rows))
@@ -53,7 +53,14 @@ def entropy_figure(result: "ByeResult", matrix: np.ndarray) -> Figure:
         _draw(fig.add_subplot(rows, cols, k + 1), matrix[:, j], fit, f"{result.names[j]}  gap {fit.gap():.1f}",
               j in result.sensitive)
     if result.scores is not None and result.score_fit is not None:
-        _draw(fig.add_subplot(rows, cols, panels), result.scores, result.score_fit, "score (sensitive mean)", True)
+        _draw(fig.add_subplot(rows, cols, len(order) + 1), result.scores, result.score_fit, "score (sensitive mean)",
+              True)
+    if result.refined is not None:  # the refined split: its log ratio, the cut drawn
+        ax = fig.add_subplot(rows, cols, panels)
+        ax.hist(np.clip(result.refined, -60, 60), bins=60, color="#e39a6b")
+        ax.axvline(result.extra.get("threshold", 0.0), color="black", linewidth=1)
+        ax.set_title(f"refined log ratio (removed {len(result.removed)})", fontsize=8)
+        ax.tick_params(labelsize=6)
     fig.tight_layout()
     return fig
 
