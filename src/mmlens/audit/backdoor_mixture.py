@@ -70,19 +70,24 @@ def fit_mixtures(x: np.ndarray, iterations: int = 200) -> list[MixtureFit]:
     mu[same] = np.stack([x.min(0), x.max(0)], 1)[same]
     sd = np.repeat(np.maximum(x.std(0), floor)[:, None], 2, 1)
     w = np.full_like(mu, 0.5)
+    columns = np.ascontiguousarray(x.T)  # (k, n): every reduction runs along contiguous rows
     active = np.ones(x.shape[1], bool)
     for _ in range(iterations):
         cols = np.nonzero(active)[0]
         if cols.size == 0:
             break
-        xa, m, s = x[:, cols, None], mu[cols], sd[cols]  # (n, a, 1), (a, 2)
-        log_d = np.log(w[cols]) - np.log(s) - 0.5 * ((xa - m) / s) ** 2
-        log_d -= log_d.max(2, keepdims=True)
-        r = np.exp(log_d)
-        r /= r.sum(2, keepdims=True)
-        n_k = r.sum(0) + 1e-12
-        new_mu = (r * xa).sum(0) / n_k
-        sd[cols] = np.maximum(np.sqrt((r * (xa - new_mu) ** 2).sum(0) / n_k), floor[cols, None])
+        xa, m, s = columns[cols], mu[cols], sd[cols]  # (a, n), (a, 2)
+        low, high = (np.log(w[cols, j, None] / s[:, j, None]) - 0.5 * ((xa - m[:, j, None]) / s[:, j, None]) ** 2
+                     for j in (0, 1))
+        top = np.maximum(low, high)
+        r_low, r_high = np.exp(low - top), np.exp(high - top)
+        total = r_low + r_high
+        r_low /= total
+        r_high /= total
+        n_k = np.stack([r_low.sum(1), r_high.sum(1)], 1) + 1e-12  # (a, 2)
+        new_mu = np.stack([(r_low * xa).sum(1), (r_high * xa).sum(1)], 1) / n_k
+        spread = np.stack([(r * (xa - new_mu[:, j, None]) ** 2).sum(1) for j, r in enumerate((r_low, r_high))], 1)
+        sd[cols] = np.maximum(np.sqrt(spread / n_k), floor[cols, None])
         w[cols] = n_k / n_k.sum(1, keepdims=True)
         done = np.all(np.abs(new_mu - m) <= 1e-10, 1)
         mu[cols] = new_mu
