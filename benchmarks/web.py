@@ -1,16 +1,25 @@
 """The web app's cost: explain-endpoint latency against ``mmlens.explain``, and requests per second under load.
 
-    nice -n 10 python benchmarks/web.py [--model M] [--repeats 15] [--requests 100] [--json]
+    python benchmarks/web.py [--model M] [--pairs 80] [--requests 100] [--latency-only] [--json]
 
 A real uvicorn server on 127.0.0.1 (in this process, sharing the loaded
 model) answers over loopback HTTP.
 
 1. **Latency**, per method, one answer token of the shipped example:
    ``POST /api/explain`` (HTTP, queue, worker thread, JSON of the grids and
-   words) against calling ``mmlens.explain`` directly; medians of interleaved
-   repeats and their ratio (goal: within 1.2x). Two clients: one in this
-   process (it shares the server's interpreter lock and cores), and one in a
-   process of its own, as a browser or ``curl`` would be.
+   words) against calling ``mmlens.explain`` directly, paired: after a
+   warm-up, ``--pairs`` rounds of a direct call and a request from each
+   client, the order reversed every other round, so a slow stretch of the
+   machine hits both sides of a pair. Per client, the median of the pairs'
+   ratios (endpoint / direct) with a 95% percentile-bootstrap interval over
+   pairs (``scipy.stats.bootstrap``), and the geometric mean of the ratios
+   with its interval (``mmlens.metrics.sanity.bootstrap_mean`` of the log
+   ratios). The goal (within 1.2x) holds when the median's upper bound is
+   under 1.2. Two clients: one in this process (it shares the server's
+   interpreter lock and cores), and one in a process of its own, as a
+   browser or ``curl`` would be (it times its own request, so the pipe that
+   tells it to go is not counted). The load average is recorded before and
+   after each method.
 2. **Load**: a burst of 50 concurrent requests (how many ran, how many got
    429, wall time), then ``--requests`` requests from 5 clients (the queue's
    capacity) that retry on 429: requests per second, against the rate of
@@ -26,6 +35,10 @@ model) answers over loopback HTTP.
    queue's worker thread and back, against a one-thread executor.
 
 With --json the last line is one JSON object of all figures.
+
+Example (the figures of docs/web.md; the machine's other work shows in ``load``):
+
+    HF_HUB_OFFLINE=1 python benchmarks/web.py --latency-only --pairs 80 --threads 1 --json
 """
 
 from __future__ import annotations
@@ -33,6 +46,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
+import os
 import statistics
 import subprocess
 import sys
@@ -41,7 +56,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
 import torch
+from scipy.stats import bootstrap
 from rich.console import Console
 from rich.table import Table
 
@@ -50,6 +67,7 @@ from _common import emit, median_seconds  # noqa: E402
 
 import mmlens  # noqa: E402
 import mmlens.web.api as web_api  # noqa: E402
+from mmlens.metrics.sanity import bootstrap_mean  # noqa: E402
 from mmlens.web import create_app  # noqa: E402
 from mmlens.web.examples import example_input  # noqa: E402
 from mmlens.web.live import LiveServer  # noqa: E402
@@ -60,32 +78,90 @@ METHODS = ("attention", "rollout", "gradient_x_input", "integrated_gradients")
 LOAD_METHOD = "rollout"
 BURST = 50
 CLIENTS = 5
-#: A client in its own process: one POST per line read, "ok" written when it is answered.
+GOAL = 1.2
+#: A client in its own process: one POST per line read; it writes the seconds the POST took, timed by itself.
 OUT_OF_PROCESS_CLIENT = """
-import json, sys, httpx
+import json, sys, time, httpx
 with httpx.Client(base_url=sys.argv[1], timeout=300) as client:
+    body = json.loads(sys.argv[2])
     for _ in sys.stdin:
-        client.post("/api/explain", json=json.loads(sys.argv[2])).raise_for_status()
-        print("ok", flush=True)
+        start = time.perf_counter()
+        client.post("/api/explain", json=body).raise_for_status()
+        print(time.perf_counter() - start, flush=True)
 """
 
 
 class OtherProcessClient:
-    """``POST /api/explain`` sent by a client process: calling it sends one request and waits for its answer."""
+    """``POST /api/explain`` sent by a client process: calling it sends one request, waits, returns its seconds."""
 
     def __init__(self, url: str, body: dict) -> None:
         self.process = subprocess.Popen([sys.executable, "-c", OUT_OF_PROCESS_CLIENT, url, json.dumps(body)],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
-    def __call__(self) -> None:
+    def __call__(self) -> float:
         self.process.stdin.write("go\n")
         self.process.stdin.flush()
-        if self.process.stdout.readline().strip() != "ok":
-            raise RuntimeError("the client process failed")
+        line = self.process.stdout.readline().strip()
+        try:
+            return float(line)
+        except ValueError:
+            raise RuntimeError(f"the client process failed: {line!r}") from None
 
     def close(self) -> None:
         self.process.stdin.close()
         self.process.wait(timeout=60)
+
+
+def timed(function) -> float:
+    """Seconds ``function()`` took."""
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+def latency_calls(model, given, client: httpx.Client, other: OtherProcessClient, body: dict) -> dict:
+    """The three timed calls of one method: ``mmlens.explain``, the POST from this process, from the client process."""
+    def direct() -> float:
+        return timed(lambda: mmlens.explain(model, given.prompt, given.images, methods=body["methods"],
+                                            max_new_tokens=body["max_new_tokens"]))
+
+    def endpoint() -> float:
+        return timed(lambda: client.post("/api/explain", json=body).raise_for_status())
+
+    return {"direct": direct, "endpoint": endpoint, "other_process": other}
+
+
+def paired_latency(calls: dict, pairs: int, warmup: int) -> dict:
+    """``pairs`` rounds of every call in ``calls`` (name -> function returning its seconds; ``"direct"`` first).
+
+    The order is reversed every other round. Per call other than ``direct``:
+    its median, the median of the per-round ratios to ``direct`` with a 95%
+    bootstrap interval, and the geometric mean of the ratios with its interval.
+    """
+    for _ in range(warmup):
+        for call in calls.values():
+            call()
+    names = list(calls)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    load = [round(os.getloadavg()[0], 2)]
+    for k in range(pairs):
+        for name in names if k % 2 == 0 else names[::-1]:
+            times[name].append(calls[name]())
+    load.append(round(os.getloadavg()[0], 2))
+    direct = np.asarray(times["direct"])
+    out: dict = {"pairs": pairs, "load": load, "direct_ms": round(float(np.median(direct)) * 1e3, 2)}
+    for name in names[1:]:
+        ratios = np.asarray(times[name]) / direct
+        interval = bootstrap((ratios,), np.median, confidence_level=0.95, n_resamples=4000, method="percentile",
+                             random_state=0).confidence_interval
+        geometric = [math.exp(v) for v in bootstrap_mean(np.log(ratios), resamples=4000)]
+        out[name] = {"ms": round(float(np.median(times[name])) * 1e3, 2),
+                     "extra_ms": round(float(np.median(np.asarray(times[name]) - direct)) * 1e3, 2),
+                     "ratio": round(float(np.median(ratios)), 4),
+                     "ratio_low": round(float(interval.low), 4), "ratio_high": round(float(interval.high), 4),
+                     "geometric_mean": [round(v, 4) for v in geometric],
+                     "meets_goal": bool(interval.high < GOAL)}
+    return out
 
 
 async def burst(url: str, body: dict) -> dict:
@@ -212,7 +288,11 @@ async def handoffs(repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None)
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=15, help="Repeats of --parts and of the direct rate.")
+    parser.add_argument("--pairs", type=int, default=80, help="Paired rounds per method after the warm-up.")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--latency-only", action="store_true", help="No load test (burst, sustained requests).")
     parser.add_argument("--requests", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", action="store_true")
@@ -224,7 +304,8 @@ def main() -> None:
     console = Console(stderr=True)
     model = mmlens.load(args.model)
     given = example_input("colour_question")
-    figures: dict = {"model": model.name, "threads": args.threads, "repeats": args.repeats, "latency": {}}
+    figures: dict = {"model": model.name, "threads": args.threads, "pairs": args.pairs, "warmup": args.warmup,
+                     "load_start": [round(v, 2) for v in os.getloadavg()], "latency": {}}
     app = create_app(model)
     stamped = Stamped(app) if args.parts or args.parts_only else None  # the plain app unless asked: no stamps timed
     with LiveServer(stamped or app) as live, httpx.Client(base_url=live.url, timeout=300) as client:
@@ -235,33 +316,28 @@ def main() -> None:
             if args.parts_only:
                 emit(figures, args.json)
                 return
-        table = Table(title=f"explain, one answer token ({model.name}, medians of {args.repeats})")
-        for column in ("method", "mmlens.explain ms", "POST ms (client in process)", "ratio",
+        table = Table(title=f"explain, one answer token ({model.name}; medians of {args.pairs} paired rounds; "
+                            f"ratio: median of the rounds' ratios [95% bootstrap interval])")
+        for column in ("method", "load", "mmlens.explain ms", "POST ms (client in process)", "ratio",
                        "POST ms (client process)", "ratio"):
             table.add_column(column)
-        for method in METHODS:
+        for method in args.methods.split(","):
             body = {"input": key, "methods": [method], "max_new_tokens": 1}
-
-            def endpoint() -> None:
-                client.post("/api/explain", json=body).raise_for_status()
-
-            def direct() -> None:
-                mmlens.explain(model, given.prompt, given.images, methods=[method], max_new_tokens=1)
-
             other = OtherProcessClient(live.url, body)
             try:
-                times = median_seconds({"direct": direct, "endpoint": endpoint, "other_process": other},
-                                       args.repeats, warmup=2)
+                result = paired_latency(latency_calls(model, given, client, other, body), args.pairs, args.warmup)
             finally:
                 other.close()
-            ratio, apart = times["endpoint"] / times["direct"], times["other_process"] / times["direct"]
-            figures["latency"][method] = {"direct_ms": round(times["direct"] * 1e3, 1),
-                                          "endpoint_ms": round(times["endpoint"] * 1e3, 1), "ratio": round(ratio, 3),
-                                          "other_process_ms": round(times["other_process"] * 1e3, 1),
-                                          "other_process_ratio": round(apart, 3)}
-            table.add_row(method, f"{times['direct'] * 1e3:.0f}", f"{times['endpoint'] * 1e3:.0f}", f"{ratio:.2f}",
-                          f"{times['other_process'] * 1e3:.0f}", f"{apart:.2f}")
+            figures["latency"][method] = result
+            shown = [f"{result[c]['ms']:.1f}|{result[c]['ratio']:.3f} [{result[c]['ratio_low']:.3f}, "
+                     f"{result[c]['ratio_high']:.3f}]" for c in ("endpoint", "other_process")]
+            table.add_row(method, f"{result['load'][0]:.1f}-{result['load'][1]:.1f}", f"{result['direct_ms']:.1f}",
+                          *(part for cell in shown for part in cell.split("|")))
         console.print(table)
+        figures["load_end"] = [round(v, 2) for v in os.getloadavg()]
+        if args.latency_only:
+            emit(figures, args.json)
+            return
         body = {"input": key, "methods": [LOAD_METHOD]}
         direct_rate = 1 / median_seconds({"direct": lambda: mmlens.explain(model, given.prompt, given.images,
                                                                            methods=[LOAD_METHOD])},

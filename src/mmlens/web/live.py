@@ -22,7 +22,10 @@ class LiveServer:
     def __init__(self, app: Any, start_seconds: float = 30.0) -> None:
         import uvicorn
 
-        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP named, not 0: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and
+        # without it Nagle holds a response's body behind its headers until the client's delayed ACK
+        # (40 ms) on every reused connection. uvicorn's own sockets (``mmlens serve``) name it already.
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self.socket.bind(("127.0.0.1", 0))  # a free port, held until uvicorn takes the socket over
         self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
         self.app = app

@@ -36,28 +36,38 @@ def explanation_json(e: "Explanation") -> dict[str, Any]:
     """Per method and answer token: the patch grids, the strongest patch, the prompt words with their colours.
 
     ``top`` is the patch with the highest score (the reddest one on the page);
-    ``position`` its index in ``tokens``.
+    ``position`` its index in ``tokens``. The numbers are those of
+    :meth:`Explanation.to_json <mmlens.attribution.explanation.Explanation.to_json>`
+    (grids, prompt scores, image share, milliseconds), read straight from the
+    scores: the layout's patch cells are found once for every method and token,
+    and nothing the page does not show (extras, the token list) is converted.
 
     Example:
         >>> sorted(explanation_json(e)["methods"]["rollout"]["targets"][0])
         ['grids', 'image_share', 'position', 'prompt', 'token', 'top', 'words']
     """
-    recorded = e.to_json()
+    cells = _Cells(e.layout)
+    text = cells.modality == int(Modality.TEXT)
     methods = {}
-    for method, entry in recorded["methods"].items():
+    for method, tensor in e.scores.items():
+        exact = tensor.detach().cpu()  # the prompt's scores at the method's own precision, as to_json reads them
+        values = exact.float().numpy()  # (targets, seq) in float32, as the layout's grids hold them
         targets = []
-        for j, target in enumerate(entry["targets"]):
+        for j, token in enumerate(e.answer_tokens):
+            row, last, line = values[j], e.positions[j], exact[j].tolist()  # (a tensor indexed by numpy is slow)
             words, _ = report_words(e, method, j)
-            targets.append({"token": visible_token(target["token"]), "position": target["position"],
-                            "grids": target["images"], "top": top_patch(e.layout, e.scores[method][j]),
-                            "prompt": target["prompt"], "image_share": target["image_share"],
+            targets.append({"token": visible_token(token), "position": last, "grids": cells.grids(row),
+                            "top": cells.top(row), "prompt": [[e.tokens[p], round(line[p], 6)]
+                                                              for p in np.flatnonzero(text[:last + 1]).tolist()],
+                            "image_share": _round(e.image_share(method, j)),
                             "words": [{"kind": w["kind"], "text": w["text"], "title": w["title"], "style": w["style"]}
                                       for w in words]})
-        methods[method] = {"targets": targets, "signed": e.signed(method), "milliseconds": entry["milliseconds"]}
+        methods[method] = {"targets": targets, "signed": e.signed(method),
+                           "milliseconds": _round(e.milliseconds.get(method, math.nan), 3)}
     return {"model": e.model, "prompt": e.prompt, "answer": e.answer, "model_answer": e.model_answer,
             "target": e.target, "foil": e.foil, "explained": [list(line) for line in what_was_explained(e)],
             "answer_tokens": [visible_token(t) for t in e.answer_tokens], "image_share": e.IMAGE_SHARE,
-            "layout": {**recorded["layout"], "positions": position_grids(e.layout)}, "methods": methods}
+            "layout": {**e.layout.describe(0), "positions": cells.positions()}, "methods": methods}
 
 
 def position_grids(layout: TokenLayout) -> list[list[list[list[int | None]]]]:
@@ -67,10 +77,7 @@ def position_grids(layout: TokenLayout) -> list[list[list[list[int | None]]]]:
         >>> position_grids(e.layout)[0][0][0][0]  # image 0, view 0, row 0, column 0
         1
     """
-    positions = torch.arange(layout.seq_len, dtype=torch.float32)  # the layout lays any per-position value out
-    # Python floats from tolist(): checking numpy scalars one by one costs more than the rest of the grid.
-    return [[[[None if v != v else int(v) for v in row] for row in layout.grid(positions, 0, i, v).tolist()]
-             for v in range(len(info.views))] for i, info in enumerate(layout.images[0])]
+    return _Cells(layout).positions()
 
 
 def top_patch(layout: TokenLayout, scores: torch.Tensor) -> dict[str, Any] | None:
@@ -80,14 +87,62 @@ def top_patch(layout: TokenLayout, scores: torch.Tensor) -> dict[str, Any] | Non
         >>> top_patch(e.layout, e.scores["rollout"][0])["row"] in range(8)
         True
     """
-    image = layout.mask(Modality.IMAGE)[0]
-    values = scores.detach().float().cpu().clone()
-    values[~image | ~torch.isfinite(values)] = -math.inf
-    if not image.any() or not torch.isfinite(values).any():
-        return None
-    p = int(values.argmax())
-    return {"image": int(layout.image[0, p]), "view": int(layout.view[0, p]), "row": int(layout.row[0, p]),
-            "col": int(layout.col[0, p]), "position": p, "score": round(float(values[p]), 6)}
+    return _Cells(layout).top(scores.detach().float().cpu().numpy())
+
+
+class _Cells:
+    """Where row 0's image tokens sit: per image and view, their positions, rows and columns (numpy, found once)."""
+
+    def __init__(self, layout: TokenLayout) -> None:
+        self.modality = layout.modality[0].numpy()
+        self.image = self.modality == int(Modality.IMAGE)
+        image, view = layout.image[0].numpy(), layout.view[0].numpy()
+        row, col = layout.row[0].numpy(), layout.col[0].numpy()
+        self.where = (image, view, row, col)
+        self.views = []  # per image: per view, (shape, positions, rows, cols), as TokenLayout.grid finds them
+        for i, info in enumerate(layout.images[0]):
+            per_view = []
+            for v, grid in enumerate(info.views):
+                positions = np.flatnonzero(self.image & (image == i) & (view == v))
+                per_view.append(((grid.rows, grid.cols), positions, row[positions], col[positions]))
+            self.views.append(per_view)
+
+    def grids(self, scores: np.ndarray) -> list[list[list[list[float | None]]]]:
+        """``scores`` (float32, one per position) on each view's grid, rounded; None where no token sits.
+
+        The same numbers as ``Explanation.to_json``'s ``images`` (``TokenLayout.grid`` in float32, then
+        ``round(v, 6)``); from ``tolist()``, since rounding numpy scalars one by one costs more than the rest.
+        """
+        out = []
+        for per_view in self.views:
+            views = []
+            for shape, positions, rows, cols in per_view:
+                grid = np.full(shape, np.nan, dtype=np.float32)
+                grid[rows, cols] = scores[positions]
+                views.append([[None if v != v else round(v, 6) for v in line] for line in grid.tolist()])
+            out.append(views)
+        return out
+
+    def positions(self) -> list[list[list[list[int | None]]]]:
+        """Each view's grid of sequence positions (None where no token sits)."""
+        out = []
+        for per_view in self.views:
+            views = []
+            for shape, positions, rows, cols in per_view:
+                grid = np.full(shape, -1, dtype=np.int64)
+                grid[rows, cols] = positions
+                views.append([[None if v < 0 else v for v in line] for line in grid.tolist()])
+            out.append(views)
+        return out
+
+    def top(self, scores: np.ndarray) -> dict[str, Any] | None:
+        """The image token with the highest finite score (the first of ties), or None."""
+        values = np.where(self.image & np.isfinite(scores), scores, -np.inf)
+        if not self.image.any() or not np.isfinite(values).any():
+            return None
+        p = int(values.argmax())
+        image, view, row, col = (int(a[p]) for a in self.where)
+        return {"image": image, "view": view, "row": row, "col": col, "position": p, "score": round(float(values[p]), 6)}
 
 
 def positions_json(layout: TokenLayout, tokens: list[str]) -> list[dict[str, Any]]:
@@ -153,6 +208,6 @@ def trace_json(result: "CausalTrace", figures: dict[str, Any]) -> dict[str, Any]
             "figures": {name: png_data_uri(figure) for name, figure in figures.items()}}
 
 
-def _round(value: Any) -> float | None:
+def _round(value: Any, digits: int = 6) -> float | None:
     value = float(value)
-    return round(value, 6) if np.isfinite(value) else None
+    return round(value, digits) if math.isfinite(value) else None
