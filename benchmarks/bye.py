@@ -88,7 +88,8 @@ def _filter(table, settings: dict, fits=None):
 
     view, units = _view(table, settings["view"])
     return bye_filter(view, units=units, separation=settings["separation"], combine=settings["combine"],
-                      threshold=settings["threshold"], log=settings["log"], fits=fits)
+                      threshold=settings["threshold"], log=settings["log"], fits=fits,
+                      refine=settings.get("refine", False))
 
 
 def _f1(removed: np.ndarray, y: np.ndarray) -> float:
@@ -290,7 +291,7 @@ RECALL_THRESHOLDS = [-4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0]
 
 
 def recall_split(audit_dir: Path, data: str, validation: int = 1000, goal: float = 0.99,
-                 removed_out: Path | None = None) -> dict:
+                 removed_out: Path | None = None, refine: bool = False) -> dict:
     """The split chosen for the retrain's goal (recall), on validation only, then fitted on every row.
 
     The rule is :data:`CHOSEN`'s (heads, separation 1.3) with the split ``T`` left open, read from an
@@ -309,7 +310,7 @@ def recall_split(audit_dir: Path, data: str, validation: int = 1000, goal: float
     heads = arrays["heads"].reshape(len(ids), -1)
     names = [f"L{j // n_heads}.H{j % n_heads}" for j in range(heads.shape[1])]
     poisoned = [s.id for s in open_reader(data) if s.meta.get("poisoned")]
-    options = {"units": "heads", "separation": CHOSEN["separation"], "combine": CHOSEN["combine"]}
+    options = {"units": "heads", "separation": CHOSEN["separation"], "combine": CHOSEN["combine"], "refine": refine}
     held = set(ids[:validation])
     rows, poisoned_validation = [], [i for i in poisoned if i in held]
     for t in RECALL_THRESHOLDS:  # labels only score each decision, after it is made
@@ -326,11 +327,51 @@ def recall_split(audit_dir: Path, data: str, validation: int = 1000, goal: float
         removed_out.parent.mkdir(parents=True, exist_ok=True)
         removed_out.write_text("".join(f"{i}\n" for i in full.removed))
     scores = label_scores(ids, full.removed, poisoned)
-    return {"audit": str(audit_dir), "data": data, "validation_rows": [0, validation], "goal_recall": goal,
+    return {"audit": str(audit_dir), "data": data, "refine": refine, "validation_rows": [0, validation],
+            "goal_recall": goal,
             "validation": rows, "chosen_threshold": best["threshold"], "goal_reached": bool(passing),
             "all_rows": {"sensitive": [names[j] for j in full.sensitive], **scores,
                          "poisoned_left": scores["poisoned"] - scores["true_positives"]},
             "removed_file": str(removed_out) if removed_out is not None else None}
+
+
+REFINE_THRESHOLDS = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0]
+
+
+def _saved_table(audit_dir: Path):
+    """The entropy table of an ``mmlens audit backdoor --units heads`` folder (its ``entropy.npz``)."""
+    from mmlens.audit import EntropyTable
+
+    arrays = np.load(audit_dir / "entropy.npz", allow_pickle=False)
+    return EntropyTable([str(i) for i in arrays["ids"]], arrays["layers"], arrays["heads"])
+
+
+def refine_check(audit_dir: Path, data: str, held_out: list[tuple[Path, str]], refits: int,
+                 validation: int = 1000, test: int = 2000) -> dict:
+    """``--refine``'s split threshold chosen by F1 on rows ``0:validation``, then tested on ``validation:test``
+    and on ``test:`` (each fitted on its own rows), and frozen on other models' folders (``held_out``)."""
+    import mmlens.audit.ft_data  # noqa: F401
+    from mmlens.data.readers import open_reader
+
+    table = _saved_table(audit_dir)
+    poisoned = [s.id for s in open_reader(data) if s.meta.get("poisoned")]
+    base = {**CHOSEN, "refine": True}
+    val = _subset(table, list(range(validation)))
+    sweep_rows = {t: _apply(val, poisoned, {**base, "threshold": t})["labels"] for t in REFINE_THRESHOLDS}
+    best = max(REFINE_THRESHOLDS, key=lambda t: (round(sweep_rows[t]["f1"], 6), -abs(t)))
+    chosen = {**base, "threshold": best}
+    out = {"chosen": chosen, "validation": {str(t): sweep_rows[t] for t in REFINE_THRESHOLDS}}
+    for name, rows in (("test", range(validation, test)), ("fresh", range(test, len(table.ids)))):
+        part = _subset(table, list(rows))
+        out[name] = {"rows": [rows.start, rows.stop], **_apply(part, poisoned, chosen),
+                     "bootstrap": bootstrap(part, poisoned, chosen, refits=refits, resamples=2000),
+                     "unrefined": bootstrap(part, poisoned, CHOSEN, refits=0, resamples=2000)}
+    for folder, other_data in held_out:
+        other = _saved_table(folder)
+        other_poisoned = [s.id for s in open_reader(other_data) if s.meta.get("poisoned")]
+        out[other_data] = {**_apply(other, other_poisoned, chosen),
+                           "bootstrap": bootstrap(other, other_poisoned, chosen, refits=refits, resamples=2000)}
+    return out
 
 
 def cost_child(mode: str, n: int) -> None:
@@ -386,6 +427,11 @@ def main() -> None:
                    help="only the split chosen for recall on rows 0:1000 of an `--units heads` folder, "
                         "then fitted on every row (writes --removed-out)")
     p.add_argument("--removed-out", type=Path, default=None, help="removed ids of --recall-split, one a line")
+    p.add_argument("--refine", action="store_true", help="--recall-split with the refined split (bye_filter refine)")
+    p.add_argument("--refine-check", nargs=2, metavar=("AUDIT_DIR", "DATA"),
+                   help="only: the refined split's threshold chosen on rows 0-999 of an --units heads folder, "
+                        "tested on 1000-1999 and 2000-; --also AUDIT_DIR DATA adds frozen held-out models")
+    p.add_argument("--also", nargs=2, action="append", default=[], metavar=("AUDIT_DIR", "DATA"))
     a = p.parse_args()
     torch.set_num_threads(1)
     if a.cost_child:
@@ -403,7 +449,13 @@ def main() -> None:
         return
     if a.recall_split:
         a.out.parent.mkdir(parents=True, exist_ok=True)
-        result = recall_split(Path(a.recall_split[0]), a.recall_split[1], removed_out=a.removed_out)
+        result = recall_split(Path(a.recall_split[0]), a.recall_split[1], removed_out=a.removed_out, refine=a.refine)
+        a.out.write_text(json.dumps(result, indent=1))
+        print(a.out.read_text())
+        return
+    if a.refine_check:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        result = refine_check(Path(a.refine_check[0]), a.refine_check[1], [(Path(d), x) for d, x in a.also], a.refits)
         a.out.write_text(json.dumps(result, indent=1))
         print(a.out.read_text())
         return
