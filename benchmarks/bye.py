@@ -229,6 +229,8 @@ def _families(scores: dict[str, tuple[float, dict]]) -> dict[str, list]:
             if f > best.get(name, [-1.0])[0]:
                 best[name] = [round(f, 3), _name(s)]
     return best
+
+
 def _best_f1(score: np.ndarray, y: np.ndarray) -> float:
     """The best F1 of any cut "remove score <= c" (labels choose the cut: a ceiling, not a method)."""
     tp = np.cumsum(y[np.argsort(score, kind="stable")])
@@ -269,8 +271,11 @@ def ceiling(n: int) -> dict:
 
 def head_ceiling(audit_dir: Path, data: str) -> dict:
     """Each head of an ``mmlens audit backdoor --units heads`` run (its ``entropy.npz``) against ``data``'s
-    poison labels: AUROC, best-cut F1 (labels choose the cut: a ceiling for any one-head rule) and mixture gap."""
+    poison labels: AUROC, best-cut F1 (labels choose the cut: a ceiling for any one-head rule) and mixture gap;
+    and the ceiling of any linear rule over all heads: a discriminant fitted with labels on the first half,
+    its best cut on the second."""
     import mmlens.audit.ft_data  # noqa: F401
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
     from sklearn.metrics import roc_auc_score
 
     from mmlens.audit.backdoor_mixture import fit_mixtures
@@ -284,7 +289,11 @@ def head_ceiling(audit_dir: Path, data: str) -> dict:
     rows = [{"head": f"L{j // n_heads}.H{j % n_heads}", "auroc": round(float(roc_auc_score(y, -heads[:, j])), 3),
              "best_cut_f1": _best_f1(heads[:, j], y), "gap": round(fit.gap(), 2)}
             for j, fit in enumerate(fit_mixtures(heads))]
-    return {"audit": str(audit_dir), "data": data, "heads": sorted(rows, key=lambda r: -r["best_cut_f1"])}
+    half = n // 2
+    linear = LinearDiscriminantAnalysis().fit(heads[:half], y[:half])
+    return {"audit": str(audit_dir), "data": data, "heads": sorted(rows, key=lambda r: -r["best_cut_f1"]),
+            "all_heads_linear_best_cut_f1": _best_f1(-linear.decision_function(heads[half:]), y[half:]),
+            "linear_rows": {"fit": [0, half], "cut": [half, n]}}
 
 
 RECALL_THRESHOLDS = [-4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0]
