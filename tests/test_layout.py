@@ -104,3 +104,22 @@ def test_boxes_run_x_along_the_width_of_a_non_square_image(name):
 def test_scores_of_the_wrong_shape_are_refused():
     with pytest.raises(ValueError):
         two_view_layout().to_heatmaps(torch.zeros(3))
+
+
+def test_patch_cells_place_every_image_token_of_a_tiled_layout_once():
+    model = mmlens.load("tiny-llava-next")
+    layout = model.prepare("<image> hi", [noise_image(60, 90)]).layout
+    cells = layout.cells(0)
+    scores = np.random.default_rng(0).normal(size=layout.seq_len)
+    seen = []
+    for i, views in enumerate(cells.views):
+        for v in range(len(views)):
+            positions, grid = cells.positions(i, v), cells.grid(scores, i, v)
+            placed = positions[positions >= 0]
+            seen += placed.tolist()
+            assert np.array_equal(grid[positions >= 0], scores[placed].astype(np.float32))
+            assert np.isnan(grid[positions < 0]).all()
+    assert sorted(seen) == layout.image_positions(0).tolist()
+    image = layout.image_positions(0).numpy()
+    assert cells.top(scores)["position"] == int(image[scores[image].argmax()])
+    assert cells.top(np.full(layout.seq_len, np.nan)) is None

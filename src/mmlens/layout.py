@@ -175,12 +175,11 @@ class TokenLayout:
 
     def grid(self, scores: torch.Tensor, row: int = 0, image: int = 0, view: int = 0) -> np.ndarray:
         """Scores of one view laid on its patch grid, ``(rows, cols)``; NaN where no token sits."""
-        info = self.images[row][image].views[view]
-        out = np.full((info.rows, info.cols), np.nan, dtype=np.float32)
-        positions = self.image_positions(row, image, view)
-        values = _as_numpy(scores)[positions.numpy()]
-        out[self.row[row, positions].numpy(), self.col[row, positions].numpy()] = values
-        return out
+        return self.cells(row).grid(_as_numpy(scores), image, view)
+
+    def cells(self, row: int = 0) -> "PatchCells":
+        """Where row ``row``'s image tokens sit on every view's grid, found once (for many grids of one layout)."""
+        return PatchCells(self, row)
 
     def to_heatmaps(self, scores: torch.Tensor | np.ndarray, views: str = "all") -> list[list[np.ndarray]]:
         """Per-token scores to one pixel heatmap per image, at the image's original size.
@@ -235,6 +234,57 @@ class TokenLayout:
                 for i, info in enumerate(self.images[row])
             ],
         }
+
+
+class PatchCells:
+    """One batch row's image tokens on their views' patch grids: positions, rows and columns per view, in numpy.
+
+    Laying many score vectors of one layout out (every method and answer
+    token of an explanation) then costs one scatter per view, not a mask over
+    the sequence each time.
+
+    Example:
+        >>> cells = layout.cells(0)
+        >>> cells.grid(np.arange(6.0), image=0, view=0).tolist()
+        [[1.0, 2.0], [3.0, 4.0]]
+        >>> cells.top(np.array([9.0, 1, 5, 2, 3, 9]))["position"]  # the best image token; text never counts
+        2
+    """
+
+    def __init__(self, layout: TokenLayout, row: int = 0) -> None:
+        self.modality = layout.modality[row].numpy()
+        self.is_image = self.modality == int(Modality.IMAGE)
+        self._where = tuple(a[row].numpy() for a in (layout.image, layout.view, layout.row, layout.col))
+        image, view, rows, cols = self._where
+        self.views: list[list[tuple[tuple[int, int], np.ndarray, np.ndarray, np.ndarray]]] = []
+        for i, info in enumerate(layout.images[row]):  # per image, per view: (grid shape, positions, rows, cols)
+            self.views.append([])
+            for v, grid in enumerate(info.views):
+                positions = np.flatnonzero(self.is_image & (image == i) & (view == v))
+                self.views[i].append(((grid.rows, grid.cols), positions, rows[positions], cols[positions]))
+
+    def grid(self, scores: np.ndarray, image: int = 0, view: int = 0) -> np.ndarray:
+        """``scores`` (one per position) on one view's grid, float32; NaN where no token sits."""
+        shape, positions, rows, cols = self.views[image][view]
+        out = np.full(shape, np.nan, dtype=np.float32)
+        out[rows, cols] = scores[positions]
+        return out
+
+    def positions(self, image: int = 0, view: int = 0) -> np.ndarray:
+        """Each cell's sequence position on one view's grid, int64; -1 where no token sits."""
+        shape, positions, rows, cols = self.views[image][view]
+        out = np.full(shape, -1, dtype=np.int64)
+        out[rows, cols] = positions
+        return out
+
+    def top(self, scores: np.ndarray) -> dict[str, int | float] | None:
+        """The image token with the highest finite score (the first of ties): where it sits and its score."""
+        values = np.where(self.is_image & np.isfinite(scores), scores, -np.inf)
+        if not np.isfinite(values).any():
+            return None
+        p = int(values.argmax())
+        image, view, row, col = (int(a[p]) for a in self._where)
+        return {"image": image, "view": view, "row": row, "col": col, "position": p, "score": float(values[p])}
 
 
 def _as_numpy(scores: torch.Tensor | np.ndarray) -> np.ndarray:

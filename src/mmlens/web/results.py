@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from mmlens.layout import Modality, TokenLayout
+from mmlens.layout import Modality, PatchCells, TokenLayout
 from mmlens.report.figures import display_token, png_data_uri, visible_token
 from mmlens.report.html import _words as report_words  # the report's word shading, one definition for both
 from mmlens.report.html import what_was_explained
@@ -46,7 +46,7 @@ def explanation_json(e: "Explanation") -> dict[str, Any]:
         >>> sorted(explanation_json(e)["methods"]["rollout"]["targets"][0])
         ['grids', 'image_share', 'position', 'prompt', 'token', 'top', 'words']
     """
-    cells = _Cells(e.layout)
+    cells = e.layout.cells(0)
     text = cells.modality == int(Modality.TEXT)
     methods = {}
     for method, tensor in e.scores.items():
@@ -56,8 +56,8 @@ def explanation_json(e: "Explanation") -> dict[str, Any]:
         for j, token in enumerate(e.answer_tokens):
             row, last, line = values[j], e.positions[j], exact[j].tolist()  # (a tensor indexed by numpy is slow)
             words, _ = report_words(e, method, j)
-            targets.append({"token": visible_token(token), "position": last, "grids": cells.grids(row),
-                            "top": cells.top(row), "prompt": [[e.tokens[p], round(line[p], 6)]
+            targets.append({"token": visible_token(token), "position": last, "grids": _grids(cells, row),
+                            "top": _top(cells, row), "prompt": [[e.tokens[p], round(line[p], 6)]
                                                               for p in np.flatnonzero(text[:last + 1]).tolist()],
                             "image_share": _round(e.image_share(method, j)),
                             "words": [{"kind": w["kind"], "text": w["text"], "title": w["title"], "style": w["style"]}
@@ -67,7 +67,7 @@ def explanation_json(e: "Explanation") -> dict[str, Any]:
     return {"model": e.model, "prompt": e.prompt, "answer": e.answer, "model_answer": e.model_answer,
             "target": e.target, "foil": e.foil, "explained": [list(line) for line in what_was_explained(e)],
             "answer_tokens": [visible_token(t) for t in e.answer_tokens], "image_share": e.IMAGE_SHARE,
-            "layout": {**e.layout.describe(0), "positions": cells.positions()}, "methods": methods}
+            "layout": {**e.layout.describe(0), "positions": _positions(cells)}, "methods": methods}
 
 
 def position_grids(layout: TokenLayout) -> list[list[list[list[int | None]]]]:
@@ -77,7 +77,7 @@ def position_grids(layout: TokenLayout) -> list[list[list[list[int | None]]]]:
         >>> position_grids(e.layout)[0][0][0][0]  # image 0, view 0, row 0, column 0
         1
     """
-    return _Cells(layout).positions()
+    return _positions(layout.cells(0))
 
 
 def top_patch(layout: TokenLayout, scores: torch.Tensor) -> dict[str, Any] | None:
@@ -87,62 +87,27 @@ def top_patch(layout: TokenLayout, scores: torch.Tensor) -> dict[str, Any] | Non
         >>> top_patch(e.layout, e.scores["rollout"][0])["row"] in range(8)
         True
     """
-    return _Cells(layout).top(scores.detach().float().cpu().numpy())
+    return _top(layout.cells(0), scores.detach().float().cpu().numpy())
 
 
-class _Cells:
-    """Where row 0's image tokens sit: per image and view, their positions, rows and columns (numpy, found once)."""
+def _grids(cells: PatchCells, scores: np.ndarray) -> list[list[list[list[float | None]]]]:
+    """``scores`` (float32) on every view's grid, rounded to 6 places; None where no token sits.
 
-    def __init__(self, layout: TokenLayout) -> None:
-        self.modality = layout.modality[0].numpy()
-        self.image = self.modality == int(Modality.IMAGE)
-        image, view = layout.image[0].numpy(), layout.view[0].numpy()
-        row, col = layout.row[0].numpy(), layout.col[0].numpy()
-        self.where = (image, view, row, col)
-        self.views = []  # per image: per view, (shape, positions, rows, cols), as TokenLayout.grid finds them
-        for i, info in enumerate(layout.images[0]):
-            per_view = []
-            for v, grid in enumerate(info.views):
-                positions = np.flatnonzero(self.image & (image == i) & (view == v))
-                per_view.append(((grid.rows, grid.cols), positions, row[positions], col[positions]))
-            self.views.append(per_view)
+    The same numbers as ``Explanation.to_json``'s ``images``; rounded from
+    ``tolist()``, since rounding numpy scalars one by one costs more than the rest.
+    """
+    return [[[[None if v != v else round(v, 6) for v in line] for line in cells.grid(scores, i, v).tolist()]
+             for v in range(len(views))] for i, views in enumerate(cells.views)]
 
-    def grids(self, scores: np.ndarray) -> list[list[list[list[float | None]]]]:
-        """``scores`` (float32, one per position) on each view's grid, rounded; None where no token sits.
 
-        The same numbers as ``Explanation.to_json``'s ``images`` (``TokenLayout.grid`` in float32, then
-        ``round(v, 6)``); from ``tolist()``, since rounding numpy scalars one by one costs more than the rest.
-        """
-        out = []
-        for per_view in self.views:
-            views = []
-            for shape, positions, rows, cols in per_view:
-                grid = np.full(shape, np.nan, dtype=np.float32)
-                grid[rows, cols] = scores[positions]
-                views.append([[None if v != v else round(v, 6) for v in line] for line in grid.tolist()])
-            out.append(views)
-        return out
+def _positions(cells: PatchCells) -> list[list[list[list[int | None]]]]:
+    return [[[[None if v < 0 else v for v in line] for line in cells.positions(i, v).tolist()]
+             for v in range(len(views))] for i, views in enumerate(cells.views)]
 
-    def positions(self) -> list[list[list[list[int | None]]]]:
-        """Each view's grid of sequence positions (None where no token sits)."""
-        out = []
-        for per_view in self.views:
-            views = []
-            for shape, positions, rows, cols in per_view:
-                grid = np.full(shape, -1, dtype=np.int64)
-                grid[rows, cols] = positions
-                views.append([[None if v < 0 else v for v in line] for line in grid.tolist()])
-            out.append(views)
-        return out
 
-    def top(self, scores: np.ndarray) -> dict[str, Any] | None:
-        """The image token with the highest finite score (the first of ties), or None."""
-        values = np.where(self.image & np.isfinite(scores), scores, -np.inf)
-        if not self.image.any() or not np.isfinite(values).any():
-            return None
-        p = int(values.argmax())
-        image, view, row, col = (int(a[p]) for a in self.where)
-        return {"image": image, "view": view, "row": row, "col": col, "position": p, "score": round(float(values[p]), 6)}
+def _top(cells: PatchCells, scores: np.ndarray) -> dict[str, Any] | None:
+    top = cells.top(scores)
+    return None if top is None else {**top, "score": round(top["score"], 6)}
 
 
 def positions_json(layout: TokenLayout, tokens: list[str]) -> list[dict[str, Any]]:
