@@ -80,7 +80,7 @@ def _subset(table, rows, ids: list[str] | None = None):
         return None if a is None else a[rows]
 
     return EntropyTable(ids or [table.ids[i] for i in rows], table.layers[rows], pick(table.heads),
-                        pick(table.positions))
+                        pick(table.positions), pick(table.shares))
 
 
 def _filter(table, settings: dict, fits=None):
@@ -347,36 +347,59 @@ def recall_split(audit_dir: Path, data: str, validation: int = 1000, goal: float
 REFINE_THRESHOLDS = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0]
 
 
-def _saved_table(audit_dir: Path):
-    """The entropy table of an ``mmlens audit backdoor --units heads`` folder (its ``entropy.npz``)."""
+def _saved_table(audit_dir: Path, shares: Path | None = None):
+    """The entropy table of an ``mmlens audit backdoor --units heads`` folder (its ``entropy.npz``), with the
+    heads' image shares of ``shares`` (a ``--shares`` file of the same rows) when given."""
     from mmlens.audit import EntropyTable
 
     arrays = np.load(audit_dir / "entropy.npz", allow_pickle=False)
-    return EntropyTable([str(i) for i in arrays["ids"]], arrays["layers"], arrays["heads"])
+    ids = [str(i) for i in arrays["ids"]]
+    table = EntropyTable(ids, arrays["layers"], arrays["heads"])
+    if shares is not None:
+        saved = np.load(shares, allow_pickle=False)
+        if [str(i) for i in saved["ids"]] != ids:
+            raise SystemExit(f"{shares} holds other rows than {audit_dir}")
+        table.shares = saved["shares"]
+    return table
 
 
-def refine_check(audit_dir: Path, data: str, held_out: list[tuple[Path, str]], refits: int,
-                 validation: int = 1000, test: int = 2000) -> dict:
+def save_shares(model_name: str, data: str, out: Path) -> dict:
+    """Each head's image share of the last prompt row for every row of ``data`` (``attention_entropies``'
+    ``shares``, batches of 16 as the audits score them), saved with the ids to ``out`` (``.npz``)."""
+    import mmlens
+    import mmlens.audit.ft_data  # noqa: F401
+    from mmlens.audit import attention_entropies
+    from mmlens.data.readers import open_reader
+
+    table = attention_entropies(mmlens.load(model_name), open_reader(data), batch_size=16, shares=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, ids=np.array(table.ids), shares=table.shares)
+    return {"rows": len(table.ids), "shape": list(table.shares.shape), "out": str(out)}
+
+
+def refine_check(audit_dir: Path, data: str, held_out: list[tuple[Path, str, Path | None]], refits: int,
+                 validation: int = 1000, test: int = 2000, shares: Path | None = None) -> dict:
     """``--refine``'s split threshold chosen by F1 on rows ``0:validation``, then tested on ``validation:test``
     and on ``test:`` (each fitted on its own rows), and frozen on other models' folders (``held_out``)."""
     import mmlens.audit.ft_data  # noqa: F401
     from mmlens.data.readers import open_reader
 
-    table = _saved_table(audit_dir)
+    table = _saved_table(audit_dir, shares)
     poisoned = [s.id for s in open_reader(data) if s.meta.get("poisoned")]
     base = {**CHOSEN, "refine": True}
     val = _subset(table, list(range(validation)))
     sweep_rows = {t: _apply(val, poisoned, {**base, "threshold": t})["labels"] for t in REFINE_THRESHOLDS}
     best = max(REFINE_THRESHOLDS, key=lambda t: (round(sweep_rows[t]["f1"], 6), -abs(t)))
     chosen = {**base, "threshold": best}
-    out = {"chosen": chosen, "validation": {str(t): sweep_rows[t] for t in REFINE_THRESHOLDS}}
+    out = {"chosen": chosen, "shares": str(shares) if shares else None,
+           "validation": {str(t): sweep_rows[t] for t in REFINE_THRESHOLDS}}
     for name, rows in (("test", range(validation, test)), ("fresh", range(test, len(table.ids)))):
         part = _subset(table, list(rows))
         out[name] = {"rows": [rows.start, rows.stop], **_apply(part, poisoned, chosen),
                      "bootstrap": bootstrap(part, poisoned, chosen, refits=refits, resamples=2000),
                      "unrefined": bootstrap(part, poisoned, CHOSEN, refits=0, resamples=2000)}
-    for folder, other_data in held_out:
-        other = _saved_table(folder)
+    for folder, other_data, other_shares in held_out:
+        other = _saved_table(folder, other_shares)
         other_poisoned = [s.id for s in open_reader(other_data) if s.meta.get("poisoned")]
         out[other_data] = {**_apply(other, other_poisoned, chosen),
                            "bootstrap": bootstrap(other, other_poisoned, chosen, refits=refits, resamples=2000)}
@@ -439,8 +462,12 @@ def main() -> None:
     p.add_argument("--refine", action="store_true", help="--recall-split with the refined split (bye_filter refine)")
     p.add_argument("--refine-check", nargs=2, metavar=("AUDIT_DIR", "DATA"),
                    help="only: the refined split's threshold chosen on rows 0-999 of an --units heads folder, "
-                        "tested on 1000-1999 and 2000-; --also AUDIT_DIR DATA adds frozen held-out models")
-    p.add_argument("--also", nargs=2, action="append", default=[], metavar=("AUDIT_DIR", "DATA"))
+                        "tested on 1000-1999 and 2000-; --also AUDIT_DIR DATA SHARES adds frozen held-out models")
+    p.add_argument("--also", nargs=3, action="append", default=[], metavar=("AUDIT_DIR", "DATA", "SHARES"),
+                   help="SHARES: a --shares file of the same rows, or - for entropies only")
+    p.add_argument("--with-shares", type=Path, default=None, help="--refine-check reads these image shares too")
+    p.add_argument("--shares", nargs=2, metavar=("DATA", "OUT"), help="only: save each head's image share of "
+                   "DATA's rows, scored by --model, to OUT (.npz)")
     a = p.parse_args()
     torch.set_num_threads(1)
     if a.cost_child:
@@ -462,9 +489,13 @@ def main() -> None:
         a.out.write_text(json.dumps(result, indent=1))
         print(a.out.read_text())
         return
+    if a.shares:
+        print(json.dumps(save_shares(a.model, a.shares[0], Path(a.shares[1]))))
+        return
     if a.refine_check:
         a.out.parent.mkdir(parents=True, exist_ok=True)
-        result = refine_check(Path(a.refine_check[0]), a.refine_check[1], [(Path(d), x) for d, x in a.also], a.refits)
+        also = [(Path(d), x, None if f == "-" else Path(f)) for d, x, f in a.also]
+        result = refine_check(Path(a.refine_check[0]), a.refine_check[1], also, a.refits, shares=a.with_shares)
         a.out.write_text(json.dumps(result, indent=1))
         print(a.out.read_text())
         return

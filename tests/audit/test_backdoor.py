@@ -79,8 +79,9 @@ def test_bad_shapes_and_units_are_one_line_errors():
 
 def test_entropies_match_eager_attention_over_image_tokens(tiny_llava):
     samples = [make_sample("val", i) for i in range(3)]
-    table = attention_entropies(tiny_llava, samples, batch_size=2, per_head=True)
+    table = attention_entropies(tiny_llava, samples, batch_size=2, per_head=True, shares=True)
     assert table.layers.shape == (3, tiny_llava.n_layers) and table.ids == [s.id for s in samples]
+    assert table.shares.shape == table.heads.shape
     # the reference: the full eager attention of one sample, on its own
     batch = tiny_llava.prepare(samples[1].prompt, [samples[1].image])
     where = batch.layout.image_positions(0)
@@ -94,6 +95,7 @@ def test_entropies_match_eager_attention_over_image_tokens(tiny_llava):
         assert table.layers[1, layer] == pytest.approx(float(-(p * p.log()).sum()), abs=1e-4)
         ph = row / row.sum(-1, keepdim=True)
         assert table.heads[1, layer] == pytest.approx((-(ph * ph.log()).sum(-1)).numpy(), abs=1e-4)
+        assert table.shares[1, layer] == pytest.approx(row.sum(-1).numpy(), abs=1e-5)  # the image tokens' mass
     assert np.all(table.layers <= np.log(where.numel()) + 1e-5)
 
 
@@ -184,6 +186,21 @@ def test_refine_sharpens_the_split_with_units_that_are_not_sensitive_alone():
     assert refined.refined is not None and refined.extra["refine"] is True and "refined over all 4" in refined.note
 
 
+def test_refine_reads_the_tables_image_shares_when_it_has_them():
+    rng = np.random.default_rng(5)
+    heads = rng.normal(3.0, 0.3, (600, 1, 2))
+    heads[:60, 0, 0] -= 0.9  # the sensitive head overlaps
+    shares = rng.normal(0.5, 0.05, (600, 1, 2))
+    shares[:60] += 0.15  # the poisoned rows look at the image more: no share is bimodal on its own
+    ids = [f"s{i}" for i in range(600)]
+    truth = ids[:60]
+    plain = bye_filter(EntropyTable(ids, heads.mean(2), heads), units="heads", separation=1.3, refine=True)
+    both = bye_filter(EntropyTable(ids, heads.mean(2), heads, shares=shares), units="heads", separation=1.3,
+                      refine=True)
+    assert both.extra["refine_shares"] and not plain.extra["refine_shares"] and "image shares" in both.note
+    assert label_scores(ids, both.removed, truth)["f1"] > label_scores(ids, plain.removed, truth)["f1"] + 0.05
+
+
 def test_refine_keeps_nothing_removed_without_a_sensitive_unit():
     h = np.random.default_rng(2).normal(3.0, 0.2, (300, 4))
     result = bye_filter(h, IDS, refine=True, threshold=-5)
@@ -200,3 +217,15 @@ def test_the_refined_split_is_drawn_beside_the_scores():
     titles = [ax.get_title() for ax in entropy_figure(result, h).axes]
     assert titles[-1] == f"refined log ratio (removed {len(result.removed)})"
     assert result.summary()["refine"] is True and result.summary()["threshold"] == 1.0
+
+
+def test_the_command_with_refine_keeps_image_shares_in_a_folder_of_its_own(tmp_path):
+    from mmlens.cli.audit import audit_backdoor
+
+    out = tmp_path / "bye"
+    audit_backdoor("shapes:val[0:8]", out, model="tiny-llava", units="heads", separation=0.1, refine=True)
+    with np.load(out / "entropy.npz") as saved:
+        assert saved["shares"].shape == saved["heads"].shape
+        assert np.all((saved["shares"] > 0) & (saved["shares"] <= 1 + 1e-6))
+    with pytest.raises(MmlensError, match="use another --out"):  # the scores of a run without shares differ
+        audit_backdoor("shapes:val[0:8]", out, model="tiny-llava", units="heads", separation=0.1)

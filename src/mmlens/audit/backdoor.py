@@ -50,13 +50,16 @@ class EntropyTable:
 
     ``layers`` is ``(n, L)`` (head mean), ``heads`` ``(n, L, H)`` or None, both
     at the last prompt position; ``positions`` ``(n, P, L, H)`` or None: every
-    head at each of the last ``P`` prompt positions (the last one at ``[:, -1]``).
+    head at each of the last ``P`` prompt positions (the last one at ``[:, -1]``);
+    ``shares`` ``(n, L, H)`` or None: the image tokens' share of each head's
+    last row (what the entropy's renormalisation sets aside).
     """
 
     ids: list[str]
     layers: np.ndarray
     heads: np.ndarray | None = None
     positions: np.ndarray | None = None
+    shares: np.ndarray | None = None
 
     def units(self, units: str = "layers") -> tuple[np.ndarray, list[str]]:
         """The ``(n, units)`` matrix the rule runs on, and a name per column (``L3``, ``L3.H1``, ``q-2.L3.H1``)."""
@@ -91,7 +94,7 @@ def _entropy(p: torch.Tensor) -> torch.Tensor:
 
 def attention_entropies(model: Model, samples: Iterable[Sample], *, batch_size: int = 8, per_head: bool = False,
                         progress: Callable[[int], None] | None = None, positions: int = 1,
-                        keys: str = "image") -> EntropyTable:
+                        keys: str = "image", shares: bool = False) -> EntropyTable:
     """Entropy of the last prompt position's attention over image tokens, per sample and decoder layer.
 
     Only the last row (or the last ``positions`` rows) of each layer's
@@ -99,6 +102,7 @@ def attention_entropies(model: Model, samples: Iterable[Sample], *, batch_size: 
     ``positions > 1`` keeps every head at each of the last ``positions`` prompt
     positions in ``table.positions``. ``keys="all"`` takes the entropy of the
     whole row instead of the image tokens' share (published: ``"image"``).
+    ``shares`` also keeps each head's image share of its last row (what ``--refine`` reads beside the entropies).
     ``progress`` is called with the samples done per batch.
 
     Example:
@@ -112,9 +116,9 @@ def attention_entropies(model: Model, samples: Iterable[Sample], *, batch_size: 
         raise MmlensError(f"keys is 'image' or 'all' and positions at least 1, got {keys!r} and {positions}")
     sites = [f"lm.L{i}.attn_probs" for i in range(model.n_layers)]
     rows = list(range(-positions, 0)) if positions > 1 else -1
-    keep_heads = per_head or positions > 1
+    keep_heads = per_head or positions > 1 or shares
     ids: list[str] = []
-    found: dict[str, list[np.ndarray]] = {"layers": [], "heads": [], "positions": []}
+    found: dict[str, list[np.ndarray]] = {"layers": [], "heads": [], "positions": [], "shares": []}
     chunk: list[Sample] = []
 
     def run(batch_samples: list[Sample]) -> None:
@@ -127,6 +131,8 @@ def attention_entropies(model: Model, samples: Iterable[Sample], *, batch_size: 
                 raise MmlensError(f"sample {sample.id!r}: the model placed no image tokens")
             # (layers, [heads,] [positions,] keys): the asked prompt rows of every layer
             probs = torch.stack([captured[s][row].float().cpu() for s in sites])
+            if shares:  # (layers, heads[, positions]): the image tokens' mass of the last row, before renormalising
+                found["shares"].append((probs[..., -1, :] if positions > 1 else probs)[..., where].sum(-1).numpy())
             probs = probs[..., where] if keys == "image" else probs
             if positions > 1:  # (layers, heads, positions, keys) -> (positions, layers, heads)
                 found["positions"].append(_entropy(probs).permute(2, 0, 1).numpy())
@@ -149,7 +155,8 @@ def attention_entropies(model: Model, samples: Iterable[Sample], *, batch_size: 
     if not ids:
         raise MmlensError("the data has no samples to score")
     return EntropyTable(ids, np.stack(found["layers"]), np.stack(found["heads"]) if per_head else None,
-                        np.stack(found["positions"]) if positions > 1 else None)
+                        np.stack(found["positions"]) if positions > 1 else None,
+                        np.stack(found["shares"]) if shares else None)
 
 
 @dataclass
@@ -209,16 +216,21 @@ def bye_filter(entropy: np.ndarray | EntropyTable, ids: Sequence[str] | None = N
     the same matrix (and ``log``), so that a sweep over the other settings fits them once.
     ``refine`` starts from the published split (posterior 0.5) and refines it
     over every unit at once (:func:`~mmlens.audit.backdoor_mixture.refine_split`,
-    a shared-covariance mixture); ``threshold`` then cuts the refined log ratio.
+    a shared-covariance mixture), reading each head's image share too when the
+    table has them (``attention_entropies(..., shares=True)``); ``threshold``
+    then cuts the refined log ratio.
     It runs only where BYE found a sensitive unit, so "no backdoor" stays "nothing removed".
 
     Example:
         >>> bye_filter(np.full((10, 3), 2.0), [str(i) for i in range(10)]).note
         'no sensitive layer (largest gap 0.00 <= 2.0): nothing removed'
     """
+    shares = None
     if isinstance(entropy, EntropyTable):
         ids = entropy.ids
         matrix, names = entropy.units(units)
+        if entropy.shares is not None:
+            shares = entropy.shares.reshape(len(ids), -1).astype(np.float64)
     else:
         matrix = np.asarray(entropy, np.float64)
         names = [f"L{i}" for i in range(matrix.shape[1])]
@@ -249,7 +261,9 @@ def bye_filter(entropy: np.ndarray | EntropyTable, ids: Sequence[str] | None = N
     if refine:
         start = score_fit.low_cluster(scores, 0.0)
         settings["refine_start"] = int(start.sum())
-        refined = refine_split(matrix, start) if 0 < start.sum() < len(start) else np.where(start, np.inf, -np.inf)
+        features = matrix if shares is None else np.concatenate([matrix, shares], 1)
+        settings["refine_shares"] = shares is not None
+        refined = refine_split(features, start) if 0 < start.sum() < len(start) else np.where(start, np.inf, -np.inf)
         low = refined > threshold
     else:
         low = score_fit.low_cluster(scores, threshold)
@@ -257,7 +271,8 @@ def bye_filter(entropy: np.ndarray | EntropyTable, ids: Sequence[str] | None = N
     kept = [i for i, flag in zip(ids, low) if not flag]
     note = f"{len(sensitive)} sensitive {unit_word}{'s' if len(sensitive) > 1 else ''}; removed {len(removed)}"
     if refine:
-        note += f" (refined over all {matrix.shape[1]} {unit_word}s from {settings['refine_start']})"
+        read = f"all {matrix.shape[1]} {unit_word}s" + (" and their image shares" if shares is not None else "")
+        note += f" (refined over {read} from {settings['refine_start']})"
     return ByeResult(ids, kept, removed, scores, fits, names, sensitive, score_fit, separation, units, note=note,
                      extra=settings, refined=refined)
 

@@ -45,9 +45,9 @@ def backdoor(
                                      "separation * (sigma1 + sigma2); published: 2."),
     threshold: float = typer.Option(0.0, "--threshold", help="Remove a sample when the score mixture's log "
                                     "likelihood ratio (low against high) exceeds this; published: 0 (posterior 0.5)."),
-    refine: bool = typer.Option(False, "--refine", help="Refine BYE's split over every unit at once (a "
-                                "shared-covariance mixture started at the published split); --threshold then "
-                                "cuts the refined log ratio."),
+    refine: bool = typer.Option(False, "--refine", help="Refine BYE's split over every unit and each head's "
+                                "image share at once (a shared-covariance mixture started at the published "
+                                "split); --threshold then cuts the refined log ratio."),
     batch_size: int = typer.Option(8, "--batch-size", help="Samples per forward pass."),
     shard_size: int = typer.Option(64, "--shard-size", help="Rows per saved shard of scores (a killed run "
                                    "continues from the last one)."),
@@ -117,6 +117,8 @@ def audit_backdoor(data: str, out: Path, *, model: str | None = None, labels: Pa
     if not loaded.adapter.multimodal:
         raise MmlensError(f"{loaded.name} is a text-only model: BYE needs a vision-language model")
     spec = {"job": "bye", "model": model_spec(loaded), "per_head": units == "heads", "batch_size": batch_size}
+    if refine:  # the refinement also reads each head's image share; only then, so older folders stay reusable
+        spec["shares"] = True
 
     def score(rows: list) -> ShardScores:
         samples = [r for r in rows if not isinstance(r, BadRow)]
@@ -124,10 +126,12 @@ def audit_backdoor(data: str, out: Path, *, model: str | None = None, labels: Pa
         flags = {s.id: bool(s.meta["poisoned"]) for s in samples if "poisoned" in s.meta}
         found = ShardScores([], {}, {"poisoned": flags}, [b.to_json() for b in bad])
         if samples:  # a shard of bad rows only has nothing to score
-            table = attention_entropies(loaded, samples, batch_size=batch_size, per_head=units == "heads")
+            table = attention_entropies(loaded, samples, batch_size=batch_size, per_head=units == "heads",
+                                        shares=refine)
             found.ids, found.arrays["layers"] = table.ids, table.layers
-            if table.heads is not None:
-                found.arrays["heads"] = table.heads
+            for name in ("heads", "shares"):
+                if getattr(table, name) is not None:
+                    found.arrays[name] = getattr(table, name)
         return found
 
     with Progress(console=console, transient=True) as progress:
@@ -139,7 +143,7 @@ def audit_backdoor(data: str, out: Path, *, model: str | None = None, labels: Pa
     ids = [i for s in shards for i in s.ids]
     if not ids:  # every row was unreadable: say why (the first one) instead of "no samples"
         raise unreadable(data, bad) if bad else MmlensError("the data has no samples to score")
-    table = EntropyTable(ids, concat(shards, "layers"), concat(shards, "heads"))
+    table = EntropyTable(ids, concat(shards, "layers"), concat(shards, "heads"), shares=concat(shards, "shares"))
     result = bye_filter(table, separation=separation, units=units, threshold=threshold, refine=refine)
     poisoned = read_labels(labels) if labels is not None else [i for i, f in flags.items() if f]
     scored = label_scores(table.ids, result.removed, poisoned) if labels is not None or flags else None
@@ -148,7 +152,7 @@ def audit_backdoor(data: str, out: Path, *, model: str | None = None, labels: Pa
     (out / "removed.txt").write_text("".join(f"{i}\n" for i in result.removed), encoding="utf-8")
     matrix, _ = table.units(units)
     np.savez(out / "entropy.npz", ids=np.array(table.ids), layers=table.layers,
-             **({"heads": table.heads} if table.heads is not None else {}))
+             **{name: getattr(table, name) for name in ("heads", "shares") if getattr(table, name) is not None})
     summary = {**result.summary(), "model": loaded.name, "data": data, "bad_rows": bad,
                "fits": {n: f.to_json() for n, f in zip(result.names, result.fits)}}
     if scored is not None:
