@@ -300,7 +300,7 @@ RECALL_THRESHOLDS = [-4.0, -3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0]
 
 
 def recall_split(audit_dir: Path, data: str, validation: int = 1000, goal: float = 0.99,
-                 removed_out: Path | None = None, refine: bool = False) -> dict:
+                 removed_out: Path | None = None, refine: bool = False, shares: Path | None = None) -> dict:
     """The split chosen for the retrain's goal (recall), on validation only, then fitted on every row.
 
     The rule is :data:`CHOSEN`'s (heads, separation 1.3) with the split ``T`` left open, read from an
@@ -313,17 +313,15 @@ def recall_split(audit_dir: Path, data: str, validation: int = 1000, goal: float
     from mmlens.audit import bye_filter, label_scores
     from mmlens.data.readers import open_reader
 
-    arrays = np.load(audit_dir / "entropy.npz", allow_pickle=False)
-    ids = [str(i) for i in arrays["ids"]]
-    n_heads = arrays["heads"].shape[2]
-    heads = arrays["heads"].reshape(len(ids), -1)
-    names = [f"L{j // n_heads}.H{j % n_heads}" for j in range(heads.shape[1])]
+    table = _saved_table(audit_dir, shares)
+    ids = table.ids
+    heads, names = table.units("heads")
     poisoned = [s.id for s in open_reader(data) if s.meta.get("poisoned")]
     options = {"units": "heads", "separation": CHOSEN["separation"], "combine": CHOSEN["combine"], "refine": refine}
     held = set(ids[:validation])
     rows, poisoned_validation = [], [i for i in poisoned if i in held]
     for t in RECALL_THRESHOLDS:  # labels only score each decision, after it is made
-        r = bye_filter(heads[:validation], ids[:validation], threshold=t, **options)
+        r = bye_filter(_subset(table, list(range(validation))), threshold=t, **options)
         rows.append({"threshold": t, "sensitive": [names[j] for j in r.sensitive],
                      **label_scores(ids[:validation], r.removed, poisoned_validation)})
     passing = [r for r in rows if r["recall"] >= goal]
@@ -331,12 +329,13 @@ def recall_split(audit_dir: Path, data: str, validation: int = 1000, goal: float
         best = max(passing, key=lambda r: r["threshold"])
     else:
         best = max(rows, key=lambda r: (r["recall"], r["threshold"]))
-    full = bye_filter(heads, ids, threshold=best["threshold"], **options)
+    full = bye_filter(table, threshold=best["threshold"], **options)
     if removed_out is not None:
         removed_out.parent.mkdir(parents=True, exist_ok=True)
         removed_out.write_text("".join(f"{i}\n" for i in full.removed))
     scores = label_scores(ids, full.removed, poisoned)
-    return {"audit": str(audit_dir), "data": data, "refine": refine, "validation_rows": [0, validation],
+    return {"audit": str(audit_dir), "data": data, "refine": refine, "shares": str(shares) if shares else None,
+            "validation_rows": [0, validation],
             "goal_recall": goal,
             "validation": rows, "chosen_threshold": best["threshold"], "goal_reached": bool(passing),
             "all_rows": {"sensitive": [names[j] for j in full.sensitive], **scores,
@@ -485,7 +484,8 @@ def main() -> None:
         return
     if a.recall_split:
         a.out.parent.mkdir(parents=True, exist_ok=True)
-        result = recall_split(Path(a.recall_split[0]), a.recall_split[1], removed_out=a.removed_out, refine=a.refine)
+        result = recall_split(Path(a.recall_split[0]), a.recall_split[1], removed_out=a.removed_out, refine=a.refine,
+                              shares=a.with_shares)
         a.out.write_text(json.dumps(result, indent=1))
         print(a.out.read_text())
         return
