@@ -281,14 +281,14 @@ def head_ceiling(audit_dir: Path, data: str) -> dict:
     from mmlens.audit.backdoor_mixture import fit_mixtures
     from mmlens.data.readers import open_reader
 
-    arrays = np.load(audit_dir / "entropy.npz", allow_pickle=False)
+    table = _saved_table(audit_dir)
     poisoned = [s.id for s in open_reader(data) if s.meta.get("poisoned")]
-    y = np.isin(arrays["ids"], poisoned)
-    n, n_layers, n_heads = arrays["heads"].shape
-    heads = arrays["heads"].reshape(n, -1)
-    rows = [{"head": f"L{j // n_heads}.H{j % n_heads}", "auroc": round(float(roc_auc_score(y, -heads[:, j])), 3),
+    y = np.isin(table.ids, poisoned)
+    heads, names = table.units("heads")
+    n = len(y)
+    rows = [{"head": name, "auroc": round(float(roc_auc_score(y, -heads[:, j])), 3),
              "best_cut_f1": _best_f1(heads[:, j], y), "gap": round(fit.gap(), 2)}
-            for j, fit in enumerate(fit_mixtures(heads))]
+            for j, (name, fit) in enumerate(zip(names, fit_mixtures(heads)))]
     half = n // 2
     linear = LinearDiscriminantAnalysis().fit(heads[:half], y[:half])
     return {"audit": str(audit_dir), "data": data, "heads": sorted(rows, key=lambda r: -r["best_cut_f1"]),

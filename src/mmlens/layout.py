@@ -198,13 +198,14 @@ class TokenLayout:
         maps: list[list[np.ndarray]] = []
         for b in range(self.batch_size):
             row_maps = []
+            cells = self.cells(b)  # once per row, not once per view
             for i, info in enumerate(self.images[b]):
                 total = np.zeros(info.size, dtype=np.float64)
                 count = np.zeros(info.size, dtype=np.float64)
                 for v, grid_view in enumerate(info.views):
                     if not _view_selected(grid_view, views):
                         continue
-                    grid = self.grid(torch.as_tensor(scores[b]), b, i, v)
+                    grid = cells.grid(scores[b], i, v)
                     _paint(grid, grid_view.box, total, count)
                 with np.errstate(invalid="ignore", divide="ignore"):
                     row_maps.append((total / count).astype(np.float32))

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mmlens.layout import Modality, TokenLayout
+from mmlens.layout import Modality, PatchCells, TokenLayout
 
 IMAGE_SHARE = ("sum of |score| over image tokens / sum of |score| over the image and text tokens "
                "the answer token can see (special tokens left out)")
@@ -119,17 +119,16 @@ class Explanation:
             >>> sorted(explanation.to_json())[:3]
             ['answer', 'answer_tokens', 'layout']
         """
+        cells = self.layout.cells(0)  # found once for every method and target
         methods = {}
         for method, scores in self.scores.items():
+            values = scores.detach().float().cpu().numpy()
             per_target = []
             for j, token in enumerate(self.answer_tokens):
                 per_target.append({
                     "token": token,
                     "position": self.positions[j],
-                    "images": [
-                        [_nan_to_none(self.image_grid(method, j, i, v)) for v in range(len(info.views))]
-                        for i, info in enumerate(self.layout.images[0])
-                    ],
+                    "images": image_grids_json(cells, values[j]),
                     "prompt": [[word, round(score, 6)] for word, score in self.prompt_scores(method, j)],
                     "image_share": _round_or_none(self.image_share(method, j)),
                 })
@@ -158,8 +157,18 @@ def _round_or_none(value: float, digits: int = 6) -> float | None:
     return None if not np.isfinite(value) else round(float(value), digits)
 
 
-def _nan_to_none(grid: np.ndarray) -> list[list[float | None]]:
-    return [[None if np.isnan(v) else round(float(v), 6) for v in row] for row in grid]
+def image_grids_json(cells: PatchCells, scores: np.ndarray) -> list[list[list[list[float | None]]]]:
+    """``scores`` (float32, one per position) on every image view's grid, rounded to 6 places; None where no
+    token sits: ``[image][view][row][col]``, as ``to_json``'s ``images`` and the web API write them.
+
+    Rounded from ``tolist()``: rounding numpy scalars one by one costs more than the rest.
+
+    Example:
+        >>> image_grids_json(explanation.layout.cells(0), explanation.scores["rollout"][0].numpy())[0][0][0][:1]  # doctest: +SKIP
+        [0.012345]
+    """
+    return [[[[None if v != v else round(v, 6) for v in line] for line in cells.grid(scores, i, v).tolist()]
+             for v in range(len(views))] for i, views in enumerate(cells.views)]
 
 
 def _jsonable(value: Any) -> Any:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from mmlens.attribution.explanation import image_grids_json  # to_json's grids: one definition for both
 from mmlens.layout import Modality, PatchCells, TokenLayout
 from mmlens.report.figures import display_token, png_data_uri, visible_token
 from mmlens.report.html import _words as report_words  # the report's word shading, one definition for both
@@ -56,7 +57,7 @@ def explanation_json(e: "Explanation") -> dict[str, Any]:
         for j, token in enumerate(e.answer_tokens):
             row, last, line = values[j], e.positions[j], exact[j].tolist()  # (a tensor indexed by numpy is slow)
             words, _ = report_words(e, method, j)
-            targets.append({"token": visible_token(token), "position": last, "grids": _grids(cells, row),
+            targets.append({"token": visible_token(token), "position": last, "grids": image_grids_json(cells, row),
                             "top": _top(cells, row), "prompt": [[e.tokens[p], round(line[p], 6)]
                                                               for p in np.flatnonzero(text[:last + 1]).tolist()],
                             "image_share": _round(e.image_share(method, j)),
@@ -88,16 +89,6 @@ def top_patch(layout: TokenLayout, scores: torch.Tensor) -> dict[str, Any] | Non
         True
     """
     return _top(layout.cells(0), scores.detach().float().cpu().numpy())
-
-
-def _grids(cells: PatchCells, scores: np.ndarray) -> list[list[list[list[float | None]]]]:
-    """``scores`` (float32) on every view's grid, rounded to 6 places; None where no token sits.
-
-    The same numbers as ``Explanation.to_json``'s ``images``; rounded from
-    ``tolist()``, since rounding numpy scalars one by one costs more than the rest.
-    """
-    return [[[[None if v != v else round(v, 6) for v in line] for line in cells.grid(scores, i, v).tolist()]
-             for v in range(len(views))] for i, views in enumerate(cells.views)]
 
 
 def _positions(cells: PatchCells) -> list[list[list[list[int | None]]]]:
