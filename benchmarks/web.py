@@ -261,6 +261,12 @@ def parts(model, url: str, stamped: Stamped, key: str, method: str, repeats: int
     return {"method": method, **out, **asyncio.run(handoffs(3000))}
 
 
+def serving(live: LiveServer) -> dict:
+    """What uvicorn serves with: its HTTP parser (httptools or h11) and event loop (uvloop or asyncio)."""
+    return {"http": live.server.config.http_protocol_class.__name__,
+            "loop": type(live.server.servers[0].get_loop()).__module__.split(".")[0]}
+
+
 def median_cpu(function, repeats: int) -> float:
     """Median CPU seconds of ``function()`` in this thread."""
     spent = []
@@ -310,6 +316,7 @@ def main() -> None:
     stamped = Stamped(app) if args.parts or args.parts_only else None  # the plain app unless asked: no stamps timed
     with LiveServer(stamped or app) as live, httpx.Client(base_url=live.url, timeout=300) as client:
         key = client.post("/api/inputs", data={"example": "colour_question"}).json()["id"]
+        figures["server"] = serving(live)
         if args.parts or args.parts_only:
             figures["parts"] = parts(model, live.url, stamped, key, args.parts_method, max(args.repeats, 30))
             console.print(f"where a request's time goes (ms, medians): {figures['parts']}")

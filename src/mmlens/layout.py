@@ -219,16 +219,17 @@ class TokenLayout:
         :meth:`Box.to_json <mmlens.box.Box.to_json>` writes it (rounded to
         hundredths); ``"size"`` is ``[height, width]``.
         """
-        modality = self.modality[row]
+        counts = dict(zip(*np.unique(self.modality[row].numpy(), return_counts=True)))
+        cells = self.cells(row)
         return {
             "seq_len": self.seq_len,
-            "tokens": {m.name.lower(): int((modality == int(m)).sum()) for m in Modality},
+            "tokens": {m.name.lower(): int(counts.get(int(m), 0)) for m in Modality},
             "images": [
                 {
                     "size": list(info.size),
                     "views": [
                         {"kind": v.kind, "grid": [v.rows, v.cols], "box": [round(x, 2) for x in v.box],
-                         "tokens": int(self.image_positions(row, i, j).numel())}
+                         "tokens": len(cells.views[i][j][1])}
                         for j, v in enumerate(info.views)
                     ],
                 }

@@ -4,6 +4,7 @@ colour maps that put zero where the eye expects it."""
 from __future__ import annotations
 
 import html
+import math
 import re
 
 import numpy as np
@@ -13,7 +14,7 @@ from PIL import Image
 import mmlens
 from mmlens.report import overlay_figure, write_html_report
 from mmlens.report.figures import visible_token
-from mmlens.report.html import _words, what_was_explained
+from mmlens.report.html import shaded_words, what_was_explained
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,7 @@ def test_tiled_image_is_one_chip_with_its_tiles_on_hover(name, noise):
     model = mmlens.load(name)
     explanation = mmlens.explain(model, prompt="<image> what colour ?", images=[noise(300, 500)],
                                  methods=["rollout"], max_new_tokens=1)
-    words, _ = _words(explanation, "rollout", 0)
+    words = shaded_words(explanation, "rollout", 0)
     chips = [w for w in words if w["kind"] == "chip"]
     views = explanation.layout.images[0][0].views
     assert len(views) > 1 and len(chips) == 1
@@ -86,3 +87,16 @@ def test_signed_maps_are_diverging_around_white_and_others_sequential_from_zero(
     # A signed method keeps its diverging map even where one token's scores are all positive.
     shown = overlay_figure(image, positive, "forced", signed=True).axes[0].images[1]
     assert shown.get_cmap().name.startswith("RdBu_r") and shown.get_clim() == (-2.0, 2.0)
+
+
+def test_words_and_table_take_non_finite_text_scores(forced, tmp_path):
+    # A NaN on a prompt word is shown unshaded with zero width in the table, not an error.
+    text = forced.layout.text_positions(0)
+    scores = {m: s.clone() for m, s in forced.scores.items()}
+    scores["rollout"][0, text[0]] = math.nan
+    broken = mmlens.Explanation(**{**forced.__dict__, "scores": scores})
+    words = [w for w in shaded_words(broken, "rollout", 0) if w["kind"] == "word"]
+    assert len(words) == int((text <= broken.positions[0]).sum()) and words[0]["style"] == ""
+    assert "nan" in words[0]["title"]
+    page = write_html_report(broken, tmp_path / "report.html").read_text(encoding="utf-8")
+    assert ">nan<" in page

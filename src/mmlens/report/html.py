@@ -84,9 +84,9 @@ def _sample(index: int, e: "Explanation", dpi: int, compact: bool) -> dict[str, 
                 title = f"{method} · {visible_token(token)!r} · image {i}"
                 figure = overlay_figure(e.images[i], heatmap, title, width=4.0, dpi=dpi, max_side=320, signed=signed)
                 overlays.append(png_data_uri(figure, palette=compact))
-            words, table = _words(e, method, j)
+            scores = _target_scores(e, method, j)
             views.append({"method": method, "target": j, "shown": not views, "overlays": overlays,
-                          "words": words, "table": table,
+                          "words": shaded_words(e, method, j, scores), "table": _top_words(e, method, j, scores),
                           "caption": _caption(e, method, j, e.image_share(method, j))})
     return {
         "id": f"sample-{index}",
@@ -131,45 +131,68 @@ def what_was_explained(e: "Explanation") -> list[tuple[str, str]]:
     return lines
 
 
-def _words(e: "Explanation", method: str, target: int) -> tuple[list[dict], list[dict]]:
-    """The sequence the target sees, text shaded by score and one chip per image; the top-word table.
+def shaded_words(e: "Explanation", method: str, target: int, scores: np.ndarray | None = None) -> list[dict]:
+    """The sequence answer token ``target`` sees: text shaded by score, one chip per image.
 
     A tiled image (tiles and a global view, e.g. idefics3, llava-next) is
     one chip with its share of ``|score|``; its views and their shares show on
-    hover. Newlines show as ``↵``.
+    hover. Newlines show as ``↵``. ``scores`` are the target's scores as
+    float32 numpy, when the caller has them already (the web API does).
+
+    Example:
+        >>> [w["kind"] for w in shaded_words(explanation, "rollout", 0)][:3]
+        ['word', 'chip', 'word']
     """
-    scores = e.scores[method][target].detach().float().cpu().numpy()
-    modality = e.layout.modality[0].numpy()
-    image_of = e.layout.image[0].numpy()
-    last = e.positions[target]
-    visible = np.arange(len(scores)) <= last
-    text = visible & (modality == int(Modality.TEXT))
-    image = visible & (modality == int(Modality.IMAGE))
-    scale = float(np.nanmax(np.abs(scores[text]))) if text.any() else 0.0
+    scores = _target_scores(e, method, target) if scores is None else scores
+    text, image = _seen(e, target, len(scores))
+    magnitude = np.abs(scores[text])
+    scale = float(np.nanmax(magnitude)) if text.any() else 0.0
     scale = scale if math.isfinite(scale) else 0.0
     total = float(np.nansum(np.abs(scores[text | image])))  # as in Explanation.image_share
     # Word-level vocabularies carry no space markers: put spaces back between pieces.
-    pieces = [e.tokens[p] for p in np.flatnonzero(text)]
-    spaced = not any(mark in piece for piece in pieces for mark in ("▁", "Ġ"))
+    words_at = np.flatnonzero(text).tolist()
+    spaced = not any(mark in e.tokens[p] for p in words_at for mark in ("▁", "Ġ"))
+    # Only text positions and each image's first position make an entry: no Python loop over every patch.
+    at_image = np.flatnonzero(image)
+    images, first = np.unique(e.layout.image[0].numpy()[at_image], return_index=True)
+    chips = {int(at_image[k]): int(i) for i, k in zip(images, first)}
+    values = scores.tolist()
     words: list[dict] = []
-    chipped: set[int] = set()
-    for p in range(last + 1):
-        if modality[p] == int(Modality.IMAGE):
-            i = int(image_of[p])
-            if i not in chipped:  # one chip per image, wherever its tiles sit
-                chipped.add(i)
-                words.append(_image_chip(e, scores, image, i, total))
-        elif modality[p] == int(Modality.TEXT):
-            piece = visible_token(e.tokens[p], strip=False)
-            if spaced and words:
-                piece = " " + piece
-            words.append({"kind": "word", "text": piece, "title": f"{e.tokens[p]!r}: {scores[p]:.4g}",
-                          "style": _shade(float(scores[p]), scale)})
-    ranked = sorted(np.flatnonzero(text), key=lambda p: -abs(float(np.nan_to_num(scores[p]))))[:_TOP_WORDS]
-    table = [{"text": visible_token(e.tokens[p]), "position": int(p),
-              "score": f"{scores[p]:.4g}", "width": 0 if scale == 0 else round(100 * abs(float(scores[p])) / scale),
-              "negative": bool(scores[p] < 0)} for p in ranked]
-    return words, table
+    for p in sorted([*words_at, *chips]):
+        if p in chips:  # one chip per image, wherever its tiles sit
+            words.append(_image_chip(e, scores, image, chips[p], total))
+            continue
+        piece = visible_token(e.tokens[p], strip=False)
+        if spaced and words:
+            piece = " " + piece
+        words.append({"kind": "word", "text": piece, "title": f"{e.tokens[p]!r}: {values[p]:.4g}",
+                      "style": _shade(values[p], scale)})
+    return words
+
+
+def _top_words(e: "Explanation", method: str, target: int, scores: np.ndarray | None = None) -> list[dict]:
+    """The report's table of the text tokens with the largest ``|score|`` that answer token ``target`` sees."""
+    scores = _target_scores(e, method, target) if scores is None else scores
+    text, _ = _seen(e, target, len(scores))
+    positions = np.flatnonzero(text)
+    scale = float(np.nanmax(np.abs(scores[positions]))) if len(positions) else 0.0
+    scale = scale if math.isfinite(scale) else 0.0
+    ranked = positions[np.argsort(-np.abs(np.nan_to_num(scores[positions])), kind="stable")[:_TOP_WORDS]]
+    values = scores.tolist()
+    return [{"text": visible_token(e.tokens[p]), "position": p, "score": f"{values[p]:.4g}",
+             "width": 0 if scale == 0 or not math.isfinite(values[p]) else round(100 * abs(values[p]) / scale),
+             "negative": values[p] < 0} for p in ranked.tolist()]
+
+
+def _target_scores(e: "Explanation", method: str, target: int) -> np.ndarray:
+    return e.scores[method][target].detach().float().cpu().numpy()
+
+
+def _seen(e: "Explanation", target: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Masks of the text and image positions answer token ``target`` sees (itself and what comes before)."""
+    modality = e.layout.modality[0].numpy()
+    visible = np.arange(length) <= e.positions[target]
+    return visible & (modality == int(Modality.TEXT)), visible & (modality == int(Modality.IMAGE))
 
 
 def _image_chip(e: "Explanation", scores: np.ndarray, image: np.ndarray, i: int, total: float) -> dict:

@@ -24,8 +24,7 @@ import torch
 from mmlens.attribution.explanation import image_grids_json  # to_json's grids: one definition for both
 from mmlens.layout import Modality, PatchCells, TokenLayout
 from mmlens.report.figures import display_token, png_data_uri, visible_token
-from mmlens.report.html import _words as report_words  # the report's word shading, one definition for both
-from mmlens.report.html import what_was_explained
+from mmlens.report.html import shaded_words, what_was_explained  # the report's word shading: one definition
 
 if TYPE_CHECKING:
     from mmlens.attribution.explanation import Explanation
@@ -56,13 +55,12 @@ def explanation_json(e: "Explanation") -> dict[str, Any]:
         targets = []
         for j, token in enumerate(e.answer_tokens):
             row, last, line = values[j], e.positions[j], exact[j].tolist()  # (a tensor indexed by numpy is slow)
-            words, _ = report_words(e, method, j)
             targets.append({"token": visible_token(token), "position": last, "grids": image_grids_json(cells, row),
                             "top": _top(cells, row), "prompt": [[e.tokens[p], round(line[p], 6)]
                                                               for p in np.flatnonzero(text[:last + 1]).tolist()],
                             "image_share": _round(e.image_share(method, j)),
                             "words": [{"kind": w["kind"], "text": w["text"], "title": w["title"], "style": w["style"]}
-                                      for w in words]})
+                                      for w in shaded_words(e, method, j, row)]})
         methods[method] = {"targets": targets, "signed": e.signed(method),
                            "milliseconds": _round(e.milliseconds.get(method, math.nan), 3)}
     return {"model": e.model, "prompt": e.prompt, "answer": e.answer, "model_answer": e.model_answer,
