@@ -219,11 +219,11 @@ class TokenLayout:
         :meth:`Box.to_json <mmlens.box.Box.to_json>` writes it (rounded to
         hundredths); ``"size"`` is ``[height, width]``.
         """
-        counts = dict(zip(*np.unique(self.modality[row].numpy(), return_counts=True)))
+        counts = np.bincount(self.modality[row].numpy() - min(Modality), minlength=len(Modality)).tolist()
         cells = self.cells(row)
         return {
             "seq_len": self.seq_len,
-            "tokens": {m.name.lower(): int(counts.get(int(m), 0)) for m in Modality},
+            "tokens": {m.name.lower(): counts[m - min(Modality)] for m in Modality},
             "images": [
                 {
                     "size": list(info.size),

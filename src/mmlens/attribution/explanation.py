@@ -76,13 +76,12 @@ class Explanation:
             >>> 0.0 <= explanation.image_share("rollout") <= 1.0
             True
         """
-        scores = np.abs(self.scores[method][target].detach().float().cpu().numpy())
+        scores = self.scores[method][target].detach().float().cpu().numpy()
         visible = np.arange(len(scores)) <= self.positions[target]
         modality = self.layout.modality[0].numpy()
         image = visible & (modality == int(Modality.IMAGE))
-        content = image | (visible & (modality == int(Modality.TEXT)))
-        total = float(np.nansum(scores[content]))
-        return float(np.nansum(scores[image])) / total if total > 0 else float("nan")
+        total = abs_sum(scores[image | (visible & (modality == int(Modality.TEXT)))])
+        return abs_sum(scores[image]) / total if total > 0 else float("nan")
 
     def signed(self, method: str) -> bool:
         """Whether ``method``'s scores take both signs here (IG, occlusion, gradient x input usually do).
@@ -155,6 +154,17 @@ class Explanation:
 
 def _round_or_none(value: float, digits: int = 6) -> float | None:
     return None if not np.isfinite(value) else round(float(value), digits)
+
+
+def abs_sum(values: np.ndarray) -> float:
+    """``sum |values|`` with NaN skipped: ``np.nansum(np.abs(values))``, the same float, without its copies and checks.
+
+    Example:
+        >>> abs_sum(np.array([1.0, -2.0, np.nan], dtype=np.float32))
+        3.0
+    """
+    magnitude = np.abs(values)
+    return float(np.where(np.isnan(magnitude), 0, magnitude).sum())
 
 
 def image_grids_json(cells: PatchCells, scores: np.ndarray) -> list[list[list[list[float | None]]]]:

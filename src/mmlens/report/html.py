@@ -23,6 +23,7 @@ import jinja2
 import numpy as np
 import torch
 
+from mmlens.attribution.explanation import abs_sum
 from mmlens.layout import Modality
 from mmlens.report.figures import overlay_figure, png_data_uri, visible_token
 from mmlens.report.page import PAGE_HEAD
@@ -145,17 +146,17 @@ def shaded_words(e: "Explanation", method: str, target: int, scores: np.ndarray 
     """
     scores = _target_scores(e, method, target) if scores is None else scores
     text, image = _seen(e, target, len(scores))
-    magnitude = np.abs(scores[text])
-    scale = float(np.nanmax(magnitude)) if text.any() else 0.0
-    scale = scale if math.isfinite(scale) else 0.0
-    total = float(np.nansum(np.abs(scores[text | image])))  # as in Explanation.image_share
+    scale = _scale(scores[text])
+    total = abs_sum(scores[text | image])  # as in Explanation.image_share
     # Word-level vocabularies carry no space markers: put spaces back between pieces.
     words_at = np.flatnonzero(text).tolist()
     spaced = not any(mark in e.tokens[p] for p in words_at for mark in ("▁", "Ġ"))
     # Only text positions and each image's first position make an entry: no Python loop over every patch.
     at_image = np.flatnonzero(image)
-    images, first = np.unique(e.layout.image[0].numpy()[at_image], return_index=True)
-    chips = {int(at_image[k]): int(i) for i, k in zip(images, first)}
+    first: dict[int, int] = {}  # image -> its first position
+    for p, i in zip(at_image.tolist(), e.layout.image[0].numpy()[at_image].tolist()):
+        first.setdefault(i, p)
+    chips = {p: i for i, p in first.items()}
     values = scores.tolist()
     words: list[dict] = []
     for p in sorted([*words_at, *chips]):
@@ -175,13 +176,18 @@ def _top_words(e: "Explanation", method: str, target: int, scores: np.ndarray | 
     scores = _target_scores(e, method, target) if scores is None else scores
     text, _ = _seen(e, target, len(scores))
     positions = np.flatnonzero(text)
-    scale = float(np.nanmax(np.abs(scores[positions]))) if len(positions) else 0.0
-    scale = scale if math.isfinite(scale) else 0.0
+    scale = _scale(scores[positions])
     ranked = positions[np.argsort(-np.abs(np.nan_to_num(scores[positions])), kind="stable")[:_TOP_WORDS]]
     values = scores.tolist()
     return [{"text": visible_token(e.tokens[p]), "position": p, "score": f"{values[p]:.4g}",
              "width": 0 if scale == 0 or not math.isfinite(values[p]) else round(100 * abs(values[p]) / scale),
              "negative": values[p] < 0} for p in ranked.tolist()]
+
+
+def _scale(text_scores: np.ndarray) -> float:
+    """The largest ``|score|`` of the text, which gets full shading (0: none finite, or no text)."""
+    scale = float(np.fmax.reduce(np.abs(text_scores))) if text_scores.size else 0.0  # fmax skips NaN
+    return scale if math.isfinite(scale) else 0.0
 
 
 def _target_scores(e: "Explanation", method: str, target: int) -> np.ndarray:
@@ -198,7 +204,7 @@ def _seen(e: "Explanation", target: int, length: int) -> tuple[np.ndarray, np.nd
 def _image_chip(e: "Explanation", scores: np.ndarray, image: np.ndarray, i: int, total: float) -> dict:
     """The chip of image ``i``: its share of ``|score|``; on hover, each view (tile, global view) with its share."""
     def share(mask: np.ndarray) -> float:
-        return float(np.nansum(np.abs(scores[mask]))) / total if total > 0 else math.nan
+        return abs_sum(scores[mask]) / total if total > 0 else math.nan
 
     mine = image & (e.layout.image[0].numpy() == i)
     lines = [f"image {i}: {int(mine.sum())} patches · {_percent(share(mine))} of |score|"]
