@@ -21,3 +21,11 @@ def test_kept_alive_requests_are_not_held_for_the_delayed_ack(live):
             seconds.append(time.perf_counter() - start)
     assert statistics.median(seconds) < 0.035, seconds
     assert live.socket.proto == socket.IPPROTO_TCP
+
+
+def test_uvicorn_serves_with_the_web_extras_c_parser_and_loop(live):
+    # The web extra brings httptools and uvloop; uvicorn's "auto" must pick both (about 1 ms a request).
+    with httpx.Client(base_url=live.url) as client:
+        client.get("/api/examples").raise_for_status()
+    assert live.server.config.http_protocol_class.__name__ == "HttpToolsProtocol"
+    assert type(live.server.servers[0].get_loop()).__module__.startswith("uvloop")

@@ -1,7 +1,7 @@
 """The web app of ``mmlens serve``: pages to ask, explain and look inside, over a JSON API.
 
 Needs the ``web`` extra (``pip install 'mmlens[web]'``: fastapi, uvicorn,
-python-multipart).
+python-multipart, and uvicorn's C parser and loop, httptools and uvloop).
 
 Example:
     >>> from fastapi.testclient import TestClient
