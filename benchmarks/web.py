@@ -31,7 +31,8 @@ model) answers over loopback HTTP.
    worker back to the response, response to the client), and the CPU time of
    the server's process per request (client in its own process) against a
    direct call's: the extra CPU is work, the rest of the extra wall time is waiting;
-   the CPU of the result's JSON alone; the round trip of an empty job to the
+   the CPU of the result's JSON alone, repeated (warm caches) and right after an
+   explain call (as the worker thread makes it); the round trip of an empty job to the
    queue's worker thread and back, against a one-thread executor.
 
 With --json the last line is one JSON object of all figures.
@@ -231,6 +232,7 @@ def parts(model, url: str, stamped: Stamped, key: str, method: str, repeats: int
     segments: dict[str, list[float]] = {name: [] for name in ("client_to_app", "app_to_worker", "job_with_json",
                                                              "worker_to_answer", "answer_to_client", "request")}
     cpu: dict[str, list[float]] = {"direct": [], "server": []}
+    cold_json: list[float] = []  # the JSON right after an explain call, as the worker thread makes it
     other = OtherProcessClient(url, body)
     try:
         with httpx.Client(base_url=url, timeout=300) as client:
@@ -239,8 +241,9 @@ def parts(model, url: str, stamped: Stamped, key: str, method: str, repeats: int
                 client.post("/api/explain", json=body).raise_for_status()
                 done, m = time.perf_counter(), dict(stamped.marks)  # copied: the next requests stamp again
                 spent = {"direct": time.process_time()}
-                mmlens.explain(model, given.prompt, given.images, methods=[method], max_new_tokens=1)
+                explanation = mmlens.explain(model, given.prompt, given.images, methods=[method], max_new_tokens=1)
                 spent["server"] = time.process_time()
+                cold_json.append(timed(lambda: explanation_json(explanation)))
                 other()  # only the server works in this process meanwhile
                 spent["end"] = time.process_time()
                 if i < 2:
@@ -258,6 +261,7 @@ def parts(model, url: str, stamped: Stamped, key: str, method: str, repeats: int
     out.update({f"cpu_{name}_ms": round(statistics.median(values) * 1e3, 2) for name, values in cpu.items()})
     explanation = mmlens.explain(model, given.prompt, given.images, methods=[method], max_new_tokens=1)
     out["cpu_json_ms"] = round(median_cpu(lambda: explanation_json(explanation), 200) * 1e3, 3)
+    out["json_after_explain_ms"] = round(statistics.median(cold_json[2:]) * 1e3, 3)
     return {"method": method, **out, **asyncio.run(handoffs(3000))}
 
 
