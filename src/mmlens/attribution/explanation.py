@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -129,11 +130,11 @@ class Explanation:
                     "position": self.positions[j],
                     "images": image_grids_json(cells, values[j]),
                     "prompt": [[word, round(score, 6)] for word, score in self.prompt_scores(method, j)],
-                    "image_share": _round_or_none(self.image_share(method, j)),
+                    "image_share": round_or_none(self.image_share(method, j)),
                 })
             methods[method] = {
                 "targets": per_target,
-                "milliseconds": _round_or_none(self.milliseconds.get(method, float("nan")), 3),
+                "milliseconds": round_or_none(self.milliseconds.get(method, float("nan")), 3),
                 "extras": _jsonable(self.extras.get(method, {})),
             }
         return {
@@ -152,8 +153,15 @@ class Explanation:
         }
 
 
-def _round_or_none(value: float, digits: int = 6) -> float | None:
-    return None if not np.isfinite(value) else round(float(value), digits)
+def round_or_none(value: Any, digits: int = 6) -> float | None:
+    """``value`` as a float rounded to ``digits`` places, or None when it is NaN or infinite (strict JSON).
+
+    Example:
+        >>> round_or_none(2 / 3), round_or_none(float("nan"))
+        (0.666667, None)
+    """
+    value = float(value)
+    return round(value, digits) if math.isfinite(value) else None
 
 
 def abs_sum(values: np.ndarray) -> float:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from mmlens.attribution.explanation import image_grids_json  # to_json's grids: one definition for both
+from mmlens.attribution.explanation import image_grids_json, round_or_none  # to_json's: one definition
 from mmlens.layout import Modality, PatchCells, TokenLayout
 from mmlens.report.figures import display_token, png_data_uri, visible_token
 from mmlens.report.html import shaded_words, what_was_explained  # the report's word shading: one definition
@@ -58,11 +58,11 @@ def explanation_json(e: "Explanation") -> dict[str, Any]:
             targets.append({"token": visible_token(token), "position": last, "grids": image_grids_json(cells, row),
                             "top": _top(cells, row), "prompt": [[e.tokens[p], round(line[p], 6)]
                                                               for p in np.flatnonzero(text[:last + 1]).tolist()],
-                            "image_share": _round(e.image_share(method, j)),
+                            "image_share": round_or_none(e.image_share(method, j)),
                             "words": [{"kind": w["kind"], "text": w["text"], "title": w["title"], "style": w["style"]}
                                       for w in shaded_words(e, method, j, row)]})
         methods[method] = {"targets": targets, "signed": e.signed(method),
-                           "milliseconds": _round(e.milliseconds.get(method, math.nan), 3)}
+                           "milliseconds": round_or_none(e.milliseconds.get(method, math.nan), 3)}
     return {"model": e.model, "prompt": e.prompt, "answer": e.answer, "model_answer": e.model_answer,
             "target": e.target, "foil": e.foil, "explained": [list(line) for line in what_was_explained(e)],
             "answer_tokens": [visible_token(t) for t in e.answer_tokens], "image_share": e.IMAGE_SHARE,
@@ -130,17 +130,17 @@ def lens_json(lens: "LogitLens", flow: "AttentionFlow", blocked: "Knockout | Non
     layers = []
     for layer, name in enumerate(lens.layer_names):
         layers.append({"layer": name, "top1": display_token(lens.vocabulary[int(lens.top_ids[layer, 0, lens.position, 0])]),
-                       "p": _round(lens.top_probs[layer, 0, lens.position, 0]),
-                       "entropy": _round(lens.entropy[layer, 0, lens.position]),
-                       "answer_rank": int(lens.answer_rank[layer, 0]), "answer_prob": _round(lens.answer_prob[layer, 0]),
+                       "p": round_or_none(lens.top_probs[layer, 0, lens.position, 0]),
+                       "entropy": round_or_none(lens.entropy[layer, 0, lens.position]),
+                       "answer_rank": int(lens.answer_rank[layer, 0]), "answer_prob": round_or_none(lens.answer_prob[layer, 0]),
                        # row 0 is the decoder's input: no attention has happened yet
-                       "attention": None if layer == 0 else dict(zip(flow.modalities, map(_round, shares[layer - 1])))})
+                       "attention": None if layer == 0 else dict(zip(flow.modalities, map(round_or_none, shares[layer - 1])))})
     grid = []
     if lens.layout.images and lens.layout.images[0]:
         for layer in range(len(lens.layer_names)):
             words, probs = lens.word_grid(layer)
             grid.append({"words": [[display_token(str(w)) for w in row] for row in words],
-                         "probs": [[_round(p) for p in row] for row in probs]})
+                         "probs": [[round_or_none(p) for p in row] for row in probs]})
     emergence = lens.emergence_layer(0)
     return {"answer": display_token(lens.vocabulary[int(lens.answer_ids[0])]).strip(),
             "emerges_at": None if emergence is None else lens.layer_names[emergence],
@@ -151,8 +151,8 @@ def lens_json(lens: "LogitLens", flow: "AttentionFlow", blocked: "Knockout | Non
 def knockout_json(blocked: "Knockout") -> dict[str, Any]:
     """P(answer) per layer window and blocked group, and the baseline with nothing blocked."""
     return {"groups": blocked.groups, "window": blocked.window, "window_starts": blocked.window_starts,
-            "baseline": _round(blocked.baseline[0]),
-            "probability": [[_round(blocked.probability[w, g, 0]) for g in range(len(blocked.groups))]
+            "baseline": round_or_none(blocked.baseline[0]),
+            "probability": [[round_or_none(blocked.probability[w, g, 0]) for g in range(len(blocked.groups))]
                             for w in range(len(blocked.window_starts))]}
 
 
@@ -160,8 +160,3 @@ def trace_json(result: "CausalTrace", figures: dict[str, Any]) -> dict[str, Any]
     """The trace's own JSON (recovery rates, strongest layers, probabilities) and its figures."""
     return {**result.to_json(), "answer": display_token(result.answers[0]).strip(),
             "figures": {name: png_data_uri(figure) for name, figure in figures.items()}}
-
-
-def _round(value: Any, digits: int = 6) -> float | None:
-    value = float(value)
-    return round(value, digits) if math.isfinite(value) else None
