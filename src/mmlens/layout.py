@@ -212,15 +212,16 @@ class TokenLayout:
             maps.append(row_maps)
         return maps
 
-    def describe(self, row: int = 0) -> dict:
+    def describe(self, row: int = 0, cells: "PatchCells | None" = None) -> dict:
         """A JSON-ready summary of one row: counts per modality and each image's views.
 
         Each view's ``"box"`` is ``[x0, y0, x1, y1]`` in original pixels, as
         :meth:`Box.to_json <mmlens.box.Box.to_json>` writes it (rounded to
-        hundredths); ``"size"`` is ``[height, width]``.
+        hundredths); ``"size"`` is ``[height, width]``. ``cells``: the row's
+        :meth:`cells`, when the caller has found them already.
         """
         counts = np.bincount(self.modality[row].numpy() - min(Modality), minlength=len(Modality)).tolist()
-        cells = self.cells(row)
+        cells = self.cells(row) if cells is None else cells
         return {
             "seq_len": self.seq_len,
             "tokens": {m.name.lower(): counts[m - min(Modality)] for m in Modality},

@@ -66,7 +66,7 @@ def explanation_json(e: "Explanation") -> dict[str, Any]:
     return {"model": e.model, "prompt": e.prompt, "answer": e.answer, "model_answer": e.model_answer,
             "target": e.target, "foil": e.foil, "explained": [list(line) for line in what_was_explained(e)],
             "answer_tokens": [visible_token(t) for t in e.answer_tokens], "image_share": e.IMAGE_SHARE,
-            "layout": {**e.layout.describe(0), "positions": _positions(cells)}, "methods": methods}
+            "layout": {**e.layout.describe(0, cells), "positions": _positions(cells)}, "methods": methods}
 
 
 def position_grids(layout: TokenLayout) -> list[list[list[list[int | None]]]]:
