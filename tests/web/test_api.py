@@ -10,6 +10,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 import mmlens
+from mmlens.cli.neurons import DOMAIN_TOP, QUESTION_TYPES
+from mmlens.report.neurons import TOWERS
 from mmlens.web import Settings, create_app
 from tests.web.conftest import png_bytes
 
@@ -101,6 +103,14 @@ def test_neurons_job_and_its_cache(client):
     assert "files" not in found
     again = client.post("/api/neurons", json={"samples": 2}).json()
     assert again["state"] == "done" and client.get(again["url"]).json()["result"] == found
+    # Domain neurons come by default: per question type, counts per tower and the most specific first.
+    assert set(found["domains"]) == set(QUESTION_TYPES) == set(found["domain_neurons"])
+    assert all(set(counts) == set(TOWERS) for counts in found["domains"].values())
+    for domain, listed in found["domain_neurons"].items():
+        assert len(listed) == min(DOMAIN_TOP, sum(found["domains"][domain].values()))
+        assert [n["entropy"] for n in listed] == sorted(n["entropy"] for n in listed)
+    without = wait_for(client, client.post("/api/neurons", json={"samples": 2, "domains": False}).json()["id"])
+    assert "domains" not in without["result"] and without["result"]["selected"] == found["selected"]
 
 
 def test_cancelled_job_stops_at_its_next_step(client, example_id):

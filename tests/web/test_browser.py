@@ -9,6 +9,8 @@ import numpy as np
 from PIL import Image
 
 import mmlens
+from mmlens.data.shapes import QUESTION_TYPES
+from mmlens.report.neurons import TOWERS
 
 PROMPT = "<image> what colour is the circle ?"
 
@@ -108,6 +110,11 @@ def test_model_and_neurons_pages(browser_page, live):
     page.click("#find")
     page.wait_for_selector("#neurons:not([hidden])", timeout=120_000)
     assert page.locator("#neuron-figures img").count() >= 1
+    # Domain neurons (checked by default): one row per question type, towers as columns, the most specific listed.
+    assert page.locator("#domain-part").is_visible()
+    assert page.locator("#domain-counts tr").count() == 1 + len(QUESTION_TYPES)
+    assert page.locator("#domain-counts th").all_inner_texts() == ["domain", *TOWERS]
+    assert page.locator("#domain-top tr").count() > 1
     assert page.js_errors == []
 
 

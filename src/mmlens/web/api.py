@@ -99,6 +99,9 @@ class CircuitRequest(BaseModel):
 class NeuronsRequest(BaseModel):
     samples: int = Field(8, ge=1, le=40, description="Shapes-world samples per question type.")
     ratio: float = Field(0.02, gt=0, le=0.2, description="Share of the decoder's neurons to select.")
+    domains: bool = Field(True, description="Also domain-specific neurons (MMNeuron's entropy over question types "
+                                             "as domains; decoder, vision tower and projector), as `mmlens neurons "
+                                             "--domains`: counts per domain and tower, and the most specific.")
 
 
 def server_of(request: Request) -> Server:
@@ -196,13 +199,14 @@ async def lens(request: Request, body: LensRequest) -> dict[str, Any]:
     return await server.queue.run(lambda: lens_input(server.model, given, body.top_k), request.is_disconnected)
 
 
-@router.post("/neurons", status_code=202, summary="Start finding modality-specific neurons (and the top patches "
+@router.post("/neurons", status_code=202, summary="Start finding modality-specific neurons (optionally "
+             "domain-specific ones too; and the top patches "
              "of the strongest image neuron) in the background; poll GET /api/jobs/{id}")
 async def start_neurons(request: Request, body: NeuronsRequest) -> dict[str, Any]:
     server = server_of(request)
-    samples, ratio = body.samples, body.ratio
-    return server.start_job("neurons", lambda progress: neurons_json(server.model, samples, ratio),
-                            cache_key=("neurons", samples, round(ratio, 6)))
+    samples, ratio, domains = body.samples, body.ratio, body.domains
+    return server.start_job("neurons", lambda progress: neurons_json(server.model, samples, ratio, domains),
+                            cache_key=("neurons", samples, round(ratio, 6), domains))
 
 
 @router.post("/trace", status_code=202, summary="Start causal tracing in the background; poll GET /api/jobs/{id}")

@@ -82,15 +82,20 @@ def describe_input(model: Model, given: Input | None) -> dict[str, Any]:
     return summary
 
 
-def neurons_json(model: Model, samples: int, ratio: float, top: int = 4) -> dict[str, Any]:
-    """Modality-specific neurons on shapes-world samples (``mmlens neurons``), with its figures as data URIs."""
+def neurons_json(model: Model, samples: int, ratio: float, domains: bool = False, top: int = 4) -> dict[str, Any]:
+    """Modality-specific neurons on shapes-world samples (``mmlens neurons``), with its figures as data URIs.
+
+    With ``domains``, also the domain-specific ones (``mmlens neurons --domains``):
+    ``domains`` counts them per question type and tower, ``domain_neurons`` lists
+    the most specific of each.
+    """
     from mmlens.cli.neurons import find_neurons  # the command's own work, written into a private folder
     from mmlens.neurons.modality import parse_weights
 
     with tempfile.TemporaryDirectory(prefix="mmlens-neurons-") as folder:
         with torch.no_grad():
             summary = find_neurons(model, Path(folder), samples=samples, ratio=ratio, budget="modality",
-                                   weights=parse_weights("mean+max"), exclusive=False, domains=False, top=top)
+                                   weights=parse_weights("mean+max"), exclusive=False, domains=domains, top=top)
         figures = {}
         for name in ("depth", "top_image_neuron"):
             path = Path(folder) / f"{name}.png"
