@@ -17,7 +17,8 @@ from tests.web.conftest import png_bytes
 
 ENDPOINTS = {("get", "/api/model"), ("get", "/api/examples"), ("get", "/api/examples/{name}/image"),
              ("post", "/api/inputs"), ("get", "/api/inputs/{key}/image/{index}"), ("get", "/api/inputs/{key}/layout"),
-             ("post", "/api/explain"), ("post", "/api/lens"), ("post", "/api/neurons"), ("post", "/api/trace"),
+             ("post", "/api/explain"), ("post", "/api/lens"), ("post", "/api/neurons"), ("post", "/api/neurons/top"),
+             ("post", "/api/trace"),
              ("post", "/api/circuit"), ("get", "/api/jobs/{key}"), ("delete", "/api/jobs/{key}")}
 
 
@@ -111,6 +112,35 @@ def test_neurons_job_and_its_cache(client):
         assert [n["entropy"] for n in listed] == sorted(n["entropy"] for n in listed)
     without = wait_for(client, client.post("/api/neurons", json={"samples": 2, "domains": False}).json()["id"])
     assert "domains" not in without["result"] and without["result"]["selected"] == found["selected"]
+
+
+def test_any_decoder_neurons_top_patches(client):
+    found = wait_for(client, client.post("/api/neurons", json={"samples": 2, "domains": False}).json()["id"])["result"]
+    strongest = found["strongest"]
+    assert set(strongest) == set(found["selected"]) and all(len(listed) > 0 for listed in strongest.values())
+    for listed in strongest.values():
+        assert [n["score"] for n in listed] == sorted((n["score"] for n in listed), reverse=True)
+    # The strongest image neuron's top patches, asked for by name, are the ones the neurons job found.
+    best = strongest["image"][0]
+    top = client.post("/api/neurons/top", json={"site": best["site"], "index": best["index"], "samples": 2})
+    assert top.status_code == 200
+    top = top.json()
+    assert (top["site"], top["index"]) == (found["top_image_neuron"]["site"], found["top_image_neuron"]["index"])
+    assert top["samples"] == found["top_image_neuron"]["samples"][:4] and len(top["patches"]) == 4
+    assert top["values"] == sorted(top["values"], reverse=True) and top["figure"].startswith("data:image/png;base64,")
+    other = strongest["text"][0]
+    shown = client.post("/api/neurons/top", json={"site": other["site"], "index": other["index"], "samples": 2,
+                                                  "top": 2}).json()
+    assert (shown["site"], shown["index"]) == (other["site"], other["index"]) and len(shown["samples"]) == 2
+
+
+@pytest.mark.parametrize("site, index, says", [("lm.L99.neurons", 0, "no decoder neuron site"),
+                                               ("vision.L0.neurons", 0, "no decoder neuron site"),
+                                               ("lm.L0.mlp", 0, "no decoder neuron site"),
+                                               ("lm.L0.neurons", 10**6, "there is no neuron")])
+def test_neuron_top_patches_refuse_what_is_not_a_decoder_neuron(client, site, index, says):
+    refused = client.post("/api/neurons/top", json={"site": site, "index": index, "samples": 1})
+    assert refused.status_code == 422 and says in refused.json()["detail"]
 
 
 def test_cancelled_job_stops_at_its_next_step(client, example_id):

@@ -115,6 +115,14 @@ def test_model_and_neurons_pages(browser_page, live):
     assert page.locator("#domain-counts tr").count() == 1 + len(QUESTION_TYPES)
     assert page.locator("#domain-counts th").all_inner_texts() == ["domain", *TOWERS]
     assert page.locator("#domain-top tr").count() > 1
+    # The strongest image neuron's top patches show first; a click on another decoder neuron shows its own.
+    first = page.inner_text("#top-name")
+    assert page.locator("#top-figure img").count() == 1 and page.locator("#top-patches tr").count() > 1
+    text_row = page.locator("#strongest tr.pick", has_text="text").first
+    neuron = text_row.locator("td").nth(1).inner_text()
+    text_row.click()
+    page.wait_for_function(f"document.getElementById('top-name').textContent.includes({neuron!r})")
+    assert page.inner_text("#top-name") != first and page.locator("#top-figure img").count() == 1
     assert page.js_errors == []
 
 

@@ -44,6 +44,8 @@ from mmlens.report.output import OutputFolder
 
 #: How many of each domain's most specific neurons are listed (printed, in the JSON and the page).
 DOMAIN_TOP = 5
+#: How many of each modality's highest-scoring neurons ``neurons.json`` lists (``strongest``).
+STRONGEST = 5
 
 
 def neurons(
@@ -102,15 +104,12 @@ def find_neurons(loaded: Model, folder: Path, *, samples: int, ratio: float, bud
         "depth": {label: row.tolist() for label, row in zip(labels, counts)},
         "files": ["neurons_modality.safetensors", "neurons_modality.json", "modality_scores.safetensors",
                   "depth.png"]}
+    summary["strongest"] = {label: _strongest(chosen.where(label=label)) for label in labels}
     image = chosen.where(label="image")
     if len(image) and loaded.adapter.multimodal and top > 0:
         best = int(image.scores.argmax())
-        site, index = image.sites[best], int(image.indices[best])
-        pool = [make_sample("val", i) for i in range(samples * len(QUESTION_TYPES))]  # one image each
-        found = top_activations(loaded, pool, site, index, k=top, memory_budget=memory_budget)
-        figures["top_image_neuron"] = top_activations_figure(found)
-        summary["top_image_neuron"] = {"site": site, "index": index, "samples": found.sample_ids,
-                                       "values": [round(float(v), 4) for v in found.values], "patches": found.patches}
+        summary["top_image_neuron"], figures["top_image_neuron"] = top_patches(
+            loaded, image.sites[best], int(image.indices[best]), samples, top, memory_budget)
         summary["files"].append("top_image_neuron.png")
     if domains:
         summary.update(_domains(loaded, data, memory_budget, folder))
@@ -122,6 +121,30 @@ def find_neurons(loaded: Model, folder: Path, *, samples: int, ratio: float, bud
     write_sections([neurons_section(summary, figures)], folder / "neurons.html",
                    title=f"mmlens neurons · {loaded.name}")
     return summary
+
+
+def top_patches(loaded: Model, site: str, index: int, samples: int, top: int,
+                memory_budget: int | None = None) -> tuple[dict[str, Any], Any]:
+    """A decoder neuron's ``top`` top-activating shapes-world images (``samples`` per question type, one image
+    each): which samples, how strongly, at which patch, and the figure with that patch boxed.
+
+    Example:
+        >>> found, figure = top_patches(mmlens.load("shapes-llava"), "lm.L1.neurons", 65, samples=2, top=4)  # doctest: +SKIP
+        >>> len(found["patches"])  # doctest: +SKIP
+        4
+    """
+    pool = [make_sample("val", i) for i in range(samples * len(QUESTION_TYPES))]
+    found = top_activations(loaded, pool, site, index, k=top, memory_budget=memory_budget)
+    return ({"site": site, "index": index, "samples": found.sample_ids,
+             "values": [round(float(v), 4) for v in found.values], "patches": found.patches},
+            top_activations_figure(found))
+
+
+def _strongest(chosen: Any) -> list[dict[str, Any]]:
+    """The ``STRONGEST`` highest-scoring neurons of a selection: site, index and score."""
+    order = chosen.scores.argsort(descending=True, stable=True)[:STRONGEST]
+    return [{"site": chosen.sites[int(k)], "index": int(chosen.indices[int(k)]),
+             "score": round(float(chosen.scores[int(k)]), 4)} for k in order]
 
 
 def _domains(loaded: Model, data: dict, memory_budget: int | None, folder: Path) -> dict[str, Any]:

@@ -26,7 +26,8 @@ from mmlens.web.examples import example_input, example_path, examples
 from mmlens.web.server import Server
 from mmlens.web.store import Input
 from mmlens.web.uploads import WebError, read_image
-from mmlens.web.work import describe_input, explain_input, lens_input, neurons_json, trace_input
+from mmlens.web.work import (check_decoder_neuron, describe_input, explain_input, lens_input, neuron_top_json,
+                             neurons_json, trace_input)
 
 class Problem(BaseModel):
     """Every refusal: one line saying what was wrong (a list of field errors for 422 validation errors)."""
@@ -102,6 +103,13 @@ class NeuronsRequest(BaseModel):
     domains: bool = Field(True, description="Also domain-specific neurons (MMNeuron's entropy over question types "
                                              "as domains; decoder, vision tower and projector), as `mmlens neurons "
                                              "--domains`: counts per domain and tower, and the most specific.")
+
+
+class NeuronTopRequest(BaseModel):
+    site: str = Field(..., min_length=1, max_length=64, description="A decoder neuron site: lm.L{i}.neurons.")
+    index: int = Field(..., ge=0, description="The neuron's index at that site.")
+    samples: int = Field(8, ge=1, le=40, description="Shapes-world images per question type to rank.")
+    top: int = Field(4, ge=1, le=12, description="How many of the top-activating images to show.")
 
 
 def server_of(request: Request) -> Server:
@@ -207,6 +215,14 @@ async def start_neurons(request: Request, body: NeuronsRequest) -> dict[str, Any
     samples, ratio, domains = body.samples, body.ratio, body.domains
     return server.start_job("neurons", lambda progress: neurons_json(server.model, samples, ratio, domains),
                             cache_key=("neurons", samples, round(ratio, 6), domains))
+
+
+@router.post("/neurons/top", summary="One decoder neuron's top-activating images, each with its strongest patch")
+async def neuron_top(request: Request, body: NeuronTopRequest) -> dict[str, Any]:
+    server = server_of(request)
+    check_decoder_neuron(server.model, body.site, body.index)  # 422 now, not after the jobs ahead of it
+    return await server.queue.run(lambda: neuron_top_json(server.model, body.site, body.index, body.samples, body.top),
+                                  request.is_disconnected)
 
 
 @router.post("/trace", status_code=202, summary="Start causal tracing in the background; poll GET /api/jobs/{id}")

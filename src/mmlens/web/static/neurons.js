@@ -1,5 +1,5 @@
-// Neurons: modality-specific neurons of the loaded model, the top patches of the strongest image neuron,
-// and (when asked) domain-specific neurons per question type and tower.
+// Neurons: modality-specific neurons of the loaded model and the strongest of each modality, (when asked)
+// domain-specific neurons per question type and tower, and any decoder neuron's top patches on a click.
 "use strict";
 mm.$("neurons-form").addEventListener("submit", function (event) {
   event.preventDefault();
@@ -19,15 +19,46 @@ mm.$("neurons-form").addEventListener("submit", function (event) {
       mm.rows(mm.$("selected"), ["modality", "neurons"].concat(layers), labels.map(function (label) {
         return [label, found.selected[label]].concat(found.depth[label]);
       }));
-      var top = found.top_image_neuron;
-      mm.$("top-name").textContent = top ? "· " + top.site + "[" + top.index + "]" : "· none found";
-      mm.rows(mm.$("top-patches"), ["sample", "activation", "patch (row, col)"], !top ? [] :
-              top.samples.map(function (s, k) { return [s, top.values[k], "(" + top.patches[k].join(", ") + ")"]; }));
-      mm.figures(mm.$("neuron-figures"), found.figures, {depth: "Where the selected neurons sit",
-                 top_image_neuron: "Top-activating samples of the strongest image neuron, its strongest patch boxed"});
+      mm.figures(mm.$("neuron-figures"), {depth: found.figures.depth}, {depth: "Where the selected neurons sit"});
+      var strongest = [];
+      labels.forEach(function (label) {
+        found.strongest[label].forEach(function (n) { strongest.push({row: [label, name(n), n.score], neuron: n}); });
+      });
+      pickable(mm.$("strongest"), ["modality", "neuron", "score"], strongest);
+      showTop(found.top_image_neuron, found.figures.top_image_neuron);
       showDomains(found.domains, found.domain_neurons);
     }).catch(mm.fail);
 });
+
+function name(n) { return n.site + "[" + n.index + "]"; }
+
+// Rows of neurons; a click on a decoder neuron's row fetches its top patches.
+function pickable(table, header, entries) {
+  mm.rows(table, header, entries.map(function (e) { return e.row; }));
+  entries.forEach(function (e, k) {
+    if (e.neuron.site.indexOf("lm.") !== 0) return;  // top patches are found for decoder neurons
+    var tr = table.rows[k + 1];
+    tr.classList.add("pick");
+    tr.title = "show the top patches of " + name(e.neuron);
+    tr.addEventListener("click", function () { pick(e.neuron); });
+  });
+}
+
+function pick(n) {
+  mm.showError("");
+  mm.busy(true);
+  mm.post("/api/neurons/top", {site: n.site, index: n.index, samples: Number(mm.$("samples").value)})
+    .then(function (found) { mm.busy(false); showTop(found, found.figure); })
+    .catch(mm.fail);
+}
+
+function showTop(top, figure) {
+  mm.$("top-name").textContent = top ? "· " + name(top) : "· none found";
+  mm.rows(mm.$("top-patches"), ["sample", "activation", "patch (row, col)"], !top ? [] :
+          top.samples.map(function (s, k) { return [s, top.values[k], "(" + top.patches[k].join(", ") + ")"]; }));
+  mm.figures(mm.$("top-figure"), figure ? {top: figure} : {},
+             {top: "Top-activating samples of " + (top ? name(top) : "") + ", its strongest patch boxed"});
+}
 
 function showDomains(counts, most) {
   mm.$("domain-part").hidden = !counts;
@@ -39,7 +70,7 @@ function showDomains(counts, most) {
   }));
   var rows = [];
   domains.forEach(function (domain) {
-    most[domain].forEach(function (n) { rows.push([domain, n.site + "[" + n.index + "]", n.entropy]); });
+    most[domain].forEach(function (n) { rows.push({row: [domain, name(n), n.entropy], neuron: n}); });
   });
-  mm.rows(mm.$("domain-top"), ["domain", "neuron", "entropy"], rows);
+  pickable(mm.$("domain-top"), ["domain", "neuron", "entropy"], rows);
 }
