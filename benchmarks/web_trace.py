@@ -1,6 +1,7 @@
 """Where one explain request's fixed cost goes: a stamped trace, and the transport alone.
 
     python benchmarks/web_trace.py [--method attention] [--client httpx|http.client] [--rounds 160] [--json]
+    python benchmarks/web_trace.py --browser [--method attention] [--rounds 160] [--json]
     python benchmarks/web_trace.py --canned --http httptools --loop uvloop [--rounds 600] [--json]
 
 1. **Trace** (default): ``POST /api/explain`` to a real uvicorn on 127.0.0.1 in
@@ -11,13 +12,18 @@
    has the answer); medians per step after 20 rounds. The explain call inside
    the server against the direct call shows whether the model's work itself
    costs more there.
-2. ``--canned``: the same endpoint with the model's work replaced by a
+2. ``--browser``: the client a user has. Headless Chromium (``/usr/bin/chromium``,
+   driven by Playwright) times ``fetch`` + ``response.json()`` with
+   ``performance.now()`` inside the page; it alternates with direct calls and
+   httpx requests. Medians, and the median of the per-round ratios to the
+   direct call.
+3. ``--canned``: the same endpoint with the model's work replaced by a
    precomputed result, so only the HTTP exchange, the app and the handoffs
    are timed; httpx and the standard library's ``http.client`` alternate.
    ``--http`` and ``--loop`` pick uvicorn's parser and event loop.
 
 The stamps patch ``mmlens.web.work.explain``, ``mmlens.web.api.explain_input``
-and the server's queue for the run; the library is unchanged.
+and the server's queue for the run (trace only); the library is unchanged.
 """
 
 from __future__ import annotations
@@ -157,6 +163,47 @@ def trace(model, method: str, client: str, rounds: int) -> dict:
             "steps_ms": {name: _median_ms(values) for name, values in steps.items()}}
 
 
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                "--disable-sync"]
+#: Timed inside the page: the request and reading its JSON, as the Ask page does.
+FETCH = """async (body) => { const start = performance.now();
+  const answer = await fetch('/api/explain', {method: 'POST', headers: {'content-type': 'application/json'},
+                                              body: JSON.stringify(body)});
+  if (!answer.ok) throw new Error('POST /api/explain answered ' + answer.status);
+  await answer.json(); return performance.now() - start; }"""
+
+
+def browser(model, method: str, rounds: int) -> dict:
+    """Direct calls, a browser's ``fetch`` and httpx requests alternating: medians (ms) and median ratios."""
+    from playwright.sync_api import sync_playwright
+
+    given = example_input("colour_question")
+    times: dict[str, list[float]] = {"direct": [], "browser": [], "httpx": []}
+    with LiveServer(create_app(model)) as live, sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=BROWSER_ARGS)
+        try:
+            page = launched.new_page()
+            page.goto(f"{live.url}/api/model")  # the page's origin is the server's: fetch needs no CORS
+            key = httpx.post(f"{live.url}/api/inputs", data={"example": "colour_question"}).json()["id"]
+            body = {"input": key, "methods": [method], "max_new_tokens": 1}
+            post = Poster(live.url, body, "httpx")
+            calls = {"direct": lambda: mmlens.explain(model, given.prompt, given.images, methods=[method],
+                                                      max_new_tokens=1),
+                     "browser": lambda: page.evaluate(FETCH, body) / 1e3, "httpx": post}
+            for k in range(rounds):
+                for name in list(calls) if k % 2 == 0 else list(calls)[::-1]:
+                    start = time.perf_counter()
+                    inside = calls[name]()
+                    times[name].append(inside if name == "browser" else time.perf_counter() - start)
+            post.close()
+        finally:
+            launched.close()
+    ratios = {name: round(statistics.median([a / b for a, b in zip(times[name][SKIP:], times["direct"][SKIP:])]), 4)
+              for name in ("browser", "httpx")}
+    return {"method": method, "rounds": rounds, "ms": {name: _median_ms(values) for name, values in times.items()},
+            "ratio": ratios}
+
+
 def canned(model, http_parser: str, loop: str, rounds: int) -> dict:
     """Round trip (ms) of the endpoint with a precomputed result: httpx and ``http.client`` alternating."""
     import uvicorn
@@ -198,6 +245,7 @@ def main() -> None:
     parser.add_argument("--client", choices=("httpx", "http.client"), default="httpx")
     parser.add_argument("--rounds", type=int, default=None, help="Default: 160 (trace), 600 (--canned).")
     parser.add_argument("--canned", action="store_true", help="Time the transport alone (no model work).")
+    parser.add_argument("--browser", action="store_true", help="Time a headless Chromium's fetch, paired.")
     parser.add_argument("--http", default="auto", help="uvicorn's parser with --canned: auto, h11, httptools.")
     parser.add_argument("--loop", default="auto", help="uvicorn's event loop with --canned: auto, asyncio, uvloop.")
     parser.add_argument("--threads", type=int, default=1)
@@ -207,6 +255,8 @@ def main() -> None:
     model = mmlens.load(args.model)
     if args.canned:
         figures = canned(model, args.http, args.loop, args.rounds or 600)
+    elif args.browser:
+        figures = browser(model, args.method, args.rounds or 160)
     else:
         figures = trace(model, args.method, args.client, args.rounds or 160)
     print(figures, file=sys.stderr)
