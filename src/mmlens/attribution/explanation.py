@@ -148,7 +148,7 @@ class Explanation:
             "image_share": IMAGE_SHARE,
             "answer_tokens": self.answer_tokens,
             "tokens": self.tokens,
-            "layout": self.layout.describe(0),
+            "layout": self.layout.describe(0, cells),
             "methods": methods,
         }
 

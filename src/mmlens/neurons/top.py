@@ -51,6 +51,27 @@ class TopActivations:
     boxes: list[Box]  # the strongest patch in pixels
 
 
+def check_top_neuron(model: "Model", site: str, index: int) -> None:
+    """Refuse, in one line, what :func:`top_activations` cannot rank: a site that is not one of ``model``'s
+    decoder neuron sites, an index past the site's width, a model that takes no images.
+
+    Cheap (no forward pass), so a caller that queues the work (the web app) checks before queueing.
+
+    Example:
+        >>> check_top_neuron(model, "vision.L0.neurons", 0)  # doctest: +SKIP
+        Traceback (most recent call last):
+        mmlens.errors.MmlensError: no decoder neuron site 'vision.L0.neurons' in tiny-llava: ...
+    """
+    if not (tower_of(site) == "lm" and site.endswith(".neurons") and site in model.sites()):
+        raise MmlensError(f"no decoder neuron site {site!r} in {model.name}: top activations are found for "
+                          f"lm.L{{i}}.neurons, i below {model.n_layers}")
+    if not model.adapter.multimodal:
+        raise MmlensError(f"{model.name} takes no images: there are no patches to rank")
+    width = neuron_width(model, site)
+    if not 0 <= index < width:
+        raise MmlensError(f"{site} has {width} neurons; there is no neuron {index}")
+
+
 def top_activations(model: "Model", samples: Sequence[Sample], site: str, index: int, k: int = 8,
                     memory_budget: MemoryBudget = None, value: str = "gate",
                     progress: bool = True) -> TopActivations:
@@ -64,12 +85,7 @@ def top_activations(model: "Model", samples: Sequence[Sample], site: str, index:
         >>> top.patches[0][0] in range(4)  # tiny-llava has a 4 x 4 patch grid
         True
     """
-    if tower_of(site) != "lm":
-        raise MmlensError("top activations are found for decoder neurons (lm.L{i}.neurons) only")
-    if not model.adapter.multimodal:
-        raise MmlensError(f"{model.name} takes no images: there are no patches to rank")
-    if not 0 <= index < neuron_width(model, site):
-        raise MmlensError(f"{site} has {neuron_width(model, site)} neurons; there is no neuron {index}")
+    check_top_neuron(model, site, index)
     samples = list(samples)
     seen: dict[str, torch.Tensor] = {}
     kept: list[tuple[torch.Tensor, object]] = []  # per batch: (activations (B, S), layout)

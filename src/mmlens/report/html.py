@@ -141,8 +141,8 @@ def shaded_words(e: "Explanation", method: str, target: int, scores: np.ndarray 
     float32 numpy, when the caller has them already (the web API does).
 
     Example:
-        >>> [w["kind"] for w in shaded_words(explanation, "rollout", 0)][:3]
-        ['word', 'chip', 'word']
+        >>> [w["kind"] for w in shaded_words(explanation, "rollout", 0)][:3]  # "<image> what colour ..."
+        ['chip', 'word', 'word']
     """
     scores = _target_scores(e, method, target) if scores is None else scores
     text, image = _seen(e, target, len(scores))

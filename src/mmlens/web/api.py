@@ -21,13 +21,13 @@ from pydantic import BaseModel, Field
 from mmlens.attribution.api import DEFAULT_METHODS, METHODS
 from mmlens.causal.tracing import COMPONENTS
 from mmlens.model import check_prompt
+from mmlens.neurons.top import check_top_neuron
 from mmlens.web.circuit import SOURCES, CircuitOptions, check_circuit_input, circuit_input
 from mmlens.web.examples import example_input, example_path, examples
 from mmlens.web.server import Server
 from mmlens.web.store import Input
 from mmlens.web.uploads import WebError, read_image
-from mmlens.web.work import (check_decoder_neuron, describe_input, explain_input, lens_input, neuron_top_json,
-                             neurons_json, trace_input)
+from mmlens.web.work import describe_input, explain_input, lens_input, neuron_top_json, neurons_json, trace_input
 
 class Problem(BaseModel):
     """Every refusal: one line saying what was wrong (a list of field errors for 422 validation errors)."""
@@ -220,7 +220,7 @@ async def start_neurons(request: Request, body: NeuronsRequest) -> dict[str, Any
 @router.post("/neurons/top", summary="One decoder neuron's top-activating images, each with its strongest patch")
 async def neuron_top(request: Request, body: NeuronTopRequest) -> dict[str, Any]:
     server = server_of(request)
-    check_decoder_neuron(server.model, body.site, body.index)  # 422 now, not after the jobs ahead of it
+    check_top_neuron(server.model, body.site, body.index)  # 422 now, not after the jobs ahead of it
     return await server.queue.run(lambda: neuron_top_json(server.model, body.site, body.index, body.samples, body.top),
                                   request.is_disconnected)
 

@@ -83,24 +83,12 @@ def describe_input(model: Model, given: Input | None) -> dict[str, Any]:
     return summary
 
 
-def check_decoder_neuron(model: Model, site: str, index: int) -> None:
-    """Refuse (one line) what is not a neuron of the decoder's MLPs, before any work is queued."""
-    from mmlens.neurons.sites import neuron_width
-
-    if not (site.startswith("lm.") and site.endswith(".neurons") and site in model.sites()):
-        raise MmlensError(f"no decoder neuron site {site!r} in {model.name}: top patches are found for "
-                          f"lm.L{{i}}.neurons, i below {model.n_layers}")
-    if index >= neuron_width(model, site):
-        raise MmlensError(f"{site} has {neuron_width(model, site)} neurons; there is no neuron {index}")
-
-
 def neuron_top_json(model: Model, site: str, index: int, samples: int, top: int = 4) -> dict[str, Any]:
     """One decoder neuron's top-activating shapes-world images (``samples`` per question type), each with its
     strongest patch, and the figure as a data URI: what ``mmlens neurons`` shows for the strongest image neuron.
     """
-    from mmlens.cli.neurons import top_patches
+    from mmlens.cli.neurons import top_patches  # refuses what it cannot rank (mmlens.neurons.top.check_top_neuron)
 
-    check_decoder_neuron(model, site, index)
     found, figure = top_patches(model, site, index, samples, top)
     return {**found, "figure": png_data_uri(figure)}
 
