@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -57,18 +56,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import numpy as np
 import torch
-from scipy.stats import bootstrap
 from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, median_seconds  # noqa: E402
+from _common import emit, median_seconds, paired_ratios  # noqa: E402
 
 import mmlens  # noqa: E402
 import mmlens.web.api as web_api  # noqa: E402
-from mmlens.metrics.sanity import bootstrap_mean  # noqa: E402
 from mmlens.web import create_app  # noqa: E402
 from mmlens.web.examples import example_input  # noqa: E402
 from mmlens.web.live import LiveServer  # noqa: E402
@@ -130,39 +126,6 @@ def latency_calls(model, given, client: httpx.Client, other: OtherProcessClient,
         return timed(lambda: client.post("/api/explain", json=body).raise_for_status())
 
     return {"direct": direct, "endpoint": endpoint, "other_process": other}
-
-
-def paired_latency(calls: dict, pairs: int, warmup: int) -> dict:
-    """``pairs`` rounds of every call in ``calls`` (name -> function returning its seconds; ``"direct"`` first).
-
-    The order is reversed every other round. Per call other than ``direct``:
-    its median, the median of the per-round ratios to ``direct`` with a 95%
-    bootstrap interval, and the geometric mean of the ratios with its interval.
-    """
-    for _ in range(warmup):
-        for call in calls.values():
-            call()
-    names = list(calls)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    load = [round(os.getloadavg()[0], 2)]
-    for k in range(pairs):
-        for name in names if k % 2 == 0 else names[::-1]:
-            times[name].append(calls[name]())
-    load.append(round(os.getloadavg()[0], 2))
-    direct = np.asarray(times["direct"])
-    out: dict = {"pairs": pairs, "load": load, "direct_ms": round(float(np.median(direct)) * 1e3, 2)}
-    for name in names[1:]:
-        ratios = np.asarray(times[name]) / direct
-        interval = bootstrap((ratios,), np.median, confidence_level=0.95, n_resamples=4000, method="percentile",
-                             random_state=0).confidence_interval
-        geometric = [math.exp(v) for v in bootstrap_mean(np.log(ratios), resamples=4000)]
-        out[name] = {"ms": round(float(np.median(times[name])) * 1e3, 2),
-                     "extra_ms": round(float(np.median(np.asarray(times[name]) - direct)) * 1e3, 2),
-                     "ratio": round(float(np.median(ratios)), 4),
-                     "ratio_low": round(float(interval.low), 4), "ratio_high": round(float(interval.high), 4),
-                     "geometric_mean": [round(v, 4) for v in geometric],
-                     "meets_goal": bool(interval.high < GOAL)}
-    return out
 
 
 async def burst(url: str, body: dict) -> dict:
@@ -336,7 +299,7 @@ def main() -> None:
             body = {"input": key, "methods": [method], "max_new_tokens": 1}
             other = OtherProcessClient(live.url, body)
             try:
-                result = paired_latency(latency_calls(model, given, client, other, body), args.pairs, args.warmup)
+                result = paired_ratios(latency_calls(model, given, client, other, body), args.pairs, args.warmup, GOAL)
             finally:
                 other.close()
             figures["latency"][method] = result
