@@ -10,7 +10,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 import mmlens
-from mmlens.cli.neurons import DOMAIN_TOP, QUESTION_TYPES
+from mmlens.data.shapes import QUESTION_TYPES
+from mmlens.runner.neurons import DOMAIN_TOP
 from mmlens.report.neurons import TOWERS
 from mmlens.web import Settings, create_app
 from tests.web.conftest import png_bytes

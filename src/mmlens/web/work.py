@@ -87,7 +87,7 @@ def neuron_top_json(model: Model, site: str, index: int, samples: int, top: int 
     """One decoder neuron's top-activating shapes-world images (``samples`` per question type), each with its
     strongest patch, and the figure as a data URI: what ``mmlens neurons`` shows for the strongest image neuron.
     """
-    from mmlens.cli.neurons import top_patches  # refuses what it cannot rank (mmlens.neurons.top.check_top_neuron)
+    from mmlens.runner.neurons import top_patches  # refuses what it cannot rank (mmlens.neurons.top.check_top_neuron)
 
     found, figure = top_patches(model, site, index, samples, top)
     return {**found, "figure": png_data_uri(figure)}
@@ -100,7 +100,7 @@ def neurons_json(model: Model, samples: int, ratio: float, domains: bool = False
     ``domains`` counts them per question type and tower, ``domain_neurons`` lists
     the most specific of each.
     """
-    from mmlens.cli.neurons import find_neurons  # the command's own work, written into a private folder
+    from mmlens.runner.neurons import find_neurons  # what `mmlens neurons` runs, written into a private folder
     from mmlens.neurons.modality import parse_weights
 
     with tempfile.TemporaryDirectory(prefix="mmlens-neurons-") as folder:
