@@ -74,7 +74,7 @@ def runner(mode: str, model, rows: list, batch_size: int):
     """A function that runs ``mode`` once over ``rows``; it returns the ``(n, layers)`` entropies (or None)."""
     from mmlens.audit.backdoor import attention_entropies
     from mmlens.models.runtime import last_logits_only
-    from mmlens.models.runtime.attention import attention_implementation
+    from mmlens.models.runtime.implementation import attention_implementation
 
     keep = last_logits_only(model.hf)
 

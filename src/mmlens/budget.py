@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Callable, TypeVar, Union
 import torch
 
 from mmlens.errors import MmlensError
-from mmlens.models.runtime.attention import config_attention
+from mmlens.models.runtime.implementation import config_attention
 
 if TYPE_CHECKING:
     from mmlens.model import Model

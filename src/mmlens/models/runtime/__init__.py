@@ -33,18 +33,20 @@ from mmlens.models.runtime.precision import HALF, compute_in_float32, is_half  #
 from mmlens.models.runtime.attention import (
     ATTENTION,
     RowRequest,
-    _all_equal,  # noqa: F401  (the contract test checks the switch with them)
-    _implementations,  # noqa: F401
     additive_mask,
-    attention_implementation,
     attention_inputs,
     attention_probabilities,
     attention_rows,
     block_keys,
     blocked_keys,
-    current_attention,
     requested_rows,
     with_probabilities,
+)
+from mmlens.models.runtime.implementation import (
+    _all_equal,  # noqa: F401  (the contract test checks the switch with them)
+    _implementations,  # noqa: F401
+    attention_implementation,
+    current_attention,
 )
 from mmlens.models.runtime.calls import (
     KeyValueRecorder,
