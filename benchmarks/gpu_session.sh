@@ -6,7 +6,15 @@
 #   bash benchmarks/gpu_session.sh            # on the GPU machine, from the repository root
 #
 # mmlens runs from src/ (PYTHONPATH). Wheels of packages the machine lacks or has too old (transformers,
-# tokenizers, regex, captum) may sit in .whl/; they are installed to /tmp/site first.
+# tokenizers, regex, captum) may sit in .whl/ (ignored by git); they are installed to /tmp/site first. Before a
+# lease, here (the versions are requirements.lock's):
+#
+#   .venv/bin/python -m pip download --no-deps -d .whl transformers==5.24.0 tokenizers==0.23.3 \
+#       regex==2026.11.19 captum==0.9.0 safetensors==0.8.0
+#
+# then one device call: command "bash benchmarks/gpu_session.sh", carry [".whl"], timeout_s 600. The steps'
+# limits add up to more than one call's 600 s; the last ones (kept for another card) are the ones cut off.
+# At most 8 files come back from $OUT: the ninth step's (saturation) shows only in the printed tail.
 set -u
 OUT=${OUT:-out/gpu-session}
 mkdir -p "$OUT"
