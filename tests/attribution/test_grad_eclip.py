@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 import mmlens
-from mmlens.attribution.grad_eclip import _contribution, _spatial, grad_eclip, patch_heatmaps, tower_maps
+import mmlens.attribution.grad_eclip as grad_eclip_module
+from mmlens.attribution.grad_eclip import _contributions, _spatial, grad_eclip, patch_heatmaps, tower_maps
 from mmlens.layout import Modality
 from mmlens.models import runtime
 from mmlens.models.tower import stream_order, tower_views, view_indices
@@ -147,15 +148,29 @@ def test_with_softmax_weights_the_map_before_relu_sums_to_the_first_order_effect
     torch.manual_seed(0)
     q, k, v, g = (torch.randn(3, 7, 5) for _ in range(4))
     weights = _spatial(q, k, None, 0.5, "softmax")
-    total = _contribution(weights, g, v, "all").sum()
+    total = _contributions(q, k, v, None, 0.5, "softmax", "all", [g]).sum()
     output = weights @ v  # the heads' outputs
     torch.testing.assert_close(total, (g * output).sum())
-    pooled = _contribution(weights, g, v, "pooled")
-    assert pooled.shape == (7,)
+    pooled = _contributions(q, k, v, None, 0.5, "softmax", "pooled", [g, None])
+    assert pooled.shape == (2, 7) and not pooled[1].any()
     relu = _spatial(q, k, None, 0.5, "relu")
     assert bool((relu >= 0).all()) and torch.allclose(relu.sum(-1)[relu.sum(-1) > 0], torch.tensor(1.0))
     cosine = _spatial(q, k, None, 0.5, "cosine")
     assert float(cosine.amin()) == 0.0 and float(cosine.amax()) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("spatial", ["relu", "cosine", "softmax"])
+def test_query_rows_taken_a_block_at_a_time_give_the_whole_sums(spatial, monkeypatch):
+    torch.manual_seed(1)
+    q, k, v, g = (torch.randn(3, 9, 4) for _ in range(4))
+    mask = torch.rand(1, 9, 9) > 0.3  # a bool mask per query row, as a padded tower's
+    mask[..., 0] = True
+    weights = _spatial(q, k, mask, 0.5, spatial)  # the whole (heads, queries, keys) tensor, for reference
+    whole = (weights * (g @ v.transpose(1, 2))).sum((0, 1))
+    pooled = (weights.mean(1) * (v @ g.sum(1)[..., None])[..., 0]).sum(0)
+    monkeypatch.setattr(grad_eclip_module, "_CHUNK_ELEMENTS", 3 * 9 * 2)  # two query rows a block
+    torch.testing.assert_close(_contributions(q, k, v, mask, 0.5, spatial, "all", [g])[0], whole)
+    torch.testing.assert_close(_contributions(q, k, v, mask, 0.5, spatial, "pooled", [g])[0], pooled)
 
 
 @pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2-vl", "tiny-qwen2.5-vl", "tiny-idefics3", "tiny-paligemma",

@@ -3,6 +3,8 @@
 - ``tiny-<family>``: tiny random-weight models of each supported family, built
   from configs in code (real transformers classes, offline tokenizers and
   processors). They exercise every code path in tests.
+  ``tiny-<family>-real-geometry``: the same, with a released checkpoint's
+  image geometry, so large images give thousands of tokens.
 - ``shapes-llava``: a small LLaVA trained on the shapes world, shipped as
   safetensors inside the package. It is the default model.
 
@@ -32,6 +34,8 @@ _BUILDERS: dict[str, str] = {
     "tiny-llava-onevision": "mmlens.zoo.tiny.llava_onevision:build",
     "tiny-qwen2-vl": "mmlens.zoo.tiny.qwen2_vl:build",
     "tiny-qwen2.5-vl": "mmlens.zoo.tiny.qwen2_5_vl:build",
+    "tiny-llava-next-real-geometry": "mmlens.zoo.tiny.real_geometry:llava_next",
+    "tiny-qwen2-vl-real-geometry": "mmlens.zoo.tiny.real_geometry:qwen2_vl",
     "tiny-idefics3": "mmlens.zoo.tiny.idefics3:build",
     "tiny-paligemma": "mmlens.zoo.tiny.paligemma:build",
     "tiny-llama": "mmlens.zoo.tiny.llama:build",

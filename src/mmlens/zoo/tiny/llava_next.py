@@ -25,8 +25,12 @@ PATCH_SIZE = 8
 GRID_PINPOINTS = [[32, 32], [32, 64], [64, 32], [64, 64]]
 
 
-def build_processor() -> LlavaNextProcessor:
+def build_processor(tile_size: int = TILE_SIZE, patch_size: int = PATCH_SIZE,
+                    grid_pinpoints: list[list[int]] | None = None) -> LlavaNextProcessor:
     """Build the tiny LLaVA-NeXT processor (PIL image processor, word-level tokenizer).
+
+    ``tile_size``, ``patch_size`` and ``grid_pinpoints`` (default
+    ``GRID_PINPOINTS``) set the image geometry.
 
     Example:
         >>> build_processor().image_processor.image_grid_pinpoints[-1]
@@ -34,14 +38,14 @@ def build_processor() -> LlavaNextProcessor:
     """
     tokenizer = build_tokenizer(special_tokens=[IMAGE_SLOT], extra_tokens=["\n"], chat_template=CHAT_TEMPLATE)
     image_processor = LlavaNextImageProcessorPil(
-        size={"shortest_edge": TILE_SIZE},
-        crop_size={"height": TILE_SIZE, "width": TILE_SIZE},
-        image_grid_pinpoints=GRID_PINPOINTS,
+        size={"shortest_edge": tile_size},
+        crop_size={"height": tile_size, "width": tile_size},
+        image_grid_pinpoints=grid_pinpoints or GRID_PINPOINTS,
     )
     return LlavaNextProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        patch_size=PATCH_SIZE,
+        patch_size=patch_size,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,  # CLIP's CLS token, then dropped by "default"
         chat_template=CHAT_TEMPLATE,
@@ -49,24 +53,31 @@ def build_processor() -> LlavaNextProcessor:
 
 
 def build(
-    seed: int = 0, attn_implementation: str = "sdpa"
+    seed: int = 0, attn_implementation: str = "sdpa", *, tile_size: int = TILE_SIZE, patch_size: int = PATCH_SIZE,
+    grid_pinpoints: list[list[int]] | None = None, max_positions: int = 1024,
 ) -> tuple[LlavaNextForConditionalGeneration, LlavaNextProcessor]:
     """Build a tiny random-weight LLaVA-NeXT model and its processor.
+
+    ``tile_size``, ``patch_size`` and ``grid_pinpoints`` set the image
+    geometry (:mod:`mmlens.zoo.tiny.real_geometry` passes a released
+    checkpoint's) and ``max_positions`` the decoder's length limit; the
+    towers stay tiny.
 
     Example:
         >>> model, processor = build(seed=0)
         >>> tuple(model.model.image_newline.shape)
         (64,)
     """
-    processor = build_processor()
+    pinpoints = grid_pinpoints or GRID_PINPOINTS
+    processor = build_processor(tile_size, patch_size, pinpoints)
     tokenizer = processor.tokenizer
     (image_token_id,) = token_ids(tokenizer, IMAGE_SLOT)
     config = LlavaNextConfig(
-        vision_config=vision_config("clip_vision_model", TILE_SIZE, PATCH_SIZE),
-        text_config=llama_text_config(len(tokenizer), tokenizer),
+        vision_config=vision_config("clip_vision_model", tile_size, patch_size),
+        text_config=llama_text_config(len(tokenizer), tokenizer, max_position_embeddings=max_positions),
         image_token_index=image_token_id,
-        image_grid_pinpoints=GRID_PINPOINTS,
-        image_seq_length=(TILE_SIZE // PATCH_SIZE) ** 2,
+        image_grid_pinpoints=pinpoints,
+        image_seq_length=(tile_size // patch_size) ** 2,
         vision_feature_select_strategy="default",
         vision_feature_layer=-2,
         pad_token_id=tokenizer.pad_token_id,

@@ -102,28 +102,27 @@ def build_qwen_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def build_image_processor() -> Qwen2VLImageProcessorPil:
-    """Qwen2-VL PIL image processor with a small pixel budget.
+def build_image_processor(min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS) -> Qwen2VLImageProcessorPil:
+    """Qwen2-VL PIL image processor with a pixel budget (small by default).
 
     Example:
         >>> build_image_processor().size["longest_edge"]
         12544
     """
     return Qwen2VLImageProcessorPil(
-        min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS, patch_size=PATCH_SIZE, merge_size=MERGE_SIZE
+        min_pixels=min_pixels, max_pixels=max_pixels, patch_size=PATCH_SIZE, merge_size=MERGE_SIZE
     )
 
 
-def build_processor() -> TinyQwen2VLProcessor:
+def build_processor(min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS) -> TinyQwen2VLProcessor:
     """Build the tiny Qwen2-VL processor.
 
     Example:
         >>> build_processor().image_token
         '<|image_pad|>'
     """
-    return TinyQwen2VLProcessor(
-        image_processor=build_image_processor(), tokenizer=build_qwen_tokenizer(), chat_template=CHAT_TEMPLATE
-    )
+    return TinyQwen2VLProcessor(image_processor=build_image_processor(min_pixels, max_pixels),
+                                tokenizer=build_qwen_tokenizer(), chat_template=CHAT_TEMPLATE)
 
 
 def text_config(tokenizer: PreTrainedTokenizerFast) -> dict[str, Any]:
@@ -167,16 +166,21 @@ def vision_token_ids(tokenizer: PreTrainedTokenizerFast) -> dict[str, int]:
 
 
 def build(
-    seed: int = 0, attn_implementation: str = "sdpa"
+    seed: int = 0, attn_implementation: str = "sdpa", *, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS,
+    max_positions: int = 1024,
 ) -> tuple[Qwen2VLForConditionalGeneration, TinyQwen2VLProcessor]:
     """Build a tiny random-weight Qwen2-VL model and its processor.
+
+    ``min_pixels`` and ``max_pixels`` bound the resized image, so its token
+    count (:mod:`mmlens.zoo.tiny.real_geometry` passes the released
+    checkpoints' budget); ``max_positions`` is the decoder's length limit.
 
     Example:
         >>> model, processor = build(seed=0)
         >>> model.config.vision_config.spatial_merge_size
         2
     """
-    processor = build_processor()
+    processor = build_processor(min_pixels, max_pixels)
     tokenizer = processor.tokenizer
     config = Qwen2VLConfig(
         vision_config={
@@ -189,7 +193,7 @@ def build(
             "spatial_merge_size": MERGE_SIZE,
             "temporal_patch_size": 2,
         },
-        text_config=text_config(tokenizer),
+        text_config={**text_config(tokenizer), "max_position_embeddings": max_positions},
         **vision_token_ids(tokenizer),
     )
     model = instantiate(Qwen2VLForConditionalGeneration, config, seed=seed, attn_implementation=attn_implementation)
