@@ -44,7 +44,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit  # noqa: E402
-from memory import WORDS, add_model_options, build, prepare, run_child, run_measuring_peak  # noqa: E402
+from memory import run_child, run_measuring_peak  # noqa: E402
+from presets import WORDS, add_model_options, build, default_device, prepare  # noqa: E402
 
 MODES = ["score", "score-heads", "attentions"]
 GOAL = 1.3  # issue 18: time and peak memory of scoring over a bare forward
@@ -174,9 +175,9 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    args.device = args.device or ("cuda" if args.preset == "llava-1.5-7b" else "cpu")
+    args.device = args.device or default_device(args.preset)
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
-    args.batch_size = args.batch_size or (1 if args.preset == "llava-1.5-7b" else 4)
+    args.batch_size = args.batch_size or (1 if args.preset.endswith("-7b") else 4)
     if args.child:
         args.tokens = int(args.tokens)
         print(json.dumps(measure(args)))

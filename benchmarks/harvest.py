@@ -49,7 +49,7 @@ def load_model(name: str, hidden: int, layers: int):
     import mmlens
 
     if name == "llava-geometry":
-        from memory import build
+        from presets import build
 
         return build("small", "cpu", layers, hidden, torch.float32)
     return mmlens.load(name)

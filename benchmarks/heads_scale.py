@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import emit  # noqa: E402
-from memory import build, prepare  # noqa: E402
+from presets import build, default_device, prepare  # noqa: E402
 
 
 def timed(function, repeats: int) -> tuple[float, object]:
@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--towers", default="lm,vision")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    device = args.device or ("cuda" if args.preset == "llava-1.5-7b" else "cpu")
+    device = args.device or default_device(args.preset)
 
     from mmlens.causal.attribution_patching import attribution_patching
     from mmlens.causal.heads import patch_heads

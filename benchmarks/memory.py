@@ -1,16 +1,19 @@
-"""Peak memory and time per method on LLaVA-1.5-sized inputs, relative to a bare forward + backward.
+"""Peak memory and time per method on real-sized inputs, relative to a bare forward + backward.
 
     python benchmarks/memory.py [--tokens 600,3000] [--json]                 # CPU default, random weights
     python benchmarks/memory.py --preset llava-1.5-7b --captum-tokens all --json   # LLaVA-1.5-7B's config, bf16, cuda
     python benchmarks/memory.py --preset llava-1.5-7b --device cpu --layers 2 --tokens 600 \\
         --methods gradient_x_input,attention                                 # smoke test of the GPU path
+    python benchmarks/memory.py --preset qwen2-vl-small --tokens 3000 --methods every --json   # every method
 
-Models are built from configs in code with random weights (timings and memory
-do not depend on the weights): LLaVA-1.5's image geometry (CLIP ViT at 336 px
-with 14 px patches: 576 image tokens) and a small LLaMA decoder on the CPU by
-default; ``--preset llava-1.5-7b`` is the exact LLaVA-1.5-7B config (CLIP
-ViT-L/14-336, 32 x 4096 LLaMA, vocab 32064), built directly on the device in
-bf16. The ~3,000-token runs add a long text prompt to the image.
+Models are built from configs in code with random weights (``presets.py``;
+timings and memory do not depend on the weights): by default LLaVA-1.5's image
+geometry (CLIP ViT at 336 px with 14 px patches: 576 image tokens) and a small
+LLaMA decoder on the CPU; ``--preset llava-1.5-7b`` is the exact LLaVA-1.5-7B
+config (CLIP ViT-L/14-336, 32 x 4096 LLaMA, vocab 32064), built directly on
+the device in bf16. LLaVA-1.5's ~3,000-token runs add a long text prompt to
+the image; the LLaVA-NeXT (anyres tiles) and Qwen2-VL (native resolution)
+presets take a larger image instead.
 
 Each method runs in a fresh subprocess. Peak memory is
 ``torch.cuda.max_memory_allocated`` on a GPU; on the CPU the growth of the
@@ -42,6 +45,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit  # noqa: E402
+from presets import add_model_options, build, default_device, prepare  # noqa: E402
 
 METHODS = ["gradient_x_input", "integrated_gradients", "attention", "rollout", "relevancy", "occlusion",
            "knockout", "trace"]
@@ -60,63 +64,6 @@ GPU_GOALS = {
     "gradient_x_input": "time <= 1.2x bare",
     "integrated_gradients": f"time <= 1.3x of {STEPS + 2} bare",
 }
-WORDS = "what colour is the circle square triangle red green blue shape in image".split()
-
-
-# ---- the model ------------------------------------------------------------------
-def build(preset: str, device: str, layers: int | None, hidden: int, dtype: torch.dtype):
-    """A random-weight LLaVA-1.5 model wrapped by mmlens, built directly on ``device`` in ``dtype``."""
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
-    from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
-
-    import mmlens
-    from mmlens.zoo.tiny import llava as tiny
-
-    tokenizer = tiny.build_processor().tokenizer
-    processor = LlavaProcessor(
-        image_processor=LlavaImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}),
-        tokenizer=tokenizer, patch_size=14, vision_feature_select_strategy="default", num_additional_image_tokens=1,
-        chat_template=tiny.CHAT_TEMPLATE)
-    if preset == "llava-1.5-7b":  # llava-hf/llava-1.5-7b-hf's config.json
-        vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-                                  image_size=336, patch_size=14, projection_dim=768, hidden_act="quick_gelu")
-        text = LlamaConfig(vocab_size=32064, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                           num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
-                           rms_norm_eps=1e-5, tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id)
-    else:  # LLaVA-1.5's image geometry, a small decoder
-        vision = CLIPVisionConfig(hidden_size=256, intermediate_size=1024, num_hidden_layers=2, num_attention_heads=4,
-                                  image_size=336, patch_size=14, projection_dim=256)
-        text = LlamaConfig(vocab_size=32064, hidden_size=hidden, intermediate_size=hidden * 11 // 4,
-                           num_hidden_layers=2, num_attention_heads=max(1, hidden // 64),
-                           max_position_embeddings=4096, tie_word_embeddings=False,
-                           pad_token_id=tokenizer.pad_token_id)
-    if layers is not None:
-        text.num_hidden_layers = layers
-        vision.num_hidden_layers = min(vision.num_hidden_layers, layers)
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-                         image_seq_length=576, vision_feature_select_strategy="default", vision_feature_layer=-2,
-                         pad_token_id=tokenizer.pad_token_id)
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        torch.manual_seed(0)
-        with torch.device(device):  # allocated and randomly initialised on the device, never on the CPU first
-            hf = LlavaForConditionalGeneration(config)
-    finally:
-        torch.set_default_dtype(default)
-    hf.config._attn_implementation = "sdpa"
-    return mmlens.wrap(hf.eval(), processor, name=f"llava-1.5 ({preset})")
-
-
-def prepare(model, tokens: int):
-    """One prompt with one 336 px image (576 image tokens) and enough words to reach about ``tokens``."""
-    import numpy as np
-    from PIL import Image
-
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (336, 336, 3), dtype=np.uint8))
-    words = max(8, tokens - 576 - 12)
-    text = " ".join(WORDS[i % len(WORDS)] for i in range(words))
-    return model.prepare(f"USER: <image>\n{text} ASSISTANT:", [image])
 
 
 # ---- one measurement, in a fresh process ------------------------------------------
@@ -313,20 +260,12 @@ def run_child(command: list[str], failed: dict) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    """The options of :func:`build` every benchmark over these models takes: preset, device, dtype, size."""
-    parser.add_argument("--preset", default="small", choices=["small", "llava-1.5-7b"])
-    parser.add_argument("--device", default=None, help="cpu (default for small) or cuda (default for the 7B preset)")
-    parser.add_argument("--dtype", default=None, help="float32 (default on the CPU) or bfloat16 (default on cuda)")
-    parser.add_argument("--layers", type=int, default=None, help="decoder layers (and at most this many vision layers)")
-    parser.add_argument("--hidden", type=int, default=256, help="decoder width of the small preset")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_model_options(parser)
     parser.add_argument("--tokens", default="600,3000", help="approximate sequence lengths")
-    parser.add_argument("--methods", default=",".join(METHODS + CAPTUM))
+    parser.add_argument("--methods", default=",".join(METHODS + CAPTUM),
+                        help="comma-separated; 'every' is every attribution method, knockout and tracing")
     parser.add_argument("--captum-tokens", default="first",
                         help="lengths at which Captum runs: first (default), all, or a list (on the CPU the slow part)")
     parser.add_argument("--memory-budget", default=None, help="passed to methods that take memory_budget")
@@ -338,7 +277,7 @@ def main() -> None:
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.repeats = args.repeats if args.in_process else 1
-    args.device = args.device or ("cuda" if args.preset == "llava-1.5-7b" else "cpu")
+    args.device = args.device or default_device(args.preset)
     args.dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     if args.child:
         args.tokens = int(args.tokens)
@@ -348,6 +287,10 @@ def main() -> None:
     from rich.table import Table
 
     names = [m for m in args.methods.split(",") if m]
+    if names == ["every"]:
+        from mmlens.attribution.api import METHODS as ATTRIBUTIONS
+
+        names = [*ATTRIBUTIONS, "knockout", "trace"]
     lengths = [int(t) for t in args.tokens.split(",")]
     captum_tokens = {"all": lengths, "first": lengths[:1]}.get(args.captum_tokens) or [
         int(t) for t in args.captum_tokens.split(",")]

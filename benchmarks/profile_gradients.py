@@ -24,7 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, paired_ratios  # noqa: E402
-from memory import add_model_options, bare, build, prepare  # noqa: E402
+from memory import bare  # noqa: E402
+from presets import add_model_options, build, default_device, prepare  # noqa: E402
 
 GOAL = 1.2  # issue 13: gradient x input within 1.2x of one forward + backward
 
@@ -46,7 +47,7 @@ def main() -> None:
     from mmlens.models.decoder import record_decoder_call
     from mmlens.readout import build_targets
 
-    device = args.device or ("cuda" if args.preset == "llava-1.5-7b" else "cpu")
+    device = args.device or default_device(args.preset)
     cuda = device.startswith("cuda")
     torch.set_num_threads(args.threads)
     model = build(args.preset, device, args.layers, args.hidden,

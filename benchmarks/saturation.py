@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit  # noqa: E402
-from memory import add_model_options, build, prepare  # noqa: E402
+from presets import add_model_options, build, default_device, prepare  # noqa: E402
 
 ROWS = (1, 2, 4, 8)
 
@@ -94,7 +94,7 @@ def main() -> None:
     from mmlens.models.decoder import record_decoder_call
 
     torch.set_num_threads(args.threads)
-    device = args.device or ("cuda" if args.preset == "llava-1.5-7b" else "cpu")
+    device = args.device or default_device(args.preset)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.startswith("cuda") else "float32"))
     model = build(args.preset, device, args.layers, args.hidden, dtype)
     lengths = [int(t) for t in args.tokens.split(",")]

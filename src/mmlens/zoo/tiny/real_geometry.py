@@ -7,7 +7,8 @@ sequence lengths users meet (issue 13's long sequences):
 
 - :func:`llava_next`: LLaVA-v1.6's anyres tiling, 336 px tiles of 14 px
   patches (576 features a tile) and its five grid pinpoints. A 672x672 image
-  is the base tile plus a 2x2 grid of tiles: 2,928 image tokens.
+  is the base tile plus a 2x2 grid of tiles: 2,880 image tokens (576 and a
+  48x48 grid), and a newline after each of the grid's 48 rows.
 - :func:`qwen2_vl`: Qwen2-VL's native resolution with the released pixel
   budget (3,136 to 12,845,056 pixels). A 1512x1512 image is 54x54 merged
   patches: 2,916 image tokens.
