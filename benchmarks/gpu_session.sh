@@ -14,7 +14,7 @@
 #
 # then one device call: command "bash benchmarks/gpu_session.sh", carry [".whl"], timeout_s 600. The steps'
 # limits add up to more than one call's 600 s; the last ones (kept for another card) are the ones cut off.
-# At most 8 files come back from $OUT: the ninth step's (saturation) shows only in the printed tail.
+# At most 8 files come back from $OUT: the last two steps' (sae, saturation) show only in the printed tail.
 set -u
 OUT=${OUT:-out/gpu-session}
 mkdir -p "$OUT"
@@ -44,6 +44,9 @@ step tests 90 env MMLENS_TEST_DEVICE=cuda $PY -m pytest -q -p no:cacheprovider -
 # under 1.2), with the kernel tables of one run each to say where any excess goes.
 step gxi-3000 150 $PY benchmarks/profile_gradients.py --preset llava-1.5-7b --tokens 3000 --pairs 20 --json
 step gxi-600 100 $PY benchmarks/profile_gradients.py --preset llava-1.5-7b --tokens 600 --pairs 30 --no-profile --json
+# Issue 13's long sequences on a released config: every method at ~3,000 tokens on Qwen2-VL-7B (a 1512 px image:
+# 2,916 image tokens, 11,664 patches in the tower), each under 40 GB, in one process (exact GPU peaks);
+step every-qwen2-vl-3000 300 $PY benchmarks/memory.py --preset qwen2-vl-7b --tokens 3000 --methods every --in-process --json
 # Every method and Captum beside them at both lengths, after the changes since the fifth session;
 step memory-600 170 $PY benchmarks/memory.py --preset llava-1.5-7b --tokens 600 --captum-tokens all --in-process --repeats 5 --json
 step memory-3000 200 $PY benchmarks/memory.py --preset llava-1.5-7b --tokens 3000 --methods gradient_x_input,integrated_gradients --in-process --repeats 3 --json
