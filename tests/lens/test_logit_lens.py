@@ -1,5 +1,7 @@
 """Logit lens on every layer and position: the last layer is the model's own output, entropies are exact."""
 
+import importlib
+
 import pytest
 import torch
 
@@ -8,6 +10,7 @@ from mmlens.lens import logit_lens
 from mmlens.readout import unembed
 from tests.conftest import noise_image
 
+logit_lens_module = importlib.import_module("mmlens.lens.logit_lens")  # the package re-exports the function
 PROMPTS = ["<image> what colour is the circle ?", "<image> what shape ?"]
 
 
@@ -67,3 +70,15 @@ def test_another_family_last_layer_equals_output():
         probs = torch.softmax(model.forward(batch).logits.float(), -1)
     torch.testing.assert_close(lens.top_probs[-1, 0], probs[0].topk(3, -1).values, rtol=1e-5, atol=1e-6)
     assert int(lens.answer_rank[-1, 0]) == 1
+
+
+@pytest.mark.parametrize("position", [-1, 5])
+def test_positions_unembedded_a_block_at_a_time_give_the_same_lens(tiny_llava, batch, lens, position, monkeypatch):
+    whole = lens if position == -1 else logit_lens(tiny_llava, batch, top_k=4, position=position)
+    vocabulary = tiny_llava.hf.get_output_embeddings().weight.shape[0]
+    monkeypatch.setattr(logit_lens_module, "_LENS_ELEMENTS", 2 * 3 * vocabulary)  # three positions a block
+    blocks = logit_lens(tiny_llava, batch, top_k=4, position=position)
+    assert torch.equal(blocks.top_ids, whole.top_ids) and blocks.position == whole.position
+    for name in ("top_probs", "entropy", "answer_prob"):
+        torch.testing.assert_close(getattr(blocks, name), getattr(whole, name))
+    assert torch.equal(blocks.answer_rank, whole.answer_rank) and torch.equal(blocks.answer_ids, whole.answer_ids)

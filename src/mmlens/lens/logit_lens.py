@@ -32,7 +32,10 @@ import torch
 from mmlens.hooks import capture
 from mmlens.layout import TokenLayout
 from mmlens.model import Batch, Model
+from mmlens.models import runtime
 from mmlens.readout import answer_token_ids, unembed
+
+_LENS_ELEMENTS = 1 << 24  # log-probabilities unembedded at once (rows x positions x vocabulary): 64 MB of fp32
 
 
 @dataclass
@@ -112,6 +115,29 @@ class LogitLens:
         return {"model": self.model, "layer_names": self.layer_names, "position": self.position, "rows": rows}
 
 
+def _read_layer(model: Model, hidden: torch.Tensor, top_k: int, index: int,
+                answer_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """One layer's top ids and probabilities and entropy at every position, and the answer's rank and probability
+    at ``index``: unembedded a block of positions at a time, since a whole layer's ``(seq, vocab)``
+    log-probabilities are 1.8 GB of fp32 at 3,000 tokens and Qwen2-VL's 152k words.
+    """
+    rows, seq = hidden.shape[:2]
+    vocabulary = unembed(model, hidden[:1, :1]).shape[-1]
+    step = max(1, _LENS_ELEMENTS // (rows * vocabulary))
+    tops, probs, entropies = [], [], []
+    for start in range(0, seq, step):
+        log_probs = torch.log_softmax(unembed(model, hidden[:, start:start + step]).float(), dim=-1)
+        entropies.append(-(log_probs.exp() * log_probs).sum(-1).cpu())
+        top = log_probs.topk(min(top_k, vocabulary), dim=-1)
+        tops.append(top.indices.cpu())
+        probs.append(top.values.exp().cpu())
+        if start <= index < start + step:
+            at = log_probs[:, index - start]  # (batch, vocab)
+            own = at.gather(-1, answer_ids[:, None].to(at.device))
+            rank, answer_prob = ((at > own).sum(-1) + 1).cpu(), own[:, 0].exp().cpu()
+    return torch.cat(tops, 1), torch.cat(probs, 1), torch.cat(entropies, 1), rank, answer_prob
+
+
 def logit_lens(
     model: Model,
     batch: Batch,
@@ -133,22 +159,16 @@ def logit_lens(
     seq = batch.input_ids.shape[1]
     index = position % seq
     sites = ["lm.embed"] + [f"lm.L{i}.resid" for i in range(model.n_layers)]
+    last = index == seq - 1  # then the model unembeds only its last position: (seq, vocab) logits are GBs
     with torch.no_grad(), capture(model, sites) as captured:
-        output = model.forward(batch, use_cache=False)
-        answer_ids = answer_token_ids(model, answer, output.logits[:, index], batch.input_ids.shape[0])
+        output = model.forward(batch, use_cache=False, **(runtime.last_logits_only(model.hf) if last else {}))
+        answer_ids = answer_token_ids(model, answer, output.logits[:, -1 if last else index],
+                                      batch.input_ids.shape[0])
         tops, probs, entropies, ranks, answer_probs = [], [], [], [], []
         for site in sites:
-            # One layer at a time: a full (layers, seq, vocab) tensor is GBs for real vocabularies.
-            log_probs = torch.log_softmax(unembed(model, captured[site]).float(), dim=-1)
-            p = log_probs.exp()
-            entropies.append(-(p * log_probs).sum(-1).cpu())
-            top = p.topk(min(top_k, p.shape[-1]), dim=-1)
-            tops.append(top.indices.cpu())
-            probs.append(top.values.cpu())
-            at = log_probs[:, index]  # (batch, vocab)
-            own = at.gather(-1, answer_ids[:, None].to(at.device))
-            ranks.append(((at > own).sum(-1) + 1).cpu())
-            answer_probs.append(own[:, 0].exp().cpu())
+            read = _read_layer(model, captured[site], top_k, index, answer_ids)
+            for kept, value in zip((tops, probs, entropies, ranks, answer_probs), read):
+                kept.append(value)
     top_ids = torch.stack(tops)
     tokenizer = model.tokenizer
     ids = sorted(set(top_ids.unique().tolist()) | set(answer_ids.tolist()))
