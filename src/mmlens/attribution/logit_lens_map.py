@@ -29,6 +29,8 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from PIL import Image
@@ -38,7 +40,10 @@ from mmlens.box import Box
 from mmlens.hooks import capture
 from mmlens.layout import Modality
 from mmlens.model import Model
+from mmlens.models import runtime
 from mmlens.readout import Targets, same_targets, unembed
+
+_LENS_ELEMENTS = 1 << 24  # logits unembedded at once (rows x positions x vocabulary): 64 MB of fp32
 
 
 def logit_lens_map(
@@ -52,14 +57,14 @@ def logit_lens_map(
     """
     index = layer % model.n_layers
     with torch.no_grad(), capture(model, f"lm.L{index}.resid") as captured:
-        model.forward(targets.batch, use_cache=False)
-        logits = unembed(model, captured[f"lm.L{index}.resid"]).float().cpu()  # (batch, seq, vocab)
+        model.forward(targets.batch, use_cache=False, **runtime.last_logits_only(model.hf))
+        read = _read_vocabulary(model, captured[f"lm.L{index}.resid"], targets, top_k if remove_context else 0)
     scores = empty_scores(targets)
     for j in range(targets.count):
-        raw = _class_scores(logits, targets, j)  # (batch, seq)
+        raw = _class_scores(read, targets, j)  # (batch, seq)
         scores[:, j] = raw.clamp(min=0)
         if remove_context:
-            scores[:, j] = _remove_context(logits, targets, j, scores[:, j], top_k)
+            scores[:, j] = _remove_context(read, targets, j, scores[:, j])
     return Attribution(causal_cut(scores, targets), {"layer": index, "remove_context": remove_context})
 
 
@@ -126,29 +131,68 @@ def _box_mean(heat: np.ndarray, box: Box) -> float:
     return float(window.mean()) if window.size else 0.0
 
 
-def _class_scores(logits: torch.Tensor, targets: Targets, j: int) -> torch.Tensor:
-    token = targets.tokens[:, j][:, None, None].expand(-1, logits.shape[1], 1)
-    scores = logits.gather(-1, token)[..., 0]
+@dataclass
+class _Read:
+    """What the maps read of the unembedded hidden states: some words' logits everywhere, and each position's top."""
+
+    logits: torch.Tensor  # (batch, seq, words): the logits of ``words`` at every position
+    column: dict[int, int]  # token id -> its column in ``logits``
+    top: torch.Tensor | None  # (batch, seq, k) top token ids, for context removal
+
+
+def _read_vocabulary(model: Model, hidden: torch.Tensor, targets: Targets, top_k: int) -> _Read:
+    """Unembed ``hidden`` a block of positions at a time and keep what the maps read: the logits of the targets,
+    the foils and the prompt's words (each a context token's own class), and with ``top_k`` each position's top
+    ids. A whole ``(seq, vocab)`` block is never held: 1.8 GB of fp32 at 3,000 tokens and a 152k vocabulary.
+    """
+    batch = targets.batch
+    words = [targets.tokens.flatten(), batch.input_ids.flatten()]
     if targets.foils is not None:
-        foil = targets.foils[:, j][:, None, None].expand(-1, logits.shape[1], 1)
-        scores = scores - logits.gather(-1, foil)[..., 0]
+        words.append(targets.foils.flatten())
+    rows, seq = hidden.shape[:2]
+    vocabulary = unembed(model, hidden[:1, :1]).shape[-1]
+    ids = torch.unique(torch.cat([w.cpu() for w in words]))
+    ids = ids[(ids >= 0) & (ids < vocabulary)]  # padding ids outside the vocabulary are never read
+    logits = torch.empty(rows, seq, len(ids))
+    top = torch.empty(rows, seq, min(top_k, vocabulary), dtype=torch.long) if top_k else None
+    step = max(1, _LENS_ELEMENTS // (rows * vocabulary))
+    for start in range(0, seq, step):
+        block = unembed(model, hidden[:, start:start + step]).float()
+        logits[:, start:start + step] = block[..., ids.to(block.device)].cpu()
+        if top is not None:
+            top[:, start:start + step] = block.topk(top.shape[-1], dim=-1).indices.cpu()
+    return _Read(logits, {int(t): c for c, t in enumerate(ids.tolist())}, top)
+
+
+def _columns(read: _Read, tokens: torch.Tensor) -> torch.Tensor:
+    """Column indices of ``tokens`` in ``read.logits``."""
+    return torch.tensor([read.column[int(t)] for t in tokens.flatten().tolist()]).view(tokens.shape)
+
+
+def _class_scores(read: _Read, targets: Targets, j: int) -> torch.Tensor:
+    seq = read.logits.shape[1]
+    token = _columns(read, targets.tokens[:, j])[:, None, None].expand(-1, seq, 1)
+    scores = read.logits.gather(-1, token)[..., 0]
+    if targets.foils is not None:
+        foil = _columns(read, targets.foils[:, j])[:, None, None].expand(-1, seq, 1)
+        scores = scores - read.logits.gather(-1, foil)[..., 0]
     return scores
 
 
-def _remove_context(logits: torch.Tensor, targets: Targets, j: int, maps: torch.Tensor, top_k: int) -> torch.Tensor:
+def _remove_context(read: _Read, targets: Targets, j: int, maps: torch.Tensor) -> torch.Tensor:
     """Subtract the RBO-weighted maps of earlier text tokens' own classes, per row."""
     layout = targets.batch.layout
     ids = targets.batch.input_ids.cpu()
     position = int(targets.positions[j])
-    top = logits.topk(min(top_k, logits.shape[-1]), dim=-1).indices  # (batch, seq, k)
     cleaned = maps.clone()
-    for row in range(logits.shape[0]):
+    for row in range(read.logits.shape[0]):
         context = [k for k in range(position + 1) if layout.modality[row, k] == int(Modality.TEXT)]
         if not context:
             continue
-        weights = torch.tensor([rank_biased_overlap(top[row, k].tolist(), top[row, position].tolist()) for k in context])
-        context_maps = logits[row][:, ids[row, context]].clamp(min=0).T  # (context, seq): each token's own class
-        interference = (weights[:, None] * context_maps).sum(0) / weights.sum().clamp_min(1e-12)
+        weights = torch.tensor([rank_biased_overlap(read.top[row, k].tolist(), read.top[row, position].tolist())
+                                for k in context])
+        own = read.logits[row][:, _columns(read, ids[row, context])]  # (seq, context): each token's own class
+        interference = (weights[:, None] * own.clamp(min=0).T).sum(0) / weights.sum().clamp_min(1e-12)
         scale = (maps[row] @ interference) / (interference @ interference).clamp_min(1e-12)
         cleaned[row] = (maps[row] - scale.clamp(0, 1) * interference).clamp(min=0)
     return cleaned
