@@ -1,11 +1,13 @@
 """Occlusion and RISE against a direct edit of the whole model."""
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import mmlens
 from mmlens.attribution import occlusion as occlusion_module
-from mmlens.attribution.occlusion import occlusion, rise
+from mmlens.attribution.occlusion import occlusion, rise, smooth_masks_at
 from mmlens.budget import row_bytes
 from mmlens.errors import MmlensError
 from mmlens.readout import image_baseline
@@ -89,3 +91,21 @@ def test_too_small_a_budget_fails_before_any_work(tiny_llava, targets, monkeypat
             method(tiny_llava, targets, memory_budget=100)
     with pytest.raises(MmlensError, match="window"):
         occlusion(tiny_llava, targets, window=0)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (50, 130), (672, 672), (37, 11)])
+def test_rise_masks_read_at_points_equal_the_upsampled_masks_there(size):
+    count, grid, keep = 16, 4, 0.5
+    height, width = size
+    # The masks whole, as RISE defines them: a random grid upsampled to grid + 1 cells, shifted, cropped.
+    generator = torch.Generator().manual_seed(3)
+    cell_h, cell_w = int(np.ceil(height / grid)), int(np.ceil(width / grid))
+    coarse = (torch.rand(count, 1, grid, grid, generator=generator) < keep).float()
+    up = F.interpolate(coarse, size=((grid + 1) * cell_h, (grid + 1) * cell_w), mode="bilinear", align_corners=False)
+    shifts_y = torch.randint(0, cell_h, (count,), generator=generator)
+    shifts_x = torch.randint(0, cell_w, (count,), generator=generator)
+    whole = torch.stack([up[i, 0, sy:sy + height, sx:sx + width] for i, (sy, sx) in enumerate(zip(shifts_y, shifts_x))])
+    points = torch.stack([torch.randint(0, height, (40,)), torch.randint(0, width, (40,))], 1)
+    points[0], points[1] = torch.tensor([0, 0]), torch.tensor([height - 1, width - 1])
+    read = smooth_masks_at(count, grid, keep, size, points, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(read, whole[:, points[:, 0], points[:, 1]], rtol=0, atol=2e-6)

@@ -30,7 +30,6 @@ from contextlib import nullcontext
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from mmlens.attribution.base import Attribution, causal_cut, empty_scores
 from mmlens.budget import MemoryBudget, plan_passes
@@ -109,9 +108,10 @@ def rise(model: Model, targets: Targets, masks: int = 256, grid: int = 4, keep: 
         x = row_call.embeds
         keep_masks = torch.ones(masks, x.shape[1])
         for image, info in enumerate(layout.images[row]):
-            pixel_masks = _smooth_masks(masks, grid, keep, info.size, generator)  # (masks, H, W)
-            for position, (y, x_centre) in centres.get(image, {}).items():
-                keep_masks[:, position] = pixel_masks[:, y, x_centre]
+            found = centres.get(image, {})
+            points = torch.tensor(list(found.values()), dtype=torch.long).view(-1, 2)
+            values = smooth_masks_at(masks, grid, keep, info.size, points, generator)  # (masks, points)
+            keep_masks[:, list(found)] = values
         base = image_baseline(layout, row, x)
         values = _masked_scores(row_call, targets, row, x, base, (1 - keep_masks).to(x.dtype), memory_budget, "RISE")  # (masks, n)
         centred = values - values.mean(0, keepdim=True)
@@ -175,12 +175,37 @@ def _token_centres(layout: TokenLayout, row: int) -> dict[int, dict[int, tuple[i
     return centres
 
 
-def _smooth_masks(count: int, grid: int, keep: float, size: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
-    """RISE masks at pixel size: upsampled random grids, randomly shifted by up to one cell."""
+def smooth_masks_at(count: int, grid: int, keep: float, size: tuple[int, int], points: torch.Tensor,
+                    generator: torch.Generator) -> torch.Tensor:
+    """RISE's masks, read at ``points`` ``(n, 2)`` of (y, x) pixels only: ``(count, n)``.
+
+    Each mask is a random ``grid x grid`` binary grid upsampled bilinearly to
+    ``grid + 1`` cells of the image's cell size and shifted by up to one cell;
+    the value at a pixel is that bilinear sample, computed at the points RISE
+    reads (the image tokens' centres) instead of over the whole image: 256
+    masks of a 1512 px image would be 2.3 GB, and larger before the crop.
+
+    Example:
+        >>> smooth_masks_at(2, 4, 0.5, (64, 64), torch.tensor([[0, 0], [63, 63]]), torch.Generator()).shape
+        torch.Size([2, 2])
+    """
     height, width = size
     cell_h, cell_w = int(np.ceil(height / grid)), int(np.ceil(width / grid))
-    coarse = (torch.rand(count, 1, grid, grid, generator=generator) < keep).float()
-    up = F.interpolate(coarse, size=((grid + 1) * cell_h, (grid + 1) * cell_w), mode="bilinear", align_corners=False)
+    coarse = (torch.rand(count, 1, grid, grid, generator=generator) < keep).float().view(count, grid * grid)
     shifts_y = torch.randint(0, cell_h, (count,), generator=generator)
     shifts_x = torch.randint(0, cell_w, (count,), generator=generator)
-    return torch.stack([up[i, 0, sy : sy + height, sx : sx + width] for i, (sy, sx) in enumerate(zip(shifts_y, shifts_x))])
+    y0, y1, wy = _bilinear_taps(points[:, 0][None] + shifts_y[:, None], grid, (grid + 1) * cell_h)
+    x0, x1, wx = _bilinear_taps(points[:, 1][None] + shifts_x[:, None], grid, (grid + 1) * cell_w)
+
+    def at(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return coarse.gather(1, y * grid + x)
+
+    return (1 - wy) * ((1 - wx) * at(y0, x0) + wx * at(y0, x1)) + wy * ((1 - wx) * at(y1, x0) + wx * at(y1, x1))
+
+
+def _bilinear_taps(index: torch.Tensor, source: int, target: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The two source cells and the weight of the second that bilinear upsampling (``align_corners=False``, as
+    ``torch.nn.functional.interpolate``) reads for output ``index`` when ``source`` cells grow to ``target``."""
+    position = ((index.float() + 0.5) * (source / target) - 0.5).clamp_min(0)
+    low = position.long().clamp_max(source - 1)
+    return low, (low + 1).clamp_max(source - 1), position - low
