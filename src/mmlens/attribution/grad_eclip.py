@@ -109,14 +109,17 @@ def tower_maps(model: Model, targets: Targets, layers: Sequence[int] | None = No
     with ExitStack() as stack, torch.enable_grad():
         for i in chosen:
             _watch(model, i, records[i], stack)
-        logits = model.forward(_with_pixel_grads(targets.batch), use_cache=False).logits
+        seq, first = targets.batch.input_ids.shape[1], int(targets.positions.min())
+        logits = model.forward(_with_pixel_grads(targets.batch), use_cache=False,
+                               **runtime.last_logits_only(model.hf, seq - first)).logits
+        offset = seq - logits.shape[1]  # 0 where the model returned every position
         outputs = [records[i].output for i in chosen]
         if any(len(o) != 1 for o in outputs) or any(not r.sequences for r in records.values()):
             raise MmlensError(f"grad_eclip: {type(model.hf).__name__}'s tower attention did not run through "
                               "transformers' attention interface once per layer; it is not supported")
         per_target = []
         for j in range(targets.count):
-            score = targets.scores(logits[:, int(targets.positions[j])], j)
+            score = targets.scores(logits[:, int(targets.positions[j]) - offset], j)
             score = (score * targets.real[:, j].to(score)).sum()
             per_target.append(torch.autograd.grad(score, [o[0] for o in outputs], retain_graph=j + 1 < targets.count,
                                                   allow_unused=True))

@@ -36,6 +36,7 @@ from mmlens.causal.knockout import knockout_runs
 from mmlens.hooks import BlockKeys, capture, intervene
 from mmlens.layout import Modality
 from mmlens.model import Batch, Model
+from mmlens.models import runtime
 
 MODALITIES: tuple[str, ...] = ("image", "text", "special")
 
@@ -104,7 +105,7 @@ def attention_flow(model: Model, batch: Batch, position: int = -1) -> AttentionF
     onehot = torch.stack([modality == int(Modality.IMAGE), modality == int(Modality.TEXT),
                           modality == int(Modality.SPECIAL)], -1).float()  # (batch, seq, 3)
     with torch.no_grad(), capture(model, "lm.L*.attn_probs", query=index) as captured:
-        model.forward(batch, use_cache=False)
+        model.forward(batch, use_cache=False, **runtime.last_logits_only(model.hf))  # no logits are read
     rows = [captured[f"lm.L{i}.attn_probs"].float() for i in range(model.n_layers)]  # (batch, heads, keys)
     fractions = torch.stack([torch.einsum("bhk,bkm->bhm", row, onehot) for row in rows])
     return AttentionFlow(model.name, fractions.cpu(), index)

@@ -38,6 +38,7 @@ import torch
 
 from mmlens.errors import MmlensError
 from mmlens.layout import Modality
+from mmlens.models import runtime
 from mmlens.budget import MemoryBudget
 from mmlens.neurons._batches import Datasets, budget_batches, progress_bar
 from mmlens.neurons.neuron_set import NeuronSet
@@ -134,7 +135,7 @@ def domain_scores(
                 mask = _token_mask(layout, lm_tokens)
                 state.update(domain=d, mask=mask.to(model.device))
                 with torch.no_grad():
-                    model.forward(batch)
+                    model.forward(batch, use_cache=False, **runtime.last_logits_only(model.hf))
                 advance(len(chunk))
     return DomainScores(sites, domains, active, tokens)
 

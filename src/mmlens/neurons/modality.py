@@ -198,7 +198,7 @@ def modality_scores(
                 state.update(dataset=d, masks=masks, valid=masks.any(-1), weights={})
                 counts[d] += masks.any(-1).sum(1).cpu()
                 with torch.no_grad():
-                    model.forward(batch)
+                    model.forward(batch, use_cache=False, **runtime.last_logits_only(model.hf))
                 advance(len(chunk))
     names = [m.name.lower() for m in MODALITIES]
     return ModalityScores(sites, names, list(datasets), {k: v.float() for k, v in sums.items()}, counts)

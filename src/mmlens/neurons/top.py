@@ -22,6 +22,7 @@ from mmlens.box import Box
 from mmlens.data.sample import Sample
 from mmlens.errors import MmlensError
 from mmlens.layout import Modality
+from mmlens.models import runtime
 from mmlens.budget import MemoryBudget
 from mmlens.neurons._batches import budget_batches, progress_bar
 from mmlens.hooks import intervene
@@ -98,7 +99,7 @@ def top_activations(model: "Model", samples: Sequence[Sample], site: str, index:
             intervene(model, {site: read}, neuron_value=value):
         for chunk, batch in budget_batches(model, samples, memory_budget, "top activations"):
             with torch.no_grad():
-                model.forward(batch)
+                model.forward(batch, use_cache=False, **runtime.last_logits_only(model.hf))
             image = batch.layout.mask(Modality.IMAGE)
             best.append(seen["value"].masked_fill(~image, float("-inf")).amax(1))
             kept.append((seen["value"], batch.layout))

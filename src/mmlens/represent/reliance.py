@@ -25,6 +25,7 @@ import torch
 
 from mmlens.errors import MmlensError
 from mmlens.hooks import intervene
+from mmlens.models import runtime
 from mmlens.represent.concepts import EMBED, prepare_samples, site_of
 
 
@@ -102,7 +103,8 @@ def modality_reliance(model: Any, samples: Sequence[Any], layers: Sequence[int] 
         image_mask, text_mask = _masks(batch)
 
         def probability() -> torch.Tensor:
-            probs = model.forward(batch).logits[:, -1].float().softmax(-1)
+            probs = model.forward(batch, use_cache=False, **runtime.last_logits_only(model.hf)).logits[:, -1]
+            probs = probs.float().softmax(-1)
             return probs.gather(1, target[:, None])[:, 0].cpu()
 
         base.append(probability())

@@ -28,6 +28,7 @@ from mmlens.data.readers.base import images_of
 from mmlens.data.sample import Sample
 from mmlens.errors import MmlensError
 from mmlens.layout import Modality
+from mmlens.models import runtime
 from mmlens.sae.activations import SiteActivations
 from mmlens.sae.model import SparseAutoencoder
 
@@ -173,7 +174,7 @@ def _zero(where: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
 def _answer_loss(model, batch, target: torch.Tensor, context) -> float:
     """Summed cross-entropy of ``target`` after the last prompt token (left padding: position -1)."""
     with context:
-        logits = model.forward(batch).logits[:, -1].float()
+        logits = model.forward(batch, use_cache=False, **runtime.last_logits_only(model.hf)).logits[:, -1].float()
     return float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
 
 
