@@ -45,6 +45,7 @@ from mmlens.errors import MmlensError, check_choice
 from mmlens.hooks import Edit, capture
 from mmlens.layout import Modality
 from mmlens.model import Batch, Model
+from mmlens.models import runtime
 from mmlens.models.tower import stream_order, tower_views, view_indices
 
 Where = str | Box | Sequence[int] | torch.Tensor | None
@@ -130,7 +131,7 @@ def vision_shape(model: Model, batch: Batch) -> tuple[int, ...]:
         (1, 65)
     """
     with torch.no_grad(), capture(model, "vision.L0.head0") as captured:
-        model.forward(batch, use_cache=False)
+        model.forward(batch, use_cache=False, **runtime.last_logits_only(model.hf))  # no logits are read
     return tuple(captured["vision.L0.head0"].shape[:-1])
 
 

@@ -22,6 +22,7 @@ import torch
 from mmlens.errors import MmlensError
 from mmlens.hooks import Edit, capture, expand, intervene
 from mmlens.model import Batch, Model
+from mmlens.models import runtime
 
 Positions = Sequence[int] | torch.Tensor | None
 
@@ -34,7 +35,7 @@ def record(model: Model, batch: Batch, sites: str | Sequence[str]) -> dict[str, 
         ['lm.L0.resid', 'lm.L1.resid']
     """
     with torch.no_grad(), capture(model, sites) as captured:
-        model.forward(batch, use_cache=False)
+        model.forward(batch, use_cache=False, **runtime.last_logits_only(model.hf))  # no logits are read
     return {site: captured[site] for site in captured.keys()}
 
 

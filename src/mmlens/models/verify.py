@@ -33,6 +33,7 @@ from mmlens.data.images import open_image
 from mmlens.hooks import capture, intervene
 from mmlens.layout import TokenLayout
 from mmlens.model import Model
+from mmlens.models import runtime
 
 #: Resampling kernels (Lanczos, bicubic) reach several pixels with small
 #: lobes, further still through chained resizes (Idefics3 resizes twice before
@@ -109,7 +110,7 @@ def _embeddings(model: Model, image: Image.Image, prompt: str) -> torch.Tensor:
     batch = model.prepare(prompt, [image])
     local = {f"vision.L{i}.attn": torch.zeros_like for i in range(model.n_vision_layers)}
     with torch.no_grad(), intervene(model, local), capture(model, "lm.embed") as captured:
-        model.forward(batch)
+        model.forward(batch, use_cache=False, **runtime.last_logits_only(model.hf))  # no logits are read
     return captured["lm.embed"][0]
 
 

@@ -36,6 +36,7 @@ from sklearn.linear_model import LogisticRegression
 
 from mmlens.errors import MmlensError
 from mmlens.hooks import capture
+from mmlens.models import runtime
 
 #: Fewest samples a concept (or a random set) may have.
 MIN_CONCEPT_SAMPLES = 10
@@ -131,7 +132,7 @@ def activations(model: Any, samples: Sequence[Any], layers: Sequence[int], where
     for start in range(0, len(samples), batch_size):
         batch = prepare_samples(model, samples[start:start + batch_size])
         with capture(model, [site_of(layer) for layer in layers]) as captured:
-            model.forward(batch)
+            model.forward(batch, use_cache=False, **runtime.last_logits_only(model.hf))  # no logits are read
         positions = positions_of(batch, where, start)
         for layer in layers:
             value = captured[site_of(layer)].float()
@@ -157,7 +158,7 @@ def gradients(model: Any, samples: Sequence[Any], layers: Sequence[int], target:
     for start in range(0, len(samples), batch_size):
         batch = prepare_samples(model, samples[start:start + batch_size])
         with capture(model, [site_of(layer) for layer in layers], grads=True) as captured:
-            logits = model.forward(batch).logits[:, -1, token]
+            logits = model.forward(batch, use_cache=False, **runtime.last_logits_only(model.hf)).logits[:, -1, token]
             logits.float().sum().backward()
         positions = positions_of(batch, where, start)
         for layer in layers:

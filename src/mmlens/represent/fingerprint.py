@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 
 from mmlens.errors import MmlensError, check_choice
+from mmlens.models import runtime
 from mmlens.represent.cka import KINDS, cka_from_grams, grams, paired_cka, resample, unbiased_on_weights
 
 if TYPE_CHECKING:
@@ -99,7 +100,7 @@ def _last_token_states(model: "Model", samples: Sequence[ProbeSample]) -> list[t
 
     batch = model.prepare([s.prompt for s in samples], [[s.image] for s in samples])
     with torch.no_grad(), capture(model, "lm.L*.resid") as captured:
-        model.forward(batch)
+        model.forward(batch, use_cache=False, **runtime.last_logits_only(model.hf))  # no logits are read
     return [captured[f"lm.L{i}.resid"][:, -1].float().cpu() for i in range(model.n_layers)]
 
 

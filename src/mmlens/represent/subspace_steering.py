@@ -40,6 +40,7 @@ from safetensors.torch import load_file, save_file
 
 from mmlens.errors import MmlensError
 from mmlens.hooks import intervene
+from mmlens.models import runtime
 from mmlens.represent.concepts import prepare_samples, site_of
 
 PARTS = ("R", "W", "b")
@@ -278,7 +279,7 @@ def train(model: Any, samples: Sequence[Any], labels: Sequence[str], layers: Seq
                 batch = prepare_samples(model, [samples[i] for i in rows])
                 # ``maps.steering()`` reads the parametrised R afresh, so gradients reach it
                 with applied(model, maps.steering(), batch):
-                    logits = model.forward(batch).logits[:, -1].float()
+                    logits = model.forward(batch, use_cache=False, **runtime.last_logits_only(model.hf)).logits[:, -1].float()
                 loss = torch.nn.functional.cross_entropy(logits, target[rows].to(logits.device))
                 optimiser.zero_grad()
                 loss.backward()

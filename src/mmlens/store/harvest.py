@@ -34,6 +34,7 @@ from mmlens.data.readers import BadRow, Reader, images_of
 from mmlens.data.sample import Sample
 from mmlens.errors import MmlensError, check_choices
 from mmlens.layout import Modality
+from mmlens.models import runtime
 from mmlens.store.files import check_dtype, disk_full, numpy_dtype, to_numpy
 from mmlens.store.shard import ShardData, token_table, write_shard
 from mmlens.store.writer import StoreWriter
@@ -265,7 +266,7 @@ def _run_batch(model: "Model", job: HarvestJob, shard_id: str, rows: list[tuple[
     if batch is None:
         return {site: _none(job) for site in job.sites}, _empty(), n_bad
     with torch.no_grad(), capture(model, list(job.sites)) as captured:
-        model.forward(batch)
+        model.forward(batch, use_cache=False, **runtime.last_logits_only(model.hf))  # no logits are read
     layout = batch.layout
     modality = layout.modality
     real = modality != int(Modality.PAD)
