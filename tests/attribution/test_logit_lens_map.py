@@ -1,13 +1,10 @@
 """Logit-lens maps and the rank-biased overlap behind ARC."""
 
-import importlib
-
 import pytest
 import torch
 
 from mmlens.attribution.logit_lens_map import logit_lens_arc, logit_lens_map, logit_lens_msea, rank_biased_overlap
-
-lens_module = importlib.import_module("mmlens.attribution.logit_lens_map")
+from mmlens.readout import logits as readout_logits
 
 
 def test_last_layer_lens_at_the_answer_position_is_the_model_logit(tiny_llava, targets):
@@ -58,5 +55,5 @@ def test_multi_scale_changes_maps_where_resolution_matters():
 def test_positions_unembedded_a_block_at_a_time_give_the_same_maps(tiny_llava, targets, method, monkeypatch):
     whole = method(tiny_llava, targets).scores
     vocabulary = tiny_llava.hf.get_output_embeddings().weight.shape[0]
-    monkeypatch.setattr(lens_module, "_LENS_ELEMENTS", targets.batch.input_ids.shape[0] * 3 * vocabulary)
+    monkeypatch.setattr(readout_logits, "_UNEMBED_ELEMENTS", targets.batch.input_ids.shape[0] * 3 * vocabulary)
     torch.testing.assert_close(method(tiny_llava, targets).scores, whole, equal_nan=True)

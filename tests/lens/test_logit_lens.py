@@ -1,16 +1,14 @@
 """Logit lens on every layer and position: the last layer is the model's own output, entropies are exact."""
 
-import importlib
-
 import pytest
 import torch
 
 import mmlens
 from mmlens.lens import logit_lens
+from mmlens.readout import logits as readout_logits
 from mmlens.readout import unembed
 from tests.conftest import noise_image
 
-logit_lens_module = importlib.import_module("mmlens.lens.logit_lens")  # the package re-exports the function
 PROMPTS = ["<image> what colour is the circle ?", "<image> what shape ?"]
 
 
@@ -76,7 +74,7 @@ def test_another_family_last_layer_equals_output():
 def test_positions_unembedded_a_block_at_a_time_give_the_same_lens(tiny_llava, batch, lens, position, monkeypatch):
     whole = lens if position == -1 else logit_lens(tiny_llava, batch, top_k=4, position=position)
     vocabulary = tiny_llava.hf.get_output_embeddings().weight.shape[0]
-    monkeypatch.setattr(logit_lens_module, "_LENS_ELEMENTS", 2 * 3 * vocabulary)  # three positions a block
+    monkeypatch.setattr(readout_logits, "_UNEMBED_ELEMENTS", 2 * 3 * vocabulary)  # three positions a block
     blocks = logit_lens(tiny_llava, batch, top_k=4, position=position)
     assert torch.equal(blocks.top_ids, whole.top_ids) and blocks.position == whole.position
     for name in ("top_probs", "entropy", "answer_prob"):

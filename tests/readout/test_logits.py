@@ -5,7 +5,8 @@ import torch
 
 import mmlens
 from mmlens.errors import MmlensError
-from mmlens.readout import answer_token_ids, token_probabilities, unembed
+from mmlens.readout import answer_token_ids, logits_at, token_probabilities, unembed, unembed_blocks
+from mmlens.readout import logits as readout_logits
 
 
 def test_unembed_of_the_last_block_is_the_models_own_logits(tiny_llama):
@@ -50,3 +51,25 @@ def test_token_probabilities_repeat_over_stacked_copies():
     ids = torch.tensor([2, 5, 9])
     expected = torch.softmax(logits, -1)[torch.arange(6), ids.repeat(2)]
     torch.testing.assert_close(token_probabilities(logits, ids), expected)
+
+
+@pytest.mark.parametrize("positions", [[-1], [2, 3], [0, 4, 1]])
+def test_logits_at_some_positions_equal_the_whole_forwards_there(tiny_llama, positions):
+    batch = tiny_llama.prepare(["a red circle is here", "a blue square"], padding_side="left")
+    with torch.no_grad():
+        whole = tiny_llama.forward(batch).logits
+        some = logits_at(tiny_llama, batch, positions)
+    torch.testing.assert_close(some, whole[:, positions], rtol=1e-5, atol=1e-5)
+
+
+def test_unembed_blocks_cover_every_position_and_equal_unembed(tiny_llama, monkeypatch):
+    batch = tiny_llama.prepare(["a red circle is here", "a blue square"], padding_side="left")
+    with torch.no_grad(), mmlens.capture(tiny_llama, "lm.L0.resid") as captured:
+        tiny_llama.forward(batch)
+        hidden = captured["lm.L0.resid"]
+        vocabulary = unembed(tiny_llama, hidden[:1, :1]).shape[-1]
+        monkeypatch.setattr(readout_logits, "_UNEMBED_ELEMENTS", 2 * 2 * vocabulary)  # two positions a block
+        blocks = list(unembed_blocks(tiny_llama, hidden))
+        whole = unembed(tiny_llama, hidden).float()
+    assert [start for start, _ in blocks] == list(range(0, hidden.shape[1], 2))
+    torch.testing.assert_close(torch.cat([block for _, block in blocks], 1), whole)

@@ -59,7 +59,7 @@ from mmlens.model import Batch, Model
 from mmlens.models import runtime
 from mmlens.models.heads import head_layout
 from mmlens.models.tower import TowerView, area_weights, stream_order, tower_views, view_indices
-from mmlens.readout import Targets
+from mmlens.readout import Targets, logits_at
 
 SPATIAL = ("relu", "cosine", "softmax")
 QUERIES = ("all", "pooled")
@@ -109,17 +109,14 @@ def tower_maps(model: Model, targets: Targets, layers: Sequence[int] | None = No
     with ExitStack() as stack, torch.enable_grad():
         for i in chosen:
             _watch(model, i, records[i], stack)
-        seq, first = targets.batch.input_ids.shape[1], int(targets.positions.min())
-        logits = model.forward(_with_pixel_grads(targets.batch), use_cache=False,
-                               **runtime.last_logits_only(model.hf, seq - first)).logits
-        offset = seq - logits.shape[1]  # 0 where the model returned every position
+        logits = logits_at(model, _with_pixel_grads(targets.batch), targets.positions)  # (rows, targets, vocab)
         outputs = [records[i].output for i in chosen]
         if any(len(o) != 1 for o in outputs) or any(not r.sequences for r in records.values()):
             raise MmlensError(f"grad_eclip: {type(model.hf).__name__}'s tower attention did not run through "
                               "transformers' attention interface once per layer; it is not supported")
         per_target = []
         for j in range(targets.count):
-            score = targets.scores(logits[:, int(targets.positions[j]) - offset], j)
+            score = targets.scores(logits[:, j], j)
             score = (score * targets.real[:, j].to(score)).sum()
             per_target.append(torch.autograd.grad(score, [o[0] for o in outputs], retain_graph=j + 1 < targets.count,
                                                   allow_unused=True))

@@ -41,9 +41,7 @@ from mmlens.hooks import capture
 from mmlens.layout import Modality
 from mmlens.model import Model
 from mmlens.models import runtime
-from mmlens.readout import Targets, same_targets, unembed
-
-_LENS_ELEMENTS = 1 << 24  # logits unembedded at once (rows x positions x vocabulary): 64 MB of fp32
+from mmlens.readout import Targets, same_targets, unembed, unembed_blocks
 
 
 def logit_lens_map(
@@ -143,7 +141,7 @@ class _Read:
 def _read_vocabulary(model: Model, hidden: torch.Tensor, targets: Targets, top_k: int) -> _Read:
     """Unembed ``hidden`` a block of positions at a time and keep what the maps read: the logits of the targets,
     the foils and the prompt's words (each a context token's own class), and with ``top_k`` each position's top
-    ids. A whole ``(seq, vocab)`` block is never held: 1.8 GB of fp32 at 3,000 tokens and a 152k vocabulary.
+    ids (:func:`~mmlens.readout.logits.unembed_blocks`: no whole ``(seq, vocab)`` block is held).
     """
     batch = targets.batch
     words = [targets.tokens.flatten(), batch.input_ids.flatten()]
@@ -155,12 +153,11 @@ def _read_vocabulary(model: Model, hidden: torch.Tensor, targets: Targets, top_k
     ids = ids[(ids >= 0) & (ids < vocabulary)]  # padding ids outside the vocabulary are never read
     logits = torch.empty(rows, seq, len(ids))
     top = torch.empty(rows, seq, min(top_k, vocabulary), dtype=torch.long) if top_k else None
-    step = max(1, _LENS_ELEMENTS // (rows * vocabulary))
-    for start in range(0, seq, step):
-        block = unembed(model, hidden[:, start:start + step]).float()
-        logits[:, start:start + step] = block[..., ids.to(block.device)].cpu()
+    for start, block in unembed_blocks(model, hidden):
+        stop = start + block.shape[1]
+        logits[:, start:stop] = block[..., ids.to(block.device)].cpu()
         if top is not None:
-            top[:, start:start + step] = block.topk(top.shape[-1], dim=-1).indices.cpu()
+            top[:, start:stop] = block.topk(top.shape[-1], dim=-1).indices.cpu()
     return _Read(logits, {int(t): c for c, t in enumerate(ids.tolist())}, top)
 
 

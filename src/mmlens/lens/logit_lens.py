@@ -32,10 +32,7 @@ import torch
 from mmlens.hooks import capture
 from mmlens.layout import TokenLayout
 from mmlens.model import Batch, Model
-from mmlens.models import runtime
-from mmlens.readout import answer_token_ids, unembed
-
-_LENS_ELEMENTS = 1 << 24  # log-probabilities unembedded at once (rows x positions x vocabulary): 64 MB of fp32
+from mmlens.readout import answer_token_ids, logits_at, unembed_blocks
 
 
 @dataclass
@@ -118,20 +115,16 @@ class LogitLens:
 def _read_layer(model: Model, hidden: torch.Tensor, top_k: int, index: int,
                 answer_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """One layer's top ids and probabilities and entropy at every position, and the answer's rank and probability
-    at ``index``: unembedded a block of positions at a time, since a whole layer's ``(seq, vocab)``
-    log-probabilities are 1.8 GB of fp32 at 3,000 tokens and Qwen2-VL's 152k words.
+    at ``index``, unembedded a block of positions at a time (:func:`~mmlens.readout.logits.unembed_blocks`).
     """
-    rows, seq = hidden.shape[:2]
-    vocabulary = unembed(model, hidden[:1, :1]).shape[-1]
-    step = max(1, _LENS_ELEMENTS // (rows * vocabulary))
     tops, probs, entropies = [], [], []
-    for start in range(0, seq, step):
-        log_probs = torch.log_softmax(unembed(model, hidden[:, start:start + step]).float(), dim=-1)
+    for start, logits in unembed_blocks(model, hidden):
+        log_probs = torch.log_softmax(logits, dim=-1)
         entropies.append(-(log_probs.exp() * log_probs).sum(-1).cpu())
-        top = log_probs.topk(min(top_k, vocabulary), dim=-1)
+        top = log_probs.topk(min(top_k, log_probs.shape[-1]), dim=-1)
         tops.append(top.indices.cpu())
         probs.append(top.values.exp().cpu())
-        if start <= index < start + step:
+        if start <= index < start + log_probs.shape[1]:
             at = log_probs[:, index - start]  # (batch, vocab)
             own = at.gather(-1, answer_ids[:, None].to(at.device))
             rank, answer_prob = ((at > own).sum(-1) + 1).cpu(), own[:, 0].exp().cpu()
@@ -159,11 +152,8 @@ def logit_lens(
     seq = batch.input_ids.shape[1]
     index = position % seq
     sites = ["lm.embed"] + [f"lm.L{i}.resid" for i in range(model.n_layers)]
-    last = index == seq - 1  # then the model unembeds only its last position: (seq, vocab) logits are GBs
     with torch.no_grad(), capture(model, sites) as captured:
-        output = model.forward(batch, use_cache=False, **(runtime.last_logits_only(model.hf) if last else {}))
-        answer_ids = answer_token_ids(model, answer, output.logits[:, -1 if last else index],
-                                      batch.input_ids.shape[0])
+        answer_ids = answer_token_ids(model, answer, logits_at(model, batch, [index])[:, 0], batch.input_ids.shape[0])
         tops, probs, entropies, ranks, answer_probs = [], [], [], [], []
         for site in sites:
             read = _read_layer(model, captured[site], top_k, index, answer_ids)

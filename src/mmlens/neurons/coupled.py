@@ -33,9 +33,8 @@ import torch
 
 from mmlens.data.sample import Sample
 from mmlens.errors import MmlensError
-from mmlens.models import runtime
 from mmlens.neurons._batches import chunks, prepare_samples, progress_bar
-from mmlens.readout import build_targets
+from mmlens.readout import build_targets, logits_at
 
 if TYPE_CHECKING:
     from mmlens.model import Model
@@ -128,9 +127,7 @@ def answer_loss(model: "Model", samples: Sequence[Sample]) -> torch.Tensor:
     if any(sample.answer is None for sample in samples):
         raise MmlensError("every sample needs an answer for the answer loss")
     targets = build_targets(model, prepare_samples(model, samples), answer=[s.answer for s in samples])
-    seq, first = targets.batch.input_ids.shape[1], int(targets.positions.min())
-    logits = model.forward(targets.batch, use_cache=False, **runtime.last_logits_only(model.hf, seq - first)).logits
-    logits = logits[:, (targets.positions - (seq - logits.shape[1])).to(model.device)].float()
+    logits = logits_at(model, targets.batch, targets.positions).float()
     real = targets.real.to(model.device)
     return torch.nn.functional.cross_entropy(logits[real], targets.tokens.to(model.device)[real])
 

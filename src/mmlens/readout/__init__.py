@@ -2,9 +2,10 @@
 
 - :mod:`~mmlens.readout.targets`: which answer tokens to explain, teacher-forced
   (:class:`Targets`, :func:`build_targets`, :func:`same_targets`);
-- :mod:`~mmlens.readout.logits`: unembedding hidden states (:func:`unembed`),
-  the answer's token id (:func:`answer_token_ids`), a token's probability
-  (:func:`token_probabilities`);
+- :mod:`~mmlens.readout.logits`: unembedding hidden states (:func:`unembed`,
+  a block of positions at a time: :func:`unembed_blocks`), the model's logits
+  at some positions only (:func:`logits_at`), the answer's token id
+  (:func:`answer_token_ids`), a token's probability (:func:`token_probabilities`);
 - :mod:`~mmlens.readout.baselines`: what a hidden image token becomes
   (:class:`Baseline`, :func:`image_baseline`, :func:`hidden_images`);
 - :mod:`~mmlens.readout.probabilities`: P(answer) with chosen image tokens
@@ -21,7 +22,7 @@ Example:
 """
 
 from mmlens.readout.baselines import Baseline, embedding_baseline, hidden_images, image_baseline
-from mmlens.readout.logits import answer_token_ids, token_probabilities, unembed
+from mmlens.readout.logits import answer_token_ids, logits_at, token_probabilities, unembed, unembed_blocks
 from mmlens.readout.probabilities import answer_probabilities
 from mmlens.readout.targets import SCORES, Targets, build_targets, same_targets
 
@@ -35,7 +36,9 @@ __all__ = [
     "embedding_baseline",
     "hidden_images",
     "image_baseline",
+    "logits_at",
     "same_targets",
     "token_probabilities",
     "unembed",
+    "unembed_blocks",
 ]

@@ -15,13 +15,16 @@ Example:
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
 from mmlens.errors import MmlensError
-from mmlens.model import Model
+from mmlens.model import Batch, Model
+from mmlens.models import runtime
 from mmlens.readout.vocabulary import token_ids
+
+_UNEMBED_ELEMENTS = 1 << 24  # logits unembedded at once by unembed_blocks (rows x positions x vocabulary): 64 MB
 
 
 def unembed(model: Model, hidden: torch.Tensor) -> torch.Tensor:
@@ -36,6 +39,38 @@ def unembed(model: Model, hidden: torch.Tensor) -> torch.Tensor:
     """
     norm = model.module(model.adapter.final_norm)
     return model.module(model.adapter.unembed)(norm(hidden))
+
+
+def unembed_blocks(model: Model, hidden: torch.Tensor) -> Iterator[tuple[int, torch.Tensor]]:
+    """:func:`unembed` ``hidden`` ``(rows, seq, width)`` a block of positions at a time, in fp32: yields each
+    block's first position and its ``(rows, positions, vocab)`` logits, about 64 MB of them. A whole layer's
+    ``(seq, vocab)`` logits are 1.8 GB of fp32 at 3,000 tokens and Qwen2-VL's 152k words.
+
+    Example:
+        >>> sum(block.shape[1] for _, block in unembed_blocks(model, torch.zeros(1, 5, width)))
+        5
+    """
+    rows, seq = hidden.shape[:2]
+    vocabulary = unembed(model, hidden[:1, :1]).shape[-1]
+    step = max(1, _UNEMBED_ELEMENTS // (rows * vocabulary))
+    for start in range(0, seq, step):
+        yield start, unembed(model, hidden[:, start:start + step]).float()
+
+
+def logits_at(model: Model, batch: Batch, positions: Sequence[int] | torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    """The model's own logits at ``positions`` only, ``(rows, len(positions), vocab)``, from one forward pass of
+    ``batch`` (``kwargs`` go to it): where the model takes ``logits_to_keep``, it unembeds from the first of
+    the positions on, not every position.
+
+    Example:
+        >>> logits_at(model, batch, [-1]).shape[:2]
+        torch.Size([1, 1])
+    """
+    seq = batch.input_ids.shape[1]
+    wanted = torch.as_tensor(positions, dtype=torch.long).flatten() % seq
+    keep = runtime.last_logits_only(model.hf, seq - int(wanted.min()))
+    logits = model.forward(batch, use_cache=False, **keep, **kwargs).logits
+    return logits[:, (wanted - (seq - logits.shape[1])).to(logits.device)]  # shifted where fewer came back
 
 
 def answer_token_ids(

@@ -20,7 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 
 import torch
 
@@ -29,7 +28,7 @@ from mmlens.errors import MmlensError
 from mmlens.model import Model
 from mmlens.models.decoder import DecoderCall, record_decoder_call
 from mmlens.readout.baselines import Baseline, embedding_baseline, hidden_images
-from mmlens.readout.logits import token_probabilities
+from mmlens.readout.logits import logits_at, token_probabilities
 from mmlens.readout.targets import Targets
 
 
@@ -98,8 +97,6 @@ def _pixel_probabilities(model: Model, targets: Targets, hide: torch.Tensor, row
     answer = targets.tokens[row : row + 1, :-1]
     real = targets.real[row : row + 1, :-1]
     token = targets.tokens[row, target : target + 1]
-    # logits_to_keep spares the full-vocabulary logits of every prompt position.
-    keeps = "logits_to_keep" in inspect.signature(model.hf.forward).parameters
 
     def run_pass(start: int, stop: int) -> torch.Tensor:
         variants = hide[start:stop].cpu()
@@ -112,10 +109,7 @@ def _pixel_probabilities(model: Model, targets: Targets, hide: torch.Tensor, row
         seq = rerun.input_ids.shape[1]
         position = seq - targets.count + target  # answer token j sits j places after the prompt's last token
         with torch.no_grad():
-            if keeps:
-                logits = model.forward(rerun, use_cache=False, logits_to_keep=seq - position).logits[:, 0]
-            else:
-                logits = model.forward(rerun, use_cache=False).logits[:, position]
+            logits = logits_at(model, rerun, [position])[:, 0]
         return token_probabilities(logits, token)
 
     return torch.cat(passes.run(run_pass))

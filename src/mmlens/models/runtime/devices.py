@@ -49,8 +49,8 @@ def on_device_of(module: torch.nn.Module, tensor: torch.Tensor) -> torch.Tensor:
 
 def last_logits_only(hf: torch.nn.Module, count: int = 1) -> dict[str, Any]:
     """Keyword arguments that make ``hf`` unembed only its last ``count`` positions (``logits_to_keep``), where it
-    takes them; a model that does not returns every position's logits, so read position ``p`` at
-    ``p - (seq - logits.shape[1])``.
+    takes them; a model that does not returns every position's logits (``mmlens.readout.logits_at`` reads
+    chosen positions either way).
 
     A run that reads a few positions' logits, or none, needs no ``(seq, vocab)`` logits: at 3,000 tokens they
     are 384 MB of fp32 for a 32k vocabulary, 1.8 GB for Qwen2-VL's 152k.
