@@ -61,6 +61,8 @@ def test_capture_shapes_and_attention_probabilities(tiny_llava, images):
         logits = tiny_llava.forward(batch).logits
     batch_size, seq = batch.input_ids.shape
     assert captured["lm.L1.resid"].shape == (batch_size, seq, tiny_llava.hf.config.text_config.hidden_size)
+    assert [site for site, _ in captured.items()] == captured.keys()
+    assert all(torch.equal(value, captured[site]) for site, value in captured.items())
     probs = captured["lm.L0.attn_probs"]
     assert probs.shape[-2:] == (seq, seq)
     torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:-1]))
@@ -101,6 +103,26 @@ def test_gradients_at_sites_match_autograd(tiny_llava, images, padding_side):
     if padding_side == "right":
         after = batch.inputs["attention_mask"][1] == 0
         assert captured.grad("lm.L0.resid")[1, after].abs().sum() == 0
+
+
+@pytest.mark.parametrize("query", [-1, [2, -1]])
+def test_attention_rows_keep_their_gradient(tiny_llava, images, query):
+    batch = tiny_llava.prepare(PROMPTS[0], images[0])
+
+    def run(**rows):
+        with mmlens.capture(tiny_llava, "lm.L1.attn_probs", grads=True, **rows) as captured:
+            tiny_llava.forward(batch).logits[0, -1].max().backward()
+        return captured["lm.L1.attn_probs"], captured.grad("lm.L1.attn_probs")
+
+    (value, grad), (whole, whole_grad) = run(query=query), run()
+    picked = [query] if isinstance(query, int) else query
+    expected, expected_grad = whole[:, :, picked], whole_grad[:, :, picked]
+    if isinstance(query, int):
+        expected, expected_grad = expected[:, :, 0], expected_grad[:, :, 0]
+    assert torch.equal(value, expected) and torch.equal(grad, expected_grad) and grad.abs().sum() > 0
+    with pytest.raises(mmlens.MmlensError, match="mean_heads"):
+        with mmlens.capture(tiny_llava, "lm.L1.attn_probs", grads=True, mean_heads=True):
+            pass
 
 
 def test_gradients_need_autograd(tiny_llava, images):
@@ -160,14 +182,22 @@ def test_projector_site_holds_what_the_decoder_receives(name):
     assert edited["lm.embed"][0, batch.layout.image_positions(0)].abs().sum() == 0
 
 
-def test_missing_vision_probabilities_are_a_clear_error():
-    model = mmlens.load("tiny-qwen2-vl")
-    from tests.conftest import noise_image
+@pytest.mark.parametrize("name", ["tiny-qwen2-vl", "tiny-qwen2.5-vl"])
+def test_vision_probabilities_a_family_never_forms_are_not_sites(name):
+    model = mmlens.load(name)
+    assert not [site for site in model.sites() if site.startswith("vision") and site.endswith("attn_probs")]
+    assert "vision.L0.resid" in model.sites()
+    with pytest.raises(mmlens.MmlensError, match="never forms probabilities, so 'vision.L0.attn_probs' is not a site"):
+        with mmlens.capture(model, "vision.L0.attn_probs"):
+            pass
 
-    batch = model.prepare("<image> what colour ?", [noise_image(64, 64)])
-    with pytest.raises(mmlens.MmlensError, match="no probabilities"):
-        with mmlens.capture(model, "vision.L0.attn_probs"), torch.no_grad():
-            model.forward(batch)
+
+@pytest.mark.parametrize("name", ["tiny-idefics3", "tiny-paligemma"])
+def test_a_one_layer_projector_has_no_neuron_site(name):
+    model = mmlens.load(name)
+    assert "projector" in model.sites() and "projector.neurons" not in model.sites()
+    with pytest.raises(mmlens.MmlensError, match="the projector is one linear layer"):
+        mmlens.hooks.resolve(model, "projector.neurons")
 
 
 @pytest.mark.parametrize("name", ["tiny-llava", "tiny-qwen2.5-vl", "tiny-idefics3"])
@@ -326,6 +356,9 @@ def test_head_sites_bad_input_is_one_line(tiny_llava):
     assert "\n" not in str(error.value)
     with pytest.raises(mmlens.MmlensError, match="'vision.L9.head0' is out of range: the model has 2 vision"):
         resolve(tiny_llava, "vision.L9.head0")
+    for grid_name, site in (("L0.H1", "lm.L0.head1"), ("vision.L1.H0", "vision.L1.head0")):
+        with pytest.raises(mmlens.MmlensError, match=f"a head's site is {site}"):
+            resolve(tiny_llava, grid_name)
     assert "lm.L0.head0" not in tiny_llava.sites() and "lm.L0.head0" in mmlens.hooks.site_names(tiny_llava, heads=True)
     fused = mmlens.load("tiny-llava")
     fused.adapter = dataclasses.replace(fused.adapter, vision_attn_out=None)
@@ -333,3 +366,30 @@ def test_head_sites_bad_input_is_one_line(tiny_llava):
         resolve(fused, "vision.L0.head0")
     assert "\n" not in str(error.value)
     assert not any("head" in name for name in mmlens.hooks.site_names(fused, heads=True) if name.startswith("vision"))
+
+
+def test_bad_capture_and_intervene_arguments_are_one_line(tiny_llava, images):
+    from mmlens.hooks import OnlyAt
+
+    batch = tiny_llava.prepare(PROMPTS[0], images[0])
+    calls = {"sites are a name or a list of names": [lambda: mmlens.capture(tiny_llava, 3),
+                                                     lambda: mmlens.capture(tiny_llava, None)],
+             "query is an attention row": [lambda: mmlens.capture(tiny_llava, "lm.L0.attn_probs", query="last"),
+                                           lambda: mmlens.capture(tiny_llava, "lm.L0.attn_probs", query=[])],
+             "intervene takes a mapping": [lambda: mmlens.intervene(tiny_llava, [("lm.L0.mlp", torch.zeros_like)])],
+             "must be a function of the value": [lambda: mmlens.intervene(tiny_llava, {"lm.L0.mlp": 0})],
+             "OnlyAt takes positions": [lambda: OnlyAt(0.5), lambda: OnlyAt([])]}
+    for message, made in calls.items():
+        for make in made:
+            with pytest.raises(mmlens.MmlensError, match=message):
+                with make():
+                    pass
+    seq, width = batch.input_ids.shape[1], tiny_llava.hf.config.text_config.hidden_size
+    edits = {f"returned \\(1, 2, {width}\\) for a value of shape \\(1, {seq}, {width}\\)":
+             {"lm.L0.mlp": lambda x: x[:, :2]},
+             f"OnlyAt positions \\[{seq}\\] are out of range": {"lm.L1.mlp": OnlyAt(seq)}}
+    for message, edit in edits.items():
+        with pytest.raises(mmlens.MmlensError, match=message), mmlens.intervene(tiny_llava, edit), torch.no_grad():
+            tiny_llava.forward(batch)
+    with mmlens.intervene(tiny_llava, {"lm.L1.mlp": OnlyAt([-1])}), torch.no_grad():
+        tiny_llava.forward(batch)  # a list of positions works

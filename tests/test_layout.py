@@ -6,6 +6,7 @@ import torch
 
 import mmlens
 from mmlens.box import Box
+from mmlens.errors import MmlensError
 from mmlens.layout import ImageInfo, Modality, TokenLayout, View
 from mmlens.models.adapter import grid_tokens
 from tests.conftest import noise_image
@@ -102,8 +103,20 @@ def test_boxes_run_x_along_the_width_of_a_non_square_image(name):
 
 
 def test_scores_of_the_wrong_shape_are_refused():
-    with pytest.raises(ValueError):
+    with pytest.raises(MmlensError, match="one score per token"):
         two_view_layout().to_heatmaps(torch.zeros(3))
+
+
+def test_bad_views_rows_and_modalities_are_one_line():
+    layout = two_view_layout()
+    with pytest.raises(MmlensError, match="unknown views 'base'; choose one of all, global, tile"):
+        layout.to_heatmaps(torch.zeros(layout.seq_len), views="base")
+    for read in (layout.describe, layout.image_positions, layout.text_positions, layout.cells):
+        with pytest.raises(MmlensError, match="row 5 is out of range for a batch of 1 row"):
+            read(5)
+    assert torch.equal(layout.mask("image"), layout.mask(Modality.IMAGE))
+    with pytest.raises(MmlensError, match="unknown modality 'images'; choose one of pad, text, image, special"):
+        layout.mask("images")
 
 
 def test_patch_cells_place_every_image_token_of_a_tiled_layout_once():

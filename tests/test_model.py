@@ -44,3 +44,37 @@ def test_an_answer_past_the_positions_is_refused_or_cut(shapes_llava):
     with pytest.raises(MmlensError, match="with its answer is 257 tokens long"):
         shapes_llava.append_tokens(batch, batch.input_ids[:, :3])
     assert shapes_llava.generate(batch, max_new_tokens=8).shape[1] <= 2
+
+
+def test_one_image_alone_is_a_list_of_one(tiny_llava, tmp_path):
+    import numpy as np
+    import torch
+
+    path = tmp_path / "noise.png"
+    noise_image(64, 64).save(path)
+    expected = tiny_llava.prepare("<image> what ?", [path]).input_ids
+    for one in (path, str(path), noise_image(64, 64), np.asarray(noise_image(64, 64)),
+                torch.rand(3, 64, 64)):
+        batch = tiny_llava.prepare("<image> what ?", one)
+        assert torch.equal(batch.input_ids, expected) and len(batch.images[0]) == 1, type(one)
+
+
+def test_what_is_not_an_image_is_one_line(tiny_llava):
+    import torch
+
+    with pytest.raises(MmlensError, match="images are a list of file paths, PIL images or arrays, got int"):
+        tiny_llava.prepare("<image> what ?", 5)
+    with pytest.raises(MmlensError, match=r"got shape \(2, 3, 8, 8\); give several images as a list"):
+        tiny_llava.prepare("<image> what ?", torch.rand(2, 3, 8, 8))
+
+
+def test_a_text_only_model_given_an_image_names_the_model(tiny_llama):
+    with pytest.raises(MmlensError, match=rf"^{tiny_llama.name} is a text-only model: it takes no images$"):
+        tiny_llama.prepare("<image> what ?", [noise_image(32, 32)])
+
+
+def test_a_prompt_that_is_not_text_and_no_new_tokens_are_one_line(tiny_llava):
+    with pytest.raises(MmlensError, match="prompts are a string or a list of strings, got int"):
+        tiny_llava.prepare(5)
+    with pytest.raises(MmlensError, match="max_new_tokens must be a whole number of at least 1, got 0"):
+        tiny_llava.generate(tiny_llava.prepare("hello"), max_new_tokens=0)

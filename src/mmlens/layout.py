@@ -34,10 +34,27 @@ import numpy as np
 import torch
 
 from mmlens.box import Box
+from mmlens.errors import MmlensError, check_choice
 
 
 class Modality(IntEnum):
     """What a position holds."""
+
+    @classmethod
+    def of(cls, value: "Modality | str | int") -> "Modality":
+        """``value`` as a modality: a member, its value or its name in any case.
+
+        Example:
+            >>> Modality.of("image")
+            <Modality.IMAGE: 1>
+        """
+        if isinstance(value, str):
+            names = [m.name.lower() for m in cls]
+            return cls[check_choice(value.lower(), names, "modality").upper()]
+        try:
+            return cls(value)
+        except ValueError:
+            raise MmlensError(f"unknown modality {value!r}; choose one of {', '.join(m.name.lower() for m in cls)}") from None
 
     PAD = -1
     TEXT = 0
@@ -144,13 +161,19 @@ class TokenLayout:
     def seq_len(self) -> int:
         return self.modality.shape[1]
 
-    def mask(self, modality: Modality) -> torch.Tensor:
-        """Boolean ``(batch, seq)`` mask of positions holding ``modality``."""
-        return self.modality == int(modality)
+    def mask(self, modality: Modality | str) -> torch.Tensor:
+        """Boolean ``(batch, seq)`` mask of positions holding ``modality`` (a :class:`Modality` or its name)."""
+        return self.modality == int(Modality.of(modality))
+
+    def check_row(self, row: int) -> int:
+        """``row`` if the batch has it (negative ones count from the end), else one line."""
+        if not -self.batch_size <= row < self.batch_size:
+            raise MmlensError(f"row {row} is out of range for a batch of {self.batch_size} row(s)")
+        return row
 
     def image_positions(self, row: int = 0, image: int | None = None, view: int | None = None) -> torch.Tensor:
         """Positions of image-patch tokens in batch row ``row`` (optionally one image / view)."""
-        keep = self.modality[row] == int(Modality.IMAGE)
+        keep = self.modality[self.check_row(row)] == int(Modality.IMAGE)
         if image is not None:
             keep &= self.image[row] == image
         if view is not None:
@@ -159,7 +182,7 @@ class TokenLayout:
 
     def text_positions(self, row: int = 0) -> torch.Tensor:
         """Positions of text tokens in batch row ``row``."""
-        return (self.modality[row] == int(Modality.TEXT)).nonzero().flatten()
+        return (self.modality[self.check_row(row)] == int(Modality.TEXT)).nonzero().flatten()
 
     def token_boxes(self, row: int = 0) -> dict[int, tuple[int, Box]]:
         """Map each image position of ``row`` to ``(image, box)``, its patch's :class:`~mmlens.box.Box` in original pixels."""
@@ -190,11 +213,13 @@ class TokenLayout:
         ``"global"`` (whole-image views only) or ``"tile"`` (tiles only).
         Pixels no view covers (outside a centre crop) are NaN.
         """
+        check_choice(views, ("all", "global", "tile"), "views")
         scores = _as_numpy(scores)
         if scores.ndim == 1:
             scores = scores[None]
         if scores.shape != tuple(self.modality.shape):
-            raise ValueError(f"scores of shape {scores.shape} for a layout of shape {tuple(self.modality.shape)}")
+            raise MmlensError(f"scores of shape {scores.shape} for a layout of shape {tuple(self.modality.shape)} "
+                              f"(one score per token, per batch row)")
         maps: list[list[np.ndarray]] = []
         for b in range(self.batch_size):
             row_maps = []
@@ -220,7 +245,7 @@ class TokenLayout:
         hundredths); ``"size"`` is ``[height, width]``. ``cells``: the row's
         :meth:`cells`, when the caller has found them already.
         """
-        counts = np.bincount(self.modality[row].numpy() - min(Modality), minlength=len(Modality)).tolist()
+        counts = np.bincount(self.modality[self.check_row(row)].numpy() - min(Modality), minlength=len(Modality)).tolist()
         cells = self.cells(row) if cells is None else cells
         return {
             "seq_len": self.seq_len,
@@ -255,7 +280,7 @@ class PatchCells:
     """
 
     def __init__(self, layout: TokenLayout, row: int = 0) -> None:
-        self.modality = layout.modality[row].numpy()
+        self.modality = layout.modality[layout.check_row(row)].numpy()
         self.is_image = self.modality == int(Modality.IMAGE)
         self._where = tuple(a[row].numpy() for a in (layout.image, layout.view, layout.row, layout.col))
         image, view, rows, cols = self._where

@@ -19,14 +19,14 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
-from mmlens.data.images import open_image
-from mmlens.errors import MmlensError
+from mmlens.data.images import image_list, open_image
+from mmlens.errors import MmlensError, check_count
 from mmlens.layout import TokenLayout
 from mmlens.models.adapter import IMAGE_SLOT, Adapter, tokenizer_of
 from mmlens.models.slots import place_images
 from mmlens.notices import notice
 
-ImageInput = str | Path | Image.Image
+ImageInput = str | Path | Image.Image  # numpy arrays and torch tensors are read too (image_from_array)
 
 
 @dataclass
@@ -156,7 +156,8 @@ class Model:
     ) -> Batch:
         """Tokenise prompts (with ``<image>`` slots) and images into a :class:`Batch`.
 
-        ``images`` is a list of images for one prompt, or one list per prompt.
+        ``images`` is a list of images for one prompt, or one list per prompt;
+        one image alone (a path, a PIL image, an array) stands for a list of one.
         Left padding suits generation; right padding suits teacher forcing.
         A prompt without slots gets them where the chat template puts images
         (:meth:`place_images`); ``Batch.prompts`` holds the prompts with their
@@ -164,10 +165,14 @@ class Model:
         (:attr:`max_positions`) are refused before the model runs; a vision
         model given no images runs text-only and says so in one line.
         """
+        if not isinstance(prompts, (str, list, tuple)):
+            raise MmlensError(f"prompts are a string or a list of strings, got {type(prompts).__name__}")
         prompt_list = [prompts] if isinstance(prompts, str) else list(prompts)
         for prompt in prompt_list:
             check_prompt(prompt)
         per_row = _images_per_row(images, len(prompt_list))
+        if any(per_row) and not self.adapter.multimodal:
+            raise MmlensError(f"{self.name} is a text-only model: it takes no images")
         prompt_list, placed = self._placed(prompt_list, [len(row) for row in per_row])
         texts = [self.adapter.format_prompt(p, len(imgs)) for p, imgs in zip(prompt_list, per_row)]
         tokenizer = self.tokenizer
@@ -266,6 +271,7 @@ class Model:
         An answer that would run past the model's positions is cut where they
         end, with a notice.
         """
+        max_new_tokens = check_count(max_new_tokens, "max_new_tokens")
         kwargs.setdefault("do_sample", False)
         length, limit = batch.input_ids.shape[1], self.max_positions
         if limit is not None and length + max_new_tokens > limit:
@@ -304,7 +310,7 @@ def check_prompt(prompt: Any) -> None:
 def _images_per_row(images: Any, n_rows: int) -> list[list[Image.Image]]:
     if images is None:
         return [[] for _ in range(n_rows)]
-    images = list(images)
+    images = image_list(images)
     nested = bool(images) and isinstance(images[0], (list, tuple))
     if not nested:
         if n_rows != 1:

@@ -72,3 +72,12 @@ def test_results_do_not_depend_on_the_budget(tiny_llava, monkeypatch):
     small = knockout_runs(tiny_llava, batch, _groups(batch), memory_budget=one)  # one condition a pass
     large = knockout_runs(tiny_llava, batch, _groups(batch), memory_budget="unlimited")
     torch.testing.assert_close(small.probability, large.probability, rtol=1e-5, atol=1e-7)
+
+
+def test_a_window_of_no_layers_and_no_groups_are_refused(tiny_llava):
+    batch = tiny_llava.prepare("<image> what colour ?", [noise_image(64, 64)])
+    groups = {"image": batch.layout.mask(Modality.IMAGE)}
+    with pytest.raises(mmlens.MmlensError, match="window .* at least 1, got 0"):
+        knockout_runs(tiny_llava, batch, groups, window=0)
+    with pytest.raises(mmlens.MmlensError, match="at least one key group"):
+        knockout_runs(tiny_llava, batch, {})

@@ -122,3 +122,14 @@ def test_suffix_replay_equals_the_full_replay(tiny_llava, clean):
         full = replay.logits(start, replay.inputs[start].repeat(3, 1, 1))
         suffix = replay.logits(start, replay.inputs[start][:, offset:].repeat(3, 1, 1), offset=offset)
         torch.testing.assert_close(suffix, full, rtol=1e-4, atol=1e-5)
+
+
+def test_a_window_of_no_layers_and_no_groups_are_refused(tiny_llava):
+    from mmlens.layout import Modality
+    from tests.conftest import noise_image
+
+    batch = tiny_llava.prepare("<image> what colour ?", [noise_image(64, 64)])
+    with pytest.raises(MmlensError, match="window .* at least 1, got 0"):
+        trace(tiny_llava, batch, {"image": batch.layout.mask(Modality.IMAGE)}, window=0)
+    with pytest.raises(MmlensError, match="at least one token group"):
+        trace(tiny_llava, batch, {})

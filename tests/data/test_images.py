@@ -66,3 +66,18 @@ def test_resized_to_says_so_in_one_line(caplog):
     assert same.size == (8, 6) and resized.size == (40, 40)
     assert [r.getMessage() for r in caplog.records] == [
         "--counterfactual is 80x60 pixels, the first image 40x40: resized it to 40x40"]
+
+
+def test_arrays_and_tensors_open_as_rgb_images() -> None:
+    import numpy as np
+    import torch
+
+    pixels = np.random.default_rng(0).integers(0, 256, (6, 10, 3), dtype=np.uint8)
+    assert np.array_equal(np.asarray(open_image(pixels)), pixels)
+    # torch's channels-first floats in [0, 1] read as 0..255
+    assert np.array_equal(np.asarray(open_image(torch.from_numpy(pixels).permute(2, 0, 1).float() / 255)), pixels)
+    assert open_image(np.zeros((6, 10))).size == (10, 6)  # grey
+    for bad, match in [(np.zeros((2, 6, 10, 3)), "give several images as a list"), (np.zeros((6, 10, 5)), "shape"),
+                       (np.array([[np.nan]]), "NaN"), (np.array([["a"]]), "holds numbers"), (3.5, "got float")]:
+        with pytest.raises(MmlensError, match=match):
+            open_image(bad)

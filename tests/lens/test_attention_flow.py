@@ -27,6 +27,14 @@ def test_flow_fractions_sum_to_one_per_head(tiny_llava, batch):
     assert (flow.fractions[..., 0] > 0).all()  # every head sees some of the image
 
 
+@pytest.mark.parametrize("lens", [attention_flow, mmlens.lens.logit_lens])
+def test_a_position_past_either_end_is_refused_not_wrapped(tiny_llava, batch, lens):
+    seq = batch.input_ids.shape[1]
+    for position in (seq, -seq - 1):
+        with pytest.raises(MmlensError, match=f"position {position} is out of range .* {seq} tokens"):
+            lens(tiny_llava, batch, position=position)
+
+
 def _probs(model, batch, layer):
     with torch.no_grad(), mmlens.capture(model, f"lm.L{layer}.attn_probs") as captured:
         model.forward(batch)

@@ -10,6 +10,7 @@ import torch
 from scipy.stats import spearmanr
 
 from mmlens.attribution.explanation import Explanation
+from mmlens.errors import MmlensError
 from mmlens.layout import ImageInfo, TokenLayout, View
 from mmlens.metrics import agreement_matrix, compared_positions, rank_agreement
 
@@ -39,7 +40,7 @@ def test_constant_and_nan() -> None:
     a = np.array([1.0, np.nan, 3.0, 2.0, 5.0])
     b = np.array([2.0, 1.0, np.nan, 1.0, 7.0])
     assert rank_agreement(a, b) == pytest.approx(spearmanr([1.0, 2.0, 5.0], [2.0, 1.0, 7.0]).statistic)
-    with pytest.raises(ValueError):
+    with pytest.raises(MmlensError):
         rank_agreement(np.ones(3), np.ones(4))
 
 
@@ -81,3 +82,10 @@ def test_positions(explanation: Explanation) -> None:
     expected = rank_agreement(scores["a"][1, [0, 2, 5, 8]], scores["d"][1, [0, 2, 5, 8]])
     assert matrix[0, 1] == pytest.approx(expected)
     assert agreement_matrix(explanation).shape == (5, 5)  # all methods by default
+
+
+def test_unknown_positions_and_methods_name_the_choices(explanation) -> None:
+    with pytest.raises(MmlensError, match="unknown position set 'images'; choose one of image, text, all"):
+        agreement_matrix(explanation, positions="images")
+    with pytest.raises(MmlensError, match="no 'occlusion' scores in this explanation"):
+        agreement_matrix(explanation, ["a", "occlusion"])

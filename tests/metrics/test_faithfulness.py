@@ -195,10 +195,12 @@ def test_hidden_images_edit_only_token_boxes(targets: Targets) -> None:
 def test_errors(tiny_llava: mmlens.Model, targets: Targets, effect: torch.Tensor) -> None:
     with pytest.raises(MmlensError):
         deletion_insertion(tiny_llava, targets, effect[0], target=2)
-    with pytest.raises(ValueError):
+    with pytest.raises(MmlensError, match="scores for a sequence of"):
         deletion_insertion(tiny_llava, targets, effect[0][:-1])
-    with pytest.raises(ValueError):
+    with pytest.raises(MmlensError, match="unknown baseline 'grey'; choose one of mean, zeros, blur, mean_colour"):
         deletion_insertion(tiny_llava, targets, effect[0], baseline="grey")
+    with pytest.raises(MmlensError, match="steps must be a whole number of at least 1"):
+        deletion_insertion(tiny_llava, targets, effect[0], steps=0)
     text_only = tiny_llava.prepare("what colour ?")
     with pytest.raises(MmlensError):
         deletion_insertion(tiny_llava, build_targets(tiny_llava, text_only, answer="red"),

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mmlens.box import Box
+from mmlens.errors import MmlensError
 from mmlens.layout import ImageInfo, TokenLayout, View
 from mmlens.metrics import energy_in_box, pointing_game, region_mask
 
@@ -85,13 +86,13 @@ def test_energy_mask_and_empty_mass() -> None:
 
 
 def test_region_mask_validates() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(MmlensError):
         region_mask((5, 5))
-    with pytest.raises(ValueError):
+    with pytest.raises(MmlensError):
         region_mask((5, 5), [(0, 0, 1, 1)], mask=np.ones((5, 5), dtype=bool))
-    with pytest.raises(ValueError):
+    with pytest.raises(MmlensError):
         region_mask((5, 5), mask=np.ones((4, 5), dtype=bool))
-    with pytest.raises(ValueError):
+    with pytest.raises(MmlensError):
         region_mask((5, 5), [(3, 0, 1, 1)])
 
 
@@ -111,3 +112,15 @@ def test_pointing_on_layout_heatmap() -> None:
     assert pointing_game(heatmap, [box], tolerance=0)
     assert not pointing_game(heatmap, [box._replace(x0=box.x0 + 16, x1=box.x1 + 16)], tolerance=0)
     assert energy_in_box(heatmap, [box]) == pytest.approx(1.0)
+
+
+def test_one_box_alone_counts_as_a_list_of_one() -> None:
+    heatmap = np.zeros((20, 20))
+    heatmap[5, 8] = 1.0
+    box = Box(5, 2, 17, 14)
+    assert pointing_game(heatmap, box, tolerance=0) == pointing_game(heatmap, [box], tolerance=0) is True
+    assert energy_in_box(heatmap, (5, 2, 17, 14)) == energy_in_box(heatmap, [box]) == 1.0
+    with pytest.raises(MmlensError, match="boxes are a list of Box"):
+        pointing_game(heatmap, 5)
+    with pytest.raises(MmlensError, match=r"a heatmap is \(height, width\)"):
+        pointing_game(np.zeros((1, 20, 20)), [box])

@@ -81,3 +81,19 @@ def test_wrap_without_a_processor_says_one_is_needed(tiny_llava, tiny_llama):
         mmlens.wrap(tiny_llama.hf, None)
     with pytest.raises(MmlensError, match="vision model: wrap needs its AutoProcessor"):
         mmlens.wrap(tiny_llava.hf, tiny_llava.tokenizer)
+
+
+def test_load_and_wrap_refuse_wrong_arguments_in_one_line(tiny_llava):
+    import torch
+
+    with pytest.raises(MmlensError, match="unknown dtype 'float17'; choose one of float32, float16, bfloat16"):
+        mmlens.load("tiny-llava", dtype="float17")
+    with pytest.raises(MmlensError, match="unknown dtype"):
+        mmlens.load("tiny-llava", dtype=torch.int8)
+    with pytest.raises(MmlensError, match="load takes a model name.*got 3"):
+        mmlens.load(3)
+    with pytest.raises(MmlensError, match="the arguments look swapped"):
+        mmlens.wrap(tiny_llava.processor, tiny_llava.hf)
+    with pytest.raises(MmlensError, match=r"mmlens.load\('tiny-llava'\) loads by name"):
+        mmlens.wrap("tiny-llava", tiny_llava.processor)
+    assert mmlens.load("tiny-llama", dtype="bf16").hf.dtype == torch.bfloat16

@@ -93,3 +93,15 @@ def test_vision_and_projector_neurons(tiny_llava, batch):
     with pytest.raises(mmlens.MmlensError):
         with NeuronSet(["lm.L0.neurons"], torch.tensor([128]), torch.zeros(1), ["x"]).deactivate(tiny_llava):
             pass
+
+
+def test_where_refuses_a_label_or_tower_the_set_cannot_hold():
+    chosen = NeuronSet("lm.L0.neurons", torch.tensor([1, 2]), torch.zeros(2), ["image", "text"])
+    with pytest.raises(mmlens.MmlensError, match="unknown label 'images'; choose one of image, text"):
+        chosen.where(label="images")
+    with pytest.raises(mmlens.MmlensError, match="unknown tower 'llm'"):
+        chosen.where(tower="llm")
+    assert len(chosen.where(label="special")) == 0  # a modality without neurons: empty, not an error
+    domains = NeuronSet("lm.L0.neurons", torch.tensor([1]), torch.zeros(1), ["count"],
+                        {"domains": ["count", "colour"]})
+    assert len(domains.where(label="colour")) == 0

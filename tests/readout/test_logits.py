@@ -62,6 +62,13 @@ def test_logits_at_some_positions_equal_the_whole_forwards_there(tiny_llama, pos
     torch.testing.assert_close(some, whole[:, positions], rtol=1e-5, atol=1e-5)
 
 
+def test_logits_at_a_position_past_the_end_is_refused(tiny_llama):
+    batch = tiny_llama.prepare("a red circle")
+    seq = batch.input_ids.shape[1]
+    with pytest.raises(mmlens.MmlensError, match=f"position {seq} is out of range"):
+        logits_at(tiny_llama, batch, [0, seq])
+
+
 def test_unembed_blocks_cover_every_position_and_equal_unembed(tiny_llama, monkeypatch):
     batch = tiny_llama.prepare(["a red circle is here", "a blue square"], padding_side="left")
     with torch.no_grad(), mmlens.capture(tiny_llama, "lm.L0.resid") as captured:

@@ -113,3 +113,12 @@ def test_clear_errors_when_reading(reference, tmp_path):
         store.select(colour="red")
     with pytest.raises(MmlensError, match="no activation store"):
         Store.open(tmp_path)
+
+
+def test_select_refuses_a_value_a_categorical_column_never_holds(reference):
+    store = Store.open(reference)
+    with pytest.raises(MmlensError, match="unknown modality.*'images'; choose from text, image, special"):
+        store.select(modality="images")
+    with pytest.raises(MmlensError, match="unknown view_kind"):
+        store.select(view_kind=["tile", "tiles"])
+    assert store.select(modality=["image", "special"]).num_rows > 0

@@ -18,18 +18,21 @@ from typing import Any, Callable, Sequence
 import torch
 
 from mmlens.attribution.attention import attention
-from mmlens.attribution.base import Attribution
+from mmlens.attribution.base import IMAGE_METHODS, Attribution, require_images
 from mmlens.attribution.explanation import Explanation
 from mmlens.attribution.grad_eclip import grad_eclip
 from mmlens.attribution.gradients import gradient_x_input, integrated_gradients
 from mmlens.attribution.logit_lens_map import logit_lens_arc, logit_lens_map, logit_lens_msea
 from mmlens.attribution.mmel import mmel
 from mmlens.attribution.occlusion import occlusion, rise
+from mmlens.attribution.options import method_list, method_options
 from mmlens.attribution.relevancy import relevancy
 from mmlens.attribution.rollout import rollout
-from mmlens.errors import MmlensError, check_choices
-from mmlens.layout import TokenLayout
-from mmlens.model import Model
+from mmlens.data.images import image_list
+from mmlens.errors import MmlensError
+from mmlens.layout import Modality, TokenLayout
+from mmlens.model import Batch, Model
+from mmlens.notices import notice
 from mmlens.readout import Targets, build_targets
 from mmlens.readout.targets import greedy_answers
 
@@ -53,8 +56,8 @@ DEFAULT_METHODS = ("attention", "rollout", "relevancy", "integrated_gradients", 
 def explain(
     model: Model,
     prompt: str,
-    images: Sequence[Any] | None = None,
-    methods: Sequence[str] = DEFAULT_METHODS,
+    images: Sequence[Any] | Any | None = None,
+    methods: str | Sequence[str] | None = None,
     answer: str | None = None,
     foil: str | None = None,
     max_new_tokens: int | None = None,
@@ -65,11 +68,12 @@ def explain(
     """Explain each answer token of one prompt; see :func:`explain_batch` for several.
 
     Arguments come in :meth:`Model.prepare <mmlens.model.Model.prepare>`'s
-    order: the prompt, then its images (paths or PIL images; none for text).
+    order: the prompt, then its images (paths, PIL images or arrays; one image
+    alone stands for a list of one; none for text).
     """
     if not isinstance(prompt, str) and isinstance(images, str):
         raise MmlensError("explain takes (model, prompt, images): the prompt comes before the images")
-    return explain_batch(model, [prompt], [list(images or [])], methods, None if answer is None else [answer],
+    return explain_batch(model, [prompt], [image_list(images)], methods, None if answer is None else [answer],
                          None if foil is None else [foil], max_new_tokens, score, options, progress)[0]
 
 
@@ -77,7 +81,7 @@ def explain_batch(
     model: Model,
     prompts: Sequence[str],
     images: Sequence[Sequence[Any]] | None = None,
-    methods: Sequence[str] = DEFAULT_METHODS,
+    methods: str | Sequence[str] | None = None,
     answers: Sequence[str] | None = None,
     foils: Sequence[str] | None = None,
     max_new_tokens: int | None = None,
@@ -96,14 +100,25 @@ def explain_batch(
     whether the answer was teacher-forced. ``options`` passes per-method
     keyword arguments, e.g. ``{"integrated_gradients": {"steps": 64}}``.
     ``progress`` is called with each method's name as it starts. ``images``
-    holds one list of images per prompt (None: text only).
+    holds one list of images per prompt (None: text only). ``methods`` may be
+    one name; None runs :data:`DEFAULT_METHODS`, without the image-only ones
+    when no prompt has an image (with a notice). Unknown methods, options for methods not run, options a method
+    does not take, and image-only methods (:data:`~mmlens.attribution.base.IMAGE_METHODS`)
+    on prompts without images are refused before the model runs.
     """
     if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
         raise MmlensError("explain_batch takes (model, prompts, images): a list of prompt strings, then one list "
                           "of images per prompt")
-    check_choices(methods, METHODS, "method")
-    rows = [[] for _ in prompts] if images is None else [list(row) for row in images]
-    batch = model.prepare(list(prompts), rows, padding_side="left")
+    default = methods is None
+    methods = method_list(DEFAULT_METHODS if methods is None else methods, METHODS)
+    batch = model.prepare(list(prompts), images, padding_side="left")  # it checks one image list per prompt
+    if default:
+        kept = _defaults_for(batch, methods)
+        if isinstance(options, dict):  # options of a skipped default (occlusion's window) go with it
+            options = {k: v for k, v in options.items() if k in kept or k not in methods}
+        methods = kept
+    options = method_options(options, methods, METHODS)
+    require_images(model, batch, [m for m in methods if m in IMAGE_METHODS])  # else they would score all zeros
     targets = build_targets(model, batch, None if answers is None else list(answers),
                             None if foils is None else list(foils), max_new_tokens, score)
     own = None if answers is None else greedy_answers(model, batch, max_new_tokens)
@@ -114,9 +129,19 @@ def explain_batch(
         if progress is not None:
             progress(method)
         start = time.perf_counter()
-        results[method] = METHODS[method](model, targets, **(options or {}).get(method, {}))
+        results[method] = METHODS[method](model, targets, **options.get(method, {}))
         milliseconds[method] = (time.perf_counter() - start) * 1e3 / len(prompts)
     return [_one(model, targets, results, milliseconds, row, given) for row in range(len(prompts))]
+
+
+def _defaults_for(batch: Batch, methods: list[str]) -> list[str]:
+    """The default methods that can score ``batch``: the image-only ones go, with a notice, when it has no image."""
+    if bool((batch.layout.modality == int(Modality.IMAGE)).any()):
+        return methods
+    skipped = [m for m in methods if m in IMAGE_METHODS]
+    if skipped:
+        notice(f"no image to explain: {', '.join(skipped)} skipped (image tokens only)")
+    return [m for m in methods if m not in IMAGE_METHODS]
 
 
 def _one(model: Model, targets: Targets, results: dict[str, Attribution], ms: dict[str, float], row: int,

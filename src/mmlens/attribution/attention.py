@@ -15,23 +15,26 @@ Example:
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
-from mmlens.attribution.base import Attribution, causal_cut
+from mmlens.attribution.base import Attribution, causal_cut, layer_indices
 from mmlens.hooks import capture
 from mmlens.model import Model
 from mmlens.models.runtime import last_logits_only
 from mmlens.readout import Targets
 
 
-def attention_maps(model: Model, targets: Targets, rows: torch.Tensor | None = None, layers: slice | None = None,
-                   mean_heads: bool = False) -> torch.Tensor:
-    """Attention probabilities of ``layers`` (all by default), ``(layers, batch, heads, rows, seq)``.
+def attention_maps(model: Model, targets: Targets, rows: torch.Tensor | None = None,
+                   layers: int | slice | Sequence[int] | None = None, mean_heads: bool = False) -> torch.Tensor:
+    """Attention probabilities of ``layers`` (all by default; an index, a list or a slice),
+    ``(layers, batch, heads, rows, seq)``.
 
     Only the query ``rows`` asked for are computed (all when None), and only at
     those layers; ``mean_heads`` averages heads as rows are computed (the head axis goes).
     """
-    indices = range(model.n_layers)[layers or slice(None)]
+    indices = layer_indices(model, layers, "attention")
     sites = [f"lm.L{i}.attn_probs" for i in indices]
     query = None if rows is None else [int(r) for r in rows]
     with torch.no_grad(), capture(model, sites, query=query, mean_heads=mean_heads) as captured:
@@ -39,8 +42,10 @@ def attention_maps(model: Model, targets: Targets, rows: torch.Tensor | None = N
     return torch.stack([captured[site].float().cpu() for site in sites])
 
 
-def attention(model: Model, targets: Targets, layers: slice | None = None, keep_heads: bool = False) -> Attribution:
-    """Mean over heads and ``layers`` of the attention from each answer position."""
+def attention(model: Model, targets: Targets, layers: int | slice | Sequence[int] | None = None,
+              keep_heads: bool = False) -> Attribution:
+    """Mean over heads and ``layers`` (all by default; an index, a list or a slice) of the attention from each
+    answer position."""
     from_targets = attention_maps(model, targets, targets.positions, layers)  # (layers, batch, heads, n, seq)
     per_layer = from_targets.mean(2).permute(1, 2, 0, 3)  # (batch, n, layers, seq)
     extras = {"per_layer": per_layer}

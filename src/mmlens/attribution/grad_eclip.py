@@ -50,7 +50,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from mmlens.attribution.base import Attribution, causal_cut, empty_scores
+from mmlens.attribution.base import Attribution, causal_cut, empty_scores, require_images
 from mmlens.box import Box
 from mmlens.errors import MmlensError, check_choice
 from mmlens.hooks import Site, attach
@@ -84,11 +84,12 @@ class TowerMaps:
 
 
 def tower_maps(model: Model, targets: Targets, layers: Sequence[int] | None = None, spatial: str = "relu",
-               queries: str = "all", last_reached: bool = False) -> TowerMaps:
+               queries: str = "all", last_reached: bool = False, method: str = "grad_eclip") -> TowerMaps:
     """Grad-ECLIP patch grids of tower ``layers`` (all when None), from one forward and one backward per target.
 
     ``last_reached`` maps only the last of those layers whose attention the
-    answer depends on (every layer's gradient is needed to know which).
+    answer depends on (every layer's gradient is needed to know which). ``method``
+    names the caller in errors.
 
     Example:
         >>> maps = tower_maps(model, targets, layers=[0, 1])
@@ -97,12 +98,11 @@ def tower_maps(model: Model, targets: Targets, layers: Sequence[int] | None = No
     """
     check_choice(spatial, SPATIAL, "spatial weighting")
     check_choice(queries, QUERIES, "query pooling")
-    if model.vision_layers is None:
-        raise MmlensError(f"grad_eclip: {model.name} has no vision tower to explain")
+    require_images(model, targets.batch, method)
     views = tower_views(model, targets.batch)
     order = stream_order(model, targets.batch)
     if not views:
-        raise MmlensError("grad_eclip: the batch has no images")
+        raise MmlensError(f"{method}: the batch has no images")
     count = model.n_vision_layers
     chosen = list(range(count)) if layers is None else [_layer_index(i, count) for i in layers]
     records = {i: _Layer() for i in chosen}
@@ -112,7 +112,7 @@ def tower_maps(model: Model, targets: Targets, layers: Sequence[int] | None = No
         logits = logits_at(model, _with_pixel_grads(targets.batch), targets.positions)  # (rows, targets, vocab)
         outputs = [records[i].output for i in chosen]
         if any(len(o) != 1 for o in outputs) or any(not r.sequences for r in records.values()):
-            raise MmlensError(f"grad_eclip: {type(model.hf).__name__}'s tower attention did not run through "
+            raise MmlensError(f"{method}: {type(model.hf).__name__}'s tower attention did not run through "
                               "transformers' attention interface once per layer; it is not supported")
         per_target = []
         for j in range(targets.count):

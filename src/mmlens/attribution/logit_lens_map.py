@@ -30,6 +30,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,6 +38,8 @@ from PIL import Image
 
 from mmlens.attribution.base import Attribution, causal_cut, empty_scores
 from mmlens.box import Box
+from mmlens.data.images import MAX_PIXELS
+from mmlens.errors import MmlensError
 from mmlens.hooks import capture
 from mmlens.layout import Modality
 from mmlens.model import Model
@@ -87,7 +90,12 @@ def logit_lens_msea(
     image token then takes the mean of that map over its patch box. Families
     that resize every image to one size (LLaVA-1.5, PaliGemma) see the same
     input at every scale, so the result equals the plain map there.
+
+    Each scale must keep every image at least one patch on its shorter side
+    and under :data:`~mmlens.data.images.MAX_PIXELS`; others are refused
+    with the valid range (a 1-pixel image tells nothing: its map is blank).
     """
+    check_scales(model, scales, targets.batch.images)
     base = logit_lens_map(model, targets, layer=layer)
     layout = targets.batch.layout
     if not any(targets.batch.images):
@@ -108,6 +116,38 @@ def logit_lens_msea(
             for j in range(targets.count):
                 scores[row, j, position] = _box_mean(total[j][row][image], box)
     return Attribution(causal_cut(scores, targets), {"scales": list(scales), "layer": base.extras["layer"]})
+
+
+def check_scales(model: Model, scales: Any, images: list[list[Image.Image]]) -> None:
+    """Refuse MSEA scales that are empty, not positive numbers, or shrink an image below one patch.
+
+    Example:
+        >>> check_scales(model, (0.01,), [[Image.new("RGB", (64, 64))]])  # doctest: +SKIP
+        Traceback (most recent call last):
+        ...
+        mmlens.errors.MmlensError: logit_lens_msea scale 0.01 makes the 64x64 image smaller than one 8-pixel patch; ...
+    """
+    try:
+        values = [float(v) for v in scales] if not isinstance(scales, (str, bytes)) else None
+    except (TypeError, ValueError):
+        values = None
+    if not values:
+        raise MmlensError(f"logit_lens_msea scales are one or more positive numbers, e.g. (0.75, 1.0, 1.5); "
+                          f"got {scales!r}")
+    patch = getattr(getattr(model.hf.config, "vision_config", None), "patch_size", 1)
+    patch = patch if isinstance(patch, int) and patch > 0 else 1
+    sizes = [image.size for row in images for image in row]
+    low = max([patch / min(w, h) for w, h in sizes], default=0.0)
+    high = min([(MAX_PIXELS / (w * h)) ** 0.5 for w, h in sizes], default=float("inf"))
+    for value in values:
+        if not value > 0 or not np.isfinite(value):
+            raise MmlensError(f"logit_lens_msea scales must be positive numbers, got {value:g}")
+        for w, h in sizes:
+            small = min(round(w * value), round(h * value)) < patch
+            if small or w * h * value * value > MAX_PIXELS:
+                what = f"smaller than one {patch}-pixel patch" if small else f"over {MAX_PIXELS:,} pixels"
+                raise MmlensError(f"logit_lens_msea scale {value:g} makes the {w}x{h} image {what}; scales for "
+                                  f"these images run from {low:.3g} to {high:.3g}")
 
 
 def _resize(image: Image.Image, scale: float) -> Image.Image:

@@ -138,7 +138,7 @@ def mmel(model: Model, targets: Targets, weights: LayerWeights | str | Path | No
         weights = load_weights(model.name)
     spatial = spatial or (weights.spatial if weights else "relu")
     queries = queries or (weights.queries if weights else "all")
-    maps = tower_maps(model, targets, None if weights is None else weights.layers, spatial, queries)
+    maps = tower_maps(model, targets, None if weights is None else weights.layers, spatial, queries, method="mmel")
     if weights is None:
         if not maps.reached:
             raise MmlensError("mmel: the answer does not depend on any tower layer's attention")
@@ -192,7 +192,7 @@ def fit_layer_weights(model: Model, prompts: Sequence[str], images: Sequence[Any
         stop = start + batch_size
         batch = model.prepare(list(prompts[start:stop]), [[image] for image in images[start:stop]])
         targets = build_targets(model, batch, answer=list(answers[start:stop]))
-        maps = tower_maps(model, targets, chosen, spatial, queries)
+        maps = tower_maps(model, targets, chosen, spatial, queries, method="mmel")
         if chosen is None:
             chosen = maps.reached or sorted(maps.grids)
         shapes = patch_shapes(maps.views)

@@ -31,9 +31,9 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from mmlens.attribution.base import Attribution, causal_cut, empty_scores
+from mmlens.attribution.base import Attribution, causal_cut, empty_scores, require_images
 from mmlens.budget import MemoryBudget, plan_passes
-from mmlens.errors import MmlensError
+from mmlens.errors import MmlensError, check_count
 from mmlens.layout import TokenLayout
 from mmlens.model import Model
 from mmlens.models import runtime
@@ -56,10 +56,10 @@ def occlusion(model: Model, targets: Targets, window: int = 1, memory_budget: Me
     drops rank by rounding (Spearman 0.30 against fp32, docs/results.md).
     ``"model"`` computes in the model's own dtype.
     """
-    if window < 1:
-        raise MmlensError(f"occlusion window must be at least 1 patch, got {window}")
+    window = check_count(window, "the occlusion window (in patches)")
     if precision not in ("auto", "model"):
         raise MmlensError(f"occlusion precision is 'auto' or 'model', got {precision!r}")
+    require_images(model, targets.batch, "occlusion")
     _check_budget(model, targets, memory_budget, "occlusion")  # before any work
     # Recorded up to the language model's call: the vision tower runs, the decoder runs only below.
     call = record_decoder_call(model, targets.batch, run_decoder=False)
@@ -94,6 +94,11 @@ def rise(model: Model, targets: Targets, masks: int = 256, grid: int = 4, keep: 
     ``memory_budget`` (see :mod:`mmlens.budget`) sizes how many masked variants
     go through the decoder per pass; results do not depend on it.
     """
+    masks = check_count(masks, "RISE masks")
+    grid = check_count(grid, "the RISE grid (cells per side)")
+    if not 0 < keep <= 1:
+        raise MmlensError(f"RISE keep is the share of cells kept, in (0, 1]; got {keep}")
+    require_images(model, targets.batch, "rise")
     _check_budget(model, targets, memory_budget, "RISE")  # before any work
     # Recorded up to the language model's call: the vision tower runs, the decoder runs only below.
     call = record_decoder_call(model, targets.batch, run_decoder=False)

@@ -15,10 +15,11 @@ Example:
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
-from mmlens.attribution.base import Attribution, causal_cut
-from mmlens.errors import MmlensError
+from mmlens.attribution.base import Attribution, causal_cut, layer_indices
 from mmlens.hooks import capture
 from mmlens.model import Model
 from mmlens.models.runtime import last_logits_only
@@ -27,7 +28,7 @@ from mmlens.readout import Targets
 _CHUNK_ROWS = 512  # rows of a head-mean map turned fp64 at a time while the answer rows propagate
 
 
-def rollout(model: Model, targets: Targets, layers: slice | None = None) -> Attribution:
+def rollout(model: Model, targets: Targets, layers: int | slice | Sequence[int] | None = None) -> Attribution:
     """Rolled-out attention from each answer position to every token.
 
     The answer rows of ``A_hat_L ... A_hat_1`` are propagated from the last
@@ -36,9 +37,7 @@ def rollout(model: Model, targets: Targets, layers: slice | None = None) -> Attr
     fp32; the identity and the row normalisation are applied to the row
     vector, so no ``(seq, seq)`` matrix other than the captured ones exists.
     """
-    indices = list(range(model.n_layers)[layers or slice(None)])
-    if not indices:
-        raise MmlensError("rollout needs at least one layer")
+    indices = sorted(set(layer_indices(model, layers, "rollout")))  # rolled out bottom to top
     last, earlier = f"lm.L{indices[-1]}.attn_probs", [f"lm.L{i}.attn_probs" for i in indices[:-1]]
     rows = [int(p) for p in targets.positions]
     with torch.no_grad(), capture(model, last, query=rows, mean_heads=True) as final, \

@@ -32,6 +32,7 @@ import torch
 
 from mmlens.budget import MemoryBudget, plan_passes
 from mmlens.causal.replay import record_layers
+from mmlens.errors import MmlensError, check_count
 from mmlens.hooks import BlockKeys, intervene
 from mmlens.model import Batch, Model
 from mmlens.readout import answer_token_ids, token_probabilities
@@ -70,9 +71,12 @@ def knockout_runs(
         >>> knockout_runs(model, batch, {"image": batch.layout.mask(Modality.IMAGE)}, window=2).window_starts
         [0]
     """
+    window = check_count(window, "the knockout window (layers blocked at once)")  # 0 would block nothing
+    names = list(groups)
+    if not names:
+        raise MmlensError("knockout needs at least one key group, e.g. {'image': batch.layout.mask(Modality.IMAGE)}")
     n = model.n_layers
     starts = list(range(0, max(1, n - window + 1)))
-    names = list(groups)
     rows, seq = batch.input_ids.shape
     # Before any work: one condition of the answer position against every recorded key.
     plan_passes(model, 1, 1, memory_budget, rows=rows, keys=seq, what="attention knockout")

@@ -42,7 +42,7 @@ from mmlens.causal.groups import token_groups
 from mmlens.causal.replay import LayerReplay, record_layers
 from mmlens.causal.trace_result import CausalTrace
 from mmlens.data.shapes_questions import object_region, object_words
-from mmlens.errors import MmlensError, check_choices
+from mmlens.errors import MmlensError, check_choices, check_count
 from mmlens.hooks import Edit, capture, intervene
 from mmlens.layout import Modality
 from mmlens.model import Batch, Model
@@ -85,7 +85,10 @@ def trace(
         >>> sorted(result.recovery)
         ['resid']
     """
+    window = check_count(window, "the tracing window (layers restored at once)")  # 0 would restore nothing
     batch, groups = _batch_and_groups(model, inputs, groups, seed)
+    if not groups:
+        raise MmlensError("tracing needs at least one token group to restore (see mmlens.causal.token_groups)")
     check_choices(components, COMPONENTS, "component")
     start = time.perf_counter()
     names = list(groups)

@@ -40,7 +40,8 @@ from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence, Union
+from functools import partial
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, Union
 
 import torch
 
@@ -79,6 +80,14 @@ class OnlyAt:
 
     positions: torch.Tensor
 
+    def __post_init__(self) -> None:
+        positions = self.positions
+        if not isinstance(positions, torch.Tensor):
+            positions = torch.as_tensor(positions if isinstance(positions, (list, tuple)) else [positions])
+        if positions.ndim != 1 or not positions.numel() or positions.is_floating_point():
+            raise MmlensError(f"OnlyAt takes positions as an int or a non-empty list of ints, got {self.positions!r:.60}")
+        object.__setattr__(self, "positions", positions)
+
 
 class Captured:
     """Values (and gradients) seen at sites, one entry per forward call.
@@ -98,6 +107,10 @@ class Captured:
 
     def keys(self) -> list[str]:
         return list(self._values)
+
+    def items(self) -> list[tuple[str, torch.Tensor]]:
+        """``(site, value)`` pairs, as ``captured[site]`` reads each one."""
+        return [(site, self[site]) for site in self._values]
 
     def steps(self, site: str) -> list[torch.Tensor]:
         """The value at ``site`` for each forward call, in order."""
@@ -121,12 +134,16 @@ class Captured:
         return grads[call]
 
     # called by the hooks
-    def _store(self, site: str, value: torch.Tensor, keep_grad: bool) -> None:
+    def _store(self, site: str, value: torch.Tensor, keep_grad: bool,
+               select: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """Keep ``select(value)`` (the whole value without ``select``) and, with ``keep_grad``, the same part of its
+        gradient: the hook sits on ``value`` itself, the tensor in the graph."""
+        select = select or (lambda tensor: tensor)
         calls = self._values.setdefault(site, [])
         call = len(calls)
-        calls.append(value.detach())
+        calls.append(select(value.detach()))
         if keep_grad:
-            value.register_hook(lambda grad: self._grads.setdefault(site, {}).__setitem__(call, grad.detach()))
+            value.register_hook(lambda grad: self._grads.setdefault(site, {}).__setitem__(call, select(grad.detach())))
 
 
 @contextmanager
@@ -140,7 +157,9 @@ def capture(model: "Model", sites: str | Sequence[str], *, grads: bool = False,
     full attention maps of a real model take gigabytes, and no layer computes
     more than is asked. ``mean_heads=True`` averages over heads as the rows are
     computed (the head axis goes). With ``grads=True`` an ``attn_probs`` layer
-    runs eagerly, its probabilities in the graph. ``neuron_value="gate"`` reads gated neurons (see
+    runs eagerly, its probabilities in the graph, and ``query`` picks the rows
+    of both the value and its gradient (the head mean is not in the graph:
+    ``mean_heads`` with ``grads`` is refused). ``neuron_value="gate"`` reads gated neurons (see
     :func:`mmlens.hooks.sites.resolve`).
 
     With ``grads=True`` each captured value also records its gradient when
@@ -153,12 +172,21 @@ def capture(model: "Model", sites: str | Sequence[str], *, grads: bool = False,
         >>> captured.grad("lm.L0.resid").shape == captured["lm.L0.resid"].shape
         True
     """
+    _check_query(query)
     resolved = [resolve(model, name, neuron_value) for name in expand(model, sites)]
     captured = Captured()
     with ExitStack() as stack:
         for site in resolved:
-            if site.reads == "probs":
-                request = runtime.RowRequest(query, mean_heads, on_path=grads)
+            if site.reads == "probs" and grads:  # the whole probabilities are in the graph: record the asked rows
+                if mean_heads:
+                    raise MmlensError("grads=True with mean_heads=True: the head mean is not in the graph, the heads "
+                                      "are; capture the heads and average the values and gradients yourself")
+                request = runtime.RowRequest(query, on_path=True)
+                stack.enter_context(runtime.attention_rows(model.hf, site.module, request))
+                stack.enter_context(attach(site, _recorder(captured, site, grads, partial(runtime.rows_of,
+                                                                                          request=request))))
+            elif site.reads == "probs":
+                request = runtime.RowRequest(query, mean_heads)
                 stack.enter_context(attention_reader(model, site, _recorder(captured, site, grads), request))
             else:
                 stack.enter_context(attach(site, _recorder(captured, site, grads)))
@@ -181,6 +209,12 @@ def intervene(model: "Model", edits: Mapping[str, Union[Edit, BlockKeys, OnlyAt]
         >>> with intervene(model, {"lm.L*.mlp": lambda x: x * 0}):
         ...     out = model.forward(batch)
     """
+    if not isinstance(edits, Mapping):
+        raise MmlensError(f"intervene takes a mapping {{site: edit}}, got {type(edits).__name__}")
+    for pattern, edit in edits.items():
+        if not (callable(edit) or isinstance(edit, (BlockKeys, OnlyAt))):
+            raise MmlensError(f"the edit at {pattern!r} must be a function of the value (or BlockKeys, OnlyAt), "
+                              f"got {type(edit).__name__}")
     with ExitStack() as stack:
         for pattern, edit in edits.items():
             for name in expand(model, pattern):
@@ -200,7 +234,29 @@ def _apply(model: "Model", site: Site, edit: Any):
         return _only_at(site.module, edit.positions)
     if site.needs_eager:
         raise MmlensError(f"{site.name}: attention probabilities are edited with BlockKeys, or captured")
-    return attach(site, edit)
+    return attach(site, _same_shape(site.name, edit))
+
+
+def _same_shape(name: str, edit: Edit) -> Edit:
+    """``edit``, refusing a replacement of another shape in one line (the model would fail deep inside)."""
+    def checked(value: torch.Tensor) -> torch.Tensor | None:
+        new = edit(value)
+        if new is not None and (not isinstance(new, torch.Tensor) or new.shape != value.shape):
+            got = tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__
+            raise MmlensError(f"the edit at {name} returned {got} for a value of shape {tuple(value.shape)}; "
+                              f"return a tensor of the same shape, or None after editing in place")
+        return new
+
+    return checked
+
+
+def _check_query(query: Any) -> None:
+    """``capture``'s ``query``: None, an int, or a non-empty list or 1-D tensor of ints."""
+    rows = query.flatten().tolist() if isinstance(query, torch.Tensor) and not query.is_floating_point() else query
+    if query is None or isinstance(rows, int) or (isinstance(rows, (list, tuple)) and rows
+                                                  and all(isinstance(r, int) for r in rows)):
+        return
+    raise MmlensError(f"query is an attention row (an int such as -1) or a non-empty list of them, got {query!r:.60}")
 
 
 @contextmanager
@@ -208,7 +264,9 @@ def _only_at(mlp: torch.nn.Module, positions: torch.Tensor) -> Iterator[None]:
     seen: dict[str, int] = {}
 
     def keep_positions(args: tuple, kwargs: dict) -> tuple:
-        seen["length"] = args[0].shape[1]
+        seen["length"] = length = args[0].shape[1]
+        if positions.device.type == "cpu" and not ((positions >= -length) & (positions < length)).all():
+            raise MmlensError(f"OnlyAt positions {positions.tolist()} are out of range for {length} tokens")
         return (args[0][:, positions.to(args[0].device)], *args[1:]), kwargs
 
     def spread(output: Any) -> Any:
@@ -255,7 +313,8 @@ def attention_reader(model: "Model", site: Site, read: Edit, request: "runtime.R
         yield
 
 
-def _recorder(captured: Captured, site: Site, grads: bool) -> Edit:
+def _recorder(captured: Captured, site: Site, grads: bool,
+              select: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Edit:
     def record(value: torch.Tensor) -> torch.Tensor | None:
         replacement = None
         if grads:
@@ -263,7 +322,7 @@ def _recorder(captured: Captured, site: Site, grads: bool) -> Edit:
                 raise MmlensError("gradients were asked for, but autograd is off (torch.no_grad)")
             if not value.requires_grad:
                 replacement = value = value.detach().requires_grad_(True)
-        captured._store(site.name, value, grads)
+        captured._store(site.name, value, grads, select)
         return replacement
 
     return record

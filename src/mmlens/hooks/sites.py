@@ -68,7 +68,8 @@ def site_names(model: "Model", heads: bool = False) -> list[str]:
              for part in _LAYER_PARTS + (_head_parts(model, "lm", i) if heads else ())]
     names.append("lm.embed")
     if model.adapter.multimodal:
-        vision_parts = tuple(p for p in _LAYER_PARTS if p != "neurons" or model.adapter.vision_neurons)
+        vision_parts = tuple(p for p in _LAYER_PARTS if (p != "neurons" or model.adapter.vision_neurons)
+                             and (p != "attn_probs" or model.adapter.vision_probs))
         names += [f"vision.L{i}.{part}" for i in range(model.n_vision_layers)
                   for part in vision_parts + (_head_parts(model, "vision", i) if heads else ())]
         if model.adapter.projector:
@@ -80,7 +81,11 @@ def site_names(model: "Model", heads: bool = False) -> list[str]:
 
 def expand(model: "Model", patterns: str | Sequence[str]) -> list[str]:
     """Site names matching glob ``patterns`` (``"lm.L*.resid"``), in model order."""
-    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+    given = patterns
+    patterns = [patterns] if isinstance(patterns, str) else list(patterns) if isinstance(patterns, Sequence) else None
+    if patterns is None or not all(isinstance(p, str) for p in patterns):  # an empty list reads nothing
+        raise MmlensError(f"sites are a name or a list of names such as 'lm.L0.resid' (globs allowed); "
+                          f"got {given!r:.60}")
     if not any(set(p) & set("*?[") for p in patterns):  # exact names: no need to list every site
         for name in patterns:
             resolve(model, name)
@@ -112,6 +117,9 @@ def resolve(model: "Model", name: str, neuron_value: str = "input") -> Site:
         return Site(name, model.module(adapter.projector), "output", adapter.projector_output)
     if name == "projector.neurons" and adapter.projector and adapter.projector_neurons:
         return Site(name, model.module(adapter.projector).get_submodule(adapter.projector_neurons), "input")
+    if name == "projector.neurons" and adapter.projector:
+        raise MmlensError(f"{adapter.family}: the projector is one linear layer, so it has no neuron site "
+                          f"(read its output at 'projector')")
     if name == "lm.embed":
         return Site(name, model.decoder_layers[0], "input")
     head = _HEAD_SITE.match(name)
@@ -128,6 +136,10 @@ def resolve(model: "Model", name: str, neuron_value: str = "input") -> Site:
         return Site(name, layout.out_proj, "input", columns=layout.columns(index))
     match = _LAYER_SITE.match(name)
     if not match:
+        grid_name = re.match(r"^(?:(lm|vision)\.)?L(\d+)\.H(\d+)$", name)  # how head grids write a head
+        if grid_name:
+            tower, layer, index = grid_name.groups()
+            raise MmlensError(f"unknown site {name!r}; a head's site is {tower or 'lm'}.L{layer}.head{index}")
         raise MmlensError(f"unknown site {name!r}; sites look like lm.L0.resid (see `mmlens info`)")
     tower, index, part = match.group(1), int(match.group(2)), match.group(3)
     layers = model.decoder_layers if tower == "lm" else model.vision_layers
@@ -139,6 +151,9 @@ def resolve(model: "Model", name: str, neuron_value: str = "input") -> Site:
         return Site(name, layer, "output")
     if part == "attn":
         return Site(name, layer.get_submodule(attn), "output")
+    if part == "attn_probs" and tower == "vision" and not adapter.vision_probs:
+        raise MmlensError(f"{adapter.family}: the vision tower's attention never forms probabilities, so "
+                          f"{name!r} is not a site of this family (its resid, attn, mlp and neurons are)")
     if part == "attn_probs":
         return Site(name, layer.get_submodule(attn), "probs")
     if part == "mlp":

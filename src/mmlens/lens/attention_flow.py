@@ -33,6 +33,7 @@ import torch
 
 from mmlens.budget import MemoryBudget
 from mmlens.causal.knockout import knockout_runs
+from mmlens.errors import check_position
 from mmlens.hooks import BlockKeys, capture, intervene
 from mmlens.layout import Modality
 from mmlens.model import Batch, Model
@@ -100,7 +101,7 @@ def attention_flow(model: Model, batch: Batch, position: int = -1) -> AttentionF
         3
     """
     seq = batch.input_ids.shape[1]
-    index = position % seq
+    index = check_position(position, seq)
     modality = batch.layout.modality.to(model.device)
     onehot = torch.stack([modality == int(Modality.IMAGE), modality == int(Modality.TEXT),
                           modality == int(Modality.SPECIAL)], -1).float()  # (batch, seq, 3)

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from mmlens.hooks import capture
+from mmlens.errors import check_position
 from mmlens.layout import TokenLayout
 from mmlens.model import Batch, Model
 from mmlens.readout import answer_token_ids, logits_at, unembed_blocks
@@ -150,7 +151,7 @@ def logit_lens(
         True
     """
     seq = batch.input_ids.shape[1]
-    index = position % seq
+    index = check_position(position, seq)
     sites = ["lm.embed"] + [f"lm.L{i}.resid" for i in range(model.n_layers)]
     with torch.no_grad(), capture(model, sites) as captured:
         answer_ids = answer_token_ids(model, answer, logits_at(model, batch, [index])[:, 0], batch.input_ids.shape[0])

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 from scipy.stats import rankdata
 
+from mmlens.errors import MmlensError, check_enum
 from mmlens.layout import Modality
 
 if TYPE_CHECKING:  # metrics read the result type only; they never import a method
@@ -41,7 +42,7 @@ def rank_agreement(a: np.ndarray, b: np.ndarray) -> float:
     """
     x, y = _as_vector(a), _as_vector(b)
     if x.shape != y.shape:
-        raise ValueError(f"scores of shapes {x.shape} and {y.shape} do not pair up")
+        raise MmlensError(f"scores of shapes {x.shape} and {y.shape} do not pair up")
     keep = ~(np.isnan(x) | np.isnan(y))
     x, y = x[keep], y[keep]
     if x.size < 2 or np.all(x == x[0]) or np.all(y == y[0]):
@@ -70,7 +71,7 @@ def agreement_matrix(
     """
     names = list(explanation.methods if methods is None else methods)
     keep = compared_positions(explanation, target, positions)
-    vectors = [explanation.scores[name][target].detach().float().cpu().numpy()[keep] for name in names]
+    vectors = [explanation.scores_of(name, target).detach().float().cpu().numpy()[keep] for name in names]
     matrix = np.full((len(names), len(names)), np.nan)
     for i in range(len(names)):
         for j in range(i, len(names)):
@@ -91,7 +92,7 @@ def compared_positions(
         return np.asarray(list(positions), dtype=np.int64)
     layout = explanation.layout
     visible = np.arange(layout.seq_len) <= explanation.positions[target]  # a target sees only its past
-    kind = PositionSet(positions)
+    kind = check_enum(positions, PositionSet, "position set")
     if kind is PositionSet.IMAGE:
         keep = layout.mask(Modality.IMAGE)[0].numpy()
     elif kind is PositionSet.TEXT:

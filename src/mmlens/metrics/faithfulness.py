@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from mmlens.budget import MemoryBudget
-from mmlens.errors import MmlensError
+from mmlens.errors import MmlensError, check_count, check_enum
 from mmlens.layout import TokenLayout
 from mmlens.model import Model
 from mmlens.models.decoder import DecoderCall, record_decoder_call
@@ -93,8 +93,8 @@ def deletion_insertion(
         >>> curves.deletion_auc < curves.insertion_auc  # doctest: +SKIP
         True
     """
-    if steps < 1:
-        raise ValueError("steps must be at least 1")
+    steps = check_count(steps, "steps")
+    baseline = check_enum(baseline, Baseline, "baseline")
     order = removal_order(targets.batch.layout, row, scores)
     if not order:
         raise MmlensError(f"row {row} has no image tokens to remove")
@@ -110,7 +110,7 @@ def deletion_insertion(
         deletion=probs[: len(counts)],
         insertion=probs[len(counts) :],
         order=order,
-        baseline=Baseline(baseline).value,
+        baseline=baseline.value,
         row=row,
         target=target,
     )
@@ -141,8 +141,8 @@ def deletion_insertion_batch(
     if scores.ndim == 3:
         scores = scores[:, target]
     if scores.ndim != 2 or scores.shape[0] != targets.batch.input_ids.shape[0]:
-        raise ValueError(f"scores must be (batch, seq) or (batch, targets, seq), got {tuple(scores.shape)}")
-    call = None if Baseline(baseline).pixel else record_decoder_call(model, targets.batch)
+        raise MmlensError(f"scores must be (batch, seq) or (batch, targets, seq), got {tuple(scores.shape)}")
+    call = None if check_enum(baseline, Baseline, "baseline").pixel else record_decoder_call(model, targets.batch)
     return [
         deletion_insertion(model, targets, scores[row], target, row, steps, baseline, memory_budget, blur_radius, call)
         for row in range(scores.shape[0])
@@ -161,7 +161,8 @@ def removal_order(layout: TokenLayout, row: int, scores: torch.Tensor | np.ndarr
         scores = scores.detach().cpu()
     scores = torch.as_tensor(np.asarray(scores, dtype=np.float64)).flatten()
     if scores.numel() != layout.seq_len:
-        raise ValueError(f"{scores.numel()} scores for a sequence of {layout.seq_len}")
+        raise MmlensError(f"{scores.numel()} scores for a sequence of {layout.seq_len}: give one score per "
+                          "position of the teacher-forced sequence")
     positions = layout.image_positions(row)
     values = scores[positions].nan_to_num(nan=-np.inf)  # NaN: no evidence, removed last
     ranked = torch.argsort(-values, stable=True)

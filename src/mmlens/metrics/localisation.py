@@ -12,6 +12,7 @@ Conventions (all functions here):
   allowed: a pixel belongs to a box when its centre ``(x + 0.5, y + 0.5)``
   lies inside it.
 - Instead of boxes, ``mask=`` takes a boolean ``(height, width)`` region.
+- One box alone (a :class:`~mmlens.box.Box` or four numbers) counts as a list of one.
 
 Example:
     >>> import numpy as np
@@ -30,6 +31,7 @@ import numpy as np
 from scipy.ndimage import maximum_filter
 
 from mmlens.box import Box
+from mmlens.errors import MmlensError
 
 POINTING_TOLERANCE = 15  # pixels, as in Zhang et al. (2016)
 
@@ -102,29 +104,46 @@ def region_mask(
                [0, 0, 0, 0, 0, 0]])
     """
     if (boxes is None) == (mask is None):
-        raise ValueError("give exactly one of boxes and mask")
+        raise MmlensError("give exactly one of boxes and mask")
     if tolerance < 0:
-        raise ValueError("tolerance must be non-negative")
+        raise MmlensError(f"tolerance must be non-negative, got {tolerance}")
     tolerance = int(np.floor(tolerance))  # whole pixels keep growth symmetric and equal for boxes and masks
     if mask is not None:
         region = np.asarray(mask, dtype=bool)
         if region.shape != tuple(shape):
-            raise ValueError(f"mask of shape {region.shape} for a heatmap of shape {tuple(shape)}")
+            raise MmlensError(f"mask of shape {region.shape} for a heatmap of shape {tuple(shape)}")
         if not tolerance:
             return region.copy()
         return maximum_filter(region, size=2 * tolerance + 1, mode="constant", cval=False)
     region = np.zeros(shape, dtype=bool)
-    for box in boxes:
-        corners = Box(*(float(v) for v in box))
-        if corners.x1 < corners.x0 or corners.y1 < corners.y0:
-            raise ValueError(f"box {tuple(box)} is not (x0, y0, x1, y1) with x0 <= x1 and y0 <= y1")
+    for box in _box_list(boxes):
+        corners = Box.of([float(v) for v in box])  # one line for three numbers or an inverted box
         region |= corners.mask(tuple(shape), grow=tolerance)
     return region
+
+
+def _box_list(boxes: Box | Sequence) -> list:
+    """``boxes`` as a list: one box alone (a Box or four numbers) is a list of one; anything else one line.
+
+    Example:
+        >>> _box_list(Box(0, 0, 4, 4)), _box_list([(0, 0, 4, 4)])
+        ([Box(x0=0, y0=0, x1=4, y1=4)], [(0, 0, 4, 4)])
+    """
+    if isinstance(boxes, Box) or (isinstance(boxes, (list, tuple, np.ndarray)) and len(boxes) == 4
+                                  and all(np.isscalar(v) for v in boxes)):
+        return [boxes]
+    try:
+        listed = list(boxes)
+    except TypeError:
+        listed = None
+    if listed is None or not all(isinstance(b, (list, tuple, np.ndarray)) for b in listed):
+        raise MmlensError(f"boxes are a list of Box (x0, y0, x1, y1), or one Box; got {boxes!r}")
+    return listed
 
 
 def _as_heatmap(heatmap: np.ndarray) -> np.ndarray:
     values = heatmap.detach().float().cpu().numpy() if hasattr(heatmap, "detach") else np.asarray(heatmap)
     values = values.astype(np.float64)
     if values.ndim != 2:
-        raise ValueError(f"a heatmap is (height, width), got shape {values.shape}")
+        raise MmlensError(f"a heatmap is (height, width), got shape {values.shape}")
     return values

@@ -49,6 +49,7 @@ class Adapter:
     vision_attn_out: str | None = "out_proj"  # relative to ``vision_attn``; None where heads are fused
     vision_mlp: str = "mlp"
     vision_neurons: str | None = "mlp.fc2"  # relative to a vision layer; its input is the MLP activation
+    vision_probs: bool = True  # False where the tower's attention never forms probabilities (packed varlen kernels)
     projector: str | None = None
     projector_output: str = "last_hidden_state"  # which field, when the projector returns a ModelOutput
     projector_neurons: str | None = None  # relative to the projector; its input is the hidden activation

@@ -39,7 +39,8 @@ def load(
         >>> model.adapter.family
         'llava'
     """
-    name = name_or_path or zoo.DEFAULT_MODEL
+    name = _model_name(name_or_path)
+    dtype = _torch_dtype(dtype)
     with _quiet_transformers():  # no "Loading weights" bar: the command line shows its own status
         if name in zoo.names():
             kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
@@ -47,9 +48,13 @@ def load(
         else:
             hf, processor = _from_pretrained(name, attn_implementation, trust_remote_code)
     if dtype is not None:
-        hf = hf.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+        hf = hf.to(dtype)
     if device is not None:
-        hf = hf.to(device)
+        try:
+            hf = hf.to(device)
+        except (AssertionError, RuntimeError, ValueError) as error:  # torch built without CUDA, no such device
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise MmlensError(f"cannot put the model on device {str(device)!r}: {first}") from None
     return wrap(hf, processor, name=name)
 
 
@@ -66,6 +71,7 @@ def wrap(hf: torch.nn.Module, processor: Any, name: str | None = None) -> Model:
         >>> wrap(hf, tokenizer).adapter.family
         'gpt2'
     """
+    _check_hf_model(hf, processor)
     adapter = adapter_for_model_type(_model_type(hf))
     if processor is None or not callable(processor):
         kind = "AutoProcessor" if adapter.multimodal else "AutoTokenizer"
@@ -77,6 +83,44 @@ def wrap(hf: torch.nn.Module, processor: Any, name: str | None = None) -> Model:
                           f"tokenizer), got {type(processor).__name__}")
     hf.eval()
     return Model(hf, processor, adapter, name or getattr(hf.config, "_name_or_path", "") or type(hf).__name__)
+
+
+#: dtype names ``load`` accepts, and the dtypes they name.
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+          "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _model_name(name_or_path: Any) -> str:
+    """The zoo name, folder or hub id to load; a path object becomes its string."""
+    if name_or_path is None or name_or_path == "":
+        return zoo.DEFAULT_MODEL
+    if isinstance(name_or_path, os.PathLike):
+        return os.fspath(name_or_path)
+    if not isinstance(name_or_path, str):
+        raise MmlensError(f"load takes a model name (a zoo name such as {zoo.DEFAULT_MODEL!r}, a local folder or a "
+                          f"hub id like org/name), got {name_or_path!r}")
+    return name_or_path
+
+
+def _torch_dtype(dtype: Any) -> torch.dtype | None:
+    """``dtype`` as a floating-point torch dtype (a name or a dtype), else one line naming the choices."""
+    if dtype is None:
+        return None
+    chosen = DTYPES.get(dtype.removeprefix("torch.")) if isinstance(dtype, str) else dtype
+    if not isinstance(chosen, torch.dtype) or not chosen.is_floating_point:
+        raise MmlensError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)} (or a floating torch dtype)")
+    return chosen
+
+
+def _check_hf_model(hf: Any, processor: Any) -> None:
+    """Refuse what is not a loaded Hugging Face model: a name (use load) or the arguments swapped."""
+    if isinstance(hf, (str, os.PathLike)):
+        raise MmlensError(f"wrap takes a loaded Hugging Face model, got the name {os.fspath(hf)!r}: "
+                          f"mmlens.load({os.fspath(hf)!r}) loads by name")
+    if not isinstance(hf, torch.nn.Module) or not hasattr(hf, "config"):
+        swapped = " (the arguments look swapped)" if isinstance(processor, torch.nn.Module) else ""
+        raise MmlensError(f"wrap takes (hf_model, processor): the first is a Hugging Face model, got "
+                          f"{type(hf).__name__}{swapped}")
 
 
 @contextmanager

@@ -120,6 +120,7 @@ _COMMON: dict[str, Any] = dict(
     vision_attn="attn",
     vision_attn_out="proj",
     vision_mlp="mlp",
+    vision_probs=False,  # the tower's attention returns its output only, even in eager mode
     # The merger's own output is in attention-window order (Qwen2.5-VL); the tower's
     # pooler_output is the merged features in the order the decoder sees them.
     projector="model.visual|visual",

@@ -30,12 +30,13 @@ import torch
 
 from mmlens.errors import MmlensError, check_choice
 from mmlens.hooks import intervene
-from mmlens.neurons.sites import layer_of, neuron_width, tower_of
+from mmlens.neurons.sites import TOWERS, layer_of, neuron_width, tower_of
 
 if TYPE_CHECKING:
     from mmlens.model import Model
 
 MODES = ("zero", "min")
+MODALITY_LABELS = ["image", "text", "special"]  # labels of modality-specific sets: valid even with no neurons
 FORMAT = "mmlens.NeuronSet"  # the header's "format"
 
 
@@ -81,13 +82,32 @@ class NeuronSet:
     def where(self, label: str | None = None, site: str | None = None, tower: str | None = None) -> "NeuronSet":
         """The entries with this label, site and/or tower (``lm``, ``vision``, ``projector``).
 
+        ``label`` must be one of :attr:`known_labels` (a typo such as
+        ``"images"`` is refused, not answered with an empty set); a known label
+        without neurons gives an empty set.
+
         Example:
             >>> chosen.where(label="image").sites
             ['lm.L0.neurons']
         """
+        if label is not None:
+            check_choice(label, self.known_labels, "label")
+        if tower is not None:
+            check_choice(tower, TOWERS, "tower")
         keep = [k for k in range(len(self)) if (label is None or self.labels[k] == label)
                 and (site is None or self.sites[k] == site) and (tower is None or tower_of(self.sites[k]) == tower)]
         return self._take(keep)
+
+    @property
+    def known_labels(self) -> list[str]:
+        """Labels this set can hold: its own, the modalities and the domains its metadata names (they may be empty).
+
+        Example:
+            >>> chosen.known_labels
+            ['image', 'text', 'special']
+        """
+        declared = list(self.metadata.get("domains") or []) + list(self.metadata.get("samples") or {})
+        return list(dict.fromkeys(self.label_names + MODALITY_LABELS + [str(d) for d in declared]))
 
     def by_site(self) -> dict[str, torch.Tensor]:
         """``{site: sorted distinct neuron indices}``, labels merged."""

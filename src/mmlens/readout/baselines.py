@@ -29,7 +29,7 @@ import torch
 from PIL import Image, ImageFilter
 
 from mmlens.box import Box
-from mmlens.errors import MmlensError
+from mmlens.errors import MmlensError, check_enum
 from mmlens.layout import TokenLayout
 
 
@@ -71,7 +71,7 @@ def embedding_baseline(layout: TokenLayout, row: int, embeds: torch.Tensor, base
         >>> embedding_baseline(layout, 0, torch.ones(1, 3, 4), "zeros")[0, :, 0].tolist()
         [1.0, 0.0, 0.0]
     """
-    baseline = Baseline(baseline)
+    baseline = check_enum(baseline, Baseline, "baseline")
     if baseline is Baseline.MEAN:
         return image_baseline(layout, row, embeds)
     if baseline.pixel:
@@ -100,7 +100,7 @@ def hidden_images(
         >>> hidden_images(batch.images[0], batch.layout, 0, [1, 2], "mean_colour")[0].size  # doctest: +SKIP
         (64, 64)
     """
-    baseline = Baseline(baseline)
+    baseline = check_enum(baseline, Baseline, "baseline")
     boxes = layout.token_boxes(row)
     out = []
     for i, image in enumerate(images):

@@ -19,7 +19,7 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from mmlens.errors import MmlensError
+from mmlens.errors import MmlensError, check_position
 from mmlens.model import Batch, Model
 from mmlens.models import runtime
 from mmlens.readout.vocabulary import token_ids
@@ -67,7 +67,7 @@ def logits_at(model: Model, batch: Batch, positions: Sequence[int] | torch.Tenso
         torch.Size([1, 1])
     """
     seq = batch.input_ids.shape[1]
-    wanted = torch.as_tensor(positions, dtype=torch.long).flatten() % seq
+    wanted = torch.tensor([check_position(int(p), seq) for p in torch.as_tensor(positions).flatten()])
     keep = runtime.last_logits_only(model.hf, seq - int(wanted.min()))
     logits = model.forward(batch, use_cache=False, **keep, **kwargs).logits
     return logits[:, (wanted - (seq - logits.shape[1])).to(logits.device)]  # shifted where fewer came back

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from mmlens.budget import MemoryBudget, Passes, plan_passes
-from mmlens.errors import MmlensError
+from mmlens.errors import MmlensError, check_enum
 from mmlens.model import Model
 from mmlens.models.decoder import DecoderCall, record_decoder_call
 from mmlens.readout.baselines import Baseline, embedding_baseline, hidden_images
@@ -56,7 +56,7 @@ def answer_probabilities(
         >>> answer_probabilities(model, targets, hide, baseline="zeros").shape  # doctest: +SKIP
         torch.Size([2])
     """
-    baseline = Baseline(baseline)
+    baseline = check_enum(baseline, Baseline, "baseline")
     _check(targets, hide, row, target)
     passes = plan_passes(model, hide.shape[0], targets.batch.input_ids.shape[1], memory_budget,
                          what="answer probabilities")  # before any work

@@ -129,6 +129,7 @@ def build_targets(
         elif foil_tokens.shape != tokens.shape or not torch.equal(foil_real, real):
             raise MmlensError("a foil must be one token, or as many tokens as the answer")
         foils = foil_tokens
+        _check_contrast(model, tokens, real, foils, rows)
     if tokens.shape[1] == 0:
         raise MmlensError("nothing to explain: the answer is empty")
     # Answer token j is fed as input only where token j + 1 exists to be predicted.
@@ -144,6 +145,17 @@ def same_targets(model: Model, batch: Batch, targets: Targets) -> Targets:
     start = batch.input_ids.shape[1] - 1
     positions = torch.arange(start, start + tokens.shape[1])
     return Targets(forced, positions, tokens, real.bool(), targets.texts, targets.foils, targets.score)
+
+
+def _check_contrast(model: Model, tokens: torch.Tensor, real: torch.Tensor, foils: torch.Tensor, rows: int) -> None:
+    """Refuse a foil that is the answer itself: answer minus foil would be zero at every token, every map blank."""
+    same = ((tokens == foils) | ~real.bool()).all(1) & real.bool().any(1)
+    if bool(same.any()):
+        row = int(same.nonzero()[0])
+        answer = model.tokenizer.decode([t for t, r in zip(tokens[row].tolist(), real[row].tolist()) if r])
+        where = f" (prompt {row})" if rows > 1 else ""
+        raise MmlensError(f"the foil{where} is the answer itself ({answer.strip()!r}): the contrast answer minus foil "
+                          "would be zero everywhere; choose a different foil")
 
 
 def _per_row(text: str | list[str], rows: int, what: str) -> list[str]:

@@ -35,6 +35,9 @@ COLUMNS: dict[str, str] = {
     "token_id": "int32",
     "token": "string",        # the token's text as the tokenizer spells it
 }
+#: Columns with a fixed set of values, and those values (a select on anything else is a typo).
+CATEGORIES: dict[str, tuple[str, ...]] = {"modality": ("text", "image", "special"),
+                                          "view_kind": ("image", "global", "tile", "")}
 
 
 def _arrow():

@@ -22,9 +22,9 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from mmlens.errors import MmlensError
+from mmlens.errors import MmlensError, check_choices
 from mmlens.store.files import TOKENS, numpy_dtype, read_manifest, site_file, to_torch
-from mmlens.store.shard import _arrow, damage, shard_path, verify
+from mmlens.store.shard import CATEGORIES, _arrow, damage, shard_path, verify
 
 Rows = Any  # array-like of token indices, a torch tensor, or a table/DataFrame with an ``index`` column
 
@@ -108,7 +108,9 @@ class Store:
         """The token rows whose columns match: a value (equal), a list or set (any of), or a function of the column.
 
         Returns the matching rows of :attr:`tokens` (with ``index``), which
-        :meth:`read` and :meth:`batches` accept as rows.
+        :meth:`read` and :meth:`batches` accept as rows. Values of the
+        categorical columns (:data:`~mmlens.store.shard.CATEGORIES`) must be
+        among their choices: ``modality="images"`` is refused, not an empty selection.
 
         Example:
             >>> rows = store.select(modality="image", patch_row=[0, 1], sample_id=lambda c: pc.starts_with(c, "shapes-"))  # doctest: +SKIP
@@ -122,6 +124,9 @@ class Store:
             if column not in table.column_names:
                 raise MmlensError(f"no token column {column!r}; columns: {', '.join(table.column_names)}")
             values = table.column(column)
+            if column in CATEGORIES and not callable(wanted):
+                listed = wanted if isinstance(wanted, (list, tuple, set, frozenset, np.ndarray)) else [wanted]
+                check_choices(listed, CATEGORIES[column], column)
             if callable(wanted):
                 mask = wanted(values)
             elif isinstance(wanted, (list, tuple, set, frozenset, np.ndarray)):

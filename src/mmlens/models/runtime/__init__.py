@@ -40,6 +40,7 @@ from mmlens.models.runtime.attention import (
     block_keys,
     blocked_keys,
     requested_rows,
+    rows_of,
     with_probabilities,
 )
 from mmlens.models.runtime.implementation import (
@@ -63,5 +64,5 @@ __all__ = [
     "ATTENTION", "HALF", "KeyValueRecorder", "LayerCall", "PrefixCache", "RowRequest", "additive_mask",
     "attention_implementation", "attention_inputs", "attention_probabilities", "attention_rows", "block_keys", "blocked_keys",
     "blocks_later_keys", "cache_keyword", "causal_mask", "compute_in_float32", "current_attention", "execution_device", "is_half",
-    "last_logits_only", "on_device_of", "replayable_kwargs", "requested_rows", "with_probabilities",
+    "last_logits_only", "on_device_of", "replayable_kwargs", "requested_rows", "rows_of", "with_probabilities",
 ]

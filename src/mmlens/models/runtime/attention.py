@@ -145,14 +145,33 @@ def requested_rows(module: torch.nn.Module, probs: torch.Tensor, request: RowReq
     """
     state = module.__dict__.get(_SLOT)
     given, given_mean = (state.given, state.given_mean) if state is not None else (None, False)
-    if request.rows is not None:
-        if given is None:
-            probs = probs[:, :, _normalise(_row_list(request.rows), probs.shape[-2])]
-        else:
-            where = {r: i for i, r in enumerate(given)}
-            probs = probs[:, :, [where[r] for r in _normalise(_row_list(request.rows), state.q_len)]]
+    index = None
+    if request.rows is not None and given is None:
+        index = _normalise(_row_list(request.rows), probs.shape[-2])
+    elif request.rows is not None:  # the module computed only the rows ``given``: find the asked ones among them
+        where = {r: i for i, r in enumerate(given)}
+        index = [where[r] for r in _normalise(_row_list(request.rows), state.q_len)]
+    return _pick(probs, index, request, heads_averaged=given_mean)
+
+
+def rows_of(probs: torch.Tensor, request: RowRequest) -> torch.Tensor:
+    """The rows ``request`` asks for out of whole ``(batch, heads, queries, keys)`` probabilities (or their gradient).
+
+    Example:
+        >>> rows_of(torch.rand(1, 2, 5, 5), RowRequest(rows=-1)).shape
+        torch.Size([1, 2, 5])
+    """
+    index = None if request.rows is None else _normalise(_row_list(request.rows), probs.shape[-2])
+    return _pick(probs, index, request)
+
+
+def _pick(probs: torch.Tensor, index: list[int] | None, request: RowRequest,
+          heads_averaged: bool = False) -> torch.Tensor:
+    """Rows ``index`` of ``probs``, heads averaged if asked; an int row drops the row axis."""
+    if index is not None:
+        probs = probs[:, :, index]
     if request.mean_heads:
-        probs = probs[:, 0] if given_mean else probs.mean(1)  # (batch, rows, keys)
+        probs = probs[:, 0] if heads_averaged else probs.mean(1)  # (batch, rows, keys)
         return probs[:, 0] if isinstance(request.rows, int) else probs
     return probs[:, :, 0] if isinstance(request.rows, int) else probs
 
