@@ -23,7 +23,10 @@ import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 from PIL import Image
+
+from mmlens.report.score_names import score_label, target_title
 
 if TYPE_CHECKING:  # report code only reads explanations; no model import at runtime
     from mmlens.attribution.explanation import Explanation
@@ -43,8 +46,12 @@ def overlay_figure(
     dpi: int = 100,
     max_side: int | None = 512,
     signed: bool | None = None,
+    label: str | None = None,
 ) -> Figure:
     """The image with ``heatmap`` (same pixel size, NaN = transparent) drawn over it, plus a colour bar.
+
+    ``label`` names what the colour bar measures (see
+    :func:`mmlens.report.score_names.score_label`).
 
     Signed scores (``signed``, or by default: the heatmap has negative
     values) use the diverging ``RdBu_r`` map with limits symmetric about zero,
@@ -70,7 +77,9 @@ def overlay_figure(
     height, width_px = heatmap.shape
     # Fixed margins instead of constrained layout, which costs most of the drawing time.
     # The image and its colour bar (0.8 in with labels) sit centred; tall images get narrower.
-    bar_in, title_in, bottom_in = 0.8, 0.3, 0.08
+    if label and len(label) > 34:  # two short lines stay legible beside a bar a few inches tall
+        label = label.replace(": ", ":\n", 1)
+    bar_in, title_in, bottom_in = 0.8 + 0.17 * (label or "").count("\n") + (0.2 if label else 0.0), 0.3, 0.08
     aspect = min(height / width_px, 2.5)  # taller images are letterboxed inside the box
     image_w = (width - 0.1 - bar_in) * min(1.0, 1.0 / aspect)
     image_h = image_w * aspect
@@ -98,14 +107,19 @@ def overlay_figure(
     bar = figure.colorbar(shown, cax=bar_axes)
     bar.solids.set_alpha(1.0)  # the bar shows the colours, not their blend with the image
     bar.ax.tick_params(labelsize=7)
+    bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))  # no offset text
+    if label:
+        bar.set_label(label, fontsize=7)
     return figure
 
 
 def save_overlays(explanation: "Explanation", folder: str | Path, dpi: int = 100) -> list[Path]:
     """Write one overlay PNG per (method, answer token, image) into ``folder``; returns the paths.
 
-    Files are named ``{method}_t{j}_{token}_img{i}.png``, the token reduced to
-    safe filename characters.
+    Files are named ``{method}_t{j}_{token}_img{i}.png`` (``{token}_vs_{foil}``
+    in a contrast run), tokens reduced to safe filename characters. Each
+    colour bar says what the method measures; contrast titles read
+    ``'red' vs 'purple'``.
 
     Example:
         >>> import mmlens
@@ -121,10 +135,13 @@ def save_overlays(explanation: "Explanation", folder: str | Path, dpi: int = 100
     for method in explanation.methods:
         signed = explanation.signed(method)
         for j, token in enumerate(explanation.answer_tokens):
+            shown, foil = visible_token(token), explanation.foil
+            label = score_label(method, shown, None if foil is None else visible_token(foil))
+            name = safe_token(token) + ("" if foil is None else f"_vs_{safe_token(foil)}")
             for i, heatmap in enumerate(explanation.heatmaps(method, j)):
-                title = f"{method} · {visible_token(token)!r} · image {i}"
-                figure = overlay_figure(explanation.images[i], heatmap, title, dpi=dpi, signed=signed)
-                path = folder / f"{method}_t{j}_{safe_token(token)}_img{i}.png"
+                title = f"{method} · {target_title(shown, None if foil is None else visible_token(foil))} · image {i}"
+                figure = overlay_figure(explanation.images[i], heatmap, title, dpi=dpi, signed=signed, label=label)
+                path = folder / f"{method}_t{j}_{name}_img{i}.png"
                 figure.savefig(path, format="png")
                 paths.append(path)
     return paths
@@ -177,11 +194,15 @@ def layer_grid_figure(
     cbar_label: str,
     cmap: str | None = None,
     dpi: int = 100,
+    centred: bool = False,
 ) -> Figure:
     """A ``(layers, components)`` matrix as a labelled heatmap grid with a colour bar.
 
     Signed data gets a diverging map centred on zero, otherwise ``viridis``
-    (override with ``cmap``). Used for causal-tracing and logit-lens grids.
+    (override with ``cmap``). ``centred`` always uses the diverging map
+    centred on zero, so a change keeps one colour rule whatever its signs.
+    Colour-bar ticks are written out in full (no ``1e-5`` offset text above
+    the bar). Used for causal-tracing and logit-lens grids.
 
     Example:
         >>> import numpy as np
@@ -195,11 +216,11 @@ def layer_grid_figure(
     if len(row_labels) != rows or len(col_labels) != cols:
         raise ValueError(f"{len(row_labels)} row and {len(col_labels)} column labels for a {rows}x{cols} matrix")
     finite = matrix[np.isfinite(matrix)]
-    signed = finite.size > 0 and finite.min() < 0 < finite.max()
+    signed = centred or (finite.size > 0 and finite.min() < 0 < finite.max())
     name = cmap or ("RdBu_r" if signed else "viridis")
     colours = matplotlib.colormaps[name].with_extremes(bad=(0.85, 0.85, 0.85, 1.0))  # missing cells in grey
     if signed:
-        bound = float(np.abs(finite).max())
+        bound = max(float(np.abs(finite).max()) if finite.size else 0.0, 1e-12)
         low, high = -bound, bound
     else:
         low, high = _limits(np.ma.masked_invalid(matrix))
@@ -218,6 +239,7 @@ def layer_grid_figure(
     bar = figure.colorbar(shown, ax=axes)
     bar.set_label(cbar_label, fontsize=8)
     bar.ax.tick_params(labelsize=7)
+    bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))  # no offset text
     return figure
 
 

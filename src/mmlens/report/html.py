@@ -26,6 +26,7 @@ import torch
 from mmlens.attribution.explanation import abs_sum
 from mmlens.layout import Modality
 from mmlens.report.figures import overlay_figure, png_data_uri, visible_token
+from mmlens.report.score_names import score_label, target_title
 from mmlens.report.page import PAGE_HEAD
 
 if TYPE_CHECKING:
@@ -81,9 +82,12 @@ def _sample(index: int, e: "Explanation", dpi: int, compact: bool) -> dict[str, 
         signed = e.signed(method)
         for j, token in enumerate(e.answer_tokens):
             overlays = []
+            shown, foil = visible_token(token), None if e.foil is None else visible_token(e.foil)
+            label = score_label(method, shown, foil)
             for i, heatmap in enumerate(e.heatmaps(method, j)):
-                title = f"{method} · {visible_token(token)!r} · image {i}"
-                figure = overlay_figure(e.images[i], heatmap, title, width=4.0, dpi=dpi, max_side=320, signed=signed)
+                title = f"{method} · {target_title(shown, foil)} · image {i}"
+                figure = overlay_figure(e.images[i], heatmap, title, width=4.0, dpi=dpi, max_side=320, signed=signed,
+                                        label=label)
                 overlays.append(png_data_uri(figure, palette=compact))
             scores = _target_scores(e, method, j)
             views.append({"method": method, "target": j, "shown": not views, "overlays": overlays,

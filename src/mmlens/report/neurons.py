@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from mmlens.box import Box
@@ -71,35 +73,49 @@ def top_activations_figure(top: "TopActivations", title: str | None = None, colu
                            cmap: str = "magma", alpha: float = 0.55, dpi: int = 100) -> Figure:
     """The top-activating images for one neuron, its activation over each image, the strongest patch boxed.
 
+    Every panel shares one colour scale, shown by the colour bar on the right.
+
     Example:
         >>> from types import SimpleNamespace
         >>> from PIL import Image
         >>> top = SimpleNamespace(site="lm.L0.neurons", index=3, values=np.array([2.0]), sample_ids=["a"],
         ...                       images=[Image.new("RGB", (8, 8))], heatmaps=[np.ones((8, 8))], patches=[(0, 1)],
         ...                       boxes=[(4, 0, 8, 4)])
-        >>> len(top_activations_figure(top).axes)
-        1
+        >>> [axes.get_ylabel() for axes in top_activations_figure(top).axes][-1]
+        'activation of lm.L0.neurons[3]'
     """
     count = len(top.images)
     columns = max(1, min(columns, count))
     rows = max(1, -(-count // columns))
-    figure = Figure(figsize=(2.3 * columns, 2.5 * rows + 0.5), dpi=dpi)
+    bar_in = 1.0  # the shared colour bar and its label
+    width, height = 2.3 * columns + bar_in, 2.5 * rows + 0.5
+    figure = Figure(figsize=(width, height), dpi=dpi)
     FigureCanvasAgg(figure)
-    figure.suptitle(title or f"{top.site}[{top.index}]: top-activating samples", fontsize=10)
+    figure.suptitle(title or f"{top.site}[{top.index}]: top-activating samples (cyan box: strongest patch)",
+                    fontsize=10)
     colours = matplotlib.colormaps[cmap].with_extremes(bad=(0.0, 0.0, 0.0, 0.0))
-    stacked = np.ma.masked_invalid(np.stack([np.asarray(h, dtype=np.float32).ravel() for h in top.heatmaps])) \
-        if count and len({np.asarray(h).size for h in top.heatmaps}) == 1 else None
-    low, high = _limits(stacked) if stacked is not None else (None, None)  # one colour scale for all panels
+    values = [np.asarray(h, dtype=np.float32).ravel() for h in top.heatmaps]
+    # One colour scale for all panels, whatever the images' sizes.
+    low, high = _limits(np.ma.masked_invalid(np.concatenate(values))) if values else (0.0, 1.0)
+    shown = None
     for j in range(count):
         axes = figure.add_subplot(rows, columns, j + 1)
         pixels = np.asarray(top.images[j].convert("RGB"))
         heat = np.ma.masked_invalid(np.asarray(top.heatmaps[j], dtype=np.float32))
         axes.imshow(pixels, interpolation="nearest")
-        axes.imshow(heat, cmap=colours, alpha=alpha, vmin=low, vmax=high, interpolation="nearest")
+        shown = axes.imshow(heat, cmap=colours, alpha=alpha, vmin=low, vmax=high, interpolation="nearest")
         _box_patch(axes, top.boxes[j])
         axes.set_title(f"{top.sample_ids[j]}\nmax {float(top.values[j]):.3g}", fontsize=7)
         axes.set_axis_off()
-    figure.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.75 / (2.5 * rows + 0.5), hspace=0.35)
+    top_frac = 1 - 0.75 / height
+    figure.subplots_adjust(left=0.02, right=1 - bar_in / width, bottom=0.02, top=top_frac, hspace=0.35)
+    bar_axes = figure.add_axes((1 - (bar_in - 0.15) / width, 0.06, 0.12 / width, top_frac - 0.1))
+    if shown is None:
+        shown = ScalarMappable(Normalize(low, high), colours)
+    bar = figure.colorbar(shown, cax=bar_axes)
+    bar.solids.set_alpha(1.0)  # the colours themselves, not blended with an image
+    bar.set_label(f"activation of {top.site}[{top.index}]", fontsize=7)
+    bar.ax.tick_params(labelsize=7)
     return figure
 
 
