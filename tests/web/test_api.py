@@ -69,6 +69,10 @@ def test_lens_layout_image(client, example_id):
     assert lens["answer"] == "purple"
     assert len(lens["layers"]) == len(lens["grid"]) and len(lens["grid"][0]["words"]) == 8
     assert lens["knockout"]["groups"] == ["image"]
+    # Every view's words, and each view's box and grid: the page lays the words on the view's pixel box.
+    assert lens["images"][0]["views"][0]["box"] == [0.0, 0.0, 64.0, 64.0]
+    assert [(v["image"], v["view"]) for v in lens["grid"][-1]["views"]] == [(0, 0)]
+    assert lens["grid"][-1]["views"][0]["words"] == lens["grid"][-1]["words"]
     assert set(lens["figures"]) >= {"lens_emergence", "knockout", "flow_heads"}
     layout = client.get(f"/api/inputs/{example_id}/layout").json()
     kinds = [p["modality"] for p in layout["positions"]]
@@ -188,6 +192,20 @@ def test_upload_errors(client):
     assert bomb.status_code == 422 and "too large" in bomb.json()["detail"]
     ok = upload(png_bytes(Image.new("RGB", (48, 40), "blue")))
     assert ok.status_code == 201 and ok.json()["images"][0] == {"width": 48, "height": 40, "url": ok.json()["images"][0]["url"]}
+
+
+def test_an_uploaded_image_needs_a_prompt(client):
+    image = png_bytes(Image.new("RGB", (32, 32), "red"))
+    refused = client.post("/api/inputs", files={"image": ("red.png", image, "image/png")})
+    assert refused.status_code == 422 and refused.json()["detail"].startswith("type a prompt")  # no stand-in question
+    empty = client.post("/api/inputs", files={"image": ("red.png", image, "image/png")}, data={"prompt": ""})
+    assert empty.status_code == 422
+
+
+def test_favicon_and_icon_link(client):
+    icon = client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+    assert '<link rel="icon" href="data:image/svg+xml,' in client.get("/ask").text
 
 
 def test_bad_requests_are_422(client, example_id):

@@ -115,9 +115,14 @@ def test_model_and_neurons_pages(browser_page, live):
     assert page.locator("#domain-counts tr").count() == 1 + len(QUESTION_TYPES)
     assert page.locator("#domain-counts th").all_inner_texts() == ["domain", *TOWERS]
     assert page.locator("#domain-top tr").count() > 1
+    # On two samples per type the most specific neurons fire alike in every domain, and the page says so.
+    assert "of a possible 1.609" in page.inner_text("#domain-warning")
     # The strongest image neuron's top patches show first; a click on another decoder neuron shows its own.
     first = page.inner_text("#top-name")
     assert page.locator("#top-figure img").count() == 1 and page.locator("#top-patches tr").count() > 1
+    picking = "pick({site: 'lm.L0.neurons', index: 0}); document.getElementById('busy').textContent"
+    assert page.evaluate(picking).startswith("finding")  # not the last job's "done…"
+    page.wait_for_selector("#busy", state="hidden")
     text_row = page.locator("#strongest tr.pick", has_text="text").first
     neuron = text_row.locator("td").nth(1).inner_text()
     text_row.click()
@@ -154,4 +159,109 @@ def test_circuit_page_runs_and_shows_the_graph(browser_page, live, tmp_path):
     assert page.locator("#components td").nth(1).inner_text() in {f"L{i}.{p}" for i in range(4)
                                                                    for p in ("H0", "H1", "H2", "H3", "MLP")}
     assert "edges recover" in page.inner_text("#circuit-facts")
+    assert page.js_errors == []
+
+
+def wide_image(tmp_path, size=(256, 64)):
+    """A wide picture in three bands (red, white, green), saved as PNG: its view is a centre crop on shapes-llava."""
+    image = Image.new("RGB", size, "white")
+    third = size[0] // 3
+    image.paste((255, 0, 0), (0, 0, third, size[1]))
+    image.paste((0, 128, 0), (size[0] - third, 0, size[0], size[1]))
+    path = tmp_path / "wide.png"
+    image.save(path)
+    return path
+
+
+def test_trace_runs_on_the_input_the_form_shows(browser_page, live, tmp_path):
+    page = browser_page
+    open_page(page, live, "/ask")
+    page.set_input_files("#upload", str(wide_image(tmp_path)))  # /ask's input: the wide picture
+    page.fill("#tokens", "1")
+    page.click("#ask")
+    page.wait_for_selector("#token-strip button")
+    page.click("nav.pages >> text=Look inside")
+    page.wait_for_function("document.querySelectorAll('#example option').length > 1")
+    sent = []
+    page.on("request", lambda r: sent.append(r.post_data_json) if r.url.endswith("/api/trace") else None)
+    page.click("#trace")  # without "Look inside": the form shows the shipped example, so that is what is traced
+    assert page.evaluate("document.getElementById('trace').disabled")  # no second job from a second click
+    page.wait_for_selector("#trace-result:not([hidden])", timeout=120_000)
+    assert not page.evaluate("document.getElementById('trace').disabled")
+    key = sent[0]["input"]
+    traced = Image.open(io.BytesIO(httpx.get(f"{live.url}/api/inputs/{key}/image/0").content)).convert("RGB")
+    example = Image.open(mmlens.zoo.example_image()).convert("RGB")
+    assert traced.size == example.size and np.array_equal(np.asarray(traced), np.asarray(example))
+    assert page.get_attribute("#trace-image", "src") == f"/api/inputs/{key}/image/0"
+    facts = page.inner_text("#trace-input")
+    assert PROMPT in facts and "purple" in facts and "corrupted" in facts
+    assert page.js_errors == []
+
+
+def test_word_grid_sits_on_the_views_box(browser_page, live, tmp_path):
+    page = browser_page
+    open_page(page, live, "/inside")
+    page.set_input_files("#upload", str(wide_image(tmp_path)))
+    page.fill("#prompt", PROMPT)
+    page.click("#ask")
+    page.wait_for_selector("#lens:not([hidden])")
+    placed = page.evaluate("""() => {
+        const stage = document.querySelector('#word-grid .stage'), cells = stage.querySelector('.cells');
+        const image = inside.lens.images[0], zoom = parseFloat(stage.style.width) / image.size[1];
+        return {box: image.views[0].box, height: parseFloat(stage.style.height) / zoom,
+                cells: [cells.offsetLeft, cells.offsetTop, cells.offsetLeft + cells.offsetWidth,
+                        cells.offsetTop + cells.offsetHeight].map(v => v / zoom)};
+    }""")
+    assert placed["box"] == [96.0, 0.0, 160.0, 64.0]  # the processor's centre crop of the 256 x 64 picture
+    np.testing.assert_allclose(placed["cells"], placed["box"], atol=1.5)  # the words sit on the crop, not top-left
+    assert abs(placed["height"] - 64) < 1  # and the picture keeps its shape
+    assert page.locator("#word-grid .cells span").count() == 64
+    assert page.js_errors == []
+
+
+def test_ask_marks_old_results_and_names_refused_fields(browser_page, live, tmp_path):
+    page = browser_page
+    open_page(page, live, "/ask")
+    ask(page)
+    assert page.locator("#legend").is_visible() and "largest |score|" in page.inner_text("#legend")
+    assert "strongest patch: image view 8×8, row" in page.inner_text("#caption")
+    page.click("#ask")  # a new request: the old result is marked stale while it runs
+    assert "stale" in page.get_attribute("#result", "class") and page.locator("#stale-note").is_visible()
+    page.wait_for_function("!document.getElementById('result').classList.contains('stale')")
+    assert page.locator("#stale-note").is_hidden()
+
+    page.fill("#tokens", "0")  # refused by name, not ignored; the old result goes
+    page.click("#ask")
+    page.wait_for_selector("#error:not([hidden])")
+    assert page.inner_text("#error").startswith("answer tokens: ") and "(got 0)" in page.inner_text("#error")
+    assert page.locator("#result").is_hidden()
+
+    page.fill("#tokens", "1")
+    page.fill("#prompt", "")  # an uploaded image with no question: no stand-in question
+    page.click("#ask")
+    page.wait_for_function("document.getElementById('error').textContent.startsWith('type a prompt')")
+    page.set_input_files("#upload", [])
+    page.select_option("#example", "")
+    page.fill("#prompt", PROMPT)
+    page.click("#ask")
+    page.wait_for_function("document.getElementById('error').textContent.startsWith('choose an image file')")
+    assert not page.evaluate("document.getElementById('ask').disabled")
+    assert [e for e in page.js_errors if "422" not in e] == []  # the refused request is logged by the browser
+
+
+def test_pages_fit_a_narrow_window(browser_page, live):
+    page = browser_page
+    page.set_viewport_size({"width": 420, "height": 900})
+    open_page(page, live, "/ask")
+    ask(page)
+    wide = "document.documentElement.scrollWidth <= document.documentElement.clientWidth"
+    assert page.evaluate(wide)
+    page.click("nav.pages >> text=Look inside")
+    page.wait_for_function("document.querySelectorAll('#example option').length > 1")
+    page.click("#ask")
+    page.wait_for_selector("#lens:not([hidden])")
+    assert page.evaluate(wide)
+    for path in ("/circuit", "/neurons", "/model"):
+        open_page(page, live, path) if path != "/neurons" else page.goto(f"{live.url}{path}")
+        assert page.evaluate(wide), path
     assert page.js_errors == []

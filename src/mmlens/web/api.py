@@ -160,8 +160,10 @@ async def create_input(request: Request, image: Optional[UploadFile] = File(None
         data = await image.read(limits.max_upload_bytes + 1) if image is not None else b""
         if image is None and prompt is None:
             raise WebError("give an image (or an example) and a prompt")
+        if prompt is None:  # never a question the user did not ask: the default would explain someone else's
+            raise WebError("type a prompt: a question about the uploaded image")
         images = [read_image(data, image.filename, limits.max_pixels, limits.max_upload_bytes)] if image else []
-        given = Input(prompt or "<image> what colour is the circle ?", images)
+        given = Input(prompt, images)
     given.prompt = server.model.place_images(given.prompt, len(given.images))
     server.model.prepare(given.prompt, given.images)  # slot and length errors now (422), not at explain time
     key = server.inputs.add(given)

@@ -122,7 +122,7 @@ def circuit_input(model: Model, given: Input, options: CircuitOptions,
         found["eap"] = {**info, "curve": {"kept": curve.kept, "recovered": recovered}}
         node_scores = None if result is None else dict(zip(result.components, result.total_source.tolist()))
         figures["graph"] = circuit_figure(graph.n_layers, graph.n_heads, scores, info["edges_kept"], node_scores)
-        figures["curve"] = curve_figure({"corrupt": curve}, len(graph.edges))
+        figures["curve"] = curve_figure({"corrupt": curve}, len(graph.edges), target=options.keep)
         found["graph"] = graph_json(graph.n_layers, graph.n_heads, scores, info["edges_kept"], node_scores)
     progress(2, STEPS)
     found["figures"] = {name: png_data_uri(figure) for name, figure in figures.items()}

@@ -14,10 +14,11 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import jinja2
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from mmlens.report.page import PAGE_HEAD
 
@@ -53,9 +54,15 @@ def register_page(page: Page) -> None:
         PAGES.append(page)
 
 
+#: The app's icon: a blue tile (SVG), inline in every page and at /favicon.ico, so no page asks for a missing file.
+ICON_SVG = ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" '
+            'fill="#1f5fbf"/><rect x="4" y="4" width="8" height="8" fill="#fff"/></svg>')
+_ICON_URI = "data:image/svg+xml," + quote(ICON_SVG)
+
 # The report's head (doctype, title, base style, an open <style>) closes here and gains the app's own style.
 _BASE = PAGE_HEAD + """\
 </style>
+<link rel="icon" href="{{ icon }}">
 <link rel="stylesheet" href="/static/app.css">
 </head>
 <body>
@@ -88,7 +95,7 @@ def render(page: Page, model: str) -> str:
         True
     """
     return _TEMPLATES.get_template(page.template).render(
-        title=page.title, here=page.path, pages=PAGES, model=model, script=page.script)
+        title=page.title, here=page.path, pages=PAGES, model=model, script=page.script, icon=_ICON_URI)
 
 
 def page_router() -> APIRouter:
@@ -98,6 +105,10 @@ def page_router() -> APIRouter:
     @router.get("/")
     def home() -> RedirectResponse:
         return RedirectResponse(PAGES[0].path)
+
+    @router.get("/favicon.ico")
+    def icon() -> Response:  # browsers ask for it whatever the page links
+        return Response(ICON_SVG, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
 
     for page in list(PAGES):
         router.add_api_route(page.path, _shower(page), methods=["GET"], response_class=HTMLResponse)

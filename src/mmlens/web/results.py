@@ -122,6 +122,10 @@ def lens_json(lens: "LogitLens", flow: "AttentionFlow", blocked: "Knockout | Non
               figures: dict[str, Any]) -> dict[str, Any]:
     """The logit lens per layer at the answer position, its word grid over the image, attention flow, knockout.
 
+    ``grid[layer]["views"]`` holds the words of every view of every image
+    (``words`` and ``probs``: the first view's); ``images`` each view's kind,
+    patch grid and pixel box, so the page lays the words where the view sits.
+
     Example:
         >>> sorted(lens_json(lens, flow, None, {}))[:3]
         ['answer', 'emerges_at', 'figures']
@@ -135,17 +139,24 @@ def lens_json(lens: "LogitLens", flow: "AttentionFlow", blocked: "Knockout | Non
                        "answer_rank": int(lens.answer_rank[layer, 0]), "answer_prob": round_or_none(lens.answer_prob[layer, 0]),
                        # row 0 is the decoder's input: no attention has happened yet
                        "attention": None if layer == 0 else dict(zip(flow.modalities, map(round_or_none, shares[layer - 1])))})
+    images = lens.layout.describe(0)["images"]  # each view's box and grid: where the page lays its words
     grid = []
-    if lens.layout.images and lens.layout.images[0]:
+    if images:
         for layer in range(len(lens.layer_names)):
-            words, probs = lens.word_grid(layer)
-            grid.append({"words": [[display_token(str(w)) for w in row] for row in words],
-                         "probs": [[round_or_none(p) for p in row] for row in probs]})
+            views = [_word_grid(lens, layer, i, v) for i, image in enumerate(images) for v in range(len(image["views"]))]
+            grid.append({"words": views[0]["words"], "probs": views[0]["probs"], "views": views})
     emergence = lens.emergence_layer(0)
     return {"answer": display_token(lens.vocabulary[int(lens.answer_ids[0])]).strip(),
-            "emerges_at": None if emergence is None else lens.layer_names[emergence],
+            "emerges_at": None if emergence is None else lens.layer_names[emergence], "images": images,
             "layers": layers, "grid": grid, "knockout": None if blocked is None else knockout_json(blocked),
             "figures": {name: png_data_uri(figure) for name, figure in figures.items()}}
+
+
+def _word_grid(lens: "LogitLens", layer: int, image: int, view: int) -> dict[str, Any]:
+    """One view's top-1 words and probabilities at ``layer``, on its patch grid."""
+    words, probs = lens.word_grid(layer, 0, image, view)
+    return {"image": image, "view": view, "words": [[display_token(str(w)) for w in row] for row in words],
+            "probs": [[round_or_none(p) for p in row] for row in probs]}
 
 
 def knockout_json(blocked: "Knockout") -> dict[str, Any]:

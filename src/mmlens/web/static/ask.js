@@ -2,7 +2,7 @@
 // Heatmaps are drawn here from the API's patch grids: the image in grey, red for positive scores and blue for
 // negative ones, opacity by |score| (as the report shades prompt words), so the reddest patch is the top-scored one.
 "use strict";
-var ask = {data: null, image: null, token: 0, method: null, input: null};
+var ask = {data: null, images: [], token: 0, method: null, input: null, request: null};
 var MAX_ALPHA = 0.85, SIDE = 256;
 
 ask.choices = function () {
@@ -13,42 +13,89 @@ ask.choices = function () {
       var box_ = mm.el("input", {type: "checkbox", value: name, "class": "method-choice"});
       box_.checked = ["attention", "rollout", "gradient_x_input"].indexOf(name) >= 0;
       label.appendChild(box_);
-      label.appendChild(document.createTextNode(" " + name + " "));
+      label.appendChild(document.createTextNode(" " + name));
       box.appendChild(label);
+      box.appendChild(document.createTextNode(" "));  // where a line may break: between labels, not inside one
     });
   }).catch(mm.fail);
 };
 
-ask.run = function (inputId) {
+// The request's body from the options; a typed value is sent as it is (0 too) so that the server refuses it by name.
+ask.body = function (inputId) {
   var methods = Array.prototype.map.call(document.querySelectorAll(".method-choice:checked"),
                                          function (b) { return b.value; });
-  var tokens = parseInt(mm.$("tokens").value, 10);
+  var tokens = mm.$("tokens");
+  if (tokens.validity.badInput) throw new Error("answer tokens: type a whole number from 1 to 16");
   var body = {input: inputId, methods: methods};
-  if (tokens > 0) body.max_new_tokens = tokens;
-  return mm.post("/api/explain", body).then(function (data) {
-    ask.input = inputId;
-    return ask.loadImage(inputId, data.layout.images.length).then(function (image) {
-      ask.data = data; ask.image = image; ask.token = 0; ask.method = Object.keys(data.methods)[0];
-      ask.render();
-    });
-  });
+  if (tokens.value.trim() !== "") body.max_new_tokens = Number(tokens.value);
+  return body;
 };
 
-ask.loadImage = function (inputId, count) {
-  if (!count) return Promise.resolve(null);
-  return new Promise(function (resolve, reject) {
-    var image = new Image();
-    image.onload = function () { resolve(image); };
-    image.onerror = function () { reject(new Error("could not load the input image")); };
-    image.src = "/api/inputs/" + inputId + "/image/0";
+ask.run = function (inputId) {
+  var body = ask.body(inputId), cancel = mm.$("ask-cancel");
+  ask.request = new AbortController();
+  cancel.hidden = false;
+  cancel.onclick = function () { ask.request.abort(); };
+  return mm.post("/api/explain", body, ask.request.signal).then(function (data) {
+    return ask.loadImages(inputId, data.layout.images.length).then(function (images) {
+      ask.input = inputId;
+      ask.data = data; ask.images = images; ask.token = 0; ask.method = Object.keys(data.methods)[0];
+      ask.render();
+    });
+  }, function (error) {
+    if (error.name !== "AbortError") throw error;
+    // the page stops waiting; a job still waiting in the queue is dropped, one already running finishes
+    throw new Error("cancelled: the page stopped waiting for the answer");
+  }).finally(function () { cancel.hidden = true; });
+};
+
+// A new request makes the result on screen stale: dimmed and marked while it runs, hidden if it fails.
+ask.stale = function () {
+  mm.$("result").classList.add("stale");
+  mm.$("stale-note").hidden = mm.$("result").hidden;
+};
+
+ask.failed = function () {
+  mm.$("result").hidden = true;
+  mm.$("stale-note").hidden = true;
+};
+
+ask.loadImages = function (inputId, count) {
+  var loads = [];
+  for (var i = 0; i < count; i++) {
+    loads.push(new Promise(function (resolve, reject) {
+      var image = new Image();
+      image.onload = function () { resolve(image); };
+      image.onerror = function () { reject(new Error("could not load the input image")); };
+      image.src = "/api/inputs/" + inputId + "/image/" + i;
+    }));
+  }
+  return Promise.all(loads);
+};
+
+// Every view of every image, in the layout's order: [image index, view index, view].
+ask.views = function () {
+  var out = [];
+  ask.data.layout.images.forEach(function (image, i) {
+    image.views.forEach(function (view, j) { out.push([i, j, view]); });
   });
+  return out;
+};
+
+// "image 1 · tile view 2×8": which picture a heatmap or a patch belongs to (the image only when there are several).
+ask.viewName = function (i, j) {
+  var view = ask.data.layout.images[i].views[j];
+  return (ask.data.layout.images.length > 1 ? "image " + (i + 1) + " · " : "") + view.kind + " view " +
+    view.grid.join("×");
 };
 
 ask.render = function () {
   var data = ask.data;
   mm.$("result").hidden = false;
-  if (ask.image) mm.$("original").src = ask.image.src;
-  mm.$("original").hidden = !ask.image;
+  mm.$("result").classList.remove("stale");
+  mm.$("stale-note").hidden = true;
+  if (ask.images.length) mm.$("original").src = ask.images[0].src;
+  mm.$("original").hidden = !ask.images.length;
   var explained = mm.$("explained");
   explained.innerHTML = "";
   [["prompt", data.prompt]].concat(data.explained).forEach(function (line) {
@@ -81,22 +128,30 @@ ask.show = function () {
   document.querySelectorAll("#method-strip button").forEach(function (b) {
     b.classList.toggle("active", b.dataset.m === ask.method);
   });
-  var box = mm.$("heatmaps");
+  var box = mm.$("heatmaps"), views = ask.views(), several = views.length > 1;
   box.innerHTML = "";
   box.dataset.token = t;
-  if (ask.image) {
-    Object.keys(data.methods).forEach(function (name) {
-      var target = data.methods[name].targets[t];
-      var figure = mm.el("figure", {"data-m": name});
-      var canvas = mm.el("canvas", {"data-m": name});
-      ask.draw(canvas, target.grids[0][0], data.layout.images[0].views[0]);
+  mm.$("legend").hidden = !views.length;
+  Object.keys(data.methods).forEach(function (name) {
+    if (!views.length) return;
+    var target = data.methods[name].targets[t];
+    var figure = mm.el("figure", {"data-m": name});
+    var maps = mm.el("div", {"class": "views"});
+    views.forEach(function (entry) {
+      var i = entry[0], j = entry[1];
+      var one = mm.el("div", {"class": "view"});
+      var canvas = mm.el("canvas", {"data-m": name, "data-image": i, "data-view": j});
+      ask.draw(canvas, target.grids[i][j], entry[2], ask.images[i]);
       canvas.addEventListener("mousemove", function (event) { ask.hover(event, canvas, name, target); });
-      figure.appendChild(canvas);
-      var share = target.image_share === null ? "" : " · image " + Math.round(100 * target.image_share) + "%";
-      figure.appendChild(mm.el("figcaption", {}, name + share));
-      box.appendChild(figure);
+      one.appendChild(canvas);
+      if (several) one.appendChild(mm.el("div", {"class": "view-name"}, ask.viewName(i, j)));
+      maps.appendChild(one);
     });
-  }
+    figure.appendChild(maps);
+    var share = target.image_share === null ? "" : " · image " + Math.round(100 * target.image_share) + "%";
+    figure.appendChild(mm.el("figcaption", {}, name + share));
+    box.appendChild(figure);
+  });
   var chosen = data.methods[ask.method].targets[t];
   var words = mm.$("words");
   words.innerHTML = "";
@@ -105,7 +160,8 @@ ask.show = function () {
   });
   var top = chosen.top;
   mm.$("caption").textContent = ask.method + " · " + data.methods[ask.method].milliseconds + " ms" +
-    (top ? " · strongest patch row " + top.row + ", col " + top.col + " (position " + top.position + ")" : "");
+    (top ? " · strongest patch: " + ask.viewName(top.image, top.view) + ", row " + top.row + ", col " + top.col +
+           " (position " + top.position + ")" : "");
 };
 
 // The scale of one heatmap: its largest |score|.
@@ -115,8 +171,9 @@ ask.scale = function (grid) {
   return most;
 };
 
-ask.draw = function (canvas, grid, view) {
-  var image = ask.image, zoom = SIDE / Math.max(image.width, image.height);
+// One view's heatmap over its image: the whole image in grey, the view's cells over the view's pixel box.
+ask.draw = function (canvas, grid, view, image) {
+  var zoom = SIDE / Math.max(image.width, image.height);
   canvas.width = Math.round(image.width * zoom);
   canvas.height = Math.round(image.height * zoom);
   var ctx = canvas.getContext("2d");
@@ -140,12 +197,13 @@ ask.draw = function (canvas, grid, view) {
 
 ask.hover = function (event, canvas, method, target) {
   var g = canvas.geometry, rect = canvas.getBoundingClientRect();
+  var i = Number(canvas.dataset.image), j = Number(canvas.dataset.view);
   var c = Math.floor((event.clientX - rect.left - g.x0) / g.w), r = Math.floor((event.clientY - rect.top - g.y0) / g.h);
   if (r < 0 || c < 0 || r >= g.rows || c >= g.cols) return;
-  var score = target.grids[0][0][r][c], position = ask.data.layout.positions[0][0][r][c];
-  mm.$("patch").textContent = method + " · row " + r + ", col " + c + " · position " + position + " · score " +
-    (score === null ? "–" : score.toPrecision(4));
+  var score = target.grids[i][j][r][c], position = ask.data.layout.positions[i][j][r][c];
+  mm.$("patch").textContent = method + " · " + ask.viewName(i, j) + " · row " + r + ", col " + c + " · position " +
+    position + " · score " + (score === null ? "–" : score.toPrecision(4));
 };
 
 ask.choices();
-mm.inputForm(ask.run);
+mm.inputForm(ask.run, {start: ask.stale, fail: ask.failed});

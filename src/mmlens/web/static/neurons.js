@@ -8,7 +8,9 @@ mm.$("neurons-form").addEventListener("submit", function (event) {
   mm.post("/api/neurons", {samples: Number(mm.$("samples").value), ratio: Number(mm.$("ratio").value),
                            domains: mm.$("domains").checked})
     .then(function (started) {
-      return mm.poll(started.id, function (job) { mm.$("busy").textContent = job.state + "…"; });
+      return mm.poll(started.id, function (job) {  // "waiting…" or "running…", never a finished state
+        if (job.state === "waiting" || job.state === "running") { mm.busyWhat = job.state; mm.busyTick(); }
+      });
     })
     .then(function (job) {
       var found = job.result;
@@ -26,7 +28,7 @@ mm.$("neurons-form").addEventListener("submit", function (event) {
       });
       pickable(mm.$("strongest"), ["modality", "neuron", "score"], strongest);
       showTop(found.top_image_neuron, found.figures.top_image_neuron);
-      showDomains(found.domains, found.domain_neurons);
+      showDomains(found.domains, found.domain_neurons, found.domain_warning);
     }).catch(mm.fail);
 });
 
@@ -46,7 +48,7 @@ function pickable(table, header, entries) {
 
 function pick(n) {
   mm.showError("");
-  mm.busy(true);
+  mm.busy(true, "finding its top patches");
   mm.post("/api/neurons/top", {site: n.site, index: n.index, samples: Number(mm.$("samples").value)})
     .then(function (found) { mm.busy(false); showTop(found, found.figure); })
     .catch(mm.fail);
@@ -60,9 +62,11 @@ function showTop(top, figure) {
              {top: "Top-activating samples of " + (top ? name(top) : "") + ", its strongest patch boxed"});
 }
 
-function showDomains(counts, most) {
+function showDomains(counts, most, warning) {
   mm.$("domain-part").hidden = !counts;
   if (!counts) return;
+  mm.$("domain-warning").hidden = !warning;  // the listed neurons fire alike in every domain
+  mm.$("domain-warning").textContent = warning ? "Note: " + warning + "." : "";
   var domains = Object.keys(counts);
   var towers = domains.length ? Object.keys(counts[domains[0]]) : [];
   mm.rows(mm.$("domain-counts"), ["domain"].concat(towers), domains.map(function (domain) {
