@@ -94,7 +94,7 @@ def cdt_check(model, graph, n: int, timing: int, reference: str = "mean", activa
                      "spearman_norms_frozen": float(spearmanr(cd.total_source, scales.effects).statistic),
                      "spearman_probs_frozen_vs_patching": float(spearmanr(probs.effects, pp.effects).statistic),
                      "source_logit": cd.source_logit, "patched_total": pp.total,
-                     "top_cdt": cd.ranking()[0][0], "top_patching": cd.components[int(pp.effects.argmax())]})
+                     "top_cdt": cd.ranking(signed=True)[0][0], "top_patching": cd.components[int(pp.effects.argmax())]})
         if len(rows) <= HOOK_CHECKS:
             rows[-1]["hooks_max_abs_diff"] = float((hooks_path_patching(model, graph, batch, source)
                                                     - pp.effects).abs().max())

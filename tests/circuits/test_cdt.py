@@ -128,7 +128,9 @@ def test_image_tokens_as_source_and_the_ranking(tiny_llava, noise):
     images = batch.layout.image_positions(0).tolist()
     result = decompose(tiny_llava, batch, images, answer="red", foil="blue")
     ranked = [score for _, score in result.ranking()]
-    assert ranked == sorted(ranked, reverse=True) and len(ranked) == len(result.components)
+    assert ranked == sorted(ranked, key=abs, reverse=True) and len(ranked) == len(result.components)
+    signed = [score for _, score in result.ranking(signed=True)]
+    assert signed == sorted(ranked, reverse=True)
     assert result.source_positions == images and result.foil_id is not None
     assert result.to_json()["reference"] == "mean"
 

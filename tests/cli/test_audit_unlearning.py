@@ -36,6 +36,7 @@ def test_audit_unlearning_writes_table_figure_and_rows(saved, tmp_path, capsys):
     table = (out / "table.md").read_text().splitlines()
     assert table[0].startswith("| model | forget acc %") and len(table) == 4
     assert (out / "recovery.png").stat().st_size > 1000 and "recovery" in (out / "index.html").read_text()
+    assert "src='data:image/png;base64," in (out / "index.html").read_text()  # the page stands alone
     stamp = (out / "rows" / "gd.json").stat().st_mtime_ns
     assert main(args) == 0  # a second run reuses the finished rows
     capsys.readouterr()

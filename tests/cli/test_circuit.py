@@ -19,7 +19,7 @@ def test_circuit_writes_page_figures_and_json(tmp_path, capsys):
     page = (out / "circuit.html").read_text()
     assert "CD-T" in page and "top edges (EAP)" in page and "data:image/png;base64," in page
     ranking = [row["total"] for row in summary["cdt"]["ranking"]]
-    assert ranking == sorted(ranking, reverse=True) and len(ranking) == 10  # 2 layers x (4 heads + MLP)
+    assert ranking == sorted(ranking, key=abs, reverse=True) and len(ranking) == 10  # 2 layers x (4 heads + MLP)
     eap = summary["eap"]
     assert 0 < eap["edges_kept"] <= eap["edges"] and len(eap["top_edges"]) == eap["edges_kept"]
     saved = json.loads((out / "circuit.json").read_text())

@@ -28,6 +28,8 @@ def test_writes_json_figures_and_page(capsys, tmp_path):
     assert len(stored["rows"][1]["matrices"]["rbf"]) == 2  # tiny-llava's 2 decoder layers
     for name in ("scores_off-task.png", "cka_tiny-qwen2-vl_off-task.png", "fingerprint.html", "manifest.json"):
         assert (out / name).is_file()
+    page = (out / "fingerprint.html").read_text()  # it stands alone: every figure embedded
+    assert page.count("data:image/png;base64,") == len(stored["figures"]) and 'src="scores_' not in page
 
 
 def test_bad_options_are_one_line(capsys, tmp_path):

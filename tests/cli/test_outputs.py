@@ -121,6 +121,7 @@ def test_json_stdout_is_json_only_and_the_folder_loads_back(command, tmp_path, c
         assert path.stat().st_mode & 0o777 == 0o666 & ~current_umask(), path
     if command == "neurons":  # the domain neurons are printed (on stderr under --json) and on the page
         assert "domain-specific neurons" in stderr and set(summary["domains"]) == set(summary["domain_neurons"])
+        assert ("no neuron is domain-specific here" in stderr) == ("domain_warning" in summary)
         page = (out / "neurons.html").read_text()
         assert "domain-specific neurons" in page and page.count("data:image/png;base64,") == 2
         assert set(stored.neuron_sets) == {"neurons_modality", "neurons_domain"}

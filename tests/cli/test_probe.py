@@ -22,6 +22,10 @@ def test_harvest_then_probe(capsys, tmp_path):
     assert count["kind"] == "regress" and count["majority"] is None
     assert (tmp_path / "p" / "probe_accuracy.png").is_file()
     assert json.loads((tmp_path / "p" / "probes.json").read_text())["model"] == "tiny-llava"
+    # without --json the table is a result: on stdout, so that `mmlens probe ... > table.txt` keeps it
+    code, stdout, err = run(capsys, "probe", "--store", store, "--task", "patch-colour", "--out", tmp_path / "q")
+    assert code == 0 and "patch-colour" in stdout and "lm.L0.resid" in stdout, (stdout, err)
+    assert not any("patch-colour" in line for line in err), err
 
 
 def test_bad_input_is_one_line(capsys, tmp_path):

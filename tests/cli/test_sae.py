@@ -16,8 +16,8 @@ TRAIN = ["sae", "train", "--site", "lm.L1.resid", "--k", "4", "--expansion", "2"
 def _run(capsys, args: list[str]) -> tuple[int, dict | None, str]:
     code = main(args)
     captured = capsys.readouterr()
-    lines = captured.out.strip().splitlines()
-    return code, (json.loads(lines[-1]) if lines else None), captured.err
+    lines = captured.out.strip().splitlines()  # without --json, stdout holds the result line: no JSON
+    return code, (json.loads(lines[-1]) if lines and "--json" in args else None), captured.err
 
 
 def test_train_then_eval(sae_store, tiny_llava, tmp_path, capsys) -> None:  # noqa: F811

@@ -1,6 +1,7 @@
 """The neurons job: what ``mmlens neurons`` and the web's Neurons page write and return."""
 
 import json
+import math
 
 import pytest
 
@@ -8,7 +9,7 @@ from mmlens.data.shapes import QUESTION_TYPES
 from mmlens.errors import MmlensError
 from mmlens.neurons.modality import parse_weights
 from mmlens.report.files import load_neuron_set
-from mmlens.runner.neurons import DOMAIN_TOP, STRONGEST, find_neurons, top_patches
+from mmlens.runner.neurons import DOMAIN_TOP, STRONGEST, UNSPECIFIC, find_neurons, top_patches
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +47,16 @@ def test_domain_neurons_are_the_lowest_entropies_of_each_question_type(found):
         assert len(listed) <= DOMAIN_TOP and entropies == sorted(entropies)
         if listed:
             assert entropies[0] == pytest.approx(float(domain.where(label=name).scores.min()), abs=1e-4)
+
+
+def test_unspecific_domain_neurons_are_said_to_be_so(found):
+    folder, summary = found
+    ceiling = math.log(len(QUESTION_TYPES))
+    assert summary["domain_entropy_max"] == pytest.approx(ceiling, abs=1e-4)
+    lowest = float(load_neuron_set(folder / "neurons_domain").scores.min())
+    assert ("domain_warning" in summary) == (lowest >= UNSPECIFIC * ceiling)
+    if "domain_warning" in summary:
+        assert f"{lowest:.3f} of a possible {ceiling:.3f}" in summary["domain_warning"]
 
 
 def test_top_image_neuron_is_the_best_image_neuron_and_its_patches_are_ranked(tiny_llava, found):

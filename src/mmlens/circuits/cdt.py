@@ -80,8 +80,11 @@ class Decomposition:
     seconds: float
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def ranking(self, by: str = "total") -> list[tuple[str, float]]:
-        """Components by decreasing source share (``by`` "total" or "direct").
+    def ranking(self, by: str = "total", signed: bool = False) -> list[tuple[str, float]]:
+        """Components by decreasing size of their source share (``by`` "total" or "direct").
+
+        Strong negative contributors rank as high as strong positive ones;
+        ``signed=True`` ranks by the signed share instead (the most positive first).
 
         Example:
             >>> result.ranking()[0][0]  # doctest: +SKIP
@@ -89,7 +92,7 @@ class Decomposition:
         """
         check_choice(by, ("total", "direct"), "ranking")
         scores = self.total_source if by == "total" else self.direct_source
-        order = torch.argsort(scores, descending=True)
+        order = torch.argsort(scores if signed else scores.abs(), descending=True, stable=True)
         return [(self.components[i], float(scores[i])) for i in order]
 
     def to_json(self) -> dict[str, Any]:

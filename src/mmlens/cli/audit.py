@@ -26,9 +26,9 @@ from typing import Callable, Optional
 import numpy as np
 import typer
 from rich.console import Console
-from rich.progress import Progress
 
 from mmlens.cli.options import JsonOption, ModelOption, print_json, stdout_for_json
+from mmlens.cli.terminal import progress_bar, progress_console, result_console
 from mmlens.errors import MmlensError
 
 app = typer.Typer(help="Audit training data and models.", no_args_is_help=True)
@@ -55,12 +55,12 @@ def backdoor(
     as_json: bool = JsonOption,
 ) -> None:
     """Score --data with BYE and write the kept and removed sample ids."""
-    console = Console(stderr=True)
+    console = progress_console()
     with stdout_for_json(as_json):
         summary = audit_backdoor(data, out, model=model, labels=labels, units=units, separation=separation,
                                  threshold=threshold, refine=refine, batch_size=batch_size, shard_size=shard_size,
                                  console=console)
-        console.print(f"{summary['note']}; kept {summary['kept']} of {summary['samples']}; ids in {out}",
+        result_console().print(f"{summary['note']}; kept {summary['kept']} of {summary['samples']}; ids in {out}",
                       highlight=False, soft_wrap=True)
     if as_json:
         print_json(summary)
@@ -111,7 +111,7 @@ def audit_backdoor(data: str, out: Path, *, model: str | None = None, labels: Pa
         raise MmlensError(f"--units is layers or heads, got {units!r}")
     if separation <= 0 or batch_size < 1 or shard_size < 1:
         raise MmlensError("--separation must be positive, --batch-size and --shard-size at least 1")
-    console = console or Console(stderr=True)
+    console = console or progress_console()
     reader = open_reader(data)
     loaded = load_model(console, model)
     if not loaded.adapter.multimodal:
@@ -134,7 +134,7 @@ def audit_backdoor(data: str, out: Path, *, model: str | None = None, labels: Pa
                     found.arrays[name] = getattr(table, name)
         return found
 
-    with Progress(console=console, transient=True) as progress:
+    with progress_bar(console) as progress:
         task = progress.add_task("scoring", total=len(reader))
         shards = run_scores(out / "scores", reader, spec, score, shard_size=shard_size,
                             progress=lambda n: progress.advance(task, n), on_shard=on_shard)

@@ -23,10 +23,10 @@ from typing import Callable, Optional
 import numpy as np
 import typer
 from rich.console import Console
-from rich.progress import Progress
 
 from mmlens.cli.audit import app
 from mmlens.cli.options import JsonOption, ModelOption, print_json, stdout_for_json
+from mmlens.cli.terminal import progress_bar, progress_console, result_console
 from mmlens.errors import MmlensError
 
 
@@ -44,11 +44,11 @@ def select(
     as_json: bool = JsonOption,
 ) -> None:
     """Score --data with PRISM and write the kept and removed sample ids."""
-    console = Console(stderr=True)
+    console = progress_console()
     with stdout_for_json(as_json):
         summary = audit_select(data, out, keep=keep, model=model, layer=layer, batch_size=batch_size,
                                shard_size=shard_size, console=console)
-        console.print(f"kept {summary['kept']} of {summary['scored'] + summary['text_only']} "
+        result_console().print(f"kept {summary['kept']} of {summary['scored'] + summary['text_only']} "
                       f"({summary['text_only']} text-only, always kept); ids in {out}", highlight=False, soft_wrap=True)
     if as_json:
         print_json(summary)
@@ -76,7 +76,7 @@ def audit_select(data: str, out: Path, *, keep: float = 0.3, model: str | None =
     check_keep(keep)  # before anything loads
     if batch_size < 1 or shard_size < 1:
         raise MmlensError("--batch-size and --shard-size must be at least 1")
-    console = console or Console(stderr=True)
+    console = console or progress_console()
     reader = open_reader(data)
     loaded = load_model(console, model)
     if not loaded.adapter.multimodal:
@@ -97,7 +97,7 @@ def audit_select(data: str, out: Path, *, keep: float = 0.3, model: str | None =
             found.ids, found.arrays["vectors"] = table.ids, table.vectors
         return found
 
-    with Progress(console=console, transient=True) as progress:
+    with progress_bar(console) as progress:
         task = progress.add_task("scoring", total=len(reader))
         shards = run_scores(out / "scores", reader, spec, score, shard_size=shard_size,
                             progress=lambda n: progress.advance(task, n), on_shard=on_shard)

@@ -30,12 +30,15 @@ from rich.console import Console
 
 from mmlens.cli.audit import app
 from mmlens.cli.options import JsonOption, print_json, stdout_for_json
+from mmlens.cli.terminal import progress_console, quiet_transformers, result_console
 from mmlens.errors import MmlensError, check_choices
 from mmlens.store.files import write_json_atomic
 
 
 #: Bumped when the audits change, so that rows written before are not reused.
 ROWS_VERSION = 2
+#: The defaults of --methods and --audits.
+DEFAULT_METHODS, DEFAULT_AUDITS = "ga,gd,npo,npo-rt", "direct,paraphrase,another-way,few-shot,steering,noise"
 
 
 @app.command("unlearning")
@@ -45,13 +48,13 @@ def unlearning(
     base: str = typer.Option("shapes-llava", "--base", "-b", help="The model before unlearning (the reference row)."),
     forget: str = typer.Option("purple", "--forget", "-f", help="The forgotten fact: a colour of the shapes world."),
     out: Path = typer.Option(Path("audit-unlearning"), "--out", "-o", help="Folder for the table, figures and rows."),
-    methods: str = typer.Option("ga,gd,npo,npo-rt", "--methods",
-                                help="Unlearning methods run when no --model is given."),
+    methods: str = typer.Option(DEFAULT_METHODS, "--methods", show_default=False,
+                                help=f"Unlearning methods run when no --model is given (default: {DEFAULT_METHODS})."),
     steps: int = typer.Option(40, "--steps", help="Unlearning steps per method."),
     n_val: int = typer.Option(40, "--n-val", help="Correct and wrong validation samples each (variant choice)."),
     n_test: int = typer.Option(100, "--n-test", help="Correct and wrong test samples each (the reported figures)."),
-    audits: str = typer.Option("direct,paraphrase,another-way,few-shot,steering,noise", "--audits",
-                               help="Audits to run, comma-separated."),
+    audits: str = typer.Option(DEFAULT_AUDITS, "--audits", show_default=False,  # a long default: in the help
+                               help=f"Audits to run, comma-separated (default: {', '.join(DEFAULT_AUDITS.split(','))})."),
     layers: Optional[str] = typer.Option(None, "--layers", help="Decoder layers the perturbation audits try, "
                                          "comma-separated (-1: the decoder's input; default: all)."),
     fit_n: int = typer.Option(64, "--fit-n", help="Samples of each kind the concept vector and the noise scale "
@@ -59,14 +62,15 @@ def unlearning(
     as_json: bool = JsonOption,
 ) -> None:
     """Audit unlearned models: recovery rate of the forgotten answer per method by audit."""
-    console = Console(stderr=True)
     with stdout_for_json(as_json):
         summary = audit_unlearning(models or [], base, forget, out, methods=methods.split(","), steps=steps,
                                    n_val=n_val, n_test=n_test, audits=audits.split(","),
-                                   fit_n=fit_n, layers=_layers(layers), console=console)
+                                   fit_n=fit_n, layers=_layers(layers), console=progress_console())
+        console = result_console()
         console.print(f"recovery table in {out / 'table.md'}", highlight=False)
         if not as_json:
-            console.print((out / "table.md").read_text(encoding="utf-8"), highlight=False, markup=False)
+            console.print((out / "table.md").read_text(encoding="utf-8"), highlight=False, markup=False,
+                          soft_wrap=True)  # markdown: a wrapped row is no longer a row
     if as_json:
         print_json(summary)
 
@@ -95,7 +99,8 @@ def train_methods(base: str, word: str, methods: list[str], folder: Path, steps:
                 console.print(f"unlearning {word} from {base} with {method} ({steps} steps)", highlight=False)
             log = unlearn(model, method, forget_data, retain_data, UnlearnConfig(steps=steps))
             log.update(base=base, forget=word, **forget_report(model, word))
-            save_unlearned(model, target, log)
+            with quiet_transformers():  # no "Writing model shards" bar of save_pretrained
+                save_unlearned(model, target, log)
         out.append(target)
     return out
 
@@ -148,7 +153,7 @@ def audit_unlearning(models: list[str], base: str, word: str, out: Path, *, meth
     audits = check_choices(list(audits or AUDITS), AUDITS, "audit")
     if n_val < 2 or n_test < 2 or fit_n < 2:
         raise MmlensError("--n-val, --n-test and --fit-n must be at least 2")
-    console = console or Console(stderr=True)
+    console = console or progress_console()
     if not models:
         models = [str(p) for p in train_methods(base, word, methods or ["ga", "gd", "npo", "npo-rt"],
                                                 out / "models", steps, console)]
@@ -224,7 +229,9 @@ def write_page(out: Path, rows: dict[str, dict[str, Any]], audits: list[str], wo
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(max(6.0, 1.4 * len(audits) * max(1, len(rows)) / 3), 3.2))
+    from mmlens.report.figures import png_data_uri
+
+    fig = Figure(figsize=(max(6.0, 1.4 * len(audits) * max(1, len(rows)) / 3) + 1.4, 3.2), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     width = 0.8 / max(1, len(rows))
@@ -236,8 +243,7 @@ def write_page(out: Path, rows: dict[str, dict[str, Any]], audits: list[str], wo
     ax.set_xticks(np.arange(len(audits)) + 0.4 - width / 2, audits, fontsize=8)
     ax.set_ylabel(f"recovery of '{word}'")
     ax.axhline(0, color="black", linewidth=0.5)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never over one
     fig.savefig(out / "recovery.png", dpi=90)
     chosen = "".join(f"<tr><td>{html.escape(label)}</td>" + "".join(
         f"<td>{html.escape(r['audits'][a]['chosen'])}<br>{r['audits'][a]['correct_rate']:.2f} - "
@@ -246,7 +252,7 @@ def write_page(out: Path, rows: dict[str, dict[str, Any]], audits: list[str], wo
             f"<h1>Unlearning audit: does '{html.escape(word)}' come back?</h1>"
             f"<p>Recovery = rate of the forgotten answer where it is correct minus its rate where it is wrong "
             f"(test split; the variant of each audit chosen on validation; 95% bootstrap intervals).</p>"
-            f"<pre>{html.escape(recovery_table(rows, audits))}</pre><img src='recovery.png' alt='recovery'>"
+            f"<pre>{html.escape(recovery_table(rows, audits))}</pre><img src='{png_data_uri(fig, dpi=90)}' alt='recovery'>"
             f"<h2>Chosen variants (hit rate correct - wrong)</h2><table border=1><tr><th>model</th>"
             + "".join(f"<th>{html.escape(a)}</th>" for a in audits) + f"</tr>{chosen}</table>")
     path = out / "index.html"

@@ -140,7 +140,7 @@ def run_circuit(model: Any, batch: Any, images: list, methods: list[str], region
         figures["graph"] = circuit_figure(graph.n_layers, graph.n_heads, scores, info["edges_kept"],
                                           node_scores=None if result is None else
                                           dict(zip(result.components, result.total_source.tolist())))
-        figures["curve"] = curve_figure({"corrupt": curve}, len(graph.edges))
+        figures["curve"] = curve_figure({"corrupt": curve}, len(graph.edges), target=target)
         facts.update({"EAP corruption": info["corruption"], "circuit": f"{info['edges_kept']} of "
                       f"{info['edges']} edges recover {info['recovered']:.0%} of the gap"})
     for name, figure in figures.items():
@@ -194,7 +194,7 @@ def print_summary(summary: dict) -> None:
         cdt = summary["cdt"]
         console.print(f"[bold]CD-T[/bold]    the source's share of the logit of {cdt['answer']!r}: "
                       f"{cdt['source_logit']:.3f} of {cdt['logit']:.3f}")
-        table = Table(title="top components (source share, total)")
+        table = Table(title="top components by |source share| (total)")
         table.add_column("component")
         table.add_column("logit")
         for row in cdt["ranking"][:8]:

@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from mmlens.cli.options import JsonOption, OverwriteOption, print_json, stdout_for_json
+from mmlens.cli.terminal import progress_console, result_console
 from mmlens.errors import MmlensError
 
 app = typer.Typer(name="crosscoder", help="Crosscoders: which latents two models share and which are one's own.",
@@ -56,7 +57,7 @@ def train(
     pair = PairedActivations(store_a, store_b, site, modality)
     if k > config.d_sae_for(pair.width):
         raise MmlensError(f"k={k} is larger than the number of latents ({expansion} x {pair.width})")
-    console = Console(stderr=True)
+    console = progress_console()
     with stdout_for_json(as_json):
         every = max(1, steps // 10)
 
@@ -70,7 +71,8 @@ def train(
     if as_json:
         print_json(summary)
     else:
-        console.print(f"crosscoder ({cc.d_sae} latents, k {cc.k}) written to {escape(str(out))}/")
+        result_console().print(f"crosscoder ({cc.d_sae} latents, k {cc.k}) written to {escape(str(out))}/",
+                               highlight=False)
 
 
 @app.command("eval")
@@ -95,7 +97,7 @@ def evaluate(
     store_a, store_b = store_a or stores[0], store_b or stores[1]
     if store_a is None or store_b is None or cc.site is None:
         raise MmlensError(f"{folder} does not name its stores and site; give --a and --b")
-    console = Console(stderr=True)
+    console = progress_console()
     with stdout_for_json(as_json):
         pair = PairedActivations(store_a, store_b, cc.site, cc.extra.get("modality", "all"))
         report = analyse(cc, pair, low=low, high=high, max_nu_error=max_nu, max_nu_recon=max_nu)
@@ -105,7 +107,7 @@ def evaluate(
             chosen = report.latents(name, surviving=True)[:top]
             labels = _labels(cc, pair, chosen, console)
             result["latents"][name] = [{**report.row(j), "label": labels.get(j)} for j in chosen]
-        _print(console, result)
+        _print(result_console(), result)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({**result, "all": [report.row(j) for j in range(cc.d_sae)]}, indent=1) + "\n")

@@ -12,7 +12,6 @@ from typing import Optional
 
 import typer
 
-from mmlens.attribution.api import DEFAULT_METHODS
 from mmlens.cli.explain import SEEDS, explain_into
 from mmlens.cli.options import JsonOption, ModelOption, OverwriteOption
 from mmlens.report.output import OutputFolder
@@ -27,5 +26,5 @@ def demo(
     """Answer a question about the shipped example image and explain the answer (report in OUT)."""
     folder = OutputFolder(out, "demo", locals(), overwrite=overwrite, replace_own=True, seeds=SEEDS,
                           result="explanation")
-    explain_into(folder, image=None, prompt=None, model=model, methods=list(DEFAULT_METHODS), target=None, foil=None,
+    explain_into(folder, image=None, prompt=None, model=model, methods=None, target=None, foil=None,
                  max_new_tokens=1, as_json=as_json)

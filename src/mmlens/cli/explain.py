@@ -6,9 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.progress import Progress
 from rich.table import Table
 
 from mmlens.attribution.api import DEFAULT_METHODS, METHODS, explain as run_explain
@@ -27,6 +25,7 @@ from mmlens.cli.options import (
     stdout_for_json,
 )
 from mmlens.cli.samples import load_with_input, read_prompt
+from mmlens.cli.terminal import progress_bar, progress_console, result_console, whole_column
 from mmlens.errors import check_choices
 from mmlens.report.files import save_explanation
 from mmlens.report.html import what_was_explained, write_html_report
@@ -71,8 +70,8 @@ def explain(
                              "--target": target, "--foil": foil, "--overwrite": overwrite})
         return
     folder = OutputFolder(out, "explain", locals(), overwrite=overwrite, seeds=SEEDS, result="explanation")
-    methods = check_choices(list(method or DEFAULT_METHODS), METHODS, "method")
-    options = method_options(methods, window, parse_memory_budget(memory_budget))
+    methods = check_choices(method, METHODS, "method") if method else None  # None: the defaults that fit the input
+    options = method_options(methods or list(DEFAULT_METHODS), window, parse_memory_budget(memory_budget))
     explain_into(folder, image=image, prompt=read_prompt(prompt, prompt_file), model=model, methods=methods,
                  target=target, foil=foil, max_new_tokens=max_new_tokens, as_json=as_json, options=options)
 
@@ -103,19 +102,24 @@ SEEDS = {"rise": 0}
 
 
 def explain_into(folder: OutputFolder, *, image: Optional[list[Path]], prompt: Optional[str], model: Optional[str],
-                 methods: list[str], target: Optional[str], foil: Optional[str], max_new_tokens: Optional[int],
-                 as_json: bool, options: Optional[dict[str, dict]] = None) -> None:
-    """The work of ``mmlens explain`` (and ``mmlens demo``): load, explain, write into ``folder``, summarise."""
-    console = Console(stderr=True)
+                 methods: Optional[list[str]], target: Optional[str], foil: Optional[str],
+                 max_new_tokens: Optional[int], as_json: bool, options: Optional[dict[str, dict]] = None) -> None:
+    """The work of ``mmlens explain`` (and ``mmlens demo``): load, explain, write into ``folder``, summarise.
+
+    ``methods`` None runs the default methods that fit the input (see :func:`mmlens.explain_batch`).
+    """
+    console = progress_console()
     with stdout_for_json(as_json):
         with folder:
             loaded, prompt_text, images = load_with_input(console, model, prompt, image)
             folder.set_model(loaded)
-            with Progress(console=console, transient=True) as bar:
-                task = bar.add_task("explaining", total=len(methods))
+            with progress_bar(console) as bar:
+                task = bar.add_task("explaining", total=len(methods or DEFAULT_METHODS))
+                started: list[str] = []
 
                 def advance(name: str) -> None:
-                    bar.update(task, description=f"explaining: {name}", completed=methods.index(name))
+                    bar.update(task, description=f"explaining: {name}", completed=len(started))
+                    started.append(name)
 
                 explanation = run_explain(loaded, prompt_text, images, methods=methods, answer=target, foil=foil,
                                           max_new_tokens=max_new_tokens, options=options, progress=advance)
@@ -127,21 +131,51 @@ def explain_into(folder: OutputFolder, *, image: Optional[list[Path]], prompt: O
         print_json(json_summary(explanation, folder.out))
 
 
+#: Methods that read where the answer is, not which answer it is: --target and --foil do not change their scores.
+POSITION_ONLY = ("attention", "rollout")
+
+
 def print_summary(explanation: Explanation, report: Path) -> None:
     """What was explained, and per method the image share, strongest image cell and prompt words of the first token."""
-    console = Console()
+    console = result_console()
     lines = [("model", explanation.model), ("prompt", explanation.prompt), *what_was_explained(explanation)]
     for label, value in lines:
         console.print(f"[bold]{label:<7}[/bold] {escape(value)}", highlight=False)
+    console.print(summary_table(explanation, report.parent))
+    for line in method_notes(explanation):
+        console.print(f"note: {line}", highlight=False, markup=False)
+    console.print(f"report: {report}", highlight=False)
+
+
+def summary_table(explanation: Explanation, out: Path) -> Table:
+    """One row per method, for the first answer token; names whole at 80 columns, the legend in the caption."""
     rather = f" rather than {explanation.foil!r}" if explanation.foil is not None else ""
     question = f"why {explanation.answer_tokens[0]!r}{rather}?"
-    table = Table(title=question, caption=f"image share: {IMAGE_SHARE}")
-    for column in ("method", "ms", "image share", "top image cell (row, col)", "top words"):
-        table.add_column(column)
+    count = len(explanation.answer_tokens)
+    if count > 1:  # the table shows the first token only; say so, and where the others are
+        question += f" (token 1 of {count}; figures for all in {out})"
+    table = Table(title=question, caption=f"image = image share: {IMAGE_SHARE}; "
+                  "top cell: the strongest image cell (row, col); top words: nonzero scores only")
+    whole_column(table, "method", explanation.methods)
+    table.add_column("ms", justify="right")
+    table.add_column("image", justify="right")
+    table.add_column("top cell")
+    table.add_column("top words")
     for method in explanation.methods:
-        table.add_row(method, f"{explanation.milliseconds[method]:.1f}", *_summary(explanation, method))
-    console.print(table)
-    console.print(f"report: {report}")
+        table.add_row(method, f"{explanation.milliseconds[method]:.0f}", *_summary(explanation, method))
+    return table
+
+
+def method_notes(explanation: Explanation) -> list[str]:
+    """One line when a method shown ignores what was asked: the target's identity, or the foil."""
+    ignoring = [m for m in explanation.methods if m in POSITION_ONLY]
+    asked = [flag for flag, given in (("--foil", explanation.foil is not None),
+                                      ("--target", explanation.teacher_forced)) if given]
+    if not ignoring or not asked:
+        return []
+    one = len(ignoring) == 1
+    return [f"{', '.join(ignoring)} {'ignores' if one else 'ignore'} {' and '.join(asked)}: "
+            f"{'it reads' if one else 'they read'} where the answer is, not which word it is"]
 
 
 def json_summary(explanation: Explanation, out: Path) -> dict:
@@ -158,11 +192,15 @@ def json_summary(explanation: Explanation, out: Path) -> dict:
 
 def _summary(explanation: Explanation, method: str) -> tuple[str, str, str]:
     share, cell, words = _facts(explanation, method)
-    return ("-" if share is None else f"{share:.0%}"), ("-" if cell is None else str(tuple(cell))), " ".join(words)
+    return (("—" if share is None else f"{share:.0%}"), ("—" if cell is None else f"{cell[0]}, {cell[1]}"),
+            " ".join(words) or "—")
 
 
 def _facts(explanation: Explanation, method: str) -> tuple[float | None, list[int] | None, list[str]]:
-    """The first token's image share, strongest image cell (row, col) and three strongest prompt words."""
+    """The first token's image share, strongest image cell (row, col) and three strongest prompt words.
+
+    Words that score 0 (methods that only score the image) and whitespace tokens (newlines) are no words.
+    """
     import numpy as np
 
     share = explanation.image_share(method, 0)
@@ -171,5 +209,7 @@ def _facts(explanation: Explanation, method: str) -> tuple[float | None, list[in
         grid = explanation.image_grid(method, 0)
         if np.isfinite(grid).any():
             cell = [int(v) for v in np.unravel_index(np.nanargmax(grid), grid.shape)]
-    words = sorted(explanation.prompt_scores(method, 0), key=lambda pair: -pair[1])[:3]
+    scored = [(word, score) for word, score in explanation.prompt_scores(method, 0)
+              if word.strip() and np.isfinite(score) and score != 0.0]
+    words = sorted(scored, key=lambda pair: -pair[1])[:3]
     return (float(share) if np.isfinite(share) else None), cell, [word for word, _ in words]

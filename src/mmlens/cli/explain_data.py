@@ -12,12 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
-from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
 from mmlens.cli.options import print_json, stdout_for_json
 from mmlens.cli.samples import load_model
+from mmlens.cli.terminal import progress_bar, progress_console, result_console
 from mmlens.errors import MmlensError
 
 
@@ -40,11 +40,11 @@ def explain_data_command(data: str, out: Path, *, model: Optional[str], methods:
         raise MmlensError(f"{', '.join(given)} explain one sample: --data explains each sample's own prompt, "
                           "images and answer")
     reader = open_reader(data, prompt=prompt, columns=columns, split=split)
-    console = Console(stderr=True)
+    console = progress_console()
     with stdout_for_json(as_json):
         loaded = load_model(console, model)
-        progress = Progress(TextColumn("explain"), BarColumn(), MofNCompleteColumn(), TextColumn("samples"),
-                            TimeRemainingColumn(), console=console, transient=True)
+        progress = progress_bar(console, TextColumn("explain"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("samples"), TimeRemainingColumn())
         with progress:
             task = progress.add_task("explain", total=None)
 
@@ -54,7 +54,7 @@ def explain_data_command(data: str, out: Path, *, model: Optional[str], methods:
             summary = explain_dataset(loaded, reader, out, methods, options=options, max_new_tokens=max_new_tokens,
                                       shard_size=shard_size, strict=strict, on_start=on_start,
                                       progress=lambda n: progress.update(task, advance=n))
-        shards = summary["shards"]
+        shards, console = summary["shards"], result_console()
         console.print(f"explained {summary['samples']:,} samples with {', '.join(methods)} into "
                       f"{escape(summary['out'])} ({shards['written']} shards written, {shards['skipped']} already "
                       f"there); index: {escape(summary['index'])}", highlight=False, soft_wrap=True)

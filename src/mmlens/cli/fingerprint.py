@@ -20,6 +20,7 @@ import typer
 from rich.console import Console
 
 from mmlens.cli.options import JsonOption, OutOption, OverwriteOption, print_json, stdout_for_json
+from mmlens.cli.terminal import drop_empty, progress_console, result_console, whole_column
 from mmlens.errors import MmlensError, check_choice
 from mmlens.represent.cka import KINDS
 from mmlens.represent.fingerprint import PROBE_SETS, collect_last_token, fingerprint as compare, probe_samples
@@ -48,10 +49,9 @@ def fingerprint(
     groups = _groups(group)
     folder = OutputFolder(out, "fingerprint", locals(), overwrite=overwrite, result="fingerprint",
                           seeds={"bootstrap": 0, "probe_first_index": 5000})
-    console = Console(stderr=True)
     with stdout_for_json(as_json), folder:
-        summary = run(victim, suspect, n, probe_set, boot, folder.path, console, groups)
-        _print_table(console, summary["rows"])
+        summary = run(victim, suspect, n, probe_set, boot, folder.path, progress_console(), groups)
+        result_console().print(summary_table(summary["rows"]))
     if as_json:
         print_json({"out": str(folder.out), **{k: v for k, v in summary.items() if k != "matrices"}})
 
@@ -96,7 +96,7 @@ def run(victim: str, suspects: list[str], n: int, probe_sets: list[str], boot: i
     summary = {"victim": victim, "n": n, "probe_sets": probe_sets, "boot": boot, "rows": rows,
                "timing_s": timing, "figures": figures}
     save_json(summary, folder / "fingerprint.json", "mmlens.Fingerprint", indent=1)
-    (folder / "fingerprint.html").write_text(fingerprint_page(victim, rows, figures))
+    (folder / "fingerprint.html").write_text(fingerprint_page(victim, rows, figures, folder=folder))
     return summary
 
 
@@ -118,13 +118,20 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9.-]+", "_", _short(name))
 
 
-def _print_table(console: Console, rows: list[dict[str, Any]]) -> None:
+def summary_table(rows: list[dict[str, Any]]) -> Any:
+    """One row per suspect and probe set; suspects whole at 80 columns, no column without a value (--group)."""
     from rich.table import Table
 
-    table = Table(title="fingerprint: debiased linear CKA, depth-matched layers (95% bootstrap interval)")
-    for column in ("suspect", "group", "probe set", "score", "interval", "samples", "dropped"):
-        table.add_column(column)
-    for r in rows:
-        table.add_row(_short(r["suspect"]), r["group"], r["probe_set"], f"{r['score']:.3f}",
-                      f"{r['interval'][0]:.3f} - {r['interval'][1]:.3f}", str(r["samples"]), str(r["dropped"]))
-    console.print(table)
+    columns = ["suspect", "group", "probe set", "score", "95% interval", "samples", "dropped"]
+    cells = [[_short(r["suspect"]), r["group"], r["probe_set"], f"{r['score']:.3f}",
+              f"{r['interval'][0]:.3f}–{r['interval'][1]:.3f}", str(r["samples"]), str(r["dropped"])] for r in rows]
+    columns, cells = drop_empty(columns, cells)
+    table = Table(title="fingerprint: debiased linear CKA, depth-matched layers")
+    for i, column in enumerate(columns):
+        if column in ("suspect", "group"):
+            whole_column(table, column, [row[i] for row in cells])
+        else:
+            table.add_column(column, justify="left" if column == "probe set" else "right")
+    for row in cells:
+        table.add_row(*row)
+    return table

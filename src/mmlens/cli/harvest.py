@@ -15,12 +15,15 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+import time
+
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
 from mmlens.cli.options import JsonOption, ModelOption, print_json, stdout_for_json
 from mmlens.cli.samples import load_model
+from mmlens.cli.terminal import progress_bar, progress_console, result_console
 from mmlens.data.readers import open_reader
 from mmlens.errors import MmlensError
 from mmlens.store.files import DTYPES
@@ -47,13 +50,13 @@ def harvest(
     split: Optional[str] = typer.Option(None, "--split", help="Split of a Hugging Face dataset with several."),
     strict: bool = typer.Option(False, "--strict", help="Stop at the first bad row instead of skipping it."),
     ray: bool = typer.Option(False, "--ray", help="Run the shards on Ray workers (a local Ray unless --ray-address); "
-                             "needs mmlens[ray]."),
+                             "needs mmlens\\[ray]."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Address of a running Ray cluster "
                                               "(implies --ray)."),
     as_json: bool = JsonOption,
 ) -> None:
     """Store activations at --sites for every row of --data; resumable after a kill, appendable."""
-    console = Console(stderr=True)
+    console = progress_console()
     reader = open_reader(data, prompt=prompt, columns=_columns(column), split=split)
     site_list = [s.strip() for s in sites.split(",") if s.strip()]
     modality_list = [m.strip() for m in modalities.split(",") if m.strip()]
@@ -75,7 +78,7 @@ def harvest(
                 summary = run_harvest(loaded, reader, out, site_list, modalities=modality_list, dtype=dtype,
                                       shard_size=shard_size, batch_size=batch_size, strict=strict,
                                       progress=advance, on_start=on_start)
-        _print_summary(console, summary)
+        _print_summary(result_console(), summary)
     if as_json:
         print_json(summary)
 
@@ -97,11 +100,12 @@ class _bar:
     """A progress bar of samples, tokens/s and time left, fed by the harvest's callbacks."""
 
     def __init__(self, console: Console) -> None:
-        self.progress = Progress(TextColumn("harvest"), BarColumn(), MofNCompleteColumn(), TextColumn("samples"),
-                                 TextColumn("{task.fields[rate]} tokens/s"), TimeRemainingColumn(),
-                                 console=console, transient=True)
+        self.progress = progress_bar(console, TextColumn("harvest"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("samples"), TextColumn("{task.fields[rate]}"),
+                                     TimeRemainingColumn())
         self.task = None
         self.tokens = 0
+        self.start = time.perf_counter()
 
     def __enter__(self):
         self.progress.__enter__()
@@ -112,13 +116,14 @@ class _bar:
 
     def on_start(self, todo: int, done: int) -> None:
         self.task = self.progress.add_task("harvest", total=todo, rate="-")
+        self.start = time.perf_counter()
 
     def advance(self, samples: int, tokens: int) -> None:
         self.tokens += tokens
         self.progress.update(self.task, advance=samples)
-        elapsed = self.progress.tasks[0].elapsed or 0.0
+        elapsed = time.perf_counter() - self.start
         if elapsed > 0:
-            self.progress.update(self.task, rate=f"{self.tokens / elapsed:,.0f}")
+            self.progress.update(self.task, rate=f"{self.tokens / elapsed:,.0f} tokens/s")
 
 
 def _print_summary(console: Console, summary: dict) -> None:

@@ -15,7 +15,6 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import Progress
 from rich.table import Table
 
 from mmlens.causal.attribution_patching import attribution_patching
@@ -40,6 +39,7 @@ from mmlens.cli.options import (
     stdout_for_json,
 )
 from mmlens.cli.samples import load_with_input, read_prompt
+from mmlens.cli.terminal import progress_bar
 from mmlens.errors import MmlensError, check_choice, check_choices
 from mmlens.report.figures import display_token
 from mmlens.report.heads_pages import describe, write_heads_page
@@ -106,7 +106,7 @@ def heads(
                 other = counterfactual_images(counterfactual, images)
                 corruption = loaded.prepare(prompt_text, other)
             grids: dict[str, HeadGrid] = {}
-            with Progress(console=console, transient=True) as bar:
+            with progress_bar(console) as bar:
                 for name in methods:
                     task = bar.add_task(name, total=None)
 

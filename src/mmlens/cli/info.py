@@ -18,6 +18,7 @@ from mmlens.cli.options import (
     stdout_for_json,
 )
 from mmlens.cli.samples import read_prompt, sample_input
+from mmlens.cli.terminal import result_console
 from mmlens.model import Model
 from mmlens.models.loading import load
 
@@ -29,7 +30,10 @@ def info(
     prompt_file: Optional[Path] = PromptFileOption,
     as_json: bool = JsonOption,
 ) -> None:
-    """Show a model's family, layers, site names and the token layout of a sample input."""
+    """Show a model's family, layers, site names and the token layout of a sample input.
+
+    --model takes a zoo name (see docs/zoo.md; an unknown name lists every zoo name), a local folder or a hub id.
+    """
     prompt = read_prompt(prompt, prompt_file)
     with stdout_for_json(as_json):  # stdout holds the JSON alone
         loaded = load(model)
@@ -66,21 +70,34 @@ def describe(model: Model, prompt: str, images: list[Any]) -> dict[str, Any]:
     }
 
 
-def _print(summary: dict[str, Any]) -> None:
-    console = Console()
+def _print(summary: dict[str, Any], console: Optional[Console] = None) -> None:
+    console = console or result_console()
     console.print(f"[bold]{summary['model']}[/bold]  family={summary['family']}  class={summary['class']}")
     console.print(
         f"{summary['parameters']:,} parameters, {summary['layers']} decoder layers, "
         f"{summary['vision_layers']} vision layers, {len(summary['sites'])} sites"
     )
     kinds = sorted({s.split('.')[-1] for s in summary["sites"]})
-    console.print("site kinds: " + ", ".join(kinds) + "  (e.g. lm.L0.resid)")
+    # the example first, so that a narrow terminal wraps between kinds, not inside "(e.g. ...)"
+    console.print("site kinds (e.g. lm.L0.resid): " + ", ".join(kinds), highlight=False)
     layout = summary["layout"]
-    console.print(f"sample prompt: {summary['prompt']!r} -> {layout['seq_len']} tokens {layout['tokens']}")
-    table = Table("image", "size (h, w)", "view", "kind", "grid", "box (x0, y0, x1, y1)", "tokens")
+    counts = ", ".join(f"{n} {kind}" for kind, n in layout["tokens"].items() if n)
+    console.print(f"sample prompt: {summary['prompt']!r} -> {layout['seq_len']} tokens ({counts})", highlight=False)
+    table = Table("image", "size (h, w)", "view", "kind", "grid", "box x0,y0–x1,y1", "tokens")
     for i, image in enumerate(layout["images"]):
         for j, view in enumerate(image["views"]):
             table.add_row(str(i), str(tuple(image["size"])), str(j), view["kind"], "x".join(map(str, view["grid"])),
-                          str(tuple(view["box"])), str(view["tokens"]))
+                          compact_box(view["box"]), str(view["tokens"]))
     if layout["images"]:
         console.print(table)
+
+
+def compact_box(box: list[float]) -> str:
+    """A box ``(x0, y0, x1, y1)`` in pixels as ``x0,y0–x1,y1``, one decimal at most, to fit one cell.
+
+    Example:
+        >>> compact_box([0.0, 0.0, 42.666, 32.0])
+        '0,0–42.7,32'
+    """
+    x0, y0, x1, y1 = (f"{value:.1f}".removesuffix(".0") for value in box)
+    return f"{x0},{y0}–{x1},{y1}"

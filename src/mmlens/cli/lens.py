@@ -15,7 +15,6 @@ import torch
 import typer
 from matplotlib.figure import Figure
 from rich.console import Console
-from rich.progress import Progress
 from rich.table import Table
 
 from mmlens.cli.inside_options import AnswerOption, ObjectBoxOption, object_box
@@ -33,6 +32,7 @@ from mmlens.cli.options import (
     stdout_for_json,
 )
 from mmlens.cli.samples import load_with_input, read_prompt
+from mmlens.cli.terminal import progress_bar
 from mmlens.causal.groups import object_positions
 from mmlens.layout import Modality
 from mmlens.lens import AttentionFlow, Knockout, LogitLens, attention_flow, knockout, logit_lens
@@ -68,7 +68,7 @@ def lens(
             folder.set_model(loaded)
             batch = loaded.prepare(prompt_text, images)
             region = object_box(box, image, prompt, loaded.name, first_image=images[0] if images else None)
-            with Progress(console=console, transient=True) as bar:
+            with progress_bar(console) as bar:
                 task = bar.add_task("logit lens", total=3)
                 result = logit_lens(loaded, batch, answer=answer, top_k=top_k)
                 bar.update(task, advance=1, description="attention flow")

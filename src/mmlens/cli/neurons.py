@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mmlens.cli.options import (
@@ -96,4 +97,6 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
         for row in found["rows"]:
             table.add_row(*row)
         console.print(table)
+        if "domain_warning" in summary:
+            console.print(f"[yellow]note:[/yellow] {escape(summary['domain_warning'])}")
     console.print(f"written to {out}/ (report: {out / 'neurons.html'})")

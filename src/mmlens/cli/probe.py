@@ -21,6 +21,7 @@ import typer
 from rich.console import Console
 
 from mmlens.cli.options import JsonOption, OutOption, OverwriteOption, print_json, stdout_for_json
+from mmlens.cli.terminal import progress_console, result_console, whole_column
 from mmlens.errors import MmlensError
 from mmlens.represent.probe_tasks import TASKS
 
@@ -48,10 +49,9 @@ def probe(
     folder = OutputFolder(out, "probe", {"store": str(store), "task": names, "site": site,
                           "test_fraction": test_fraction, "seed": seed}, overwrite=overwrite,
                           result="probes", seeds={"split_and_control": seed})
-    console = Console(stderr=True)
     with stdout_for_json(as_json), folder:
-        summary = run(opened, names, site, test_fraction, seed, folder.path, console)
-        _print_table(console, summary["tasks"])
+        summary = run(opened, names, site, test_fraction, seed, folder.path, progress_console())
+        result_console().print(summary_table(summary["tasks"]))
     if as_json:
         print_json({"out": str(folder.out), **summary})
 
@@ -71,9 +71,9 @@ def run(store: Any, names: list[str], sites: Optional[list[str]], test_fraction:
     with console.status("fitting probes"):
         results = train_probes(store, tasks, sites, test_fraction=test_fraction, seed=seed)
     chosen = results[0]["sites"]
-    curves = {r["task"] + (" (R^2)" if r["kind"] == "regress" else ""):
-              {"accuracy": [max(0.0, r["by_site"][s]["accuracy"]) for s in chosen],
-               "control": [max(0.0, r["by_site"][s]["control"]) for s in chosen]} for r in results}
+    curves = {r["task"]: {"accuracy": [r["by_site"][s]["accuracy"] for s in chosen],  # R² may be below 0: shown
+                          "control": [r["by_site"][s]["control"] for s in chosen],
+                          **({"metric": "r2"} if r["kind"] == "regress" else {})} for r in results}
     figure = probe_accuracy_figure(curves, f"{store.model}: linear probes by site (held-out samples)",
                                    [s.replace(".resid", "") for s in chosen])
     save_figure(figure, folder / "probe_accuracy.png")
@@ -84,15 +84,23 @@ def run(store: Any, names: list[str], sites: Optional[list[str]], test_fraction:
     return summary
 
 
-def _print_table(console: Console, results: list[dict[str, Any]]) -> None:
+def summary_table(results: list[dict[str, Any]]) -> Any:
+    """One row per task at its best site; tasks and sites whole at 80 columns, the short headers in the caption."""
+    from rich import box
     from rich.table import Table
 
-    table = Table(title="linear probes (held-out samples): best site")
-    for column in ("task", "modality", "rows", "best site", "accuracy", "control", "selectivity", "majority"):
-        table.add_column(column)
+    table = Table(title="linear probes (held-out samples): best site", box=box.SIMPLE_HEAD, show_edge=False, collapse_padding=True,
+                  pad_edge=False, caption="acc: held-out accuracy (R² for the -scalar tasks, which regress); "
+                  "ctrl: the control task's; sel: acc - ctrl; maj: the majority class's accuracy")
+    whole_column(table, "task", [r["task"] for r in results])
+    table.add_column("tokens", no_wrap=True, min_width=len("special"))
+    table.add_column("rows", justify="right", no_wrap=True, min_width=5)
+    whole_column(table, "best site", [r["best"]["site"] for r in results])
+    for column in ("acc", "ctrl", "sel", "maj"):
+        table.add_column(column, justify="right", no_wrap=True, min_width=5)
     for r in results:
         best = r["best"]
-        table.add_row(r["task"] + (" (R^2)" if r["kind"] == "regress" else ""), r["modality"], str(r["rows"]),
-                      best["site"], f"{best['accuracy']:.3f}", f"{best['control']:.3f}",
-                      f"{best['selectivity']:.3f}", "-" if r["majority"] is None else f"{r['majority']:.3f}")
-    console.print(table)
+        table.add_row(r["task"], r["modality"], str(r["rows"]), best["site"], f"{best['accuracy']:.2f}",
+                      f"{best['control']:.2f}", f"{best['selectivity']:.2f}",
+                      "—" if r["majority"] is None else f"{r['majority']:.2f}")
+    return table

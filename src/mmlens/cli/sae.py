@@ -1,4 +1,4 @@
-"""``mmlens sae``: train and evaluate sparse autoencoders on an activation store.
+"""``mmlens sae``: train, evaluate, show and use sparse autoencoders on an activation store.
 
 ``mmlens sae train`` trains on one site of a store (``docs/sae.md``) into
 ``--out``: the SAE in SAELens' layout (``cfg.json``, ``sae_weights.safetensors``),
@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import shutil
 from importlib import import_module
 from pathlib import Path
@@ -24,14 +25,17 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from mmlens.cli.options import JsonOption, ModelOption, OverwriteOption, print_json, stdout_for_json
+from mmlens.cli.terminal import progress_bar, progress_console, result_console
 from mmlens.errors import MmlensError
 from mmlens.report.output import OutputFolder
 
-app = typer.Typer(name="sae", help="Sparse autoencoders: train, evaluate.", no_args_is_help=True,
+app = typer.Typer(name="sae", help="Sparse autoencoders: train, eval, dashboard (a page per latent), "
+                  "filter (data selection by SAE-V).", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
 #: Sibling modules that add sub-commands: module -> (command name, the function it exposes when it has no register(app)).
 PLUGINS = {"sae_dashboard": ("dashboard", "dashboard"), "sae_filter": ("filter", "sae_filter")}
@@ -77,7 +81,7 @@ def train(
     parameters = {"store": str(Path(store).resolve()), "site": site, **{key: value for key, value in
                   vars(config).items() if key not in ("checkpoint_every", "log_every")}}
     folder = OutputFolder(out, "sae train", parameters, overwrite=overwrite, resumable=True, result="sae")
-    console = Console(stderr=True)
+    console = progress_console()
     with stdout_for_json(as_json), folder:
         if not folder.resumed:  # --overwrite of another run: its checkpoint must not be picked up
             for stale in ("checkpoint", ".checkpoint-old", ".checkpoint-tmp"):
@@ -89,8 +93,22 @@ def train(
     if as_json:
         print_json(summary)
     else:
-        console.print(f"SAE ({arch}, {sae.d_sae} latents) written to {folder.out}/; "
-                      f"last batch: {summary['last']}")
+        result_console().print(f"SAE ({arch}, {sae.d_sae} latents) written to {escape(str(folder.out))}/; "
+                               f"last batch: {last_batch(summary['last'])}", highlight=False)
+
+
+def last_batch(metrics: dict[str, Any]) -> str:
+    """The last logged batch of training in words.
+
+    Example:
+        >>> last_batch({"step": 200, "loss": 0.1973, "fvu": 0.1973, "aux": 0.0, "l0": 8.0, "dead": 0.0, "lr": 2e-05})
+        'step 200, loss 0.197, FVU 0.197, L0 8.0, dead 0%, lr 2e-05'
+    """
+    if not metrics:
+        return "none logged"
+    parts = {"step": lambda v: f"step {v}", "loss": lambda v: f"loss {v:.3g}", "fvu": lambda v: f"FVU {v:.3g}",
+             "l0": lambda v: f"L0 {v:.1f}", "dead": lambda v: f"dead {v:.0%}", "lr": lambda v: f"lr {v:.2g}"}
+    return ", ".join(show(metrics[key]) for key, show in parts.items() if key in metrics)
 
 
 def _device(name: str | None) -> str | None:
@@ -130,7 +148,7 @@ def evaluate(
         raise MmlensError(f"{sae_folder} does not say its site; give --site")
     acts = SiteActivations(store, site)
     check_width(sae, acts.width, f"the store's site {site}")
-    console = Console(stderr=True)
+    console = progress_console()
     with stdout_for_json(as_json):
         result: dict[str, Any] = {"sae": str(sae_folder), "store": str(store), "site": site,
                                   "reconstruction": reconstruction(sae, acts, dense=dense)}
@@ -145,9 +163,11 @@ def evaluate(
             with _bar(console, "loss recovered", len(chosen)) as bar:
                 result["loss_recovered"] = loss_recovered(loaded, sae, chosen, site, progress=bar)
             result.update(model=loaded.name, data=spec)
-        _print_eval(console, result)
+        for warning in _undefined(result):
+            console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
+        result_console().print(eval_table(result))
     if as_json:
-        print_json(result)
+        print_json(_json_safe(result))
 
 
 def _store_data(store) -> str:
@@ -166,29 +186,51 @@ def _history(out: Path) -> list[dict[str, Any]]:
     return json.loads(path.read_text()).get("history", []) if path.is_file() else []
 
 
-def _print_eval(console: Console, result: dict[str, Any]) -> None:
-    table = Table(title=f"SAE at {result['site']}")
-    for column in ("tokens", "count", "FVU", "L0", "dead", "dense", "loss recovered", "clean / SAE / zero loss"):
+def eval_table(result: dict[str, Any]) -> Table:
+    """One row per modality; an undefined loss recovered (zero ablation changes nothing) shows as "—"."""
+    table = Table(title=f"SAE at {result['site']}", caption="recovered: loss recovered at the answer, "
+                  "(zero - SAE) / (zero - clean)")
+    table.add_column("tokens")
+    for column in ("count", "FVU", "L0", "dead", "dense", "recovered"):
         table.add_column(column, justify="right")
+    table.add_column("clean/SAE/zero loss", justify="right", no_wrap=True)
     for name, stats in result["reconstruction"].items():
         lr = result.get("loss_recovered", {}).get(name)
-        losses = f"{lr['clean_loss']:.3f} / {lr['sae_loss']:.3f} / {lr['zero_loss']:.3f}" if lr else "-"
+        losses = f"{lr['clean_loss']:.3f}/{lr['sae_loss']:.3f}/{lr['zero_loss']:.3f}" if lr else "—"
+        recovered = "—" if not lr or not math.isfinite(lr["recovered"]) else f"{lr['recovered']:.3f}"
         table.add_row(name, str(stats["tokens"]), f"{stats['fvu']:.4f}", f"{stats['l0']:.1f}", str(stats["dead"]),
-                      str(stats["dense"]), f"{lr['recovered']:.3f}" if lr else "-", losses)
-    console.print(table)
+                      str(stats["dense"]), recovered, losses)
+    return table
+
+
+def _undefined(result: dict[str, Any]) -> list[str]:
+    """One warning per modality whose loss recovered is undefined."""
+    from mmlens.sae.evaluate import undefined_recovery
+
+    found = (undefined_recovery(name, lr) for name, lr in result.get("loss_recovered", {}).items())
+    return [line for line in found if line is not None]
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with NaN as null: JSON has no NaN (an undefined loss recovered)."""
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 class _bar:
     """A progress bar; called with ``(step, metrics)`` (training) or ``(count,)`` (samples done)."""
 
     def __init__(self, console: Console, label: str, total: int) -> None:
-        self.progress = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                                 TimeRemainingColumn(), console=console, transient=True)
-        self.total = total
+        self.progress = progress_bar(console, TextColumn(label), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("{task.fields[info]}"), TimeRemainingColumn())
+        self.label, self.total = label, total
 
     def __enter__(self) -> "_bar":
         self.progress.__enter__()
-        self.task = self.progress.add_task("run", total=self.total, info="")
+        self.task = self.progress.add_task(self.label, total=self.total, info="")
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from mmlens.cli.options import JsonOption, ModelOption, print_json, stdout_for_json
+from mmlens.cli.terminal import progress_console, result_console
 from mmlens.errors import MmlensError
 
 
@@ -39,12 +40,12 @@ def dashboard(
     as_json: bool = JsonOption,
 ) -> None:
     """Write an index and one page per latent of --sae over the tokens of --store."""
-    console = Console(stderr=True)
+    console = progress_console()
     with stdout_for_json(as_json):
         summary = write_dashboard(sae, store, out, site=site, latents=_latent_list(latents), n_latents=n_latents,
                                   images=images, texts=texts, labels=labels, logits=logits, model=model,
                                   console=console)
-        console.print(f"wrote {summary['pages']} latent pages; open {escape(summary['index'])}", highlight=False,
+        result_console().print(f"wrote {summary['pages']} latent pages; open {escape(summary['index'])}", highlight=False,
                       soft_wrap=True)
     if as_json:
         print_json(summary)

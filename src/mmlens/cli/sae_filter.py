@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from mmlens.cli.options import JsonOption, ModelOption, print_json, stdout_for_json
+from mmlens.cli.terminal import progress_console, result_console
 from mmlens.errors import MmlensError
 from mmlens.sae.crossmodal import WITHIN, SaeVParams
 
@@ -46,13 +47,13 @@ def sae_filter(
     as_json: bool = JsonOption,
 ) -> None:
     """Score --data with SAE-V and write the kept and removed sample ids."""
-    console = Console(stderr=True)
+    console = progress_console()
     if within not in WITHIN:
         raise MmlensError(f"--within is one of {', '.join(WITHIN)}, got {within!r}")
     params = SaeVParams(top_latents, top_tokens, min_per_modality, pairs, within)
     with stdout_for_json(as_json):
         summary = filter_data(data, sae, keep, out, params, site=site, model=model, console=console)
-        console.print(f"kept {summary['kept']} of {summary['samples']} samples ({summary['cross_modal_latents']} "
+        result_console().print(f"kept {summary['kept']} of {summary['samples']} samples ({summary['cross_modal_latents']} "
                       f"cross-modal latents); ids in {escape(summary['kept_file'])}", highlight=False, soft_wrap=True)
     if as_json:
         print_json(summary)

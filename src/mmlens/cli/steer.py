@@ -32,6 +32,7 @@ from rich.console import Console
 
 from mmlens.cli.options import JsonOption, ModelOption, OutOption, OverwriteOption, print_json, stdout_for_json
 from mmlens.cli.samples import load_model
+from mmlens.cli.terminal import progress_console, result_console
 from mmlens.data.readers import open_reader
 from mmlens.errors import MmlensError, check_choice
 from mmlens.model import Model
@@ -85,7 +86,7 @@ def steer(
     if subspace is not None:
         loaded_vector = SubspaceSteering.load(subspace)
     folder = OutputFolder(out, "steer", locals(), overwrite=overwrite, result="steer")
-    console = Console(stderr=True)
+    console = progress_console()
     with stdout_for_json(as_json):
         with folder:
             loaded = load_model(console, model)
@@ -96,7 +97,8 @@ def steer(
             elif layers:
                 loaded_vector = loaded_vector.only(layers)
             summary = run_steer(loaded, loaded_vector, _samples(data), scale, tokens, max_new_tokens, folder.path)
-        console.print(f"{summary['changed']} of {summary['n']} answers changed; written to {folder.out}/")
+        result_console().print(f"{summary['changed']} of {summary['n']} answers changed; written to {folder.out}/",
+                               highlight=False)
     if as_json:
         print_json({"out": str(folder.out), **{k: v for k, v in summary.items() if k != "rows"}})
 

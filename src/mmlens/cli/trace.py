@@ -13,7 +13,6 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import Progress
 from rich.table import Table
 
 from mmlens.causal import COMPONENTS, CausalTrace, token_groups
@@ -35,6 +34,7 @@ from mmlens.cli.options import (
     stdout_for_json,
 )
 from mmlens.cli.samples import load_with_input, read_prompt
+from mmlens.cli.terminal import progress_bar
 from mmlens.data.shapes_questions import prompt_object_words
 from mmlens.errors import MmlensError, check_choices
 from mmlens.report.figures import display_token
@@ -83,7 +83,7 @@ def trace(
             if counterfactual is not None:
                 other = counterfactual_images(counterfactual, images)
                 corruption = loaded.prepare(prompt_text, other)
-            with Progress(console=console, transient=True) as bar:
+            with progress_bar(console) as bar:
                 task = bar.add_task("tracing", total=None)
                 result = run_trace(loaded, batch, groups, answer=answer, corrupt=corruption, noise=noise,
                                    components=components, window=window, seed=seed, memory_budget=budget,

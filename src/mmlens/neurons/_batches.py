@@ -84,12 +84,14 @@ def prepare_samples(model: "Model", samples: Sequence[Sample], padding_side: str
 
 @contextmanager
 def progress_bar(enabled: bool, description: str, total: int) -> Iterator["Advance"]:
-    """A transient rich progress bar on stderr; ``advance(n)`` moves it (a no-op when disabled)."""
-    if not enabled:
+    """A transient rich progress bar on stderr; ``advance(n)`` moves it (a no-op when disabled or off a terminal,
+    where a rich bar shows nothing and leaves a blank line when it stops)."""
+    console = Console(stderr=True)
+    if not enabled or not console.is_terminal:
         yield Advance(None, None)
         return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+    with Progress(*columns, console=console, transient=True) as bar:
         yield Advance(bar, bar.add_task(description, total=total))
 
 

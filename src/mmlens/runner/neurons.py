@@ -10,6 +10,7 @@ ranks one decoder neuron's top-activating images.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ from mmlens.report.neurons import TOWERS, depth_figure, neurons_section, top_act
 DOMAIN_TOP = 5
 #: How many of each modality's highest-scoring neurons ``neurons.json`` lists (``strongest``).
 STRONGEST = 5
+#: Above this share of ln(domains), the most specific neuron is called unspecific: it fires alike everywhere.
+UNSPECIFIC = 0.95
 
 
 def find_neurons(loaded: Model, folder: Path, *, samples: int, ratio: float, budget: str, weights: dict[str, float],
@@ -103,7 +106,12 @@ def _strongest(chosen: Any) -> list[dict[str, Any]]:
 
 
 def _domains(loaded: Model, data: dict, memory_budget: int | None, folder: Path) -> dict[str, Any]:
-    """Domain-specific neurons with question types as domains: counts per domain and tower, and the most specific."""
+    """Domain-specific neurons with question types as domains: counts per domain and tower, and the most specific.
+
+    ``domain_entropy_max`` is ln(domains), the entropy of a neuron that fires alike everywhere; with
+    ``domain_warning`` when even the most specific neuron comes within ``UNSPECIFIC`` of it (MMNeuron keeps the
+    lowest entropies among the frequently active neurons, and on a small model these can all be always on).
+    """
     found = select_domain_neurons(domain_scores(loaded, data, memory_budget=memory_budget))
     found.metadata["model"] = loaded.name
     save_neuron_set(found, folder / "neurons_domain")
@@ -115,4 +123,12 @@ def _domains(loaded: Model, data: dict, memory_budget: int | None, folder: Path)
         order = part.scores.argsort(stable=True)[:DOMAIN_TOP]  # the lowest entropy: the most domain-specific
         most[domain] = [{"site": part.sites[int(k)], "index": int(part.indices[int(k)]),
                          "entropy": round(float(part.scores[int(k)]), 4)} for k in order]
-    return {"domains": counts, "domain_neurons": most}
+    ceiling = math.log(len(found.metadata["domains"]))  # the entropy of a neuron that fires alike in every domain
+    summary = {"domains": counts, "domain_neurons": most, "domain_entropy_max": round(ceiling, 4)}
+    if len(found) and float(found.scores.min()) >= UNSPECIFIC * ceiling:
+        summary["domain_warning"] = (
+            f"no neuron is domain-specific here: the lowest entropy among the frequently active neurons is "
+            f"{float(found.scores.min()):.3f} of a possible {ceiling:.3f} (a neuron that fires alike in every "
+            f"domain); the listed ones are the least unspecific. More samples, or a model trained on distinct "
+            f"domains, may find specific ones")
+    return summary

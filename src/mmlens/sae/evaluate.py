@@ -9,7 +9,10 @@
   modality, and the next-token loss of the answer (the position after the
   prompt, the only one the shapes models were trained on) is compared with
   the clean run and with the site zero-ablated at the same tokens:
-  ``(L_zero - L_sae) / (L_zero - L_clean)``.
+  ``(L_zero - L_sae) / (L_zero - L_clean)``. When zero ablation moves the
+  loss by less than :data:`MIN_GAP` nats either way (a model that answers as well
+  without the site, or a loss already near 0), the ratio divides noise by
+  noise: it is NaN (undefined) and :func:`undefined_recovery` says why.
 
 Example:
     >>> stats = reconstruction(sae, SiteActivations("store/", sae.site))  # doctest: +SKIP
@@ -103,6 +106,11 @@ def answer_ids(model, samples: Sequence[Sample]) -> torch.Tensor:
     return torch.tensor(ids)
 
 
+#: Smallest zero-ablation gap ``|L_zero - L_clean|`` (nats, absolute) for which the loss recovered is defined:
+#: 0.01 nats is a 1% change of perplexity, below run-to-run noise of a few hundred answers.
+MIN_GAP = 0.01
+
+
 @torch.no_grad()
 def loss_recovered(model, sae: SparseAutoencoder, samples: Sequence[Sample], site: str | None = None,
                    splits: Sequence[str] = SPLITS, batch_size: int = 16,
@@ -111,7 +119,8 @@ def loss_recovered(model, sae: SparseAutoencoder, samples: Sequence[Sample], sit
 
     The edit touches only the tokens of that modality (``all``: every real
     token); the loss is the mean cross-entropy of the answer's first token at
-    the last prompt position.
+    the last prompt position. ``recovered`` is NaN when the gap is below
+    :data:`MIN_GAP` (see :func:`undefined_recovery`).
 
     Example:
         >>> loss_recovered(model, sae, samples)["all"]["recovered"] > 0.9  # doctest: +SKIP
@@ -143,8 +152,22 @@ def loss_recovered(model, sae: SparseAutoencoder, samples: Sequence[Sample], sit
         l_clean, l_sae, l_zero = clean / n, totals[name]["sae"] / n, totals[name]["zero"] / n
         gap = l_zero - l_clean
         result[name] = {"clean_loss": l_clean, "sae_loss": l_sae, "zero_loss": l_zero,
-                        "recovered": (l_zero - l_sae) / gap if abs(gap) > 1e-12 else float("nan"), "samples": n}
+                        "recovered": (l_zero - l_sae) / gap if abs(gap) >= MIN_GAP else float("nan"), "samples": n}
     return result
+
+
+def undefined_recovery(name: str, losses: dict[str, float]) -> str | None:
+    """Why the loss recovered of one split (``name``) is undefined, in one line; None when it is defined.
+
+    Example:
+        >>> undefined_recovery("all", {"clean_loss": 0.001, "sae_loss": 0.001, "zero_loss": 0.0012})
+        'loss recovered (all) is undefined: zero ablation changes the loss by 0.0002 nats (< 0.01), nothing to recover'
+    """
+    gap = losses["zero_loss"] - losses["clean_loss"]
+    if abs(gap) >= MIN_GAP:
+        return None
+    return (f"loss recovered ({name}) is undefined: zero ablation changes the loss by {gap:.4f} nats "
+            f"(< {MIN_GAP:g}), nothing to recover")
 
 
 def _positions(batch, name: str) -> torch.Tensor:
@@ -178,4 +201,4 @@ def _answer_loss(model, batch, target: torch.Tensor, context) -> float:
     return float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
 
 
-__all__ = ["SPLITS", "answer_ids", "check_width", "loss_recovered", "reconstruction"]
+__all__ = ["MIN_GAP", "SPLITS", "answer_ids", "check_width", "loss_recovered", "reconstruction", "undefined_recovery"]
