@@ -263,3 +263,11 @@ def test_ctrl_c_while_the_command_line_loads_is_an_interrupt():
     out, err = process.communicate(timeout=300)
     assert process.returncode in CTRL_C_EXIT_CODES, err
     assert err.strip().splitlines()[-1] == "mmlens: interrupted" and "Traceback" not in err
+
+
+def test_the_command_line_starts_without_scipy_or_sklearn():
+    # Each takes about a second to import; the commands that need them import them where they are used.
+    code = "import sys, mmlens.cli.main; print(sorted({m.split('.')[0] for m in sys.modules} & {'scipy', 'sklearn'}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"}).stdout
+    assert out.strip() == "[]"

@@ -12,7 +12,6 @@ from enum import Enum
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-from scipy.stats import rankdata
 
 from mmlens.errors import MmlensError, check_enum
 from mmlens.layout import Modality
@@ -47,6 +46,8 @@ def rank_agreement(a: np.ndarray, b: np.ndarray) -> float:
     x, y = x[keep], y[keep]
     if x.size < 2 or np.all(x == x[0]) or np.all(y == y[0]):
         return float("nan")
+    from scipy.stats import rankdata  # here: scipy.stats takes a second to import, every command would pay it
+
     rx, ry = rankdata(x) - (x.size + 1) / 2, rankdata(y) - (y.size + 1) / 2
     return float(np.clip(np.dot(rx, ry) / np.sqrt(np.dot(rx, rx) * np.dot(ry, ry)), -1.0, 1.0))
 

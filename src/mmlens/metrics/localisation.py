@@ -28,7 +28,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from scipy.ndimage import maximum_filter
 
 from mmlens.box import Box
 from mmlens.errors import MmlensError
@@ -114,6 +113,8 @@ def region_mask(
             raise MmlensError(f"mask of shape {region.shape} for a heatmap of shape {tuple(shape)}")
         if not tolerance:
             return region.copy()
+        from scipy.ndimage import maximum_filter  # here, not at import: scipy is slow to import
+
         return maximum_filter(region, size=2 * tolerance + 1, mode="constant", cval=False)
     region = np.zeros(shape, dtype=bool)
     for box in _box_list(boxes):

@@ -31,8 +31,6 @@ from typing import Any, Sequence, Union
 
 import numpy as np
 import torch
-from scipy import stats
-from sklearn.linear_model import LogisticRegression
 
 from mmlens.errors import MmlensError
 from mmlens.hooks import capture
@@ -213,6 +211,8 @@ def train_cav(concept: torch.Tensor, counter: torch.Tensor, layer: int = 0, seed
     test, train = order[:n_test], order[n_test:]
     # Scale once so one regularisation strength fits every layer's norm.
     scale = float(np.linalg.norm(x[train], axis=1).mean()) or 1.0
+    from sklearn.linear_model import LogisticRegression  # here, not at import: sklearn is slow to import
+
     clf = LogisticRegression(max_iter=2000).fit(x[train] / scale, y[train])
     accuracy = float((clf.predict(x[test] / scale) == y[test]).mean())
     w = torch.from_numpy(clf.coef_[0]).float()
@@ -263,6 +263,8 @@ def significance(scores: Sequence[float], random_scores: Sequence[float], alpha:
     else:
         with warnings.catch_warnings():  # near-constant scores (all 1.0, say) make scipy warn about precision
             warnings.simplefilter("ignore", RuntimeWarning)
+            from scipy import stats  # here, not at import: scipy.stats takes a second to import
+
             p = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
         p = 1.0 if np.isnan(p) else p
     return p, bool(p < alpha)

@@ -32,7 +32,6 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
 
 from mmlens.errors import MmlensError
 
@@ -79,6 +78,8 @@ def concepts(states: torch.Tensor, answers: Sequence[str], k: int, seed: int = 0
     if len(states) < 2 * k:
         raise MmlensError(f"{len(states)} states are too few for {k} concepts (need at least {2 * k})")
     x = states.double().numpy()
+    from sklearn.cluster import KMeans  # here, not at import: sklearn takes a second to import
+
     km = KMeans(n_clusters=k, n_init=10, random_state=seed).fit(x)
     names, members, tops = [], {}, {}
     for c in range(k):
