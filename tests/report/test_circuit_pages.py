@@ -39,7 +39,7 @@ def test_node_labels_are_white_on_dark_nodes():
     figure = circuit_figure(1, 2, _scores(), k=5, node_scores={"L0.H0": -4.0, "L0.H1": 1.0, "L0.MLP": 0.0})
     labels = {t.get_text(): to_rgb(t.get_color()) for t in figure.axes[0].texts}
     assert labels["H0"] == (1.0, 1.0, 1.0)  # the strongest negative share: dark blue
-    assert labels["MLP"] == (0.0, 0.0, 0.0)  # zero share: white node
+    assert labels["MLP0"] == (0.0, 0.0, 0.0)  # zero share: white node; the MLP names its layer
     assert label_colour("#000080") == "white" and label_colour("#f4d35e") == "black"
 
 

@@ -154,7 +154,7 @@ def summary_table(explanation: Explanation, out: Path) -> Table:
     count = len(explanation.answer_tokens)
     if count > 1:  # the table shows the first token only; say so, and where the others are
         question += f" (token 1 of {count}; figures for all in {out})"
-    table = Table(title=question, caption=f"image = image share: {IMAGE_SHARE}; "
+    table = Table(title=question, caption_justify="left", caption=f"image = image share: {IMAGE_SHARE}; "
                   "top cell: the strongest image cell (row, col); top words: nonzero scores only")
     whole_column(table, "method", explanation.methods)
     table.add_column("ms", justify="right")

@@ -91,7 +91,10 @@ def circuit_figure(n_layers: int, n_heads: int, scores: "EdgeScores", k: int,
         marker = "s" if name.endswith("MLP") else ("D" if name in ("embed", "logits") else "o")
         axes.scatter([x], [y], s=260, marker=marker, color=colour, edgecolors="black" if name in used else "#aaaaaa",
                      linewidths=1.0, zorder=2)
-        axes.annotate(name.split(".")[-1], (x, y), ha="center", va="center", fontsize=6, zorder=3,
+        label = name.split(".")[-1]
+        if label == "MLP":  # between two rows of heads: name its layer
+            label = f"MLP{name.split('.')[0][1:]}"
+        axes.annotate(label, (x, y), ha="center", va="center", fontsize=6 if len(label) < 5 else 5, zorder=3,
                       color=label_colour(colour))
     axes.set_yticks(range(-1, n_layers + 1), ["embed"] + [f"L{i}" for i in range(n_layers)] + ["logits"], fontsize=8)
     axes.set_xticks([])
