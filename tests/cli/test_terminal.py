@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,6 +12,7 @@ import numpy as np
 from rich.console import Console
 
 from mmlens.cli import explain, fingerprint, info, probe, sae
+from mmlens.cli.options import print_json
 from mmlens.cli.terminal import PlainProgress, drop_empty, progress_bar
 from mmlens.sae.evaluate import MIN_GAP, undefined_recovery
 
@@ -108,7 +110,7 @@ def test_explain_says_which_token_and_which_methods_ignore_the_foil():
     assert explain.method_notes(_explanation({"rise": []}, ["blue"], foil="red")) == []
 
 
-def test_sae_eval_shows_an_undefined_recovery_as_a_dash():
+def test_sae_eval_shows_an_undefined_recovery_as_a_dash(capsys):
     flat = {"clean_loss": 0.001, "sae_loss": 0.0011, "zero_loss": 0.0012, "recovered": float("nan"), "samples": 20}
     result = {"site": "lm.L2.resid", "reconstruction": {"all": {"tokens": 10, "fvu": 0.2, "l0": 8.0, "dead": 0,
                                                                  "dense": 0}}, "loss_recovered": {"all": flat}}
@@ -116,7 +118,8 @@ def test_sae_eval_shows_an_undefined_recovery_as_a_dash():
     assert "—" in row and "nan" not in row and "0.001/0.001/0.001" in row, row
     assert sae._undefined(result) == [undefined_recovery("all", flat)] and "undefined" in sae._undefined(result)[0]
     assert undefined_recovery("all", {**flat, "zero_loss": flat["clean_loss"] + 2 * MIN_GAP}) is None
-    assert sae._json_safe(result)["loss_recovered"]["all"]["recovered"] is None
+    print_json(result)  # what `sae eval --json` prints: strict JSON, the undefined value null
+    assert json.loads(capsys.readouterr().out)["loss_recovered"]["all"]["recovered"] is None
 
 
 def test_sae_train_last_batch_is_one_readable_line():

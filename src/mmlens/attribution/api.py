@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from mmlens.attribution.attention import attention
-from mmlens.attribution.base import IMAGE_METHODS, Attribution, require_images
+from mmlens.attribution.base import IMAGE_METHODS, Attribution, has_image_tokens, require_images
 from mmlens.attribution.explanation import Explanation
 from mmlens.attribution.grad_eclip import grad_eclip
 from mmlens.attribution.gradients import gradient_x_input, integrated_gradients
@@ -30,7 +30,7 @@ from mmlens.attribution.relevancy import relevancy
 from mmlens.attribution.rollout import rollout
 from mmlens.data.images import image_list
 from mmlens.errors import MmlensError
-from mmlens.layout import Modality, TokenLayout
+from mmlens.layout import TokenLayout
 from mmlens.model import Batch, Model
 from mmlens.notices import notice
 from mmlens.readout import Targets, build_targets
@@ -102,8 +102,8 @@ def explain_batch(
     ``progress`` is called with each method's name as it starts. ``images``
     holds one list of images per prompt (None: text only). ``methods`` may be
     one name; None runs :data:`DEFAULT_METHODS`, without the image-only ones
-    when no prompt has an image (with a notice). Unknown methods, options for methods not run, options a method
-    does not take, and image-only methods (:data:`~mmlens.attribution.base.IMAGE_METHODS`)
+    when no prompt has an image (with a notice). Unknown methods, options keys that name no method, options a
+    method does not take, and image-only methods (:data:`~mmlens.attribution.base.IMAGE_METHODS`)
     on prompts without images are refused before the model runs.
     """
     if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
@@ -113,11 +113,8 @@ def explain_batch(
     methods = method_list(DEFAULT_METHODS if methods is None else methods, METHODS)
     batch = model.prepare(list(prompts), images, padding_side="left")  # it checks one image list per prompt
     if default:
-        kept = _defaults_for(batch, methods)
-        if isinstance(options, dict):  # options of a skipped default (occlusion's window) go with it
-            options = {k: v for k, v in options.items() if k in kept or k not in methods}
-        methods = kept
-    options = method_options(options, methods, METHODS)
+        methods = _defaults_for(batch, methods)
+    options = method_options(options, methods, METHODS)  # a skipped default's options (occlusion's window) go aside
     require_images(model, batch, [m for m in methods if m in IMAGE_METHODS])  # else they would score all zeros
     targets = build_targets(model, batch, None if answers is None else list(answers),
                             None if foils is None else list(foils), max_new_tokens, score)
@@ -136,7 +133,7 @@ def explain_batch(
 
 def _defaults_for(batch: Batch, methods: list[str]) -> list[str]:
     """The default methods that can score ``batch``: the image-only ones go, with a notice, when it has no image."""
-    if bool((batch.layout.modality == int(Modality.IMAGE)).any()):
+    if has_image_tokens(batch):
         return methods
     skipped = [m for m in methods if m in IMAGE_METHODS]
     if skipped:

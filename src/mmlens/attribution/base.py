@@ -53,9 +53,14 @@ def require_images(model: Model, batch: Batch, methods: str | list[str]) -> None
     what = f"{', '.join(names)} {'explains' if len(names) == 1 else 'explain'} image tokens"
     if not model.adapter.multimodal:
         raise MmlensError(f"{model.name} is a text-only model, it has no vision tower: {what}")
-    if not bool((batch.layout.modality == int(Modality.IMAGE)).any()):
+    if not has_image_tokens(batch):
         raise MmlensError(f"{what} and the prompt has no images: give an image, or choose a method that scores "
                           "text too (attention, relevancy, integrated_gradients, ...)")
+
+
+def has_image_tokens(batch: Batch) -> bool:
+    """Whether any row of ``batch`` holds an image token."""
+    return bool(batch.layout.mask(Modality.IMAGE).any())
 
 
 def layer_indices(model: Model, layers: int | slice | Sequence[int] | None, method: str) -> list[int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -51,9 +52,23 @@ def stdout_for_json(as_json: bool) -> Iterator[None]:
 
 
 def print_json(payload: Any) -> None:
-    """The one JSON object of a ``--json`` run, on one line of stdout."""
-    sys.stdout.write(json.dumps(payload) + "\n")
+    """The one JSON object of a ``--json`` run, on one line of stdout; strict JSON: NaN and infinities are null.
+
+    Example:
+        >>> print_json({"recovered": float("nan"), "losses": [0.5, float("inf")]})
+        {"recovered": null, "losses": [0.5, null]}
+    """
+    sys.stdout.write(json.dumps(_finite(payload), allow_nan=False) + "\n")
     sys.stdout.flush()
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float as None (JSON has no NaN: an undefined loss recovered, say)."""
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def memory_budget(value: Optional[str]) -> Optional[int]:

@@ -167,7 +167,7 @@ def evaluate(
             console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
         result_console().print(eval_table(result))
     if as_json:
-        print_json(_json_safe(result))
+        print_json(result)  # an undefined loss recovered (NaN) prints as null
 
 
 def _store_data(store) -> str:
@@ -209,15 +209,6 @@ def _undefined(result: dict[str, Any]) -> list[str]:
 
     found = (undefined_recovery(name, lr) for name, lr in result.get("loss_recovered", {}).items())
     return [line for line in found if line is not None]
-
-
-def _json_safe(value: Any) -> Any:
-    """``value`` with NaN as null: JSON has no NaN (an undefined loss recovered)."""
-    if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(item) for item in value]
-    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 class _bar:

@@ -145,24 +145,23 @@ def requested_rows(module: torch.nn.Module, probs: torch.Tensor, request: RowReq
     """
     state = module.__dict__.get(_SLOT)
     given, given_mean = (state.given, state.given_mean) if state is not None else (None, False)
-    index = None
-    if request.rows is not None and given is None:
-        index = _normalise(_row_list(request.rows), probs.shape[-2])
-    elif request.rows is not None:  # the module computed only the rows ``given``: find the asked ones among them
-        where = {r: i for i, r in enumerate(given)}
-        index = [where[r] for r in _normalise(_row_list(request.rows), state.q_len)]
+    if given is None or request.rows is None:  # every query row came back
+        return rows_of(probs, request, heads_averaged=given_mean)
+    where = {r: i for i, r in enumerate(given)}  # the module computed only the rows ``given``: find the asked ones
+    index = [where[r] for r in _normalise(_row_list(request.rows), state.q_len)]
     return _pick(probs, index, request, heads_averaged=given_mean)
 
 
-def rows_of(probs: torch.Tensor, request: RowRequest) -> torch.Tensor:
-    """The rows ``request`` asks for out of whole ``(batch, heads, queries, keys)`` probabilities (or their gradient).
+def rows_of(probs: torch.Tensor, request: RowRequest, heads_averaged: bool = False) -> torch.Tensor:
+    """The rows ``request`` asks for out of whole ``(batch, heads, queries, keys)`` probabilities (or their gradient);
+    ``heads_averaged``: the head axis already holds their mean.
 
     Example:
         >>> rows_of(torch.rand(1, 2, 5, 5), RowRequest(rows=-1)).shape
         torch.Size([1, 2, 5])
     """
     index = None if request.rows is None else _normalise(_row_list(request.rows), probs.shape[-2])
-    return _pick(probs, index, request)
+    return _pick(probs, index, request, heads_averaged)
 
 
 def _pick(probs: torch.Tensor, index: list[int] | None, request: RowRequest,
